@@ -1,0 +1,56 @@
+// swift-tools-version: 6.0
+// Moraine: an LSM key-value store for disaggregated infrastructure. One target per layer,
+// dependencies pointing down only:
+//   CSystemShims (C) → MoraineSystem → MoraineFormat → MoraineMemtable → MoraineEngine
+//   → Moraine (public API) → moraine (command)
+// MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
+import PackageDescription
+
+let package = Package(
+    name: "Moraine",
+    products: [
+        .library(name: "Moraine", targets: ["Moraine"]),
+        .executable(name: "moraine", targets: ["MoraineCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+    ],
+    targets: [
+        .target(
+            name: "CSystemShims",
+            path: "CSystemShims",
+            linkerSettings: [.linkedLibrary("lz4")]
+        ),
+        .target(name: "MoraineSystem", dependencies: ["CSystemShims"]),
+        .target(name: "MoraineFormat", dependencies: ["MoraineSystem"]),
+        .target(
+            name: "MoraineMemtable",
+            dependencies: ["MoraineFormat", .product(name: "Atomics", package: "swift-atomics")]
+        ),
+        .target(
+            name: "MoraineEngine",
+            dependencies: ["MoraineSystem", "MoraineFormat", "MoraineMemtable"]
+        ),
+        .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineSystem"]),
+        .executableTarget(
+            name: "MoraineCLI",
+            dependencies: [
+                "Moraine", "MoraineEngine", "MoraineFormat", "MoraineSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .target(
+            name: "MoraineTestSupport",
+            dependencies: ["Moraine", "MoraineEngine", "MoraineSystem"]
+        ),
+        .testTarget(
+            name: "MoraineTests",
+            dependencies: [
+                "Moraine", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
+                "MoraineTestSupport", "MoraineCLI",
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

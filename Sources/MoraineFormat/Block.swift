@@ -1,0 +1,173 @@
+// A parsed, immutable block in owned memory, and the iterator over it. Entries are decoded in
+// place with bounds checks: damaged bytes throw `.corruption` and never read out of bounds.
+// A Block is immutable after init and shared across threads (the block cache hands it out);
+// each BlockIterator belongs to one thread.
+import MoraineSystem
+
+/// The decoded contents of one block (after decompression and checksum verification).
+public final class Block: @unchecked Sendable {
+    /// The block contents, owned.
+    public let bytes: UnsafeRawBufferPointer
+    let restartsOffset: Int
+    let restartCount: Int
+    /// Where the block came from, for error messages.
+    public let origin: String
+
+    /// Takes ownership of `owned` (allocated with `UnsafeMutableRawBufferPointer.allocate`).
+    /// - Throws: `.corruption` when the restart array does not fit.
+    public init(taking owned: UnsafeMutableRawBufferPointer, origin: String) throws {
+        let bytes = UnsafeRawBufferPointer(owned)
+        self.bytes = bytes
+        self.origin = origin
+        guard bytes.count >= 4 else {
+            owned.deallocate()
+            throw MoraineError(.corruption, "block too short (\(bytes.count) bytes) in \(origin)")
+        }
+        let count = Int(loadFixed32(bytes, bytes.count - 4))
+        let maxRestarts = (bytes.count - 4) / 4
+        guard count >= 1, count <= maxRestarts else {
+            owned.deallocate()
+            throw MoraineError(.corruption, "bad restart count \(count) in block in \(origin)")
+        }
+        restartCount = count
+        restartsOffset = bytes.count - 4 - 4 * count
+    }
+
+    /// Copies `contents` into a new block.
+    public convenience init(copying contents: [UInt8], origin: String) throws {
+        let owned = UnsafeMutableRawBufferPointer.allocate(byteCount: max(contents.count, 1), alignment: 8)
+        contents.withUnsafeBytes { owned.copyMemory(from: $0) }
+        try self.init(taking: UnsafeMutableRawBufferPointer(rebasing: owned[0..<contents.count]), origin: origin)
+    }
+
+    deinit { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() }
+
+    /// Bytes this block holds (for the cache's budget).
+    public var chargeBytes: Int { bytes.count + 64 }
+
+    func restartPoint(_ index: Int) -> Int { Int(loadFixed32(bytes, restartsOffset + 4 * index)) }
+
+    public func makeIterator() -> BlockIterator { BlockIterator(self) }
+}
+
+/// A cursor over one block's entries, forward and backward.
+public final class BlockIterator: InternalIterator {
+    private let block: Block
+    private let data: UnsafeRawBufferPointer
+    private var currentOffset: Int
+    private var nextOffset: Int
+    private var restartIndex: Int
+    private var keyBuffer = KeyBuffer()
+    private var valueRange: Range<Int> = 0..<0
+
+    init(_ block: Block) {
+        self.block = block
+        self.data = block.bytes
+        self.currentOffset = block.restartsOffset
+        self.nextOffset = block.restartsOffset
+        self.restartIndex = block.restartCount
+    }
+
+    public var isValid: Bool { currentOffset < block.restartsOffset }
+    public var key: UnsafeRawBufferPointer { keyBuffer.bytes }
+    public var value: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: data[valueRange]) }
+
+    private func corrupt(_ what: String) -> MoraineError {
+        currentOffset = block.restartsOffset
+        return MoraineError(.corruption, "\(what) at offset \(nextOffset) of a block in \(block.origin)")
+    }
+
+    /// Decodes the entry at `nextOffset` into key and value; returns false at the end.
+    private func parseNext() throws -> Bool {
+        currentOffset = nextOffset
+        if currentOffset >= block.restartsOffset {
+            currentOffset = block.restartsOffset
+            return false
+        }
+        var p = currentOffset
+        let limit = UnsafeRawBufferPointer(rebasing: data[0..<block.restartsOffset])
+        guard let shared = decodeVarint(limit, &p), let nonShared = decodeVarint(limit, &p),
+            let valueLength = decodeVarint(limit, &p)
+        else { throw corrupt("bad entry header") }
+        guard shared <= UInt64(keyBuffer.count),
+            nonShared <= UInt64(block.restartsOffset - p),
+            valueLength <= UInt64(block.restartsOffset - p) - nonShared
+        else { throw corrupt("entry out of bounds") }
+        let keyEnd = p + Int(nonShared)
+        keyBuffer.set(prefix: Int(shared), suffix: UnsafeRawBufferPointer(rebasing: data[p..<keyEnd]))
+        valueRange = keyEnd..<(keyEnd + Int(valueLength))
+        nextOffset = valueRange.upperBound
+        while restartIndex + 1 < block.restartCount && block.restartPoint(restartIndex + 1) < currentOffset {
+            restartIndex += 1
+        }
+        // Every block holds internal keys; a shorter key would break the comparator.
+        if keyBuffer.count < internalKeyTagBytes { throw corrupt("key shorter than its tag") }
+        return true
+    }
+
+    private func seekToRestart(_ index: Int) throws {
+        keyBuffer.clear()
+        restartIndex = index
+        let offset = block.restartPoint(index)
+        guard offset <= block.restartsOffset else { throw corrupt("restart point out of bounds") }
+        nextOffset = offset
+    }
+
+    public func seekToFirst() throws {
+        try seekToRestart(0)
+        _ = try parseNext()
+    }
+
+    public func seekToLast() throws {
+        try seekToRestart(block.restartCount - 1)
+        while try parseNext() && nextOffset < block.restartsOffset {}
+    }
+
+    public func next() throws {
+        precondition(isValid)
+        _ = try parseNext()
+    }
+
+    public func prev() throws {
+        precondition(isValid)
+        let original = currentOffset
+        while block.restartPoint(restartIndex) >= original {
+            if restartIndex == 0 {
+                currentOffset = block.restartsOffset
+                return
+            }
+            restartIndex -= 1
+        }
+        try seekToRestart(restartIndex)
+        while try parseNext() && nextOffset < original {}
+    }
+
+    /// Seeks to the first entry at or after `target` under `compare`.
+    public func seek(_ target: UnsafeRawBufferPointer) throws {
+        try seek(target, compare: compareInternalKeys)
+    }
+
+    /// Seeks with an explicit ordering (index blocks of user keys use bytewise order).
+    public func seek(
+        _ target: UnsafeRawBufferPointer,
+        compare: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Int
+    ) throws {
+        var low = 0
+        var high = block.restartCount - 1
+        while low < high {
+            let mid = (low + high + 1) / 2
+            var p = block.restartPoint(mid)
+            let limit = UnsafeRawBufferPointer(rebasing: data[0..<block.restartsOffset])
+            guard let shared = decodeVarint(limit, &p), let nonShared = decodeVarint(limit, &p),
+                decodeVarint(limit, &p) != nil, shared == 0,
+                nonShared <= UInt64(block.restartsOffset - p), nonShared >= UInt64(internalKeyTagBytes)
+            else { throw corrupt("bad restart entry") }
+            let midKey = UnsafeRawBufferPointer(rebasing: data[p..<(p + Int(nonShared))])
+            if compare(midKey, target) < 0 { low = mid } else { high = mid - 1 }
+        }
+        try seekToRestart(low)
+        while try parseNext() {
+            if compare(keyBuffer.bytes, target) >= 0 { return }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+// The log format shared by the WAL and the manifest: the file is a sequence of 32 KiB blocks;
+// a record is split into fragments that never cross a block boundary, each with a 7-byte header
+// (masked CRC32C of type and payload, 16-bit length, type). A block tail under 7 bytes is zero
+// padding. Layout and the recovery rules are in docs/FORMAT.md.
+// Writer and reader are single-threaded.
+import MoraineSystem
+
+public let logBlockBytes = 32 * 1024
+public let logHeaderBytes = 7
+
+enum LogFragment: UInt8 {
+    case full = 1
+    case first = 2
+    case middle = 3
+    case last = 4
+}
+
+/// Appends records to a log file.
+public final class LogWriter {
+    public let file: any WritableFile
+    private var blockOffset: Int
+
+    /// - Parameter existingBytes: the file's current size when appending to an existing log.
+    public init(file: any WritableFile, existingBytes: UInt64 = 0) {
+        self.file = file
+        self.blockOffset = Int(existingBytes % UInt64(logBlockBytes))
+    }
+
+    /// Appends one record (buffered; call `file.flush()` or `file.sync()` after).
+    public func addRecord(_ record: UnsafeRawBufferPointer) throws {
+        var left = record.count
+        var position = 0
+        var begin = true
+        repeat {
+            let space = logBlockBytes - blockOffset
+            if space < logHeaderBytes {
+                if space > 0 {
+                    let zeros = [UInt8](repeating: 0, count: space)
+                    try file.append(zeros)
+                }
+                blockOffset = 0
+            }
+            let available = logBlockBytes - blockOffset - logHeaderBytes
+            let length = min(left, available)
+            let end = left == length
+            let type: LogFragment = begin && end ? .full : (begin ? .first : (end ? .last : .middle))
+            try emit(type, UnsafeRawBufferPointer(rebasing: record[position..<position + length]))
+            position += length
+            left -= length
+            begin = false
+        } while left > 0
+    }
+
+    public func addRecord(_ record: [UInt8]) throws {
+        try record.withUnsafeBytes { try addRecord($0) }
+    }
+
+    private func emit(_ type: LogFragment, _ payload: UnsafeRawBufferPointer) throws {
+        var header = [UInt8](repeating: 0, count: logHeaderBytes)
+        let typeByte = [type.rawValue]
+        let crc = CRC32C.extend(typeByte.withUnsafeBytes { CRC32C.checksum($0) }, payload)
+        withUnsafeBytes(of: CRC32C.mask(crc).littleEndian) { header.replaceSubrange(0..<4, with: $0) }
+        header[4] = UInt8(payload.count & 0xff)
+        header[5] = UInt8(payload.count >> 8)
+        header[6] = type.rawValue
+        try file.append(header)
+        try file.append(payload)
+        blockOffset += logHeaderBytes + payload.count
+    }
+}
+
+/// What to do about a damaged record in the middle of a log (one followed by valid records).
+public enum LogRecoveryMode: String, Sendable {
+    /// Report the damage as an error and stop (the default).
+    case stop
+    /// Skip the damaged bytes, count them, and go on.
+    case skip
+}
+
+/// Reads records back. A damaged or incomplete tail (nothing valid after it) is dropped, as a
+/// crash mid-write leaves one; damage followed by valid records is reported or skipped.
+public final class LogReader {
+    private let bytes: [UInt8]
+    private let name: String
+    private let mode: LogRecoveryMode
+    private var position = 0
+    /// Bytes dropped from an incomplete tail.
+    public private(set) var droppedTailBytes = 0
+    /// Bytes skipped in the middle (skip mode only).
+    public private(set) var skippedBytes = 0
+    /// Offset just past the last whole record.
+    public private(set) var validEndOffset = 0
+
+    public init(file: any RandomAccessFile, name: String, mode: LogRecoveryMode = .stop) throws {
+        var data = [UInt8](repeating: 0, count: Int(file.size))
+        let got = try data.withUnsafeMutableBytes { try file.read(at: 0, into: $0) }
+        if got < data.count { data.removeSubrange(got...) }
+        self.bytes = data
+        self.name = name
+        self.mode = mode
+    }
+
+    public init(bytes: [UInt8], name: String, mode: LogRecoveryMode = .stop) {
+        self.bytes = bytes
+        self.name = name
+        self.mode = mode
+    }
+
+    private enum Physical {
+        case fragment(LogFragment, Range<Int>, next: Int)
+        case padding(next: Int)
+        case end
+        case bad(String)
+    }
+
+    /// Parses the physical record at `at`.
+    private func physical(at: Int) -> Physical {
+        if at >= bytes.count { return .end }
+        let blockLeft = logBlockBytes - at % logBlockBytes
+        if blockLeft < logHeaderBytes {
+            let next = at + blockLeft
+            return bytes[at..<min(next, bytes.count)].allSatisfy { $0 == 0 } ? .padding(next: next) : .bad("nonzero block padding")
+        }
+        if bytes.count - at < logHeaderBytes { return .bad("truncated record header") }
+        let length = Int(bytes[at + 4]) | Int(bytes[at + 5]) << 8
+        let typeByte = bytes[at + 6]
+        if typeByte == 0 && length == 0 {
+            // Zeroes (a preallocated or padded tail): skip to the next block.
+            return .padding(next: at + blockLeft)
+        }
+        guard let type = LogFragment(rawValue: typeByte) else { return .bad("unknown record type \(typeByte)") }
+        guard length <= blockLeft - logHeaderBytes else { return .bad("record length \(length) crosses a block") }
+        let payloadStart = at + logHeaderBytes
+        guard payloadStart + length <= bytes.count else { return .bad("truncated record payload") }
+        let ok = bytes.withUnsafeBytes { raw -> Bool in
+            let stored = CRC32C.unmask(loadFixed32(raw, at))
+            let crc = CRC32C.extend(
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(at + 6)..<(at + 7)])),
+                UnsafeRawBufferPointer(rebasing: raw[payloadStart..<payloadStart + length]))
+            return crc == stored
+        }
+        guard ok else { return .bad("checksum mismatch") }
+        return .fragment(type, payloadStart..<payloadStart + length, next: payloadStart + length)
+    }
+
+    /// The first offset after `after` where a whole, checksum-valid record starts, if any.
+    private func nextValidRecord(after: Int) -> Int? {
+        var candidate = after + 1
+        let blockEnd = (after / logBlockBytes + 1) * logBlockBytes
+        while candidate < min(blockEnd, bytes.count) {
+            if case .fragment(let type, _, _) = physical(at: candidate), type == .full || type == .first {
+                return candidate
+            }
+            candidate += 1
+        }
+        candidate = blockEnd
+        while candidate < bytes.count {
+            var p = candidate
+            while true {
+                switch physical(at: p) {
+                case .fragment(let type, _, let next):
+                    if type == .full || type == .first { return p }
+                    p = next
+                    continue
+                case .padding, .end, .bad: break
+                }
+                break
+            }
+            candidate += logBlockBytes
+        }
+        return nil
+    }
+
+    /// Handles damage at `at`: returns the offset to resume from, or nil at a dropped tail.
+    private func damaged(at: Int, _ reason: String) throws -> Int? {
+        guard let resume = nextValidRecord(after: at) else {
+            droppedTailBytes = bytes.count - at
+            position = bytes.count
+            return nil
+        }
+        switch mode {
+        case .stop:
+            throw MoraineError.corruption(
+                "damaged log record at offset \(at) (\(reason)); valid records follow at offset \(resume)",
+                file: name)
+        case .skip:
+            skippedBytes += resume - at
+            return resume
+        }
+    }
+
+    /// The next whole record, or nil at the end of the log.
+    /// - Throws: `.corruption` naming the file and offset for damage in the middle (stop mode).
+    public func nextRecord() throws -> [UInt8]? {
+        var assembled: [UInt8]? = nil
+        var recordStart = position
+        while true {
+            switch physical(at: position) {
+            case .end:
+                if assembled != nil {
+                    droppedTailBytes = bytes.count - recordStart
+                }
+                return nil
+            case .padding(let next):
+                position = next
+            case .bad(let reason):
+                guard let resume = try damaged(at: position, reason) else { return nil }
+                position = resume
+                assembled = nil
+                recordStart = resume
+            case .fragment(let type, let range, let next):
+                switch type {
+                case .full, .first:
+                    if assembled != nil {
+                        guard let resume = try damaged(at: recordStart, "record missing its last fragment") else { return nil }
+                        position = resume
+                        assembled = nil
+                        recordStart = resume
+                        continue
+                    }
+                    recordStart = position
+                    position = next
+                    if type == .full {
+                        validEndOffset = position
+                        return Array(bytes[range])
+                    }
+                    assembled = Array(bytes[range])
+                case .middle, .last:
+                    guard assembled != nil else {
+                        guard let resume = try damaged(at: position, "fragment without a first part") else { return nil }
+                        position = resume
+                        recordStart = resume
+                        continue
+                    }
+                    assembled!.append(contentsOf: bytes[range])
+                    position = next
+                    if type == .last {
+                        validEndOffset = position
+                        return assembled
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+// Opens an SST through a RandomAccessFile: reads and checks the footer, then keeps the index
+// block, the bloom filter and the properties pinned in memory for the reader's lifetime. Data
+// blocks come from the block cache or are read, CRC-checked and decompressed on a miss.
+// Immutable after open; shared by all threads.
+import MoraineSystem
+
+/// An open, immutable table.
+public final class TableReader: @unchecked Sendable {
+    public let file: any RandomAccessFile
+    public let name: String
+    public let tableID: UInt64
+    public let fileSizeBytes: UInt64
+    public let properties: TableProperties
+    let indexBlock: Block
+    private let filter: UnsafeRawBufferPointer?
+    private let cache: BlockCache?
+
+    /// Opens and validates a table.
+    /// - Throws: `.corruption` naming the file when the footer, index, filter or properties fail
+    ///   their checks.
+    public init(file: any RandomAccessFile, name: String, cache: BlockCache?) throws {
+        self.file = file
+        self.name = name
+        self.cache = cache
+        self.tableID = BlockCache.newTableID()
+        let size = file.size
+        self.fileSizeBytes = size
+        guard size >= UInt64(tableFooterBytes) else {
+            throw MoraineError.corruption("file too short for a table (\(size) bytes)", file: name)
+        }
+        var footerBytes = [UInt8](repeating: 0, count: tableFooterBytes)
+        try footerBytes.withUnsafeMutableBytes {
+            try file.readExactly(at: size - UInt64(tableFooterBytes), into: $0, name: name)
+        }
+        let footer = try footerBytes.withUnsafeBytes { try TableFooter.decode($0, file: name) }
+        let limit = size - UInt64(tableFooterBytes)
+        for (what, handle) in [("index", footer.index), ("filter", footer.filter), ("properties", footer.properties)]
+        where handle.offset > limit || handle.size > limit - handle.offset {
+            throw MoraineError.corruption("\(what) handle out of bounds", file: name)
+        }
+        indexBlock = try Self.readBlock(file: file, handle: footer.index, name: name, what: "index block")
+        let propertiesBlock = try Self.readBlockContents(file: file, handle: footer.properties, name: name, what: "properties block")
+        defer { propertiesBlock.deallocate() }
+        properties = try TableProperties.decode(UnsafeRawBufferPointer(propertiesBlock), file: name)
+        if footer.filter.size > 0 {
+            let filterBytes = try Self.readBlockContents(file: file, handle: footer.filter, name: name, what: "filter block")
+            filter = UnsafeRawBufferPointer(filterBytes)
+        } else {
+            filter = nil
+        }
+    }
+
+    deinit { filter.map { UnsafeMutableRawBufferPointer(mutating: $0).deallocate() } }
+
+    /// Bytes pinned by this reader (index and filter).
+    public var pinnedBytes: Int { indexBlock.bytes.count + (filter?.count ?? 0) }
+
+    /// Reads a block's payload and trailer, checks the CRC, and decompresses.
+    /// - Returns: owned contents; the caller deallocates.
+    static func readBlockContents(
+        file: any RandomAccessFile, handle: BlockHandle, name: String, what: String
+    ) throws -> UnsafeMutableRawBufferPointer {
+        guard handle.size < UInt64(1 << 31) else {
+            throw MoraineError.corruption("\(what) size \(handle.size) too large", file: name)
+        }
+        let total = Int(handle.size) + blockTrailerBytes
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 8)
+        var keep = false
+        defer { if !keep { raw.deallocate() } }
+        try file.readExactly(at: handle.offset, into: raw, name: name)
+        let payload = UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)])
+        let typeByte = raw[Int(handle.size)]
+        let stored = CRC32C.unmask(loadFixed32(UnsafeRawBufferPointer(raw), Int(handle.size) + 1))
+        let actual = CRC32C.extend(
+            CRC32C.checksum(payload), UnsafeRawBufferPointer(rebasing: raw[Int(handle.size)..<Int(handle.size) + 1]))
+        guard stored == actual else {
+            throw MoraineError.corruption(
+                "checksum mismatch in \(what) at offset \(handle.offset)", file: name)
+        }
+        switch BlockCompression(rawValue: typeByte) {
+        case .some(.none):
+            keep = true
+            return UnsafeMutableRawBufferPointer(rebasing: raw[0..<Int(handle.size)])
+        case .some(.lz4):
+            var offset = 0
+            guard let rawSize = decodeVarint(payload, &offset), rawSize < UInt64(1 << 31) else {
+                throw MoraineError.corruption("bad LZ4 size in \(what) at offset \(handle.offset)", file: name)
+            }
+            let output = UnsafeMutableRawBufferPointer.allocate(byteCount: max(Int(rawSize), 1), alignment: 8)
+            do {
+                try LZ4.decompress(
+                    UnsafeRawBufferPointer(rebasing: payload[offset...]),
+                    into: UnsafeMutableRawBufferPointer(rebasing: output[0..<Int(rawSize)]))
+            } catch {
+                output.deallocate()
+                throw MoraineError.corruption("\(error) (\(what) at offset \(handle.offset))", file: name)
+            }
+            return UnsafeMutableRawBufferPointer(rebasing: output[0..<Int(rawSize)])
+        case nil:
+            throw MoraineError.corruption(
+                "unknown compression type \(typeByte) in \(what) at offset \(handle.offset)", file: name)
+        }
+    }
+
+    static func readBlock(file: any RandomAccessFile, handle: BlockHandle, name: String, what: String) throws -> Block {
+        let contents = try readBlockContents(file: file, handle: handle, name: name, what: what)
+        return try Block(taking: contents, origin: "\(what) at offset \(handle.offset) of \(name)")
+    }
+
+    /// A data block, from the cache when present.
+    /// - Parameter fillCache: false for scans (compaction) that should not evict hot blocks.
+    public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true) throws -> Block {
+        let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
+        if let cache, let block = cache.lookup(key) { return block }
+        let block = try Self.readBlock(file: file, handle: handle, name: name, what: "data block")
+        if fillCache, let cache { cache.insert(key, block) }
+        return block
+    }
+
+    /// Whether the bloom filter admits `userKey` (true when there is no filter).
+    @inlinable
+    public func mayContain(userKey: UnsafeRawBufferPointer) -> Bool {
+        mayContain(hash: hashBytes(userKey))
+    }
+
+    /// Whether the bloom filter admits a user key with this hash.
+    public func mayContain(hash: UInt64) -> Bool {
+        guard let filter else { return true }
+        return BloomFilter.mayContain(filter, hash: hash)
+    }
+
+    /// Finds the first entry at or after `lookupKey` (an internal key) whose user key equals the
+    /// lookup's; calls `found` with that entry's internal key and value.
+    /// - Returns: false when the table has no entry for the user key.
+    public func get(
+        _ lookupKey: UnsafeRawBufferPointer, hash: UInt64,
+        _ found: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Bool {
+        if !mayContain(hash: hash) { return false }
+        let index = indexBlock.makeIterator()
+        try index.seek(lookupKey)
+        guard index.isValid else { return false }
+        let handle = try decodeHandle(index.value)
+        let block = try dataBlock(handle)
+        let iterator = block.makeIterator()
+        try iterator.seek(lookupKey)
+        guard iterator.isValid,
+            compareBytes(MoraineFormat.userKey(iterator.key), MoraineFormat.userKey(lookupKey)) == 0
+        else { return false }
+        try found(iterator.key, iterator.value)
+        return true
+    }
+
+    func decodeHandle(_ bytes: UnsafeRawBufferPointer) throws -> BlockHandle {
+        var reader = ByteReader(bytes, what: "index entry of \(name)")
+        let handle = try BlockHandle.decode(&reader)
+        guard handle.offset <= fileSizeBytes, handle.size <= fileSizeBytes - handle.offset else {
+            throw MoraineError.corruption("block handle out of bounds in index", file: name)
+        }
+        return handle
+    }
+
+    /// An iterator over every entry.
+    public func makeIterator(fillCache: Bool = true) -> TableIterator {
+        TableIterator(table: self, fillCache: fillCache)
+    }
+}
+
+/// A two-level iterator: the pinned index block picks data blocks, loaded as the cursor moves.
+public final class TableIterator: InternalIterator {
+    private let table: TableReader
+    private let index: BlockIterator
+    private var data: BlockIterator? = nil
+    private var dataOffset: UInt64 = .max
+    private let fillCache: Bool
+
+    init(table: TableReader, fillCache: Bool) {
+        self.table = table
+        self.index = table.indexBlock.makeIterator()
+        self.fillCache = fillCache
+    }
+
+    public var isValid: Bool { data?.isValid ?? false }
+    public var key: UnsafeRawBufferPointer { data!.key }
+    public var value: UnsafeRawBufferPointer { data!.value }
+
+    private func loadDataBlock() throws {
+        guard index.isValid else {
+            data = nil
+            dataOffset = .max
+            return
+        }
+        let handle = try table.decodeHandle(index.value)
+        if data != nil && handle.offset == dataOffset { return }
+        data = try table.dataBlock(handle, fillCache: fillCache).makeIterator()
+        dataOffset = handle.offset
+    }
+
+    private func skipEmptyForward() throws {
+        while data.map({ !$0.isValid }) ?? index.isValid {
+            guard index.isValid else {
+                data = nil
+                return
+            }
+            try index.next()
+            try loadDataBlock()
+            try data?.seekToFirst()
+        }
+    }
+
+    private func skipEmptyBackward() throws {
+        while data.map({ !$0.isValid }) ?? index.isValid {
+            guard index.isValid else {
+                data = nil
+                return
+            }
+            try index.prev()
+            try loadDataBlock()
+            try data?.seekToLast()
+        }
+    }
+
+    public func seekToFirst() throws {
+        try index.seekToFirst()
+        try loadDataBlock()
+        try data?.seekToFirst()
+        try skipEmptyForward()
+    }
+
+    public func seekToLast() throws {
+        try index.seekToLast()
+        try loadDataBlock()
+        try data?.seekToLast()
+        try skipEmptyBackward()
+    }
+
+    public func seek(_ target: UnsafeRawBufferPointer) throws {
+        try index.seek(target)
+        try loadDataBlock()
+        try data?.seek(target)
+        try skipEmptyForward()
+    }
+
+    public func next() throws {
+        try data!.next()
+        try skipEmptyForward()
+    }
+
+    public func prev() throws {
+        try data!.prev()
+        try skipEmptyBackward()
+    }
+}

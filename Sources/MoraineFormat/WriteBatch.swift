@@ -1,0 +1,88 @@
+// A WriteBatch is an ordered list of puts and deletes applied atomically, and its encoding is
+// the WAL record payload: an 8-byte starting sequence, a 4-byte count, then per operation a type
+// byte, a length-prefixed key and (for puts) a length-prefixed value. Value type; not shared.
+import MoraineSystem
+
+/// Puts and deletes applied atomically, in order.
+public struct WriteBatch: Sendable {
+    /// The encoded form (header + operations).
+    public private(set) var rep: [UInt8]
+
+    static let headerBytes = 12
+
+    public init() {
+        rep = [UInt8](repeating: 0, count: Self.headerBytes)
+    }
+
+    /// Wraps an encoded batch read back from a WAL.
+    /// - Throws: `.corruption` when the encoding does not parse.
+    public init(decoding rep: [UInt8], origin: String) throws {
+        guard rep.count >= Self.headerBytes else {
+            throw MoraineError(.corruption, "write batch of \(rep.count) bytes is too short in \(origin)")
+        }
+        self.rep = rep
+        var counted = 0
+        try forEach(origin: origin) { _, _, _ in counted += 1 }
+        guard counted == count else {
+            throw MoraineError(.corruption, "write batch holds \(counted) operations, header says \(count) in \(origin)")
+        }
+    }
+
+    /// Number of operations.
+    public var count: Int { rep.withUnsafeBytes { Int(loadFixed32($0, 8)) } }
+    public var isEmpty: Bool { count == 0 }
+
+    /// Bytes of the encoding.
+    public var sizeBytes: Int { rep.count }
+
+    /// The sequence number of the first operation (assigned at write time).
+    public var sequence: SequenceNumber {
+        get { rep.withUnsafeBytes { loadFixed64($0, 0) } }
+        set { withUnsafeBytes(of: newValue.littleEndian) { rep.replaceSubrange(0..<8, with: $0) } }
+    }
+
+    private mutating func setCount(_ n: Int) {
+        withUnsafeBytes(of: UInt32(n).littleEndian) { rep.replaceSubrange(8..<12, with: $0) }
+    }
+
+    public mutating func put(_ key: [UInt8], _ value: [UInt8]) {
+        setCount(count + 1)
+        rep.append(ValueType.value.rawValue)
+        rep.appendLengthPrefixed(key)
+        rep.appendLengthPrefixed(value)
+    }
+
+    public mutating func delete(_ key: [UInt8]) {
+        setCount(count + 1)
+        rep.append(ValueType.deletion.rawValue)
+        rep.appendLengthPrefixed(key)
+    }
+
+    public mutating func clear() { self = WriteBatch() }
+
+    /// Appends another batch's operations.
+    public mutating func append(_ other: WriteBatch) {
+        setCount(count + other.count)
+        rep.append(contentsOf: other.rep[Self.headerBytes...])
+    }
+
+    /// Visits each operation in order: (type, key, value — empty for deletes).
+    public func forEach(
+        origin: String = "write batch",
+        _ body: (ValueType, UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+    ) throws {
+        try rep.withUnsafeBytes { raw in
+            var reader = ByteReader(UnsafeRawBufferPointer(rebasing: raw[Self.headerBytes...]), what: origin)
+            while !reader.isAtEnd {
+                let typeByte = try reader.byte()
+                guard let type = ValueType(rawValue: typeByte) else {
+                    throw MoraineError(.corruption, "unknown operation type \(typeByte) in \(origin)")
+                }
+                let key = try reader.bytes(try reader.varintInt())
+                var value = UnsafeRawBufferPointer(start: nil, count: 0)
+                if type == .value { value = try reader.bytes(try reader.varintInt()) }
+                try body(type, key, value)
+            }
+        }
+    }
+}

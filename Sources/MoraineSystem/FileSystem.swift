@@ -1,0 +1,85 @@
+// The file seam. Every byte the LSM layer stores or loads goes through these protocols, so the
+// same flush and compaction code runs embedded (PosixFileSystem), on a remote worker, or in a
+// test over a simulated or fault-injecting file system.
+//
+// Paths are plain strings; directories are flat (an LSM database is one directory).
+// Thread-safety: a FileSystem is shared by all threads. A WritableFile has one writer at a time.
+// A RandomAccessFile is read concurrently by many threads.
+
+/// A file being written from start to end.
+public protocol WritableFile: AnyObject {
+    /// Appends bytes (possibly buffered in user space).
+    func append(_ bytes: UnsafeRawBufferPointer) throws
+    /// Hands buffered bytes to the operating system, so they survive a process crash.
+    func flush() throws
+    /// Makes every appended byte durable (fdatasync), so it survives a machine crash.
+    func sync() throws
+    /// Flushes and closes. Does not sync.
+    func close() throws
+    /// Bytes appended so far.
+    var size: UInt64 { get }
+}
+
+/// A file read at arbitrary offsets, concurrently.
+public protocol RandomAccessFile: AnyObject, Sendable {
+    /// Reads up to `buffer.count` bytes at `offset`; returns how many were read (fewer only at
+    /// the end of the file).
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
+        -> Int
+    /// The file's size when it was opened.
+    var size: UInt64 { get }
+}
+
+/// A held advisory lock on a database directory; released by `unlock` or deinit.
+public protocol FileLock: AnyObject, Sendable {
+    func unlock()
+}
+
+/// The operations the LSM layer needs from a file system.
+public protocol FileSystem: AnyObject, Sendable {
+    /// Creates (or truncates) a file for writing.
+    func createWritable(_ path: String) throws -> any WritableFile
+    /// Opens an existing file for random reads.
+    func openRandomAccess(_ path: String) throws -> any RandomAccessFile
+    /// Reads a whole (small) file.
+    func readAll(_ path: String) throws -> [UInt8]
+    func fileExists(_ path: String) -> Bool
+    func fileSize(_ path: String) throws -> UInt64
+    /// Names (not paths) in a directory.
+    func children(of directory: String) throws -> [String]
+    func createDirectory(_ path: String) throws
+    func remove(_ path: String) throws
+    /// Atomically replaces `target` with `source`.
+    func rename(_ source: String, to target: String) throws
+    /// Makes creations, renames and removals inside `directory` durable.
+    func syncDirectory(_ directory: String) throws
+    /// Takes an exclusive lock, failing with `.busy` when another process holds it.
+    func lock(_ path: String) throws -> any FileLock
+}
+
+extension WritableFile {
+    /// Appends an array of bytes.
+    public func append(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { (raw) in try append(raw) }
+    }
+}
+
+extension RandomAccessFile {
+    /// Reads exactly `buffer.count` bytes at `offset`.
+    /// - Throws: `.corruption` naming `name` when the file ends first.
+    public func readExactly(
+        at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer, name: String
+    ) throws {
+        let got = try read(at: offset, into: buffer)
+        if got != buffer.count {
+            throw MoraineError.corruption(
+                "short read: \(got) of \(buffer.count) bytes at offset \(offset)", file: name)
+        }
+    }
+}
+
+/// Joins a directory and a file name.
+@inlinable
+public func joinPath(_ directory: String, _ name: String) -> String {
+    directory.hasSuffix("/") ? directory + name : directory + "/" + name
+}
