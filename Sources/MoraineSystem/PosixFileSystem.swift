@@ -79,7 +79,14 @@ public final class PosixFileSystem: FileSystem {
         return names
     }
 
+    /// Creates a directory and any missing parents.
     public func createDirectory(_ path: String) throws {
+        if mkdir(path, 0o755) == 0 || errno == EEXIST { return }
+        guard errno == ENOENT else { throw posixError("mkdir", path) }
+        let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
+        if let slash = trimmed.lastIndex(of: "/"), slash != trimmed.startIndex {
+            try createDirectory(String(trimmed[..<slash]))
+        }
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw posixError("mkdir", path) }
     }
 

@@ -1,0 +1,152 @@
+// `moraine demo`, `moraine sst dump` and `moraine manifest dump`.
+import ArgumentParser
+import Moraine
+import MoraineFormat
+import MoraineSystem
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open (or create) an embedded database and show puts, gets, a scan, a flush and the LSM shape.")
+    @Option(help: "Database directory.") var db = "./data"
+    @Option(help: "Keys to write.") var keys = 200_000
+
+    func run() throws {
+        try reporting {
+            var options = Options()
+            options.createIfMissing = true
+            options.writeBufferSize = 4 << 20
+            options.targetFileSizeBase = 4 << 20
+            options.maxBytesForLevelBase = 16 << 20
+            let database = try Database(path: db, options: options)
+            print("opened \(db)")
+            let start = monotonicSeconds()
+            var batch = WriteBatch()
+            for i in 0..<keys {
+                let key = "user\(String(i * 7919 % keys).leftPadded(8))"
+                batch.put(Array(key.utf8), Array("value-\(i)-".utf8) + Array(repeating: UInt8(ascii: "x"), count: 80))
+                if batch.count == 1000 {
+                    try database.write(batch)
+                    batch.clear()
+                }
+            }
+            if !batch.isEmpty { try database.write(batch) }
+            let elapsed = monotonicSeconds() - start
+            print("put \(keys) keys in \(String(format1: elapsed * 1000)) ms (\(Int(Double(keys) / elapsed)) puts/s)")
+            for probe in ["user00000000", "user00000042", "user\(String(keys - 1).leftPadded(8))", "missing"] {
+                let value = try database.get(probe)
+                print("get \(probe) -> \(value.map { String($0.prefix(24)) + "…" } ?? "(nil)")")
+            }
+            try database.delete("user00000042")
+            print("del user00000042 -> get: \(try database.get("user00000042") ?? "(nil)")")
+            let iterator = try database.makeIterator(options: ReadOptions(lowerBound: Array("user00000100".utf8)))
+            try iterator.seekToFirst()
+            print("scan from user00000100:")
+            for _ in 0..<3 where iterator.isValid {
+                print("  \(String(decoding: iterator.key, as: UTF8.self)) = \(String(decoding: iterator.value.prefix(24), as: UTF8.self))…")
+                try iterator.next()
+            }
+            try database.flush()
+            print("flushed; LSM shape:")
+            print(database.stats().shape.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            try database.close()
+        }
+    }
+}
+
+struct SST: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sst", abstract: "Inspect table files.", subcommands: [Dump.self])
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a table's properties and entries.")
+        @Argument(help: "Path of an .sst file.") var file: String
+        @Option(help: "Most entries to print (-1 for all).") var limit = -1
+
+        func run() throws {
+            try reporting {
+                let reader = try TableReader(file: try PosixFileSystem.shared.openRandomAccess(file), name: file, cache: nil)
+                let p = reader.properties
+                print("file: \(file)")
+                print("size: \(reader.fileSizeBytes) bytes; entries: \(p.entryCount) (\(p.deletionCount) deletions); data blocks: \(p.dataBlockCount)")
+                print("data: \(p.dataBytes) bytes; index: \(p.indexBytes); filter: \(p.filterBytes); compression: \(p.compression.rawValue)")
+                print("raw keys: \(p.rawKeyBytes) bytes; raw values: \(p.rawValueBytes) bytes; sequences: \(p.smallestSequence)…\(p.largestSequence)")
+                print("smallest: \(describeInternal(p.smallestKey)); largest: \(describeInternal(p.largestKey))")
+                let iterator = reader.makeIterator(fillCache: false)
+                try iterator.seekToFirst()
+                var printed = 0
+                while iterator.isValid && (limit < 0 || printed < limit) {
+                    let ikey = Array(iterator.key)
+                    print("\(describeInternal(ikey)) => \(TokenCodec.encode(Array(iterator.value)))")
+                    printed += 1
+                    try iterator.next()
+                }
+            }
+        }
+    }
+}
+
+func describeInternal(_ key: [UInt8]) -> String {
+    guard key.count >= 8 else { return "(malformed)" }
+    return key.withUnsafeBytes { raw in
+        let type = valueType(raw).map { $0 == .value ? "put" : "del" } ?? "?"
+        return "\(TokenCodec.encode(Array(userKey(raw)))) @\(sequence(raw)) \(type)"
+    }
+}
+
+struct Manifest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "manifest", abstract: "Inspect the manifest.", subcommands: [Dump.self])
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print every version edit in the live manifest.")
+        @Argument(help: "Database directory.") var dir: String
+
+        func run() throws {
+            try reporting {
+                let fs = PosixFileSystem.shared
+                var name = String(decoding: try fs.readAll(joinPath(dir, "CURRENT")), as: UTF8.self)
+                if name.hasSuffix("\n") { name.removeLast() }
+                let path = joinPath(dir, name)
+                print("manifest: \(path)")
+                let reader = try LogReader(file: try fs.openRandomAccess(path), name: path)
+                var index = 0
+                while let record = try reader.nextRecord() {
+                    let edit = try VersionEdit.decode(record, origin: path)
+                    var parts: [String] = []
+                    if let n = edit.logNumber { parts.append("log=\(n)") }
+                    if let n = edit.nextFileNumber { parts.append("next_file=\(n)") }
+                    if let n = edit.lastSequence { parts.append("last_seq=\(n)") }
+                    for (level, key) in edit.compactPointers { parts.append("pointer L\(level)=\(describeInternal(key))") }
+                    for (level, n) in edit.deletedFiles { parts.append("-L\(level) #\(n)") }
+                    for (level, f) in edit.newFiles {
+                        parts.append("+L\(level) #\(f.number) \(f.sizeBytes)B [\(describeInternal(f.smallest)) … \(describeInternal(f.largest))]")
+                    }
+                    print("edit \(index): " + parts.joined(separator: "; "))
+                    index += 1
+                }
+                if reader.droppedTailBytes > 0 { print("(dropped \(reader.droppedTailBytes) bytes of torn tail)") }
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+
+    init(format1 value: Double) {
+        let tenths = Int((value * 10).rounded())
+        self = "\(tenths / 10).\(abs(tenths % 10))"
+    }
+}

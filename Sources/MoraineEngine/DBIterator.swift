@@ -1,0 +1,216 @@
+// The user-facing iterator: turns the merged stream of internal entries into user keys as of
+// one sequence number, hiding deleted and overwritten versions, within optional bounds.
+// Going forward, the inner iterator sits on the entry that yields the current key. Going
+// backward, it sits before every entry of the current key, whose key and value are then kept
+// in saved buffers. Holds the memtables and Version it reads, so nothing is freed under it.
+// Single-threaded.
+import MoraineFormat
+import MoraineSystem
+
+/// An iterator over user keys and values, forward and backward.
+public final class DBIterator {
+    private let inner: any InternalIterator
+    private let sequence: SequenceNumber
+    private let lowerBound: [UInt8]?
+    private let upperBound: [UInt8]?
+    private let keepAlive: AnyObject
+    private let onClose: () -> Void
+    private var forward = true
+    private var valid = false
+    private var savedKey: [UInt8] = []
+    private var savedValue: [UInt8] = []
+
+    init(
+        inner: any InternalIterator, sequence: SequenceNumber, lowerBound: [UInt8]?, upperBound: [UInt8]?,
+        keepAlive: AnyObject, onClose: @escaping () -> Void
+    ) {
+        self.inner = inner
+        self.sequence = sequence
+        self.lowerBound = lowerBound
+        self.upperBound = upperBound
+        self.keepAlive = keepAlive
+        self.onClose = onClose
+    }
+
+    deinit { onClose() }
+
+    /// Whether the iterator is on an entry.
+    public var isValid: Bool { valid }
+
+    /// The current key. Precondition: isValid.
+    public var key: [UInt8] {
+        precondition(valid)
+        return forward ? Array(userKey(inner.key)) : savedKey
+    }
+
+    /// The current value. Precondition: isValid.
+    public var value: [UInt8] {
+        precondition(valid)
+        return forward ? Array(inner.value) : savedValue
+    }
+
+    /// Calls `body` with views of the current key and value (no copies).
+    public func withCurrent<T>(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        precondition(valid)
+        if forward { return try body(userKey(inner.key), inner.value) }
+        return try savedKey.withUnsafeBytes { k in try savedValue.withUnsafeBytes { v in try body(k, v) } }
+    }
+
+    private func belowLower(_ user: UnsafeRawBufferPointer) -> Bool {
+        guard let lowerBound else { return false }
+        return lowerBound.withUnsafeBytes { compareBytes(user, $0) < 0 }
+    }
+
+    private func atOrAboveUpper(_ user: UnsafeRawBufferPointer) -> Bool {
+        guard let upperBound else { return false }
+        return upperBound.withUnsafeBytes { compareBytes(user, $0) >= 0 }
+    }
+
+    private func seekInner(_ user: [UInt8], sequence: SequenceNumber) throws {
+        let target = makeInternalKey(user, sequence, .forSeek)
+        try target.withUnsafeBytes { try inner.seek($0) }
+    }
+
+    public func seekToFirst() throws {
+        if let lowerBound { return try seek(lowerBound) }
+        forward = true
+        try inner.seekToFirst()
+        try findNextUserEntry(skipping: false)
+    }
+
+    public func seekToLast() throws {
+        forward = false
+        if let upperBound {
+            try seekInner(upperBound, sequence: maxSequenceNumber)
+            if inner.isValid { try inner.prev() } else { try inner.seekToLast() }
+        } else {
+            try inner.seekToLast()
+        }
+        try findPrevUserEntry()
+    }
+
+    /// Positions at the first key at or after `target`.
+    public func seek(_ target: [UInt8]) throws {
+        var target = target
+        if let lowerBound, target.lexicographicallyPrecedes(lowerBound) { target = lowerBound }
+        forward = true
+        savedKey.removeAll(keepingCapacity: true)
+        try seekInner(target, sequence: sequence)
+        try findNextUserEntry(skipping: false)
+    }
+
+    /// Positions at the last key at or before `target`.
+    public func seekForPrev(_ target: [UInt8]) throws {
+        if let upperBound, !target.lexicographicallyPrecedes(upperBound) {
+            return try seekToLast()
+        }
+        try seek(target)
+        if !valid {
+            try seekToLast()
+        } else if key != target {
+            try prev()
+        }
+    }
+
+    public func next() throws {
+        precondition(valid)
+        if !forward {
+            forward = true
+            // The inner iterator is before the current key's entries; step onto them.
+            if inner.isValid { try inner.next() } else { try inner.seekToFirst() }
+            guard inner.isValid else {
+                valid = false
+                savedKey.removeAll(keepingCapacity: true)
+                return
+            }
+        } else {
+            savedKey.removeAll(keepingCapacity: true)
+            savedKey.append(contentsOf: userKey(inner.key))
+            try inner.next()
+        }
+        try findNextUserEntry(skipping: true)
+    }
+
+    /// Moves to the next visible entry, skipping keys <= savedKey when `skipping`.
+    private func findNextUserEntry(skipping initialSkipping: Bool) throws {
+        var skipping = initialSkipping
+        while inner.isValid {
+            let ikey = inner.key
+            if MoraineFormat.sequence(ikey) <= sequence {
+                let user = userKey(ikey)
+                if atOrAboveUpper(user) { break }
+                switch valueType(ikey) {
+                case .deletion:
+                    savedKey.removeAll(keepingCapacity: true)
+                    savedKey.append(contentsOf: user)
+                    skipping = true
+                case .value:
+                    let hidden = skipping && savedKey.withUnsafeBytes { compareBytes(user, $0) <= 0 }
+                    if !hidden {
+                        valid = true
+                        savedKey.removeAll(keepingCapacity: true)
+                        return
+                    }
+                case nil:
+                    throw MoraineError(.corruption, "unknown value type in key \(describeKey(user))")
+                }
+            }
+            try inner.next()
+        }
+        valid = false
+        savedKey.removeAll(keepingCapacity: true)
+    }
+
+    public func prev() throws {
+        precondition(valid)
+        if forward {
+            // Move the inner iterator before every entry of the current key.
+            savedKey.removeAll(keepingCapacity: true)
+            savedKey.append(contentsOf: userKey(inner.key))
+            while true {
+                try inner.prev()
+                guard inner.isValid else {
+                    valid = false
+                    savedKey.removeAll(keepingCapacity: true)
+                    savedValue.removeAll(keepingCapacity: true)
+                    return
+                }
+                if savedKey.withUnsafeBytes({ compareBytes(userKey(inner.key), $0) < 0 }) { break }
+            }
+            forward = false
+        }
+        try findPrevUserEntry()
+    }
+
+    /// Walks backward to the newest visible version of the previous user key.
+    private func findPrevUserEntry() throws {
+        var lastType = ValueType.deletion
+        while inner.isValid {
+            let ikey = inner.key
+            if MoraineFormat.sequence(ikey) <= sequence {
+                let user = userKey(ikey)
+                if belowLower(user) { break }
+                if lastType != .deletion && savedKey.withUnsafeBytes({ compareBytes(user, $0) < 0 }) {
+                    break  // the saved key is complete: an older key begins here
+                }
+                guard let type = valueType(ikey) else {
+                    throw MoraineError(.corruption, "unknown value type in key \(describeKey(user))")
+                }
+                lastType = type
+                savedKey.removeAll(keepingCapacity: true)
+                savedKey.append(contentsOf: user)
+                savedValue.removeAll(keepingCapacity: true)
+                if type == .value { savedValue.append(contentsOf: inner.value) }
+            }
+            try inner.prev()
+        }
+        if lastType == .deletion {
+            valid = false
+            savedKey.removeAll(keepingCapacity: true)
+            savedValue.removeAll(keepingCapacity: true)
+            forward = true
+        } else {
+            valid = true
+        }
+    }
+}

@@ -1,0 +1,238 @@
+// Background work: flushes of immutable memtables (oldest first, one at a time) and leveled
+// compactions (one at a time, automatic or manual). Each runs as a job outside `mutex`, then
+// its result is installed through the manifest under `installLock`. A failed job sets the
+// sticky background error: writes stop with that error, reads go on.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+
+extension Engine {
+    func startBackgroundThreads() {
+        mutex.lock()
+        backgroundThreads = options.maxBackgroundJobs
+        mutex.unlock()
+        for i in 0..<options.maxBackgroundJobs {
+            startThread(name: "moraine-bg\(i)") { [self] in backgroundLoop() }
+        }
+    }
+
+    private func backgroundLoop() {
+        mutex.lock()
+        while !shuttingDown {
+            if backgroundError == nil, !flushRunning, let imm = imms.first {
+                flushRunning = true
+                runFlush(imm)
+                flushRunning = false
+                mutex.broadcast()
+                purgeWithoutMutex()
+                continue
+            }
+            if backgroundError == nil, !compactionRunning, !options.disableAutoCompactions,
+                let spec = CompactionPicker.pick(version: versions.current, options: options, pointers: versions.compactPointers)
+            {
+                compactionRunning = true
+                runCompaction(spec)
+                compactionRunning = false
+                mutex.broadcast()
+                purgeWithoutMutex()
+                continue
+            }
+            mutex.wait()
+        }
+        backgroundThreads -= 1
+        mutex.broadcast()
+        mutex.unlock()
+    }
+
+    private func purgeWithoutMutex() {
+        mutex.unlock()
+        purgeObsoleteFiles()
+        mutex.lock()
+    }
+
+    /// Flushes the oldest immutable memtable. Precondition: `mutex` held; released meanwhile.
+    private func runFlush(_ imm: MemTable) {
+        let number = versions.newFileNumber()
+        // After this flush, the oldest memtable still unflushed decides which WALs are needed.
+        let nextLog = imms.count > 1 ? imms[1].logNumber : mem.logNumber
+        mutex.unlock()
+        var failure: MoraineError? = nil
+        do {
+            let job = FlushJob(
+                source: imm.makeIterator(), fileNumber: number, directory: path, fileSystem: fileSystem,
+                tableOptions: options.tableOptions)
+            let info = try job.run()
+            var edit = VersionEdit()
+            edit.logNumber = nextLog
+            if let info {
+                edit.newFiles.append((0, info))
+                counters.update {
+                    $0.flushes += 1
+                    $0.flushBytesWritten += Int(info.sizeBytes)
+                }
+            }
+            try install(edit)
+        } catch {
+            failure = asMoraineError(error)
+        }
+        mutex.lock()
+        if let failure {
+            backgroundError = backgroundError ?? MoraineError(failure.kind, "flush failed: \(failure.message)")
+            return
+        }
+        imms.removeFirst()
+        installSuperVersion()
+        deleteObsoleteLogs()
+    }
+
+    /// Makes `edit` durable and current. Safe to call without `mutex`.
+    func install(_ edit: VersionEdit) throws {
+        try installLock.withLock {
+            if !edit.newFiles.isEmpty {
+                // New tables' directory entries must be durable before the manifest names them.
+                try fileSystem.syncDirectory(path)
+            }
+            let before = versions.manifestCount
+            _ = try versions.logAndApply(edit, lastSequence: lastSequence.load(ordering: .acquiring))
+            if versions.manifestCount != before { counters.update { $0.manifestRolls += 1 } }
+        }
+    }
+
+    /// Removes WAL files every memtable has flushed past. Precondition: `mutex` held.
+    func deleteObsoleteLogs() {
+        let keep = versions.logNumber
+        guard let names = try? fileSystem.children(of: path) else { return }
+        for name in names {
+            if case .log(let n) = DatabaseFile(name: name), n < keep, n != logFileNumber {
+                try? fileSystem.remove(joinPath(path, name))
+            }
+        }
+    }
+
+    /// Runs a picked compaction. Precondition: `mutex` held; released meanwhile.
+    func runCompaction(_ spec: CompactionSpec) {
+        mutex.unlock()
+        var failure: MoraineError? = nil
+        do {
+            try executeCompaction(spec)
+        } catch {
+            failure = asMoraineError(error)
+        }
+        mutex.lock()
+        if let failure {
+            backgroundError = backgroundError ?? MoraineError(failure.kind, "compaction failed: \(failure.message)")
+            return
+        }
+        installSuperVersion()
+    }
+
+    /// Runs a compaction job (or a trivial move) and installs its result. Called without `mutex`.
+    func executeCompaction(_ spec: CompactionSpec) throws {
+        var edit = VersionEdit()
+        for file in spec.inputs { edit.deletedFiles.append((spec.inputLevel, file.number)) }
+        for file in spec.outputLevelInputs { edit.deletedFiles.append((spec.outputLevel, file.number)) }
+        if let pointer = spec.compactPointer { edit.compactPointers.append((spec.inputLevel, pointer)) }
+        if spec.isTrivialMove {
+            edit.newFiles.append((spec.outputLevel, spec.inputs[0].info))
+            try install(edit)
+            counters.update { $0.trivialMoves += 1 }
+            return
+        }
+        let version = versions.current
+        var deeper: [[(lower: [UInt8], upper: [UInt8])]] = []
+        if spec.outputLevel + 1 < version.levels.count {
+            for level in (spec.outputLevel + 1)..<version.levels.count {
+                deeper.append(version.levels[level].map { ($0.smallestUserKey, $0.largestUserKey) })
+            }
+        }
+        let job = CompactionJob(
+            inputs: (spec.inputs + spec.outputLevelInputs).map(\.number), outputLevel: spec.outputLevel,
+            smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring),
+            deeperLevelRanges: deeper, targetFileSizeBytes: UInt64(options.targetFileSizeBase),
+            directory: path, fileSystem: fileSystem, tableOptions: options.tableOptions,
+            allocateFileNumber: { [versions] in versions.newFileNumber() })
+        let result = try job.run()
+        for output in result.outputs { edit.newFiles.append((spec.outputLevel, output)) }
+        // If the install fails, the outputs stay: the manifest may already name them. The next
+        // open deletes whichever tables no manifest references.
+        try install(edit)
+        counters.update {
+            $0.compactions += 1
+            $0.compactionBytesRead += Int(result.bytesRead)
+            $0.compactionBytesWritten += Int(result.bytesWritten)
+            $0.entriesDropped += Int(result.entriesDropped)
+        }
+    }
+
+    /// Moves every memtable's contents into tables and waits until done.
+    public func flush() throws {
+        try enqueue(Writer(batch: nil, options: WriteOptions()))
+        mutex.lock()
+        defer { mutex.unlock() }
+        mutex.broadcast()
+        while !imms.isEmpty {
+            if let backgroundError { throw backgroundError }
+            try checkOpen()
+            mutex.wait(seconds: 0.1)
+        }
+        if let backgroundError { throw backgroundError }
+    }
+
+    /// Compacts every table overlapping [begin, end] (nil = unbounded) down level by level to
+    /// the deepest level holding data, after a flush. Returns when done.
+    public func compactRange(begin: [UInt8]? = nil, end: [UInt8]? = nil) throws {
+        try flush()
+        mutex.lock()
+        while compactionRunning {
+            if let backgroundError {
+                mutex.unlock()
+                throw backgroundError
+            }
+            mutex.wait(seconds: 0.1)
+        }
+        compactionRunning = true
+        mutex.unlock()
+        defer {
+            mutex.lock()
+            compactionRunning = false
+            mutex.broadcast()
+            mutex.unlock()
+            purgeObsoleteFiles()
+        }
+        let deepest = max(1, versions.current.deepestNonEmptyLevel ?? 0)
+        for level in 0..<min(deepest, options.numLevels - 1) {
+            let version = versions.current
+            guard let spec = CompactionPicker.manual(version: version, level: level, begin: begin, end: end) else { continue }
+            try executeCompaction(spec)
+            mutex.lock()
+            installSuperVersion()
+            mutex.unlock()
+            purgeObsoleteFiles()
+        }
+    }
+
+    /// Flushes every memtable synchronously (close with unlogged writes). Precondition: `mutex`
+    /// held and no background threads running.
+    func flushAllForClose() throws {
+        var pending = imms
+        if !mem.isEmpty { pending.append(mem) }
+        for (i, table) in pending.enumerated() {
+            let number = versions.newFileNumber()
+            let job = FlushJob(
+                source: table.makeIterator(), fileNumber: number, directory: path, fileSystem: fileSystem,
+                tableOptions: options.tableOptions)
+            var edit = VersionEdit()
+            if let info = try job.run() { edit.newFiles.append((0, info)) }
+            edit.logNumber = i + 1 < pending.count ? pending[i + 1].logNumber : logFileNumber
+            try install(edit)
+        }
+        imms = []
+        mem = MemTable(capacityBytes: 64 << 10, logNumber: logFileNumber)
+        unloggedWrites = false
+        installSuperVersion()
+    }
+}
+
+func asMoraineError(_ error: Error) -> MoraineError {
+    (error as? MoraineError) ?? MoraineError(.internalError, "\(error)")
+}

@@ -1,0 +1,121 @@
+// The read path: memtables first (newest to oldest), then L0 tables newest first, then one
+// table per deeper level found by binary search. Bloom filters skip tables that cannot hold the
+// key. Reads take no global lock.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+
+extension Engine {
+    /// The sequence reads see: the snapshot's, or the latest published.
+    func readSequence(_ readOptions: ReadOptions) -> SequenceNumber {
+        readOptions.snapshot?.sequence ?? lastSequence.load(ordering: .acquiring)
+    }
+
+    /// The value of `key`, or nil when absent or deleted.
+    /// - Throws: `.corruption` naming the table when a block fails its checks; `.closed`.
+    public func get(_ key: [UInt8], options readOptions: ReadOptions = ReadOptions()) throws -> [UInt8]? {
+        try key.withUnsafeBytes { try get(key: $0, options: readOptions) }
+    }
+
+    public func get(key: UnsafeRawBufferPointer, options readOptions: ReadOptions = ReadOptions()) throws -> [UInt8]? {
+        if closed { throw MoraineError(.closed, "database \(path) is closed") }
+        let sv = currentSuperVersion()
+        let seq = readSequence(readOptions)
+        switch sv.mem.get(key, sequence: seq) {
+        case .found(let value): return value
+        case .deleted: return nil
+        case .notFound: break
+        }
+        for imm in sv.imms {
+            switch imm.get(key, sequence: seq) {
+            case .found(let value): return value
+            case .deleted: return nil
+            case .notFound: break
+            }
+        }
+        return try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache)
+    }
+
+    private func getFromVersion(
+        _ version: Version, key: UnsafeRawBufferPointer, sequence seq: SequenceNumber, fillCache: Bool
+    ) throws -> [UInt8]? {
+        let lookup = makeInternalKey(key, seq, .forSeek)
+        let hash = hashBytes(key)
+        var result: LookupResult = .notFound
+        try lookup.withUnsafeBytes { lookupKey in
+            func probe(_ file: FileMetaData) throws -> Bool {
+                let table = try tableCache.reader(file.number)
+                return try table.get(lookupKey, hash: hash) { foundKey, value in
+                    switch valueType(foundKey) {
+                    case .value: result = .found(Array(value))
+                    case .deletion: result = .deleted
+                    case nil:
+                        throw MoraineError.corruption("unknown value type for key \(describeKey(key))", file: table.name)
+                    }
+                }
+            }
+            for file in version.levels[0] {
+                let inRange = file.smallestUserKey.withUnsafeBytes { compareBytes($0, key) <= 0 }
+                    && file.largestUserKey.withUnsafeBytes { compareBytes($0, key) >= 0 }
+                if inRange, try probe(file) { return }
+            }
+            for level in 1..<version.levels.count {
+                let files = version.levels[level]
+                if files.isEmpty { continue }
+                var low = 0
+                var high = files.count
+                while low < high {
+                    let mid = (low + high) / 2
+                    if files[mid].info.largest.withUnsafeBytes({ compareInternalKeys($0, lookupKey) < 0 }) {
+                        low = mid + 1
+                    } else {
+                        high = mid
+                    }
+                }
+                guard low < files.count else { continue }
+                let file = files[low]
+                if file.smallestUserKey.withUnsafeBytes({ compareBytes($0, key) > 0 }) { continue }
+                if try probe(file) { return }
+            }
+        }
+        switch result {
+        case .found(let value): return value
+        case .deleted, .notFound: return nil
+        }
+    }
+
+    /// An iterator over the database as of now (or the snapshot in `options`). Call one of the
+    /// seek methods before reading.
+    public func makeIterator(options readOptions: ReadOptions = ReadOptions()) throws -> DBIterator {
+        try checkOpen()
+        let sv = currentSuperVersion()
+        let seq = readSequence(readOptions)
+        var children: [any InternalIterator] = [sv.mem.makeIterator()]
+        for imm in sv.imms { children.append(imm.makeIterator()) }
+        for file in sv.version.levels[0] {
+            if !file.overlaps(lower: readOptions.lowerBound, upper: readOptions.upperBound) { continue }
+            children.append(try tableCache.reader(file.number).makeIterator(fillCache: readOptions.fillCache))
+        }
+        for level in 1..<sv.version.levels.count where !sv.version.levels[level].isEmpty {
+            let files = sv.version.levels[level].filter {
+                $0.overlaps(lower: readOptions.lowerBound, upper: readOptions.upperBound)
+            }
+            if files.isEmpty { continue }
+            children.append(LevelIterator(files: files, tables: tableCache, fillCache: readOptions.fillCache))
+        }
+        let inner: any InternalIterator = children.count == 1 ? children[0] : MergingIterator(children)
+        return DBIterator(
+            inner: inner, sequence: seq, lowerBound: readOptions.lowerBound, upperBound: readOptions.upperBound,
+            keepAlive: sv, onClose: { [weak self] in self?.purgeObsoleteFiles() })
+    }
+
+    /// A snapshot of the current state; reads through it ignore later writes.
+    public func snapshot() -> Snapshot {
+        snapshots.make(lastSequence.load(ordering: .acquiring))
+    }
+
+    /// Releases a snapshot early (dropping the last reference does the same).
+    public func releaseSnapshot(_ snapshot: Snapshot) {
+        snapshot.release()
+    }
+}

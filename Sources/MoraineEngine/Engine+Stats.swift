@@ -1,0 +1,141 @@
+// A point-in-time report of the tree's shape and the engine's counters, for tools and tests.
+import MoraineFormat
+import MoraineSystem
+
+/// Per-level shape.
+public struct LevelStats: Sendable, Equatable {
+    public var level: Int
+    public var fileCount: Int
+    public var sizeBytes: UInt64
+    /// Compaction score (≥ 1 means due); 0 for the last level.
+    public var score: Double
+}
+
+/// The engine's state and counters.
+public struct EngineStats: Sendable {
+    public var levels: [LevelStats] = []
+    public var memtableBytes = 0
+    public var immutableMemtables = 0
+    public var lastSequence: UInt64 = 0
+    public var liveSnapshots = 0
+    public var openTables = 0
+    public var pinnedIndexAndFilterBytes = 0
+    public var blockCacheCapacityBytes = 0
+    public var blockCacheUsageBytes = 0
+    public var blockCacheHits = 0
+    public var blockCacheMisses = 0
+    public var flushes = 0
+    public var compactions = 0
+    public var trivialMoves = 0
+    public var compactionBytesRead = 0
+    public var compactionBytesWritten = 0
+    public var flushBytesWritten = 0
+    public var entriesDropped = 0
+    public var writes = 0
+    public var writeGroups = 0
+    public var walSyncs = 0
+    public var walBytes = 0
+    public var stallSlowdowns = 0
+    public var stallStops = 0
+    public var manifestRolls = 0
+    public var backgroundError: String? = nil
+
+    /// One line of JSON.
+    public var json: String {
+        var fields: [String] = []
+        let levelJSON = levels.map {
+            "{\"level\":\($0.level),\"files\":\($0.fileCount),\"bytes\":\($0.sizeBytes),\"score\":\(String(format2: $0.score))}"
+        }
+        fields.append("\"levels\":[\(levelJSON.joined(separator: ","))]")
+        let numbers: [(String, Int)] = [
+            ("memtable_bytes", memtableBytes), ("immutable_memtables", immutableMemtables),
+            ("last_sequence", Int(lastSequence)), ("live_snapshots", liveSnapshots), ("open_tables", openTables),
+            ("pinned_index_filter_bytes", pinnedIndexAndFilterBytes),
+            ("block_cache_capacity", blockCacheCapacityBytes), ("block_cache_usage", blockCacheUsageBytes),
+            ("block_cache_hits", blockCacheHits), ("block_cache_misses", blockCacheMisses), ("flushes", flushes),
+            ("compactions", compactions), ("trivial_moves", trivialMoves),
+            ("compaction_bytes_read", compactionBytesRead), ("compaction_bytes_written", compactionBytesWritten),
+            ("flush_bytes_written", flushBytesWritten), ("entries_dropped", entriesDropped), ("writes", writes),
+            ("write_groups", writeGroups), ("wal_syncs", walSyncs), ("wal_bytes", walBytes),
+            ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("manifest_rolls", manifestRolls),
+        ]
+        for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
+        if let backgroundError {
+            let escaped = backgroundError.replacingAll("\\", "\\\\").replacingAll("\"", "\\\"")
+            fields.append("\"background_error\":\"\(escaped)\"")
+        }
+        return "{" + fields.joined(separator: ",") + "}"
+    }
+
+    /// The LSM shape as a few human-readable lines.
+    public var shape: String {
+        var lines: [String] = ["memtable: \(memtableBytes) bytes, \(immutableMemtables) immutable"]
+        for l in levels where l.fileCount > 0 || l.level == 0 {
+            lines.append("L\(l.level): \(l.fileCount) files, \(l.sizeBytes) bytes, score \(String(format2: l.score))")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    init(format2 value: Double) {
+        let scaled = (value * 100).rounded()
+        let whole = Int(scaled) / 100
+        let fraction = abs(Int(scaled) % 100)
+        self = "\(whole).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+
+    func replacingAll(_ target: String, _ replacement: String) -> String {
+        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
+}
+
+extension Engine {
+    /// The tree's shape and the engine's counters.
+    public func stats() -> EngineStats {
+        var s = EngineStats()
+        let version = versions.current
+        let scores = CompactionPicker.scores(version: version, options: options)
+        for (level, files) in version.levels.enumerated() {
+            s.levels.append(
+                LevelStats(level: level, fileCount: files.count, sizeBytes: version.bytes(level: level),
+                           score: level < scores.count ? scores[level] : 0))
+        }
+        mutex.withLock {
+            s.memtableBytes = mem.memoryUsageBytes
+            s.immutableMemtables = imms.count
+            s.backgroundError = backgroundError?.description
+        }
+        s.lastSequence = lastSequence.load(ordering: .acquiring)
+        s.liveSnapshots = snapshots.count
+        s.openTables = tableCache.openCount
+        s.pinnedIndexAndFilterBytes = tableCache.pinnedBytes
+        if let blockCache {
+            s.blockCacheCapacityBytes = blockCache.capacityBytes
+            s.blockCacheUsageBytes = blockCache.usageBytes
+            s.blockCacheHits = blockCache.hits
+            s.blockCacheMisses = blockCache.misses
+        }
+        let c = counters.snapshot
+        s.flushes = c.flushes
+        s.compactions = c.compactions
+        s.trivialMoves = c.trivialMoves
+        s.compactionBytesRead = c.compactionBytesRead
+        s.compactionBytesWritten = c.compactionBytesWritten
+        s.flushBytesWritten = c.flushBytesWritten
+        s.entriesDropped = c.entriesDropped
+        s.writes = c.writes
+        s.writeGroups = c.writeGroups
+        s.walSyncs = c.walSyncs
+        s.walBytes = c.walBytes
+        s.stallSlowdowns = c.stallSlowdowns
+        s.stallStops = c.stallStops
+        s.manifestRolls = c.manifestRolls
+        return s
+    }
+
+    /// Every table of the current version as (level, file record), for tools.
+    public func liveFiles() -> [(level: Int, file: TableFileInfo)] {
+        versions.current.levels.enumerated().flatMap { level, files in files.map { (level, $0.info) } }
+    }
+}

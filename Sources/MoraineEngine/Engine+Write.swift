@@ -1,0 +1,216 @@
+// The write path: writers queue under `mutex`; the writer at the head becomes the leader,
+// gathers the batches queued behind it into one group, appends one WAL record for all of them
+// (syncing when any asked for it), inserts them into the memtable outside the mutex, then
+// publishes the new last sequence and wakes the group. Memtable switches happen here, by the
+// leader only, so the single-writer rule of the memtable holds.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+
+extension Engine {
+    /// Largest group a leader assembles.
+    static let maxGroupBytes = 1 << 20
+
+    /// Applies `batch` atomically.
+    /// - Throws: `.invalid` for an oversized key or value, `.closed` after close, or the sticky
+    ///   background error (an I/O failure) that stopped writes.
+    public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
+        try batch.forEach { _, key, value in
+            if key.count > options.maxKeySize {
+                throw MoraineError(.invalid, "key of \(key.count) bytes exceeds the limit of \(options.maxKeySize) bytes")
+            }
+            if value.count > options.maxValueSize {
+                throw MoraineError(.invalid, "value of \(value.count) bytes exceeds the limit of \(options.maxValueSize) bytes")
+            }
+        }
+        if batch.sizeBytes > 1 << 30 {
+            throw MoraineError(.invalid, "write batch of \(batch.sizeBytes) bytes exceeds 1 GiB")
+        }
+        if batch.isEmpty { return }
+        try enqueue(Writer(batch: batch, options: writeOptions))
+    }
+
+    public func put(_ key: [UInt8], _ value: [UInt8], options: WriteOptions = WriteOptions()) throws {
+        var batch = WriteBatch()
+        batch.put(key, value)
+        try write(batch, options: options)
+    }
+
+    public func delete(_ key: [UInt8], options: WriteOptions = WriteOptions()) throws {
+        var batch = WriteBatch()
+        batch.delete(key)
+        try write(batch, options: options)
+    }
+
+    /// Queues a writer and runs the group if it leads. A writer with no batch forces a memtable
+    /// switch (used by `flush`).
+    func enqueue(_ w: Writer) throws {
+        mutex.lock()
+        writers.append(w)
+        while !w.done && writers.first !== w { mutex.wait() }
+        if w.done {
+            mutex.unlock()
+            if let error = w.error { throw error }
+            return
+        }
+        var group = [w]
+        var groupError: MoraineError? = nil
+        do {
+            try checkOpen()
+            if let batch = w.batch {
+                var bytes = batch.sizeBytes
+                let limit = bytes <= 128 << 10 ? bytes + (128 << 10) : Self.maxGroupBytes
+                for other in writers.dropFirst() {
+                    guard let otherBatch = other.batch,
+                        !other.options.sync || w.options.sync,
+                        other.options.disableWAL == w.options.disableWAL,
+                        bytes + otherBatch.sizeBytes <= limit
+                    else { break }
+                    group.append(other)
+                    bytes += otherBatch.sizeBytes
+                }
+                try applyGroup(group)
+            } else {
+                try makeRoomForWrite(neededBytes: 0, force: true)
+            }
+        } catch let error as MoraineError {
+            groupError = error
+        } catch {
+            groupError = MoraineError(.internalError, "\(error)")
+        }
+        for member in group {
+            member.done = true
+            member.error = groupError
+        }
+        writers.removeFirst(group.count)
+        mutex.broadcast()
+        mutex.unlock()
+        if let groupError { throw groupError }
+    }
+
+    /// Writes the group to the WAL and the memtable. Precondition: `mutex` held by the leader;
+    /// released while doing I/O.
+    private func applyGroup(_ group: [Writer]) throws {
+        var combined: WriteBatch
+        if group.count == 1 {
+            combined = group[0].batch!
+        } else {
+            combined = WriteBatch()
+            for member in group { combined.append(member.batch!) }
+        }
+        let needed = combined.sizeBytes + combined.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
+        try makeRoomForWrite(neededBytes: needed, force: false)
+        let first = allocatedSequence + 1
+        combined.sequence = first
+        allocatedSequence += SequenceNumber(combined.count)
+        let memtable = mem
+        let wal = log
+        let sync = group[0].options.sync
+        let skipWAL = group[0].options.disableWAL
+        if skipWAL { unloggedWrites = true }
+        mutex.unlock()
+        var failure: Error? = nil
+        do {
+            if !skipWAL, let wal {
+                try wal.addRecord(combined.rep)
+                if sync { try wal.file.sync() } else { try wal.file.flush() }
+            }
+            var seq = first
+            try combined.forEach { type, key, value in
+                memtable.add(sequence: seq, type: type, key: key, value: value)
+                seq += 1
+            }
+        } catch {
+            failure = error
+        }
+        mutex.lock()
+        if let failure {
+            // The WAL may now end in a partial record: stop taking writes until reopened.
+            let error = (failure as? MoraineError) ?? MoraineError(.io, "\(failure)")
+            backgroundError = backgroundError ?? MoraineError(error.kind, "WAL write failed, database is read-only until reopened: \(error.message)")
+            throw error
+        }
+        lastSequence.store(first + SequenceNumber(combined.count) - 1, ordering: .releasing)
+        counters.update {
+            $0.writeGroups += 1
+            $0.writes += group.count
+            if !skipWAL { $0.walBytes += combined.sizeBytes }
+            if sync && !skipWAL { $0.walSyncs += 1 }
+        }
+    }
+
+    /// Ensures the active memtable can take `neededBytes`, switching memtables and applying the
+    /// L0 slowdown and stop rules. Precondition: `mutex` held; may wait on it.
+    func makeRoomForWrite(neededBytes: Int, force initialForce: Bool) throws {
+        var force = initialForce
+        var allowDelay = !force
+        while true {
+            if let backgroundError { throw backgroundError }
+            try checkOpen()
+            let level0Files = versions.current.levels[0].count
+            if allowDelay && level0Files >= options.level0SlowdownWritesTrigger {
+                // Near the stop limit: delay this write by 1 ms once, to share the disk with
+                // compaction instead of stalling hard later.
+                counters.update { $0.stallSlowdowns += 1 }
+                mutex.unlock()
+                sleepMicroseconds(1000)
+                mutex.lock()
+                allowDelay = false
+                continue
+            }
+            let full = mem.memoryUsageBytes >= options.writeBufferSize || !mem.hasRoom(forBytes: neededBytes)
+            if !force && !full { return }
+            if force && mem.isEmpty { return }
+            if mem.isEmpty && !mem.hasRoom(forBytes: neededBytes) {
+                // One batch larger than the arena: give the empty memtable a bigger arena.
+                mem = MemTable(capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber)
+                installSuperVersion()
+                return
+            }
+            if imms.count >= options.maxWriteBufferNumber - 1 {
+                counters.update { $0.stallStops += 1 }
+                mutex.broadcast()
+                mutex.wait(seconds: 1)
+                continue
+            }
+            if level0Files >= options.level0StopWritesTrigger {
+                counters.update { $0.stallStops += 1 }
+                mutex.broadcast()
+                mutex.wait(seconds: 1)
+                continue
+            }
+            try switchMemtable(neededBytes: neededBytes)
+            force = false
+        }
+    }
+
+    /// Starts a new WAL and memtable; the old memtable joins the flush queue.
+    /// Precondition: `mutex` held by the write leader.
+    func switchMemtable(neededBytes: Int) throws {
+        let number = versions.newFileNumber()
+        let file = try fileSystem.createWritable(path(.log(number)))
+        do {
+            // The new WAL's directory entry must be durable before a sync write in it counts.
+            try fileSystem.syncDirectory(path)
+            if let log { try log.file.close() }
+        } catch {
+            try? file.close()
+            try? fileSystem.remove(path(.log(number)))
+            throw error
+        }
+        log = LogWriter(file: file)
+        logFileNumber = number
+        imms.append(mem)
+        mem = MemTable(capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number)
+        installSuperVersion()
+        mutex.broadcast()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func sleepMicroseconds(_ micros: Int) {
+    usleep(UInt32(micros))
+}

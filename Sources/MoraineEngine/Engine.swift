@@ -1,0 +1,213 @@
+// The embedded engine: one database directory, opened by one process at a time.
+//
+// State and locking:
+// - `mutex` guards the writer queue, the active and immutable memtables, the WAL, background
+//   scheduling flags, and the sticky background error. Waiting (writer queue, stalls, flush
+//   waits) happens on its condition.
+// - `installLock` serializes version installs (flush, compaction, recovery), so the manifest is
+//   written without holding `mutex`.
+// - Readers take no global lock: they grab the current SuperVersion (memtables + Version) from
+//   a tiny lock of its own, then read lock-free; the memtable skiplist is safe for concurrent
+//   reads beside its single writer.
+// - `lastSequence` is published (release) after a write group is in the memtable, so readers
+//   never see half a batch.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+import Synchronization
+
+/// What a reader needs: the memtables and the Version, taken together.
+final class SuperVersion: Sendable {
+    let mem: MemTable
+    /// Immutable memtables, newest first.
+    let imms: [MemTable]
+    let version: Version
+
+    init(mem: MemTable, imms: [MemTable], version: Version) {
+        self.mem = mem
+        self.imms = imms
+        self.version = version
+    }
+}
+
+/// A waiting writer in the group-commit queue.
+final class Writer {
+    let batch: WriteBatch?
+    let options: WriteOptions
+    var done = false
+    var error: MoraineError? = nil
+    init(batch: WriteBatch?, options: WriteOptions) {
+        self.batch = batch
+        self.options = options
+    }
+}
+
+/// An open database.
+public final class Engine: @unchecked Sendable {
+    public let path: String
+    public let options: Options
+    let fileSystem: any FileSystem
+    let mutex = ConditionLock()
+    let installLock = ConditionLock()
+    let versions: VersionSet
+    let tableCache: TableCache
+    let blockCache: BlockCache?
+    let snapshots = SnapshotList()
+    let obsolete = ObsoleteFiles()
+    let lastSequence = Atomic<UInt64>(0)
+    private let superVersionLock = Mutex<SuperVersion?>(nil)
+    let counters = Counters()
+
+    // Guarded by `mutex`.
+    var writers: [Writer] = []
+    var mem: MemTable
+    var imms: [MemTable] = []  // oldest first
+    var log: LogWriter? = nil
+    var logFileNumber: UInt64 = 0
+    /// Sequence numbers handed out (may run ahead of `lastSequence` while a group is applied).
+    var allocatedSequence: SequenceNumber = 0
+    var backgroundError: MoraineError? = nil
+    var shuttingDown = false
+    var closed = false
+    var flushRunning = false
+    var compactionRunning = false
+    var backgroundThreads = 0
+    var unloggedWrites = false
+    private var fileLock: (any FileLock)?
+
+    private init(path: String, options: Options, lock: any FileLock) {
+        self.path = path
+        self.options = options
+        self.fileSystem = options.fileSystem
+        self.fileLock = lock
+        self.blockCache = options.blockCacheSize > 0 ? BlockCache(capacityBytes: options.blockCacheSize) : nil
+        self.tableCache = TableCache(
+            directory: path, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles)
+        self.versions = VersionSet(directory: path, options: options, sink: obsolete)
+        self.mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: 0)
+    }
+
+    /// Opens (or with `createIfMissing`, creates) the database in `path`, recovering from the
+    /// manifest and replaying the WAL.
+    /// - Throws: `.invalid` for bad options or a directory that holds no database, `.busy` when
+    ///   another process has it open, `.corruption` naming the damaged file.
+    public static func open(path: String, options: Options) throws -> Engine {
+        try options.validate()
+        let fs = options.fileSystem
+        if options.createIfMissing { try fs.createDirectory(path) }
+        let currentPath = joinPath(path, DatabaseFile.current.name)
+        guard (try? fs.children(of: path)) != nil else {
+            throw MoraineError(.notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
+        }
+        let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
+        let engine = Engine(path: path, options: options, lock: lock)
+        do {
+            if !fs.fileExists(currentPath) {
+                guard options.createIfMissing else {
+                    throw MoraineError(.invalid, "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
+                }
+                try engine.versions.writeNewManifest(lastSequence: 0)
+            } else if options.errorIfExists {
+                throw MoraineError(.invalid, "database \(path) already exists (error_if_exists is set)")
+            }
+            try engine.recover()
+        } catch {
+            engine.versions.close()
+            lock.unlock()
+            throw error
+        }
+        engine.startBackgroundThreads()
+        return engine
+    }
+
+    func path(_ file: DatabaseFile) -> String { joinPath(path, file.name) }
+
+    /// Publishes the current memtables and version to readers. Precondition: `mutex` held.
+    func installSuperVersion() {
+        let fresh = SuperVersion(mem: mem, imms: imms.reversed(), version: versions.current)
+        let old = superVersionLock.withLock { sv in
+            let old = sv
+            sv = fresh
+            return old
+        }
+        _ = old  // released here, outside the lock
+    }
+
+    func currentSuperVersion() -> SuperVersion {
+        superVersionLock.withLock { $0! }
+    }
+
+    /// Stops background work, closes the WAL and releases the lock. Pending writes in the WAL
+    /// are replayed by the next open. Idempotent.
+    public func close() throws {
+        mutex.lock()
+        if closed {
+            mutex.unlock()
+            return
+        }
+        shuttingDown = true
+        mutex.broadcast()
+        while backgroundThreads > 0 { mutex.wait() }
+        var firstError: MoraineError? = nil
+        if unloggedWrites && backgroundError == nil {
+            // Writes made without the WAL live only in memtables: persist them before closing.
+            do {
+                try flushAllForClose()
+            } catch {
+                firstError = error as? MoraineError
+            }
+        }
+        closed = true
+        if let log {
+            do { try log.file.close() } catch { firstError = firstError ?? (error as? MoraineError) }
+        }
+        log = nil
+        mutex.unlock()
+        versions.close()
+        purgeObsoleteFiles()
+        fileLock?.unlock()
+        fileLock = nil
+        if let firstError { throw firstError }
+    }
+
+    deinit {
+        if !closed { try? close() }
+    }
+
+    /// Deletes table files that left the tree and are no longer read by anyone.
+    func purgeObsoleteFiles() {
+        for number in obsolete.drain() {
+            tableCache.evict(number)
+            try? fileSystem.remove(path(.table(number)))
+        }
+    }
+
+    func checkOpen() throws {
+        if closed || shuttingDown { throw MoraineError(.closed, "database \(path) is closed") }
+    }
+}
+
+/// Counters reported by `stats`.
+struct CounterValues: Sendable {
+    var flushes = 0
+    var compactions = 0
+    var trivialMoves = 0
+    var compactionBytesRead = 0
+    var compactionBytesWritten = 0
+    var flushBytesWritten = 0
+    var entriesDropped = 0
+    var writeGroups = 0
+    var writes = 0
+    var walSyncs = 0
+    var walBytes = 0
+    var stallSlowdowns = 0
+    var stallStops = 0
+    var manifestRolls = 0
+}
+
+/// Engine counters behind one small lock (updated once per group or job, not per key).
+final class Counters: Sendable {
+    private let values = Mutex(CounterValues())
+    func update(_ body: (inout CounterValues) -> Void) { values.withLock { body(&$0) } }
+    var snapshot: CounterValues { values.withLock { $0 } }
+}

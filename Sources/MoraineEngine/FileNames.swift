@@ -1,0 +1,43 @@
+// Names of the files in a database directory. Numbers come from one counter, so every file
+// number is used once. Stateless.
+
+/// The kinds of files a database directory holds.
+public enum DatabaseFile: Equatable, Sendable {
+    case log(UInt64)
+    case table(UInt64)
+    case manifest(UInt64)
+    case current
+    case lock
+    case temporary(UInt64)
+
+    /// The file's name inside the database directory.
+    public var name: String {
+        switch self {
+        case .log(let n): Self.padded(n) + ".log"
+        case .table(let n): Self.padded(n) + ".sst"
+        case .manifest(let n): "MANIFEST-" + Self.padded(n)
+        case .current: "CURRENT"
+        case .lock: "LOCK"
+        case .temporary(let n): Self.padded(n) + ".dbtmp"
+        }
+    }
+
+    static func padded(_ n: UInt64) -> String {
+        let digits = String(n)
+        return digits.count >= 6 ? digits : String(repeating: "0", count: 6 - digits.count) + digits
+    }
+
+    /// Parses a name found in the directory; nil for names that are not Moraine's.
+    public init?(name: String) {
+        if name == "CURRENT" { self = .current; return }
+        if name == "LOCK" { self = .lock; return }
+        if name.hasPrefix("MANIFEST-"), let n = UInt64(name.dropFirst(9)) { self = .manifest(n); return }
+        for (suffix, make) in [(".log", DatabaseFile.log), (".sst", DatabaseFile.table), (".dbtmp", DatabaseFile.temporary)] {
+            if name.hasSuffix(suffix), let n = UInt64(name.dropLast(suffix.count)), !name.hasPrefix("+") {
+                self = make(n)
+                return
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,87 @@
+// Flush and compaction are jobs with explicit inputs and outputs: they read and write only
+// through the FileSystem seam and touch no engine state, so the same code can run on a remote
+// worker. A job that fails removes the files it started; one that dies with its process leaves
+// files no manifest references, which the next open deletes.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+
+/// Writes the entries of an immutable memtable (or any sorted source) to one L0 table.
+public struct FlushJob {
+    /// The sorted entries to persist.
+    public let source: any InternalIterator
+    /// The number the output table takes.
+    public let fileNumber: UInt64
+    public let directory: String
+    public let fileSystem: any FileSystem
+    public let tableOptions: TableOptions
+
+    public init(source: any InternalIterator, fileNumber: UInt64, directory: String, fileSystem: any FileSystem, tableOptions: TableOptions) {
+        self.source = source
+        self.fileNumber = fileNumber
+        self.directory = directory
+        self.fileSystem = fileSystem
+        self.tableOptions = tableOptions
+    }
+
+    /// Writes and syncs the table.
+    /// - Returns: the new file's record, or nil when the source is empty.
+    public func run() throws -> TableFileInfo? {
+        try source.seekToFirst()
+        guard source.isValid else { return nil }
+        let path = joinPath(directory, DatabaseFile.table(fileNumber).name)
+        let writer = TableWriter(path: path, number: fileNumber, fileSystem: fileSystem, options: tableOptions)
+        do {
+            try writer.open()
+            while source.isValid {
+                try writer.builder!.add(key: source.key, value: source.value)
+                try source.next()
+            }
+            return try writer.finish()
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+}
+
+/// One output table being written: create, add, finish (sync, close), or abandon (remove).
+final class TableWriter {
+    let path: String
+    let number: UInt64
+    let fileSystem: any FileSystem
+    let options: TableOptions
+    private(set) var builder: TableBuilder? = nil
+    private var file: (any WritableFile)? = nil
+
+    init(path: String, number: UInt64, fileSystem: any FileSystem, options: TableOptions) {
+        self.path = path
+        self.number = number
+        self.fileSystem = fileSystem
+        self.options = options
+    }
+
+    func open() throws {
+        let file = try fileSystem.createWritable(path)
+        self.file = file
+        builder = TableBuilder(file: file, options: options, name: path)
+    }
+
+    func finish() throws -> TableFileInfo {
+        let properties = try builder!.finish()
+        try file!.sync()
+        try file!.close()
+        let size = builder!.fileSizeBytes
+        file = nil
+        return TableFileInfo(
+            number: number, sizeBytes: size, smallest: properties.smallestKey, largest: properties.largestKey,
+            smallestSequence: properties.smallestSequence, largestSequence: properties.largestSequence)
+    }
+
+    /// Closes and removes a partly written table (best effort: the next open collects leftovers).
+    func abandon() {
+        if let file { try? file.close() }
+        file = nil
+        try? fileSystem.remove(path)
+    }
+}

@@ -1,0 +1,161 @@
+// Merges sorted child iterators into one sorted stream, forward and backward. The children are
+// few (memtables, L0 files, one per deeper level), so the smallest is found by a linear scan.
+// On a change of direction every other child is re-positioned around the current key, as in
+// LevelDB. Single-threaded.
+import MoraineFormat
+
+/// The sorted union of several internal iterators.
+final class MergingIterator: InternalIterator {
+    private let children: [any InternalIterator]
+    private var current: (any InternalIterator)? = nil
+    private var forward = true
+
+    init(_ children: [any InternalIterator]) {
+        self.children = children
+    }
+
+    var isValid: Bool { current?.isValid ?? false }
+    var key: UnsafeRawBufferPointer { current!.key }
+    var value: UnsafeRawBufferPointer { current!.value }
+
+    private func findSmallest() {
+        var best: (any InternalIterator)? = nil
+        for child in children where child.isValid {
+            if best == nil || compareInternalKeys(child.key, best!.key) < 0 { best = child }
+        }
+        current = best
+    }
+
+    private func findLargest() {
+        var best: (any InternalIterator)? = nil
+        for child in children.reversed() where child.isValid {
+            if best == nil || compareInternalKeys(child.key, best!.key) > 0 { best = child }
+        }
+        current = best
+    }
+
+    func seekToFirst() throws {
+        for child in children { try child.seekToFirst() }
+        forward = true
+        findSmallest()
+    }
+
+    func seekToLast() throws {
+        for child in children { try child.seekToLast() }
+        forward = false
+        findLargest()
+    }
+
+    func seek(_ target: UnsafeRawBufferPointer) throws {
+        for child in children { try child.seek(target) }
+        forward = true
+        findSmallest()
+    }
+
+    func next() throws {
+        let current = self.current!
+        if !forward {
+            // Every other child sits before the current key; move each to its first entry after it.
+            for child in children where child !== current {
+                try child.seek(current.key)
+                if child.isValid && compareInternalKeys(current.key, child.key) == 0 { try child.next() }
+            }
+            forward = true
+        }
+        try current.next()
+        findSmallest()
+    }
+
+    func prev() throws {
+        let current = self.current!
+        if forward {
+            // Every other child sits after the current key; move each to its last entry before it.
+            for child in children where child !== current {
+                try child.seek(current.key)
+                if child.isValid { try child.prev() } else { try child.seekToLast() }
+            }
+            forward = false
+        }
+        try current.prev()
+        findLargest()
+    }
+}
+
+/// Concatenates the disjoint, sorted files of one level (≥ 1), opening tables lazily.
+final class LevelIterator: InternalIterator {
+    private let files: [FileMetaData]
+    private let tables: TableCache
+    private let fillCache: Bool
+    private var fileIndex: Int
+    private var table: TableIterator? = nil
+
+    init(files: [FileMetaData], tables: TableCache, fillCache: Bool) {
+        self.files = files
+        self.tables = tables
+        self.fillCache = fillCache
+        self.fileIndex = files.count
+    }
+
+    var isValid: Bool { table?.isValid ?? false }
+    var key: UnsafeRawBufferPointer { table!.key }
+    var value: UnsafeRawBufferPointer { table!.value }
+
+    private func open(_ index: Int) throws {
+        fileIndex = index
+        if index < 0 || index >= files.count {
+            table = nil
+            return
+        }
+        table = try tables.reader(files[index].number).makeIterator(fillCache: fillCache)
+    }
+
+    private func skipForward() throws {
+        while let t = table, !t.isValid {
+            try open(fileIndex + 1)
+            try table?.seekToFirst()
+        }
+    }
+
+    private func skipBackward() throws {
+        while let t = table, !t.isValid {
+            try open(fileIndex - 1)
+            try table?.seekToLast()
+        }
+    }
+
+    func seekToFirst() throws {
+        try open(0)
+        try table?.seekToFirst()
+        try skipForward()
+    }
+
+    func seekToLast() throws {
+        try open(files.count - 1)
+        try table?.seekToLast()
+        try skipBackward()
+    }
+
+    func seek(_ target: UnsafeRawBufferPointer) throws {
+        // The first file whose largest key is at or after the target.
+        var low = 0
+        var high = files.count
+        while low < high {
+            let mid = (low + high) / 2
+            let before = files[mid].info.largest.withUnsafeBytes { compareInternalKeys($0, target) < 0 }
+            if before { low = mid + 1 } else { high = mid }
+        }
+        try open(low)
+        try table?.seek(target)
+        try skipForward()
+    }
+
+    func next() throws {
+        try table!.next()
+        try skipForward()
+    }
+
+    func prev() throws {
+        try table!.prev()
+        try skipBackward()
+    }
+}

@@ -1,0 +1,125 @@
+// Options for a database, named after RocksDB's where the concept matches (the RocksDB name is
+// given on each). Value types; validated once at open.
+import MoraineFormat
+import MoraineSystem
+
+/// How a database is opened and tuned.
+public struct Options: Sendable {
+    /// Create the database when the directory holds none (`create_if_missing`).
+    public var createIfMissing = false
+    /// Fail when the database already exists (`error_if_exists`).
+    public var errorIfExists = false
+    /// Bytes of writes gathered in a memtable before it is flushed (`write_buffer_size`).
+    public var writeBufferSize = 64 << 20
+    /// Memtables (active plus immutable) before writes stop (`max_write_buffer_number`).
+    public var maxWriteBufferNumber = 2
+    /// L0 files that trigger an L0 compaction (`level0_file_num_compaction_trigger`).
+    public var level0FileNumCompactionTrigger = 4
+    /// L0 files at which each write is delayed (`level0_slowdown_writes_trigger`).
+    public var level0SlowdownWritesTrigger = 20
+    /// L0 files at which writes wait for compaction (`level0_stop_writes_trigger`).
+    public var level0StopWritesTrigger = 36
+    /// Size at which compaction output files are cut (`target_file_size_base`).
+    public var targetFileSizeBase = 64 << 20
+    /// Byte target of L1; each deeper level is `maxBytesForLevelMultiplier` times larger
+    /// (`max_bytes_for_level_base`).
+    public var maxBytesForLevelBase = 256 << 20
+    /// Growth factor between level targets (`max_bytes_for_level_multiplier`).
+    public var maxBytesForLevelMultiplier = 10.0
+    /// Uncompressed bytes per data block (`block_size`).
+    public var blockSize = 4096
+    /// Keys between restart points in a data block (`block_restart_interval`).
+    public var blockRestartInterval = 16
+    /// Bloom filter bits per key; 0 disables filters (`bloom_bits_per_key` of the filter policy).
+    public var bloomBitsPerKey = 10
+    /// Bytes of the shared block cache; 0 disables it (`block_cache` capacity).
+    public var blockCacheSize = 8 << 20
+    /// Block compression (`compression`).
+    public var compression: CompressionType = .lz4
+    /// Background threads for flush and compaction (`max_background_jobs`); with 2 or more, a
+    /// flush can run beside a compaction.
+    public var maxBackgroundJobs = 2
+    /// Size at which a new manifest is started (`max_manifest_file_size`).
+    public var maxManifestFileSize = 64 << 20
+    /// Open table readers kept in the table cache (`max_open_files`).
+    public var maxOpenFiles = 1000
+    /// Turn off automatic compactions (`disable_auto_compactions`).
+    public var disableAutoCompactions = false
+    /// What to do about a damaged WAL record followed by valid ones (`wal_recovery_mode`):
+    /// stop with an error (default) or skip it.
+    public var walRecoveryMode: LogRecoveryMode = .stop
+    /// Longest accepted key. Longer keys are rejected with `.invalid`.
+    public var maxKeySize = 64 << 10
+    /// Longest accepted value. Longer values are rejected with `.invalid`.
+    public var maxValueSize = 256 << 20
+    /// Number of levels (`num_levels`).
+    public let numLevels = VersionEdit.maxLevels
+    /// The file seam: where every file is created and read.
+    public var fileSystem: any FileSystem = PosixFileSystem.shared
+
+    public init() {}
+
+    /// Byte target of `level` (≥ 1).
+    public func maxBytes(forLevel level: Int) -> Double {
+        var bytes = Double(maxBytesForLevelBase)
+        if level > 1 { for _ in 2...level { bytes *= maxBytesForLevelMultiplier } }
+        return bytes
+    }
+
+    var tableOptions: TableOptions {
+        TableOptions(
+            blockSizeBytes: blockSize, restartInterval: blockRestartInterval,
+            bloomBitsPerKey: bloomBitsPerKey, compression: compression)
+    }
+
+    func validate() throws {
+        func check(_ ok: Bool, _ what: String) throws {
+            if !ok { throw MoraineError(.invalid, "invalid option: \(what)") }
+        }
+        try check(writeBufferSize >= 4096 && writeBufferSize <= 1 << 30, "write_buffer_size must be 4 KiB…1 GiB")
+        try check(maxWriteBufferNumber >= 2, "max_write_buffer_number must be at least 2")
+        try check(level0FileNumCompactionTrigger >= 1, "level0_file_num_compaction_trigger must be positive")
+        try check(level0SlowdownWritesTrigger >= level0FileNumCompactionTrigger, "level0_slowdown_writes_trigger below the compaction trigger")
+        try check(level0StopWritesTrigger >= level0SlowdownWritesTrigger, "level0_stop_writes_trigger below the slowdown trigger")
+        try check(targetFileSizeBase >= 4096, "target_file_size_base must be at least 4 KiB")
+        try check(maxBytesForLevelBase >= 4096, "max_bytes_for_level_base must be at least 4 KiB")
+        try check(maxBytesForLevelMultiplier > 1, "max_bytes_for_level_multiplier must exceed 1")
+        try check(blockSize >= 256 && blockSize <= 64 << 20, "block_size must be 256 B…64 MiB")
+        try check(blockRestartInterval >= 1, "block_restart_interval must be positive")
+        try check(bloomBitsPerKey >= 0 && bloomBitsPerKey <= 64, "bloom bits per key must be 0…64")
+        try check(blockCacheSize >= 0, "block cache size must not be negative")
+        try check(maxBackgroundJobs >= 1, "max_background_jobs must be positive")
+        try check(maxKeySize >= 1 && maxKeySize <= 16 << 20, "max key size must be 1 B…16 MiB")
+        try check(maxValueSize >= 1 && maxValueSize <= 512 << 20, "max value size must be 1 B…512 MiB")
+    }
+}
+
+/// Per-write options.
+public struct WriteOptions: Sendable {
+    /// fdatasync the WAL before acknowledging (`sync`).
+    public var sync = false
+    /// Skip the WAL; the write is lost on a crash before the next flush (`disableWAL`).
+    public var disableWAL = false
+    public init(sync: Bool = false, disableWAL: Bool = false) {
+        self.sync = sync
+        self.disableWAL = disableWAL
+    }
+}
+
+/// Per-read options.
+public struct ReadOptions: Sendable {
+    /// Read as of this snapshot instead of the latest state.
+    public var snapshot: Snapshot? = nil
+    /// Iterators never return keys below this (inclusive) (`iterate_lower_bound`).
+    public var lowerBound: [UInt8]? = nil
+    /// Iterators never return keys at or above this (`iterate_upper_bound`).
+    public var upperBound: [UInt8]? = nil
+    /// Insert blocks read by this operation into the block cache (`fill_cache`).
+    public var fillCache = true
+    public init(snapshot: Snapshot? = nil, lowerBound: [UInt8]? = nil, upperBound: [UInt8]? = nil, fillCache: Bool = true) {
+        self.snapshot = snapshot
+        self.lowerBound = lowerBound
+        self.upperBound = upperBound
+        self.fillCache = fillCache
+    }
+}

@@ -1,0 +1,250 @@
+// The memtable: a skiplist of internal entries laid out in one contiguous arena and linked by
+// 32-bit offsets (never pointers), so the same bytes can later live in a shared or persistent
+// region and be read by another process. No per-entry heap allocation.
+//
+// Node at offset o (4-byte aligned): keyLength u32 | valueLength u32 | height u8, 3 pad |
+// next[height] u32 | internal key | value. Offset 0 is the head node, which is never anyone's
+// successor, so 0 doubles as "none".
+//
+// Thread-safety: one writer at a time (the engine's write leader), any number of concurrent
+// readers without locks. A new node is fully written before a release-store of the link that
+// publishes it; readers follow links with acquire loads, so they see whole nodes or none.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Atomics
+import MoraineFormat
+import MoraineSystem
+
+/// The outcome of a memtable lookup.
+public enum LookupResult: Equatable, Sendable {
+    case notFound
+    case deleted
+    case found([UInt8])
+}
+
+/// An arena-backed, lock-free-read skiplist memtable.
+public final class MemTable: @unchecked Sendable {
+    public static let maxHeight = 12
+    static let headerBytes = 12
+
+    private let base: UnsafeMutableRawPointer
+    /// Bytes reserved for the arena (virtual; pages are touched only as used).
+    public let capacityBytes: Int
+    private var used: Int
+    private let usedPublished = ManagedAtomic<Int>(0)
+    private let currentHeight = ManagedAtomic<Int>(1)
+    private var randomState: UInt64
+    private var entries = 0
+    /// The WAL file holding this memtable's writes (0 when no WAL is written).
+    public let logNumber: UInt64
+    /// Sequence range of entries, for flush metadata.
+    public private(set) var smallestSequence: SequenceNumber = maxSequenceNumber
+    public private(set) var largestSequence: SequenceNumber = 0
+
+    /// Reserves an arena of `capacityBytes` (rounded up to pages) with anonymous memory.
+    public init(capacityBytes: Int, logNumber: UInt64, seed: UInt64 = 0x5eed) {
+        let page = 4096
+        let capacity = (max(capacityBytes, 64 << 10) + page - 1) / page * page
+        precondition(capacity < Int(UInt32.max), "memtable arena over 4 GiB")
+        let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        precondition(mapped != MAP_FAILED && mapped != nil, "cannot reserve \(capacity) bytes for a memtable")
+        base = mapped!
+        self.capacityBytes = capacity
+        self.logNumber = logNumber
+        randomState = seed | 1
+        // The head node: full height, empty key.
+        used = Self.headerBytes + 4 * Self.maxHeight
+        base.storeBytes(of: UInt8(Self.maxHeight), toByteOffset: 8, as: UInt8.self)
+        usedPublished.store(used, ordering: .relaxed)
+    }
+
+    deinit { munmap(base, capacityBytes) }
+
+    /// Bytes of the arena in use.
+    public var memoryUsageBytes: Int { usedPublished.load(ordering: .relaxed) }
+    public var entryCount: Int { entries }
+    public var isEmpty: Bool { entries == 0 }
+
+    /// The most arena bytes one entry can take.
+    @inlinable
+    public static func worstCaseBytes(keyCount: Int, valueCount: Int) -> Int {
+        headerBytesPublic + 4 * maxHeight + keyCount + internalKeyTagBytes + valueCount + 3
+    }
+    public static let headerBytesPublic = 12
+
+    /// Whether entries needing `bytes` more arena bytes still fit.
+    public func hasRoom(forBytes bytes: Int) -> Bool { used + bytes <= capacityBytes }
+
+    // MARK: Node access
+
+    @inline(__always) private func keyLength(_ node: UInt32) -> Int {
+        Int(base.load(fromByteOffset: Int(node), as: UInt32.self))
+    }
+    @inline(__always) private func valueLength(_ node: UInt32) -> Int {
+        Int(base.load(fromByteOffset: Int(node) + 4, as: UInt32.self))
+    }
+    @inline(__always) private func height(_ node: UInt32) -> Int {
+        Int(base.load(fromByteOffset: Int(node) + 8, as: UInt8.self))
+    }
+    @inline(__always) private func link(_ node: UInt32, _ level: Int) -> UnsafeAtomic<UInt32> {
+        let p = (base + Int(node) + Self.headerBytes + 4 * level)
+            .assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
+        return UnsafeAtomic(at: p)
+    }
+    @inline(__always) func next(_ node: UInt32, _ level: Int) -> UInt32 {
+        link(node, level).load(ordering: .acquiring)
+    }
+    @inline(__always) func key(_ node: UInt32) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + Int(node) + Self.headerBytes + 4 * height(node), count: keyLength(node))
+    }
+    @inline(__always) func value(_ node: UInt32) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(
+            start: base + Int(node) + Self.headerBytes + 4 * height(node) + keyLength(node), count: valueLength(node))
+    }
+
+    // MARK: Search
+
+    /// The first node whose key is >= `target`, or 0; fills `previous` per level when given.
+    @inline(__always)
+    func findGreaterOrEqual(_ target: UnsafeRawBufferPointer, previous: UnsafeMutablePointer<UInt32>?) -> UInt32 {
+        var node: UInt32 = 0
+        var level = currentHeight.load(ordering: .relaxed) - 1
+        while true {
+            let candidate = next(node, level)
+            if candidate != 0 && compareInternalKeys(key(candidate), target) < 0 {
+                node = candidate
+            } else {
+                previous?[level] = node
+                if level == 0 { return candidate }
+                level -= 1
+            }
+        }
+    }
+
+    /// The last node whose key is < `target`, or 0 (the head).
+    func findLessThan(_ target: UnsafeRawBufferPointer) -> UInt32 {
+        var node: UInt32 = 0
+        var level = currentHeight.load(ordering: .relaxed) - 1
+        while true {
+            let candidate = next(node, level)
+            if candidate != 0 && compareInternalKeys(key(candidate), target) < 0 {
+                node = candidate
+            } else {
+                if level == 0 { return node }
+                level -= 1
+            }
+        }
+    }
+
+    /// The last node, or 0 when empty.
+    func findLast() -> UInt32 {
+        var node: UInt32 = 0
+        var level = currentHeight.load(ordering: .relaxed) - 1
+        while true {
+            let candidate = next(node, level)
+            if candidate != 0 {
+                node = candidate
+            } else {
+                if level == 0 { return node }
+                level -= 1
+            }
+        }
+    }
+
+    // MARK: Writing
+
+    private func randomHeight() -> Int {
+        var h = 1
+        while h < Self.maxHeight {
+            randomState ^= randomState << 13
+            randomState ^= randomState >> 7
+            randomState ^= randomState << 17
+            if randomState & 3 != 0 { break }
+            h += 1
+        }
+        return h
+    }
+
+    /// Inserts an entry. Precondition: the caller is the only writer, `sequence` is new, and
+    /// `hasRoom(forBytes: worstCaseBytes(...))` holds.
+    public func add(
+        sequence: SequenceNumber, type: ValueType, key userKey: UnsafeRawBufferPointer,
+        value: UnsafeRawBufferPointer
+    ) {
+        let h = randomHeight()
+        let internalLength = userKey.count + internalKeyTagBytes
+        let nodeBytes = (Self.headerBytes + 4 * h + internalLength + value.count + 3) & ~3
+        precondition(used + nodeBytes <= capacityBytes, "memtable arena overflow")
+        let node = UInt32(used)
+        let p = base + used
+        p.storeBytes(of: UInt32(internalLength), as: UInt32.self)
+        p.storeBytes(of: UInt32(value.count), toByteOffset: 4, as: UInt32.self)
+        p.storeBytes(of: UInt8(h), toByteOffset: 8, as: UInt8.self)
+        let keyStart = p + Self.headerBytes + 4 * h
+        if userKey.count > 0 { keyStart.copyMemory(from: userKey.baseAddress!, byteCount: userKey.count) }
+        (keyStart + userKey.count).storeBytes(of: packTag(sequence, type).littleEndian, as: UInt64.self)
+        if value.count > 0 {
+            (keyStart + internalLength).copyMemory(from: value.baseAddress!, byteCount: value.count)
+        }
+        used += nodeBytes
+
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: Self.maxHeight) { previous in
+            let found = findGreaterOrEqual(self.key(node), previous: previous.baseAddress!)
+            precondition(found == 0 || compareInternalKeys(self.key(found), self.key(node)) != 0, "duplicate internal key")
+            let current = currentHeight.load(ordering: .relaxed)
+            if h > current {
+                for level in current..<h { previous[level] = 0 }
+                // Readers that see the new height before the links find 0 (end) at the new
+                // levels and simply drop a level: safe.
+                currentHeight.store(h, ordering: .relaxed)
+            }
+            for level in 0..<h {
+                link(node, level).store(next(previous[level], level), ordering: .relaxed)
+                link(previous[level], level).store(node, ordering: .releasing)
+            }
+        }
+        entries += 1
+        smallestSequence = min(smallestSequence, sequence)
+        largestSequence = max(largestSequence, sequence)
+        usedPublished.store(used, ordering: .relaxed)
+    }
+
+    /// Looks up the newest entry for `userKey` with sequence <= `sequence`.
+    public func get(_ userKey: UnsafeRawBufferPointer, sequence: SequenceNumber) -> LookupResult {
+        withUnsafeTemporaryAllocation(byteCount: userKey.count + internalKeyTagBytes, alignment: 8) { lookup in
+            if userKey.count > 0 { lookup.baseAddress!.copyMemory(from: userKey.baseAddress!, byteCount: userKey.count) }
+            (lookup.baseAddress! + userKey.count).storeBytes(
+                of: packTag(sequence, .forSeek).littleEndian, as: UInt64.self)
+            let node = findGreaterOrEqual(UnsafeRawBufferPointer(lookup), previous: nil)
+            guard node != 0 else { return .notFound }
+            let found = key(node)
+            guard compareBytes(MoraineFormat.userKey(found), userKey) == 0 else { return .notFound }
+            switch valueType(found) {
+            case .value: return .found(Array(value(node)))
+            case .deletion: return .deleted
+            case nil: return .notFound
+            }
+        }
+    }
+
+    public func makeIterator() -> MemTableIterator { MemTableIterator(self) }
+}
+
+/// A cursor over a memtable. Holds the memtable alive; sees entries published before each move.
+public final class MemTableIterator: InternalIterator {
+    private let table: MemTable
+    private var node: UInt32 = 0
+
+    init(_ table: MemTable) { self.table = table }
+
+    public var isValid: Bool { node != 0 }
+    public var key: UnsafeRawBufferPointer { table.key(node) }
+    public var value: UnsafeRawBufferPointer { table.value(node) }
+
+    public func seekToFirst() { node = table.next(0, 0) }
+    public func seekToLast() { node = table.findLast() }
+    public func seek(_ target: UnsafeRawBufferPointer) { node = table.findGreaterOrEqual(target, previous: nil) }
+    public func next() { node = table.next(node, 0) }
+    public func prev() { node = table.findLessThan(table.key(node)) }
+}
