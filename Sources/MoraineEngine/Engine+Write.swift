@@ -190,9 +190,14 @@ extension Engine {
         let number = versions.newFileNumber()
         let file = try fileSystem.createWritable(path(.log(number)))
         do {
-            // The new WAL's directory entry must be durable before a sync write in it counts.
+            // The new WAL's directory entry must be durable before a sync write in it counts, and
+            // so must the old WAL's unsynced tail: a later sync write must never outlive an
+            // earlier write.
             try fileSystem.syncDirectory(path)
-            if let log { try log.file.close() }
+            if let log {
+                try log.file.sync()
+                try log.file.close()
+            }
         } catch {
             try? file.close()
             try? fileSystem.remove(path(.log(number)))
