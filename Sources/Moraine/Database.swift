@@ -2,12 +2,13 @@
 // later issues add opening a database served by a cluster behind the same type. Thread-safe:
 // any number of threads may read and write one Database.
 @_exported import MoraineEngine
-@_exported import struct MoraineFormat.WriteBatch
+
 @_exported import enum MoraineFormat.CompressionType
 @_exported import enum MoraineFormat.LogRecoveryMode
 @_exported import struct MoraineFormat.TableFileInfo
-@_exported import struct MoraineSystem.MoraineError
+@_exported import struct MoraineFormat.WriteBatch
 @_exported import protocol MoraineSystem.FileSystem
+@_exported import struct MoraineSystem.MoraineError
 @_exported import class MoraineSystem.PosixFileSystem
 
 /// A Moraine key-value database.

@@ -42,7 +42,9 @@ struct Demo: ParsableCommand {
             try iterator.seekToFirst()
             print("scan from user00000100:")
             for _ in 0..<3 where iterator.isValid {
-                print("  \(String(decoding: iterator.key, as: UTF8.self)) = \(String(decoding: iterator.value.prefix(24), as: UTF8.self))…")
+                print(
+                    "  \(String(decoding: iterator.key, as: UTF8.self)) = \(String(decoding: iterator.value.prefix(24), as: UTF8.self))…"
+                )
                 try iterator.next()
             }
             try database.flush()
@@ -64,12 +66,19 @@ struct SST: ParsableCommand {
 
         func run() throws {
             try reporting {
-                let reader = try TableReader(file: try PosixFileSystem.shared.openRandomAccess(file), name: file, cache: nil)
+                let reader = try TableReader(
+                    file: try PosixFileSystem.shared.openRandomAccess(file), name: file, cache: nil)
                 let p = reader.properties
                 print("file: \(file)")
-                print("size: \(reader.fileSizeBytes) bytes; entries: \(p.entryCount) (\(p.deletionCount) deletions); data blocks: \(p.dataBlockCount)")
-                print("data: \(p.dataBytes) bytes; index: \(p.indexBytes); filter: \(p.filterBytes); compression: \(p.compression.rawValue)")
-                print("raw keys: \(p.rawKeyBytes) bytes; raw values: \(p.rawValueBytes) bytes; sequences: \(p.smallestSequence)…\(p.largestSequence)")
+                print(
+                    "size: \(reader.fileSizeBytes) bytes; entries: \(p.entryCount) (\(p.deletionCount) deletions); data blocks: \(p.dataBlockCount)"
+                )
+                print(
+                    "data: \(p.dataBytes) bytes; index: \(p.indexBytes); filter: \(p.filterBytes); compression: \(p.compression.rawValue)"
+                )
+                print(
+                    "raw keys: \(p.rawKeyBytes) bytes; raw values: \(p.rawValueBytes) bytes; sequences: \(p.smallestSequence)…\(p.largestSequence)"
+                )
                 print("smallest: \(describeInternal(p.smallestKey)); largest: \(describeInternal(p.largestKey))")
                 let iterator = reader.makeIterator(fillCache: false)
                 try iterator.seekToFirst()
@@ -116,10 +125,14 @@ struct Manifest: ParsableCommand {
                     if let n = edit.logNumber { parts.append("log=\(n)") }
                     if let n = edit.nextFileNumber { parts.append("next_file=\(n)") }
                     if let n = edit.lastSequence { parts.append("last_seq=\(n)") }
-                    for (level, key) in edit.compactPointers { parts.append("pointer L\(level)=\(describeInternal(key))") }
+                    for (level, key) in edit.compactPointers {
+                        parts.append("pointer L\(level)=\(describeInternal(key))")
+                    }
                     for (level, n) in edit.deletedFiles { parts.append("-L\(level) #\(n)") }
                     for (level, f) in edit.newFiles {
-                        parts.append("+L\(level) #\(f.number) \(f.sizeBytes)B [\(describeInternal(f.smallest)) … \(describeInternal(f.largest))]")
+                        parts.append(
+                            "+L\(level) #\(f.number) \(f.sizeBytes)B [\(describeInternal(f.smallest)) … \(describeInternal(f.largest))]"
+                        )
                     }
                     print("edit \(index): " + parts.joined(separator: "; "))
                     index += 1
@@ -131,7 +144,7 @@ struct Manifest: ParsableCommand {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 func monotonicSeconds() -> Double {

@@ -59,7 +59,7 @@ func printError(_ message: String) {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Put: ParsableCommand {
@@ -72,7 +72,8 @@ struct Put: ParsableCommand {
     func run() throws {
         try reporting {
             let db = try database.open()
-            try db.put(try TokenCodec.decode(key[...]), try TokenCodec.decode(value[...]), options: WriteOptions(sync: sync))
+            try db.put(
+                try TokenCodec.decode(key[...]), try TokenCodec.decode(value[...]), options: WriteOptions(sync: sync))
             try db.close()
         }
         print("OK")
@@ -122,9 +123,10 @@ struct Scan: ParsableCommand {
         try reporting {
             let db = try Database(path: database.db, options: try database.makeOptions(create: false))
             defer { try? db.close() }
-            let iterator = try db.makeIterator(options: ReadOptions(
-                lowerBound: try from.map { try TokenCodec.decode($0[...]) },
-                upperBound: try to.map { try TokenCodec.decode($0[...]) }))
+            let iterator = try db.makeIterator(
+                options: ReadOptions(
+                    lowerBound: try from.map { try TokenCodec.decode($0[...]) },
+                    upperBound: try to.map { try TokenCodec.decode($0[...]) }))
             if reverse { try iterator.seekToLast() } else { try iterator.seekToFirst() }
             var count = 0
             while iterator.isValid && count < limit {

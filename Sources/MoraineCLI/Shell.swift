@@ -1,10 +1,10 @@
 // `moraine shell`: one command per input line, one answer line per command (a scan answers
 // with its pairs and then END). Errors answer `ERR <reason>` and the shell goes on. Output is
 // written unbuffered, so a line printed is a line acknowledged. Grammar in README.md.
-#if canImport(Glibc)
-import Glibc
-#endif
 import Moraine
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct ShellSession {
     let database: Database
@@ -64,7 +64,9 @@ struct ShellSession {
             try expect(tokens, 4, "scan FROM TO LIMIT")
             let from = tokens[1] == "-" ? nil : try TokenCodec.decode(tokens[1])
             let to = tokens[2] == "-" ? nil : try TokenCodec.decode(tokens[2])
-            guard let limit = Int(tokens[3]), limit >= 0 else { throw ShellError("LIMIT must be a non-negative integer") }
+            guard let limit = Int(tokens[3]), limit >= 0 else {
+                throw ShellError("LIMIT must be a non-negative integer")
+            }
             var lines: [String] = []
             let iterator = try database.makeIterator(options: ReadOptions(lowerBound: from, upperBound: to))
             try iterator.seekToFirst()

@@ -39,8 +39,10 @@ enum TokenCodec {
 
     /// Encodes bytes for output.
     static func encode(_ bytes: [UInt8]) -> String {
-        let plain = !bytes.isEmpty && bytes.allSatisfy { $0 >= 33 && $0 <= 126 }
-            && bytes != [UInt8(ascii: "-")] && !(bytes.count >= 2 && bytes[0] == UInt8(ascii: "x") && bytes[1] == UInt8(ascii: ":"))
+        let plain =
+            !bytes.isEmpty && bytes.allSatisfy { $0 >= 33 && $0 <= 126 }
+            && bytes != [UInt8(ascii: "-")]
+            && !(bytes.count >= 2 && bytes[0] == UInt8(ascii: "x") && bytes[1] == UInt8(ascii: ":"))
         if plain { return String(decoding: bytes, as: UTF8.self) }
         var out: [UInt8] = Array("x:".utf8)
         out.reserveCapacity(2 + bytes.count * 2)

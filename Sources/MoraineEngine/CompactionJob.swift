@@ -59,7 +59,11 @@ public struct CompactionJob {
             var high = ranges.count
             while low < high {
                 let mid = (low + high) / 2
-                if ranges[mid].upper.withUnsafeBytes({ compareBytes($0, user) < 0 }) { low = mid + 1 } else { high = mid }
+                if ranges[mid].upper.withUnsafeBytes({ compareBytes($0, user) < 0 }) {
+                    low = mid + 1
+                } else {
+                    high = mid
+                }
             }
             if low < ranges.count && ranges[low].lower.withUnsafeBytes({ compareBytes($0, user) <= 0 }) {
                 return false

@@ -44,7 +44,9 @@ enum CompactionPicker {
         let chosen =
             files.first { file in
                 pointer.isEmpty
-                    || file.info.largest.withUnsafeBytes { a in pointer.withUnsafeBytes { b in compareInternalKeys(a, b) > 0 } }
+                    || file.info.largest.withUnsafeBytes { a in
+                        pointer.withUnsafeBytes { b in compareInternalKeys(a, b) > 0 }
+                    }
             } ?? files[0]
         let below = version.overlapping(level: best + 1, lower: chosen.smallestUserKey, upper: chosen.largestUserKey)
         return CompactionSpec(

@@ -28,7 +28,8 @@ extension Engine {
                 continue
             }
             if backgroundError == nil, !compactionRunning, !options.disableAutoCompactions,
-                let spec = CompactionPicker.pick(version: versions.current, options: options, pointers: versions.compactPointers)
+                let spec = CompactionPicker.pick(
+                    version: versions.current, options: options, pointers: versions.compactPointers)
             {
                 compactionRunning = true
                 runCompaction(spec)
@@ -202,7 +203,9 @@ extension Engine {
         let deepest = max(1, versions.current.deepestNonEmptyLevel ?? 0)
         for level in 0..<min(deepest, options.numLevels - 1) {
             let version = versions.current
-            guard let spec = CompactionPicker.manual(version: version, level: level, begin: begin, end: end) else { continue }
+            guard let spec = CompactionPicker.manual(version: version, level: level, begin: begin, end: end) else {
+                continue
+            }
             try executeCompaction(spec)
             mutex.lock()
             installSuperVersion()

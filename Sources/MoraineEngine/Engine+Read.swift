@@ -50,12 +50,14 @@ extension Engine {
                     case .value: result = .found(Array(value))
                     case .deletion: result = .deleted
                     case nil:
-                        throw MoraineError.corruption("unknown value type for key \(describeKey(key))", file: table.name)
+                        throw MoraineError.corruption(
+                            "unknown value type for key \(describeKey(key))", file: table.name)
                     }
                 }
             }
             for file in version.levels[0] {
-                let inRange = file.smallestUserKey.withUnsafeBytes { compareBytes($0, key) <= 0 }
+                let inRange =
+                    file.smallestUserKey.withUnsafeBytes { compareBytes($0, key) <= 0 }
                     && file.largestUserKey.withUnsafeBytes { compareBytes($0, key) >= 0 }
                 if inRange, try probe(file) { return }
             }

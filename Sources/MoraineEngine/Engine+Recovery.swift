@@ -32,10 +32,12 @@ extension Engine {
         var lastReplayed: SequenceNumber = 0
         for number in logs.sorted() {
             let logPath = path(.log(number))
-            let reader = try LogReader(file: try fileSystem.openRandomAccess(logPath), name: logPath, mode: options.walRecoveryMode)
+            let reader = try LogReader(
+                file: try fileSystem.openRandomAccess(logPath), name: logPath, mode: options.walRecoveryMode)
             while let record = try reader.nextRecord() {
                 let batch = try WriteBatch(decoding: record, origin: logPath)
-                guard batch.sequence > lastReplayed, batch.sequence <= maxSequenceNumber - SequenceNumber(batch.count) else {
+                guard batch.sequence > lastReplayed, batch.sequence <= maxSequenceNumber - SequenceNumber(batch.count)
+                else {
                     throw MoraineError.corruption(
                         "write batch sequence \(batch.sequence) does not follow \(lastReplayed)", file: logPath)
                 }

@@ -98,8 +98,9 @@ extension Engine {
         let scores = CompactionPicker.scores(version: version, options: options)
         for (level, files) in version.levels.enumerated() {
             s.levels.append(
-                LevelStats(level: level, fileCount: files.count, sizeBytes: version.bytes(level: level),
-                           score: level < scores.count ? scores[level] : 0))
+                LevelStats(
+                    level: level, fileCount: files.count, sizeBytes: version.bytes(level: level),
+                    score: level < scores.count ? scores[level] : 0))
         }
         mutex.withLock {
             s.memtableBytes = mem.memoryUsageBytes

@@ -17,10 +17,12 @@ extension Engine {
     public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
         try batch.forEach { _, key, value in
             if key.count > options.maxKeySize {
-                throw MoraineError(.invalid, "key of \(key.count) bytes exceeds the limit of \(options.maxKeySize) bytes")
+                throw MoraineError(
+                    .invalid, "key of \(key.count) bytes exceeds the limit of \(options.maxKeySize) bytes")
             }
             if value.count > options.maxValueSize {
-                throw MoraineError(.invalid, "value of \(value.count) bytes exceeds the limit of \(options.maxValueSize) bytes")
+                throw MoraineError(
+                    .invalid, "value of \(value.count) bytes exceeds the limit of \(options.maxValueSize) bytes")
             }
         }
         if batch.sizeBytes > 1 << 30 {
@@ -127,7 +129,9 @@ extension Engine {
         if let failure {
             // The WAL may now end in a partial record: stop taking writes until reopened.
             let error = (failure as? MoraineError) ?? MoraineError(.io, "\(failure)")
-            backgroundError = backgroundError ?? MoraineError(error.kind, "WAL write failed, database is read-only until reopened: \(error.message)")
+            backgroundError =
+                backgroundError
+                ?? MoraineError(error.kind, "WAL write failed, database is read-only until reopened: \(error.message)")
             throw error
         }
         lastSequence.store(first + SequenceNumber(combined.count) - 1, ordering: .releasing)
@@ -163,7 +167,8 @@ extension Engine {
             if force && mem.isEmpty { return }
             if mem.isEmpty && !mem.hasRoom(forBytes: neededBytes) {
                 // One batch larger than the arena: give the empty memtable a bigger arena.
-                mem = MemTable(capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber)
+                mem = MemTable(
+                    capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber)
                 installSuperVersion()
                 return
             }
@@ -213,7 +218,7 @@ extension Engine {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 func sleepMicroseconds(_ micros: Int) {

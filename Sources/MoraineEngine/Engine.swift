@@ -97,14 +97,17 @@ public final class Engine: @unchecked Sendable {
         if options.createIfMissing { try fs.createDirectory(path) }
         let currentPath = joinPath(path, DatabaseFile.current.name)
         guard (try? fs.children(of: path)) != nil else {
-            throw MoraineError(.notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
+            throw MoraineError(
+                .notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
         }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         let engine = Engine(path: path, options: options, lock: lock)
         do {
             if !fs.fileExists(currentPath) {
                 guard options.createIfMissing else {
-                    throw MoraineError(.invalid, "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
+                    throw MoraineError(
+                        .invalid,
+                        "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
                 }
                 try engine.versions.writeNewManifest(lastSequence: 0)
             } else if options.errorIfExists {

@@ -32,7 +32,9 @@ public enum DatabaseFile: Equatable, Sendable {
         if name == "CURRENT" { self = .current; return }
         if name == "LOCK" { self = .lock; return }
         if name.hasPrefix("MANIFEST-"), let n = UInt64(name.dropFirst(9)) { self = .manifest(n); return }
-        for (suffix, make) in [(".log", DatabaseFile.log), (".sst", DatabaseFile.table), (".dbtmp", DatabaseFile.temporary)] {
+        for (suffix, make) in [
+            (".log", DatabaseFile.log), (".sst", DatabaseFile.table), (".dbtmp", DatabaseFile.temporary),
+        ] {
             if name.hasSuffix(suffix), let n = UInt64(name.dropLast(suffix.count)), !name.hasPrefix("+") {
                 self = make(n)
                 return

@@ -16,7 +16,10 @@ public struct FlushJob {
     public let fileSystem: any FileSystem
     public let tableOptions: TableOptions
 
-    public init(source: any InternalIterator, fileNumber: UInt64, directory: String, fileSystem: any FileSystem, tableOptions: TableOptions) {
+    public init(
+        source: any InternalIterator, fileNumber: UInt64, directory: String, fileSystem: any FileSystem,
+        tableOptions: TableOptions
+    ) {
         self.source = source
         self.fileNumber = fileNumber
         self.directory = directory

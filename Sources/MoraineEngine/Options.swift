@@ -79,8 +79,12 @@ public struct Options: Sendable {
         try check(writeBufferSize >= 4096 && writeBufferSize <= 1 << 30, "write_buffer_size must be 4 KiB…1 GiB")
         try check(maxWriteBufferNumber >= 2, "max_write_buffer_number must be at least 2")
         try check(level0FileNumCompactionTrigger >= 1, "level0_file_num_compaction_trigger must be positive")
-        try check(level0SlowdownWritesTrigger >= level0FileNumCompactionTrigger, "level0_slowdown_writes_trigger below the compaction trigger")
-        try check(level0StopWritesTrigger >= level0SlowdownWritesTrigger, "level0_stop_writes_trigger below the slowdown trigger")
+        try check(
+            level0SlowdownWritesTrigger >= level0FileNumCompactionTrigger,
+            "level0_slowdown_writes_trigger below the compaction trigger")
+        try check(
+            level0StopWritesTrigger >= level0SlowdownWritesTrigger,
+            "level0_stop_writes_trigger below the slowdown trigger")
         try check(targetFileSizeBase >= 4096, "target_file_size_base must be at least 4 KiB")
         try check(maxBytesForLevelBase >= 4096, "max_bytes_for_level_base must be at least 4 KiB")
         try check(maxBytesForLevelMultiplier > 1, "max_bytes_for_level_multiplier must exceed 1")
@@ -116,7 +120,9 @@ public struct ReadOptions: Sendable {
     public var upperBound: [UInt8]? = nil
     /// Insert blocks read by this operation into the block cache (`fill_cache`).
     public var fillCache = true
-    public init(snapshot: Snapshot? = nil, lowerBound: [UInt8]? = nil, upperBound: [UInt8]? = nil, fillCache: Bool = true) {
+    public init(
+        snapshot: Snapshot? = nil, lowerBound: [UInt8]? = nil, upperBound: [UInt8]? = nil, fillCache: Bool = true
+    ) {
         self.snapshot = snapshot
         self.lowerBound = lowerBound
         self.upperBound = upperBound

@@ -14,7 +14,11 @@ public final class ObsoleteFiles: Sendable {
     public init() {}
     func add(_ number: UInt64) { numbers.withLock { $0.append(number) } }
     /// Takes every pending number.
-    func drain() -> [UInt64] { numbers.withLock { list in defer { list = [] }; return list } }
+    func drain() -> [UInt64] {
+        numbers.withLock { list in
+            defer { list = [] }; return list
+        }
+    }
 }
 
 /// A live table file: its manifest record plus run-time state.
@@ -96,7 +100,9 @@ public final class Version: Sendable {
         levels[0].sort { $0.info.largestSequence > $1.info.largestSequence }
         for level in 1..<levels.count {
             levels[level].sort { a, b in
-                a.info.smallest.withUnsafeBytes { x in b.info.smallest.withUnsafeBytes { y in compareInternalKeys(x, y) < 0 } }
+                a.info.smallest.withUnsafeBytes { x in
+                    b.info.smallest.withUnsafeBytes { y in compareInternalKeys(x, y) < 0 }
+                }
             }
         }
         return (Version(levels: levels), removed)

@@ -79,7 +79,8 @@ final class VersionSet: @unchecked Sendable {
         if nextFileNumber <= number { nextFileNumberCounter.store(number + 1, ordering: .relaxed) }
         for level in version.levels {
             for file in level where file.number >= nextFileNumber {
-                throw MoraineError.corruption("table \(file.number) is numbered past the next file number", file: manifestPath)
+                throw MoraineError.corruption(
+                    "table \(file.number) is numbered past the next file number", file: manifestPath)
             }
         }
         state.withLock { _current = version }

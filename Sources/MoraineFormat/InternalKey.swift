@@ -2,7 +2,7 @@
 // Order: user key ascending (bytewise), then tag descending, so the newest version of a key
 // comes first. This order is shared by the memtable, blocks, tables and compaction.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What an internal entry records about its user key.

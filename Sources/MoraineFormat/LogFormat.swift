@@ -119,7 +119,8 @@ public final class LogReader {
         let blockLeft = logBlockBytes - at % logBlockBytes
         if blockLeft < logHeaderBytes {
             let next = at + blockLeft
-            return bytes[at..<min(next, bytes.count)].allSatisfy { $0 == 0 } ? .padding(next: next) : .bad("nonzero block padding")
+            return bytes[at..<min(next, bytes.count)].allSatisfy { $0 == 0 }
+                ? .padding(next: next) : .bad("nonzero block padding")
         }
         if bytes.count - at < logHeaderBytes { return .bad("truncated record header") }
         let length = Int(bytes[at + 4]) | Int(bytes[at + 5]) << 8
@@ -212,7 +213,9 @@ public final class LogReader {
                 switch type {
                 case .full, .first:
                     if assembled != nil {
-                        guard let resume = try damaged(at: recordStart, "record missing its last fragment") else { return nil }
+                        guard let resume = try damaged(at: recordStart, "record missing its last fragment") else {
+                            return nil
+                        }
                         position = resume
                         assembled = nil
                         recordStart = resume
@@ -227,7 +230,9 @@ public final class LogReader {
                     assembled = Array(bytes[range])
                 case .middle, .last:
                     guard assembled != nil else {
-                        guard let resume = try damaged(at: position, "fragment without a first part") else { return nil }
+                        guard let resume = try damaged(at: position, "fragment without a first part") else {
+                            return nil
+                        }
                         position = resume
                         recordStart = resume
                         continue

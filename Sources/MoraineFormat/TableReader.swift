@@ -39,11 +39,13 @@ public final class TableReader: @unchecked Sendable {
             throw MoraineError.corruption("\(what) handle out of bounds", file: name)
         }
         indexBlock = try Self.readBlock(file: file, handle: footer.index, name: name, what: "index block")
-        let propertiesBlock = try Self.readBlockContents(file: file, handle: footer.properties, name: name, what: "properties block")
+        let propertiesBlock = try Self.readBlockContents(
+            file: file, handle: footer.properties, name: name, what: "properties block")
         defer { propertiesBlock.deallocate() }
         properties = try TableProperties.decode(UnsafeRawBufferPointer(propertiesBlock), file: name)
         if footer.filter.size > 0 {
-            let filterBytes = try Self.readBlockContents(file: file, handle: footer.filter, name: name, what: "filter block")
+            let filterBytes = try Self.readBlockContents(
+                file: file, handle: footer.filter, name: name, what: "filter block")
             filter = UnsafeRawBufferPointer(filterBytes)
         } else {
             filter = nil

@@ -24,7 +24,8 @@ public struct WriteBatch: Sendable {
         var counted = 0
         try forEach(origin: origin) { _, _, _ in counted += 1 }
         guard counted == count else {
-            throw MoraineError(.corruption, "write batch holds \(counted) operations, header says \(count) in \(origin)")
+            throw MoraineError(
+                .corruption, "write batch holds \(counted) operations, header says \(count) in \(origin)")
         }
     }
 

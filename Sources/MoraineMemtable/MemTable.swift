@@ -9,12 +9,12 @@
 // Thread-safety: one writer at a time (the engine's write leader), any number of concurrent
 // readers without locks. A new node is fully written before a release-store of the link that
 // publishes it; readers follow links with acquire loads, so they see whole nodes or none.
-#if canImport(Glibc)
-import Glibc
-#endif
 import Atomics
 import MoraineFormat
 import MoraineSystem
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The outcome of a memtable lookup.
 public enum LookupResult: Equatable, Sendable {
@@ -191,7 +191,8 @@ public final class MemTable: @unchecked Sendable {
 
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: Self.maxHeight) { previous in
             let found = findGreaterOrEqual(self.key(node), previous: previous.baseAddress!)
-            precondition(found == 0 || compareInternalKeys(self.key(found), self.key(node)) != 0, "duplicate internal key")
+            precondition(
+                found == 0 || compareInternalKeys(self.key(found), self.key(node)) != 0, "duplicate internal key")
             let current = currentHeight.load(ordering: .relaxed)
             if h > current {
                 for level in current..<h { previous[level] = 0 }
@@ -213,7 +214,9 @@ public final class MemTable: @unchecked Sendable {
     /// Looks up the newest entry for `userKey` with sequence <= `sequence`.
     public func get(_ userKey: UnsafeRawBufferPointer, sequence: SequenceNumber) -> LookupResult {
         withUnsafeTemporaryAllocation(byteCount: userKey.count + internalKeyTagBytes, alignment: 8) { lookup in
-            if userKey.count > 0 { lookup.baseAddress!.copyMemory(from: userKey.baseAddress!, byteCount: userKey.count) }
+            if userKey.count > 0 {
+                lookup.baseAddress!.copyMemory(from: userKey.baseAddress!, byteCount: userKey.count)
+            }
             (lookup.baseAddress! + userKey.count).storeBytes(
                 of: packTag(sequence, .forSeek).littleEndian, as: UInt64.self)
             let node = findGreaterOrEqual(UnsafeRawBufferPointer(lookup), previous: nil)

@@ -2,7 +2,7 @@
 // variable, and the engine's writer queue and background scheduler need to wait on one.
 // Thread-safe by construction; `withLock` bodies must not re-enter the same lock.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A pthread mutex paired with a condition variable.

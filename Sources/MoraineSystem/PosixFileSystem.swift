@@ -2,9 +2,9 @@
 // fdatasync(2) for durability, flock(2) for the database lock. EINTR is retried here so no
 // caller sees it; every other failure becomes a MoraineError naming the path and errno.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// Maps an errno from a call on `path` to a MoraineError.

@@ -1,7 +1,7 @@
 // Deterministic randomness for tests: SplitMix64, seeded from MORAINE_SEED or a fresh value
 // that the test prints, so every failure can be replayed.
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A small, fast, seedable generator (SplitMix64).

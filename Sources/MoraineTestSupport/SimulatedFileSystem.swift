@@ -57,11 +57,13 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
             let image = SimulatedFileSystem()
             var copies: [ObjectIdentifier: Inode] = [:]
             for (name, inode) in survivors {
-                let copy = copies[ObjectIdentifier(inode)] ?? {
-                    let unsynced = inode.data.count - inode.syncedLength
-                    let kept = inode.syncedLength + (unsynced > 0 ? Int.random(in: 0...unsynced, using: &rng) : 0)
-                    return Inode(data: Array(inode.data[0..<kept]))
-                }()
+                let copy =
+                    copies[ObjectIdentifier(inode)]
+                    ?? {
+                        let unsynced = inode.data.count - inode.syncedLength
+                        let kept = inode.syncedLength + (unsynced > 0 ? Int.random(in: 0...unsynced, using: &rng) : 0)
+                        return Inode(data: Array(inode.data[0..<kept]))
+                    }()
                 copies[ObjectIdentifier(inode)] = copy
                 image.names[name] = copy
                 image.durableNames[name] = copy
@@ -156,7 +158,9 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
     }
 
     fileprivate func release(_ path: String) { lock.withLock { _ = locks.remove(path) } }
-    fileprivate func append(_ inode: Inode, _ bytes: UnsafeRawBufferPointer) { lock.withLock { inode.data.append(contentsOf: bytes) } }
+    fileprivate func append(_ inode: Inode, _ bytes: UnsafeRawBufferPointer) {
+        lock.withLock { inode.data.append(contentsOf: bytes) }
+    }
     fileprivate func sync(_ inode: Inode) { lock.withLock { inode.syncedLength = inode.data.count } }
     fileprivate func read(_ inode: Inode, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int {
         lock.withLock {

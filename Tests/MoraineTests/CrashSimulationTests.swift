@@ -62,10 +62,13 @@ struct CrashSimulationTests {
             case 0..<6: op = .put(key, rng.bytes(Int.random(in: 0...300, using: &rng)))
             case 6..<8: op = .delete(key)
             default:
-                op = .batch((0..<Int.random(in: 1...6, using: &rng)).map { _ in
-                    (Array("k\(Int.random(in: 0..<150, using: &rng))".utf8),
-                     Bool.random(using: &rng) ? rng.bytes(Int.random(in: 0...200, using: &rng)) : nil)
-                })
+                op = .batch(
+                    (0..<Int.random(in: 1...6, using: &rng)).map { _ in
+                        (
+                            Array("k\(Int.random(in: 0..<150, using: &rng))".utf8),
+                            Bool.random(using: &rng) ? rng.bytes(Int.random(in: 0...200, using: &rng)) : nil
+                        )
+                    })
             }
             let writeOptions = WriteOptions(sync: sync)
             switch op {
@@ -108,7 +111,9 @@ struct CrashSimulationTests {
                 return nil
             }
         }
-        return "round \(round) (seed \(seed)): recovered state (\(contents.pairs.count) keys) matches no prefix of \(ops.count) operations at or after the durable prefix \(durablePrefix)"
+        return
+            "round \(round) (seed \(seed)): recovered state (\(contents.pairs.count) keys) matches no prefix of "
+            + "\(ops.count) operations at or after the durable prefix \(durablePrefix)"
     }
 
     @Test("recovery after power loss keeps every synced write and equals a prefix")

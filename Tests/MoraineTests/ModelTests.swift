@@ -74,7 +74,9 @@ struct ModelRun {
     }
 
     mutating func randomValue() -> [UInt8] {
-        let length = Int.random(in: 0..<20, using: &rng) == 0 ? Int.random(in: 500...5000, using: &rng) : Int.random(in: 0...120, using: &rng)
+        let length =
+            Int.random(in: 0..<20, using: &rng) == 0
+            ? Int.random(in: 500...5000, using: &rng) : Int.random(in: 0...120, using: &rng)
         if Bool.random(using: &rng) {
             return Array(repeating: UInt8.random(in: 97...122, using: &rng), count: length)
         }
@@ -123,9 +125,12 @@ struct ModelRun {
             try database.write(batch)
             oracle = next
         case 600..<760:
-            let key = Int.random(in: 0..<4, using: &rng) == 0 ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
+            let key =
+                Int.random(in: 0..<4, using: &rng) == 0
+                ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
             let got = try database.get(key)
-            #expect(got == oracle.get(key), "get \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)")
+            #expect(
+                got == oracle.get(key), "get \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)")
         case 760..<840:
             try checkIteratorWalk(oracle, snapshot: nil)
         case 840..<860:
@@ -135,7 +140,10 @@ struct ModelRun {
                 let (snapshot, state) = snapshots[chosen]
                 let key = state.pairs.keys.randomElement(using: &rng) ?? randomKey()
                 let got = try database.get(key, options: ReadOptions(snapshot: snapshot))
-                #expect(got == state.get(key), "get at snapshot \(snapshot.sequence) \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)")
+                #expect(
+                    got == state.get(key),
+                    "get at snapshot \(snapshot.sequence) \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)"
+                )
                 try checkIteratorWalk(state, snapshot: snapshot)
             }
         case 900..<930:
@@ -173,7 +181,9 @@ struct ModelRun {
             forward.append((iterator.key, iterator.value))
             try iterator.next()
         }
-        #expect(firstDifference(forward, expected) == nil, "forward scan: \(firstDifference(forward, expected) ?? ""); \(context)")
+        #expect(
+            firstDifference(forward, expected) == nil,
+            "forward scan: \(firstDifference(forward, expected) ?? ""); \(context)")
         var backward: [(key: [UInt8], value: [UInt8])] = []
         try iterator.seekToLast()
         while iterator.isValid {
@@ -181,13 +191,16 @@ struct ModelRun {
             try iterator.prev()
         }
         let reversed = Array(expected.reversed())
-        #expect(firstDifference(backward, reversed) == nil, "backward scan: \(firstDifference(backward, reversed) ?? ""); \(context)")
+        #expect(
+            firstDifference(backward, reversed) == nil,
+            "backward scan: \(firstDifference(backward, reversed) ?? ""); \(context)")
     }
 
     /// Where two pair lists first differ, briefly; nil when equal.
     func firstDifference(_ got: [(key: [UInt8], value: [UInt8])], _ want: [(key: [UInt8], value: [UInt8])]) -> String? {
         for i in 0..<min(got.count, want.count) where got[i].key != want[i].key || got[i].value != want[i].value {
-            return "at \(i): got key \(hex(got[i].key)) (value \(got[i].value.count) bytes), want key \(hex(want[i].key)) (value \(want[i].value.count) bytes)"
+            return
+                "at \(i): got key \(hex(got[i].key)) (value \(got[i].value.count) bytes), want key \(hex(want[i].key)) (value \(want[i].value.count) bytes)"
         }
         if got.count != want.count { return "got \(got.count) pairs, want \(want.count)" }
         return nil
@@ -199,7 +212,8 @@ struct ModelRun {
         var upper: [UInt8]? = Bool.random(using: &rng) ? randomKey() : nil
         if let l = lower, let u = upper, u.lexicographicallyPrecedes(l) { (lower, upper) = (u, l) }
         let expected = state.sorted(lower: lower, upper: upper)
-        let iterator = try database.makeIterator(options: ReadOptions(snapshot: snapshot, lowerBound: lower, upperBound: upper))
+        let iterator = try database.makeIterator(
+            options: ReadOptions(snapshot: snapshot, lowerBound: lower, upperBound: upper))
         var index: Int  // position in `expected`; -1 or count means invalid
         let start = Int.random(in: 0..<4, using: &rng)
         let target = randomKey()
@@ -217,14 +231,17 @@ struct ModelRun {
             try iterator.seekForPrev(target)
             index = expected.lastIndex { !target.lexicographicallyPrecedes($0.key) } ?? -1
         }
-        let what = "walk start \(start) target \(hex(target)) lower \(lower.map(hex) ?? "-") upper \(upper.map(hex) ?? "-")"
+        let what =
+            "walk start \(start) target \(hex(target)) lower \(lower.map(hex) ?? "-") upper \(upper.map(hex) ?? "-")"
         for move in 0..<Int.random(in: 1...30, using: &rng) {
             let valid = index >= 0 && index < expected.count
             #expect(iterator.isValid == valid, "\(what) move \(move) validity: \(context)")
             guard valid, iterator.isValid else { return }
             let key = iterator.key
             let value = iterator.value
-            #expect(key == expected[index].key, "\(what) move \(move): key \(hex(key)), want \(hex(expected[index].key)); \(context)")
+            #expect(
+                key == expected[index].key,
+                "\(what) move \(move): key \(hex(key)), want \(hex(expected[index].key)); \(context)")
             #expect(value == expected[index].value, "\(what) move \(move): wrong value for \(hex(key)); \(context)")
             if Bool.random(using: &rng) {
                 try iterator.next()

@@ -1,0 +1,96 @@
+// The tidy test: rules that keep the tree honest, checked on every run. Line length, the
+// import graph (each module imports only the layers below it), no unsafeFlags, no stray
+// prints in library code, and a header comment on every source file.
+import Foundation
+import Testing
+
+@Suite("Lint")
+struct LintTests {
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// Modules each target may import (besides the standard library and the C library).
+    static let allowedImports: [String: Set<String>] = [
+        "MoraineSystem": ["CSystemShims", "Synchronization"],
+        "MoraineFormat": ["MoraineSystem", "Synchronization"],
+        "MoraineMemtable": ["MoraineFormat", "MoraineSystem", "Atomics"],
+        "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
+        "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
+        "MoraineCLI": ["ArgumentParser", "Moraine", "MoraineFormat", "MoraineSystem"],
+        "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
+    ]
+    static let platformModules: Set<String> = ["Glibc", "Musl", "Foundation"]
+    static let libraryModules: Set<String> = ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine"]
+
+    static func swiftFiles(under folder: String) -> [URL] {
+        let base = root.appendingPathComponent(folder)
+        guard let walker = FileManager.default.enumerator(at: base, includingPropertiesForKeys: nil) else { return [] }
+        return walker.compactMap { $0 as? URL }.filter { $0.pathExtension == "swift" }
+    }
+
+    static func module(of file: URL) -> String {
+        let parts = file.path.split(separator: "/")
+        guard let index = parts.lastIndex(of: "Sources"), index + 1 < parts.count else { return "" }
+        return String(parts[index + 1])
+    }
+
+    @Test("source files exist to check")
+    func treeFound() {
+        #expect(Self.swiftFiles(under: "Sources").count > 20, "lint found no sources under \(Self.root.path)")
+    }
+
+    @Test("lines are at most 160 characters")
+    func lineLength() throws {
+        for file in Self.swiftFiles(under: "Sources") + Self.swiftFiles(under: "Tests") {
+            let text = try String(contentsOf: file, encoding: .utf8)
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+            where line.count > 160 {
+                Issue.record("\(file.lastPathComponent):\(number + 1) is \(line.count) characters")
+            }
+        }
+    }
+
+    @Test("modules import only the layers below them")
+    func importGraph() throws {
+        for file in Self.swiftFiles(under: "Sources") {
+            let module = Self.module(of: file)
+            guard let allowed = Self.allowedImports[module] else {
+                Issue.record("module \(module) has no import rule in LintTests")
+                continue
+            }
+            let text = try String(contentsOf: file, encoding: .utf8)
+            for line in text.split(separator: "\n") {
+                let words = line.split(separator: " ")
+                guard let importIndex = words.firstIndex(of: "import"), importIndex <= 1, words.count > importIndex + 1 else { continue }
+                var imported = String(words[words.count - 1])
+                if words.count > importIndex + 2 {  // `import struct Module.Type`
+                    imported = String(imported.split(separator: ".")[0])
+                }
+                if Self.platformModules.contains(imported) {
+                    #expect(imported != "Foundation" || module == "MoraineCLI", "\(file.lastPathComponent) imports Foundation")
+                    continue
+                }
+                #expect(allowed.contains(imported), "\(module)/\(file.lastPathComponent) imports \(imported)")
+            }
+        }
+    }
+
+    @Test("no unsafeFlags in the package")
+    func noUnsafeFlags() throws {
+        let manifest = try String(contentsOf: Self.root.appendingPathComponent("Package.swift"), encoding: .utf8)
+        #expect(!manifest.contains("unsafeFlags"))
+    }
+
+    @Test("library code does not print, and every source file opens with a comment")
+    func noPrintsAndHeaders() throws {
+        for file in Self.swiftFiles(under: "Sources") {
+            let text = try String(contentsOf: file, encoding: .utf8)
+            let hasHeader = text.hasPrefix("//")
+            #expect(hasHeader, "\(file.lastPathComponent) does not open with a comment")
+            if Self.libraryModules.contains(Self.module(of: file)) {
+                let prints = text.contains("print(")
+                #expect(!prints, "\(file.lastPathComponent) prints")
+            }
+        }
+    }
+}
