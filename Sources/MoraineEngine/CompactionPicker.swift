@@ -15,8 +15,11 @@ struct CompactionSpec {
     let outputLevelInputs: [FileMetaData]
     /// Where the next compaction of `inputLevel` starts.
     let compactPointer: [UInt8]?
+    /// Rewrite even a lone input (manual compaction of the deepest level, to drop tombstones
+    /// and overwritten versions).
+    var forceRewrite = false
 
-    var isTrivialMove: Bool { inputs.count == 1 && outputLevelInputs.isEmpty }
+    var isTrivialMove: Bool { !forceRewrite && inputs.count == 1 && outputLevelInputs.isEmpty }
 }
 
 enum CompactionPicker {
@@ -52,6 +55,15 @@ enum CompactionPicker {
         return CompactionSpec(
             inputLevel: best, inputs: [chosen], outputLevel: best + 1, outputLevelInputs: below,
             compactPointer: chosen.info.largest)
+    }
+
+    /// The rewrite in place of `level`'s files overlapping [begin, end] (the deepest level).
+    static func rewriteInPlace(version: Version, level: Int, begin: [UInt8]?, end: [UInt8]?) -> CompactionSpec? {
+        let inputs = version.overlapping(level: level, lower: begin, upper: end)
+        guard !inputs.isEmpty else { return nil }
+        return CompactionSpec(
+            inputLevel: level, inputs: inputs, outputLevel: level, outputLevelInputs: [], compactPointer: nil,
+            forceRewrite: true)
     }
 
     /// The compaction of `level`'s files overlapping [begin, end] into the next level.

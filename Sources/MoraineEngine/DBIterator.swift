@@ -9,11 +9,11 @@ import MoraineSystem
 
 /// An iterator over user keys and values, forward and backward.
 public final class DBIterator {
-    private let inner: any InternalIterator
+    private var inner: (any InternalIterator)!
     private let sequence: SequenceNumber
     private let lowerBound: [UInt8]?
     private let upperBound: [UInt8]?
-    private let keepAlive: AnyObject
+    private var keepAlive: AnyObject?
     private let onClose: () -> Void
     private var forward = true
     private var valid = false
@@ -32,7 +32,12 @@ public final class DBIterator {
         self.onClose = onClose
     }
 
-    deinit { onClose() }
+    deinit {
+        // Drop what pins table files first, so the close hook can delete newly obsolete ones.
+        inner = nil
+        keepAlive = nil
+        onClose()
+    }
 
     /// Whether the iterator is on an entry.
     public var isValid: Bool { valid }

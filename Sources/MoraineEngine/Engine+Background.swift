@@ -180,7 +180,7 @@ extension Engine {
     }
 
     /// Compacts every table overlapping [begin, end] (nil = unbounded) down level by level to
-    /// the deepest level holding data, after a flush. Returns when done.
+    /// the deepest level holding data and rewrites that level, after a flush. Returns when done.
     public func compactRange(begin: [UInt8]? = nil, end: [UInt8]? = nil) throws {
         try flush()
         mutex.lock()
@@ -200,12 +200,17 @@ extension Engine {
             mutex.unlock()
             purgeObsoleteFiles()
         }
+        // Move everything in range down to the deepest level holding data, then rewrite that
+        // level in place, so overwritten versions and tombstones no snapshot needs are gone
+        // (RocksDB's bottommost_level_compaction = kForce).
         let deepest = max(1, versions.current.deepestNonEmptyLevel ?? 0)
-        for level in 0..<min(deepest, options.numLevels - 1) {
+        for level in 0...deepest {
             let version = versions.current
-            guard let spec = CompactionPicker.manual(version: version, level: level, begin: begin, end: end) else {
-                continue
-            }
+            let spec =
+                level < deepest
+                ? CompactionPicker.manual(version: version, level: level, begin: begin, end: end)
+                : CompactionPicker.rewriteInPlace(version: version, level: level, begin: begin, end: end)
+            guard let spec else { continue }
             try executeCompaction(spec)
             mutex.lock()
             installSuperVersion()

@@ -1,0 +1,221 @@
+// Engine behaviours a RocksDB user relies on, each checked directly: snapshots keep what they
+// need through compaction, tombstones go only when nothing can see them, files outlive the
+// iterators that read them, trivial moves, write stalls, manifest rolls, and reopen.
+import Moraine
+import MoraineFormat
+import MoraineSystem
+import MoraineTestSupport
+import Testing
+
+@testable import MoraineEngine
+
+func openTemporary(_ configure: (inout Options) -> Void = { _ in }) throws -> (Database, String) {
+    let directory = makeTemporaryDirectory("moraine-engine")
+    var options = Options()
+    options.createIfMissing = true
+    configure(&options)
+    return (try Database(path: directory, options: options), directory)
+}
+
+func tableFiles(_ directory: String) throws -> Set<String> {
+    Set(try PosixFileSystem.shared.children(of: directory).filter { $0.hasSuffix(".sst") })
+}
+
+func key(_ i: Int) -> [UInt8] { Array("key\(String(i).leftPad(8))".utf8) }
+
+@Suite("Engine behaviour")
+struct EngineTests {
+    @Test("a snapshot keeps its view through flush and compaction; tombstones drop once unneeded")
+    func snapshotsAndTombstones() throws {
+        let (db, directory) = try openTemporary { $0.writeBufferSize = 16 << 10 }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<2000 { try db.put(key(i), Array("old\(i)".utf8)) }
+        let snapshot = db.snapshot()
+        for i in 0..<2000 where i % 2 == 0 { try db.delete(key(i)) }
+        for i in 0..<2000 where i % 2 == 1 { try db.put(key(i), Array("new\(i)".utf8)) }
+        try db.compactRange()
+        for i in stride(from: 0, to: 2000, by: 97) {
+            #expect(try db.get(key(i), options: ReadOptions(snapshot: snapshot)) == Array("old\(i)".utf8))
+            #expect(try db.get(key(i)) == (i % 2 == 0 ? nil : Array("new\(i)".utf8)))
+        }
+        let entriesWithSnapshot = db.engine.liveFiles().count
+        #expect(entriesWithSnapshot > 0)
+        db.releaseSnapshot(snapshot)
+        try db.compactRange()
+        // With no snapshot, only the 1000 live keys remain, and no tombstone survives at the bottom.
+        var entries: UInt64 = 0
+        var deletions: UInt64 = 0
+        for (_, file) in db.engine.liveFiles() {
+            let reader = try TableReaderProbe.open(directory: directory, number: file.number)
+            entries += reader.entryCount
+            deletions += reader.deletionCount
+        }
+        #expect(entries == 1000)
+        #expect(deletions == 0)
+    }
+
+    @Test("table files stay while an iterator reads them, and go after")
+    func filesOutliveIterators() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 16 << 10
+            $0.disableAutoCompactions = true
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<3000 { try db.put(key(i), Array(repeating: 7, count: 50)) }
+        try db.flush()
+        let before = try tableFiles(directory)
+        #expect(!before.isEmpty)
+        var iterator: DBIterator? = try db.makeIterator()
+        try db.compactRange()
+        let during = try tableFiles(directory)
+        #expect(before.isSubset(of: during), "a file an iterator holds was deleted")
+        var count = 0
+        try iterator!.seekToFirst()
+        while iterator!.isValid {
+            count += 1
+            try iterator!.next()
+        }
+        #expect(count == 3000)
+        iterator = nil
+        let after = try tableFiles(directory)
+        #expect(after.isDisjoint(with: before), "obsolete files remain after the last reader left: \(after.intersection(before))")
+    }
+
+    @Test("sequential inserts reach deeper levels by trivial moves")
+    func trivialMoves() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 32 << 10
+            $0.targetFileSizeBase = 32 << 10
+            $0.maxBytesForLevelBase = 64 << 10
+            $0.level0FileNumCompactionTrigger = 1
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<20000 { try db.put(key(i), Array(repeating: 1, count: 40)) }
+        try db.flush()
+        try db.compactRange()
+        let stats = db.stats()
+        #expect(stats.trivialMoves > 0, "no trivial move in a sequential load: \(stats.json)")
+        #expect(try db.get(key(12345)) == Array(repeating: 1, count: 40))
+    }
+
+    @Test("writes slow down and stop when L0 piles up, then proceed")
+    func writeStalls() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 8 << 10
+            $0.level0FileNumCompactionTrigger = 2
+            $0.level0SlowdownWritesTrigger = 2
+            $0.level0StopWritesTrigger = 3
+            $0.maxBackgroundJobs = 1
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<6000 { try db.put(key(i), Array(repeating: 2, count: 60)) }
+        let stats = db.stats()
+        #expect(stats.stallSlowdowns + stats.stallStops > 0, "no stall recorded: \(stats.json)")
+        #expect(stats.levels[0].fileCount <= 3 + 1)
+        for i in stride(from: 0, to: 6000, by: 501) { #expect(try db.get(key(i)) != nil) }
+    }
+
+    @Test("the manifest rolls when large, and the database reopens from the new one")
+    func manifestRoll() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 8 << 10
+            $0.maxManifestFileSize = 1024
+        }
+        for i in 0..<5000 { try db.put(key(i), Array("v\(i)".utf8)) }
+        try db.flush()
+        let rolls = db.stats().manifestRolls
+        try db.close()
+        #expect(rolls > 2)
+        let manifests = try PosixFileSystem.shared.children(of: directory).filter { $0.hasPrefix("MANIFEST-") }
+        #expect(manifests.count == 1, "old manifests left: \(manifests)")
+        var options = Options()
+        options.writeBufferSize = 8 << 10
+        let reopened = try Database(path: directory, options: options)
+        defer {
+            try? reopened.close()
+            removeTree(directory)
+        }
+        for i in stride(from: 0, to: 5000, by: 333) { #expect(try reopened.get(key(i)) == Array("v\(i)".utf8)) }
+    }
+
+    @Test("unsynced writes survive close and reopen through the WAL; disableWAL writes through the close flush")
+    func reopenKeepsWrites() throws {
+        let (db, directory) = try openTemporary()
+        try db.put("a", "1")
+        try db.put(Array("b".utf8), Array("2".utf8), options: WriteOptions(disableWAL: true))
+        try db.close()
+        let reopened = try Database(path: directory, options: Options())
+        defer {
+            try? reopened.close()
+            removeTree(directory)
+        }
+        #expect(try reopened.get("a") == "1")
+        #expect(try reopened.get("b") == "2")
+    }
+
+    @Test("concurrent writers are grouped and all land")
+    func groupCommit() throws {
+        let (db, directory) = try openTemporary { $0.writeBufferSize = 64 << 10 }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        let threads = 4
+        let perThread = 2000
+        final class Countdown: @unchecked Sendable {
+            let lock = ConditionLock()
+            var remaining: Int
+            var failures = 0
+            init(_ n: Int) { remaining = n }
+        }
+        let countdown = Countdown(threads)
+        for t in 0..<threads {
+            startThread(name: "writer\(t)") {
+                var failures = 0
+                for i in 0..<perThread {
+                    do { try db.put(key(t * perThread + i), Array("t\(t)".utf8)) } catch { failures += 1 }
+                }
+                countdown.lock.withLock {
+                    countdown.remaining -= 1
+                    countdown.failures += failures
+                    countdown.lock.broadcast()
+                }
+            }
+        }
+        countdown.lock.withLock { while countdown.remaining > 0 { countdown.lock.wait() } }
+        #expect(countdown.failures == 0)
+        for t in 0..<threads {
+            for i in stride(from: 0, to: perThread, by: 97) {
+                #expect(try db.get(key(t * perThread + i)) == Array("t\(t)".utf8))
+            }
+        }
+        let stats = db.stats()
+        #expect(stats.writes == threads * perThread)
+        #expect(stats.writeGroups <= stats.writes)
+    }
+}
+
+/// Reads a table's properties for assertions.
+enum TableReaderProbe {
+    struct Counts {
+        let entryCount: UInt64
+        let deletionCount: UInt64
+    }
+    static func open(directory: String, number: UInt64) throws -> Counts {
+        let path = directory + "/" + DatabaseFile.table(number).name
+        let reader = try TableReader(file: try PosixFileSystem.shared.openRandomAccess(path), name: path, cache: nil)
+        return Counts(entryCount: reader.properties.entryCount, deletionCount: reader.properties.deletionCount)
+    }
+}
