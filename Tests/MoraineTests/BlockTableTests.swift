@@ -1,0 +1,280 @@
+// Blocks (BlockBuilder/Block/BlockIterator) and tables (TableBuilder/TableReader) against a
+// sorted model: full scans both ways, seeks to present and absent keys, and point gets.
+import Foundation
+import Testing
+
+@testable import MoraineFormat
+@testable import MoraineSystem
+
+/// One internal entry of the model.
+struct ModelEntry {
+    let key: [UInt8]  // internal key
+    let value: [UInt8]
+    let user: [UInt8]
+    init(key: [UInt8], value: [UInt8]) {
+        self.key = key
+        self.value = value
+        self.user = Array(key.dropLast(internalKeyTagBytes))
+    }
+}
+
+func userKeyBytes(_ n: Int) -> [UInt8] { Array("key\(padded(n))".utf8) }
+
+/// Sorted entries: user keys for even n in 0..<2*count (odd ones are absent), some with two
+/// versions, some deletions; the newest version comes first.
+func makeModel(count: Int, rng: inout SeededRandom, valueBytes: ClosedRange<Int> = 0...40) -> [ModelEntry] {
+    var entries: [ModelEntry] = []
+    var sequence: SequenceNumber = 1_000_000
+    for i in 0..<count {
+        let user = userKeyBytes(2 * i)
+        let versions = Int.random(in: 0..<4, using: &rng) == 0 ? 2 : 1
+        for v in 0..<versions {
+            let deletion = Int.random(in: 0..<10, using: &rng) == 0
+            let length = Int.random(in: valueBytes, using: &rng)
+            let value = deletion ? [] : Array(String(repeating: "v\(i).\(v)|", count: length / 4 + 1).utf8.prefix(length))
+            entries.append(ModelEntry(key: makeInternalKey(user, sequence - SequenceNumber(v), deletion ? .deletion : .value), value: value))
+        }
+        sequence -= 7
+    }
+    entries.sort { a, b in a.key.withUnsafeBytes { x in b.key.withUnsafeBytes { y in compareInternalKeys(x, y) < 0 } } }
+    return entries
+}
+
+func compareKeys(_ a: [UInt8], _ b: [UInt8]) -> Int {
+    a.withUnsafeBytes { x in b.withUnsafeBytes { y in compareInternalKeys(x, y) } }
+}
+
+/// Index of the first model entry >= target, or model.count.
+func lowerBound(_ model: [ModelEntry], _ target: [UInt8]) -> Int {
+    var low = 0
+    var high = model.count
+    while low < high {
+        let mid = (low + high) / 2
+        if compareKeys(model[mid].key, target) < 0 { low = mid + 1 } else { high = mid }
+    }
+    return low
+}
+
+/// Seek targets: every entry's key, absent user keys, keys between versions, before-first and
+/// after-last.
+func seekTargets(_ model: [ModelEntry], rng: inout SeededRandom) -> [[UInt8]] {
+    var targets: [[UInt8]] = model.map(\.key)
+    targets.append(makeInternalKey([], maxSequenceNumber, .forSeek))
+    targets.append(makeInternalKey(Array("a".utf8), 1, .value))
+    targets.append(makeInternalKey(Array("zzz".utf8), maxSequenceNumber, .forSeek))
+    targets.append(makeInternalKey(Array("key".utf8), 0, .deletion))
+    for entry in model {
+        let n = Int(String(decoding: entry.user.dropFirst(3), as: UTF8.self))!
+        targets.append(makeInternalKey(userKeyBytes(n + 1), maxSequenceNumber, .forSeek))  // absent
+        targets.append(makeInternalKey(entry.user, maxSequenceNumber, .forSeek))
+        targets.append(makeInternalKey(entry.user, 0, .deletion))  // after every version
+        if Int.random(in: 0..<4, using: &rng) == 0 {
+            targets.append(makeInternalKey(entry.user, sequence(ofKey: entry.key) &- 1, .value))
+        }
+    }
+    return targets
+}
+
+func sequence(ofKey key: [UInt8]) -> SequenceNumber { key.withUnsafeBytes { MoraineFormat.sequence($0) } }
+
+/// Checks full forward and backward scans and seeks of `iterator` against `model`.
+func checkIterator(_ iterator: any InternalIterator, _ model: [ModelEntry], seed: UInt64, label: String) throws {
+    var rng = SeededRandom(seed: seed ^ 0x1234)
+    try iterator.seekToFirst()
+    var i = 0
+    while iterator.isValid {
+        guard i < model.count else { Issue.record("seed \(seed) \(label): extra entries forward"); break }
+        #expect(Array(iterator.key) == model[i].key, "seed \(seed) \(label): forward entry \(i)")
+        #expect(Array(iterator.value) == model[i].value, "seed \(seed) \(label): forward value \(i)")
+        try iterator.next()
+        i += 1
+    }
+    #expect(i == model.count, "seed \(seed) \(label): forward saw \(i) of \(model.count)")
+
+    try iterator.seekToLast()
+    i = model.count - 1
+    while iterator.isValid {
+        guard i >= 0 else { Issue.record("seed \(seed) \(label): extra entries backward"); break }
+        #expect(Array(iterator.key) == model[i].key, "seed \(seed) \(label): backward entry \(i)")
+        #expect(Array(iterator.value) == model[i].value, "seed \(seed) \(label): backward value \(i)")
+        try iterator.prev()
+        i -= 1
+    }
+    #expect(i == -1, "seed \(seed) \(label): backward stopped at \(i)")
+
+    for target in seekTargets(model, rng: &rng) {
+        try target.withUnsafeBytes { try iterator.seek($0) }
+        let expected = lowerBound(model, target)
+        if expected == model.count {
+            #expect(!iterator.isValid, "seed \(seed) \(label): seek past the end must be invalid")
+        } else {
+            #expect(iterator.isValid && Array(iterator.key) == model[expected].key,
+                    "seed \(seed) \(label): seek to \(target) should land on entry \(expected)")
+            // Step both ways from the landing point.
+            if iterator.isValid, expected > 0 {
+                try iterator.prev()
+                #expect(iterator.isValid && Array(iterator.key) == model[expected - 1].key, "seed \(seed) \(label): prev after seek")
+                try iterator.next()
+            }
+            if iterator.isValid {
+                try iterator.next()
+                if expected + 1 < model.count {
+                    #expect(iterator.isValid && Array(iterator.key) == model[expected + 1].key, "seed \(seed) \(label): next after seek")
+                } else {
+                    #expect(!iterator.isValid, "seed \(seed) \(label): next after the last")
+                }
+            }
+        }
+    }
+}
+
+@Suite("Block")
+struct BlockTests {
+    static func build(_ model: [ModelEntry], restartInterval: Int) throws -> Block {
+        var builder = BlockBuilder(restartInterval: restartInterval)
+        for entry in model { builder.add(key: entry.key, value: entry.value) }
+        #expect(builder.entryCount == model.count)
+        let contents = builder.finish()
+        #expect(builder.isEmpty)
+        return try Block(copying: contents, origin: "test block")
+    }
+
+    @Test(arguments: [1, 2, 16])
+    func scansAndSeeks(restartInterval: Int) throws {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed)
+        for count in [1, 2, 3, 17, 300] {
+            let model = makeModel(count: count, rng: &rng)
+            let block = try Self.build(model, restartInterval: restartInterval)
+            try checkIterator(block.makeIterator(), model, seed: seed, label: "interval \(restartInterval) count \(count)")
+        }
+    }
+
+    @Test func emptyBlock() throws {
+        var builder = BlockBuilder(restartInterval: 4)
+        let block = try Block(copying: builder.finish(), origin: "empty")
+        let iterator = block.makeIterator()
+        try iterator.seekToFirst()
+        #expect(!iterator.isValid)
+        try iterator.seekToLast()
+        #expect(!iterator.isValid)
+        try makeInternalKey([], maxSequenceNumber, .forSeek).withUnsafeBytes { try iterator.seek($0) }
+        #expect(!iterator.isValid)
+    }
+
+    @Test func damagedBlockThrowsCorruption() throws {
+        #expect(moraineError { _ = try Block(copying: [1, 2], origin: "short block") }?.kind == .corruption)
+        // A restart count larger than the block.
+        #expect(moraineError { _ = try Block(copying: [0, 0, 0, 0, 9, 0, 0, 0], origin: "bad restarts") }?.kind == .corruption)
+        // An entry whose lengths run past the block.
+        var builder = BlockBuilder()
+        builder.add(key: makeInternalKey(Array("abc".utf8), 1, .value), value: Array("xyz".utf8))
+        var contents = builder.finish()
+        contents[1] = 0x7f  // non-shared length far too large
+        let block = try Block(copying: contents, origin: "damaged block")
+        let error = moraineError { try block.makeIterator().seekToFirst() }
+        #expect(error?.kind == .corruption)
+        #expect(error?.message.contains("damaged block") == true)
+    }
+}
+
+@Suite("Table")
+struct TableTests {
+    struct Built {
+        let path: String
+        let properties: TableProperties
+        let size: UInt64
+    }
+
+    static func write(_ model: [ModelEntry], dir: TempDir, name: String, compression: CompressionType) throws -> Built {
+        let path = dir.file(name)
+        let fs = PosixFileSystem()
+        let file = try fs.createWritable(path)
+        let builder = TableBuilder(file: file, options: TableOptions(compression: compression), name: path)
+        for entry in model { try builder.add(key: entry.key, value: entry.value) }
+        let properties = try builder.finish()
+        try file.sync()
+        try file.close()
+        return Built(path: path, properties: properties, size: builder.fileSizeBytes)
+    }
+
+    @Test(arguments: [CompressionType.lz4, .none])
+    func writeReopenScanSeekGet(compression: CompressionType) throws {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed)
+        let dir = TempDir()
+        defer { dir.remove() }
+        let model = makeModel(count: 4000, rng: &rng, valueBytes: 10...120)
+        let built = try Self.write(model, dir: dir, name: "000011.sst", compression: compression)
+        #expect(UInt64(fileSize(built.path)) == built.size, "seed \(seed)")
+
+        for cache in [nil, BlockCache(capacityBytes: 1 << 20)] as [BlockCache?] {
+            let label = "\(compression) cache \(cache != nil)"
+            let file = try PosixFileSystem().openRandomAccess(built.path)
+            let reader = try TableReader(file: file, name: built.path, cache: cache)
+            let p = reader.properties
+            #expect(p == built.properties, "seed \(seed) \(label)")
+            #expect(p.entryCount == UInt64(model.count), "seed \(seed) \(label)")
+            #expect(p.deletionCount == UInt64(model.filter { $0.key.withUnsafeBytes { valueType($0) } == .deletion }.count), "seed \(seed) \(label)")
+            #expect(p.smallestKey == model.first!.key && p.largestKey == model.last!.key, "seed \(seed) \(label)")
+            #expect(p.smallestSequence == model.map { sequence(ofKey: $0.key) }.min(), "seed \(seed) \(label)")
+            #expect(p.largestSequence == model.map { sequence(ofKey: $0.key) }.max(), "seed \(seed) \(label)")
+            #expect(p.compression == compression && p.dataBlockCount > 10, "seed \(seed) \(label)")
+
+            try checkIterator(reader.makeIterator(), model, seed: seed, label: label)
+
+            // get: every present user key finds its newest version; older snapshots find older ones.
+            for (index, entry) in model.enumerated() {
+                let lookup = makeInternalKey(entry.user, sequence(ofKey: entry.key), .forSeek)
+                var foundKey: [UInt8] = []
+                var foundValue: [UInt8] = []
+                let hash = entry.user.withUnsafeBytes { hashBytes($0) }
+                let found = try lookup.withUnsafeBytes { lk in
+                    try reader.get(lk, hash: hash) { k, v in
+                        foundKey = Array(k)
+                        foundValue = Array(v)
+                    }
+                }
+                #expect(found && foundKey == entry.key && foundValue == entry.value, "seed \(seed) \(label): get entry \(index)")
+            }
+            // Absent user keys (odd numbers) are not found.
+            for n in stride(from: 1, to: 8000, by: 2) {
+                let user = userKeyBytes(n)
+                let lookup = makeInternalKey(user, maxSequenceNumber, .forSeek)
+                let hash = user.withUnsafeBytes { hashBytes($0) }
+                let found = try lookup.withUnsafeBytes { lk in try reader.get(lk, hash: hash) { _, _ in } }
+                #expect(!found, "seed \(seed) \(label): absent key \(n) reported present")
+            }
+            if let cache {
+                let again = reader.makeIterator()
+                try again.seekToFirst()
+                for i in 0..<50 {
+                    #expect(again.isValid && Array(again.key) == model[i].key, "seed \(seed) \(label): second pass entry \(i)")
+                    try again.next()
+                }
+                #expect(cache.hits > 0 && cache.usageBytes > 0, "seed \(seed) \(label): the cache was never hit")
+            }
+        }
+    }
+
+    @Test func lz4MakesCompressibleTablesSmaller() throws {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed)
+        let dir = TempDir()
+        defer { dir.remove() }
+        let model = makeModel(count: 2000, rng: &rng, valueBytes: 80...120)
+        let small = try Self.write(model, dir: dir, name: "000001.sst", compression: .lz4)
+        let large = try Self.write(model, dir: dir, name: "000002.sst", compression: .none)
+        #expect(small.size * 2 < large.size, "seed \(seed): lz4 \(small.size) vs none \(large.size)")
+    }
+
+    @Test func tooShortFileThrowsCorruptionNamingIt() throws {
+        let dir = TempDir()
+        defer { dir.remove() }
+        let path = dir.file("000003.sst")
+        writeFileBytes(path, [UInt8](repeating: 0, count: 40))
+        let error = moraineError { _ = try TableReader(file: try PosixFileSystem().openRandomAccess(path), name: path, cache: nil) }
+        #expect(error?.kind == .corruption)
+        #expect(error?.message.contains(path) == true)
+    }
+}
