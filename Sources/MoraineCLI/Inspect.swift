@@ -117,7 +117,7 @@ struct Manifest: ParsableCommand {
                 if name.hasSuffix("\n") { name.removeLast() }
                 let path = joinPath(dir, name)
                 print("manifest: \(path)")
-                let reader = try LogReader(file: try fs.openRandomAccess(path), name: path)
+                let reader = try LogReader(file: try fs.openRandomAccess(path), name: path, strictTail: true)
                 var index = 0
                 while let record = try reader.nextRecord() {
                     let edit = try VersionEdit.decode(record, origin: path)

@@ -2,6 +2,7 @@
 // with its pairs and then END). Errors answer `ERR <reason>` and the shell goes on. Output is
 // written unbuffered, so a line printed is a line acknowledged. Grammar in README.md.
 import Moraine
+
 #if canImport(Glibc)
     import Glibc
 #endif

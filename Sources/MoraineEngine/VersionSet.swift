@@ -58,7 +58,8 @@ final class VersionSet: @unchecked Sendable {
         guard fileSystem.fileExists(manifestPath) else {
             throw MoraineError(.corruption, "CURRENT names \(name), which does not exist in \(directory)")
         }
-        let reader = try LogReader(file: try fileSystem.openRandomAccess(manifestPath), name: manifestPath, mode: .stop)
+        let reader = try LogReader(
+            file: try fileSystem.openRandomAccess(manifestPath), name: manifestPath, mode: .stop, strictTail: true)
         var version = Version.empty(levelCount: options.numLevels)
         var sawNextFile = false
         var sawLog = false

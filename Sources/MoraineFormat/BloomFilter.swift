@@ -46,7 +46,7 @@ public enum BloomFilter {
         filter[lines * 64] = UInt8(k)
         filter.withUnsafeMutableBytes { raw in
             for hash in hashes {
-                let line = Int(UInt64(UInt32(truncatingIfNeeded: hash)) * UInt64(lines) >> 32)
+                let line = Int((UInt64(UInt32(truncatingIfNeeded: hash)) * UInt64(lines)) >> 32)  // Swift: >> binds tighter than *
                 var h = UInt32(truncatingIfNeeded: hash >> 32)
                 let delta = (h >> 17) | (h << 15)
                 for _ in 0..<k {
@@ -66,7 +66,7 @@ public enum BloomFilter {
         guard lines > 0 else { return true }
         let k = Int(filter[lines * 64])
         guard k >= 1, k <= 30 else { return true }
-        let line = Int(UInt64(UInt32(truncatingIfNeeded: hash)) * UInt64(lines) >> 32)
+        let line = Int((UInt64(UInt32(truncatingIfNeeded: hash)) * UInt64(lines)) >> 32)  // Swift: >> binds tighter than *
         var h = UInt32(truncatingIfNeeded: hash >> 32)
         let delta = (h >> 17) | (h << 15)
         for _ in 0..<k {

@@ -77,12 +77,18 @@ public enum LogRecoveryMode: String, Sendable {
     case skip
 }
 
-/// Reads records back. A damaged or incomplete tail (nothing valid after it) is dropped, as a
-/// crash mid-write leaves one; damage followed by valid records is reported or skipped.
+/// Reads records back. An incomplete tail (nothing valid after it) is dropped, as a crash
+/// mid-write leaves one; damage followed by valid records is reported or skipped.
+///
+/// A final record that is complete but fails its checksum is dropped too unless `strictTail`:
+/// the WAL accepts that (power loss can leave a complete-length record of unsynced garbage, and
+/// such a write was never acknowledged as durable), while the manifest, synced on every append,
+/// treats it as corruption, as RocksDB does — silently dropping a synced edit would lose tables.
 public final class LogReader {
     private let bytes: [UInt8]
     private let name: String
     private let mode: LogRecoveryMode
+    private let strictTail: Bool
     private var position = 0
     /// Bytes dropped from an incomplete tail.
     public private(set) var droppedTailBytes = 0
@@ -91,19 +97,23 @@ public final class LogReader {
     /// Offset just past the last whole record.
     public private(set) var validEndOffset = 0
 
-    public init(file: any RandomAccessFile, name: String, mode: LogRecoveryMode = .stop) throws {
+    public init(file: any RandomAccessFile, name: String, mode: LogRecoveryMode = .stop, strictTail: Bool = false)
+        throws
+    {
         var data = [UInt8](repeating: 0, count: Int(file.size))
         let got = try data.withUnsafeMutableBytes { try file.read(at: 0, into: $0) }
         if got < data.count { data.removeSubrange(got...) }
         self.bytes = data
         self.name = name
         self.mode = mode
+        self.strictTail = strictTail
     }
 
-    public init(bytes: [UInt8], name: String, mode: LogRecoveryMode = .stop) {
+    public init(bytes: [UInt8], name: String, mode: LogRecoveryMode = .stop, strictTail: Bool = false) {
         self.bytes = bytes
         self.name = name
         self.mode = mode
+        self.strictTail = strictTail
     }
 
     private enum Physical {
@@ -111,6 +121,8 @@ public final class LogReader {
         case padding(next: Int)
         case end
         case bad(String)
+        /// The record runs past the end of the file: what an interrupted append leaves.
+        case truncated(String)
     }
 
     /// Parses the physical record at `at`.
@@ -122,7 +134,7 @@ public final class LogReader {
             return bytes[at..<min(next, bytes.count)].allSatisfy { $0 == 0 }
                 ? .padding(next: next) : .bad("nonzero block padding")
         }
-        if bytes.count - at < logHeaderBytes { return .bad("truncated record header") }
+        if bytes.count - at < logHeaderBytes { return .truncated("truncated record header") }
         let length = Int(bytes[at + 4]) | Int(bytes[at + 5]) << 8
         let typeByte = bytes[at + 6]
         if typeByte == 0 && length == 0 {
@@ -132,7 +144,7 @@ public final class LogReader {
         guard let type = LogFragment(rawValue: typeByte) else { return .bad("unknown record type \(typeByte)") }
         guard length <= blockLeft - logHeaderBytes else { return .bad("record length \(length) crosses a block") }
         let payloadStart = at + logHeaderBytes
-        guard payloadStart + length <= bytes.count else { return .bad("truncated record payload") }
+        guard payloadStart + length <= bytes.count else { return .truncated("truncated record payload") }
         let ok = bytes.withUnsafeBytes { raw -> Bool in
             let stored = CRC32C.unmask(loadFixed32(raw, at))
             let crc = CRC32C.extend(
@@ -163,7 +175,7 @@ public final class LogReader {
                     if type == .full || type == .first { return p }
                     p = next
                     continue
-                case .padding, .end, .bad: break
+                case .padding, .end, .bad, .truncated: break
                 }
                 break
             }
@@ -173,8 +185,11 @@ public final class LogReader {
     }
 
     /// Handles damage at `at`: returns the offset to resume from, or nil at a dropped tail.
-    private func damaged(at: Int, _ reason: String) throws -> Int? {
+    private func damaged(at: Int, _ reason: String, truncated: Bool = true) throws -> Int? {
         guard let resume = nextValidRecord(after: at) else {
+            if strictTail && !truncated {
+                throw MoraineError.corruption("damaged last record at offset \(at) (\(reason))", file: name)
+            }
             droppedTailBytes = bytes.count - at
             position = bytes.count
             return nil
@@ -204,8 +219,13 @@ public final class LogReader {
                 return nil
             case .padding(let next):
                 position = next
-            case .bad(let reason):
+            case .truncated(let reason):
                 guard let resume = try damaged(at: position, reason) else { return nil }
+                position = resume
+                assembled = nil
+                recordStart = resume
+            case .bad(let reason):
+                guard let resume = try damaged(at: position, reason, truncated: false) else { return nil }
                 position = resume
                 assembled = nil
                 recordStart = resume

@@ -12,6 +12,7 @@
 import Atomics
 import MoraineFormat
 import MoraineSystem
+
 #if canImport(Glibc)
     import Glibc
 #endif

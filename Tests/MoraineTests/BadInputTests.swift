@@ -54,18 +54,24 @@ struct BadInputTests {
     @Test func oversizedKeyAndValueAreRejected() throws {
         let dir = TempDir("moraine-limits")
         defer { dir.remove() }
-        let db = try Database(path: dir.path, options: Self.options {
-            $0.maxKeySize = 100
-            $0.maxValueSize = 1000
-        })
+        let db = try Database(
+            path: dir.path,
+            options: Self.options {
+                $0.maxKeySize = 100
+                $0.maxValueSize = 1000
+            })
         let longKey = moraineError { try db.put([UInt8](repeating: 1, count: 101), [1]) }
         #expect(longKey?.kind == .invalid, "\(String(describing: longKey))")
-        #expect(longKey?.message.contains("101") == true && longKey?.message.contains("100") == true, "\(String(describing: longKey))")
+        #expect(
+            longKey?.message.contains("101") == true && longKey?.message.contains("100") == true,
+            "\(String(describing: longKey))")
         let longValue = moraineError { try db.put([1], [UInt8](repeating: 1, count: 1001)) }
         #expect(longValue?.kind == .invalid, "\(String(describing: longValue))")
         #expect(longValue?.message.contains("1001") == true, "\(String(describing: longValue))")
         let longDelete = moraineError { try db.delete([UInt8](repeating: 2, count: 5000)) }
-        #expect(longDelete?.kind == .invalid && longDelete?.message.contains("5000") == true, "\(String(describing: longDelete))")
+        #expect(
+            longDelete?.kind == .invalid && longDelete?.message.contains("5000") == true,
+            "\(String(describing: longDelete))")
         // A batch with one bad operation applies none of them.
         var batch = WriteBatch()
         batch.put(Array("good".utf8), Array("1".utf8))
@@ -90,7 +96,8 @@ struct BadInputTests {
         options.createIfMissing = false
         let error = moraineError { _ = try Database(path: dir.path, options: options) }
         #expect(error?.kind == .notFound, "\(String(describing: error))")
-        #expect(!FileManager.default.fileExists(atPath: dir.path), "opening without create_if_missing made the directory")
+        #expect(
+            !FileManager.default.fileExists(atPath: dir.path), "opening without create_if_missing made the directory")
     }
 
     @Test func emptyDirectoryWithoutCreateIsInvalid() {

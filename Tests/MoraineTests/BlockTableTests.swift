@@ -31,8 +31,12 @@ func makeModel(count: Int, rng: inout SeededRandom, valueBytes: ClosedRange<Int>
         for v in 0..<versions {
             let deletion = Int.random(in: 0..<10, using: &rng) == 0
             let length = Int.random(in: valueBytes, using: &rng)
-            let value = deletion ? [] : Array(String(repeating: "v\(i).\(v)|", count: length / 4 + 1).utf8.prefix(length))
-            entries.append(ModelEntry(key: makeInternalKey(user, sequence - SequenceNumber(v), deletion ? .deletion : .value), value: value))
+            let value =
+                deletion ? [] : Array(String(repeating: "v\(i).\(v)|", count: length / 4 + 1).utf8.prefix(length))
+            entries.append(
+                ModelEntry(
+                    key: makeInternalKey(user, sequence - SequenceNumber(v), deletion ? .deletion : .value),
+                    value: value))
         }
         sequence -= 7
     }
@@ -108,18 +112,23 @@ func checkIterator(_ iterator: any InternalIterator, _ model: [ModelEntry], seed
         if expected == model.count {
             #expect(!iterator.isValid, "seed \(seed) \(label): seek past the end must be invalid")
         } else {
-            #expect(iterator.isValid && Array(iterator.key) == model[expected].key,
-                    "seed \(seed) \(label): seek to \(target) should land on entry \(expected)")
+            #expect(
+                iterator.isValid && Array(iterator.key) == model[expected].key,
+                "seed \(seed) \(label): seek to \(target) should land on entry \(expected)")
             // Step both ways from the landing point.
             if iterator.isValid, expected > 0 {
                 try iterator.prev()
-                #expect(iterator.isValid && Array(iterator.key) == model[expected - 1].key, "seed \(seed) \(label): prev after seek")
+                #expect(
+                    iterator.isValid && Array(iterator.key) == model[expected - 1].key,
+                    "seed \(seed) \(label): prev after seek")
                 try iterator.next()
             }
             if iterator.isValid {
                 try iterator.next()
                 if expected + 1 < model.count {
-                    #expect(iterator.isValid && Array(iterator.key) == model[expected + 1].key, "seed \(seed) \(label): next after seek")
+                    #expect(
+                        iterator.isValid && Array(iterator.key) == model[expected + 1].key,
+                        "seed \(seed) \(label): next after seek")
                 } else {
                     #expect(!iterator.isValid, "seed \(seed) \(label): next after the last")
                 }
@@ -146,7 +155,8 @@ struct BlockTests {
         for count in [1, 2, 3, 17, 300] {
             let model = makeModel(count: count, rng: &rng)
             let block = try Self.build(model, restartInterval: restartInterval)
-            try checkIterator(block.makeIterator(), model, seed: seed, label: "interval \(restartInterval) count \(count)")
+            try checkIterator(
+                block.makeIterator(), model, seed: seed, label: "interval \(restartInterval) count \(count)")
         }
     }
 
@@ -165,7 +175,9 @@ struct BlockTests {
     @Test func damagedBlockThrowsCorruption() throws {
         #expect(moraineError { _ = try Block(copying: [1, 2], origin: "short block") }?.kind == .corruption)
         // A restart count larger than the block.
-        #expect(moraineError { _ = try Block(copying: [0, 0, 0, 0, 9, 0, 0, 0], origin: "bad restarts") }?.kind == .corruption)
+        #expect(
+            moraineError { _ = try Block(copying: [0, 0, 0, 0, 9, 0, 0, 0], origin: "bad restarts") }?.kind
+                == .corruption)
         // An entry whose lengths run past the block.
         var builder = BlockBuilder()
         builder.add(key: makeInternalKey(Array("abc".utf8), 1, .value), value: Array("xyz".utf8))
@@ -215,7 +227,9 @@ struct TableTests {
             let p = reader.properties
             #expect(p == built.properties, "seed \(seed) \(label)")
             #expect(p.entryCount == UInt64(model.count), "seed \(seed) \(label)")
-            #expect(p.deletionCount == UInt64(model.filter { $0.key.withUnsafeBytes { valueType($0) } == .deletion }.count), "seed \(seed) \(label)")
+            #expect(
+                p.deletionCount == UInt64(model.filter { $0.key.withUnsafeBytes { valueType($0) } == .deletion }.count),
+                "seed \(seed) \(label)")
             #expect(p.smallestKey == model.first!.key && p.largestKey == model.last!.key, "seed \(seed) \(label)")
             #expect(p.smallestSequence == model.map { sequence(ofKey: $0.key) }.min(), "seed \(seed) \(label)")
             #expect(p.largestSequence == model.map { sequence(ofKey: $0.key) }.max(), "seed \(seed) \(label)")
@@ -235,7 +249,9 @@ struct TableTests {
                         foundValue = Array(v)
                     }
                 }
-                #expect(found && foundKey == entry.key && foundValue == entry.value, "seed \(seed) \(label): get entry \(index)")
+                #expect(
+                    found && foundKey == entry.key && foundValue == entry.value,
+                    "seed \(seed) \(label): get entry \(index)")
             }
             // Absent user keys (odd numbers) are not found.
             for n in stride(from: 1, to: 8000, by: 2) {
@@ -249,7 +265,9 @@ struct TableTests {
                 let again = reader.makeIterator()
                 try again.seekToFirst()
                 for i in 0..<50 {
-                    #expect(again.isValid && Array(again.key) == model[i].key, "seed \(seed) \(label): second pass entry \(i)")
+                    #expect(
+                        again.isValid && Array(again.key) == model[i].key,
+                        "seed \(seed) \(label): second pass entry \(i)")
                     try again.next()
                 }
                 #expect(cache.hits > 0 && cache.usageBytes > 0, "seed \(seed) \(label): the cache was never hit")
@@ -273,7 +291,9 @@ struct TableTests {
         defer { dir.remove() }
         let path = dir.file("000003.sst")
         writeFileBytes(path, [UInt8](repeating: 0, count: 40))
-        let error = moraineError { _ = try TableReader(file: try PosixFileSystem().openRandomAccess(path), name: path, cache: nil) }
+        let error = moraineError {
+            _ = try TableReader(file: try PosixFileSystem().openRandomAccess(path), name: path, cache: nil)
+        }
         #expect(error?.kind == .corruption)
         #expect(error?.message.contains(path) == true)
     }

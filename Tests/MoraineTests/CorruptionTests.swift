@@ -35,7 +35,9 @@ struct CorruptionTests {
     /// Reads every key in `range`: each get must return the right value or throw .corruption
     /// naming `damaged`. Returns how many threw. Keys in `mayBeLost` may also read as absent.
     @discardableResult
-    static func checkReads(_ db: Database, _ range: Range<Int>, damaged: String, mayBeLost: Set<Int> = [], label: String) -> Int {
+    static func checkReads(
+        _ db: Database, _ range: Range<Int>, damaged: String, mayBeLost: Set<Int> = [], label: String
+    ) -> Int {
         var errors = 0
         for i in range {
             do {
@@ -79,14 +81,16 @@ struct CorruptionTests {
         let errors = Self.checkReads(db, 0..<Self.keyCount, damaged: tables[0], label: "data block")
         #expect(errors > 0, "no read met the damaged first block")
         let first = moraineError { _ = try db.get(Self.key(0)) }
-        #expect(first?.kind == .corruption && first?.message.contains(tables[0]) == true, "\(String(describing: first))")
+        #expect(
+            first?.kind == .corruption && first?.message.contains(tables[0]) == true, "\(String(describing: first))")
         // A scan reaches the damaged block first.
         let scan = moraineError {
             let iterator = try db.makeIterator()
             try iterator.seekToFirst()
             while iterator.isValid { try iterator.next() }
         }
-        #expect(scan?.kind == .corruption && scan?.message.contains(tables[0]) == true, "scan: \(String(describing: scan))")
+        #expect(
+            scan?.kind == .corruption && scan?.message.contains(tables[0]) == true, "scan: \(String(describing: scan))")
         try db.close()
     }
 
@@ -136,7 +140,8 @@ struct CorruptionTests {
 
         let stop = moraineError { _ = try Database(path: dir.path, options: Self.options()) }
         #expect(stop?.kind == .corruption, "stop mode: \(String(describing: stop))")
-        #expect(stop?.message.contains(logs[0]) == true, "stop mode: \(String(describing: stop)) does not name \(logs[0])")
+        #expect(
+            stop?.message.contains(logs[0]) == true, "stop mode: \(String(describing: stop)) does not name \(logs[0])")
 
         let skipping = Self.options { $0.walRecoveryMode = .skip }
         let db = try Database(path: dir.path, options: skipping)
@@ -207,10 +212,17 @@ struct CorruptionTests {
         let manifest = try #require(Self.manifest(dir))
         let tablesBefore = Self.files(dir, suffix: ".sst")
         flipByte(manifest, at: fileSize(manifest) - 20)
-        guard let db = Self.openExpectingCorruptionOrSuccess(dir, damaged: manifest, label: "manifest tail") else { return }
+        guard let db = Self.openExpectingCorruptionOrSuccess(dir, damaged: manifest, label: "manifest tail") else {
+            return
+        }
         let missing = (0..<900).filter { (try? db.get(Self.key($0))) == nil }
-        #expect(missing.count == 0,
-                "reopen succeeded but \(missing.count) acknowledged keys are gone (keys \(missing.first ?? -1)...\(missing.last ?? -1)); tables before \(tablesBefore.map { ($0 as NSString).lastPathComponent }), after \(Self.files(dir, suffix: ".sst").map { ($0 as NSString).lastPathComponent })")
+        let range = "\(missing.first ?? -1)...\(missing.last ?? -1)"
+        let before = tablesBefore.map { ($0 as NSString).lastPathComponent }
+        let after = Self.files(dir, suffix: ".sst").map { ($0 as NSString).lastPathComponent }
+        #expect(
+            missing.count == 0,
+            "reopen succeeded but \(missing.count) acknowledged keys are gone (keys \(range)); tables before \(before), after \(after)"
+        )
         try db.close()
     }
 }

@@ -84,7 +84,9 @@ struct EngineTests {
         #expect(count == 3000)
         iterator = nil
         let after = try tableFiles(directory)
-        #expect(after.isDisjoint(with: before), "obsolete files remain after the last reader left: \(after.intersection(before))")
+        #expect(
+            after.isDisjoint(with: before),
+            "obsolete files remain after the last reader left: \(after.intersection(before))")
     }
 
     @Test("sequential inserts reach deeper levels by trivial moves")

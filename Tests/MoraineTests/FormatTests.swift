@@ -51,7 +51,8 @@ struct CRC32CTests {
         for round in 0..<300 {
             let buffer = rng.bytes(Int.random(in: 0...3000, using: &rng))
             let whole = CRC32C.checksum(buffer)
-            var cuts = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 0...buffer.count, using: &rng) }
+            var cuts = (0..<Int.random(in: 1...4, using: &rng)).map { _ in Int.random(in: 0...buffer.count, using: &rng)
+            }
             cuts.sort()
             var crc: UInt32 = 0
             var start = 0
@@ -68,7 +69,9 @@ struct CRC32CTests {
     @Test func maskRoundTrip() {
         let seed = testSeed()
         var rng = SeededRandom(seed: seed)
-        let values: [UInt32] = [0, 1, 0xffff_ffff, 0xE306_9283, 0xa282_ead8] + (0..<1000).map { _ in UInt32.random(in: 0...UInt32.max, using: &rng) }
+        let values: [UInt32] =
+            [0, 1, 0xffff_ffff, 0xE306_9283, 0xa282_ead8]
+            + (0..<1000).map { _ in UInt32.random(in: 0...UInt32.max, using: &rng) }
         for value in values {
             #expect(CRC32C.unmask(CRC32C.mask(value)) == value, "seed \(seed) value \(value)")
             #expect(CRC32C.mask(value) != value, "seed \(seed): mask must change \(value)")
@@ -131,8 +134,12 @@ struct CodingTests {
     @Test func varintRoundTrip() {
         let seed = testSeed()
         var rng = SeededRandom(seed: seed)
-        var values: [UInt64] = [0, 1, 127, 128, 255, 300, 16383, 16384, 1 << 21, UInt64(UInt32.max), 1 << 56, UInt64.max - 1, UInt64.max]
-        values += (0..<2000).map { _ in UInt64.random(in: 0...UInt64.max, using: &rng) >> UInt64.random(in: 0...63, using: &rng) }
+        var values: [UInt64] = [
+            0, 1, 127, 128, 255, 300, 16383, 16384, 1 << 21, UInt64(UInt32.max), 1 << 56, UInt64.max - 1, UInt64.max,
+        ]
+        values += (0..<2000).map { _ in
+            UInt64.random(in: 0...UInt64.max, using: &rng) >> UInt64.random(in: 0...63, using: &rng)
+        }
         for value in values {
             var bytes: [UInt8] = [0xAA]  // decode from a non-zero offset
             bytes.appendVarint(value)
@@ -145,7 +152,9 @@ struct CodingTests {
                 // Every truncation returns nil and leaves the offset alone.
                 for cut in 1..<bytes.count {
                     var o = 1
-                    #expect(decodeVarint(UnsafeRawBufferPointer(rebasing: raw[0..<cut]), &o) == nil, "seed \(seed) value \(value) cut \(cut)")
+                    #expect(
+                        decodeVarint(UnsafeRawBufferPointer(rebasing: raw[0..<cut]), &o) == nil,
+                        "seed \(seed) value \(value) cut \(cut)")
                     #expect(o == 1)
                 }
             }
@@ -189,14 +198,24 @@ struct VersionEditTests {
         edit.logNumber = 12
         edit.nextFileNumber = 345
         edit.lastSequence = maxSequenceNumber - 3
-        edit.compactPointers = [(1, makeInternalKey(Array("m".utf8), 9, .value)), (6, makeInternalKey([], 1, .deletion))]
+        edit.compactPointers = [
+            (1, makeInternalKey(Array("m".utf8), 9, .value)), (6, makeInternalKey([], 1, .deletion)),
+        ]
         edit.deletedFiles = [(0, 7), (3, UInt64.max)]
         edit.newFiles = [
-            (0, TableFileInfo(number: 20, sizeBytes: 4096, smallest: makeInternalKey(Array("a".utf8), 5, .value),
-                              largest: makeInternalKey(Array("z".utf8), 6, .deletion), smallestSequence: 5, largestSequence: 6)),
-            (6, TableFileInfo(number: 1 << 40, sizeBytes: 0, smallest: makeInternalKey([], 0, .value),
-                              largest: makeInternalKey([0xff, 0x00], maxSequenceNumber, .value), smallestSequence: 0,
-                              largestSequence: maxSequenceNumber)),
+            (
+                0,
+                TableFileInfo(
+                    number: 20, sizeBytes: 4096, smallest: makeInternalKey(Array("a".utf8), 5, .value),
+                    largest: makeInternalKey(Array("z".utf8), 6, .deletion), smallestSequence: 5, largestSequence: 6)
+            ),
+            (
+                6,
+                TableFileInfo(
+                    number: 1 << 40, sizeBytes: 0, smallest: makeInternalKey([], 0, .value),
+                    largest: makeInternalKey([0xff, 0x00], maxSequenceNumber, .value), smallestSequence: 0,
+                    largestSequence: maxSequenceNumber)
+            ),
         ]
         return edit
     }
@@ -217,7 +236,8 @@ struct VersionEditTests {
         #expect(error?.kind == .corruption)
         #expect(error?.message.contains("MANIFEST-000042") == true)
         let encoded = Self.fullEdit().encode()
-        #expect(moraineError { _ = try VersionEdit.decode(Array(encoded.dropLast()), origin: "m") }?.kind == .corruption)
+        #expect(
+            moraineError { _ = try VersionEdit.decode(Array(encoded.dropLast()), origin: "m") }?.kind == .corruption)
         // Every prefix either throws .corruption or parses (when it ends on a field boundary).
         for cut in 0..<encoded.count {
             do {
@@ -304,12 +324,17 @@ struct TableFooterTests {
             for bit in 0..<8 {
                 var damaged = encoded
                 damaged[offset] ^= UInt8(1 << bit)
-                let error = moraineError { _ = try damaged.withUnsafeBytes { try TableFooter.decode($0, file: "000005.sst") } }
+                let error = moraineError {
+                    _ = try damaged.withUnsafeBytes { try TableFooter.decode($0, file: "000005.sst") }
+                }
                 #expect(error?.kind == .corruption, "flip of bit \(bit) at offset \(offset)")
                 #expect(error?.message.contains("000005.sst") == true, "offset \(offset)")
             }
         }
-        #expect(moraineError { _ = try Array(encoded.dropLast()).withUnsafeBytes { try TableFooter.decode($0, file: "f") } }?.kind == .corruption)
+        #expect(
+            moraineError {
+                _ = try Array(encoded.dropLast()).withUnsafeBytes { try TableFooter.decode($0, file: "f") }
+            }?.kind == .corruption)
     }
 }
 

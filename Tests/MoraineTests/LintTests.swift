@@ -20,7 +20,9 @@ struct LintTests {
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
     ]
     static let platformModules: Set<String> = ["Glibc", "Musl", "Foundation"]
-    static let libraryModules: Set<String> = ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine"]
+    static let libraryModules: Set<String> = [
+        "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine",
+    ]
 
     static func swiftFiles(under folder: String) -> [URL] {
         let base = root.appendingPathComponent(folder)
@@ -61,13 +63,16 @@ struct LintTests {
             let text = try String(contentsOf: file, encoding: .utf8)
             for line in text.split(separator: "\n") {
                 let words = line.split(separator: " ")
-                guard let importIndex = words.firstIndex(of: "import"), importIndex <= 1, words.count > importIndex + 1 else { continue }
+                guard let importIndex = words.firstIndex(of: "import"), importIndex <= 1, words.count > importIndex + 1
+                else { continue }
                 var imported = String(words[words.count - 1])
                 if words.count > importIndex + 2 {  // `import struct Module.Type`
                     imported = String(imported.split(separator: ".")[0])
                 }
                 if Self.platformModules.contains(imported) {
-                    #expect(imported != "Foundation" || module == "MoraineCLI", "\(file.lastPathComponent) imports Foundation")
+                    #expect(
+                        imported != "Foundation" || module == "MoraineCLI",
+                        "\(file.lastPathComponent) imports Foundation")
                     continue
                 }
                 #expect(allowed.contains(imported), "\(module)/\(file.lastPathComponent) imports \(imported)")

@@ -93,7 +93,9 @@ struct LogFormatTests {
         records.append(rng.bytes(lastSize))
         let (bytes, starts) = try encodeLog(records)
         let start = starts.last!
-        #expect(logBlockBytes - start % logBlockBytes >= logHeaderBytes, "seed \(seed): the last record must not start in padding")
+        #expect(
+            logBlockBytes - start % logBlockBytes >= logHeaderBytes,
+            "seed \(seed): the last record must not start in padding")
         var cuts = Set<Int>()
         for c in (start + 1)...min(start + 120, bytes.count - 1) { cuts.insert(c) }
         for c in max(start + 1, bytes.count - 40)..<bytes.count { cuts.insert(c) }
@@ -121,7 +123,9 @@ struct LogFormatTests {
     /// Offsets inside record `index` worth damaging: the CRC, the length, the type and payload.
     static func damageOffsets(start: Int, size: Int) -> [Int] {
         var offsets = [start, start + 3, start + 4, start + 6]
-        if size > 0 { offsets += [start + logHeaderBytes, start + logHeaderBytes + size / 2, start + logHeaderBytes + size - 1] }
+        if size > 0 {
+            offsets += [start + logHeaderBytes, start + logHeaderBytes + size / 2, start + logHeaderBytes + size - 1]
+        }
         return offsets
     }
 
@@ -152,7 +156,9 @@ struct LogFormatTests {
                     }
                     #expect(error?.kind == .corruption, "\(label): stop mode did not report the damage")
                     #expect(error?.message.contains(name) == true, "\(label): \(String(describing: error))")
-                    #expect(before == Array(records[..<damaged]), "\(label): stop mode returned \(before.count) records first")
+                    #expect(
+                        before == Array(records[..<damaged]),
+                        "\(label): stop mode returned \(before.count) records first")
 
                     let skip = LogReader(bytes: copy, name: name, mode: .skip)
                     do {

@@ -10,7 +10,8 @@ import Testing
 
 extension MemTable {
     func add(_ sequence: SequenceNumber, _ type: ValueType, _ key: [UInt8], _ value: [UInt8]) {
-        key.withUnsafeBytes { k in value.withUnsafeBytes { v in add(sequence: sequence, type: type, key: k, value: v) } }
+        key.withUnsafeBytes { k in value.withUnsafeBytes { v in add(sequence: sequence, type: type, key: k, value: v) }
+        }
     }
     func get(_ key: [UInt8], _ sequence: SequenceNumber) -> LookupResult {
         key.withUnsafeBytes { get($0, sequence: sequence) }
@@ -77,7 +78,8 @@ struct MemTableTests {
             let candidate = versions[user]?.first { sequence(ofKey: $0.key) <= at }
             let expected: LookupResult
             if let candidate {
-                expected = candidate.key.withUnsafeBytes { valueType($0) } == .value ? .found(candidate.value) : .deleted
+                expected =
+                    candidate.key.withUnsafeBytes { valueType($0) } == .value ? .found(candidate.value) : .deleted
             } else {
                 expected = .notFound
             }
@@ -166,14 +168,20 @@ struct MemTableTests {
                         count += 1
                         iterator.next()
                     }
-                    if count < before { shared.fail("reader \(reader): scan saw \(count) entries, \(before) were published") }
-                    if last && count != Self.writes { shared.fail("reader \(reader): final scan saw \(count) of \(Self.writes)") }
+                    if count < before {
+                        shared.fail("reader \(reader): scan saw \(count) entries, \(before) were published")
+                    }
+                    if last && count != Self.writes {
+                        shared.fail("reader \(reader): final scan saw \(count) of \(Self.writes)")
+                    }
                     // Point lookups of published keys, and a few seeks.
                     let published = shared.published.load(ordering: .acquiring)
                     for _ in 0..<2000 where published > 0 {
                         let id = Self.keyID(Int.random(in: 0..<published, using: &rng))
                         let got = table.get(Self.key(id), maxSequenceNumber)
-                        if got != .found(Self.value(id)) { shared.fail("reader \(reader): get of published key \(id) gave \(got)") }
+                        if got != .found(Self.value(id)) {
+                            shared.fail("reader \(reader): get of published key \(id) gave \(got)")
+                        }
                         let target = makeInternalKey(Self.key(id), maxSequenceNumber, .forSeek)
                         target.withUnsafeBytes { iterator.seek($0) }
                         if !iterator.isValid || Self.id(of: iterator.key) != id {

@@ -1,37 +1,17 @@
-// Shared helpers for the unit tests: a seeded generator (MORAINE_SEED or a random seed that every
-// failure message prints), unique temporary directories, an in-memory WritableFile, and small
-// file-damaging utilities.
+// Shared helpers for the unit tests: the seed (MORAINE_SEED or a random seed that every failure
+// message prints; the generator is MoraineTestSupport's), unique temporary directories, an
+// in-memory WritableFile, and small file-damaging utilities.
 import Foundation
 import MoraineSystem
+@_exported import MoraineTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
-/// The seed for a randomized test: MORAINE_SEED when set, otherwise a fresh random one.
-func testSeed() -> UInt64 {
-    if let text = ProcessInfo.processInfo.environment["MORAINE_SEED"], let seed = UInt64(text) {
-        return seed
-    }
-    return UInt64.random(in: 1...UInt64.max)
-}
-
-/// SplitMix64: small, fast, reproducible from its seed.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-    mutating func bytes(_ count: Int) -> [UInt8] {
-        (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) }
-    }
-}
+/// The seed for a randomized test: MORAINE_SEED when set, otherwise a fresh one.
+func testSeed() -> UInt64 { SeededRandom.testSeed() }
 
 /// A unique, existing temporary directory; removed by `remove()`.
 struct TempDir {
