@@ -32,7 +32,7 @@ let package = Package(
             name: "MoraineEngine",
             dependencies: ["MoraineSystem", "MoraineFormat", "MoraineMemtable"]
         ),
-        .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineSystem"]),
+        .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
         .executableTarget(
             name: "MoraineCLI",
             dependencies: [

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-swift build --build-tests
+swift build --build-tests --explicit-target-dependency-import-check error
 swift test --disable-xctest

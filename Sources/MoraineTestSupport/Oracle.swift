@@ -1,5 +1,6 @@
 // The in-memory model the engine is checked against: a dictionary of the live pairs, with
 // sorted views for iteration and copies for snapshots. Plain value semantics; single-threaded.
+import Moraine
 
 /// The expected state of a database.
 public struct Oracle: Equatable, Sendable {
@@ -26,4 +27,17 @@ public struct Oracle: Equatable, Sendable {
 /// Renders bytes for failure messages.
 public func hex(_ bytes: [UInt8]) -> String {
     bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+}
+
+extension Oracle {
+    /// Everything a database holds now (a full forward scan), as an oracle to compare.
+    public init(contentsOf database: Database) throws {
+        self.init()
+        let iterator = try database.makeIterator()
+        try iterator.seekToFirst()
+        while iterator.isValid {
+            put(iterator.key, iterator.value)
+            try iterator.next()
+        }
+    }
 }

@@ -94,13 +94,7 @@ struct CrashSimulationTests {
 
         let recovered = try Database(path: directory, options: options(image))
         defer { try? recovered.close() }
-        var contents = Oracle()
-        let iterator = try recovered.makeIterator()
-        try iterator.seekToFirst()
-        while iterator.isValid {
-            contents.put(iterator.key, iterator.value)
-            try iterator.next()
-        }
+        let contents = try Oracle(contentsOf: recovered)
         var oracle = Oracle()
         for op in ops[0..<durablePrefix] { op.apply(to: &oracle) }
         if oracle == contents { return nil }

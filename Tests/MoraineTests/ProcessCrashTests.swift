@@ -144,13 +144,7 @@ struct ProcessCrashTests {
             shell.wait()
             // Reopen in this process and compare.
             let database = try Database(path: directory, options: Options())
-            var recovered = Oracle()
-            let iterator = try database.makeIterator()
-            try iterator.seekToFirst()
-            while iterator.isValid {
-                recovered.put(iterator.key, iterator.value)
-                try iterator.next()
-            }
+            let recovered = try Oracle(contentsOf: database)
             try database.close()
             let matches = recovered == acknowledged || (inFlight.map { recovered == $0 } ?? false)
             #expect(
