@@ -208,9 +208,11 @@ struct CounterValues: Sendable {
     var manifestRolls = 0
 }
 
-/// Engine counters behind one small lock (updated once per group or job, not per key).
-final class Counters: Sendable {
-    private let values = Mutex(CounterValues())
-    func update(_ body: (inout CounterValues) -> Void) { values.withLock { body(&$0) } }
-    var snapshot: CounterValues { values.withLock { $0 } }
+/// Engine counters behind one small lock (updated once per group or job, not per key). A pthread
+/// lock, so ThreadSanitizer understands it.
+final class Counters: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var values = CounterValues()
+    func update(_ body: (inout CounterValues) -> Void) { lock.withLock { body(&values) } }
+    var snapshot: CounterValues { lock.withLock { values } }
 }
