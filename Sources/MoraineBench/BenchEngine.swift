@@ -1,0 +1,57 @@
+// The seam between the benchmark workloads and the engine under test. Moraine implements it in
+// this package; the RocksDB peer implements it in bench/ (its own package, so Moraine never
+// needs RocksDB to build). Both are configured from the same BenchConfiguration, so each
+// engine runs with exactly the options the other gets.
+
+/// Options every engine under test receives (db_bench's names in comments).
+public struct BenchConfiguration: Sendable {
+    public var sync = false  // --sync
+    public var disableWAL = false  // --disable_wal
+    public var cacheSizeBytes = 8 << 20  // --cache_size
+    public var bloomBitsPerKey = 10  // --bloom_bits
+    public var compressionLZ4 = true  // --compression_type lz4|none
+    public var writeBufferSizeBytes = 64 << 20  // --write_buffer_size
+    public var maxWriteBufferNumber = 2  // --max_write_buffer_number
+    public var level0FileNumCompactionTrigger = 4  // --level0_file_num_compaction_trigger
+    public var level0SlowdownWritesTrigger = 20
+    public var level0StopWritesTrigger = 36
+    public var targetFileSizeBaseBytes = 64 << 20  // --target_file_size_base
+    public var maxBytesForLevelBaseBytes = 256 << 20  // --max_bytes_for_level_base
+    public var maxBackgroundJobs = 2  // --max_background_jobs
+    public var blockSizeBytes = 4096  // --block_size
+    public init() {}
+}
+
+/// A database under test. One instance is used by several threads at once (readwhilewriting).
+public protocol BenchEngine: AnyObject, Sendable {
+    /// The name printed before each result line.
+    var name: String { get }
+    func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws
+    func delete(_ key: UnsafeRawBufferPointer) throws
+    /// Reads a key; returns the value's size, or nil when absent.
+    func get(_ key: UnsafeRawBufferPointer) throws -> Int?
+    func makeCursor() throws -> any BenchCursor
+    /// Compacts the whole key range and waits (db_bench's `compact`).
+    func compactAll() throws
+    func close() throws
+}
+
+/// An iterator of a database under test; used by one thread.
+public protocol BenchCursor: AnyObject {
+    var isValid: Bool { get }
+    func seekToFirst() throws
+    func seekToLast() throws
+    func seek(_ key: UnsafeRawBufferPointer) throws
+    func next() throws
+    func prev() throws
+    /// Bytes of the current key plus value (for MB/s).
+    var entryBytes: Int { get }
+}
+
+/// Opens engines by name.
+public protocol BenchEngineFactory: Sendable {
+    /// Names this factory opens (e.g. ["moraine"] or ["rocksdb"]).
+    var engineNames: [String] { get }
+    /// Opens `name` at `path`; `fresh` means an empty database (the directory is already empty).
+    func open(_ name: String, path: String, configuration: BenchConfiguration) throws -> any BenchEngine
+}
