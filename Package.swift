@@ -11,10 +11,12 @@ let package = Package(
     products: [
         .library(name: "Moraine", targets: ["Moraine"]),
         .executable(name: "moraine", targets: ["MoraineCLI"]),
+        .library(name: "MoraineBench", targets: ["MoraineBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -33,6 +35,14 @@ let package = Package(
             dependencies: ["MoraineSystem", "MoraineFormat", "MoraineMemtable"]
         ),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
+        .target(
+            name: "MoraineBench",
+            dependencies: [
+                "Moraine", "MoraineSystem",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .executableTarget(
             name: "MoraineCLI",
             dependencies: [

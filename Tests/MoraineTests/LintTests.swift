@@ -18,6 +18,7 @@ struct LintTests {
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
         "MoraineCLI": ["ArgumentParser", "Moraine", "MoraineFormat", "MoraineSystem"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
+        "MoraineBench": ["Moraine", "MoraineSystem", "Histogram", "ArgumentParser", "Synchronization"],
     ]
     static let platformModules: Set<String> = ["Glibc", "Musl", "Foundation"]
     static let libraryModules: Set<String> = [
