@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "MoraineCLI",
             dependencies: [
-                "Moraine", "MoraineEngine", "MoraineFormat", "MoraineSystem",
+                "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

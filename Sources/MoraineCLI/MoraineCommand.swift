@@ -9,7 +9,7 @@ struct MoraineCommand: ParsableCommand {
         commandName: "moraine",
         abstract: "Moraine: an LSM key-value store for disaggregated infrastructure.",
         subcommands: [
-            Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, SST.self, Manifest.self,
+            Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, SST.self, Manifest.self, Bench.self,
         ])
 }
 

@@ -16,7 +16,7 @@ struct LintTests {
         "MoraineMemtable": ["MoraineFormat", "MoraineSystem", "Atomics"],
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
-        "MoraineCLI": ["ArgumentParser", "Moraine", "MoraineFormat", "MoraineSystem"],
+        "MoraineCLI": ["ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
         "MoraineBench": ["Moraine", "MoraineSystem", "Histogram", "ArgumentParser", "Synchronization"],
     ]

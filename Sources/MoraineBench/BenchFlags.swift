@@ -1,0 +1,84 @@
+// db_bench's flags, with db_bench's names and meanings, shared by `moraine bench` and bench/'s
+// `moraine-bench`. Boolean flags take 0 or 1 as db_bench's do (`--sync=1`).
+import ArgumentParser
+
+/// The flags of one benchmark run.
+public struct BenchFlags: ParsableArguments, Sendable {
+    public init() {}
+
+    @Option(name: .customLong("benchmarks"), help: "Comma-separated workloads, run in order.")
+    public var benchmarks = "fillseq,fillrandom,overwrite,readrandom,readseq,readreverse,seekrandom"
+    @Option(name: .customLong("num"), help: "Keys in the database.") public var num = 1_000_000
+    @Option(name: .customLong("reads"), help: "Read operations (-1: --num).") public var reads = -1
+    @Option(name: .customLong("value_size")) public var valueSize = 100
+    @Option(name: .customLong("key_size")) public var keySize = 16
+    @Option(name: .customLong("threads")) public var threads = 1
+    @Option(name: .customLong("db"), help: "Directory; each engine uses a subdirectory.")
+    public var db = "/tmp/moraine-bench"
+    @Option(name: .customLong("use_existing_db")) public var useExistingDB = 0
+    @Option(name: .customLong("sync")) public var sync = 0
+    @Option(name: .customLong("disable_wal")) public var disableWAL = 0
+    @Option(name: .customLong("cache_size"), help: "Block cache bytes.") public var cacheSize = 8 << 20
+    @Option(name: .customLong("bloom_bits")) public var bloomBits = 10
+    @Option(name: .customLong("compression_type"), help: "lz4 or none.") public var compressionType = "lz4"
+    @Option(name: .customLong("write_buffer_size")) public var writeBufferSize = 64 << 20
+    @Option(name: .customLong("max_write_buffer_number")) public var maxWriteBufferNumber = 2
+    @Option(name: .customLong("level0_file_num_compaction_trigger")) public var level0FileNumCompactionTrigger = 4
+    @Option(name: .customLong("target_file_size_base")) public var targetFileSizeBase = 64 << 20
+    @Option(name: .customLong("max_bytes_for_level_base")) public var maxBytesForLevelBase = 256 << 20
+    @Option(name: .customLong("max_background_jobs")) public var maxBackgroundJobs = 2
+    @Option(name: .customLong("seed"), help: "Seed for keys and values (same for every engine).") public var seed = 301
+    @Option(name: .customLong("compression_ratio"), help: "Values compress to this fraction.")
+    public var compressionRatio = 0.5
+    @Option(name: .customLong("seek_nexts"), help: "next() calls after each seek in seekrandom.")
+    public var seekNexts = 0
+    @Option(name: .customLong("json"), help: "Write results as a JSON array to this file.") public var json: String?
+
+    public func validate() throws {
+        guard num > 0, valueSize >= 0, keySize >= 1, threads >= 1 else {
+            throw ValidationError("--num, --key_size and --threads must be positive; --value_size not negative")
+        }
+        guard compressionType == "lz4" || compressionType == "none" else {
+            throw ValidationError("--compression_type must be lz4 or none")
+        }
+        guard compressionRatio > 0 && compressionRatio <= 1 else {
+            throw ValidationError("--compression_ratio must be in (0, 1]")
+        }
+    }
+
+    /// Read operations per thread.
+    public var readCount: Int { reads < 0 ? num : reads }
+
+    /// The options every engine receives.
+    public var configuration: BenchConfiguration {
+        var c = BenchConfiguration()
+        c.sync = sync != 0
+        c.disableWAL = disableWAL != 0
+        c.cacheSizeBytes = cacheSize
+        c.bloomBitsPerKey = bloomBits
+        c.compressionLZ4 = compressionType == "lz4"
+        c.writeBufferSizeBytes = writeBufferSize
+        c.maxWriteBufferNumber = maxWriteBufferNumber
+        c.level0FileNumCompactionTrigger = level0FileNumCompactionTrigger
+        c.targetFileSizeBaseBytes = targetFileSizeBase
+        c.maxBytesForLevelBaseBytes = maxBytesForLevelBase
+        c.maxBackgroundJobs = maxBackgroundJobs
+        return c
+    }
+
+    /// The options as JSON object members.
+    var optionsJSON: String {
+        let pairs: [(String, String)] = [
+            ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
+            ("threads", "\(threads)"), ("sync", "\(sync)"), ("disable_wal", "\(disableWAL)"),
+            ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
+            ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),
+            ("max_write_buffer_number", "\(maxWriteBufferNumber)"),
+            ("level0_file_num_compaction_trigger", "\(level0FileNumCompactionTrigger)"),
+            ("target_file_size_base", "\(targetFileSizeBase)"), ("max_bytes_for_level_base", "\(maxBytesForLevelBase)"),
+            ("max_background_jobs", "\(maxBackgroundJobs)"), ("seed", "\(seed)"),
+            ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"),
+        ]
+        return "{" + pairs.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+    }
+}

@@ -1,0 +1,171 @@
+// Runs db_bench workloads against one or more engines, alternating their order from workload
+// to workload so machine drift hits each alike, and prints db_bench's result line per engine
+// plus p50/p99/p99.9 latency and, with two engines, the throughput ratio. Each engine keeps its
+// own database under --db/<engine>.
+import Histogram
+import MoraineSystem
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One measured workload on one engine.
+public struct BenchResult: Sendable {
+    public var engine: String
+    public var benchmark: String
+    public var ops: Int
+    public var seconds: Double
+    public var threads: Int
+    public var bytes: Int
+    public var found: Int?
+    public var p50Micros: Double
+    public var p99Micros: Double
+    public var p999Micros: Double
+
+    public var opsPerSecond: Double { Double(ops) / max(seconds, 1e-9) }
+    public var microsPerOp: Double { seconds * 1e6 * Double(threads) / Double(max(ops, 1)) }
+    public var megabytesPerSecond: Double { Double(bytes) / 1_048_576 / max(seconds, 1e-9) }
+
+    /// db_bench's line, then latency percentiles.
+    public var line: String {
+        var text = pad(engine, 8) + " " + pad(benchmark, 12) + " : " + fixed(microsPerOp, 3, width: 11) + " micros/op "
+            + "\(Int(opsPerSecond)) ops/sec;"
+        if bytes > 0 { text += " " + fixed(megabytesPerSecond, 1, width: 6) + " MB/s" }
+        if let found { text += " (\(found) of \(ops) found)" }
+        text += "  p50 \(fixed(p50Micros, 2)) p99 \(fixed(p99Micros, 2)) p99.9 \(fixed(p999Micros, 2)) us"
+        return text
+    }
+}
+
+func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+
+func fixed(_ value: Double, _ decimals: Int, width: Int = 0) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let scaled = Int((value * scale).rounded())
+    let whole = scaled / Int(scale)
+    var fraction = String(abs(scaled % Int(scale)))
+    while fraction.count < decimals { fraction = "0" + fraction }
+    let text = decimals > 0 ? "\(whole).\(fraction)" : "\(whole)"
+    return text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
+}
+
+func nowNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Peak resident set size of this process in bytes (VmHWM).
+public func peakResidentBytes() -> Int {
+    guard let file = fopen("/proc/self/status", "r") else { return 0 }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, 256, file) != nil {
+        let text = String(cString: line)
+        if text.hasPrefix("VmHWM:") {
+            let digits = text.filter { $0.isNumber }
+            return (Int(digits) ?? 0) * 1024
+        }
+    }
+    return 0
+}
+
+/// Runs the workloads of `flags` on the named engines.
+public final class BenchRunner: @unchecked Sendable {
+    public let flags: BenchFlags
+    public let engineNames: [String]
+    let factories: [any BenchEngineFactory]
+    let data: BenchData
+    var engines: [String: any BenchEngine] = [:]
+    public private(set) var results: [BenchResult] = []
+    let progress = Atomic<Int>(0)
+
+    public init(flags: BenchFlags, engineNames: [String], factories: [any BenchEngineFactory]) throws {
+        self.flags = flags
+        self.engineNames = engineNames
+        self.factories = factories
+        self.data = BenchData(
+            keySize: flags.keySize, valueSize: flags.valueSize, compressionRatio: flags.compressionRatio,
+            seed: UInt64(flags.seed))
+        for name in engineNames where !factories.contains(where: { $0.engineNames.contains(name) }) {
+            throw MoraineError(.invalid, "unknown engine '\(name)' (this build has: \(factories.flatMap(\.engineNames)))")
+        }
+    }
+
+    func directory(_ engine: String) -> String { flags.db + "/" + engine }
+
+    func open(_ engine: String, fresh: Bool) throws -> any BenchEngine {
+        if fresh { removeDirectory(directory(engine)) }
+        try PosixFileSystem.shared.createDirectory(directory(engine))
+        let factory = factories.first { $0.engineNames.contains(engine) }!
+        return try factory.open(engine, path: directory(engine), configuration: flags.configuration)
+    }
+
+    /// Runs every workload; prints results as they come.
+    public func run() throws {
+        print("benchmarks: \(flags.benchmarks); engines: \(engineNames.joined(separator: ", "))")
+        print("keys: \(flags.num) × \(flags.keySize) B; values: \(flags.valueSize) B (compression ratio \(flags.compressionRatio)); "
+            + "threads: \(flags.threads); cache: \(flags.cacheSize) B; bloom bits: \(flags.bloomBits); compression: \(flags.compressionType)")
+        for name in engineNames { engines[name] = try open(name, fresh: flags.useExistingDB == 0) }
+        let workloads = flags.benchmarks.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        for (index, workload) in workloads.enumerated() {
+            let order = index % 2 == 0 ? engineNames : engineNames.reversed()
+            var byEngine: [String: BenchResult] = [:]
+            for name in order {
+                let result = try runWorkload(workload, engine: name)
+                byEngine[name] = result
+                results.append(result)
+                print(result.line)
+            }
+            if engineNames.count == 2, let a = byEngine[engineNames[0]], let b = byEngine[engineNames[1]] {
+                print("  \(engineNames[0])/\(engineNames[1]) throughput ratio: \(fixed(a.opsPerSecond / max(b.opsPerSecond, 1e-9), 2))")
+            }
+        }
+        for engine in engines.values { try engine.close() }
+        engines = [:]
+        print("peak RSS: \(peakResidentBytes() / 1_048_576) MiB")
+        if let path = flags.json { try writeJSON(path) }
+    }
+
+    func writeJSON(_ path: String) throws {
+        let rows = results.map { r in
+            "{\"engine\":\"\(r.engine)\",\"benchmark\":\"\(r.benchmark)\",\"ops\":\(r.ops),"
+                + "\"ops_per_sec\":\(fixed(r.opsPerSecond, 1)),\"micros_per_op\":\(fixed(r.microsPerOp, 3)),"
+                + "\"mb_per_sec\":\(fixed(r.megabytesPerSecond, 2)),\"p50_us\":\(fixed(r.p50Micros, 3)),"
+                + "\"p99_us\":\(fixed(r.p99Micros, 3)),\"p999_us\":\(fixed(r.p999Micros, 3)),"
+                + (r.found.map { "\"found\":\($0)," } ?? "") + "\"options\":\(flags.optionsJSON)}"
+        }
+        let file = try PosixFileSystem.shared.createWritable(path)
+        try file.append(Array(("[\n" + rows.joined(separator: ",\n") + "\n]\n").utf8))
+        try file.close()
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Removes a directory tree (benchmark databases).
+func removeDirectory(_ path: String) {
+    guard let dir = opendir(path) else {
+        unlink(path)
+        return
+    }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+        }
+        if name == "." || name == ".." { continue }
+        let child = path + "/" + name
+        if entry.pointee.d_type == UInt8(DT_DIR) { removeDirectory(child) } else { unlink(child) }
+    }
+    closedir(dir)
+    rmdir(path)
+}
