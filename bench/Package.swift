@@ -7,9 +7,14 @@ import PackageDescription
 
 let package = Package(
     name: "MoraineBenchmarks",
+    products: [
+        .executable(name: "moraine-bench", targets: ["MoraineBenchTool"]),
+    ],
     dependencies: [
         .package(name: "Moraine", path: ".."),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
+
     targets: [
         .systemLibrary(name: "CRocksDB", path: "Sources/CRocksDB"),
         .target(
@@ -18,6 +23,14 @@ let package = Package(
                 "CRocksDB",
                 .product(name: "MoraineBench", package: "Moraine"),
                 .product(name: "Moraine", package: "Moraine"),
+            ]
+        ),
+        .executableTarget(
+            name: "MoraineBenchTool",
+            dependencies: [
+                "RocksDBPeer",
+                .product(name: "MoraineBench", package: "Moraine"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 swift build --build-tests --explicit-target-dependency-import-check error
 swift test --disable-xctest
+# The benchmark harness, once on each engine at a tiny size (a smoke test, not a measurement).
+bash scripts/bench-smoke.sh

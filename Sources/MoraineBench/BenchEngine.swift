@@ -52,6 +52,6 @@ public protocol BenchCursor: AnyObject {
 public protocol BenchEngineFactory: Sendable {
     /// Names this factory opens (e.g. ["moraine"] or ["rocksdb"]).
     var engineNames: [String] { get }
-    /// Opens `name` at `path`; `fresh` means an empty database (the directory is already empty).
+    /// Opens (creating if needed) engine `name`'s database in the existing directory `path`.
     func open(_ name: String, path: String, configuration: BenchConfiguration) throws -> any BenchEngine
 }
