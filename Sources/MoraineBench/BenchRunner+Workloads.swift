@@ -3,6 +3,16 @@
 // operations over wall time.
 import Histogram
 import MoraineSystem
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Operations done so far across threads, for the progress display (updated every 1024 ops).
+final class ProgressCounter: Sendable {
+    let done = Atomic<Int>(0)
+}
 
 /// Per-thread counters and latencies.
 struct ThreadTally: Sendable {
@@ -10,12 +20,14 @@ struct ThreadTally: Sendable {
     var ops = 0
     var bytes = 0
     var found = 0
+    var progress: ProgressCounter? = nil
 
     /// Records one operation that started at `start` (monotonic nanoseconds).
     @inline(__always)
     mutating func record(since start: UInt64) {
         _ = histogram.record(max(nowNanos() &- start, 1))
         ops += 1
+        if ops & 1023 == 0 { progress?.done.wrappingAdd(1024, ordering: .relaxed) }
     }
 }
 
@@ -162,11 +174,15 @@ extension BenchRunner {
         let threadCount = threads ?? flags.threads
         let seed = UInt64(flags.seed)
         let collected = TallyCollector()
+        let progress = ProgressCounter()
+        let display = ProgressDisplay(label: "\(name) \(benchmark)", expected: opsPerThread * threadCount, counter: progress)
+        defer { display.finish() }
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in
             Worker {
                 var rng = BenchRandom(seed: seed &+ UInt64(thread) &* 0x9e37_79b9)
                 var tally = ThreadTally()
+                tally.progress = progress
                 defer { collected.add(tally) }
                 try body(engine, thread, &rng, &tally)
             }
@@ -230,4 +246,39 @@ final class Worker: @unchecked Sendable {
     }
 
     func join() { lock.withLock { while !finished { lock.wait() } } }
+}
+
+/// On a terminal, rewrites one status line every second once a workload has run 3 seconds;
+/// silent when stdout is not a TTY.
+final class ProgressDisplay: @unchecked Sendable {
+    private let stop = StopFlag()
+    private var worker: Worker? = nil
+
+    init(label: String, expected: Int, counter: ProgressCounter) {
+        guard isatty(1) != 0 else { return }
+        let stop = self.stop
+        worker = Worker {
+            let start = nowNanos()
+            var shown = false
+            while !stop.isSet {
+                usleep(100_000)
+                let seconds = Double(nowNanos() - start) / 1e9
+                guard seconds >= 3, Int(seconds * 10) % 10 == 0 else { continue }
+                let done = counter.done.load(ordering: .relaxed)
+                let percent = expected > 0 ? min(100, done * 100 / expected) : 0
+                print("\r\(label): \(done) ops (\(percent)%), \(Int(Double(done) / seconds)) ops/s   ", terminator: "")
+                fflush(nil)
+                shown = true
+            }
+            if shown {
+                print("\r" + String(repeating: " ", count: 72) + "\r", terminator: "")
+                fflush(nil)
+            }
+        }
+    }
+
+    func finish() {
+        stop.set()
+        worker?.join()
+    }
 }
