@@ -39,9 +39,7 @@ final class MoraineBenchEngine: BenchEngine {
     }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
-        var batch = WriteBatch()
-        batch.put(Array(key), Array(value))
-        try database.write(batch, options: writeOptions)
+        try database.engine.put(key: key, value: value, options: writeOptions)
     }
 
     func delete(_ key: UnsafeRawBufferPointer) throws {

@@ -38,6 +38,13 @@ extension Engine {
         try write(batch, options: options)
     }
 
+    /// Stores a value given as raw bytes (no intermediate arrays).
+    public func put(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, options: WriteOptions = WriteOptions()) throws {
+        var batch = WriteBatch(reservingCapacity: key.count + value.count + 11)
+        batch.put(key: key, value: value)
+        try write(batch, options: options)
+    }
+
     public func delete(_ key: [UInt8], options: WriteOptions = WriteOptions()) throws {
         var batch = WriteBatch()
         batch.delete(key)

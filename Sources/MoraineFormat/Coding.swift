@@ -43,13 +43,13 @@ extension Array where Element == UInt8 {
 }
 
 /// Reads a little-endian UInt32 at `offset`. Precondition: in bounds.
-@inlinable
+@inlinable @inline(__always)
 public func loadFixed32(_ buffer: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
     UInt32(littleEndian: buffer.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
 }
 
 /// Reads a little-endian UInt64 at `offset`. Precondition: in bounds.
-@inlinable
+@inlinable @inline(__always)
 public func loadFixed64(_ buffer: UnsafeRawBufferPointer, _ offset: Int) -> UInt64 {
     UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
 }

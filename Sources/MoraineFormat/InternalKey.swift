@@ -27,43 +27,58 @@ public func packTag(_ sequence: SequenceNumber, _ type: ValueType) -> UInt64 {
     (sequence << 8) | UInt64(type.rawValue)
 }
 
-/// Bytewise three-way comparison (memcmp, then length).
-@inlinable
+/// Bytewise three-way comparison (memcmp order, then length). Short keys, the common case, are
+/// compared 8 bytes at a time in registers; long ones go to memcmp.
+@inlinable @inline(__always)
 public func compareBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {
     let n = Swift.min(a.count, b.count)
-    if n > 0 {
+    if n > 64 {
         let r = memcmp(a.baseAddress!, b.baseAddress!, n)
         if r != 0 { return Int(r) }
+        return a.count - b.count
+    }
+    var i = 0
+    while i + 8 <= n {
+        let x = UInt64(bigEndian: a.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+        let y = UInt64(bigEndian: b.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+        if x != y { return x < y ? -1 : 1 }
+        i += 8
+    }
+    while i < n {
+        let x = a[i]
+        let y = b[i]
+        if x != y { return Int(x) - Int(y) }
+        i += 1
     }
     return a.count - b.count
 }
 
 /// The user-key part of an internal key.
-@inlinable
+@inlinable @inline(__always)
 public func userKey(_ internalKey: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
     UnsafeRawBufferPointer(rebasing: internalKey[0..<(internalKey.count - internalKeyTagBytes)])
 }
 
 /// The tag of an internal key.
-@inlinable
+@inlinable @inline(__always)
 public func tag(_ internalKey: UnsafeRawBufferPointer) -> UInt64 {
     loadFixed64(internalKey, internalKey.count - internalKeyTagBytes)
 }
 
 /// The sequence number of an internal key.
-@inlinable
+@inlinable @inline(__always)
 public func sequence(_ internalKey: UnsafeRawBufferPointer) -> SequenceNumber {
     tag(internalKey) >> 8
 }
 
 /// The value type of an internal key, or nil for an unknown type byte.
-@inlinable
+@inlinable @inline(__always)
 public func valueType(_ internalKey: UnsafeRawBufferPointer) -> ValueType? {
     ValueType(rawValue: UInt8(truncatingIfNeeded: tag(internalKey)))
 }
 
 /// Three-way comparison of internal keys in the order described above.
-@inlinable
+@inlinable @inline(__always)
 public func compareInternalKeys(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {
     let r = compareBytes(userKey(a), userKey(b))
     if r != 0 { return r }

@@ -56,14 +56,13 @@ public final class LogWriter {
     }
 
     private func emit(_ type: LogFragment, _ payload: UnsafeRawBufferPointer) throws {
-        var header = [UInt8](repeating: 0, count: logHeaderBytes)
-        let typeByte = [type.rawValue]
-        let crc = CRC32C.extend(typeByte.withUnsafeBytes { CRC32C.checksum($0) }, payload)
-        withUnsafeBytes(of: CRC32C.mask(crc).littleEndian) { header.replaceSubrange(0..<4, with: $0) }
-        header[4] = UInt8(payload.count & 0xff)
-        header[5] = UInt8(payload.count >> 8)
-        header[6] = type.rawValue
-        try file.append(header)
+        var typeByte = type.rawValue
+        let crc = CRC32C.extend(withUnsafeBytes(of: &typeByte) { CRC32C.checksum(UnsafeRawBufferPointer($0)) }, payload)
+        // The 7-byte header, built on the stack: masked CRC, 16-bit length, type.
+        var header: (UInt32, UInt16, UInt8) = (CRC32C.mask(crc).littleEndian, UInt16(payload.count).littleEndian, type.rawValue)
+        try withUnsafeBytes(of: &header) { raw in
+            try file.append(UnsafeRawBufferPointer(rebasing: raw[0..<logHeaderBytes]))
+        }
         try file.append(payload)
         blockOffset += logHeaderBytes + payload.count
     }

@@ -14,6 +14,12 @@ public struct WriteBatch: Sendable {
         rep = [UInt8](repeating: 0, count: Self.headerBytes)
     }
 
+    /// An empty batch with room for `capacityBytes` of operations.
+    public init(reservingCapacity capacityBytes: Int) {
+        rep = [UInt8](repeating: 0, count: Self.headerBytes)
+        rep.reserveCapacity(Self.headerBytes + capacityBytes)
+    }
+
     /// Wraps an encoded batch read back from a WAL.
     /// - Throws: `.corruption` when the encoding does not parse.
     public init(decoding rep: [UInt8], origin: String) throws {
@@ -48,6 +54,15 @@ public struct WriteBatch: Sendable {
 
     public mutating func put(_ key: [UInt8], _ value: [UInt8]) {
         setCount(count + 1)
+        rep.append(ValueType.value.rawValue)
+        rep.appendLengthPrefixed(key)
+        rep.appendLengthPrefixed(value)
+    }
+
+    /// Adds a put from raw bytes (no intermediate arrays).
+    public mutating func put(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        setCount(count + 1)
+        rep.reserveCapacity(rep.count + key.count + value.count + 11)
         rep.append(ValueType.value.rawValue)
         rep.appendLengthPrefixed(key)
         rep.appendLengthPrefixed(value)
