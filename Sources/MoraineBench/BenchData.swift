@@ -53,7 +53,9 @@ public final class BenchData: Sendable {
         withUnsafeBytes(of: &big) { raw in
             if keySize >= 8 {
                 buffer.baseAddress!.copyMemory(from: raw.baseAddress!, byteCount: 8)
-                if keySize > 8 { (buffer.baseAddress! + 8).initializeMemory(as: UInt8.self, repeating: 48, count: keySize - 8) }
+                if keySize > 8 {
+                    (buffer.baseAddress! + 8).initializeMemory(as: UInt8.self, repeating: 48, count: keySize - 8)
+                }
             } else {
                 buffer.baseAddress!.copyMemory(from: raw.baseAddress! + (8 - keySize), byteCount: keySize)
             }

@@ -33,6 +33,9 @@ public struct BenchFlags: ParsableArguments, Sendable {
     @Option(name: .customLong("seek_nexts"), help: "next() calls after each seek in seekrandom.")
     public var seekNexts = 0
     @Option(name: .customLong("json"), help: "Write results as a JSON array to this file.") public var json: String?
+    @Option(name: .customLong("records"), help: "YCSB records loaded by ycsb_load (-1: --num).") public var records = -1
+    @Option(name: .customLong("operations"), help: "YCSB operations per run phase (-1: --reads).")
+    public var operations = -1
 
     public func validate() throws {
         guard num > 0, valueSize >= 0, keySize >= 1, threads >= 1 else {
@@ -78,6 +81,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
             ("target_file_size_base", "\(targetFileSizeBase)"), ("max_bytes_for_level_base", "\(maxBytesForLevelBase)"),
             ("max_background_jobs", "\(maxBackgroundJobs)"), ("seed", "\(seed)"),
             ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"),
+            ("records", "\(records < 0 ? num : records)"), ("operations", "\(operations < 0 ? readCount : operations)"),
         ]
         return "{" + pairs.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }

@@ -39,16 +39,19 @@ extension BenchRunner {
         case "fillseq":
             try reopenFresh(name)
             return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(engine, thread: thread, count: num / self.flags.threads, random: false, rng: &rng, tally: &tally)
+                try self.writeKeys(
+                    engine, thread: thread, count: num / self.flags.threads, random: false, rng: &rng, tally: &tally)
             }
         case "fillrandom":
             try reopenFresh(name)
             return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
+                try self.writeKeys(
+                    engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
             }
         case "overwrite":
             return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
+                try self.writeKeys(
+                    engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
             }
         case "readrandom":
             return try measure(workload, name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
@@ -116,7 +119,8 @@ extension BenchRunner {
     }
 
     func writeKeys(
-        _ engine: any BenchEngine, thread: Int, count: Int, random: Bool, rng: inout BenchRandom, tally: inout ThreadTally
+        _ engine: any BenchEngine, thread: Int, count: Int, random: Bool, rng: inout BenchRandom,
+        tally: inout ThreadTally
     ) throws {
         let base = thread * count
         try withUnsafeTemporaryAllocation(byteCount: data.keySize, alignment: 8) { key in
@@ -175,7 +179,8 @@ extension BenchRunner {
         let seed = UInt64(flags.seed)
         let collected = TallyCollector()
         let progress = ProgressCounter()
-        let display = ProgressDisplay(label: "\(name) \(benchmark)", expected: opsPerThread * threadCount, counter: progress)
+        let display = ProgressDisplay(
+            label: "\(name) \(benchmark)", expected: opsPerThread * threadCount, counter: progress)
         defer { display.finish() }
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in

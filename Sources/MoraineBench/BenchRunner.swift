@@ -29,7 +29,8 @@ public struct BenchResult: Sendable {
 
     /// db_bench's line, then latency percentiles.
     public var line: String {
-        var text = pad(engine, 8) + " " + pad(benchmark, 12) + " : " + fixed(microsPerOp, 3, width: 11) + " micros/op "
+        var text =
+            pad(engine, 8) + " " + pad(benchmark, 12) + " : " + fixed(microsPerOp, 3, width: 11) + " micros/op "
             + "\(Int(opsPerSecond)) ops/sec;"
         if bytes > 0 { text += " " + fixed(megabytesPerSecond, 1, width: 6) + " MB/s" }
         if let found { text += " (\(found) of \(ops) found)" }
@@ -38,7 +39,9 @@ public struct BenchResult: Sendable {
     }
 }
 
-func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
 
 func fixed(_ value: Double, _ decimals: Int, width: Int = 0) -> String {
     var scale = 1.0
@@ -81,6 +84,8 @@ public final class BenchRunner: @unchecked Sendable {
     var engines: [String: any BenchEngine] = [:]
     public private(set) var results: [BenchResult] = []
     let progress = Atomic<Int>(0)
+    /// YCSB records inserted so far (load plus run-phase inserts).
+    let inserted = Atomic<Int>(0)
 
     public init(flags: BenchFlags, engineNames: [String], factories: [any BenchEngineFactory]) throws {
         self.flags = flags
@@ -90,7 +95,8 @@ public final class BenchRunner: @unchecked Sendable {
             keySize: flags.keySize, valueSize: flags.valueSize, compressionRatio: flags.compressionRatio,
             seed: UInt64(flags.seed))
         for name in engineNames where !factories.contains(where: { $0.engineNames.contains(name) }) {
-            throw MoraineError(.invalid, "unknown engine '\(name)' (this build has: \(factories.flatMap(\.engineNames)))")
+            throw MoraineError(
+                .invalid, "unknown engine '\(name)' (this build has: \(factories.flatMap(\.engineNames)))")
         }
     }
 
@@ -106,21 +112,32 @@ public final class BenchRunner: @unchecked Sendable {
     /// Runs every workload; prints results as they come.
     public func run() throws {
         print("benchmarks: \(flags.benchmarks); engines: \(engineNames.joined(separator: ", "))")
-        print("keys: \(flags.num) × \(flags.keySize) B; values: \(flags.valueSize) B (compression ratio \(flags.compressionRatio)); "
-            + "threads: \(flags.threads); cache: \(flags.cacheSize) B; bloom bits: \(flags.bloomBits); compression: \(flags.compressionType)")
+        print(
+            "keys: \(flags.num) × \(flags.keySize) B; values: \(flags.valueSize) B (compression ratio \(flags.compressionRatio)); "
+                + "threads: \(flags.threads); cache: \(flags.cacheSize) B; bloom bits: \(flags.bloomBits); compression: \(flags.compressionType)"
+        )
         for name in engineNames { engines[name] = try open(name, fresh: flags.useExistingDB == 0) }
         let workloads = flags.benchmarks.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
         for (index, workload) in workloads.enumerated() {
             let order = index % 2 == 0 ? engineNames : engineNames.reversed()
             var byEngine: [String: BenchResult] = [:]
+            let savedInserted = inserted.load(ordering: .relaxed)
             for name in order {
-                let result = try runWorkload(workload, engine: name)
-                byEngine[name] = result
-                results.append(result)
-                print(result.line)
+                // Every engine starts a YCSB phase from the same record count.
+                inserted.store(savedInserted, ordering: .relaxed)
+                let phaseResults =
+                    workload.hasPrefix("ycsb")
+                    ? try runYCSB(workload, engine: name) : [try runWorkload(workload, engine: name)]
+                byEngine[name] = phaseResults[0]
+                for result in phaseResults {
+                    results.append(result)
+                    print(result.line)
+                }
             }
             if engineNames.count == 2, let a = byEngine[engineNames[0]], let b = byEngine[engineNames[1]] {
-                print("  \(engineNames[0])/\(engineNames[1]) throughput ratio: \(fixed(a.opsPerSecond / max(b.opsPerSecond, 1e-9), 2))")
+                print(
+                    "  \(engineNames[0])/\(engineNames[1]) throughput ratio: \(fixed(a.opsPerSecond / max(b.opsPerSecond, 1e-9), 2))"
+                )
             }
         }
         for engine in engines.values { try engine.close() }
