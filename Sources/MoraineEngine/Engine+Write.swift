@@ -15,15 +15,12 @@ extension Engine {
     /// - Throws: `.invalid` for an oversized key or value, `.closed` after close, or the sticky
     ///   background error (an I/O failure) that stopped writes.
     public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
-        try batch.forEach { _, key, value in
-            if key.count > options.maxKeySize {
-                throw MoraineError(
-                    .invalid, "key of \(key.count) bytes exceeds the limit of \(options.maxKeySize) bytes")
-            }
-            if value.count > options.maxValueSize {
-                throw MoraineError(
-                    .invalid, "value of \(value.count) bytes exceeds the limit of \(options.maxValueSize) bytes")
-            }
+        if batch.maxKeyBytes > options.maxKeySize {
+            throw MoraineError(.invalid, "key of \(batch.maxKeyBytes) bytes exceeds the limit of \(options.maxKeySize) bytes")
+        }
+        if batch.maxValueBytes > options.maxValueSize {
+            throw MoraineError(
+                .invalid, "value of \(batch.maxValueBytes) bytes exceeds the limit of \(options.maxValueSize) bytes")
         }
         if batch.sizeBytes > 1 << 30 {
             throw MoraineError(.invalid, "write batch of \(batch.sizeBytes) bytes exceeds 1 GiB")

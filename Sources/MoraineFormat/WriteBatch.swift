@@ -7,6 +7,9 @@ import MoraineSystem
 public struct WriteBatch: Sendable {
     /// The encoded form (header + operations).
     public private(set) var rep: [UInt8]
+    /// The longest key and value added, so size limits are checked without a pass over the batch.
+    public private(set) var maxKeyBytes = 0
+    public private(set) var maxValueBytes = 0
 
     static let headerBytes = 12
 
@@ -28,7 +31,15 @@ public struct WriteBatch: Sendable {
         }
         self.rep = rep
         var counted = 0
-        try forEach(origin: origin) { _, _, _ in counted += 1 }
+        var longestKey = 0
+        var longestValue = 0
+        try forEach(origin: origin) { _, key, value in
+            counted += 1
+            longestKey = max(longestKey, key.count)
+            longestValue = max(longestValue, value.count)
+        }
+        maxKeyBytes = longestKey
+        maxValueBytes = longestValue
         guard counted == count else {
             throw MoraineError(
                 .corruption, "write batch holds \(counted) operations, header says \(count) in \(origin)")
@@ -45,15 +56,17 @@ public struct WriteBatch: Sendable {
     /// The sequence number of the first operation (assigned at write time).
     public var sequence: SequenceNumber {
         get { rep.withUnsafeBytes { loadFixed64($0, 0) } }
-        set { withUnsafeBytes(of: newValue.littleEndian) { rep.replaceSubrange(0..<8, with: $0) } }
+        set { rep.withUnsafeMutableBytes { $0.storeBytes(of: newValue.littleEndian, toByteOffset: 0, as: UInt64.self) } }
     }
 
     private mutating func setCount(_ n: Int) {
-        withUnsafeBytes(of: UInt32(n).littleEndian) { rep.replaceSubrange(8..<12, with: $0) }
+        rep.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(n).littleEndian, toByteOffset: 8, as: UInt32.self) }
     }
 
     public mutating func put(_ key: [UInt8], _ value: [UInt8]) {
         setCount(count + 1)
+        maxKeyBytes = max(maxKeyBytes, key.count)
+        maxValueBytes = max(maxValueBytes, value.count)
         rep.append(ValueType.value.rawValue)
         rep.appendLengthPrefixed(key)
         rep.appendLengthPrefixed(value)
@@ -62,6 +75,8 @@ public struct WriteBatch: Sendable {
     /// Adds a put from raw bytes (no intermediate arrays).
     public mutating func put(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         setCount(count + 1)
+        maxKeyBytes = max(maxKeyBytes, key.count)
+        maxValueBytes = max(maxValueBytes, value.count)
         rep.reserveCapacity(rep.count + key.count + value.count + 11)
         rep.append(ValueType.value.rawValue)
         rep.appendLengthPrefixed(key)
@@ -70,6 +85,7 @@ public struct WriteBatch: Sendable {
 
     public mutating func delete(_ key: [UInt8]) {
         setCount(count + 1)
+        maxKeyBytes = max(maxKeyBytes, key.count)
         rep.append(ValueType.deletion.rawValue)
         rep.appendLengthPrefixed(key)
     }
@@ -79,6 +95,8 @@ public struct WriteBatch: Sendable {
     /// Appends another batch's operations.
     public mutating func append(_ other: WriteBatch) {
         setCount(count + other.count)
+        maxKeyBytes = max(maxKeyBytes, other.maxKeyBytes)
+        maxValueBytes = max(maxValueBytes, other.maxValueBytes)
         rep.append(contentsOf: other.rep[Self.headerBytes...])
     }
 
