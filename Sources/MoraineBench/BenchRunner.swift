@@ -103,7 +103,7 @@ public final class BenchRunner: @unchecked Sendable {
     func directory(_ engine: String) -> String { flags.db + "/" + engine }
 
     func open(_ engine: String, fresh: Bool) throws -> any BenchEngine {
-        if fresh { removeDirectory(directory(engine)) }
+        if fresh { PosixFileSystem.shared.removeTree(directory(engine)) }
         try PosixFileSystem.shared.createDirectory(directory(engine))
         let factory = factories.first { $0.engineNames.contains(engine) }!
         return try factory.open(engine, path: directory(engine), configuration: flags.configuration)
@@ -169,20 +169,3 @@ extension String {
     }
 }
 
-/// Removes a directory tree (benchmark databases).
-func removeDirectory(_ path: String) {
-    guard let dir = opendir(path) else {
-        unlink(path)
-        return
-    }
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-        }
-        if name == "." || name == ".." { continue }
-        let child = path + "/" + name
-        if entry.pointee.d_type == UInt8(DT_DIR) { removeDirectory(child) } else { unlink(child) }
-    }
-    closedir(dir)
-    rmdir(path)
-}

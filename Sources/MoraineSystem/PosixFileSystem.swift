@@ -90,6 +90,25 @@ public final class PosixFileSystem: FileSystem {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw posixError("mkdir", path) }
     }
 
+    /// Removes a file or a directory tree, best effort (tools and tests; the engine never
+    /// deletes directories).
+    public func removeTree(_ path: String) {
+        guard let dir = opendir(path) else {
+            unlink(path)
+            return
+        }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name == "." || name == ".." { continue }
+            let child = path + "/" + name
+            if entry.pointee.d_type == UInt8(DT_DIR) { removeTree(child) } else { unlink(child) }
+        }
+        closedir(dir)
+        rmdir(path)
+    }
+
     public func remove(_ path: String) throws {
         if unlink(path) != 0 { throw posixError("unlink", path) }
     }

@@ -3,6 +3,7 @@
 #if canImport(Glibc)
     import Glibc
 #endif
+import MoraineSystem
 
 /// A small, fast, seedable generator (SplitMix64).
 public struct SeededRandom: RandomNumberGenerator, Sendable {
@@ -50,18 +51,5 @@ public func makeTemporaryDirectory(_ prefix: String = "moraine-test") -> String 
 
 /// Removes a directory tree (test cleanup).
 public func removeTree(_ path: String) {
-    guard let dir = opendir(path) else {
-        unlink(path)
-        return
-    }
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-        }
-        if name == "." || name == ".." { continue }
-        let child = path + "/" + name
-        if entry.pointee.d_type == UInt8(DT_DIR) { removeTree(child) } else { unlink(child) }
-    }
-    closedir(dir)
-    rmdir(path)
+    PosixFileSystem.shared.removeTree(path)
 }
