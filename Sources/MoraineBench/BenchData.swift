@@ -2,21 +2,11 @@
 // keys are the key number big-endian in the first 8 bytes, padded with '0' to --key_size (as
 // db_bench lays them out); values are slices of a buffer built from random runs repeated so it
 // compresses to --compression_ratio. Immutable after init; shared by threads.
+import MoraineSystem
 
-/// SplitMix64, seeded per thread so every engine sees the same key sequence.
-public struct BenchRandom: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-    /// A uniform number below `bound` (bound > 0).
-    public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}
+/// The benchmarks' generator (SplitMix64), seeded per thread so every engine sees the same
+/// key sequence.
+public typealias BenchRandom = SplitMix64
 
 /// Key layout and the shared value buffer.
 public final class BenchData: Sendable {

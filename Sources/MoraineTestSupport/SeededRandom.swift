@@ -5,20 +5,10 @@
 #endif
 import MoraineSystem
 
-/// A small, fast, seedable generator (SplitMix64).
-public struct SeededRandom: RandomNumberGenerator, Sendable {
-    private var state: UInt64
+/// The tests' generator (SplitMix64, from MoraineSystem).
+public typealias SeededRandom = SplitMix64
 
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-
+extension SplitMix64 {
     /// The seed for a test: MORAINE_SEED when set, otherwise derived from the clock.
     public static func testSeed() -> UInt64 {
         if let text = getenv("MORAINE_SEED").map({ String(cString: $0) }), let seed = UInt64(text) {
@@ -33,11 +23,6 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
     public static func environmentInt(_ name: String, default defaultValue: Int) -> Int {
         if let text = getenv(name).map({ String(cString: $0) }), let value = Int(text) { return value }
         return defaultValue
-    }
-
-    /// Random bytes of the given length.
-    public mutating func bytes(_ count: Int) -> [UInt8] {
-        (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) }
     }
 }
 
