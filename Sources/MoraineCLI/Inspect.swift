@@ -50,6 +50,14 @@ struct Demo: ParsableCommand {
             try database.flush()
             print("flushed; LSM shape:")
             print(database.stats().shape.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            // Background compaction may still be catching up; give it a few seconds to settle.
+            let deadline = monotonicSeconds() + 10
+            while database.stats().levels.contains(where: { $0.score >= 1 }) && monotonicSeconds() < deadline {
+                usleep(100_000)
+            }
+            let settled = database.stats()
+            print("after background compaction (\(settled.compactions) compactions, \(settled.trivialMoves) trivial moves):")
+            print(settled.shape.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
             try database.close()
         }
     }
