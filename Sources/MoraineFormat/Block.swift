@@ -60,6 +60,20 @@ public final class BlockIterator: InternalIterator {
     private var keyBuffer = KeyBuffer()
     private var valueRange: Range<Int> = 0..<0
 
+    /// One decoded entry of the restart run cached for backward steps (RocksDB's block
+    /// iterator keeps the same cache).
+    private struct RunEntry {
+        let keyStart: Int
+        let keyCount: Int
+        let value: Range<Int>
+        let offset: Int
+        let next: Int
+    }
+    private var runKeys: [UInt8] = []
+    private var runEntries: [RunEntry] = []
+    /// The current entry's index in `runEntries` while walking backward; -1 otherwise.
+    private var runPosition = -1
+
     init(_ block: Block) {
         self.block = block
         self.data = block.bytes
@@ -114,32 +128,61 @@ public final class BlockIterator: InternalIterator {
     }
 
     public func seekToFirst() throws {
+        runPosition = -1
         try seekToRestart(0)
         _ = try parseNext()
     }
 
     public func seekToLast() throws {
+        runPosition = -1
         try seekToRestart(block.restartCount - 1)
         while try parseNext() && nextOffset < block.restartsOffset {}
     }
 
     public func next() throws {
         precondition(isValid)
+        runPosition = -1
         _ = try parseNext()
     }
 
     public func prev() throws {
         precondition(isValid)
+        if runPosition > 0 {
+            runPosition -= 1
+            restoreRunEntry(runPosition)
+            return
+        }
         let original = currentOffset
         while block.restartPoint(restartIndex) >= original {
             if restartIndex == 0 {
                 currentOffset = block.restartsOffset
+                runPosition = -1
                 return
             }
             restartIndex -= 1
         }
+        // Decode the restart run before `original` once, keeping every entry, so the next
+        // prev() calls in this run step back through the cache instead of re-parsing it.
         try seekToRestart(restartIndex)
-        while try parseNext() && nextOffset < original {}
+        runKeys.removeAll(keepingCapacity: true)
+        runEntries.removeAll(keepingCapacity: true)
+        while try parseNext() {
+            runEntries.append(
+                RunEntry(keyStart: runKeys.count, keyCount: keyBuffer.count, value: valueRange, offset: currentOffset, next: nextOffset))
+            runKeys.append(contentsOf: keyBuffer.bytes)
+            if nextOffset >= original { break }
+        }
+        runPosition = runEntries.count - 1
+    }
+
+    private func restoreRunEntry(_ index: Int) {
+        let entry = runEntries[index]
+        runKeys.withUnsafeBytes { keys in
+            keyBuffer.set(UnsafeRawBufferPointer(rebasing: keys[entry.keyStart..<(entry.keyStart + entry.keyCount)]))
+        }
+        valueRange = entry.value
+        currentOffset = entry.offset
+        nextOffset = entry.next
     }
 
     /// Seeks to the first entry at or after `target` under `compare`.
@@ -152,6 +195,7 @@ public final class BlockIterator: InternalIterator {
         _ target: UnsafeRawBufferPointer,
         compare: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Int
     ) throws {
+        runPosition = -1
         var low = 0
         var high = block.restartCount - 1
         while low < high {
