@@ -22,7 +22,9 @@ let package = Package(
         .target(
             name: "CSystemShims",
             path: "CSystemShims",
-            linkerSettings: [.linkedLibrary("lz4")]
+            linkerSettings: [
+                .linkedLibrary("uring"), .linkedLibrary("pmem"), .linkedLibrary("numa"), .linkedLibrary("lz4"),
+            ]
         ),
         .target(name: "MoraineSystem", dependencies: ["CSystemShims"]),
         .target(name: "MoraineFormat", dependencies: ["MoraineSystem"]),

@@ -1,7 +1,9 @@
-// CSystemShims: the only C in Moraine. Thin wrappers over liblz4 and a CRC32C with a
-// hardware (SSE4.2) path chosen at run time and a portable software path. liburing, libpmem
-// and libnuma wrappers join this header later; feature macros (when needed) go at the very top because
-// the Swift importer does not see cSettings defines.
+// CSystemShims: the only C in Moraine. Thin wrappers over liburing, libpmem, libnuma, liblz4
+// and a CRC32C with a hardware (SSE4.2) path chosen at run time and a portable software path.
+// liburing's and libpmem's functions import directly; only what the Swift importer cannot see
+// (macros built from enums, O_DIRECT, libnuma's bitmask API) is wrapped here. No feature macro
+// is defined in this header: _GNU_SOURCE here clashes with the Swift Glibc module's fd_set, so
+// the .c files that need it define it themselves. <sys/types.h> must precede <liburing.h>.
 #ifndef CSYSTEMSHIMS_H
 #define CSYSTEMSHIMS_H
 
@@ -9,6 +11,9 @@
 #include <sys/types.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
+#include <liburing.h>
+#include <libpmem.h>
 
 // ---- CRC32C (Castagnoli) ---------------------------------------------------------------
 /// Extends `crc` (a finished CRC32C of earlier bytes, 0 for none) over `length` bytes,
@@ -28,5 +33,35 @@ int CSystemShims_lz4_compress_bound(int input_size);
 int CSystemShims_lz4_compress(const void *source, int source_size, void *destination, int capacity);
 /// Decompresses exactly; returns bytes written, or a negative number for malformed input.
 int CSystemShims_lz4_decompress(const void *source, int source_size, void *destination, int capacity);
+
+// ---- io_uring --------------------------------------------------------------------------
+/// IOSQE_IO_LINK: the next submission starts only after this one succeeds.
+static inline unsigned CSystemShims_iosqe_io_link(void) { return IOSQE_IO_LINK; }
+/// IOSQE_FIXED_FILE: the descriptor is an index into the ring's registered files.
+static inline unsigned CSystemShims_iosqe_fixed_file(void) { return IOSQE_FIXED_FILE; }
+/// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (kernel 6.1 and later).
+static inline unsigned CSystemShims_ioring_setup_single_issuer_deferred(void) {
+    return IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+}
+/// IORING_SETUP_COOP_TASKRUN (kernel 5.19 and later).
+static inline unsigned CSystemShims_ioring_setup_coop_taskrun(void) { return IORING_SETUP_COOP_TASKRUN; }
+/// The O_DIRECT open flag (hidden from Swift without _GNU_SOURCE).
+int CSystemShims_o_direct(void);
+
+// ---- NUMA ------------------------------------------------------------------------------
+/// 1 when the kernel has NUMA support (numa_available() succeeded), else 0.
+int CSystemShims_numa_available(void);
+/// The highest node number (0 on a one-node machine or without NUMA support).
+int CSystemShims_numa_max_node(void);
+/// Writes up to `capacity` CPU numbers of `node` to `cpus`; returns how many the node has, or -1.
+int CSystemShims_numa_node_cpus(int node, int *cpus, int capacity);
+/// Total memory of `node` in bytes (free bytes in `*free_bytes`), or -1.
+long long CSystemShims_numa_node_size(int node, long long *free_bytes);
+/// Restricts the calling thread to the CPUs of `node`; 0 on success, else an errno.
+int CSystemShims_numa_run_on_node(int node);
+/// Binds the pages of [address, address+length) to `node` (mbind MPOL_BIND); 0 or an errno.
+int CSystemShims_numa_bind_memory(void *address, size_t length, int node);
+/// The node a CPU belongs to, or -1.
+int CSystemShims_numa_node_of_cpu(int cpu);
 
 #endif

@@ -39,6 +39,8 @@ public protocol FileLock: AnyObject, Sendable {
 public protocol FileSystem: AnyObject, Sendable {
     /// Creates (or truncates) a file for writing.
     func createWritable(_ path: String) throws -> any WritableFile
+    /// Creates (or truncates) a file for writing, saying how it will be written.
+    func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile
     /// Opens an existing file for random reads.
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
     /// Reads a whole (small) file.
@@ -55,6 +57,53 @@ public protocol FileSystem: AnyObject, Sendable {
     func syncDirectory(_ directory: String) throws
     /// Takes an exclusive lock, failing with `.busy` when another process holds it.
     func lock(_ path: String) throws -> any FileLock
+    /// Performs many reads, possibly of different files, at once (one submission where the
+    /// backend allows). Each read's outcome lands in its `bytesRead` or `error`.
+    func read(batch: UnsafeMutableBufferPointer<BatchRead>)
+}
+
+/// One read of a batch: a file, an offset and a buffer, then the outcome.
+public struct BatchRead {
+    public let file: any RandomAccessFile
+    public let offset: UInt64
+    public let buffer: UnsafeMutableRawBufferPointer
+    /// Bytes read (fewer than `buffer.count` only at end of file).
+    public var bytesRead = 0
+    /// Why the read failed, or nil.
+    public var error: MoraineError? = nil
+
+    public init(file: any RandomAccessFile, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) {
+        self.file = file
+        self.offset = offset
+        self.buffer = buffer
+    }
+}
+
+/// How a new file will be written, so the file system can pick the fitting I/O path.
+public enum WriteHint: Sendable {
+    /// Small appends whose latency matters (WAL, manifest).
+    case log
+    /// Large sequential output written once and synced at the end (tables from flush and
+    /// compaction).
+    case bulk
+}
+
+extension FileSystem {
+    /// Ignores the hint (file systems with one write path).
+    public func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        try createWritable(path)
+    }
+
+    /// Reads one request after another (file systems without a batching backend).
+    public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {
+        for i in batch.indices {
+            do {
+                batch[i].bytesRead = try batch[i].file.read(at: batch[i].offset, into: batch[i].buffer)
+            } catch {
+                batch[i].error = (error as? MoraineError) ?? MoraineError(.io, "\(error)")
+            }
+        }
+    }
 }
 
 extension WritableFile {

@@ -1,6 +1,9 @@
-// The FileSystem over POSIX calls: buffered appends with write(2), pread(2) for reads,
-// fdatasync(2) for durability, flock(2) for the database lock. EINTR is retried here so no
-// caller sees it; every other failure becomes a MoraineError naming the path and errno.
+// The FileSystem over POSIX files. Reads, appends and fdatasync go through the calling
+// thread's I/O queue (io_uring, or pread/pwrite where io_uring is unavailable or not chosen):
+// an append buffer is written in one request, a sync writes what is buffered and fdatasyncs in
+// one linked submission, and a batch of reads across files is one submission. Metadata
+// (open, rename, unlink, directory sync, flock) uses plain system calls. EINTR is retried
+// below this layer; every other failure becomes a MoraineError naming the path and errno.
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -23,15 +26,32 @@ func posixError(_ call: String, _ path: String, _ code: Int32 = errno) -> Morain
 
 /// The real file system.
 public final class PosixFileSystem: FileSystem {
-    public init() {}
+    /// The backend that carries this file system's reads and writes.
+    public let ioBackend: IOBackend
 
-    /// A process-wide instance.
+    /// A file system using `ioBackend` (default: the process's preferred backend).
+    public init(ioBackend: IOBackend = .preferred) {
+        self.ioBackend = ioBackend
+    }
+
+    /// A process-wide instance on the preferred backend.
     public static let shared = PosixFileSystem()
 
     public func createWritable(_ path: String) throws -> any WritableFile {
+        try createWritable(path, hint: .log)
+    }
+
+    /// Log files write with pwrite(2) whatever the backend: a small buffered write through
+    /// io_uring is punted to a kernel worker on ext4 and took 48 µs instead of 6 µs here
+    /// (docs/PERFORMANCE.md §3). Bulk files go through the queue in 1 MiB writes, the last one
+    /// linked to the fdatasync.
+    public func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw posixError("open", path) }
-        return PosixWritableFile(fd: fd, path: path)
+        switch hint {
+        case .log: return PosixWritableFile(fd: fd, path: path, backend: .posix, bufferBytes: 64 << 10)
+        case .bulk: return PosixWritableFile(fd: fd, path: path, backend: ioBackend, bufferBytes: 1 << 20)
+        }
     }
 
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
@@ -43,7 +63,38 @@ public final class PosixFileSystem: FileSystem {
             Glibc.close(fd)
             throw error
         }
-        return PosixRandomAccessFile(fd: fd, path: path, size: UInt64(st.st_size))
+        return PosixRandomAccessFile(fd: fd, path: path, size: UInt64(st.st_size), backend: ioBackend)
+    }
+
+    /// Reads the whole batch in one submission when every file is one of ours.
+    public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {
+        guard !batch.isEmpty else { return }
+        guard batch.allSatisfy({ $0.file is PosixRandomAccessFile }) else { return readOneByOne(batch) }
+        withUnsafeTemporaryAllocation(of: IORequest.self, capacity: batch.count) { requests in
+            for i in batch.indices {
+                let file = batch[i].file as! PosixRandomAccessFile
+                requests.initializeElement(at: i, to: .read(fd: file.fd, at: batch[i].offset, into: batch[i].buffer))
+            }
+            IOQueue.forCurrentThread(ioBackend).submit(requests)
+            for i in batch.indices {
+                batch[i].bytesRead = requests[i].transferred
+                if requests[i].errorNumber != 0 {
+                    let path = (batch[i].file as! PosixRandomAccessFile).path
+                    batch[i].error = posixError("read", path, requests[i].errorNumber)
+                }
+            }
+            requests.deinitialize()
+        }
+    }
+
+    private func readOneByOne(_ batch: UnsafeMutableBufferPointer<BatchRead>) {
+        for i in batch.indices {
+            do {
+                batch[i].bytesRead = try batch[i].file.read(at: batch[i].offset, into: batch[i].buffer)
+            } catch {
+                batch[i].error = (error as? MoraineError) ?? MoraineError(.io, "\(error)")
+            }
+        }
     }
 
     public func readAll(_ path: String) throws -> [UInt8] {
@@ -152,19 +203,21 @@ final class PosixFileLock: FileLock, @unchecked Sendable {
     deinit { unlock() }
 }
 
-/// A write-only file with a user-space buffer; `flush` hands it to the kernel.
+/// A write-only file with a user-space buffer; `flush` hands it to the kernel through the
+/// calling thread's I/O queue, `sync` also fdatasyncs in the same submission.
 final class PosixWritableFile: WritableFile {
     private var fd: Int32
     private let path: String
     private var buffer: UnsafeMutableRawBufferPointer
     private var buffered = 0
     private(set) var size: UInt64 = 0
-    private static let bufferBytes = 64 << 10
+    private let backend: IOBackend
 
-    init(fd: Int32, path: String) {
+    init(fd: Int32, path: String, backend: IOBackend, bufferBytes: Int) {
         self.fd = fd
         self.path = path
-        self.buffer = .allocate(byteCount: Self.bufferBytes, alignment: 16)
+        self.backend = backend
+        self.buffer = .allocate(byteCount: bufferBytes, alignment: 4096)
     }
 
     deinit {
@@ -190,16 +243,16 @@ final class PosixWritableFile: WritableFile {
         }
     }
 
-    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw posixError("write", path)
-            }
-            done += n
+    /// Bytes handed to the kernel so far (the file offset of the next write).
+    private var written: UInt64 = 0
+
+    /// Writes `bytes` at the end of what was written, and fdatasyncs after them when `sync`
+    /// (one linked submission on io_uring).
+    private func writeAll(_ bytes: UnsafeRawBufferPointer, sync: Bool = false) throws {
+        if let failure = IOQueue.forCurrentThread(backend).write(fd: fd, at: written, from: bytes, sync: sync) {
+            throw failure.error(path)
         }
+        written += UInt64(bytes.count)
     }
 
     func flush() throws {
@@ -210,12 +263,10 @@ final class PosixWritableFile: WritableFile {
     }
 
     func sync() throws {
-        try flush()
         guard fd >= 0 else { throw MoraineError(.closed, "sync of closed file \(path)") }
-        while fdatasync(fd) != 0 {
-            if errno == EINTR { continue }
-            throw posixError("fdatasync", path)
-        }
+        let pending = UnsafeRawBufferPointer(rebasing: buffer[0..<buffered])
+        buffered = 0
+        try writeAll(pending, sync: true)
     }
 
     func close() throws {
@@ -228,33 +279,26 @@ final class PosixWritableFile: WritableFile {
     }
 }
 
-/// A read-only file served by pread(2); safe for concurrent readers.
+/// A read-only file read through the calling thread's I/O queue; safe for concurrent readers.
 final class PosixRandomAccessFile: RandomAccessFile, @unchecked Sendable {
-    private let fd: Int32
-    private let path: String
+    let fd: Int32
+    let path: String
     let size: UInt64
+    private let backend: IOBackend
 
-    init(fd: Int32, path: String, size: UInt64) {
+    init(fd: Int32, path: String, size: UInt64, backend: IOBackend) {
         self.fd = fd
         self.path = path
         self.size = size
+        self.backend = backend
     }
 
     deinit { Glibc.close(fd) }
 
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
-        -> Int
-    {
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw posixError("pread", path)
-            }
-            if n == 0 { break }
-            done += n
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        switch IOQueue.forCurrentThread(backend).read(fd: fd, at: offset, into: buffer) {
+        case .success(let count): return count
+        case .failure(let error): throw error.error(path)
         }
-        return done
     }
 }
