@@ -146,6 +146,10 @@ public final class IOQueue {
         self.backend = .ioUring
     }
 
+    /// The O_DIRECT flag for open(2): reads and writes then bypass the page cache and need
+    /// buffers, offsets and lengths aligned to the device's logical block size (4096 is safe).
+    public static var directIOOpenFlag: Int32 { CSystemShims_o_direct() }
+
     /// Ring setup flags that the kernel accepted, for start-up reports.
     public var setupDescription: String { ring?.setupDescription ?? "pread/pwrite" }
 
@@ -233,9 +237,10 @@ public final class IOQueue {
 
     private static func posixCall(_ r: IORequest) -> Int {
         let offset = off_t(r.offset) + off_t(r.transferred)
+        let position = r.buffer.map { $0 + r.transferred }
         switch r.operation {
-        case .read: return pread(r.fd, r.buffer! + r.transferred, r.length - r.transferred, offset)
-        case .write: return pwrite(r.fd, r.buffer! + r.transferred, r.length - r.transferred, offset)
+        case .read: return pread(r.fd, position, r.length - r.transferred, offset)
+        case .write: return pwrite(r.fd, position, r.length - r.transferred, offset)
         case .readVectored: return preadv(r.fd, r.iovecs, r.iovecCount, offset)
         case .writeVectored: return pwritev(r.fd, r.iovecs, r.iovecCount, offset)
         case .fdatasync: return Int(Glibc.fdatasync(r.fd))

@@ -126,15 +126,16 @@ final class IOURing {
         let offset = r.offset + UInt64(r.transferred)
         let fd = r.fixedFileIndex >= 0 ? r.fixedFileIndex : r.fd
         let left = UInt32(r.length - r.transferred)
+        let position = r.buffer.map { $0 + r.transferred }
         switch r.operation {
         case .read where r.fixedBufferIndex >= 0:
-            io_uring_prep_read_fixed(entry, fd, r.buffer! + r.transferred, left, offset, r.fixedBufferIndex)
+            io_uring_prep_read_fixed(entry, fd, position, left, offset, r.fixedBufferIndex)
         case .read:
-            io_uring_prep_read(entry, fd, r.buffer! + r.transferred, left, offset)
+            io_uring_prep_read(entry, fd, position, left, offset)
         case .write where r.fixedBufferIndex >= 0:
-            io_uring_prep_write_fixed(entry, fd, r.buffer! + r.transferred, left, offset, r.fixedBufferIndex)
+            io_uring_prep_write_fixed(entry, fd, position, left, offset, r.fixedBufferIndex)
         case .write:
-            io_uring_prep_write(entry, fd, r.buffer! + r.transferred, left, offset)
+            io_uring_prep_write(entry, fd, position, left, offset)
         case .readVectored:
             io_uring_prep_readv(entry, fd, r.iovecs, UInt32(r.iovecCount), offset)
         case .writeVectored:
