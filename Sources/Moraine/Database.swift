@@ -36,6 +36,12 @@ public final class Database: Sendable {
         try engine.get(key, options: options)
     }
 
+    /// The values of `keys` (nil where absent), read as of one moment; the data blocks the
+    /// batch needs are read in one submission.
+    public func multiGet(_ keys: [[UInt8]], options: ReadOptions = ReadOptions()) throws -> [[UInt8]?] {
+        try engine.multiGet(keys, options: options)
+    }
+
     /// The value as UTF-8 text (invalid sequences replaced).
     public func get(_ key: String, options: ReadOptions = ReadOptions()) throws -> String? {
         try engine.get(Array(key.utf8), options: options).map { String(decoding: $0, as: UTF8.self) }

@@ -55,34 +55,43 @@ extension Engine {
                     }
                 }
             }
-            for file in version.levels[0] {
-                let inRange =
-                    file.smallestUserKey.withUnsafeBytes { compareBytes($0, key) <= 0 }
-                    && file.largestUserKey.withUnsafeBytes { compareBytes($0, key) >= 0 }
-                if inRange, try probe(file) { return }
-            }
-            for level in 1..<version.levels.count {
-                let files = version.levels[level]
-                if files.isEmpty { continue }
-                var low = 0
-                var high = files.count
-                while low < high {
-                    let mid = (low + high) / 2
-                    if files[mid].info.largest.withUnsafeBytes({ compareInternalKeys($0, lookupKey) < 0 }) {
-                        low = mid + 1
-                    } else {
-                        high = mid
-                    }
-                }
-                guard low < files.count else { continue }
-                let file = files[low]
-                if file.smallestUserKey.withUnsafeBytes({ compareBytes($0, key) > 0 }) { continue }
-                if try probe(file) { return }
-            }
+            try forEachCandidateFile(version, key: key, lookupKey: lookupKey) { try probe($0) }
         }
         switch result {
         case .found(let value): return value
         case .deleted, .notFound: return nil
+        }
+    }
+
+    /// Calls `body` with every table that may hold `key`, in search order (L0 newest first, then
+    /// one table per deeper level), until it returns true.
+    func forEachCandidateFile(
+        _ version: Version, key: UnsafeRawBufferPointer, lookupKey: UnsafeRawBufferPointer,
+        _ body: (FileMetaData) throws -> Bool
+    ) rethrows {
+        for file in version.levels[0] {
+            let inRange =
+                file.smallestUserKey.withUnsafeBytes { compareBytes($0, key) <= 0 }
+                && file.largestUserKey.withUnsafeBytes { compareBytes($0, key) >= 0 }
+            if inRange, try body(file) { return }
+        }
+        for level in 1..<version.levels.count {
+            let files = version.levels[level]
+            if files.isEmpty { continue }
+            var low = 0
+            var high = files.count
+            while low < high {
+                let mid = (low + high) / 2
+                if files[mid].info.largest.withUnsafeBytes({ compareInternalKeys($0, lookupKey) < 0 }) {
+                    low = mid + 1
+                } else {
+                    high = mid
+                }
+            }
+            guard low < files.count else { continue }
+            let file = files[low]
+            if file.smallestUserKey.withUnsafeBytes({ compareBytes($0, key) > 0 }) { continue }
+            if try body(file) { return }
         }
     }
 

@@ -38,6 +38,9 @@ public struct EngineStats: Sendable {
     public var stallSlowdowns = 0
     public var stallStops = 0
     public var manifestRolls = 0
+    /// Batched reads issued by multiGet, and the data blocks they read.
+    public var multiGetBatches = 0
+    public var multiGetBlockReads = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -58,6 +61,7 @@ public struct EngineStats: Sendable {
             ("flush_bytes_written", flushBytesWritten), ("entries_dropped", entriesDropped), ("writes", writes),
             ("write_groups", writeGroups), ("wal_syncs", walSyncs), ("wal_bytes", walBytes),
             ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("manifest_rolls", manifestRolls),
+            ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -132,6 +136,8 @@ extension Engine {
         s.stallSlowdowns = c.stallSlowdowns
         s.stallStops = c.stallStops
         s.manifestRolls = c.manifestRolls
+        s.multiGetBatches = c.multiGetBatches
+        s.multiGetBlockReads = c.multiGetBlockReads
         return s
     }
 

@@ -206,6 +206,8 @@ struct CounterValues: Sendable {
     var stallSlowdowns = 0
     var stallStops = 0
     var manifestRolls = 0
+    var multiGetBatches = 0
+    var multiGetBlockReads = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

@@ -8,6 +8,11 @@ import Synchronization
 public struct BlockCacheKey: Hashable, Sendable {
     public let tableID: UInt64
     public let offset: UInt64
+
+    public init(tableID: UInt64, offset: UInt64) {
+        self.tableID = tableID
+        self.offset = offset
+    }
 }
 
 /// A byte-budgeted, sharded LRU cache of blocks.

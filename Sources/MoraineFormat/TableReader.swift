@@ -62,14 +62,32 @@ public final class TableReader: @unchecked Sendable {
     static func readBlockContents(
         file: any RandomAccessFile, handle: BlockHandle, name: String, what: String
     ) throws -> UnsafeMutableRawBufferPointer {
+        let raw = try allocateRawBlock(handle, name: name, what: what)
+        do {
+            try file.readExactly(at: handle.offset, into: raw, name: name)
+        } catch {
+            raw.deallocate()
+            throw error
+        }
+        return try decodeRawBlock(taking: raw, handle: handle, name: name, what: what)
+    }
+
+    /// A buffer for a block's payload and trailer.
+    static func allocateRawBlock(_ handle: BlockHandle, name: String, what: String) throws -> UnsafeMutableRawBufferPointer {
         guard handle.size < UInt64(1 << 31) else {
             throw MoraineError.corruption("\(what) size \(handle.size) too large", file: name)
         }
-        let total = Int(handle.size) + blockTrailerBytes
-        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 8)
+        return .allocate(byteCount: Int(handle.size) + blockTrailerBytes, alignment: 8)
+    }
+
+    /// Checks the CRC of a block read into `raw` (payload and trailer) and decompresses it.
+    /// Takes ownership of `raw` whatever the outcome.
+    /// - Returns: owned contents; the caller deallocates.
+    static func decodeRawBlock(
+        taking raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, name: String, what: String
+    ) throws -> UnsafeMutableRawBufferPointer {
         var keep = false
         defer { if !keep { raw.deallocate() } }
-        try file.readExactly(at: handle.offset, into: raw, name: name)
         let payload = UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)])
         let typeByte = raw[Int(handle.size)]
         let stored = CRC32C.unmask(loadFixed32(UnsafeRawBufferPointer(raw), Int(handle.size) + 1))
@@ -138,12 +156,47 @@ public final class TableReader: @unchecked Sendable {
         _ lookupKey: UnsafeRawBufferPointer, hash: UInt64,
         _ found: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
     ) throws -> Bool {
-        if !mayContain(hash: hash) { return false }
+        guard let handle = try candidateBlock(lookupKey, hash: hash) else { return false }
+        return try get(lookupKey, in: try dataBlock(handle), found)
+    }
+
+    /// The data block that would hold `lookupKey` (an internal key), or nil when the bloom filter
+    /// or the index rules the key out. The first step of a batched lookup.
+    public func candidateBlock(_ lookupKey: UnsafeRawBufferPointer, hash: UInt64) throws -> BlockHandle? {
+        if !mayContain(hash: hash) { return nil }
         let index = indexBlock.makeIterator()
         try index.seek(lookupKey)
-        guard index.isValid else { return false }
-        let handle = try decodeHandle(index.value)
-        let block = try dataBlock(handle)
+        guard index.isValid else { return nil }
+        return try decodeHandle(index.value)
+    }
+
+    /// The cached data block at `handle`, if the cache holds it.
+    public func cachedDataBlock(_ handle: BlockHandle) -> Block? {
+        cache?.lookup(BlockCacheKey(tableID: tableID, offset: handle.offset))
+    }
+
+    /// A buffer to read the data block at `handle` into (payload and trailer); pass it to
+    /// `dataBlock(fromRead:handle:fillCache:)` afterwards, which takes ownership.
+    public func allocateDataBlockRead(_ handle: BlockHandle) throws -> UnsafeMutableRawBufferPointer {
+        try Self.allocateRawBlock(handle, name: name, what: "data block")
+    }
+
+    /// Checks and decodes a data block read by the caller into `raw`, and caches it.
+    /// Takes ownership of `raw`.
+    /// - Throws: `.corruption` naming the file and offset.
+    public func dataBlock(fromRead raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, fillCache: Bool) throws -> Block {
+        let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
+        let block = try Block(taking: contents, origin: "data block at offset \(handle.offset) of \(name)")
+        if fillCache, let cache { cache.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }
+        return block
+    }
+
+    /// Looks `lookupKey` up inside one data block (the last step of a batched lookup).
+    /// - Returns: false when the block has no entry for the user key.
+    public func get(
+        _ lookupKey: UnsafeRawBufferPointer, in block: Block,
+        _ found: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Bool {
         let iterator = block.makeIterator()
         try iterator.seek(lookupKey)
         guard iterator.isValid,

@@ -226,3 +226,63 @@ enum TableReaderProbe {
         return Counts(entryCount: reader.properties.entryCount, deletionCount: reader.properties.deletionCount)
     }
 }
+
+@Suite("Batched reads")
+struct MultiGetTests {
+    @Test("multiGet equals get across memtables and levels, and reads the missing blocks in one batch")
+    func multiGetMatchesGet() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 32 << 10
+            $0.blockSize = 1024
+            $0.blockCacheSize = 0  // every table read is a real read
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<6000 { try db.put(key(i), Array("v\(i)".utf8)) }
+        try db.compactRange()
+        for i in stride(from: 0, to: 6000, by: 3) { try db.put(key(i), Array("w\(i)".utf8)) }  // L0 and memtable
+        for i in stride(from: 0, to: 6000, by: 7) { try db.delete(key(i)) }
+        let keys = stride(from: 0, to: 6300, by: 41).map { key($0) } + [key(5), key(5), []]
+        let before = db.stats()
+        let batch = try db.multiGet(keys)
+        let after = db.stats()
+        #expect(batch == (try keys.map { try db.get($0) }))
+        #expect(batch.compactMap { $0 }.count > 50)
+        #expect(after.multiGetBatches == before.multiGetBatches + 1)
+        #expect(after.multiGetBlockReads - before.multiGetBlockReads >= 50)
+    }
+
+    @Test("a damaged block fails the batch with corruption naming the table")
+    func multiGetCorruption() throws {
+        let (db, directory) = try openTemporary {
+            $0.blockCacheSize = 0
+            $0.compression = .none
+        }
+        defer { removeTree(directory) }
+        for i in 0..<2000 { try db.put(key(i), Array(repeating: UInt8(i % 251), count: 100)) }
+        try db.compactRange()
+        try db.close()
+        let table = try tableFiles(directory).sorted().first!
+        let path = directory + "/" + table
+        var bytes = try PosixFileSystem.shared.readAll(path)
+        bytes[100] ^= 0xFF  // inside the first data block
+        let file = try PosixFileSystem.shared.createWritable(path)
+        try file.append(bytes)
+        try file.sync()
+        try file.close()
+        var options = Options()
+        options.blockCacheSize = 0
+        let reopened = try Database(path: directory, options: options)
+        defer { try? reopened.close() }
+        do {
+            _ = try reopened.multiGet([key(0), key(1999)])
+            Issue.record("multiGet over a damaged block succeeded")
+        } catch let error as MoraineError {
+            #expect(error.kind == .corruption)
+            #expect(error.message.contains(table))
+        }
+        #expect(try reopened.multiGet([key(1999)]) == [Array(repeating: UInt8(1999 % 251), count: 100)])
+    }
+}

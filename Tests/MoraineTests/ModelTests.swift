@@ -124,7 +124,18 @@ struct ModelRun {
             }
             try database.write(batch)
             oracle = next
-        case 600..<760:
+        case 600..<640:
+            // A batched read of several keys (some absent, some repeated) must equal single gets.
+            let keys = (0..<Int.random(in: 1...24, using: &rng)).map { _ in
+                Int.random(in: 0..<4, using: &rng) == 0
+                    ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
+            }
+            let got = try database.multiGet(keys)
+            for (key, value) in zip(keys, got) where value != oracle.get(key) {
+                Issue.record("multiGet \(hex(key)): got \(value.map { "\($0.count) bytes" } ?? "nil"); \(context)")
+                break
+            }
+        case 640..<760:
             let key =
                 Int.random(in: 0..<4, using: &rng) == 0
                 ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
@@ -144,6 +155,9 @@ struct ModelRun {
                     got == state.get(key),
                     "get at snapshot \(snapshot.sequence) \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)"
                 )
+                let keys = (0..<8).map { _ in state.pairs.keys.randomElement(using: &rng) ?? randomKey() }
+                let batch = try database.multiGet(keys, options: ReadOptions(snapshot: snapshot))
+                #expect(batch == keys.map { state.get($0) }, "multiGet at snapshot \(snapshot.sequence); \(context)")
                 try checkIteratorWalk(state, snapshot: snapshot)
             }
         case 900..<930:

@@ -1,0 +1,141 @@
+// Batched point reads. multiGet answers what it can from the memtables, then plans every table
+// lookup the rest could need: for each key, every candidate table in search order (L0 newest
+// first, one table per deeper level) whose bloom filter admits the key, and the data block the
+// index names. Blocks missing from the cache are read in one batch through the file system
+// (one io_uring submission for the whole batch), checked, cached, and then each key takes the
+// first table in its search order that holds an entry for it.
+//
+// Trade-off: planning every level up front may read a deeper block for a key that a shallower
+// level answers (a key overwritten after reaching the lower level). That costs bandwidth, never
+// correctness, and buys one submission instead of one per level; with bloom filters the extra
+// blocks are the rare keys that live in two levels at once.
+import MoraineFormat
+import MoraineMemtable
+import MoraineSystem
+
+extension Engine {
+    /// The values of `keys` (nil where absent or deleted), read as of one sequence number.
+    /// - Throws: `.corruption` naming the table when a block fails its checks, `.io` when a read
+    ///   fails, `.closed`.
+    public func multiGet(_ keys: [[UInt8]], options readOptions: ReadOptions = ReadOptions()) throws -> [[UInt8]?] {
+        if closed { throw MoraineError(.closed, "database \(path) is closed") }
+        let sv = currentSuperVersion()
+        let seq = readSequence(readOptions)
+        var results = [[UInt8]?](repeating: nil, count: keys.count)
+        var pending: [Int] = []
+        for (i, key) in keys.enumerated() {
+            switch key.withUnsafeBytes({ memtableLookup(sv, key: $0, sequence: seq) }) {
+            case .found(let value): results[i] = value
+            case .deleted: break
+            case .notFound: pending.append(i)
+            }
+        }
+        if pending.isEmpty { return results }
+        let lookups = pending.map { makeInternalKey(keys[$0], seq, .forSeek) }
+        let probes = try planProbes(sv.version, keys: keys, pending: pending, lookups: lookups)
+        let blocks = try fetchBlocks(probes, fillCache: readOptions.fillCache)
+        var resolved = [Bool](repeating: false, count: pending.count)
+        for probe in probes where !resolved[probe.pendingIndex] {
+            let block = blocks[BlockCacheKey(tableID: probe.table.tableID, offset: probe.handle.offset)]!
+            let keyIndex = pending[probe.pendingIndex]
+            let hit = try lookups[probe.pendingIndex].withUnsafeBytes { lookupKey in
+                try probe.table.get(lookupKey, in: block) { foundKey, value in
+                    switch valueType(foundKey) {
+                    case .value: results[keyIndex] = Array(value)
+                    case .deletion: results[keyIndex] = nil
+                    case nil:
+                        throw MoraineError.corruption(
+                            "unknown value type for key \(keys[keyIndex].withUnsafeBytes { describeKey($0) })", file: probe.table.name)
+                    }
+                }
+            }
+            if hit { resolved[probe.pendingIndex] = true }
+        }
+        return results
+    }
+
+    /// A memtable answer for one key: the active memtable, then the immutable ones.
+    func memtableLookup(_ sv: SuperVersion, key: UnsafeRawBufferPointer, sequence: SequenceNumber) -> LookupResult {
+        let first = sv.mem.get(key, sequence: sequence)
+        if case .notFound = first {
+            for imm in sv.imms {
+                let result = imm.get(key, sequence: sequence)
+                if case .notFound = result { continue }
+                return result
+            }
+        }
+        return first
+    }
+
+    /// One table lookup a key may need.
+    struct Probe {
+        let pendingIndex: Int
+        let table: TableReader
+        let handle: BlockHandle
+    }
+
+    /// Every lookup the pending keys could need, grouped by key in search order.
+    private func planProbes(
+        _ version: Version, keys: [[UInt8]], pending: [Int], lookups: [[UInt8]]
+    ) throws -> [Probe] {
+        var probes: [Probe] = []
+        for (n, keyIndex) in pending.enumerated() {
+            try keys[keyIndex].withUnsafeBytes { key in
+                let hash = hashBytes(key)
+                try lookups[n].withUnsafeBytes { lookupKey in
+                    try forEachCandidateFile(version, key: key, lookupKey: lookupKey) { file in
+                        let table = try tableCache.reader(file.number)
+                        if let handle = try table.candidateBlock(lookupKey, hash: hash) {
+                            probes.append(Probe(pendingIndex: n, table: table, handle: handle))
+                        }
+                        return false
+                    }
+                }
+            }
+        }
+        return probes
+    }
+
+    /// The blocks the probes name: from the cache, the rest read in one batch.
+    private func fetchBlocks(_ probes: [Probe], fillCache: Bool) throws -> [BlockCacheKey: Block] {
+        var blocks: [BlockCacheKey: Block] = [:]
+        var misses: [Probe] = []
+        var scheduled = Set<BlockCacheKey>()
+        for probe in probes {
+            let key = BlockCacheKey(tableID: probe.table.tableID, offset: probe.handle.offset)
+            if blocks[key] != nil || scheduled.contains(key) { continue }
+            if let block = probe.table.cachedDataBlock(probe.handle) {
+                blocks[key] = block
+            } else {
+                scheduled.insert(key)
+                misses.append(probe)
+            }
+        }
+        if misses.isEmpty { return blocks }
+        var reads: [BatchRead] = []
+        reads.reserveCapacity(misses.count)
+        var decoded = 0  // reads[0..<decoded] have been handed to dataBlock(fromRead:)
+        defer { for read in reads[decoded...] { read.buffer.deallocate() } }
+        for probe in misses {
+            let buffer = try probe.table.allocateDataBlockRead(probe.handle)
+            reads.append(BatchRead(file: probe.table.file, offset: probe.handle.offset, buffer: buffer))
+        }
+        reads.withUnsafeMutableBufferPointer { fileSystem.read(batch: $0) }
+        counters.update {
+            $0.multiGetBatches += 1
+            $0.multiGetBlockReads += reads.count
+        }
+        for (probe, read) in zip(misses, reads) {
+            if let error = read.error { throw error }
+            guard read.bytesRead == read.buffer.count else {
+                throw MoraineError.corruption(
+                    "short read: \(read.bytesRead) of \(read.buffer.count) bytes at offset \(read.offset)",
+                    file: probe.table.name)
+            }
+            decoded += 1
+            let block = try probe.table.dataBlock(fromRead: read.buffer, handle: probe.handle, fillCache: fillCache)
+            blocks[BlockCacheKey(tableID: probe.table.tableID, offset: probe.handle.offset)] = block
+        }
+        return blocks
+    }
+}
