@@ -15,8 +15,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 bench/.build/debug/moraine-bench --engine both --num 3000 --reads 3000 --db "$out/db" --json "$out/results.json" \
   --write_buffer_size 65536 --target_file_size_base 65536 --max_bytes_for_level_base 262144 \
-  --benchmarks fillseq,fillrandom,overwrite,compact,readrandom,readseq,readreverse,seekrandom,deleterandom,readrandom,readwhilewriting,compact,ycsb_load,ycsba,ycsbb,ycsbc,ycsbd,ycsbe,ycsbf \
-  --records 3000 --operations 2000
+  --benchmarks fillseq,fillrandom,overwrite,compact,readrandom,multireadrandom,readseq,readreverse,seekrandom,deleterandom,readrandom,multireadrandom,readwhilewriting,compact,ycsb_load,ycsba,ycsbb,ycsbc,ycsbd,ycsbe,ycsbf \
+  --batch_size 16 --records 3000 --operations 2000
 python3 - "$out/results.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))

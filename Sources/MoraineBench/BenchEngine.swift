@@ -30,6 +30,9 @@ public protocol BenchEngine: AnyObject, Sendable {
     func delete(_ key: UnsafeRawBufferPointer) throws
     /// Reads a key; returns the value's size, or nil when absent.
     func get(_ key: UnsafeRawBufferPointer) throws -> Int?
+    /// Reads `count` keys of `keySize` bytes packed one after another in `keys`, as one batch
+    /// (db_bench's multireadrandom); returns how many were found and their values' bytes.
+    func multiGet(_ keys: UnsafeRawBufferPointer, keySize: Int, count: Int) throws -> (found: Int, valueBytes: Int)
     func makeCursor() throws -> any BenchCursor
     /// Compacts the whole key range and waits (db_bench's `compact`).
     func compactAll() throws

@@ -32,14 +32,16 @@ public struct BenchFlags: ParsableArguments, Sendable {
     public var compressionRatio = 0.5
     @Option(name: .customLong("seek_nexts"), help: "next() calls after each seek in seekrandom.")
     public var seekNexts = 0
+    @Option(name: .customLong("batch_size"), help: "Keys per batch in multireadrandom (db_bench's default: 1).")
+    public var batchSize = 1
     @Option(name: .customLong("json"), help: "Write results as a JSON array to this file.") public var json: String?
     @Option(name: .customLong("records"), help: "YCSB records loaded by ycsb_load (-1: --num).") public var records = -1
     @Option(name: .customLong("operations"), help: "YCSB operations per run phase (-1: --reads).")
     public var operations = -1
 
     public func validate() throws {
-        guard num > 0, valueSize >= 0, keySize >= 1, threads >= 1 else {
-            throw ValidationError("--num, --key_size and --threads must be positive; --value_size not negative")
+        guard num > 0, valueSize >= 0, keySize >= 1, threads >= 1, batchSize >= 1 else {
+            throw ValidationError("--num, --key_size, --threads and --batch_size must be positive; --value_size not negative")
         }
         guard compressionType == "lz4" || compressionType == "none" else {
             throw ValidationError("--compression_type must be lz4 or none")

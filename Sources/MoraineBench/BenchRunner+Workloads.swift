@@ -29,6 +29,15 @@ struct ThreadTally: Sendable {
         ops += 1
         if ops & 1023 == 0 { progress?.done.wrappingAdd(1024, ordering: .relaxed) }
     }
+
+    /// Records one batch of `operations` that started at `start`.
+    mutating func record(since start: UInt64, operations: Int) {
+        _ = histogram.record(max(nowNanos() &- start, 1))
+        let before = ops >> 10
+        ops += operations
+        let crossed = (ops >> 10) - before
+        if crossed > 0 { progress?.done.wrappingAdd(crossed << 10, ordering: .relaxed) }
+    }
 }
 
 extension BenchRunner {
@@ -56,6 +65,10 @@ extension BenchRunner {
         case "readrandom":
             return try measure(workload, name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
                 try self.readRandom(engine, count: reads, rng: &rng, tally: &tally)
+            }
+        case "multireadrandom":
+            return try measure(workload, name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
+                try self.multiReadRandom(engine, count: reads, rng: &rng, tally: &tally)
             }
         case "readseq", "readreverse":
             let reverse = workload == "readreverse"
@@ -145,6 +158,29 @@ extension BenchRunner {
                     tally.found += 1
                     tally.bytes += data.keySize + size
                 }
+            }
+        }
+    }
+
+    /// Reads `count` random keys in batches of --batch_size; the histogram holds one latency per
+    /// batch (as db_bench's), and throughput counts keys.
+    func multiReadRandom(_ engine: any BenchEngine, count: Int, rng: inout BenchRandom, tally: inout ThreadTally) throws {
+        let batch = flags.batchSize
+        try withUnsafeTemporaryAllocation(byteCount: data.keySize * batch, alignment: 8) { keys in
+            var left = count
+            while left > 0 {
+                let n = min(batch, left)
+                for i in 0..<n {
+                    data.fillKey(
+                        rng.below(flags.num),
+                        into: UnsafeMutableRawBufferPointer(rebasing: keys[i * data.keySize..<(i + 1) * data.keySize]))
+                }
+                let start = nowNanos()
+                let (found, bytes) = try engine.multiGet(UnsafeRawBufferPointer(keys), keySize: data.keySize, count: n)
+                tally.record(since: start, operations: n)
+                tally.found += found
+                tally.bytes += found * data.keySize + bytes
+                left -= n
             }
         }
     }

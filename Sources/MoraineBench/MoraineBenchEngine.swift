@@ -50,6 +50,19 @@ final class MoraineBenchEngine: BenchEngine {
         try database.engine.get(key: key)?.count
     }
 
+    func multiGet(_ keys: UnsafeRawBufferPointer, keySize: Int, count: Int) throws -> (found: Int, valueBytes: Int) {
+        let batch = (0..<count).map { Array(UnsafeRawBufferPointer(rebasing: keys[$0 * keySize..<($0 + 1) * keySize])) }
+        var found = 0
+        var bytes = 0
+        for value in try database.engine.multiGet(batch) {
+            if let value {
+                found += 1
+                bytes += value.count
+            }
+        }
+        return (found, bytes)
+    }
+
     func makeCursor() throws -> any BenchCursor { MoraineBenchCursor(try database.makeIterator()) }
     func compactAll() throws { try database.compactRange() }
     func close() throws { try database.close() }
