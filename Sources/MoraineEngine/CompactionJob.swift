@@ -80,7 +80,7 @@ public struct CompactionJob {
             let path = joinPath(directory, DatabaseFile.table(number).name)
             let reader = try TableReader(file: try fileSystem.openRandomAccess(path), name: path, cache: nil)
             result.bytesRead += reader.fileSizeBytes
-            children.append(reader.makeIterator(fillCache: false))
+            children.append(reader.makeIterator(fillCache: false, readahead: .fixed()))
         }
         let merged = MergingIterator(children)
         var writer: TableWriter? = nil

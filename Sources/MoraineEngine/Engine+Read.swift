@@ -105,7 +105,8 @@ extension Engine {
         for imm in sv.imms { children.append(imm.makeIterator()) }
         for file in sv.version.levels[0] {
             if !file.overlaps(lower: readOptions.lowerBound, upper: readOptions.upperBound) { continue }
-            children.append(try tableCache.reader(file.number).makeIterator(fillCache: readOptions.fillCache))
+            children.append(
+                try tableCache.reader(file.number).makeIterator(fillCache: readOptions.fillCache, readahead: .automatic()))
         }
         for level in 1..<sv.version.levels.count where !sv.version.levels[level].isEmpty {
             let files = sv.version.levels[level].filter {

@@ -106,7 +106,7 @@ final class LevelIterator: InternalIterator {
             table = nil
             return
         }
-        table = try tables.reader(files[index].number).makeIterator(fillCache: fillCache)
+        table = try tables.reader(files[index].number).makeIterator(fillCache: fillCache, readahead: .automatic())
     }
 
     private func skipForward() throws {

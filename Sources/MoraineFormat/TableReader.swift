@@ -129,10 +129,17 @@ public final class TableReader: @unchecked Sendable {
 
     /// A data block, from the cache when present.
     /// - Parameter fillCache: false for scans (compaction) that should not evict hot blocks.
-    public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true) throws -> Block {
+    /// - Parameter readahead: serves sequential loads from larger reads (see Readahead).
+    public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true, readahead: Readahead? = nil) throws -> Block {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
-        let block = try Self.readBlock(file: file, handle: handle, name: name, what: "data block")
+        let block: Block
+        if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
+            let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
+            block = try Block(taking: contents, origin: "data block at offset \(handle.offset) of \(name)")
+        } else {
+            block = try Self.readBlock(file: file, handle: handle, name: name, what: "data block")
+        }
         if fillCache, let cache { cache.insert(key, block) }
         return block
     }
@@ -216,8 +223,9 @@ public final class TableReader: @unchecked Sendable {
     }
 
     /// An iterator over every entry.
-    public func makeIterator(fillCache: Bool = true) -> TableIterator {
-        TableIterator(table: self, fillCache: fillCache)
+    /// - Parameter readahead: how sequential block loads are batched; nil reads block by block.
+    public func makeIterator(fillCache: Bool = true, readahead: Readahead? = nil) -> TableIterator {
+        TableIterator(table: self, fillCache: fillCache, readahead: readahead)
     }
 }
 
@@ -228,11 +236,14 @@ public final class TableIterator: InternalIterator {
     private var data: BlockIterator? = nil
     private var dataOffset: UInt64 = .max
     private let fillCache: Bool
+    /// This iterator's readahead, if any.
+    public let readahead: Readahead?
 
-    init(table: TableReader, fillCache: Bool) {
+    init(table: TableReader, fillCache: Bool, readahead: Readahead?) {
         self.table = table
         self.index = table.indexBlock.makeIterator()
         self.fillCache = fillCache
+        self.readahead = readahead
     }
 
     public var isValid: Bool { data?.isValid ?? false }
@@ -247,7 +258,7 @@ public final class TableIterator: InternalIterator {
         }
         let handle = try table.decodeHandle(index.value)
         if data != nil && handle.offset == dataOffset { return }
-        data = try table.dataBlock(handle, fillCache: fillCache).makeIterator()
+        data = try table.dataBlock(handle, fillCache: fillCache, readahead: readahead).makeIterator()
         dataOffset = handle.offset
     }
 

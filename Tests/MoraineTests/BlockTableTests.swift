@@ -236,6 +236,20 @@ struct TableTests {
             #expect(p.compression == compression && p.dataBlockCount > 10, "seed \(seed) \(label)")
 
             try checkIterator(reader.makeIterator(), model, seed: seed, label: label)
+            for readahead in [Readahead.automatic(), .fixed(bytes: 64 << 10)] {
+                let iterator = reader.makeIterator(readahead: readahead)
+                try checkIterator(iterator, model, seed: seed, label: label + " readahead")
+                if cache == nil {
+                    // A full forward scan reads many blocks per readahead request.
+                    try iterator.seekToFirst()
+                    let before = readahead.readCount
+                    while iterator.isValid { try iterator.next() }
+                    #expect(readahead.readCount - before > 0, "seed \(seed) \(label)")
+                    #expect(
+                        (readahead.readCount - before) * 4 < Int(p.dataBlockCount),
+                        "seed \(seed) \(label): \(readahead.readCount - before) reads for \(p.dataBlockCount) blocks")
+                }
+            }
 
             // get: every present user key finds its newest version; older snapshots find older ones.
             for (index, entry) in model.enumerated() {
