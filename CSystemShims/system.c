@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <numa.h>
 #include <numaif.h>
+#include <sched.h>
 #include "CSystemShims.h"
 
 int CSystemShims_o_direct(void) { return O_DIRECT; }
@@ -59,3 +60,5 @@ int CSystemShims_numa_node_of_cpu(int cpu) {
     if (numa_available() < 0) return -1;
     return numa_node_of_cpu(cpu);
 }
+
+int CSystemShims_current_cpu(void) { return sched_getcpu(); }
