@@ -7,6 +7,12 @@
 public struct BenchConfiguration: Sendable {
     public var sync = false  // --sync
     public var disableWAL = false  // --disable_wal
+    /// "wal" or "pmem" (--durability; Moraine only).
+    public var durability = "wal"
+    /// The persistent-memory region for pmem durability; nil: the default under /dev/shm.
+    public var pmemPath: String? = nil
+    /// "io_uring" or "pread" (--io_backend); nil: the process default.
+    public var ioBackend: String? = nil
     public var cacheSizeBytes = 8 << 20  // --cache_size
     public var bloomBitsPerKey = 10  // --bloom_bits
     public var compressionLZ4 = true  // --compression_type lz4|none

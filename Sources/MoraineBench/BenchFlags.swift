@@ -1,6 +1,7 @@
 // db_bench's flags, with db_bench's names and meanings, shared by `moraine bench` and bench/'s
 // `moraine-bench`. Boolean flags take 0 or 1 as db_bench's do (`--sync=1`).
 import ArgumentParser
+import MoraineSystem
 
 /// The flags of one benchmark run.
 public struct BenchFlags: ParsableArguments, Sendable {
@@ -18,6 +19,12 @@ public struct BenchFlags: ParsableArguments, Sendable {
     @Option(name: .customLong("use_existing_db")) public var useExistingDB = 0
     @Option(name: .customLong("sync")) public var sync = 0
     @Option(name: .customLong("disable_wal")) public var disableWAL = 0
+    @Option(name: .customLong("durability"), help: "Moraine's durability: wal or pmem (a persistent log in a region).")
+    public var durability = "wal"
+    @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
+    public var pmemPath: String? = nil
+    @Option(name: .customLong("io_backend"), help: "Moraine's file I/O: io_uring or pread (default: io_uring when available).")
+    public var ioBackend: String? = nil
     @Option(name: .customLong("cache_size"), help: "Block cache bytes.") public var cacheSize = 8 << 20
     @Option(name: .customLong("bloom_bits")) public var bloomBits = 10
     @Option(name: .customLong("compression_type"), help: "lz4 or none.") public var compressionType = "lz4"
@@ -49,6 +56,12 @@ public struct BenchFlags: ParsableArguments, Sendable {
         guard compressionRatio > 0 && compressionRatio <= 1 else {
             throw ValidationError("--compression_ratio must be in (0, 1]")
         }
+        guard durability == "wal" || durability == "pmem" else {
+            throw ValidationError("--durability must be wal or pmem")
+        }
+        if let ioBackend, IOBackend(name: ioBackend) == nil {
+            throw ValidationError("--io_backend must be io_uring or pread")
+        }
     }
 
     /// Read operations per thread.
@@ -59,6 +72,9 @@ public struct BenchFlags: ParsableArguments, Sendable {
         var c = BenchConfiguration()
         c.sync = sync != 0
         c.disableWAL = disableWAL != 0
+        c.durability = durability
+        c.pmemPath = pmemPath
+        c.ioBackend = ioBackend
         c.cacheSizeBytes = cacheSize
         c.bloomBitsPerKey = bloomBits
         c.compressionLZ4 = compressionType == "lz4"
@@ -76,6 +92,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
             ("threads", "\(threads)"), ("sync", "\(sync)"), ("disable_wal", "\(disableWAL)"),
+            ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
             ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),
             ("max_write_buffer_number", "\(maxWriteBufferNumber)"),

@@ -3,6 +3,7 @@
 // plus p50/p99/p99.9 latency and, with two engines, the throughput ratio. Each engine keeps its
 // own database under --db/<engine>.
 import Histogram
+import Moraine
 import MoraineSystem
 import Synchronization
 
@@ -103,7 +104,13 @@ public final class BenchRunner: @unchecked Sendable {
     func directory(_ engine: String) -> String { flags.db + "/" + engine }
 
     func open(_ engine: String, fresh: Bool) throws -> any BenchEngine {
-        if fresh { PosixFileSystem.shared.removeTree(directory(engine)) }
+        if fresh {
+            PosixFileSystem.shared.removeTree(directory(engine))
+            // A fresh database starts with a fresh persistent-memory region too.
+            if flags.durability == "pmem" && engine == "moraine" {
+                PosixFileSystem.shared.removeTree(flags.pmemPath ?? Options.defaultPmemPath(for: directory(engine)))
+            }
+        }
         try PosixFileSystem.shared.createDirectory(directory(engine))
         let factory = factories.first { $0.engineNames.contains(engine) }!
         return try factory.open(engine, path: directory(engine), configuration: flags.configuration)

@@ -1,6 +1,7 @@
 // Moraine as a BenchEngine: the embedded Database configured from BenchConfiguration.
 // Thread-safe because Database is.
 import Moraine
+import MoraineSystem
 
 /// Opens embedded Moraine databases for benchmarks.
 public struct MoraineBenchFactory: BenchEngineFactory {
@@ -22,6 +23,11 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.bloomBitsPerKey = c.bloomBitsPerKey
         options.blockCacheSize = c.cacheSizeBytes
         options.compression = c.compressionLZ4 ? .lz4 : .none
+        options.durability = c.durability == "pmem" ? .pmem : .wal
+        options.pmemPath = c.pmemPath
+        if let name = c.ioBackend, let backend = IOBackend(name: name) {
+            options.fileSystem = PosixFileSystem(ioBackend: backend)
+        }
         return MoraineBenchEngine(
             database: try Database(path: path, options: options),
             writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL))

@@ -24,6 +24,12 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("compression_type"), help: "Block compression: lz4 or none.")
     var compression: String?
 
+    @Option(help: "Where writes become durable: wal (default) or pmem (a persistent log in a region).")
+    var durability: String?
+
+    @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
+    var pmemPath: String?
+
     func makeOptions(create: Bool = true) throws -> Options {
         var options = Options()
         options.createIfMissing = create
@@ -34,6 +40,11 @@ struct DatabaseOptions: ParsableArguments {
             }
             options.compression = type
         }
+        if let durability {
+            guard let mode = Durability(rawValue: durability) else { throw ValidationError("durability must be wal or pmem") }
+            options.durability = mode
+        }
+        options.pmemPath = pmemPath
         return options
     }
 

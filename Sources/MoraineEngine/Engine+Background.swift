@@ -99,9 +99,15 @@ extension Engine {
         }
     }
 
-    /// Removes WAL files every memtable has flushed past. Precondition: `mutex` held.
+    /// Removes WAL files and frees arenas every memtable has flushed past (the manifest edit
+    /// saying so is durable). Precondition: `mutex` held.
     func deleteObsoleteLogs() {
         let keep = versions.logNumber
+        if let pmemRegion {
+            for arena in pmemRegion.allocatedArenas() where arena.tag < keep && arena.tag != logFileNumber {
+                try? pmemRegion.freeArena(arena)
+            }
+        }
         guard let names = try? fileSystem.children(of: path) else { return }
         for name in names {
             if case .log(let n) = DatabaseFile(name: name), n < keep, n != logFileNumber {

@@ -25,6 +25,13 @@ extension Engine {
         if batch.sizeBytes > 1 << 30 {
             throw MoraineError(.invalid, "write batch of \(batch.sizeBytes) bytes exceeds 1 GiB")
         }
+        if let pmemRegion, !writeOptions.disableWAL,
+            !PmemLogWriter.fits(payloadBytes: batch.sizeBytes, arenaBytes: pmemRegion.layout.arenaBytes)
+        {
+            throw MoraineError(
+                .invalid,
+                "write batch of \(batch.sizeBytes) bytes exceeds a persistent-memory arena (\(pmemRegion.layout.arenaBytes) bytes)")
+        }
         if batch.isEmpty { return }
         try enqueue(Writer(batch: batch, options: writeOptions))
     }
@@ -105,22 +112,19 @@ extension Engine {
             for member in group { combined.append(member.batch!) }
         }
         let needed = combined.sizeBytes + combined.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
-        try makeRoomForWrite(neededBytes: needed, force: false)
+        try makeRoomForWrite(neededBytes: needed, force: false, recordBytes: combined.sizeBytes)
         let first = allocatedSequence + 1
         combined.sequence = first
         allocatedSequence += SequenceNumber(combined.count)
         let memtable = mem
-        let wal = log
+        let commitLog = log
         let sync = group[0].options.sync
         let skipWAL = group[0].options.disableWAL
         if skipWAL { unloggedWrites = true }
         mutex.unlock()
         var failure: Error? = nil
         do {
-            if !skipWAL, let wal {
-                try wal.addRecord(combined.rep)
-                if sync { try wal.file.sync() } else { try wal.file.flush() }
-            }
+            if !skipWAL, let commitLog { try commitLog.append(combined.rep, sync: sync) }
             var seq = first
             try combined.forEach { type, key, value in
                 memtable.add(sequence: seq, type: type, key: key, value: value)
@@ -149,7 +153,7 @@ extension Engine {
 
     /// Ensures the active memtable can take `neededBytes`, switching memtables and applying the
     /// L0 slowdown and stop rules. Precondition: `mutex` held; may wait on it.
-    func makeRoomForWrite(neededBytes: Int, force initialForce: Bool) throws {
+    func makeRoomForWrite(neededBytes: Int, force initialForce: Bool, recordBytes: Int = 0) throws {
         var force = initialForce
         var allowDelay = !force
         while true {
@@ -166,7 +170,9 @@ extension Engine {
                 allowDelay = false
                 continue
             }
-            let full = mem.memoryUsageBytes >= options.writeBufferSize || !mem.hasRoom(forBytes: neededBytes)
+            let full =
+                mem.memoryUsageBytes >= options.writeBufferSize || !mem.hasRoom(forBytes: neededBytes)
+                || !(log?.hasRoom(forRecordBytes: recordBytes) ?? true)
             if !force && !full { return }
             if force && mem.isEmpty { return }
             if mem.isEmpty && !mem.hasRoom(forBytes: neededBytes) {
@@ -177,6 +183,13 @@ extension Engine {
                 return
             }
             if imms.count >= options.maxWriteBufferNumber - 1 {
+                counters.update { $0.stallStops += 1 }
+                mutex.broadcast()
+                mutex.wait(seconds: 1)
+                continue
+            }
+            if let pmemRegion, pmemRegion.freeArenaCount == 0 {
+                // Every arena holds a memtable that is not flushed yet: wait for a flush.
                 counters.update { $0.stallStops += 1 }
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
@@ -193,31 +206,56 @@ extension Engine {
         }
     }
 
-    /// Starts a new WAL and memtable; the old memtable joins the flush queue.
+    /// Starts a new commit log and memtable; the old memtable joins the flush queue.
     /// Precondition: `mutex` held by the write leader.
     func switchMemtable(neededBytes: Int) throws {
         let number = versions.newFileNumber()
-        let file = try fileSystem.createWritable(path(.log(number)))
+        let fresh = try makeCommitLog(number: number)
         do {
-            // The new WAL's directory entry must be durable before a sync write in it counts, and
-            // so must the old WAL's unsynced tail: a later sync write must never outlive an
-            // earlier write.
-            try fileSystem.syncDirectory(path)
-            if let log {
-                try log.file.sync()
-                try log.file.close()
-            }
+            // The old log's unsynced tail must be durable before a write in the new one counts:
+            // a later sync write must never outlive an earlier write.
+            try log?.retire()
         } catch {
-            try? file.close()
-            try? fileSystem.remove(path(.log(number)))
+            try? fresh.close()
+            releaseLog(number)
             throw error
         }
-        log = LogWriter(file: file)
+        log = fresh
         logFileNumber = number
         imms.append(mem)
         mem = MemTable(capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number)
         installSuperVersion()
         mutex.broadcast()
+    }
+
+    /// Creates the log numbered `number`: a WAL file whose directory entry is durable, or a
+    /// freshly allocated persistent-memory arena.
+    func makeCommitLog(number: UInt64) throws -> CommitLog {
+        if let pmemRegion {
+            guard let arena = try pmemRegion.allocateArena(tag: number) else {
+                throw MoraineError(
+                    .unavailable,
+                    "no free arena in persistent-memory region \(pmemRegion.path) (\(pmemRegion.layout.arenaCount) arenas hold unflushed memtables)")
+            }
+            return CommitLog(number: number, pmem: PmemLogWriter(region: pmemRegion, arena: arena))
+        }
+        let file = try fileSystem.createWritable(path(.log(number)))
+        do {
+            try fileSystem.syncDirectory(path)
+        } catch {
+            try? file.close()
+            try? fileSystem.remove(path(.log(number)))
+            throw error
+        }
+        return CommitLog(number: number, wal: LogWriter(file: file))
+    }
+
+    /// Deletes log `number` (its WAL file or its arena), best effort.
+    func releaseLog(_ number: UInt64) {
+        if let pmemRegion, let arena = pmemRegion.allocatedArenas().first(where: { $0.tag == number }) {
+            try? pmemRegion.freeArena(arena)
+        }
+        try? fileSystem.remove(path(.log(number)))
     }
 }
 

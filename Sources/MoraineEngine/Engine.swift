@@ -62,8 +62,10 @@ public final class Engine: @unchecked Sendable {
     var writers: [Writer] = []
     var mem: MemTable
     var imms: [MemTable] = []  // oldest first
-    var log: LogWriter? = nil
+    var log: CommitLog? = nil
     var logFileNumber: UInt64 = 0
+    /// The persistent-memory region of `pmem` durability (nil for `wal`).
+    let pmemRegion: PmemRegion?
     /// Sequence numbers handed out (may run ahead of `lastSequence` while a group is applied).
     var allocatedSequence: SequenceNumber = 0
     var backgroundError: MoraineError? = nil
@@ -75,8 +77,9 @@ public final class Engine: @unchecked Sendable {
     var unloggedWrites = false
     private var fileLock: (any FileLock)?
 
-    private init(path: String, options: Options, lock: any FileLock) {
+    private init(path: String, options: Options, lock: any FileLock, pmemRegion: PmemRegion?) {
         self.path = path
+        self.pmemRegion = pmemRegion
         self.options = options
         self.fileSystem = options.fileSystem
         self.fileLock = lock
@@ -101,13 +104,25 @@ public final class Engine: @unchecked Sendable {
                 .notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
         }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
-        let engine = Engine(path: path, options: options, lock: lock)
+        let region: PmemRegion?
+        do {
+            region = options.durability == .pmem ? try openRegion(options: options, directory: path) : nil
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        let engine = Engine(path: path, options: options, lock: lock, pmemRegion: region)
         do {
             if !fs.fileExists(currentPath) {
                 guard options.createIfMissing else {
                     throw MoraineError(
                         .invalid,
                         "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
+                }
+                if let region, !region.allocatedArenas().isEmpty {
+                    throw MoraineError(
+                        .invalid,
+                        "persistent-memory region \(region.path) holds the logs of another database; remove it or set pmem_path")
                 }
                 try engine.versions.writeNewManifest(lastSequence: 0)
             } else if options.errorIfExists {
@@ -124,6 +139,20 @@ public final class Engine: @unchecked Sendable {
     }
 
     func path(_ file: DatabaseFile) -> String { joinPath(path, file.name) }
+
+    /// Opens (or creates) the region of `pmem` durability and says what it gives.
+    private static func openRegion(options: Options, directory: String) throws -> PmemRegion {
+        let regionPath = options.pmemPath ?? Options.defaultPmemPath(for: directory)
+        let region = try PmemRegion.open(path: regionPath, layout: options.pmemLayout, numaNode: options.pmemNumaNode)
+        let layout = region.layout
+        SystemLog.info(
+            "durability pmem: region \(regionPath), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB"
+                + (options.pmemNumaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.durabilityDescription)")
+        if layout.arenaBytes < options.pmemLayout.arenaBytes {
+            SystemLog.info("the region's arenas are smaller than write_buffer_size asks; memtables switch when an arena fills")
+        }
+        return region
+    }
 
     /// Publishes the current memtables and version to readers. Precondition: `mutex` held.
     func installSuperVersion() {
@@ -162,7 +191,7 @@ public final class Engine: @unchecked Sendable {
         }
         closed = true
         if let log {
-            do { try log.file.close() } catch { firstError = firstError ?? (error as? MoraineError) }
+            do { try log.close() } catch { firstError = firstError ?? (error as? MoraineError) }
         }
         log = nil
         mutex.unlock()

@@ -3,6 +3,15 @@
 import MoraineFormat
 import MoraineSystem
 
+/// Where writes become durable before they are acknowledged.
+public enum Durability: String, Sendable, CaseIterable {
+    /// A write-ahead log file (synced per write when WriteOptions.sync is set).
+    case wal
+    /// A persistent log in a persistent-memory region: every write is persisted before it is
+    /// acknowledged, and no WAL is written.
+    case pmem
+}
+
 /// How a database is opened and tuned.
 public struct Options: Sendable {
     /// Create the database when the directory holds none (`create_if_missing`).
@@ -56,8 +65,31 @@ public struct Options: Sendable {
     public let numLevels = VersionEdit.maxLevels
     /// The file seam: where every file is created and read.
     public var fileSystem: any FileSystem = PosixFileSystem.shared
+    /// Where acknowledged writes are made durable before they reach the memtable: the WAL
+    /// (default) or a persistent-memory region (docs/PMEM.md says what survives what).
+    public var durability: Durability = .wal
+    /// The persistent-memory region for `pmem` durability; nil: a file in /dev/shm named after
+    /// the database (`Options.defaultPmemPath(for:)`).
+    public var pmemPath: String? = nil
+    /// Arenas in a new region; nil: max_write_buffer_number + 2.
+    public var pmemArenaCount: Int? = nil
+    /// The NUMA node a new region's pages are bound to; nil: no binding.
+    public var pmemNumaNode: Int? = nil
 
     public init() {}
+
+    /// The default region of the database in `directory`: /dev/shm/moraine-<path>.pmem, with
+    /// every character other than a letter, digit, '-' or '.' replaced by '_'.
+    public static func defaultPmemPath(for directory: String) -> String {
+        let name = String(directory.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "_" })
+        return "/dev/shm/moraine-\(name).pmem"
+    }
+
+    /// The geometry of a new region: arenas big enough for one full memtable's log.
+    public var pmemLayout: PmemLayout {
+        let arenaBytes = (writeBufferSize + (1 << 20) + PmemLayout.arenaHeaderBytes + 4095) & ~4095
+        return PmemLayout(arenaBytes: arenaBytes, arenaCount: pmemArenaCount ?? maxWriteBufferNumber + 2)
+    }
 
     /// Byte target of `level` (≥ 1).
     public func maxBytes(forLevel level: Int) -> Double {
@@ -95,6 +127,9 @@ public struct Options: Sendable {
         try check(maxBackgroundJobs >= 1, "max_background_jobs must be positive")
         try check(maxKeySize >= 1 && maxKeySize <= 16 << 20, "max key size must be 1 B…16 MiB")
         try check(maxValueSize >= 1 && maxValueSize <= 512 << 20, "max value size must be 1 B…512 MiB")
+        try check(
+            pmemArenaCount.map { $0 >= maxWriteBufferNumber + 1 } ?? true,
+            "pmem arena count must exceed max_write_buffer_number")
     }
 }
 

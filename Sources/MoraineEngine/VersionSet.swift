@@ -39,6 +39,10 @@ final class VersionSet: @unchecked Sendable {
 
     func newFileNumber() -> UInt64 { nextFileNumberCounter.wrappingAdd(1, ordering: .relaxed).oldValue }
     var nextFileNumber: UInt64 { nextFileNumberCounter.load(ordering: .relaxed) }
+    /// Makes sure `number` (found in use, e.g. a log newer than the manifest) is never handed out.
+    func markFileNumberUsed(_ number: UInt64) {
+        if nextFileNumber <= number { nextFileNumberCounter.store(number + 1, ordering: .relaxed) }
+    }
 
     private func path(_ file: DatabaseFile) -> String { joinPath(directory, file.name) }
 

@@ -45,6 +45,11 @@ public final class PmemLogWriter {
         tailBytes + Self.recordBytes(payloadBytes: payloadBytes) <= capacityBytes
     }
 
+    /// Whether a record of `payloadBytes` fits an empty arena of `arenaBytes`.
+    public static func fits(payloadBytes: Int, arenaBytes: Int) -> Bool {
+        recordBytes(payloadBytes: payloadBytes) <= arenaBytes - PmemLayout.arenaHeaderBytes
+    }
+
     /// The largest payload an empty arena of this region takes.
     public var maxPayloadBytes: Int { capacityBytes - Self.recordHeaderBytes }
 

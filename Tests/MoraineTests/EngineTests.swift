@@ -286,3 +286,42 @@ struct MultiGetTests {
         #expect(try reopened.multiGet([key(1999)]) == [Array(repeating: UInt8(1999 % 251), count: 100)])
     }
 }
+
+@Suite("Persistent-memory durability")
+struct PmemDurabilityTests {
+    @Test("pmem durability writes no WAL, recovers unflushed writes, frees arenas after flushes, refuses a stale region")
+    func pmemEndToEnd() throws {
+        let directory = makeTemporaryDirectory("moraine-pmem")
+        let region = Options.defaultPmemPath(for: directory)
+        defer {
+            removeTree(directory)
+            removeTree(region)
+        }
+        var options = Options()
+        options.createIfMissing = true
+        options.durability = .pmem
+        options.writeBufferSize = 64 << 10
+        var db = try Database(path: directory, options: options)
+        for i in 0..<3000 { try db.put(key(i), Array("p\(i)".utf8)) }
+        #expect(try PosixFileSystem.shared.children(of: directory).filter { $0.hasSuffix(".log") }.isEmpty)
+        #expect(db.stats().flushes > 0)
+        // Arenas of flushed memtables are free again: at most the active one and the unflushed ones remain.
+        let mapped = try PmemRegion.open(path: region, layout: options.pmemLayout)
+        #expect(mapped.allocatedArenas().count <= options.maxWriteBufferNumber)
+        try db.close()
+        // Writes still in the memtable at close come back from the region (close does not flush).
+        db = try Database(path: directory, options: options)
+        for i in stride(from: 0, to: 3000, by: 7) { #expect(try db.get(key(i)) == Array("p\(i)".utf8)) }
+        try db.close()
+
+        // A new database must not adopt a region that still holds another database's logs.
+        let other = makeTemporaryDirectory("moraine-pmem-other")
+        defer { removeTree(other) }
+        var stale = options
+        stale.pmemPath = region
+        let keep = try #require(try mapped.allocateArena(tag: 1 << 40))
+        let error = #expect(throws: MoraineError.self) { _ = try Database(path: other, options: stale) }
+        #expect(error?.kind == .invalid)
+        try mapped.freeArena(keep)
+    }
+}

@@ -34,6 +34,15 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 32 << 10
             o.maxBytesForLevelBase = 64 << 10
         },
+        ModelConfiguration(name: "pmem-durability") { o in
+            // The persistent log in a /dev/shm region instead of the WAL; small arenas, so
+            // memtables switch on a full arena as well as on a full memtable.
+            o.durability = .pmem
+            o.writeBufferSize = 8 << 10
+            o.pmemArenaCount = 4
+            o.targetFileSizeBase = 16 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
     ]
 }
 
@@ -87,6 +96,7 @@ struct ModelRun {
         defer {
             try? database.close()
             removeTree(directory)
+            removeTree(Options.defaultPmemPath(for: directory))
         }
         for s in 0..<steps {
             step = s

@@ -83,19 +83,24 @@ final class ShellProcess {
 
 @Suite("SIGKILL crash test")
 struct ProcessCrashTests {
-    @Test("every acknowledged write survives SIGKILL")
-    func killNine() throws {
+    @Test("every acknowledged write survives SIGKILL", arguments: [Durability.wal, .pmem])
+    func killNine(durability: Durability) throws {
         let seed = SeededRandom.testSeed()
         let rounds = SeededRandom.environmentInt("MORAINE_KILL_ROUNDS", default: 12)
-        print("SIGKILL crash test: MORAINE_SEED=\(seed) rounds=\(rounds) binary=\(moraineExecutablePath())")
+        print("SIGKILL crash test (\(durability)): MORAINE_SEED=\(seed) rounds=\(rounds) binary=\(moraineExecutablePath())")
         var rng = SeededRandom(seed: seed)
         let directory = makeTemporaryDirectory("moraine-kill")
-        defer { removeTree(directory) }
+        defer {
+            removeTree(directory)
+            removeTree(Options.defaultPmemPath(for: directory))
+        }
+        var reopenOptions = Options()
+        reopenOptions.durability = durability
         var acknowledged = Oracle()
         var totalAcks = 0
         for round in 0..<rounds {
             let shell = try ShellProcess(arguments: [
-                "shell", "--db", directory, "--sync", "--write_buffer_size", "65536",
+                "shell", "--db", directory, "--sync", "--write_buffer_size", "65536", "--durability", durability.rawValue,
             ])
             let killAfterMicros = UInt32.random(in: 20_000...400_000, using: &rng)
             let pid = shell.pid
@@ -143,7 +148,7 @@ struct ProcessCrashTests {
             shell.kill()
             shell.wait()
             // Reopen in this process and compare.
-            let database = try Database(path: directory, options: Options())
+            let database = try Database(path: directory, options: reopenOptions)
             let recovered = try Oracle(contentsOf: database)
             try database.close()
             let matches = recovered == acknowledged || (inFlight.map { recovered == $0 } ?? false)
@@ -154,7 +159,7 @@ struct ProcessCrashTests {
             if !matches { return }
             acknowledged = recovered
         }
-        print("SIGKILL crash test: \(rounds) rounds, \(totalAcks) acknowledged writes verified")
+        print("SIGKILL crash test (\(durability)): \(rounds) rounds, \(totalAcks) acknowledged writes verified")
         #expect(totalAcks > rounds, "the child acknowledged too few writes to test anything")
     }
 }

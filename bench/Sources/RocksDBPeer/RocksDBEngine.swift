@@ -45,6 +45,9 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
     /// Opens (creating if missing) the database at `path` with `configuration`'s options.
     public init(path: String, configuration c: BenchConfiguration) throws {
         // Validate before creating anything, so a bad option leaks nothing.
+        guard c.durability == "wal" else {
+            throw MoraineError(.invalid, "rocksdb peer: --durability \(c.durability) is Moraine's; RocksDB has only its WAL")
+        }
         let writeBufferSize = try Self.nonNegative(c.writeBufferSizeBytes, "writeBufferSizeBytes")
         let maxWriteBufferNumber = try Self.int32(c.maxWriteBufferNumber, "maxWriteBufferNumber")
         let l0Compaction = try Self.int32(c.level0FileNumCompactionTrigger, "level0FileNumCompactionTrigger")
