@@ -1,7 +1,9 @@
 // `moraine bench`: db_bench-compatible workloads against embedded Moraine. The side-by-side run
 // with RocksDB is `moraine-bench` in bench/ (its own package, so Moraine never needs RocksDB).
 import ArgumentParser
+import Foundation
 import MoraineBench
+import MoraineSystem
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,5 +17,60 @@ struct Bench: ParsableCommand {
             let runner = try BenchRunner(flags: flags, engineNames: [engine], factories: [MoraineBenchFactory()])
             try runner.run()
         }
+    }
+}
+
+/// `moraine io-bench`: random 4 KiB O_DIRECT reads through the I/O queue, io_uring vs pread.
+struct IOBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "io-bench",
+        abstract: "Random 4 KiB reads of one file through the I/O queue: io_uring vs pread, by batch depth.")
+    @Option(help: "Data file (created with random bytes when missing or short).") var file: String
+    @Option(name: .customLong("file_size"), help: "Bytes of the data file.") var fileSize = 1 << 30
+    @Option(help: "Seconds per measured row.") var seconds = 5.0
+    @Option(help: "Batch depths, comma-separated.") var depths = "1,8,32"
+    @Option(help: "1: O_DIRECT (default), 0: through the page cache.") var direct = 1
+    @Option(help: "Write the rows as JSON to this file.") var json: String?
+
+    func run() throws {
+        try reporting {
+            let depthList = depths.split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
+            guard !depthList.isEmpty else { throw ValidationError("--depths needs positive numbers") }
+            let bench = IOBench(path: file, fileBytes: fileSize, secondsPerRow: seconds, depths: depthList, direct: direct != 0)
+            try bench.prepareFile()
+            var lines: [String] = []
+            for row in try bench.run() {
+                print(
+                    "\(row.backend.padded(9)) depth \(String(row.depth).padded(3)): \(Int(row.iops)) IOPS; "
+                        + "batch p50 \(row.p50Micros) us, p99 \(row.p99Micros) us")
+                lines.append(
+                    "{\"backend\":\"\(row.backend)\",\"depth\":\(row.depth),\"iops\":\(Int(row.iops)),"
+                        + "\"p50_us\":\(row.p50Micros),\"p99_us\":\(row.p99Micros)}")
+            }
+            if let json { try ("[" + lines.joined(separator: ",") + "]\n").write(toFile: json, atomically: true, encoding: .utf8) }
+        }
+    }
+}
+
+/// `moraine numa`: the NUMA topology, and (with --node) a check that pinning works.
+struct NumaCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "numa", abstract: "Print the NUMA topology; with --node, pin this process there and say where it runs.")
+    @Option(help: "A node to pin this process to.") var node: Int?
+
+    func run() throws {
+        try reporting {
+            print(NUMATopology.current().description)
+            if let node {
+                try NUMATopology.pinCurrentThread(toNode: node)
+                print("pinned to node \(node); running on node \(NUMATopology.currentNode())")
+            }
+        }
+    }
+}
+
+extension String {
+    fileprivate func padded(_ width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }
