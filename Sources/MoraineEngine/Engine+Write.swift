@@ -204,8 +204,20 @@ extension Engine {
             // earlier write.
             try fileSystem.syncDirectory(path)
             if let log {
-                try log.file.sync()
-                try log.file.close()
+                do {
+                    try log.file.sync()
+                    try log.file.close()
+                } catch {
+                    // After a failed fdatasync, Linux may have dropped the old WAL's unsynced tail
+                    // and a retried one would report success, so a later sync write could outlive
+                    // the lost writes. Stop taking writes, as a failed WAL write does (applyGroup).
+                    let failure = asMoraineError(error)
+                    backgroundError =
+                        backgroundError
+                        ?? MoraineError(
+                            failure.kind, "WAL sync failed, database is read-only until reopened: \(failure.message)")
+                    throw error
+                }
             }
         } catch {
             try? file.close()
