@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: install system packages if missing, build, run every test (Swift
-# Testing). Long runs are opt-in through MORAINE_MODEL_STEPS, MORAINE_CRASH_ROUNDS and
-# MORAINE_KILL_ROUNDS; MORAINE_SEED replays a randomized run.
+# Testing). Long runs are opt-in through MORAINE_MODEL_STEPS, MORAINE_CRASH_ROUNDS,
+# MORAINE_KILL_ROUNDS and MORAINE_FAULT_ROUNDS; MORAINE_SEED replays a randomized run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

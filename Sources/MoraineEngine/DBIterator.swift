@@ -3,6 +3,7 @@
 // Going forward, the inner iterator sits on the entry that yields the current key. Going
 // backward, it sits before every entry of the current key, whose key and value are then kept
 // in saved buffers. Holds the memtables and Version it reads, so nothing is freed under it.
+// A step that throws (an I/O error, damage) leaves the iterator invalid until the next seek.
 // Single-threaded.
 import MoraineFormat
 import MoraineSystem
@@ -76,14 +77,44 @@ public final class DBIterator {
         try target.withUnsafeBytes { try inner.seek($0) }
     }
 
-    public func seekToFirst() throws {
+    /// Positions at the first key (at or after the lower bound).
+    public func seekToFirst() throws { try invalidatingOnError(moveToFirst) }
+    /// Positions at the last key (before the upper bound).
+    public func seekToLast() throws { try invalidatingOnError(moveToLast) }
+    /// Positions at the first key at or after `target`.
+    public func seek(_ target: [UInt8]) throws { try invalidatingOnError { try move(to: target) } }
+    /// Positions at the last key at or before `target`.
+    public func seekForPrev(_ target: [UInt8]) throws { try invalidatingOnError { try moveForPrev(target) } }
+    /// Moves to the next key. Precondition: isValid.
+    /// - Throws: a read's error (`.io`, `.corruption`); the iterator is then invalid.
+    public func next() throws { try invalidatingOnError(stepForward) }
+    /// Moves to the previous key. Precondition: isValid.
+    /// - Throws: a read's error (`.io`, `.corruption`); the iterator is then invalid.
+    public func prev() throws { try invalidatingOnError(stepBackward) }
+
+    /// Runs a positioning step. A throwing step may leave the merged children half-moved, off any
+    /// entry, so the iterator turns invalid (as RocksDB's does): reading `key` or stepping again
+    /// would otherwise reach a child that is not on an entry. A seek starts over.
+    private func invalidatingOnError(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch {
+            valid = false
+            forward = true
+            savedKey.removeAll(keepingCapacity: true)
+            savedValue.removeAll(keepingCapacity: true)
+            throw error
+        }
+    }
+
+    private func moveToFirst() throws {
         if let lowerBound { return try seek(lowerBound) }
         forward = true
         try inner.seekToFirst()
         try findNextUserEntry(skipping: false)
     }
 
-    public func seekToLast() throws {
+    private func moveToLast() throws {
         forward = false
         if let upperBound {
             try seekInner(upperBound, sequence: maxSequenceNumber)
@@ -94,8 +125,7 @@ public final class DBIterator {
         try findPrevUserEntry()
     }
 
-    /// Positions at the first key at or after `target`.
-    public func seek(_ target: [UInt8]) throws {
+    private func move(to target: [UInt8]) throws {
         var target = target
         if let lowerBound, target.lexicographicallyPrecedes(lowerBound) { target = lowerBound }
         forward = true
@@ -104,8 +134,7 @@ public final class DBIterator {
         try findNextUserEntry(skipping: false)
     }
 
-    /// Positions at the last key at or before `target`.
-    public func seekForPrev(_ target: [UInt8]) throws {
+    private func moveForPrev(_ target: [UInt8]) throws {
         if let upperBound, !target.lexicographicallyPrecedes(upperBound) {
             return try seekToLast()
         }
@@ -117,7 +146,7 @@ public final class DBIterator {
         }
     }
 
-    public func next() throws {
+    private func stepForward() throws {
         precondition(valid)
         if !forward {
             forward = true
@@ -166,7 +195,7 @@ public final class DBIterator {
         savedKey.removeAll(keepingCapacity: true)
     }
 
-    public func prev() throws {
+    private func stepBackward() throws {
         precondition(valid)
         if forward {
             // Move the inner iterator before every entry of the current key.

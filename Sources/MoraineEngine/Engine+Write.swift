@@ -214,7 +214,18 @@ extension Engine {
         do {
             // The old log's unsynced tail must be durable before a write in the new one counts:
             // a later sync write must never outlive an earlier write.
-            try log?.retire()
+            do {
+                try log?.retire()
+            } catch {
+                // After a failed fdatasync, Linux may have dropped the old WAL's unsynced tail
+                // and a retried one would report success, so a later sync write could outlive
+                // the lost writes. Stop taking writes, as a failed WAL write does (applyGroup).
+                let failure = asMoraineError(error)
+                backgroundError =
+                    backgroundError
+                    ?? MoraineError(failure.kind, "WAL sync failed, database is read-only until reopened: \(failure.message)")
+                throw error
+            }
         } catch {
             try? fresh.close()
             releaseLog(number)
