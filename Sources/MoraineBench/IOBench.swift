@@ -1,8 +1,9 @@
 // The I/O queue measured against the device: random 4 KiB reads of one file with O_DIRECT
-// (so the page cache does not answer), in batches of 1, 8 and 32 through each backend. The
-// io_uring queue submits a batch in one call and waits for all of it (as multiGet does), with
-// the file and the buffers registered; the pread queue performs the same batch one read after
-// another (what the fallback can do on one thread). scripts/io-bench.sh runs fio on the same
+// (so the page cache does not answer), at depths 1, 8 and 32, three ways: io_uring streaming
+// (depth reads kept in flight, each slot refilled as it completes, as fio's iodepth), io_uring
+// batches (a batch submitted in one call and waited for whole, as multiGet does), and the pread
+// queue doing the same batch one read after another (what the fallback can do on one thread).
+// The file and the buffers are registered with the ring. scripts/io-bench.sh runs fio on the same
 // file beside it for the machine's own limit.
 import MoraineSystem
 
@@ -63,11 +64,58 @@ public struct IOBench {
     public func run() throws -> [IOBenchRow] {
         var rows: [IOBenchRow] = []
         for depth in depths {
+            rows.append(try measureStream(depth: depth))
             for backend in IOBackend.allCases {
                 rows.append(try measure(backend: backend, depth: depth))
             }
         }
         return rows
+    }
+
+    /// io_uring with `depth` reads kept in flight (each slot refilled as it completes).
+    func measureStream(depth: Int) throws -> IOBenchRow {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? IOQueue.directIOOpenFlag : 0))
+        guard fd >= 0 else { throw MoraineError(.io, "open \(path)\(direct ? " with O_DIRECT" : ""): errno \(errno)") }
+        defer { close(fd) }
+        let queue = try IOQueue(ringDepth: max(depth, 8))
+        let buffers = (0..<depth).map { _ in
+            UnsafeMutableRawBufferPointer.allocate(byteCount: Self.blockBytes, alignment: Self.blockBytes)
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        try queue.registerFiles([fd])
+        try queue.registerBuffers(buffers)
+        let blocks = fileBytes / Self.blockBytes
+        var rng = BenchRandom(seed: UInt64(depth) &* 31 &+ 3)
+        var started = [UInt64](repeating: 0, count: depth)
+        var latencies: [UInt64] = []
+        var reads = 0
+        var failure: String? = nil
+        let start = nowNanos()
+        let deadline = start + UInt64(secondsPerRow * 1e9)
+        queue.stream(
+            depth: depth,
+            next: { slot in
+                guard failure == nil, nowNanos() < deadline else { return nil }
+                var request = IORequest.read(
+                    fd: fd, at: UInt64(rng.below(blocks)) * UInt64(Self.blockBytes), into: buffers[slot])
+                request.fixedFileIndex = 0
+                request.fixedBufferIndex = Int32(slot)
+                started[slot] = nowNanos()
+                return request
+            },
+            completed: { slot, request in
+                latencies.append(nowNanos() - started[slot])
+                if request.errorNumber != 0 || request.transferred != Self.blockBytes {
+                    failure = "read at \(request.offset): errno \(request.errorNumber), \(request.transferred) bytes"
+                }
+                reads += 1
+            })
+        if let failure { throw MoraineError(.io, "\(path): \(failure)") }
+        latencies.sort()
+        return IOBenchRow(
+            backend: "io_uring-stream", depth: depth, reads: reads, seconds: Double(nowNanos() - start) / 1e9,
+            p50Micros: Double(latencies[latencies.count / 2]) / 1000,
+            p99Micros: Double(latencies[min(latencies.count - 1, latencies.count * 99 / 100)]) / 1000)
     }
 
     func measure(backend: IOBackend, depth: Int) throws -> IOBenchRow {

@@ -42,7 +42,7 @@ struct IOBenchCommand: ParsableCommand {
             for row in try bench.run() {
                 print(
                     "\(row.backend.padded(9)) depth \(String(row.depth).padded(3)): \(Int(row.iops)) IOPS; "
-                        + "batch p50 \(row.p50Micros) us, p99 \(row.p99Micros) us")
+                        + "latency p50 \(row.p50Micros) us, p99 \(row.p99Micros) us (a whole batch for batch rows)")
                 lines.append(
                     "{\"backend\":\"\(row.backend)\",\"depth\":\(row.depth),\"iops\":\(Int(row.iops)),"
                         + "\"p50_us\":\(row.p50Micros),\"p99_us\":\(row.p99Micros)}")

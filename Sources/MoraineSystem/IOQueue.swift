@@ -198,6 +198,21 @@ public final class IOQueue {
         }
     }
 
+    /// Keeps up to `depth` requests in flight until `next` returns nil: the io_uring backend
+    /// refills each slot as soon as its request completes (as fio's iodepth does); the pread
+    /// backend performs them one after another. `completed` sees every request with its result.
+    /// - Precondition: `depth` is at most the ring's depth; requests are not linked.
+    public func stream(depth: Int, next: (Int) -> IORequest?, completed: (Int, IORequest) -> Void) {
+        if let ring, !ring.broken {
+            ring.stream(depth: depth, next: next, completed: completed)
+            return
+        }
+        while var request = next(0) {
+            withUnsafeMutablePointer(to: &request) { Self.performPosix(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+            completed(0, request)
+        }
+    }
+
     /// Registers files with the ring, so requests can name them by index (io_uring only; a no-op
     /// for pread).
     /// - Throws: `.io` naming the errno.

@@ -21,7 +21,7 @@ final class IOURing {
     let depth: Int
     let setupDescription: String
     /// Set after a submission failed outright; the ring is not entered again.
-    private(set) var broken = false
+    var broken = false
 
     /// Creates a ring, asking for the cheapest completion mode the kernel offers.
     /// - Throws: `.unavailable` with the errno when no ring can be created.
@@ -122,7 +122,7 @@ final class IOURing {
         return queued
     }
 
-    private func prepare(_ entry: UnsafeMutablePointer<io_uring_sqe>, _ r: IORequest, index: Int) {
+    func prepare(_ entry: UnsafeMutablePointer<io_uring_sqe>, _ r: IORequest, index: Int) {
         let offset = r.offset + UInt64(r.transferred)
         let fd = r.fixedFileIndex >= 0 ? r.fixedFileIndex : r.fd
         let left = UInt32(r.length - r.transferred)
@@ -203,6 +203,58 @@ final class IOURing {
             requests[i].errorNumber = code
             requests[i].done = true
             remaining -= 1
+        }
+    }
+
+    /// Keeps up to `depth` single requests in flight: `next` supplies a request for a free slot
+    /// (nil: no more), `completed` receives each finished one. Short transfers and EINTR/EAGAIN
+    /// are resubmitted from the same slot. Links are not supported here.
+    func stream(depth: Int, next: (Int) -> IORequest?, completed: (Int, IORequest) -> Void) {
+        precondition(depth > 0 && depth <= self.depth, "stream depth exceeds the ring")
+        var slots = [IORequest?](repeating: nil, count: depth)
+        var inFlight = 0
+        func queue(_ slot: Int) {
+            guard let entry = io_uring_get_sqe(ring) else { preconditionFailure("ring full with \(inFlight) in flight") }
+            prepare(entry, slots[slot]!, index: slot)
+            inFlight += 1
+        }
+        for slot in 0..<depth {
+            guard let request = next(slot) else { break }
+            slots[slot] = request
+            queue(slot)
+        }
+        while inFlight > 0 {
+            if broken { return }
+            var rc = io_uring_submit_and_wait(ring, 1)
+            while rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { rc = io_uring_submit_and_wait(ring, 1) }
+            if rc < 0 {
+                broken = true
+                for slot in 0..<depth where slots[slot] != nil {
+                    slots[slot]!.errorNumber = -rc
+                    completed(slot, slots[slot]!)
+                }
+                return
+            }
+            var completion: UnsafeMutablePointer<io_uring_cqe>? = nil
+            while io_uring_peek_cqe(ring, &completion) == 0, let cqe = completion {
+                let slot = Int(cqe.pointee.user_data)
+                let result = cqe.pointee.res
+                io_uring_cqe_seen(ring, cqe)
+                inFlight -= 1
+                if result < 0 {
+                    if result != -EINTR && result != -EAGAIN {
+                        slots[slot]!.errorNumber = -result
+                        slots[slot]!.done = true
+                    }
+                } else {
+                    IOQueue.complete(&slots[slot]!, result: Int(result))
+                }
+                if slots[slot]!.done {
+                    completed(slot, slots[slot]!)
+                    slots[slot] = next(slot)
+                }
+                if slots[slot] != nil { queue(slot) }
+            }
         }
     }
 }
