@@ -23,6 +23,8 @@ public struct BenchFlags: ParsableArguments, Sendable {
     public var durability = "wal"
     @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
     public var pmemPath: String? = nil
+    @Option(name: .customLong("numa_node"), help: "Pin the benchmark (all its threads) to this NUMA node.")
+    public var numaNode: Int? = nil
     @Option(name: .customLong("io_backend"), help: "Moraine's file I/O: io_uring or pread (default: io_uring when available).")
     public var ioBackend: String? = nil
     @Option(name: .customLong("cache_size"), help: "Block cache bytes.") public var cacheSize = 8 << 20

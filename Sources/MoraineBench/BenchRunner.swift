@@ -118,7 +118,11 @@ public final class BenchRunner: @unchecked Sendable {
 
     /// Runs every workload; prints results as they come.
     public func run() throws {
+        if let node = flags.numaNode { try NUMATopology.pinCurrentThread(toNode: node) }
         print("benchmarks: \(flags.benchmarks); engines: \(engineNames.joined(separator: ", "))")
+        print(
+            "\(NUMATopology.current().description)\(flags.numaNode.map { "; pinned to node \($0)" } ?? ""); "
+                + "I/O backend: \(flags.ioBackend ?? IOBackend.preferred.rawValue)")
         print(
             "keys: \(flags.num) × \(flags.keySize) B; values: \(flags.valueSize) B (compression ratio \(flags.compressionRatio)); "
                 + "threads: \(flags.threads); cache: \(flags.cacheSize) B; bloom bits: \(flags.bloomBits); compression: \(flags.compressionType)"

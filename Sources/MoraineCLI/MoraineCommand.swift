@@ -2,6 +2,7 @@
 // tools. Thin: all behaviour lives in the libraries.
 import ArgumentParser
 import Moraine
+import MoraineSystem
 
 @main
 struct MoraineCommand: ParsableCommand {
@@ -156,8 +157,13 @@ struct Shell: ParsableCommand {
         abstract: "Read commands from stdin, one per line; answer one line each (see README).")
     @OptionGroup var database: DatabaseOptions
     @Flag(help: "Acknowledge writes only once they are durable (fdatasync).") var sync = false
+    @Option(name: .customLong("numa_node"), help: "Pin the process (all its threads) to this NUMA node.") var numaNode: Int?
 
     func run() throws {
+        try reporting {
+            if let numaNode { try NUMATopology.pinCurrentThread(toNode: numaNode) }
+            SystemLog.info(NUMATopology.current().description + (numaNode.map { "; pinned to node \($0)" } ?? ""))
+        }
         let db = try reporting { try database.open() }
         ShellSession(database: db, writeOptions: WriteOptions(sync: sync)).run()
         try reporting { try db.close() }

@@ -1,6 +1,7 @@
 // Engine behaviours a RocksDB user relies on, each checked directly: snapshots keep what they
 // need through compaction, tombstones go only when nothing can see them, files outlive the
 // iterators that read them, trivial moves, write stalls, manifest rolls, and reopen.
+import Glibc
 import Moraine
 import MoraineFormat
 import MoraineSystem
@@ -304,6 +305,8 @@ struct PmemDurabilityTests {
         var db = try Database(path: directory, options: options)
         for i in 0..<3000 { try db.put(key(i), Array("p\(i)".utf8)) }
         #expect(try PosixFileSystem.shared.children(of: directory).filter { $0.hasSuffix(".log") }.isEmpty)
+        // Flushes run in the background: wait (bounded) for at least one.
+        for _ in 0..<2000 where db.stats().flushes == 0 { usleep(10_000) }
         #expect(db.stats().flushes > 0)
         // Arenas of flushed memtables are free again: at most the active one and the unflushed ones remain.
         let mapped = try PmemRegion.open(path: region, layout: options.pmemLayout)

@@ -29,10 +29,13 @@ final class ShellProcess {
     private let output = Pipe()
     private var buffered: [UInt8] = []
 
-    init(arguments: [String]) throws {
+    init(arguments: [String], environment: [String: String] = [:]) throws {
         signal(SIGPIPE, SIG_IGN)
         process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardInput = input
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
@@ -83,11 +86,16 @@ final class ShellProcess {
 
 @Suite("SIGKILL crash test")
 struct ProcessCrashTests {
-    @Test("every acknowledged write survives SIGKILL", arguments: [Durability.wal, .pmem])
-    func killNine(durability: Durability) throws {
+    /// The modes killed: the WAL; the persistent log with msync (what /dev/shm gives); and the
+    /// persistent log with PMEM_IS_PMEM_FORCE=1, so the child persists with cache-line flushes
+    /// and fences (pmem_flush/pmem_drain), the path real persistent memory takes.
+    @Test("every acknowledged write survives SIGKILL", arguments: ["wal", "pmem", "pmem-forced-flush"])
+    func killNine(mode: String) throws {
+        let durability: Durability = mode == "wal" ? .wal : .pmem
+        let environment = mode == "pmem-forced-flush" ? ["PMEM_IS_PMEM_FORCE": "1"] : [:]
         let seed = SeededRandom.testSeed()
         let rounds = SeededRandom.environmentInt("MORAINE_KILL_ROUNDS", default: 12)
-        print("SIGKILL crash test (\(durability)): MORAINE_SEED=\(seed) rounds=\(rounds) binary=\(moraineExecutablePath())")
+        print("SIGKILL crash test (\(mode)): MORAINE_SEED=\(seed) rounds=\(rounds) binary=\(moraineExecutablePath())")
         var rng = SeededRandom(seed: seed)
         let directory = makeTemporaryDirectory("moraine-kill")
         defer {
@@ -101,7 +109,7 @@ struct ProcessCrashTests {
         for round in 0..<rounds {
             let shell = try ShellProcess(arguments: [
                 "shell", "--db", directory, "--sync", "--write_buffer_size", "65536", "--durability", durability.rawValue,
-            ])
+            ], environment: environment)
             let killAfterMicros = UInt32.random(in: 20_000...400_000, using: &rng)
             let pid = shell.pid
             let killer = Thread {
@@ -159,7 +167,7 @@ struct ProcessCrashTests {
             if !matches { return }
             acknowledged = recovered
         }
-        print("SIGKILL crash test (\(durability)): \(rounds) rounds, \(totalAcks) acknowledged writes verified")
+        print("SIGKILL crash test (\(mode)): \(rounds) rounds, \(totalAcks) acknowledged writes verified")
         #expect(totalAcks > rounds, "the child acknowledged too few writes to test anything")
     }
 }
