@@ -145,11 +145,11 @@ public final class Engine: @unchecked Sendable {
         let regionPath = options.pmemPath ?? Options.defaultPmemPath(for: directory)
         let region = try PmemRegion.open(path: regionPath, layout: options.pmemLayout, numaNode: options.pmemNumaNode)
         let layout = region.layout
-        SystemLog.info(
+        SystemLog.infoOnce(
             "durability pmem: region \(regionPath), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB"
                 + (options.pmemNumaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.durabilityDescription)")
         if layout.arenaBytes < options.pmemLayout.arenaBytes {
-            SystemLog.info("the region's arenas are smaller than write_buffer_size asks; memtables switch when an arena fills")
+            SystemLog.infoOnce("the region's arenas are smaller than write_buffer_size asks; memtables switch when an arena fills")
         }
         return region
     }

@@ -96,6 +96,11 @@ extension FileSystem {
 
     /// Reads one request after another (file systems without a batching backend).
     public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {
+        readOneByOne(batch)
+    }
+
+    /// Reads each request of `batch` with its file's own `read`.
+    public func readOneByOne(_ batch: UnsafeMutableBufferPointer<BatchRead>) {
         for i in batch.indices {
             do {
                 batch[i].bytesRead = try batch[i].file.read(at: batch[i].offset, into: batch[i].buffer)

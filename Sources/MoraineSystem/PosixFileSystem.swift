@@ -87,16 +87,6 @@ public final class PosixFileSystem: FileSystem {
         }
     }
 
-    private func readOneByOne(_ batch: UnsafeMutableBufferPointer<BatchRead>) {
-        for i in batch.indices {
-            do {
-                batch[i].bytesRead = try batch[i].file.read(at: batch[i].offset, into: batch[i].buffer)
-            } catch {
-                batch[i].error = (error as? MoraineError) ?? MoraineError(.io, "\(error)")
-            }
-        }
-    }
-
     public func readAll(_ path: String) throws -> [UInt8] {
         let file = try openRandomAccess(path)
         var bytes = [UInt8](repeating: 0, count: Int(file.size))

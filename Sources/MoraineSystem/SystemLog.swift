@@ -12,10 +12,17 @@ import Synchronization
 /// Where the system layer's messages go.
 public enum SystemLog {
     private static let sink = Mutex<(@Sendable (String) -> Void)?>(nil)
+    private static let said = Mutex<Set<String>>([])
 
     /// Replaces the sink; `nil` restores standard error.
     public static func setSink(_ newSink: (@Sendable (String) -> Void)?) {
         sink.withLock { $0 = newSink }
+    }
+
+    /// Writes `message` unless this process already wrote the same text (start-up facts that
+    /// every reopen would repeat).
+    public static func infoOnce(_ message: String) {
+        if said.withLock({ $0.insert(message).inserted }) { info(message) }
     }
 
     /// Writes one message, prefixed with "moraine: " on standard error.
