@@ -74,16 +74,9 @@ public struct IOBench {
 
     /// io_uring with `depth` reads kept in flight (each slot refilled as it completes).
     func measureStream(depth: Int) throws -> IOBenchRow {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? IOQueue.directIOOpenFlag : 0))
-        guard fd >= 0 else { throw MoraineError(.io, "open \(path)\(direct ? " with O_DIRECT" : ""): errno \(errno)") }
-        defer { close(fd) }
-        let queue = try IOQueue(ringDepth: max(depth, 8))
-        let buffers = (0..<depth).map { _ in
-            UnsafeMutableRawBufferPointer.allocate(byteCount: Self.blockBytes, alignment: Self.blockBytes)
-        }
-        defer { buffers.forEach { $0.deallocate() } }
-        try queue.registerFiles([fd])
-        try queue.registerBuffers(buffers)
+        let target = try Target(path: path, direct: direct, backend: .ioUring, depth: depth)
+        let (fd, queue, buffers) = (target.fd, target.queue, target.buffers)
+        defer { withExtendedLifetime(target) {} }  // the descriptor and buffers outlive the loop
         let blocks = fileBytes / Self.blockBytes
         var rng = BenchRandom(seed: UInt64(depth) &* 31 &+ 3)
         var started = [UInt64](repeating: 0, count: depth)
@@ -119,16 +112,9 @@ public struct IOBench {
     }
 
     func measure(backend: IOBackend, depth: Int) throws -> IOBenchRow {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? IOQueue.directIOOpenFlag : 0))
-        guard fd >= 0 else { throw MoraineError(.io, "open \(path)\(direct ? " with O_DIRECT" : ""): errno \(errno)") }
-        defer { close(fd) }
-        let queue = backend == .ioUring ? try IOQueue(ringDepth: max(depth, 8)) : IOQueue()
-        let buffers = (0..<depth).map { _ in
-            UnsafeMutableRawBufferPointer.allocate(byteCount: Self.blockBytes, alignment: Self.blockBytes)
-        }
-        defer { buffers.forEach { $0.deallocate() } }
-        try queue.registerFiles([fd])
-        try queue.registerBuffers(buffers)
+        let target = try Target(path: path, direct: direct, backend: backend, depth: depth)
+        let (fd, queue, buffers) = (target.fd, target.queue, target.buffers)
+        defer { withExtendedLifetime(target) {} }  // the descriptor and buffers outlive the loop
         let blocks = UInt64(fileBytes / Self.blockBytes)
         var rng = BenchRandom(seed: UInt64(depth) &* 31 &+ (backend == .ioUring ? 1 : 2))
         var requests = [IORequest](
@@ -162,5 +148,34 @@ public struct IOBench {
             p50Micros: Double(latencies[latencies.count / 2]) / 1000,
             p99Micros: Double(latencies[min(latencies.count - 1, latencies.count * 99 / 100)]) / 1000)
     }
-}
 
+    /// The file opened for one row, its queue, and one aligned buffer per slot, registered with
+    /// the ring (a no-op for pread).
+    final class Target {
+        let fd: Int32
+        let queue: IOQueue
+        let buffers: [UnsafeMutableRawBufferPointer]
+
+        init(path: String, direct: Bool, backend: IOBackend, depth: Int) throws {
+            fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? IOQueue.directIOOpenFlag : 0))
+            guard fd >= 0 else { throw MoraineError(.io, "open \(path)\(direct ? " with O_DIRECT" : ""): errno \(errno)") }
+            buffers = (0..<depth).map { _ in
+                UnsafeMutableRawBufferPointer.allocate(byteCount: IOBench.blockBytes, alignment: IOBench.blockBytes)
+            }
+            do {
+                queue = backend == .ioUring ? try IOQueue(ringDepth: max(depth, 8)) : IOQueue()
+                try queue.registerFiles([fd])
+                try queue.registerBuffers(buffers)
+            } catch {
+                close(fd)
+                buffers.forEach { $0.deallocate() }
+                throw error
+            }
+        }
+
+        deinit {
+            close(fd)
+            buffers.forEach { $0.deallocate() }
+        }
+    }
+}

@@ -103,11 +103,7 @@ extension Engine {
     /// saying so is durable). Precondition: `mutex` held.
     func deleteObsoleteLogs() {
         let keep = versions.logNumber
-        if let pmemRegion {
-            for arena in pmemRegion.allocatedArenas() where arena.tag < keep && arena.tag != logFileNumber {
-                try? pmemRegion.freeArena(arena)
-            }
-        }
+        pmemRegion.map { releaseObsoleteArenas(in: $0) }
         guard let names = try? fileSystem.children(of: path) else { return }
         for name in names {
             if case .log(let n) = DatabaseFile(name: name), n < keep, n != logFileNumber {
@@ -244,6 +240,16 @@ extension Engine {
         mem = MemTable(capacityBytes: 64 << 10, logNumber: logFileNumber)
         unloggedWrites = false
         installSuperVersion()
+    }
+}
+
+extension Engine {
+    /// Frees the arenas of logs the manifest has moved past (their memtables are in tables and
+    /// that manifest edit is durable). Best effort: a failure leaves an arena for the next open.
+    func releaseObsoleteArenas(in region: PmemRegion) {
+        for arena in region.allocatedArenas() where arena.tag < versions.logNumber && arena.tag != logFileNumber {
+            try? region.freeArena(arena)
+        }
     }
 }
 

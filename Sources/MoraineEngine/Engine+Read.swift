@@ -45,7 +45,7 @@ extension Engine {
         try lookup.withUnsafeBytes { lookupKey in
             func probe(_ file: FileMetaData) throws -> Bool {
                 let table = try tableCache.reader(file.number)
-                return try table.get(lookupKey, hash: hash) { foundKey, value in
+                return try table.get(lookupKey, hash: hash, fillCache: fillCache) { foundKey, value in
                     switch valueType(foundKey) {
                     case .value: result = .found(Array(value))
                     case .deletion: result = .deleted

@@ -28,16 +28,17 @@ extension Engine {
             }
         }
         var sources: [(number: UInt64, arena: PmemArena?)] = logs.map { ($0, nil) }
-        for arena in pmemRegion?.allocatedArenas() ?? [] where arena.tag >= versions.logNumber {
+        let replayRegion = pmemRegion ?? leftoverRegion
+        for arena in replayRegion?.allocatedArenas() ?? [] where arena.tag >= versions.logNumber {
             sources.append((arena.tag, arena))
         }
         sources.sort { $0.number < $1.number }
         if let newest = sources.last { versions.markFileNumberUsed(newest.number) }
         var replay = Replay(engine: self)
         for source in sources {
-            if let arena = source.arena, let pmemRegion {
-                let origin = "\(pmemRegion.path) arena \(arena.index) (log \(arena.tag))"
-                var reader = try PmemLogReader(region: pmemRegion, arena: arena)
+            if let arena = source.arena, let replayRegion {
+                let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
+                var reader = try PmemLogReader(region: replayRegion, arena: arena)
                 while let record = try reader.nextRecord() { try replay.apply(Array(record), origin: origin) }
             } else {
                 let logPath = path(.log(source.number))
@@ -129,10 +130,6 @@ extension Engine {
             }
             if remove { try? fileSystem.remove(joinPath(path, name)) }
         }
-        if let pmemRegion {
-            for arena in pmemRegion.allocatedArenas() where arena.tag < versions.logNumber && arena.tag != logFileNumber {
-                try? pmemRegion.freeArena(arena)
-            }
-        }
+        (pmemRegion ?? leftoverRegion).map { releaseObsoleteArenas(in: $0) }
     }
 }

@@ -66,6 +66,9 @@ public final class Engine: @unchecked Sendable {
     var logFileNumber: UInt64 = 0
     /// The persistent-memory region of `pmem` durability (nil for `wal`).
     let pmemRegion: PmemRegion?
+    /// A region left by `pmem` durability, found when opening in `wal` mode: its logs are
+    /// replayed and its arenas freed by recovery, then it is dropped.
+    var leftoverRegion: PmemRegion? = nil
     /// Sequence numbers handed out (may run ahead of `lastSequence` while a group is applied).
     var allocatedSequence: SequenceNumber = 0
     var backgroundError: MoraineError? = nil
@@ -113,6 +116,13 @@ public final class Engine: @unchecked Sendable {
         }
         let engine = Engine(path: path, options: options, lock: lock, pmemRegion: region)
         do {
+            let regionPath = options.pmemPath ?? Options.defaultPmemPath(for: path)
+            if region == nil && fs.fileExists(currentPath) && PosixFileSystem.shared.fileExists(regionPath) {
+                // Reopened in wal mode after pmem durability: acknowledged writes may still sit
+                // in the region's arenas, so they are replayed before anything else.
+                engine.leftoverRegion = try PmemRegion.open(
+                    path: regionPath, layout: options.pmemLayout, formatIfNeeded: false)
+            }
             if !fs.fileExists(currentPath) {
                 guard options.createIfMissing else {
                     throw MoraineError(
@@ -129,6 +139,10 @@ public final class Engine: @unchecked Sendable {
                 throw MoraineError(.invalid, "database \(path) already exists (error_if_exists is set)")
             }
             try engine.recover()
+            if let leftover = engine.leftoverRegion {
+                SystemLog.infoOnce("replayed the logs left in persistent-memory region \(leftover.path); it holds none now")
+                engine.leftoverRegion = nil
+            }
         } catch {
             engine.versions.close()
             lock.unlock()

@@ -160,11 +160,11 @@ public final class TableReader: @unchecked Sendable {
     /// lookup's; calls `found` with that entry's internal key and value.
     /// - Returns: false when the table has no entry for the user key.
     public func get(
-        _ lookupKey: UnsafeRawBufferPointer, hash: UInt64,
+        _ lookupKey: UnsafeRawBufferPointer, hash: UInt64, fillCache: Bool = true,
         _ found: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
     ) throws -> Bool {
         guard let handle = try candidateBlock(lookupKey, hash: hash) else { return false }
-        return try get(lookupKey, in: try dataBlock(handle), found)
+        return try get(lookupKey, in: try dataBlock(handle, fillCache: fillCache), found)
     }
 
     /// The data block that would hold `lookupKey` (an internal key), or nil when the bloom filter

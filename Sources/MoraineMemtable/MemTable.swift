@@ -111,6 +111,20 @@ public final class MemTable: @unchecked Sendable {
     /// The first node whose key is >= `target`, or 0; fills `previous` per level when given.
     @inline(__always)
     func findGreaterOrEqual(_ target: UnsafeRawBufferPointer, previous: UnsafeMutablePointer<UInt32>?) -> UInt32 {
+        search(target, previous: previous).atOrAfter
+    }
+
+    /// The last node whose key is < `target`, or 0 (the head).
+    func findLessThan(_ target: UnsafeRawBufferPointer) -> UInt32 {
+        search(target, previous: nil).before
+    }
+
+    /// One descent: the last node before `target` and the first at or after it on level 0
+    /// (0 for the head or the end); fills `previous` per level when given.
+    @inline(__always)
+    private func search(_ target: UnsafeRawBufferPointer, previous: UnsafeMutablePointer<UInt32>?)
+        -> (before: UInt32, atOrAfter: UInt32)
+    {
         var node: UInt32 = 0
         var level = currentHeight.load(ordering: .relaxed) - 1
         while true {
@@ -119,22 +133,7 @@ public final class MemTable: @unchecked Sendable {
                 node = candidate
             } else {
                 previous?[level] = node
-                if level == 0 { return candidate }
-                level -= 1
-            }
-        }
-    }
-
-    /// The last node whose key is < `target`, or 0 (the head).
-    func findLessThan(_ target: UnsafeRawBufferPointer) -> UInt32 {
-        var node: UInt32 = 0
-        var level = currentHeight.load(ordering: .relaxed) - 1
-        while true {
-            let candidate = next(node, level)
-            if candidate != 0 && compareInternalKeys(key(candidate), target) < 0 {
-                node = candidate
-            } else {
-                if level == 0 { return node }
+                if level == 0 { return (node, candidate) }
                 level -= 1
             }
         }

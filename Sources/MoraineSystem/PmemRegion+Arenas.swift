@@ -63,13 +63,16 @@ extension PmemRegion {
     /// Opens the region at `path`, creating and formatting it with `layout` when it does not
     /// exist (or was never completely formatted). An existing region keeps its own geometry.
     /// - Parameter numaNode: binds the region's pages to this node when given.
+    /// - Parameter formatIfNeeded: false opens only an existing, formatted region.
     /// - Throws: `.corruption` for a damaged header or arena table, `.invalid` for a file that
     ///   is not a region, `.io`/`.noSpace` when mapping fails.
     public static func open(
-        path: String, layout requested: PmemLayout, numaNode: Int? = nil, tracer: PersistenceTracer? = nil
+        path: String, layout requested: PmemLayout, numaNode: Int? = nil, tracer: PersistenceTracer? = nil,
+        formatIfNeeded: Bool = true
     ) throws -> PmemRegion {
         precondition(requested.arenaCount > 0 && requested.arenaBytes >= 4096 && requested.arenaBytes % 4096 == 0)
         let exists = access(path, F_OK) == 0
+        if !exists && !formatIfNeeded { throw MoraineError(.notFound, "no persistent-memory region at \(path)") }
         let (base, mapped, isPmem) = try map(path: path, sizeBytes: requested.regionBytes, create: !exists)
         let region = PmemRegion(
             path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer, layout: requested,
@@ -81,6 +84,7 @@ extension PmemRegion {
         if mapped >= 8 && region.loadWord(at: 0) == PmemLayout.magic {
             region.layout = try region.readLayout()
         } else {
+            guard formatIfNeeded else { throw MoraineError(.invalid, "\(path) is not a persistent-memory region") }
             guard mapped >= requested.regionBytes else {
                 throw MoraineError(
                     .invalid, "\(path) holds \(mapped) bytes and no region header; expected a new region of \(requested.regionBytes)")

@@ -290,7 +290,7 @@ struct MultiGetTests {
 
 @Suite("Persistent-memory durability")
 struct PmemDurabilityTests {
-    @Test("pmem durability writes no WAL, recovers unflushed writes, frees arenas after flushes, refuses a stale region")
+    @Test("pmem durability: no WAL, unflushed writes recovered (also by a wal-mode reopen), arenas freed, stale region refused")
     func pmemEndToEnd() throws {
         let directory = makeTemporaryDirectory("moraine-pmem")
         let region = Options.defaultPmemPath(for: directory)
@@ -316,6 +316,17 @@ struct PmemDurabilityTests {
         db = try Database(path: directory, options: options)
         for i in stride(from: 0, to: 3000, by: 7) { #expect(try db.get(key(i)) == Array("p\(i)".utf8)) }
         try db.close()
+
+        // Reopened in wal mode, the writes still in the region are replayed, not dropped.
+        db = try Database(path: directory, options: options)
+        for i in 3000..<3200 { try db.put(key(i), Array("late\(i)".utf8)) }
+        try db.close()
+        var walOptions = options
+        walOptions.durability = .wal
+        db = try Database(path: directory, options: walOptions)
+        for i in stride(from: 3000, to: 3200, by: 13) { #expect(try db.get(key(i)) == Array("late\(i)".utf8)) }
+        try db.close()
+        #expect(try PmemRegion.open(path: region, layout: options.pmemLayout).allocatedArenas().isEmpty)
 
         // A new database must not adopt a region that still holds another database's logs.
         let other = makeTemporaryDirectory("moraine-pmem-other")
