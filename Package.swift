@@ -17,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         .target(
@@ -35,6 +38,16 @@ let package = Package(
         .target(
             name: "MoraineEngine",
             dependencies: ["MoraineSystem", "MoraineFormat", "MoraineMemtable"]
+        ),
+        .target(
+            name: "MoraineTransport",
+            dependencies: [
+                "MoraineSystem",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
         .target(
@@ -60,7 +73,7 @@ let package = Package(
             name: "MoraineTests",
             dependencies: [
                 "Moraine", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
-                "MoraineTestSupport", "MoraineCLI",
+                "MoraineTestSupport", "MoraineCLI", "MoraineTransport",
             ]
         ),
     ],

@@ -66,4 +66,61 @@ int CSystemShims_current_cpu(void);
 /// The node a CPU belongs to, or -1.
 int CSystemShims_numa_node_of_cpu(int cpu);
 
+// ---- Shared memory between processes ---------------------------------------------------
+// Atomics on words inside a mapping two processes share. Swift's atomics are defined for
+// Swift storage; these builtins say exactly which order each access has.
+/// Loads with acquire ordering.
+static inline uint64_t CSystemShims_load_acquire_u64(const uint64_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+/// Stores with release ordering.
+static inline void CSystemShims_store_release_u64(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+/// Loads with acquire ordering.
+static inline uint32_t CSystemShims_load_acquire_u32(const uint32_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+/// Stores with release ordering.
+static inline void CSystemShims_store_release_u32(uint32_t *word, uint32_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+/// Stores with sequentially consistent ordering (the sleep/wake handshake needs a full fence
+/// between "I am going to sleep" and re-checking the ring).
+static inline void CSystemShims_store_seq_cst_u32(uint32_t *word, uint32_t value) {
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+}
+/// Atomically adds and returns the previous value (sequentially consistent).
+static inline uint32_t CSystemShims_fetch_add_u32(uint32_t *word, uint32_t value) {
+    return __atomic_fetch_add(word, value, __ATOMIC_SEQ_CST);
+}
+/// A full memory fence.
+static inline void CSystemShims_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/// A spin-wait hint to the CPU (PAUSE on x86, YIELD on ARM).
+static inline void CSystemShims_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+/// Sleeps while `*word == expected`, at most `timeout_nanos` (shared, not private, futex: the
+/// word may be in a mapping of another process). Returns 0 when woken, else an errno (EAGAIN:
+/// the word had changed; ETIMEDOUT; EINTR).
+int CSystemShims_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_nanos);
+/// Wakes up to `count` sleepers on `word`; returns how many woke, or -errno.
+int CSystemShims_futex_wake(uint32_t *word, int count);
+/// memfd_create with close-on-exec; returns a descriptor or -errno.
+int CSystemShims_memfd_create(const char *name);
+/// Sends `length` bytes and, when `fd` >= 0, the descriptor `fd` (SCM_RIGHTS) on a Unix socket.
+/// Returns bytes sent or -errno.
+long CSystemShims_send_with_fd(int socket, const void *bytes, size_t length, int fd);
+/// Receives up to `capacity` bytes and at most one descriptor (SCM_RIGHTS) into `*fd` (-1 when
+/// none came). Returns bytes received (0 at end of stream) or -errno.
+long CSystemShims_receive_with_fd(int socket, void *bytes, size_t capacity, int *fd);
+/// The peer's process, user and group ids of a connected Unix socket (SO_PEERCRED); 0 or errno.
+int CSystemShims_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
+/// poll(2) flag for "peer closed its end" (POLLRDHUP needs _GNU_SOURCE).
+int CSystemShims_pollrdhup(void);
+
 #endif

@@ -1,0 +1,86 @@
+// What the roles exchange through a carrier: requests with an opcode and a payload, and replies
+// that are bytes, a reference into a shared region, or a typed error. Limits bound everything a
+// receiver accepts.
+
+/// A position in a shared region that both ends have mapped: the bytes travel as this reference
+/// (32 bytes on the wire: region, offset, length, version, each u64 little-endian) instead of as a
+/// copy. The version lets the owner of the region say which generation of the bytes is meant (a
+/// cache slot reused for another block gets a new version); the reader checks it where it matters.
+public struct RegionReference: Sendable, Hashable {
+    public static let byteCount = 32
+    public var region: UInt64
+    public var offset: UInt64
+    public var length: UInt64
+    public var version: UInt64
+
+    public init(region: UInt64, offset: UInt64, length: UInt64, version: UInt64) {
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.version = version
+    }
+
+    var bytes: [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(Self.byteCount)
+        for word in [region, offset, length, version] {
+            withUnsafeBytes(of: word.littleEndian) { out.append(contentsOf: $0) }
+        }
+        return out
+    }
+
+    init?(bytes: UnsafeRawBufferPointer) {
+        guard bytes.count == Self.byteCount else { return nil }
+        func word(_ i: Int) -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) }
+        self.init(region: word(0), offset: word(1), length: word(2), version: word(3))
+    }
+}
+
+/// The body of a request or a successful reply.
+public enum Payload: Sendable, Equatable {
+    case bytes([UInt8])
+    /// Bytes in a shared region. Over TCP the sender copies them in, and they arrive as `.bytes`.
+    case reference(RegionReference)
+
+    /// The bytes, when the payload carries them.
+    public var byteArray: [UInt8]? {
+        if case .bytes(let bytes) = self { return bytes }
+        return nil
+    }
+}
+
+/// A request as a handler sees it.
+public struct Request: Sendable {
+    public let opcode: UInt8
+    public let requestID: UInt64
+    public let payload: Payload
+}
+
+/// A reply as a caller sees it.
+public struct Response: Sendable {
+    public let requestID: UInt64
+    public let result: Result<Payload, TransportError>
+
+    /// The payload, or the error response thrown.
+    public func get() throws(TransportError) -> Payload { try result.get() }
+}
+
+/// A role's request handler. It runs on the carrier's thread for the connection (a connection's
+/// requests are handled one at a time, in order), so it must not block for long.
+public typealias RequestHandler = @Sendable (Request) -> Result<Payload, TransportError>
+
+/// Bounds on what a connection accepts. Every limit is checked before memory is allocated for it.
+public struct TransportLimits: Sendable {
+    /// Largest payload of one frame.
+    public var framePayloadBytesMax = 1 << 20
+    /// Largest message after its chunks are joined.
+    public var messageBytesMax = 64 << 20
+    /// Payloads larger than this go as chunks of this size.
+    public var chunkBytes = 256 << 10
+    /// Requests a client may have in flight on one connection.
+    public var inFlightMax = 1024
+    /// Time allowed for the handshake, in nanoseconds.
+    public var handshakeNanos: Int64 = 5_000_000_000
+
+    public init() {}
+}

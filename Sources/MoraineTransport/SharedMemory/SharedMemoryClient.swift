@@ -1,0 +1,181 @@
+// The client end of the shared-memory carrier: it connects to the server's Unix socket,
+// authenticates, creates the connection's memfd with both rings and passes it over, then talks
+// through the rings only. The socket stays open as the liveness signal: its hang-up means the
+// server is gone, and every waiting call then fails with `unavailable` within one sleep slice.
+//
+// Thread-safety: one thread at a time (see TransportClient).
+import MoraineSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A connection to a `SharedMemoryServer` on this machine.
+public final class SharedMemoryClient: TransportClient {
+    private let socket: UnixSocket
+    private let memory: SharedMemory
+    private var requests: FrameProducer
+    private var responses: FrameConsumer
+    private var assembler: MessageAssembler
+    private let limits: TransportLimits
+    private let version: UInt8
+    private var nextID: UInt64 = 1
+    private var pending = Set<UInt64>()
+    private var stash = ResponseStash()
+    private var failure: TransportError? = nil
+    /// Default ring size per direction.
+    public static let defaultRingCapacity = 4 << 20
+
+    public var inFlightCount: Int { pending.count }
+
+    /// Connects, authenticates both ways, and attaches the rings.
+    /// - Throws: `.unavailable` when no server listens, `.authenticationFailed` when either
+    ///   side lacks the key, `.unsupportedVersion` when no version is shared.
+    public init(
+        socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
+        ringCapacity: Int = SharedMemoryClient.defaultRingCapacity
+    ) throws(TransportError) {
+        try SharedConnectionLayout.validate(capacity: ringCapacity, limits: limits)
+        do {
+            socket = try UnixSocket.connect(path: socketPath)
+        } catch {
+            throw TransportError(.unavailable, error.message)
+        }
+        socket.setReceiveTimeout(nanos: limits.handshakeNanos)
+        var handshake = ClientHandshake(key: key)
+        try socket.sendFrame(opcode: Opcode.hello, payload: handshake.hello())
+        let challenge = try Self.expect(Opcode.challenge, on: socket)
+        try socket.sendFrame(opcode: Opcode.proof, payload: try handshake.answer(challenge: challenge))
+        _ = try Self.expect(Opcode.welcome, on: socket)
+        version = handshake.version
+        do {
+            memory = try SharedMemory.create(
+                name: "moraine-connection", byteCount: SharedConnectionLayout.totalBytes(ringCapacity))
+        } catch {
+            throw TransportError(.unavailable, error.message)
+        }
+        memory.base.storeBytes(of: SharedConnectionLayout.magic, as: UInt64.self)
+        (memory.base + 8).storeBytes(of: UInt64(ringCapacity), as: UInt64.self)
+        let rings = SharedConnectionLayout.rings(in: memory, capacity: ringCapacity)
+        rings.requests.format()
+        rings.responses.format()
+        try socket.sendFrame(
+            opcode: attachOpcode, payload: SharedConnectionLayout.attachPayload(capacity: ringCapacity),
+            passing: memory.descriptor)
+        _ = try Self.expect(attachOpcode, on: socket)
+        memory.closeDescriptor()
+        socket.setReceiveTimeout(nanos: 0)
+        requests = FrameProducer(ring: rings.requests)
+        responses = FrameConsumer(ring: rings.responses, limits: limits)
+        assembler = MessageAssembler(limits: limits)
+        self.limits = limits
+    }
+
+    deinit { close() }
+
+    private static func expect(_ opcode: UInt8, on socket: UnixSocket) throws(TransportError) -> [UInt8] {
+        let (header, payload, fd) = try socket.receiveFrame(limit: Handshake.framePayloadLimit)
+        if fd >= 0 { closeDescriptor(fd) }
+        if header.flags.contains(.error) { throw payload.withUnsafeBytes { TransportError(wirePayload: $0) } }
+        guard header.opcode == opcode, header.flags.contains(.response) else {
+            throw TransportError(.malformed, "expected opcode 0x\(String(opcode, radix: 16)) in the handshake, got 0x\(String(header.opcode, radix: 16))")
+        }
+        return payload
+    }
+
+    public func send(opcode: UInt8, payload: Payload) throws(TransportError) -> UInt64 {
+        if let failure { throw failure }
+        guard pending.count < limits.inFlightMax else {
+            throw TransportError(.tooManyInFlight, "\(pending.count) requests in flight; the limit is \(limits.inFlightMax)")
+        }
+        let id = nextID
+        nextID &+= 1
+        let (flags, bytes) = framePlan(.success(payload), chunkBytes: limits.chunkBytes)
+        guard bytes.count <= limits.messageBytesMax else {
+            throw TransportError(.frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
+        }
+        do {
+            try withBytes(bytes) { raw throws(TransportError) in
+                try forEachChunk(raw, flags: flags, chunkBytes: limits.chunkBytes) { chunkFlags, chunk throws(TransportError) in
+                    try requests.write(
+                        version: version, opcode: opcode, flags: chunkFlags, requestID: id, payload: chunk,
+                        stillWanted: { !socket.peerHasHungUp() })
+                }
+            }
+        } catch {
+            fail(error)
+            throw error
+        }
+        requests.publish()
+        pending.insert(id)
+        return id
+    }
+
+    public func receive(requestID: UInt64?, timeoutNanos: Int64?) throws(TransportError) -> Response {
+        if let response = stash.take(requestID) { return response }
+        if let failure { throw failure }
+        if let requestID { precondition(pending.contains(requestID), "request \(requestID) is not in flight") }
+        let deadline = timeoutNanos.map { monotonicNanos() + $0 }
+        while true {
+            while true {
+                let frame: (FrameHeader, [UInt8])?
+                do {
+                    frame = try responses.next()
+                } catch {
+                    fail(TransportError(.unavailable, "connection closed: \(error)"))
+                    throw error
+                }
+                guard let (header, payload) = frame else { break }
+                responses.release()
+                let message: ReceivedMessage?
+                do {
+                    message = try assembler.add(header, payload: payload)
+                } catch {
+                    fail(TransportError(.unavailable, "connection closed: \(error)"))
+                    throw error
+                }
+                guard let message, pending.remove(message.requestID) != nil else { continue }
+                let response = Response(requestID: message.requestID, result: message.payload)
+                if requestID == nil || requestID == message.requestID { return response }
+                stash.put(response)
+            }
+            var timedOut = false
+            let ready = responses.waitForData(stillWanted: {
+                if let deadline, monotonicNanos() >= deadline {
+                    timedOut = true
+                    return false
+                }
+                return !socket.peerHasHungUp()
+            })
+            if !ready {
+                if timedOut { throw TransportError(.timedOut, "no response within \(timeoutNanos ?? 0) ns") }
+                let error = TransportError(.unavailable, "the server on \(socket.path) went away")
+                fail(error)
+                throw error
+            }
+        }
+    }
+
+    private func fail(_ error: TransportError) {
+        if failure == nil { failure = error }
+        socket.close()
+    }
+
+    public func close() {
+        if failure == nil {
+            try? requests.write(
+                version: version, opcode: Opcode.goodbye, flags: [], requestID: 0, payload: UnsafeRawBufferPointer(start: nil, count: 0),
+                stillWanted: { false })
+            requests.publish()
+            failure = TransportError(.closed, "the client was closed")
+        }
+        socket.close()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNanos() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}

@@ -1,0 +1,266 @@
+// The server end of the shared-memory carrier. It listens on a Unix socket (mode 0600); each
+// accepted connection gets a thread that checks the peer's user id (SO_PEERCRED), runs the
+// handshake over the socket, maps the rings the client passes (a memfd, SCM_RIGHTS), and then
+// serves requests from the request ring until the client says goodbye, the socket hangs up, or a
+// frame is malformed. A bad connection is logged and closed; the others never notice.
+//
+// Thread-safety: `close` and `connectionCount` may be called from any thread.
+import MoraineSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Opcode of the message that hands the rings' memfd to the server.
+let attachOpcode: UInt8 = 0x07
+
+/// Serves a `RequestRouter` to clients on the same machine through shared memory.
+public final class SharedMemoryServer: @unchecked Sendable {
+    public let socketPath: String
+    private let listener: UnixSocket
+    private let key: ClusterKey
+    private let router: RequestRouter
+    private let limits: TransportLimits
+    private let allowedUser: UInt32
+    private let state = ConditionLock()
+    private var sockets: [ObjectIdentifier: UnixSocket] = [:]
+    private var threads = 0
+    private var stopped = false
+
+    /// Starts listening at `socketPath`.
+    /// - Parameter allowedUser: the only user id whose processes may connect (default: ours).
+    /// - Throws: when the socket cannot be created.
+    public init(
+        socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
+        allowedUser: UInt32 = getuid(), router: RequestRouter
+    ) throws(TransportError) {
+        do {
+            listener = try UnixSocket.listen(path: socketPath)
+        } catch {
+            throw TransportError(.unavailable, "cannot listen on \(socketPath): \(error.message)")
+        }
+        self.socketPath = socketPath
+        self.key = key
+        self.router = router
+        self.limits = limits
+        self.allowedUser = allowedUser
+        state.withLock { threads += 1 }
+        startThread(name: "shm-accept") { [self] in acceptLoop() }
+    }
+
+    deinit { close() }
+
+    /// Connections being served now.
+    public var connectionCount: Int { state.withLock { sockets.count } }
+
+    /// Stops accepting, hangs up every connection and waits for their threads to finish.
+    public func close() {
+        let open: [UnixSocket] = state.withLock {
+            stopped = true
+            return Array(sockets.values)
+        }
+        listener.close()
+        for socket in open { socket.close() }
+        state.withLock { while threads > 0 { state.wait() } }
+    }
+
+    private var isStopped: Bool { state.withLock { stopped } }
+
+    private func acceptLoop() {
+        defer { finishThread() }
+        while true {
+            let accepted: UnixSocket?
+            do {
+                accepted = try listener.accept()
+            } catch {
+                SystemLog.info("transport: accept on \(socketPath) failed: \(error.message)")
+                return
+            }
+            guard let socket = accepted else { return }
+            let admitted: Bool = state.withLock {
+                guard !stopped else { return false }
+                sockets[ObjectIdentifier(socket)] = socket
+                threads += 1
+                return true
+            }
+            guard admitted else {
+                socket.close()
+                return
+            }
+            startThread(name: "shm-connection") { [self] in
+                defer {
+                    socket.close()
+                    state.withLock { sockets[ObjectIdentifier(socket)] = nil }
+                    finishThread()
+                }
+                serve(socket)
+            }
+        }
+    }
+
+    private func finishThread() {
+        state.withLock {
+            threads -= 1
+            state.broadcast()
+        }
+    }
+
+    /// Authenticates, attaches the rings, then serves until the connection ends.
+    private func serve(_ socket: UnixSocket) {
+        let peer = (try? socket.peerCredentials()).map { "pid \($0.pid) uid \($0.uid)" } ?? "unknown peer"
+        do {
+            let credentials = try socket.peerCredentials()
+            guard credentials.uid == allowedUser else {
+                throw TransportError(
+                    .authenticationFailed, "user \(credentials.uid) is not the allowed user \(allowedUser)")
+            }
+        } catch let error as TransportError {
+            refuse(socket, peer: peer, error)
+            return
+        } catch {
+            refuse(socket, peer: peer, TransportError(.unavailable, "\(error)"))
+            return
+        }
+        socket.setReceiveTimeout(nanos: limits.handshakeNanos)
+        let memory: SharedMemory
+        let capacity: Int
+        let version: UInt8
+        do {
+            version = try authenticate(socket)
+            (memory, capacity) = try attach(socket)
+        } catch {
+            refuse(socket, peer: peer, error)
+            return
+        }
+        socket.setReceiveTimeout(nanos: 0)
+        let rings = SharedConnectionLayout.rings(in: memory, capacity: capacity)
+        var connection = ServerRingConnection(
+            requests: FrameConsumer(ring: rings.requests, limits: limits),
+            responses: FrameProducer(ring: rings.responses),
+            session: ServerSession(limits: limits, version: version, router: router), chunkBytes: limits.chunkBytes)
+        let stillWanted = { [self] in !isStopped && !socket.peerHasHungUp() }
+        do {
+            try connection.run(stillWanted: stillWanted)
+        } catch {
+            SystemLog.info("transport: closed shared-memory connection from \(peer) on \(socketPath): \(error)")
+        }
+        withExtendedLifetime(memory) {}
+    }
+
+    /// Runs the server side of the handshake; returns the negotiated version.
+    private func authenticate(_ socket: UnixSocket) throws(TransportError) -> UInt8 {
+        var handshake = ServerHandshake(key: key)
+        var attempts = 0
+        while true {
+            let (header, payload, fd) = try socket.receiveFrame(limit: Handshake.framePayloadLimit)
+            if fd >= 0 { closeDescriptor(fd) }
+            guard header.opcode == Opcode.hello else {
+                throw TransportError(.authenticationFailed, "expected a hello, got opcode 0x\(String(header.opcode, radix: 16))")
+            }
+            do {
+                let challenge = try handshake.challenge(hello: payload)
+                try socket.sendFrame(opcode: Opcode.challenge, flags: .response, requestID: header.requestID, payload: challenge)
+                break
+            } catch where error.code == .unsupportedVersion && attempts < 3 {
+                // Answer, and let the client offer other versions.
+                attempts += 1
+                try socket.sendFrame(
+                    opcode: Opcode.hello, flags: [.response, .error], requestID: header.requestID, payload: error.wirePayload)
+            }
+        }
+        let (header, payload, fd) = try socket.receiveFrame(limit: Handshake.framePayloadLimit)
+        if fd >= 0 { closeDescriptor(fd) }
+        guard header.opcode == Opcode.proof else {
+            throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
+        }
+        do {
+            try handshake.verify(proof: payload)
+        } catch {
+            try? socket.sendFrame(opcode: Opcode.proof, flags: [.response, .error], requestID: header.requestID, payload: error.wirePayload)
+            throw error
+        }
+        try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: [])
+        return handshake.version
+    }
+
+    /// Receives the memfd holding the rings and maps it.
+    private func attach(_ socket: UnixSocket) throws(TransportError) -> (SharedMemory, Int) {
+        let (header, payload, fd) = try socket.receiveFrame(limit: Handshake.framePayloadLimit)
+        guard header.opcode == attachOpcode, payload.count == 8, fd >= 0 else {
+            if fd >= 0 { closeDescriptor(fd) }
+            throw TransportError(.malformed, "expected the ring attachment after the handshake")
+        }
+        let capacity = Int(truncatingIfNeeded: payload.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) })
+        do {
+            try SharedConnectionLayout.validate(capacity: capacity, limits: limits)
+        } catch {
+            closeDescriptor(fd)
+            throw error
+        }
+        let memory: SharedMemory
+        do {
+            memory = try SharedMemory.map(
+                descriptor: fd, byteCount: SharedConnectionLayout.totalBytes(capacity), name: "connection rings")
+        } catch {
+            throw TransportError(.invalid, error.message)
+        }
+        memory.closeDescriptor()
+        let magic = memory.base.load(as: UInt64.self)
+        guard magic == SharedConnectionLayout.magic else {
+            throw TransportError(.malformed, "shared connection file has magic 0x\(String(magic, radix: 16))")
+        }
+        try socket.sendFrame(opcode: attachOpcode, flags: .response, requestID: header.requestID, payload: [])
+        return (memory, capacity)
+    }
+
+    private func refuse(_ socket: UnixSocket, peer: String, _ error: any Error) {
+        let reason = (error as? TransportError)?.description ?? "\(error)"
+        SystemLog.info("transport: refused shared-memory connection from \(peer) on \(socketPath): \(reason)")
+        if let error = error as? TransportError, error.code == .authenticationFailed {
+            try? socket.sendFrame(opcode: Opcode.welcome, flags: [.response, .error], payload: error.wirePayload)
+        }
+        socket.close()
+    }
+}
+
+/// The serving loop over one connection's rings (runs on the connection's thread).
+struct ServerRingConnection {
+    var requests: FrameConsumer
+    var responses: FrameProducer
+    var session: ServerSession
+    let chunkBytes: Int
+
+    /// Serves until goodbye (returns) or a broken connection (throws).
+    mutating func run(stillWanted: () -> Bool) throws(TransportError) {
+        while true {
+            guard requests.waitForData(stillWanted: stillWanted) else {
+                throw TransportError(.unavailable, "the client went away")
+            }
+            while let (header, payload) = try requests.next() {
+                requests.release()
+                switch try session.handle(header, payload) {
+                case .none: break
+                case .goodbye:
+                    responses.publish()
+                    return
+                case .reply(let result): try reply(to: header, result, stillWanted: stillWanted)
+                }
+            }
+            responses.publish()
+        }
+    }
+
+    private mutating func reply(
+        to request: FrameHeader, _ result: Result<Payload, TransportError>, stillWanted: () -> Bool
+    ) throws(TransportError) {
+        let (flags, bytes) = framePlan(result, chunkBytes: chunkBytes)
+        let version = session.version
+        try withBytes(bytes) { raw throws(TransportError) in
+            try forEachChunk(raw, flags: flags.union(.response), chunkBytes: chunkBytes) { chunkFlags, chunk throws(TransportError) in
+                try responses.write(
+                    version: version, opcode: request.opcode, flags: chunkFlags, requestID: request.requestID,
+                    payload: chunk, stillWanted: stillWanted)
+            }
+        }
+    }
+}

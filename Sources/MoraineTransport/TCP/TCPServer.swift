@@ -1,0 +1,279 @@
+// The server end of the TCP carrier, on SwiftNIO. Each connection's pipeline is the frame decoder
+// and a handler that runs the handshake, then the same ServerSession the shared-memory carrier
+// uses. Requests are handled on the connection's event loop and the replies written in one flush
+// per read burst. Back-pressure: while the channel is not writable (the peer does not read its
+// replies), the handler stops asking NIO to read, so a client cannot make the server buffer
+// without bound. A connection that breaks the protocol, fails the handshake or does not finish it
+// in time is logged and closed; the others are unaffected.
+//
+// Thread-safety: `close`, `port` and `connectionCount` may be used from any thread.
+import MoraineSystem
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Serves a `RequestRouter` over TCP.
+public final class TCPServer: @unchecked Sendable {
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+    private let connections: ConnectionSet
+    /// The bound port (useful when 0 was asked for).
+    public let port: Int
+
+    /// Binds and starts serving.
+    /// - Parameters:
+    ///   - host: the address to bind; 127.0.0.1 unless the operator asks for another.
+    ///   - regions: where references in replies are resolved; TCP always sends the bytes.
+    ///   - tls: TLS settings, or nil for plain TCP.
+    /// - Throws: `.unavailable` when the address cannot be bound.
+    public init(
+        host: String = "127.0.0.1", port: Int, key: ClusterKey, limits: TransportLimits = TransportLimits(),
+        regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
+        router: RequestRouter
+    ) throws(TransportError) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
+        let connections = ConnectionSet()
+        let tlsContext = try tls?.makeServerContext()
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let limit = FrameLimit(Handshake.framePayloadLimit)
+                    if let tlsContext { try tlsContext.addServerHandler(to: channel) }
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ServerConnectionHandler(
+                            key: key, limits: limits, limit: limit, regions: regions, router: router,
+                            connections: connections))
+                }
+            }
+        do {
+            channel = try bootstrap.bind(host: host, port: port).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw TransportError(.unavailable, "cannot listen on \(host):\(port): \(error)")
+        }
+        self.group = group
+        self.connections = connections
+        self.port = channel.localAddress?.port ?? port
+    }
+
+    deinit { close() }
+
+    /// Connections being served now.
+    public var connectionCount: Int { connections.count }
+
+    /// Stops listening, closes every connection, and stops the event loops. Idempotent.
+    public func close() {
+        guard connections.markClosed() else { return }
+        try? channel.close().wait()
+        for child in connections.all() { try? child.close().wait() }
+        try? group.syncShutdownGracefully()
+    }
+}
+
+/// The open connections of a server (for closing them and counting them).
+final class ConnectionSet: @unchecked Sendable {
+    private let state = Mutex<(channels: [ObjectIdentifier: Channel], closed: Bool)>(([:], false))
+
+    var count: Int { state.withLock { $0.channels.count } }
+    func add(_ channel: Channel) { state.withLock { $0.channels[ObjectIdentifier(channel)] = channel } }
+    func remove(_ channel: Channel) { _ = state.withLock { $0.channels.removeValue(forKey: ObjectIdentifier(channel)) } }
+    func all() -> [Channel] { state.withLock { Array($0.channels.values) } }
+    /// Returns false when already closed.
+    func markClosed() -> Bool {
+        state.withLock {
+            if $0.closed { return false }
+            $0.closed = true
+            return true
+        }
+    }
+}
+
+/// One server connection: handshake, then requests.
+final class ServerConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = TCPFrame
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case awaitingHello(ServerHandshake, attempts: Int)
+        case awaitingProof(ServerHandshake)
+        case ready(ServerSession)
+        case closing
+    }
+
+    private var state: State
+    private let limits: TransportLimits
+    private let limit: FrameLimit
+    private let regions: SharedRegionTable?
+    private let connections: ConnectionSet
+    private var pendingRead = false
+    private var output: ByteBuffer? = nil
+    private var peer = "unknown peer"
+    private var handshakeTimer: Scheduled<Void>? = nil
+
+    init(
+        key: ClusterKey, limits: TransportLimits, limit: FrameLimit, regions: SharedRegionTable?, router: RequestRouter,
+        connections: ConnectionSet
+    ) {
+        state = .awaitingHello(ServerHandshake(key: key), attempts: 0)
+        self.limits = limits
+        self.limit = limit
+        self.regions = regions
+        self.connections = connections
+        self.router = router
+    }
+
+    private let router: RequestRouter
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = "\(Self.text(context.remoteAddress)) to \(Self.text(context.localAddress))"
+        connections.add(context.channel)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limits.handshakeNanos)) {
+            let (handler, context) = loopBound.value
+            if case .ready = handler.state { return }
+            handler.refuse(context, TransportError(.authenticationFailed, "no handshake within the time allowed"))
+        }
+        context.fireChannelActive()
+    }
+
+    private static func text(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress, let port = address.port else { return "unknown address" }
+        return "\(ip):\(port)"
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        handshakeTimer?.cancel()
+        connections.remove(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        do {
+            try handle(frame, context: context)
+        } catch {
+            refuse(context, error)
+        }
+    }
+
+    private func handle(_ frame: TCPFrame, context: ChannelHandlerContext) throws(TransportError) {
+        let header = frame.header
+        switch state {
+        case .closing:
+            return
+        case .awaitingHello(var handshake, let attempts):
+            guard header.opcode == Opcode.hello else {
+                throw TransportError(.authenticationFailed, "expected a hello, got opcode 0x\(String(header.opcode, radix: 16))")
+            }
+            do {
+                let challenge = try handshake.challenge(hello: frame.payload)
+                state = .awaitingProof(handshake)
+                send(Opcode.challenge, [.response], header.requestID, challenge, version: ProtocolVersion.maximum)
+            } catch where error.code == .unsupportedVersion && attempts < 3 {
+                state = .awaitingHello(handshake, attempts: attempts + 1)
+                send(Opcode.hello, [.response, .error], header.requestID, error.wirePayload, version: ProtocolVersion.maximum)
+            }
+        case .awaitingProof(let handshake):
+            guard header.opcode == Opcode.proof else {
+                throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
+            }
+            try handshake.verify(proof: frame.payload)
+            handshakeTimer?.cancel()
+            limit.bytes = limits.framePayloadBytesMax
+            state = .ready(ServerSession(limits: limits, version: handshake.version, router: router))
+            send(Opcode.welcome, [.response], header.requestID, [], version: handshake.version)
+        case .ready(var session):
+            state = .closing  // the session is moved out while it runs
+            let outcome = try session.handle(header, frame.payload)
+            state = .ready(session)
+            switch outcome {
+            case .none: break
+            case .goodbye:
+                flush(context)
+                state = .closing
+                context.close(promise: nil)
+            case .reply(let result): reply(to: header, materialize(result), version: session.version)
+            }
+        }
+    }
+
+    /// TCP cannot carry a reference: the bytes it names go instead.
+    private func materialize(_ result: Result<Payload, TransportError>) -> Result<Payload, TransportError> {
+        guard case .success(.reference(let reference)) = result else { return result }
+        guard let regions else {
+            return .failure(TransportError(.notFound, "reference reply but no regions are mapped here"))
+        }
+        do {
+            return .success(.bytes(Array(try regions.resolve(reference))))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private func reply(to request: FrameHeader, _ result: Result<Payload, TransportError>, version: UInt8) {
+        let (flags, bytes) = framePlan(result, chunkBytes: limits.chunkBytes)
+        var buffer = output ?? ByteBufferAllocator().buffer(capacity: FrameHeader.byteCount + bytes.count)
+        buffer.writeMessage(
+            version: version, opcode: request.opcode, flags: flags.union(.response), requestID: request.requestID, bytes: bytes,
+            chunkBytes: limits.chunkBytes)
+        output = buffer
+    }
+
+    private func send(_ opcode: UInt8, _ flags: FrameFlags, _ requestID: UInt64, _ payload: [UInt8], version: UInt8) {
+        reply(to: FrameHeader(version: version, opcode: opcode, flags: [], requestID: requestID, payloadByteCount: 0),
+              flags.contains(.error) ? .failure(payload.withUnsafeBytes { TransportError(wirePayload: $0) }) : .success(.bytes(payload)),
+              version: version)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flush(context)
+        context.fireChannelReadComplete()
+    }
+
+    private func flush(_ context: ChannelHandlerContext) {
+        guard let buffer = output else { return }
+        output = nil
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    // Back-pressure: hold reads while the peer is not taking our replies.
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && pendingRead {
+            pendingRead = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        refuse(context, error)
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ error: any Error) {
+        if case .closing = state { return }
+        let wasReady: Bool
+        if case .ready = state { wasReady = true } else { wasReady = false }
+        state = .closing
+        let reason = (error as? TransportError)?.description ?? "\(error)"
+        SystemLog.info("transport: \(wasReady ? "closed" : "refused") TCP connection from \(peer): \(reason)")
+        if let error = error as? TransportError, error.code == .authenticationFailed {
+            send(Opcode.welcome, [.response, .error], 0, error.wirePayload, version: ProtocolVersion.maximum)
+        }
+        flush(context)
+        context.close(promise: nil)
+    }
+}
