@@ -37,7 +37,10 @@ final class TestService {
     private var tcp: TCPServer?
     static let regionID: UInt64 = 7
 
-    init(_ carrier: Carrier, key: ClusterKey = TestService.defaultKey(), limits: TransportLimits = TransportLimits()) throws {
+    init(
+        _ carrier: Carrier, key: ClusterKey = TestService.defaultKey(), limits: TransportLimits = TransportLimits(),
+        link: LinkEmulation = .none
+    ) throws {
         self.carrier = carrier
         self.key = key
         directory = TempDir("moraine-transport")
@@ -62,9 +65,11 @@ final class TestService {
         }
         switch carrier {
         case .sharedMemory:
-            shm = try SharedMemoryServer(socketPath: directory.file("node.sock"), key: key, limits: limits, router: router)
+            shm = try SharedMemoryServer(
+                socketPath: directory.file("node.sock"), key: key, limits: limits, link: link, router: router)
         case .tcp:
-            tcp = try TCPServer(host: "127.0.0.1", port: 0, key: key, limits: limits, regions: regions, router: router)
+            tcp = try TCPServer(
+                host: "127.0.0.1", port: 0, key: key, limits: limits, regions: regions, link: link, router: router)
         }
     }
 
@@ -74,12 +79,15 @@ final class TestService {
     var socketPath: String { directory.file("node.sock") }
     var port: Int { tcp?.port ?? 0 }
 
-    func connect(key: ClusterKey? = nil, limits: TransportLimits = TransportLimits()) throws(TransportError) -> any TransportClient {
+    func connect(
+        key: ClusterKey? = nil, limits: TransportLimits = TransportLimits(), link: LinkEmulation = .none
+    ) throws(TransportError) -> any TransportClient {
         switch carrier {
         case .sharedMemory:
-            return try SharedMemoryClient(socketPath: socketPath, key: key ?? self.key, limits: limits)
+            return try SharedMemoryClient(socketPath: socketPath, key: key ?? self.key, limits: limits, link: link)
         case .tcp:
-            return try TCPClient(host: "127.0.0.1", port: port, key: key ?? self.key, limits: limits, regions: regions)
+            return try TCPClient(
+                host: "127.0.0.1", port: port, key: key ?? self.key, limits: limits, regions: regions, link: link)
         }
     }
 

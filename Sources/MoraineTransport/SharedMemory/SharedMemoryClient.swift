@@ -23,17 +23,20 @@ public final class SharedMemoryClient: TransportClient {
     private var pending = Set<UInt64>()
     private var stash = ResponseStash()
     private var failure: TransportError? = nil
+    /// Responses held for the emulated link (nil without one).
+    private var delayed: DelayLine<(FrameHeader, [UInt8])>?
     /// Default ring size per direction.
     public static let defaultRingCapacity = 4 << 20
 
     public var inFlightCount: Int { pending.count }
 
-    /// Connects, authenticates both ways, and attaches the rings.
+    /// Connects, authenticates both ways, and attaches the rings. `link` emulates the link
+    /// responses travel over (LinkEmulation).
     /// - Throws: `.unavailable` when no server listens, `.authenticationFailed` when either
     ///   side lacks the key, `.unsupportedVersion` when no version is shared.
     public init(
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        ringCapacity: Int = SharedMemoryClient.defaultRingCapacity
+        ringCapacity: Int = SharedMemoryClient.defaultRingCapacity, link: LinkEmulation = .none
     ) throws(TransportError) {
         try SharedConnectionLayout.validate(capacity: ringCapacity, limits: limits)
         do {
@@ -68,6 +71,7 @@ public final class SharedMemoryClient: TransportClient {
         requests = FrameProducer(ring: rings.requests)
         responses = FrameConsumer(ring: rings.responses, limits: limits)
         assembler = MessageAssembler(limits: limits)
+        delayed = link.isActive ? DelayLine(link) : nil
         self.limits = limits
     }
 
@@ -117,36 +121,25 @@ public final class SharedMemoryClient: TransportClient {
         if let requestID { precondition(pending.contains(requestID), "request \(requestID) is not in flight") }
         let deadline = timeoutNanos.map { monotonicNanos() + $0 }
         while true {
-            while true {
-                let frame: (FrameHeader, [UInt8])?
-                do {
-                    frame = try responses.next()
-                } catch {
-                    fail(TransportError(.unavailable, "connection closed: \(error)"))
-                    throw error
-                }
-                guard let (header, payload) = frame else { break }
-                responses.release()
-                let message: ReceivedMessage?
-                do {
-                    message = try assembler.add(header, payload: payload)
-                } catch {
-                    fail(TransportError(.unavailable, "connection closed: \(error)"))
-                    throw error
-                }
-                guard let message, pending.remove(message.requestID) != nil else { continue }
-                let response = Response(requestID: message.requestID, result: message.payload)
-                if requestID == nil || requestID == message.requestID { return response }
-                stash.put(response)
-            }
+            if let response = try takeArrived(wanted: requestID) { return response }
             var timedOut = false
-            let ready = responses.waitForData(stillWanted: {
+            let stillWanted = {
                 if let deadline, monotonicNanos() >= deadline {
                     timedOut = true
                     return false
                 }
-                return !socket.peerHasHungUp()
-            })
+                return !self.socket.peerHasHungUp()
+            }
+            let ready: Bool
+            if let due = delayed?.nextDue {
+                // Frames are held for the emulated link: wait for the oldest, or for new ones
+                // to stamp as they arrive.
+                let responses = self.responses
+                let reached = LinkShaper.wait(until: deadline.map { min($0, due) } ?? due, interrupt: { responses.hasData() })
+                ready = !reached || due <= monotonicNanos() || stillWanted()
+            } else {
+                ready = responses.waitForData(stillWanted: stillWanted)
+            }
             if !ready {
                 if timedOut { throw TransportError(.timedOut, "no response within \(timeoutNanos ?? 0) ns") }
                 let error = TransportError(.unavailable, "the server on \(socket.path) went away")
@@ -154,6 +147,48 @@ public final class SharedMemoryClient: TransportClient {
                 throw error
             }
         }
+    }
+
+    /// Takes every published frame (through the emulated link, when there is one); returns the
+    /// wanted response once complete and stashes the others.
+    private func takeArrived(wanted requestID: UInt64?) throws(TransportError) -> Response? {
+        let now = monotonicNanos()
+        while true {
+            let frame: (FrameHeader, [UInt8])?
+            do {
+                frame = try responses.next()
+            } catch {
+                fail(TransportError(.unavailable, "connection closed: \(error)"))
+                throw error
+            }
+            guard let frame else { break }
+            responses.release()
+            if delayed != nil {
+                delayed!.add(frame, byteCount: FrameHeader.byteCount + frame.1.count, arrivalNanos: now)
+            } else if let response = try accept(frame, wanted: requestID) {
+                return response
+            }
+        }
+        while delayed != nil, let frame = delayed!.takeReady(now: monotonicNanos()) {
+            if let response = try accept(frame, wanted: requestID) { return response }
+        }
+        return nil
+    }
+
+    /// Joins a frame into its message; returns the response when it is complete and wanted.
+    private func accept(_ frame: (FrameHeader, [UInt8]), wanted requestID: UInt64?) throws(TransportError) -> Response? {
+        let message: ReceivedMessage?
+        do {
+            message = try assembler.add(frame.0, payload: frame.1)
+        } catch {
+            fail(TransportError(.unavailable, "connection closed: \(error)"))
+            throw error
+        }
+        guard let message, pending.remove(message.requestID) != nil else { return nil }
+        let response = Response(requestID: message.requestID, result: message.payload)
+        if requestID == nil || requestID == message.requestID { return response }
+        stash.put(response)
+        return nil
     }
 
     private func fail(_ error: TransportError) {

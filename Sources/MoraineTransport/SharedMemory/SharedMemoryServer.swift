@@ -22,17 +22,20 @@ public final class SharedMemoryServer: @unchecked Sendable {
     private let router: RequestRouter
     private let limits: TransportLimits
     private let allowedUser: UInt32
+    private let link: LinkEmulation
     private let state = ConditionLock()
     private var sockets: [ObjectIdentifier: UnixSocket] = [:]
     private var threads = 0
     private var stopped = false
 
     /// Starts listening at `socketPath`.
-    /// - Parameter allowedUser: the only user id whose processes may connect (default: ours).
+    /// - Parameters:
+    ///   - allowedUser: the only user id whose processes may connect (default: ours).
+    ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
     /// - Throws: when the socket cannot be created.
     public init(
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        allowedUser: UInt32 = getuid(), router: RequestRouter
+        allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, router: RequestRouter
     ) throws(TransportError) {
         do {
             listener = try UnixSocket.listen(path: socketPath)
@@ -44,6 +47,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         self.router = router
         self.limits = limits
         self.allowedUser = allowedUser
+        self.link = link
         state.withLock { threads += 1 }
         startThread(name: "shm-accept") { [self] in acceptLoop() }
     }
@@ -137,7 +141,8 @@ public final class SharedMemoryServer: @unchecked Sendable {
         var connection = ServerRingConnection(
             requests: FrameConsumer(ring: rings.requests, limits: limits),
             responses: FrameProducer(ring: rings.responses),
-            session: ServerSession(limits: limits, version: version, router: router), chunkBytes: limits.chunkBytes)
+            session: ServerSession(limits: limits, version: version, router: router), chunkBytes: limits.chunkBytes,
+            link: link)
         let stillWanted = { [self] in !isStopped && !socket.peerHasHungUp() }
         do {
             try connection.run(stillWanted: stillWanted)
@@ -229,9 +234,11 @@ struct ServerRingConnection {
     var responses: FrameProducer
     var session: ServerSession
     let chunkBytes: Int
+    let link: LinkEmulation
 
     /// Serves until goodbye (returns) or a broken connection (throws).
     mutating func run(stillWanted: () -> Bool) throws(TransportError) {
+        if link.isActive { return try runDelayed(stillWanted: stillWanted) }
         while true {
             guard requests.waitForData(stillWanted: stillWanted) else {
                 throw TransportError(.unavailable, "the client went away")
@@ -247,6 +254,38 @@ struct ServerRingConnection {
                 }
             }
             responses.publish()
+        }
+    }
+
+    /// The serving loop over an emulated link: every published frame is taken and stamped as it
+    /// is seen, and handled at its due time.
+    private mutating func runDelayed(stillWanted: () -> Bool) throws(TransportError) {
+        var line = DelayLine<(FrameHeader, [UInt8])>(link)
+        while true {
+            let now = monotonicNanos()
+            while let frame = try requests.next() {
+                requests.release()
+                line.add(frame, byteCount: FrameHeader.byteCount + frame.1.count, arrivalNanos: now)
+            }
+            guard let due = line.nextDue else {
+                guard requests.waitForData(stillWanted: stillWanted) else {
+                    throw TransportError(.unavailable, "the client went away")
+                }
+                continue
+            }
+            let requests = self.requests
+            guard LinkShaper.wait(until: due, interrupt: { requests.hasData() }) else { continue }
+            while let (header, payload) = line.takeReady(now: monotonicNanos()) {
+                switch try session.handle(header, payload) {
+                case .none: break
+                case .goodbye:
+                    responses.publish()
+                    return
+                case .reply(let result): try reply(to: header, result, stillWanted: stillWanted)
+                }
+            }
+            responses.publish()
+            guard stillWanted() else { throw TransportError(.unavailable, "the client went away") }
         }
     }
 

@@ -70,3 +70,53 @@ extension ByteBuffer {
         }
     }
 }
+
+/// Holds decoded frames until the emulated link delivers them (LinkEmulation), then passes them
+/// on in order, followed by a read-complete so the next handler flushes its replies.
+final class LinkEmulationHandler: ChannelInboundHandler {
+    typealias InboundIn = TCPFrame
+    typealias InboundOut = TCPFrame
+
+    private var line: DelayLine<TCPFrame>
+    private var timer: Scheduled<Void>? = nil
+
+    init(_ emulation: LinkEmulation) { line = DelayLine(emulation) }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        line.add(frame, byteCount: FrameHeader.byteCount + frame.payload.count, arrivalNanos: monotonicNanos())
+        armTimer(context)
+    }
+
+    /// Read-completes are sent when held frames are delivered, not when bytes arrive.
+    func channelReadComplete(context: ChannelHandlerContext) {}
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    private func armTimer(_ context: ChannelHandlerContext) {
+        guard timer == nil, let due = line.nextDue else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: .uptimeNanoseconds(UInt64(max(0, due)))) {
+            let (handler, context) = loopBound.value
+            handler.timer = nil
+            handler.deliver(context)
+        }
+    }
+
+    private func deliver(_ context: ChannelHandlerContext) {
+        // The event loop's timer may fire a little early or late; spin out the last stretch so
+        // small delays stay accurate.
+        if let due = line.nextDue { _ = LinkShaper.wait(until: due) }
+        var delivered = false
+        while let frame = line.takeReady(now: monotonicNanos()) {
+            context.fireChannelRead(wrapInboundOut(frame))
+            delivered = true
+        }
+        if delivered { context.fireChannelReadComplete() }
+        armTimer(context)
+    }
+}

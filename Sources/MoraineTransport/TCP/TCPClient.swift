@@ -33,6 +33,7 @@ public final class TCPClient: TransportClient {
     private let regions: SharedRegionTable?
     private let tls: TransportTLS?
     private let reconnect: ReconnectPolicy
+    private let link: LinkEmulation
     private let inbox = ClientInbox()
     private var channel: Channel? = nil
     private var version: UInt8 = ProtocolVersion.maximum
@@ -45,12 +46,13 @@ public final class TCPClient: TransportClient {
 
     public var inFlightCount: Int { pending.count }
 
-    /// Connects and authenticates both ways.
+    /// Connects and authenticates both ways. `link` emulates the link responses travel over.
     /// - Throws: `.unavailable` when nothing listens, `.authenticationFailed` when either side
     ///   lacks the key.
     public init(
         host: String = "127.0.0.1", port: Int, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, reconnect: ReconnectPolicy = ReconnectPolicy()
+        regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, reconnect: ReconnectPolicy = ReconnectPolicy(),
+        link: LinkEmulation = .none
     ) throws(TransportError) {
         self.host = host
         self.port = port
@@ -59,6 +61,7 @@ public final class TCPClient: TransportClient {
         self.regions = regions
         self.tls = tls
         self.reconnect = reconnect
+        self.link = link
         try connect()
     }
 
@@ -68,7 +71,7 @@ public final class TCPClient: TransportClient {
         let inbox = self.inbox
         let (key, limits) = (self.key, self.limits)
         let tlsContext = try tls?.makeClientContext()
-        let host = self.host
+        let (host, link) = (self.host, self.link)
         inbox.reset()
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -78,6 +81,7 @@ public final class TCPClient: TransportClient {
                     let limit = FrameLimit(Handshake.framePayloadLimit)
                     if let tlsContext { try tlsContext.addClientHandler(to: channel, serverHostname: host) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
+                    if link.isActive { try channel.pipeline.syncOperations.addHandler(LinkEmulationHandler(link)) }
                     try channel.pipeline.syncOperations.addHandler(
                         ClientConnectionHandler(key: key, limits: limits, limit: limit, inbox: inbox))
                 }

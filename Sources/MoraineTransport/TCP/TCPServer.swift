@@ -25,11 +25,12 @@ public final class TCPServer: @unchecked Sendable {
     ///   - host: the address to bind; 127.0.0.1 unless the operator asks for another.
     ///   - regions: where references in replies are resolved; TCP always sends the bytes.
     ///   - tls: TLS settings, or nil for plain TCP.
+    ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
     /// - Throws: `.unavailable` when the address cannot be bound.
     public init(
         host: String = "127.0.0.1", port: Int, key: ClusterKey, limits: TransportLimits = TransportLimits(),
         regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
-        router: RequestRouter
+        link: LinkEmulation = .none, router: RequestRouter
     ) throws(TransportError) {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
@@ -44,6 +45,7 @@ public final class TCPServer: @unchecked Sendable {
                     let limit = FrameLimit(Handshake.framePayloadLimit)
                     if let tlsContext { try tlsContext.addServerHandler(to: channel) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
+                    if link.isActive { try channel.pipeline.syncOperations.addHandler(LinkEmulationHandler(link)) }
                     try channel.pipeline.syncOperations.addHandler(
                         ServerConnectionHandler(
                             key: key, limits: limits, limit: limit, regions: regions, router: router,
