@@ -3,6 +3,8 @@
 // dependencies pointing down only:
 //   CSystemShims (C) → MoraineSystem → MoraineFormat → MoraineMemtable → MoraineEngine
 //   → Moraine (public API) → moraine (command)
+//   MoraineSystem → MoraineTransport (protocol, shared-memory and TCP carriers; the only NIO user)
+// MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
 // MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
 import PackageDescription
 
@@ -58,10 +60,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .target(
+            name: "MoraineTransportBench",
+            dependencies: [
+                "MoraineSystem", "MoraineTransport",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(
             name: "MoraineCLI",
             dependencies: [
-                "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem",
+                "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
+                "MoraineTransportBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -11,7 +11,7 @@ struct MoraineCommand: ParsableCommand {
         abstract: "Moraine: an LSM key-value store for disaggregated infrastructure.",
         subcommands: [
             Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, SST.self, Manifest.self, Bench.self,
-            IOBenchCommand.self, NumaCommand.self,
+            IOBenchCommand.self, NumaCommand.self, TransportBenchCommand.self,
         ])
 }
 

@@ -159,3 +159,7 @@ public struct SharedRing: @unchecked Sendable {
         }
     }
 }
+
+/// A spin-wait hint to the CPU (PAUSE on x86, YIELD on ARM), for loops that wait on memory.
+@inline(__always)
+public func cpuRelax() { CSystemShims_cpu_relax() }

@@ -12,7 +12,6 @@
 // measured by `moraine transport-bench --delay_us` (BENCHMARKS.md).
 //
 // Thread-safety: value types; a shaper belongs to the one thread (or event loop) that receives.
-import CSystemShims
 import MoraineSystem
 
 #if canImport(Glibc)
@@ -124,7 +123,7 @@ struct LinkShaper {
             if left > LinkEmulation.spinNanos {
                 sleepNanos(min(left - LinkEmulation.spinNanos, 50_000))
             } else {
-                CSystemShims_cpu_relax()
+                cpuRelax()
             }
         }
     }

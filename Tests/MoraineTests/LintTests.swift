@@ -17,7 +17,11 @@ struct LintTests {
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
-        "MoraineCLI": ["ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem"],
+        "MoraineCLI": [
+            "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
+            "MoraineTransportBench",
+        ],
+        "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
         "MoraineBench": ["Moraine", "MoraineSystem", "Histogram", "ArgumentParser", "Synchronization"],
     ]
