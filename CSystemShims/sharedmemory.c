@@ -3,6 +3,7 @@
 // define, so they live here.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <string.h>
@@ -25,8 +26,17 @@ int CSystemShims_futex_wake(uint32_t *word, int count) {
 }
 
 int CSystemShims_memfd_create(const char *name) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     return fd >= 0 ? fd : -errno;
+}
+
+int CSystemShims_memfd_seal_size(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0 ? 0 : errno;
+}
+
+int CSystemShims_memfd_size_is_sealed(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (seals & F_SEAL_SHRINK) != 0;
 }
 
 long CSystemShims_send_with_fd(int socket, const void *bytes, size_t length, int fd) {

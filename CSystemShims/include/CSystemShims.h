@@ -110,8 +110,12 @@ static inline void CSystemShims_cpu_relax(void) {
 int CSystemShims_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_nanos);
 /// Wakes up to `count` sleepers on `word`; returns how many woke, or -errno.
 int CSystemShims_futex_wake(uint32_t *word, int count);
-/// memfd_create with close-on-exec; returns a descriptor or -errno.
+/// memfd_create with close-on-exec and sealing allowed; returns a descriptor or -errno.
 int CSystemShims_memfd_create(const char *name);
+/// Seals a memfd's size (no shrink, no grow, no further seals); 0 or errno.
+int CSystemShims_memfd_seal_size(int fd);
+/// 1 when `fd` is a memfd that can no longer shrink, so mapping it cannot end in SIGBUS.
+int CSystemShims_memfd_size_is_sealed(int fd);
 /// Sends `length` bytes and, when `fd` >= 0, the descriptor `fd` (SCM_RIGHTS) on a Unix socket.
 /// Returns bytes sent or -errno.
 long CSystemShims_send_with_fd(int socket, const void *bytes, size_t length, int fd);

@@ -55,6 +55,12 @@ public final class ConditionLock: @unchecked Sendable {
 /// Starts a detached OS thread running `body` (background work belongs on threads we own,
 /// not on the cooperative pool).
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    precondition(startThreadIfPossible(name: name, body), "pthread_create failed")
+}
+
+/// Starts a detached OS thread running `body`; false when the system refuses another thread
+/// (EAGAIN at the process's thread limit), which a server must survive.
+public func startThreadIfPossible(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         let name: String
@@ -72,6 +78,10 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
             box.body()
             return nil
         }, box)
-    precondition(rc == 0, "pthread_create failed: \(rc)")
+    guard rc == 0 else {
+        Unmanaged<AnyObject>.fromOpaque(box).release()
+        return false
+    }
     pthread_detach(thread)
+    return true
 }

@@ -161,6 +161,13 @@ public final class UnixSocket: @unchecked Sendable {
         return rc > 0 && entry.revents & Int16(POLLHUP | POLLERR | CSystemShims_pollrdhup()) != 0
     }
 
+    /// Ends the connection both ways without closing the descriptor: safe from another thread
+    /// while the owner may still use it (a closed descriptor's number could be reused by then).
+    /// The owner's blocked calls return, and it closes.
+    public func shutdown() {
+        Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
+    }
+
     /// Shuts the socket down and closes it; a listener also removes its path. Idempotent.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
@@ -199,7 +206,9 @@ public final class SharedMemory: @unchecked Sendable {
     /// The memfd; -1 after `closeDescriptor`.
     public private(set) var descriptor: Int32
 
-    /// Creates a zero-filled anonymous shared file of `byteCount` bytes and maps it.
+    /// Creates a zero-filled anonymous shared file of `byteCount` bytes, seals its size, and
+    /// maps it. The seal is what lets a receiver map it safely: a file the sender could shrink
+    /// afterwards would turn the receiver's next access into SIGBUS.
     public static func create(name: String, byteCount: Int) throws(MoraineError) -> SharedMemory {
         let fd = CSystemShims_memfd_create(name)
         if fd < 0 { throw posixError("memfd_create", name, -fd) }
@@ -208,12 +217,23 @@ public final class SharedMemory: @unchecked Sendable {
             Glibc.close(fd)
             throw posixError("ftruncate", name, code)
         }
+        let sealed = CSystemShims_memfd_seal_size(fd)
+        if sealed != 0 {
+            Glibc.close(fd)
+            throw posixError("seal", name, sealed)
+        }
         return try SharedMemory(mapping: fd, byteCount: byteCount, name: name)
     }
 
-    /// Maps a descriptor another process passed; its size must be exactly `byteCount`.
-    /// - Throws: `.invalid` when the file's size differs (a peer cannot make us map past its end).
+    /// Maps a descriptor another process passed; it must be a memfd whose size is sealed and
+    /// exactly `byteCount`.
+    /// - Throws: `.invalid` for any other file (a peer cannot make us map past its end, or shrink
+    ///   the file under our mapping).
     public static func map(descriptor fd: Int32, byteCount: Int, name: String) throws(MoraineError) -> SharedMemory {
+        guard CSystemShims_memfd_size_is_sealed(fd) == 1 else {
+            Glibc.close(fd)
+            throw MoraineError(.invalid, "\(name): the descriptor passed is not a memfd with a sealed size")
+        }
         var status = stat()
         guard fstat(fd, &status) == 0 else {
             let code = errno

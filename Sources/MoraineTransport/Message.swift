@@ -79,8 +79,12 @@ public struct TransportLimits: Sendable {
     public var chunkBytes = 256 << 10
     /// Requests a client may have in flight on one connection.
     public var inFlightMax = 1024
-    /// Time allowed for the handshake, in nanoseconds.
+    /// Bytes of half-joined chunked messages one connection may hold at once, all together.
+    public var partialBytesMax = 128 << 20
+    /// Time allowed for the whole handshake, in nanoseconds.
     public var handshakeNanos: Int64 = 5_000_000_000
+    /// Connections a server serves at once; more are refused with a log line.
+    public var connectionsMax = 1024
 
     public init() {}
 }

@@ -15,6 +15,8 @@ struct ReceivedMessage {
 struct MessageAssembler {
     let limits: TransportLimits
     private var partial: [UInt64: (opcode: UInt8, bytes: [UInt8])] = [:]
+    /// Bytes held in `partial`, bounded by `limits.partialBytesMax`.
+    private var partialBytes = 0
 
     init(limits: TransportLimits) { self.limits = limits }
 
@@ -29,6 +31,7 @@ struct MessageAssembler {
                 throw TransportError(.malformed, "request \(id): a reference or error frame cannot be chunked")
             }
             var entry = partial.removeValue(forKey: id) ?? (header.opcode, [])
+            partialBytes -= entry.bytes.count
             guard entry.opcode == header.opcode else {
                 throw TransportError(.malformed, "request \(id): chunk with opcode \(header.opcode) after \(entry.opcode)")
             }
@@ -37,14 +40,21 @@ struct MessageAssembler {
                     .frameTooLarge,
                     "request \(id): message passes the limit of \(limits.messageBytesMax) bytes while joining chunks")
             }
-            entry.bytes.append(contentsOf: payload)
             if header.flags.contains(.more) {
                 guard partial.count < limits.inFlightMax else {
                     throw TransportError(.tooManyInFlight, "more than \(limits.inFlightMax) chunked messages at once")
                 }
+                guard partialBytes + entry.bytes.count + payload.count <= limits.partialBytesMax else {
+                    throw TransportError(
+                        .frameTooLarge,
+                        "half-joined messages pass the connection's limit of \(limits.partialBytesMax) bytes")
+                }
+                entry.bytes.append(contentsOf: payload)
+                partialBytes += entry.bytes.count
                 partial[id] = entry
                 return nil
             }
+            entry.bytes.append(contentsOf: payload)
             return ReceivedMessage(opcode: header.opcode, flags: header.flags, requestID: id, payload: .success(.bytes(entry.bytes)))
         }
         return try Self.decode(header, payload: payload)

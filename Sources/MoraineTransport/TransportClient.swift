@@ -36,10 +36,12 @@ extension TransportClient {
     }
 }
 
-/// Responses that arrived while the caller waited for another one.
+/// Responses that arrived while the caller waited for another one, in arrival order.
 struct ResponseStash {
     private var stashed: [UInt64: Response] = [:]
+    /// Arrival order; ids already taken by id are skipped, and compacted away when they pile up.
     private var order: [UInt64] = []
+    private var orderHead = 0
 
     var isEmpty: Bool { stashed.isEmpty }
 
@@ -49,9 +51,21 @@ struct ResponseStash {
     }
 
     mutating func take(_ requestID: UInt64?) -> Response? {
-        if let requestID { return stashed.removeValue(forKey: requestID) }
-        while let first = order.first {
-            order.removeFirst()
+        if let requestID {
+            let response = stashed.removeValue(forKey: requestID)
+            if order.count - orderHead > 2 * stashed.count + 64 {
+                order = order[orderHead...].filter { stashed[$0] != nil }
+                orderHead = 0
+            }
+            return response
+        }
+        while orderHead < order.count {
+            let first = order[orderHead]
+            orderHead += 1
+            if orderHead == order.count {
+                order.removeAll(keepingCapacity: true)
+                orderHead = 0
+            }
             if let response = stashed.removeValue(forKey: first) { return response }
         }
         return nil

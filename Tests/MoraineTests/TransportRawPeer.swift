@@ -181,6 +181,22 @@ final class RawPeer {
         consumer = FrameConsumer(ring: rings.responses, limits: limits)
     }
 
+    /// Sends an attach message with any descriptor (shared memory only); returns the answer.
+    func attach(passing fd: Int32, capacity: Int) throws -> (FrameHeader, [UInt8]) {
+        try unix!.sendFrame(opcode: attachOpcode, payload: SharedConnectionLayout.attachPayload(capacity: capacity), passing: fd)
+        let (header, payload, received) = try unix!.receiveFrame(limit: 256)
+        if received >= 0 { Glibc.close(received) }
+        return (header, payload)
+    }
+
+    /// The handshake without the ring attachment.
+    func handshakeOnly(key: ClusterKey) throws {
+        var handshake = ClientHandshake(key: key)
+        _ = try sendFrame(opcode: Opcode.hello, payload: handshake.hello())
+        let (_, challenge) = try receiveFrame()
+        try prove(try handshake.answer(challenge: challenge))
+    }
+
     func close() {
         if tcp >= 0 { Glibc.close(tcp) }
         tcp = -1

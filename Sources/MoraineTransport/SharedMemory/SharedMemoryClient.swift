@@ -101,6 +101,7 @@ public final class SharedMemoryClient: TransportClient {
         do {
             try withBytes(bytes) { raw throws(TransportError) in
                 try forEachChunk(raw, flags: flags, chunkBytes: limits.chunkBytes) { chunkFlags, chunk throws(TransportError) in
+                    try makeRoom(payloadBytes: chunk.count)
                     try requests.write(
                         version: version, opcode: opcode, flags: chunkFlags, requestID: id, payload: chunk,
                         stillWanted: { !socket.peerHasHungUp() })
@@ -148,6 +149,32 @@ public final class SharedMemoryClient: TransportClient {
             }
         }
     }
+
+    /// Waits until the request ring has room for a frame, taking responses off the response
+    /// ring meanwhile (into the stash): a server blocked on a full response ring stops reading
+    /// requests, so a client that only waited for room could wait forever.
+    private func makeRoom(payloadBytes: Int) throws(TransportError) {
+        var idle = 0
+        while !requests.hasRoom(payloadBytes: payloadBytes) {
+            requests.publish()
+            let before = responses.head
+            _ = try takeArrived(wanted: Self.noRequest)
+            if responses.head != before {
+                idle = 0
+                continue
+            }
+            idle += 1
+            if idle < SharedRing.spinCount {
+                cpuRelax()
+            } else {
+                sleepNanos(20_000)
+                if socket.peerHasHungUp() { throw TransportError(.unavailable, "the server on \(socket.path) went away") }
+            }
+        }
+    }
+
+    /// A request id never sent (ids start at 1): asking for it stashes every response.
+    private static let noRequest: UInt64 = 0
 
     /// Takes every published frame (through the emulated link, when there is one); returns the
     /// wanted response once complete and stashes the others.

@@ -25,6 +25,8 @@ public final class SharedMemoryServer: @unchecked Sendable {
     private let link: LinkEmulation
     private let state = ConditionLock()
     private var sockets: [ObjectIdentifier: UnixSocket] = [:]
+    /// When each connection still in its handshake must have finished it.
+    private var handshakeDeadlines: [ObjectIdentifier: Int64] = [:]
     private var threads = 0
     private var stopped = false
 
@@ -48,8 +50,9 @@ public final class SharedMemoryServer: @unchecked Sendable {
         self.limits = limits
         self.allowedUser = allowedUser
         self.link = link
-        state.withLock { threads += 1 }
+        state.withLock { threads += 2 }
         startThread(name: "shm-accept") { [self] in acceptLoop() }
+        startThread(name: "shm-watchdog") { [self] in watchHandshakes() }
     }
 
     deinit { close() }
@@ -64,7 +67,8 @@ public final class SharedMemoryServer: @unchecked Sendable {
             return Array(sockets.values)
         }
         listener.close()
-        for socket in open { socket.close() }
+        // Each connection's own thread closes its descriptor; from here only shut it down.
+        for socket in open { socket.shutdown() }
         state.withLock { while threads > 0 { state.wait() } }
     }
 
@@ -81,24 +85,59 @@ public final class SharedMemoryServer: @unchecked Sendable {
                 return
             }
             guard let socket = accepted else { return }
-            let admitted: Bool = state.withLock {
-                guard !stopped else { return false }
-                sockets[ObjectIdentifier(socket)] = socket
+            let id = ObjectIdentifier(socket)
+            let admitted: Bool? = state.withLock {
+                guard !stopped else { return nil }
+                guard sockets.count < limits.connectionsMax else { return false }
+                sockets[id] = socket
+                handshakeDeadlines[id] = monotonicNanos() + limits.handshakeNanos
                 threads += 1
                 return true
             }
-            guard admitted else {
+            guard let admitted else {
                 socket.close()
                 return
             }
-            startThread(name: "shm-connection") { [self] in
+            guard admitted else {
+                SystemLog.info(
+                    "transport: refused shared-memory connection on \(socketPath): more than \(limits.connectionsMax) connections")
+                socket.close()
+                continue
+            }
+            let started = startThreadIfPossible(name: "shm-connection") { [self] in
                 defer {
                     socket.close()
-                    state.withLock { sockets[ObjectIdentifier(socket)] = nil }
+                    state.withLock {
+                        sockets[id] = nil
+                        handshakeDeadlines[id] = nil
+                    }
                     finishThread()
                 }
                 serve(socket)
             }
+            if !started {
+                SystemLog.info("transport: refused shared-memory connection on \(socketPath): no thread to serve it")
+                socket.close()
+                state.withLock {
+                    sockets[id] = nil
+                    handshakeDeadlines[id] = nil
+                }
+                finishThread()
+            }
+        }
+    }
+
+    /// Shuts down connections that have not finished their handshake in the time allowed (the
+    /// socket's receive timeout restarts with every byte, so a slow drip would evade it alone).
+    private func watchHandshakes() {
+        defer { finishThread() }
+        while !isStopped {
+            sleepNanos(min(50_000_000, max(1_000_000, limits.handshakeNanos / 4)))
+            let now = monotonicNanos()
+            let expired: [UnixSocket] = state.withLock {
+                handshakeDeadlines.filter { $0.value <= now }.compactMap { sockets[$0.key] }
+            }
+            for socket in expired { socket.shutdown() }
         }
     }
 
@@ -129,13 +168,16 @@ public final class SharedMemoryServer: @unchecked Sendable {
         let memory: SharedMemory
         let capacity: Int
         let version: UInt8
+        let deadline = monotonicNanos() + limits.handshakeNanos
         do {
             version = try authenticate(socket)
             (memory, capacity) = try attach(socket)
         } catch {
-            refuse(socket, peer: peer, error)
+            let late = monotonicNanos() >= deadline
+            refuse(socket, peer: peer, late ? TransportError(.authenticationFailed, "no handshake within the time allowed") : error)
             return
         }
+        state.withLock { handshakeDeadlines[ObjectIdentifier(socket)] = nil }
         socket.setReceiveTimeout(nanos: 0)
         let rings = SharedConnectionLayout.rings(in: memory, capacity: capacity)
         var connection = ServerRingConnection(
@@ -243,6 +285,7 @@ struct ServerRingConnection {
             guard requests.waitForData(stillWanted: stillWanted) else {
                 throw TransportError(.unavailable, "the client went away")
             }
+            var handled = 0
             while let (header, payload) = try requests.next() {
                 requests.release()
                 switch try session.handle(header, payload) {
@@ -252,10 +295,20 @@ struct ServerRingConnection {
                     return
                 case .reply(let result): try reply(to: header, result, stillWanted: stillWanted)
                 }
+                handled += 1
+                // A client that never stops publishing must not keep this thread from noticing
+                // the server closing.
+                if handled % Self.framesBetweenChecks == 0 {
+                    responses.publish()
+                    guard stillWanted() else { throw TransportError(.unavailable, "the server is closing") }
+                }
             }
             responses.publish()
         }
     }
+
+    /// Frames handled in a row before the loop asks whether it should go on.
+    static let framesBetweenChecks = 1024
 
     /// The serving loop over an emulated link: every published frame is taken and stamped as it
     /// is seen, and handled at its due time.

@@ -42,6 +42,12 @@ struct FrameProducer {
         tail &+= UInt64(frameBytes)
     }
 
+    /// Whether a frame with `payloadBytes` fits without waiting for the consumer.
+    func hasRoom(payloadBytes: Int) -> Bool {
+        let head = ring.producerPositions().head
+        return tail &+ UInt64(FrameHeader.byteCount + payloadBytes) &- head <= UInt64(ring.capacity)
+    }
+
     /// Makes every written frame visible to the consumer (and wakes it if it sleeps).
     mutating func publish() {
         guard tail != published else { return }
@@ -80,8 +86,12 @@ struct FrameConsumer {
         guard let positions = ring.consumerPositions() else {
             throw TransportError(.malformed, "shared ring positions are inconsistent")
         }
+        // Measured from our own head: the shared one is the peer's to overwrite.
         let available = positions.tail &- head
         if available == 0 { return nil }
+        guard available <= UInt64(ring.capacity) else {
+            throw TransportError(.malformed, "shared ring tail \(positions.tail) is out of reach of head \(head)")
+        }
         guard available >= UInt64(FrameHeader.byteCount) else {
             throw TransportError(.malformed, "\(available) published bytes are less than a frame header")
         }

@@ -34,7 +34,11 @@ public final class TCPClient: TransportClient {
     private let tls: TransportTLS?
     private let reconnect: ReconnectPolicy
     private let link: LinkEmulation
-    private let inbox = ClientInbox()
+    /// The current connection's inbox (a new one per connection, so a late event of a lost
+    /// connection cannot touch the next).
+    private var inbox = ClientInbox()
+    /// Requests the lost connection took with them, answered `unavailable` when asked for.
+    private var lost = Set<UInt64>()
     private var channel: Channel? = nil
     private var version: UInt8 = ProtocolVersion.maximum
     private var nextID: UInt64 = 1
@@ -68,11 +72,11 @@ public final class TCPClient: TransportClient {
     deinit { close() }
 
     private func connect() throws(TransportError) {
-        let inbox = self.inbox
+        let inbox = ClientInbox()
+        self.inbox = inbox
         let (key, limits) = (self.key, self.limits)
         let tlsContext = try tls?.makeClientContext()
         let (host, link) = (self.host, self.link)
-        inbox.reset()
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.nanoseconds(limits.handshakeNanos))
@@ -154,6 +158,9 @@ public final class TCPClient: TransportClient {
     public func receive(requestID: UInt64?, timeoutNanos: Int64?) throws(TransportError) -> Response {
         if let response = stash.take(requestID) { return response }
         if closed { throw TransportError(.closed, "the client was closed") }
+        if let requestID, lost.remove(requestID) != nil {
+            throw TransportError(.unavailable, "request \(requestID) was lost with the connection")
+        }
         if let requestID { precondition(pending.contains(requestID), "request \(requestID) is not in flight") }
         let deadline = timeoutNanos.map { monotonicNanos() + $0 }
         while true {
@@ -173,6 +180,7 @@ public final class TCPClient: TransportClient {
 
     /// Forgets requests the lost connection took with it.
     private func failPending() {
+        lost.formUnion(pending)
         pending.removeAll()
         channel?.close(promise: nil)
         channel = nil
@@ -201,16 +209,6 @@ final class ClientInbox: @unchecked Sendable {
     private var writable = true
 
     var lostConnection: TransportError? { lock.withLock { lostConnectionError } }
-
-    func reset() {
-        lock.withLock {
-            messages.removeAll()
-            head = 0
-            handshake = nil
-            lostConnectionError = nil
-            writable = true
-        }
-    }
 
     func handshakeDone(_ result: Result<UInt8, TransportError>) {
         lock.withLock {
@@ -294,6 +292,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     private var handshake: ClientHandshake
     private var ready = false
+    /// Set once the server's challenge proved it holds the key; a welcome before that is refused.
+    private var answered = false
     private var assembler: MessageAssembler
     private let limits: TransportLimits
     private let limit: FrameLimit
@@ -335,8 +335,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
             switch frame.header.opcode {
             case Opcode.challenge:
+                guard !answered else { throw TransportError(.malformed, "a second challenge in the handshake") }
                 write(context, Opcode.proof, try handshake.answer(challenge: frame.payload))
+                answered = true
             case Opcode.welcome:
+                guard answered else {
+                    throw TransportError(.authenticationFailed, "the server welcomed us before proving it holds the key")
+                }
                 ready = true
                 limit.bytes = limits.framePayloadBytesMax
                 inbox.handshakeDone(.success(handshake.version))

@@ -32,9 +32,9 @@ public final class TCPServer: @unchecked Sendable {
         regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
         link: LinkEmulation = .none, router: RequestRouter
     ) throws(TransportError) {
+        let tlsContext = try tls?.makeServerContext()  // before any thread exists to leak
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
-        let tlsContext = try tls?.makeServerContext()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -135,6 +135,11 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     func channelActive(context: ChannelHandlerContext) {
         peer = "\(Self.text(context.remoteAddress)) to \(Self.text(context.localAddress))"
         connections.add(context.channel)
+        guard connections.count <= limits.connectionsMax else {
+            refuse(context, TransportError(.busy, "more than \(limits.connectionsMax) connections"))
+            context.fireChannelActive()
+            return
+        }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limits.handshakeNanos)) {
             let (handler, context) = loopBound.value
@@ -191,8 +196,18 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             state = .ready(ServerSession(limits: limits, version: handshake.version, router: router))
             send(Opcode.welcome, [.response], header.requestID, [], version: handshake.version)
         case .ready(var session):
+            guard !header.flags.contains(.reference) else {
+                // A reference names memory on this machine; a remote peer has no business there.
+                throw TransportError(.malformed, "a reference request over TCP (request \(header.requestID))")
+            }
             state = .closing  // the session is moved out while it runs
-            let outcome = try session.handle(header, frame.payload)
+            let outcome: ServerSession.Outcome
+            do {
+                outcome = try session.handle(header, frame.payload)
+            } catch {
+                state = .ready(session)  // so that refuse() logs and closes
+                throw error
+            }
             state = .ready(session)
             switch outcome {
             case .none: break

@@ -1,0 +1,166 @@
+// Attacks and failure modes found in review, each pinned by a test: a shrinkable or foreign file
+// passed as the rings, a protocol error after the handshake, a fake server that skips the
+// challenge, chunked messages that add up past the connection's budget, a pipelining client that
+// fills both rings, requests lost with their connection, and more connections than allowed.
+import MoraineSystem
+@testable import MoraineTransport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite("Transport hardening")
+struct TransportHardeningTests {
+    init() { _ = CapturedLog.installed }
+
+    @Test("shared memory: only a memfd with a sealed size is mapped")
+    func sealedRings() throws {
+        let service = try TestService(.sharedMemory)
+        defer { service.stop() }
+        // Our own rings are sealed: they cannot shrink under the server's mapping.
+        let memory = try SharedMemory.create(name: "sealed", byteCount: 1 << 16)
+        #expect(ftruncate(memory.descriptor, 0) != 0, "a sealed memfd could be shrunk")
+        // A plain file of the right size is refused, and the server goes on serving.
+        let capacity = SharedMemoryClient.defaultRingCapacity
+        let path = service.directory.file("rings")
+        let fd = open(path, O_RDWR | O_CREAT, 0o600)
+        #expect(ftruncate(fd, off_t(SharedConnectionLayout.totalBytes(capacity))) == 0)
+        let raw = try RawPeer(service)
+        try raw.handshakeOnly(key: service.key)
+        _ = try? raw.attach(passing: fd, capacity: capacity)
+        close(fd)
+        #expect(raw.serverClosed())
+        #expect(CapturedLog.contains("refused", service.socketPath, "not a memfd with a sealed size"))
+        let client = try service.connect()
+        defer { client.close() }
+        #expect(try client.call(TestOp.echo, [1]) == .bytes([1]))
+    }
+
+    @Test("a protocol error after the handshake closes that connection with a log line", arguments: Carrier.allCases)
+    func errorAfterHandshake(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        try raw.authenticate(key: service.key)
+        try raw.sendFrame(opcode: TestOp.echo, flags: .response, requestID: 4, payload: [1])
+        #expect(raw.serverClosed(), "\(carrier): the connection stayed open")
+        #expect(CapturedLog.contains("closed", service.logTag, "a client sent a response frame"))
+        #expect(eventually { service.connectionCount == 0 })
+    }
+
+    @Test("chunked messages together past the connection's budget close it", arguments: Carrier.allCases)
+    func partialBudget(carrier: Carrier) throws {
+        var limits = TransportLimits()
+        limits.partialBytesMax = 256 << 10
+        let service = try TestService(carrier, limits: limits)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        try raw.authenticate(key: service.key)
+        let chunk = [UInt8](repeating: 9, count: 60 << 10)
+        for id in 1...5 { try raw.sendFrame(opcode: TestOp.echo, flags: .more, requestID: UInt64(id), payload: chunk) }
+        #expect(raw.serverClosed(), "\(carrier): 300 KiB of half-joined messages were held")
+        #expect(CapturedLog.contains("closed", service.logTag, "half-joined messages pass"))
+    }
+
+    @Test("a client that pipelines more than both rings hold still gets every answer", arguments: Carrier.allCases)
+    func pipelineBeyondRings(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        let client: any TransportClient =
+            carrier == .sharedMemory
+            ? try SharedMemoryClient(socketPath: service.socketPath, key: service.key, ringCapacity: 2 << 20)
+            : try service.connect()
+        defer { client.close() }
+        var expected: [UInt64: [UInt8]] = [:]
+        for i in 0..<100 {
+            let payload = [UInt8](repeating: UInt8(i), count: 100 << 10)
+            expected[try client.send(opcode: TestOp.echo, payload: .bytes(payload))] = payload
+        }
+        while !expected.isEmpty {
+            let response = try client.receive(requestID: nil, timeoutNanos: 10_000_000_000)
+            let want = expected.removeValue(forKey: response.requestID)
+            #expect(want != nil)
+            #expect(try response.get() == .bytes(want ?? []))
+        }
+    }
+
+    @Test("requests lost with the connection are answered unavailable, one by one", arguments: Carrier.allCases)
+    func lostRequests(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        let client = try service.connect()
+        defer { client.close() }
+        #expect(try client.call(TestOp.echo, [1]) == .bytes([1]))
+        service.stop()
+        // Sent into a connection that is going away: either send or receive says unavailable.
+        var ids: [UInt64] = []
+        for i in 0..<2 {
+            do {
+                ids.append(try client.send(opcode: TestOp.echo, payload: .bytes([UInt8(i)])))
+            } catch {
+                #expect(error.code == .unavailable || error.code == .closed)
+            }
+        }
+        for id in ids {
+            #expect {
+                _ = try client.receive(requestID: id, timeoutNanos: 10_000_000_000)
+            } throws: { error in
+                (error as? TransportError)?.code == .unavailable
+            }
+        }
+    }
+
+    @Test("connections past the server's maximum are refused; a freed slot is usable", arguments: Carrier.allCases)
+    func connectionCap(carrier: Carrier) throws {
+        var limits = TransportLimits()
+        limits.connectionsMax = 2
+        let service = try TestService(carrier, limits: limits)
+        defer { service.stop() }
+        let first = try service.connect()
+        let second = try service.connect()
+        defer { second.close() }
+        #expect(throws: TransportError.self) { _ = try service.connect() }
+        #expect(CapturedLog.contains("refused", "more than 2 connections"))
+        first.close()
+        #expect(eventually { service.connectionCount == 1 })
+        let third = try service.connect()
+        defer { third.close() }
+        #expect(try third.call(TestOp.echo, [3]) == .bytes([3]))
+    }
+
+    @Test("tcp: a server that welcomes without proving the key is refused")
+    func welcomeWithoutChallenge() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(listener, raw, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, raw, &length) == 0
+            }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let fake = Int32(listener)
+        startThread(name: "fake-server") {
+            let fd = accept(fake, nil, nil)
+            guard fd >= 0 else { return }
+            var hello = [UInt8](repeating: 0, count: 24 + 34)
+            _ = recv(fd, &hello, hello.count, Int32(MSG_WAITALL))
+            let welcome = FrameHeader.encode(
+                version: 1, opcode: Opcode.welcome, flags: .response, requestID: 0, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+            _ = welcome.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            usleep(500_000)
+            close(fd)
+        }
+        var reconnect = ReconnectPolicy()
+        reconnect.attempts = 1
+        #expect {
+            _ = try TCPClient(port: port, key: TestService.defaultKey(), reconnect: reconnect)
+        } throws: { error in
+            (error as? TransportError)?.code == .authenticationFailed
+        }
+    }
+}
