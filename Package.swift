@@ -85,7 +85,8 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport",
-            ]
+            ],
+            exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),
     ],
     swiftLanguageModes: [.v6]
