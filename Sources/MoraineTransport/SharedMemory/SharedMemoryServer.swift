@@ -288,13 +288,7 @@ struct ServerRingConnection {
             var handled = 0
             while let (header, payload) = try requests.next() {
                 requests.release()
-                switch try session.handle(header, payload) {
-                case .none: break
-                case .goodbye:
-                    responses.publish()
-                    return
-                case .reply(let result): try reply(to: header, result, stillWanted: stillWanted)
-                }
+                guard try serve(header, payload, stillWanted: stillWanted) else { return }
                 handled += 1
                 // A client that never stops publishing must not keep this thread from noticing
                 // the server closing.
@@ -329,16 +323,25 @@ struct ServerRingConnection {
             let requests = self.requests
             guard LinkShaper.wait(until: due, interrupt: { requests.hasData() }) else { continue }
             while let (header, payload) = line.takeReady(now: monotonicNanos()) {
-                switch try session.handle(header, payload) {
-                case .none: break
-                case .goodbye:
-                    responses.publish()
-                    return
-                case .reply(let result): try reply(to: header, result, stillWanted: stillWanted)
-                }
+                guard try serve(header, payload, stillWanted: stillWanted) else { return }
             }
             responses.publish()
             guard stillWanted() else { throw TransportError(.unavailable, "the client went away") }
+        }
+    }
+
+    /// Handles one request frame; false after a goodbye (the connection is done).
+    private mutating func serve(
+        _ header: FrameHeader, _ payload: [UInt8], stillWanted: () -> Bool
+    ) throws(TransportError) -> Bool {
+        switch try session.handle(header, payload) {
+        case .none: return true
+        case .goodbye:
+            responses.publish()
+            return false
+        case .reply(let result):
+            try reply(to: header, result, stillWanted: stillWanted)
+            return true
         }
     }
 
