@@ -55,11 +55,7 @@ func fixed(_ value: Double, _ decimals: Int, width: Int = 0) -> String {
     return text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
 }
 
-func nowNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+func nowNanos() -> UInt64 { UInt64(monotonicNanos()) }
 
 /// Peak resident set size of this process in bytes (VmHWM).
 public func peakResidentBytes() -> Int {

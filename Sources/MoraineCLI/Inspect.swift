@@ -155,11 +155,7 @@ struct Manifest: ParsableCommand {
     import Glibc
 #endif
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
+func monotonicSeconds() -> Double { Double(monotonicNanos()) / 1e9 }
 
 extension String {
     func leftPadded(_ width: Int) -> String {

@@ -194,9 +194,3 @@ public struct TransportBenchClient {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (the clock the transport's link emulation uses).
-public func monotonicNanos() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-}

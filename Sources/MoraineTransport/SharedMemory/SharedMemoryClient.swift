@@ -235,9 +235,3 @@ public final class SharedMemoryClient: TransportClient {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNanos() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-}

@@ -375,11 +375,6 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 }
 
-func sleepNanos(_ nanos: Int64) {
-    var request = timespec(tv_sec: Int(nanos / 1_000_000_000), tv_nsec: Int(nanos % 1_000_000_000))
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) != 0 { request = remaining }
-}
 
 #if canImport(Glibc)
     import Glibc
