@@ -4,7 +4,8 @@
 // `head` up to `tail` and hands space back by advancing `head`. Positions only grow (u64); the
 // byte index is position & (capacity - 1).
 //
-// Control block, one cache line each so producer and consumer never share a line they write:
+// Control block, one cache line per word group. Head and tail are each written by one side only;
+// the waiting flag and wake word on one line are written by both, but only around a sleep:
 //    0  tail                 u64  written by the producer only
 //   64  head                 u64  written by the consumer only
 //  128  consumer waiting u32, consumer wake word u32
@@ -126,7 +127,8 @@ public struct SharedRing: @unchecked Sendable {
 
     // MARK: Waking
 
-    /// Spins this many times before sleeping (about 10–20 µs on current CPUs).
+    /// Spins this many times before sleeping (tens to a few hundred microseconds, depending on
+    /// the CPU's spin-wait hint).
     public static let spinCount = 4000
     /// A sleeper wakes at least this often to ask `stillWanted`.
     public static let sleepSliceNanos: Int64 = 20_000_000

@@ -38,9 +38,9 @@ public enum Opcode {
     public static let proof: UInt8 = 0x03
     /// Server → client: authentication done; requests may follow.
     public static let welcome: UInt8 = 0x04
-    /// Either way: a liveness check, answered with an empty response.
+    /// Client → server: a liveness check, answered with an empty response.
     public static let ping: UInt8 = 0x05
-    /// Either way: the sender will send nothing more (graceful close).
+    /// Client → server: the client will send nothing more (graceful close).
     public static let goodbye: UInt8 = 0x06
     /// The first opcode a role may use.
     public static let firstApplication: UInt8 = 0x10

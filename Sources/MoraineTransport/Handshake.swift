@@ -93,8 +93,8 @@ struct ServerHandshake {
     init(key: ClusterKey) { self.key = key }
 
     /// Reads a hello and returns the challenge payload.
-    /// - Throws: `.malformed` or `.unsupportedVersion` (answered with an error frame; the client
-    ///   may send another hello).
+    /// - Throws: `.unsupportedVersion` (answered with an error frame; the client may send another
+    ///   hello) or `.malformed` (the connection is refused).
     mutating func challenge(hello payload: [UInt8]) throws(TransportError) -> [UInt8] {
         guard payload.count == Handshake.helloBytes else {
             throw TransportError(.malformed, "hello of \(payload.count) bytes, expected \(Handshake.helloBytes)")

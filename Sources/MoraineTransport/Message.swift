@@ -87,4 +87,17 @@ public struct TransportLimits: Sendable {
     public var connectionsMax = 1024
 
     public init() {}
+
+    /// Checks that the limits fit together: a chunk must fit in one frame.
+    /// - Throws: `.invalid` naming the setting at fault.
+    public func check() throws(TransportError) {
+        guard chunkBytes > 0, chunkBytes <= framePayloadBytesMax else {
+            throw TransportError(
+                .invalid, "chunkBytes \(chunkBytes) must be positive and at most framePayloadBytesMax \(framePayloadBytesMax)")
+        }
+        guard framePayloadBytesMax <= messageBytesMax, inFlightMax > 0, connectionsMax > 0 else {
+            throw TransportError(
+                .invalid, "framePayloadBytesMax must not exceed messageBytesMax; inFlightMax and connectionsMax must be positive")
+        }
+    }
 }

@@ -25,6 +25,7 @@ struct TransportFuzzTests {
         let rounds = SeededRandom.environmentInt("MORAINE_FUZZ_ROUNDS", default: 40)
         var limits = TransportLimits()
         limits.framePayloadBytesMax = 64 << 10
+        limits.chunkBytes = 64 << 10
         limits.handshakeNanos = 2_000_000_000
         let service = try TestService(carrier, limits: limits)
         defer { service.stop() }

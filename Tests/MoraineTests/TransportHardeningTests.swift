@@ -134,6 +134,18 @@ struct TransportHardeningTests {
         #expect(try third.call(TestOp.echo, [3]) == .bytes([3]))
     }
 
+    @Test("limits that do not fit together are refused at start, on both carriers", arguments: Carrier.allCases)
+    func inconsistentLimits(carrier: Carrier) throws {
+        var limits = TransportLimits()
+        limits.framePayloadBytesMax = 64 << 10
+        limits.chunkBytes = 128 << 10  // a chunk larger than any frame the peer accepts
+        #expect {
+            _ = try TestService(carrier, limits: limits)
+        } throws: { error in
+            (error as? TransportError)?.code == .invalid && "\(error)".contains("chunkBytes")
+        }
+    }
+
     @Test("tcp: a server that welcomes without proving the key is refused")
     func welcomeWithoutChallenge() throws {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -38,6 +38,7 @@ public final class SharedMemoryClient: TransportClient {
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
         ringCapacity: Int = SharedMemoryClient.defaultRingCapacity, link: LinkEmulation = .none
     ) throws(TransportError) {
+        try limits.check()
         try SharedConnectionLayout.validate(capacity: ringCapacity, limits: limits)
         do {
             socket = try UnixSocket.connect(path: socketPath)

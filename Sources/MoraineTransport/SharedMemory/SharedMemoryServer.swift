@@ -39,6 +39,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
         allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, router: RequestRouter
     ) throws(TransportError) {
+        try limits.check()
         do {
             listener = try UnixSocket.listen(path: socketPath)
         } catch {
@@ -220,12 +221,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         guard header.opcode == Opcode.proof else {
             throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
         }
-        do {
-            try handshake.verify(proof: payload)
-        } catch {
-            try? socket.sendFrame(opcode: Opcode.proof, flags: [.response, .error], requestID: header.requestID, payload: error.wirePayload)
-            throw error
-        }
+        try handshake.verify(proof: payload)  // refuse() answers a failure, as on TCP
         try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: [])
         return handshake.version
     }

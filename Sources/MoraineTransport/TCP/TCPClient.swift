@@ -66,6 +66,7 @@ public final class TCPClient: TransportClient {
         self.tls = tls
         self.reconnect = reconnect
         self.link = link
+        try limits.check()
         try connect()
     }
 
@@ -110,17 +111,19 @@ public final class TCPClient: TransportClient {
     private func reconnectWithBackoff() throws(TransportError) {
         var delay = reconnect.initialDelayNanos
         var last = TransportError(.unavailable, "not connected")
-        for _ in 0..<reconnect.attempts {
+        for attempt in 0..<reconnect.attempts {
+            if attempt > 0 {
+                sleepNanos(delay)
+                delay = min(delay * 2, reconnect.maximumDelayNanos)
+            }
             do {
                 try connect()
                 return
-            } catch where error.code == .authenticationFailed {
-                throw error
+            } catch where error.code == .authenticationFailed || error.code == .invalid {
+                throw error  // a wrong key or TLS setup fails the same way every time
             } catch {
                 last = error
             }
-            sleepNanos(delay)
-            delay = min(delay * 2, reconnect.maximumDelayNanos)
         }
         throw TransportError(.unavailable, "gave up after \(reconnect.attempts) attempts: \(last.message)")
     }

@@ -32,6 +32,7 @@ public final class TCPServer: @unchecked Sendable {
         regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
         link: LinkEmulation = .none, router: RequestRouter
     ) throws(TransportError) {
+        try limits.check()
         let tlsContext = try tls?.makeServerContext()  // before any thread exists to leak
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
