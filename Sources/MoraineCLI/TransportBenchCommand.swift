@@ -17,6 +17,8 @@ struct TransportBenchCommand: ParsableCommand {
     @Option(help: "Requests in flight, comma-separated.") var inflight = "1,16"
     @Option(name: .customLong("delays_us"), help: "One-way delays to emulate for the accuracy check, comma-separated.")
     var delaysMicros = ""
+    @Option(help: "Rows to run: any of floor-shm, shm, floor-tcp, tcp, comma-separated.")
+    var carriers = "floor-shm,shm,floor-tcp,tcp"
     @Option(help: "Write the rows as JSON to this file.") var json: String?
     @Flag(help: .hidden) var serve = false
     @Option(help: .hidden) var dir: String?
@@ -41,15 +43,20 @@ struct TransportBenchCommand: ParsableCommand {
             let base = try BenchServerProcess(delayNanos: 0)
             defer { base.stop() }
             let bench = TransportBenchClient(endpoints: base.endpoints, key: base.key, secondsPerRow: seconds)
+            let wanted = Set(carriers.split(separator: ",").map(String.init))
             for size in sizes {
-                rows.append(report(try bench.measureSharedMemoryFloor(payloadBytes: size)))
-                let shm = try bench.connect("shm")
-                for depth in depths { rows.append(report(try bench.measure(shm, carrier: "shm", payloadBytes: size, inflight: depth))) }
-                shm.close()
-                rows.append(report(try bench.measureTCPFloor(payloadBytes: size)))
-                let tcp = try bench.connect("tcp")
-                for depth in depths { rows.append(report(try bench.measure(tcp, carrier: "tcp", payloadBytes: size, inflight: depth))) }
-                tcp.close()
+                if wanted.contains("floor-shm") { rows.append(report(try bench.measureSharedMemoryFloor(payloadBytes: size))) }
+                for carrier in ["shm", "tcp"] {
+                    if carrier == "tcp" && wanted.contains("floor-tcp") {
+                        rows.append(report(try bench.measureTCPFloor(payloadBytes: size)))
+                    }
+                    guard wanted.contains(carrier) else { continue }
+                    let client = try bench.connect(carrier)
+                    defer { client.close() }
+                    for depth in depths {
+                        rows.append(report(try bench.measure(client, carrier: carrier, payloadBytes: size, inflight: depth)))
+                    }
+                }
             }
             summarize(rows)
             if !delays.isEmpty { rows += try measureDelays(delays, baseline: rows) }

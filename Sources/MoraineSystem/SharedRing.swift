@@ -60,6 +60,16 @@ public struct SharedRing: @unchecked Sendable {
 
     // MARK: Producer
 
+    /// The consumer's head (acquire): how far the producer may write. A producer keeps the last
+    /// value it read and loads again only when that one says the ring is full, because the
+    /// word sits on the consumer's cache line and every load of it may cross cores.
+    @inline(__always)
+    public func loadHead() -> UInt64 { CSystemShims_load_acquire_u64(headWord) }
+
+    /// The producer's tail (acquire): how far the consumer may read.
+    @inline(__always)
+    public func loadTail() -> UInt64 { CSystemShims_load_acquire_u64(tailWord) }
+
     /// The producer's view: published tail and the consumer's head.
     public func producerPositions() -> (tail: UInt64, head: UInt64) {
         (CSystemShims_load_acquire_u64(tailWord), CSystemShims_load_acquire_u64(headWord))

@@ -9,11 +9,21 @@ struct FrameProducer {
     let ring: SharedRing
     private(set) var tail: UInt64 = 0
     private var published: UInt64 = 0
+    /// The consumer's head as last read; reloaded only when it says the frame does not fit.
+    private var knownHead: UInt64 = 0
 
     init(ring: SharedRing) {
         self.ring = ring
-        tail = ring.producerPositions().tail
+        (tail, knownHead) = ring.producerPositions()
         published = tail
+    }
+
+    /// Whether `frameBytes` fit behind `tail`, reading the consumer's head only when the last
+    /// value read says they do not.
+    private mutating func fits(_ frameBytes: Int) -> Bool {
+        if tail &+ UInt64(frameBytes) &- knownHead <= UInt64(ring.capacity) { return true }
+        knownHead = ring.loadHead()
+        return tail &+ UInt64(frameBytes) &- knownHead <= UInt64(ring.capacity)
     }
 
     /// Writes one frame; it becomes visible at the next `publish`.
@@ -23,12 +33,12 @@ struct FrameProducer {
         stillWanted: () -> Bool
     ) throws(TransportError) {
         let frameBytes = FrameHeader.byteCount + payload.count
-        let head = ring.producerPositions().head
-        if tail &+ UInt64(frameBytes) &- head > UInt64(ring.capacity) {
+        if !fits(frameBytes) {
             publish()  // the consumer may be waiting for what is already written
             guard ring.waitForRoom(frameBytes, after: tail, stillWanted: stillWanted) else {
                 throw TransportError(.unavailable, "the peer stopped reading (ring full)")
             }
+            knownHead = ring.loadHead()
         }
         var header = FrameHeader(
             version: version, opcode: opcode, flags: flags, requestID: requestID, payloadByteCount: UInt32(payload.count))
@@ -43,10 +53,7 @@ struct FrameProducer {
     }
 
     /// Whether a frame with `payloadBytes` fits without waiting for the consumer.
-    func hasRoom(payloadBytes: Int) -> Bool {
-        let head = ring.producerPositions().head
-        return tail &+ UInt64(FrameHeader.byteCount + payloadBytes) &- head <= UInt64(ring.capacity)
-    }
+    mutating func hasRoom(payloadBytes: Int) -> Bool { fits(FrameHeader.byteCount + payloadBytes) }
 
     /// Makes every written frame visible to the consumer (and wakes it if it sleeps).
     mutating func publish() {
@@ -69,10 +76,7 @@ struct FrameConsumer {
     }
 
     /// Whether a frame is waiting (does not block).
-    func hasData() -> Bool {
-        guard let positions = ring.consumerPositions() else { return true }  // next() reports it
-        return positions.tail != head
-    }
+    func hasData() -> Bool { ring.loadTail() != head }  // next() reports a tail out of reach
 
     /// Waits for data; false when `stillWanted` gave up.
     func waitForData(stillWanted: () -> Bool) -> Bool {
@@ -83,14 +87,12 @@ struct FrameConsumer {
     /// - Throws: `.malformed`, `.frameTooLarge` or `.badChecksum`: the ring cannot be trusted
     ///   any more and the connection must close.
     mutating func next() throws(TransportError) -> (FrameHeader, [UInt8])? {
-        guard let positions = ring.consumerPositions() else {
-            throw TransportError(.malformed, "shared ring positions are inconsistent")
-        }
-        // Measured from our own head: the shared one is the peer's to overwrite.
-        let available = positions.tail &- head
+        // Measured from our own head: the shared one is ours to write, but the peer's to overwrite.
+        let tail = ring.loadTail()
+        let available = tail &- head
         if available == 0 { return nil }
         guard available <= UInt64(ring.capacity) else {
-            throw TransportError(.malformed, "shared ring tail \(positions.tail) is out of reach of head \(head)")
+            throw TransportError(.malformed, "shared ring tail \(tail) is out of reach of head \(head)")
         }
         guard available >= UInt64(FrameHeader.byteCount) else {
             throw TransportError(.malformed, "\(available) published bytes are less than a frame header")
