@@ -85,6 +85,17 @@ public struct TransportLimits: Sendable {
     public var handshakeNanos: Int64 = 5_000_000_000
     /// Connections a server serves at once; more are refused with a log line.
     public var connectionsMax = 1024
+    /// Time a TCP server allows a frame to arrive once its first byte has: a peer that stops in
+    /// the middle of a frame (a slow-loris) is logged and closed after it, and frees its slot.
+    /// The clock stops while the server holds reads back for back-pressure.
+    public var frameTimeoutNanos: Int64 = 30_000_000_000
+    /// Time a `send` waits for room (a full request ring, or a TCP channel that is not writable)
+    /// before it fails with `timedOut`. The connection is then given up: a message may be half
+    /// sent. A server that is alive but stuck cannot hold a caller for ever.
+    public var sendTimeoutNanos: Int64 = 30_000_000_000
+    /// Seconds a TCP connection may sit idle before the kernel sends keepalive probes; with 3
+    /// probes 10 s apart, a peer whose machine vanished is noticed within this plus 30 s.
+    public var keepaliveIdleSeconds = 60
 
     public init() {}
 
@@ -98,6 +109,10 @@ public struct TransportLimits: Sendable {
         guard framePayloadBytesMax <= messageBytesMax, inFlightMax > 0, connectionsMax > 0 else {
             throw TransportError(
                 .invalid, "framePayloadBytesMax must not exceed messageBytesMax; inFlightMax and connectionsMax must be positive")
+        }
+        guard handshakeNanos > 0, frameTimeoutNanos > 0, sendTimeoutNanos > 0, keepaliveIdleSeconds > 0 else {
+            throw TransportError(
+                .invalid, "handshakeNanos, frameTimeoutNanos, sendTimeoutNanos and keepaliveIdleSeconds must be positive")
         }
     }
 }

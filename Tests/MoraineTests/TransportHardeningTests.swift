@@ -134,6 +134,87 @@ struct TransportHardeningTests {
         #expect(try third.call(TestOp.echo, [3]) == .bytes([3]))
     }
 
+    @Test("tcp: a peer that stops in the middle of a frame is closed after the frame timeout; a slow frame is not")
+    func stalledFrame() throws {
+        var limits = TransportLimits()
+        limits.frameTimeoutNanos = 300_000_000
+        let service = try TestService(.tcp, limits: limits)
+        defer { service.stop() }
+        let slow = try RawPeer(service)
+        try slow.authenticate(key: service.key)
+        let frame = slow.frameBytes(opcode: TestOp.echo, requestID: 1, payload: [1, 2, 3, 4])
+        try slow.sendBytes(Array(frame[0..<10]))
+        usleep(100_000)  // a third of the timeout: late, but in time
+        try slow.sendBytes(Array(frame[10...]))
+        let (header, payload) = try slow.receiveFrame()
+        #expect(header.requestID == 1 && payload == [1, 2, 3, 4])
+
+        let stuck = try RawPeer(service)
+        try stuck.authenticate(key: service.key)
+        let started = monotonicNanos()
+        try stuck.sendBytes(Array(stuck.frameBytes(opcode: TestOp.echo, requestID: 2, payload: [9, 9])[0..<20]))
+        #expect(stuck.serverClosed(), "a connection stuck mid-frame stayed open")
+        let waited = monotonicNanos() - started
+        #expect(waited >= 300_000_000 && waited < 3_000_000_000, "closed after \(waited / 1_000_000) ms")
+        #expect(CapturedLog.contains("closed", service.logTag, "a frame stayed incomplete"))
+        let client = try service.connect()
+        defer { client.close() }
+        #expect(try client.call(TestOp.echo, [5]) == .bytes([5]))
+    }
+
+    @Test("a send to a server that is alive but stuck fails with timedOut, not a hang", arguments: Carrier.allCases)
+    func stuckServer(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        var limits = TransportLimits()
+        limits.sendTimeoutNanos = 300_000_000
+        let client = try service.connect(limits: limits)
+        defer { client.close() }
+        _ = try client.send(opcode: TestOp.block, payload: .bytes([]))
+        let payload = Payload.bytes([UInt8](repeating: 7, count: 64 << 10))
+        var failure: TransportError? = nil
+        var sent = 0
+        let started = monotonicNanos()
+        while sent < 1000 {
+            do {
+                _ = try client.send(opcode: TestOp.echo, payload: payload)
+                sent += 1
+            } catch {
+                failure = error
+                break
+            }
+        }
+        let waited = monotonicNanos() - started
+        #expect(failure?.code == .timedOut, "\(carrier): \(sent) sends, then \(String(describing: failure))")
+        #expect(waited < 10_000_000_000, "\(carrier): the failing send took \(waited / 1_000_000) ms")
+        service.gate.open()
+    }
+
+    @Test("tcp: a client that sends a burst and reads nothing makes the server keep requests, not replies")
+    func burstBackPressure() throws {
+        let service = try TestService(.tcp)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        try raw.authenticate(key: service.key)
+        var burst: [UInt8] = []
+        let count = 4000  // each asks for a 64 KiB reply: 250 MiB if all ran
+        for id in 1...count { burst += raw.frameBytes(opcode: TestOp.big, requestID: UInt64(id), payload: []) }
+        try raw.sendBytes(burst)
+        // Wait until the server stops running requests (or plainly runs too many).
+        var runs = 0
+        var steady = 0
+        let deadline = monotonicNanos() + 20_000_000_000
+        while steady < 3 && runs < 1000 && monotonicNanos() < deadline {
+            usleep(200_000)
+            let now = service.gate.bigRuns
+            steady = now == runs ? steady + 1 : 0
+            runs = now
+        }
+        print("burst back-pressure: the server ran \(runs) of \(count) requests")
+        // What can be queued: the socket buffers (a few MiB each way) plus one flush threshold.
+        #expect(runs > 0 && runs < 1000, "the server ran \(runs) of \(count) requests for a peer that reads nothing")
+    }
+
     @Test("limits that do not fit together are refused at start, on both carriers", arguments: Carrier.allCases)
     func inconsistentLimits(carrier: Carrier) throws {
         var limits = TransportLimits()

@@ -16,6 +16,27 @@ enum TestOp {
     static let fail: UInt8 = 0x11
     static let reference: UInt8 = 0x12
     static let length: UInt8 = 0x13
+    /// Waits until the service's gate opens, then answers empty: a server that is alive but stuck.
+    static let block: UInt8 = 0x14
+    /// Answers 64 KiB, counting each request it runs.
+    static let big: UInt8 = 0x15
+}
+
+/// A gate a blocking handler waits on, and a count of the `big` requests run.
+final class ServiceGate: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var isOpen = false
+    private var runs = 0
+
+    func wait() { lock.withLock { while !isOpen { lock.wait() } } }
+    func open() {
+        lock.withLock {
+            isOpen = true
+            lock.broadcast()
+        }
+    }
+    func countRun() { lock.withLock { runs += 1 } }
+    var bigRuns: Int { lock.withLock { runs } }
 }
 
 /// A carrier under test: starts a server with the test service and connects clients to it.
@@ -35,6 +56,7 @@ final class TestService {
     let regions = SharedRegionTable()
     private var shm: SharedMemoryServer?
     private var tcp: TCPServer?
+    let gate = ServiceGate()
     static let regionID: UInt64 = 7
 
     init(
@@ -62,6 +84,15 @@ final class TestService {
         router.register(TestOp.length) { request in
             let count = request.payload.byteArray?.count ?? -1
             return .success(.bytes(withUnsafeBytes(of: Int64(count).littleEndian) { Array($0) }))
+        }
+        let gate = self.gate
+        router.register(TestOp.block) { _ in
+            gate.wait()
+            return .success(.bytes([]))
+        }
+        router.register(TestOp.big) { _ in
+            gate.countRun()
+            return .success(.bytes([UInt8](repeating: 0x5a, count: 64 << 10)))
         }
         switch carrier {
         case .sharedMemory:
@@ -103,6 +134,7 @@ final class TestService {
     }
 
     func stop() {
+        gate.open()  // a handler still waiting would hold the server's thread
         shm?.close()
         tcp?.close()
         directory.remove()

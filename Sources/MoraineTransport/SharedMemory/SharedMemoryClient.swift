@@ -154,8 +154,11 @@ public final class SharedMemoryClient: TransportClient {
     /// Waits until the request ring has room for a frame, taking responses off the response
     /// ring meanwhile (into the stash): a server blocked on a full response ring stops reading
     /// requests, so a client that only waited for room could wait forever.
+    /// - Throws: `.timedOut` when no room appears within `limits.sendTimeoutNanos` (the server is
+    ///   alive but not taking requests), `.unavailable` when the server is gone.
     private func makeRoom(payloadBytes: Int) throws(TransportError) {
         var idle = 0
+        var deadline: Int64? = nil
         while !requests.hasRoom(payloadBytes: payloadBytes) {
             requests.publish()
             let before = responses.head
@@ -170,6 +173,13 @@ public final class SharedMemoryClient: TransportClient {
             } else {
                 sleepNanos(20_000)
                 if socket.peerHasHungUp() { throw TransportError(.unavailable, "the server on \(socket.path) went away") }
+                let now = monotonicNanos()
+                if deadline == nil { deadline = now + limits.sendTimeoutNanos }
+                if now >= deadline! {
+                    throw TransportError(
+                        .timedOut,
+                        "the server on \(socket.path) took no request for \(limits.sendTimeoutNanos / 1_000_000) ms; connection given up")
+                }
             }
         }
     }

@@ -5,11 +5,35 @@
 import MoraineSystem
 import NIOCore
 
-/// The payload limit a decoder enforces; the handler raises it after the handshake.
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a decoder and its connection handler share: the payload limit (raised after the
+/// handshake) and since when an incomplete frame has sat in the buffer (for the frame timeout).
 final class FrameLimit: @unchecked Sendable {
     /// Only touched on the channel's event loop.
     var bytes: Int
+    /// Monotonic time the current incomplete frame was first seen; 0 when the buffer is empty.
+    var partialSinceNanos: Int64 = 0
     init(_ bytes: Int) { self.bytes = bytes }
+}
+
+/// TCP keepalive on a connection: probes after `idleSeconds` of silence, 3 of them 10 s apart, so
+/// a peer whose machine is gone (no FIN ever comes) is noticed and its connection freed.
+enum TCPKeepalive {
+    static let probeIntervalSeconds = 10
+    static let probeCount = 3
+
+    /// The socket options, in the order they are set.
+    static func options(idleSeconds: Int) -> [(ChannelOptions.Types.SocketOption, SocketOptionValue)] {
+        [
+            (.init(level: .socket, name: .so_keepalive), 1),
+            (.init(level: .tcp, name: .init(rawValue: TCP_KEEPIDLE)), SocketOptionValue(clamping: idleSeconds)),
+            (.init(level: .tcp, name: .init(rawValue: TCP_KEEPINTVL)), SocketOptionValue(probeIntervalSeconds)),
+            (.init(level: .tcp, name: .init(rawValue: TCP_KEEPCNT)), SocketOptionValue(probeCount)),
+        ]
+    }
 }
 
 /// Splits a byte stream into checked frames.
@@ -18,21 +42,32 @@ struct FrameDecoder: ByteToMessageDecoder {
     let limit: FrameLimit
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard buffer.readableBytes >= FrameHeader.byteCount else { return .needMoreData }
+        guard buffer.readableBytes >= FrameHeader.byteCount else { return waitForMore(buffer) }
         let header = try buffer.withUnsafeReadableBytes { bytes throws(TransportError) in
             try FrameHeader.parse(
                 UnsafeRawBufferPointer(rebasing: bytes[0..<FrameHeader.byteCount]), limitBytes: limit.bytes)
         }
         let frameBytes = FrameHeader.byteCount + Int(header.payloadByteCount)
-        guard buffer.readableBytes >= frameBytes else { return .needMoreData }
+        guard buffer.readableBytes >= frameBytes else { return waitForMore(buffer) }
         let payload = try buffer.withUnsafeReadableBytes { bytes throws(TransportError) -> [UInt8] in
             let body = UnsafeRawBufferPointer(rebasing: bytes[FrameHeader.byteCount..<frameBytes])
             try header.verify(header: bytes.baseAddress!, payload: body)
             return Array(body)
         }
         buffer.moveReaderIndex(forwardBy: frameBytes)
+        limit.partialSinceNanos = 0
         context.fireChannelRead(Self.wrapInboundOut(TCPFrame(header: header, payload: payload)))
         return .continue
+    }
+
+    /// Notes when an incomplete frame started waiting (the frame timeout counts from there).
+    private func waitForMore(_ buffer: ByteBuffer) -> DecodingState {
+        if buffer.readableBytes == 0 {
+            limit.partialSinceNanos = 0
+        } else if limit.partialSinceNanos == 0 {
+            limit.partialSinceNanos = monotonicNanos()
+        }
+        return .needMoreData
     }
 
     mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {

@@ -78,8 +78,12 @@ public final class TCPClient: TransportClient {
         let (key, limits) = (self.key, self.limits)
         let tlsContext = try tls?.makeClientContext()
         let (host, link) = (self.host, self.link)
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        for (option, value) in TCPKeepalive.options(idleSeconds: limits.keepaliveIdleSeconds) {
+            bootstrap = bootstrap.channelOption(option, value: value)
+        }
+        bootstrap = bootstrap
             .connectTimeout(.nanoseconds(limits.handshakeNanos))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -152,7 +156,12 @@ public final class TCPClient: TransportClient {
         var buffer = ByteBufferAllocator().buffer(capacity: FrameHeader.byteCount + bytes.count)
         buffer.writeMessage(version: version, opcode: opcode, flags: [], requestID: id, bytes: bytes, chunkBytes: limits.chunkBytes)
         guard let channel else { throw TransportError(.unavailable, "not connected") }
-        try inbox.waitForWritability()
+        do {
+            try inbox.waitForWritability(timeoutNanos: limits.sendTimeoutNanos)
+        } catch {
+            failPending()
+            throw error
+        }
         channel.writeAndFlush(buffer, promise: nil)
         pending.insert(id)
         return id
@@ -255,9 +264,20 @@ final class ClientInbox: @unchecked Sendable {
         return try result.get()
     }
 
-    func waitForWritability() throws(TransportError) {
+    /// Waits while the channel is not writable (the server is not reading).
+    /// - Throws: the lost connection's error, or `.timedOut` after `timeoutNanos`.
+    func waitForWritability(timeoutNanos: Int64) throws(TransportError) {
         let failure: TransportError? = lock.withLock {
-            while !writable && lostConnectionError == nil { lock.wait(seconds: 0.05) }
+            var deadline: Int64? = nil
+            while !writable && lostConnectionError == nil {
+                let now = monotonicNanos()
+                if deadline == nil { deadline = now + timeoutNanos }
+                if now >= deadline! {
+                    return TransportError(
+                        .timedOut, "the server read no request for \(timeoutNanos / 1_000_000) ms; connection given up")
+                }
+                lock.wait(seconds: min(0.05, Double(deadline! - now) / 1e9))
+            }
             return lostConnectionError
         }
         if let failure { throw failure }

@@ -1,10 +1,12 @@
 // The server end of the TCP carrier, on SwiftNIO. Each connection's pipeline is the frame decoder
 // and a handler that runs the handshake, then the same ServerSession the shared-memory carrier
 // uses. Requests are handled on the connection's event loop and the replies written in one flush
-// per read burst. Back-pressure: while the channel is not writable (the peer does not read its
-// replies), the handler stops asking NIO to read, so a client cannot make the server buffer
-// without bound. A connection that breaks the protocol, fails the handshake or does not finish it
-// in time is logged and closed; the others are unaffected.
+// per read burst (or sooner, once 256 KiB are waiting). Back-pressure: while the channel is not
+// writable (the peer does not read its replies), the handler holds the requests already decoded
+// without running them and stops asking NIO to read, so what a client can make the server keep is
+// one read burst of requests, not their replies. A connection that breaks the protocol, fails the
+// handshake or does not finish it in time, or stops in the middle of a frame for longer than the
+// frame timeout is logged and closed; the others are unaffected.
 //
 // Thread-safety: `close`, `port` and `connectionCount` may be used from any thread.
 import MoraineSystem
@@ -36,7 +38,11 @@ public final class TCPServer: @unchecked Sendable {
         let tlsContext = try tls?.makeServerContext()  // before any thread exists to leak
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
-        let bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
+        for (option, value) in TCPKeepalive.options(idleSeconds: limits.keepaliveIdleSeconds) {
+            bootstrap = bootstrap.childChannelOption(option, value: value)
+        }
+        bootstrap = bootstrap
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -118,6 +124,12 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     private var output: ByteBuffer? = nil
     private var peer = "unknown peer"
     private var handshakeTimer: Scheduled<Void>? = nil
+    private var stallTimer: RepeatedTask? = nil
+    /// Requests decoded while the channel was not writable, run once it is again.
+    private var held: [TCPFrame] = []
+    private var draining = false
+    /// Replies waiting in `output` beyond this are flushed at once, so writability reflects them.
+    private static let flushBytes = 256 << 10
 
     init(
         key: ClusterKey, limits: TransportLimits, limit: FrameLimit, regions: SharedRegionTable?, router: RequestRouter,
@@ -147,6 +159,11 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             if case .ready = handler.state { return }
             handler.refuse(context, TransportError(.authenticationFailed, "no handshake within the time allowed"))
         }
+        let period = max(10_000_000, min(1_000_000_000, limits.frameTimeoutNanos / 4))
+        stallTimer = context.eventLoop.scheduleRepeatedTask(initialDelay: .nanoseconds(period), delay: .nanoseconds(period)) { _ in
+            let (handler, context) = loopBound.value
+            handler.checkStall(context)
+        }
         context.fireChannelActive()
     }
 
@@ -155,14 +172,33 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
         return "\(ip):\(port)"
     }
 
+    /// Closes the connection when a frame has been incomplete for longer than the frame timeout.
+    /// The clock does not run while the server itself holds reads back.
+    private func checkStall(_ context: ChannelHandlerContext) {
+        guard limit.partialSinceNanos != 0 else { return }
+        let now = monotonicNanos()
+        if pendingRead || !held.isEmpty {
+            limit.partialSinceNanos = now
+            return
+        }
+        let waited = now - limit.partialSinceNanos
+        guard waited > limits.frameTimeoutNanos else { return }
+        refuse(context, TransportError(.timedOut, "a frame stayed incomplete for \(waited / 1_000_000) ms"))
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
+        stallTimer?.cancel()
         connections.remove(context.channel)
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if case .ready = state, !held.isEmpty || !context.channel.isWritable {
+            held.append(frame)
+            return
+        }
         do {
             try handle(frame, context: context)
         } catch {
@@ -216,7 +252,9 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
                 flush(context)
                 state = .closing
                 context.close(promise: nil)
-            case .reply(let result): reply(to: header, materialize(result), version: session.version)
+            case .reply(let result):
+                reply(to: header, materialize(result), version: session.version)
+                if let output, output.readableBytes >= Self.flushBytes { flush(context) }
             }
         }
     }
@@ -262,7 +300,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
 
     // Back-pressure: hold reads while the peer is not taking our replies.
     func read(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
+        if context.channel.isWritable && held.isEmpty {
             context.read()
         } else {
             pendingRead = true
@@ -270,11 +308,34 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable && pendingRead {
+        if context.channel.isWritable { runHeld(context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Runs the requests held back while the channel was not writable, until it is not writable
+    /// again or none are left; then reads again if NIO asked to.
+    private func runHeld(_ context: ChannelHandlerContext) {
+        guard !draining else { return }
+        draining = true
+        defer { draining = false }
+        var next = 0
+        while next < held.count, context.channel.isWritable {
+            if case .closing = state { break }
+            let frame = held[next]
+            next += 1
+            do {
+                try handle(frame, context: context)
+            } catch {
+                refuse(context, error)
+            }
+        }
+        held.removeFirst(next)
+        if case .closing = state { held.removeAll() }
+        flush(context)
+        if held.isEmpty && pendingRead && context.channel.isWritable {
             pendingRead = false
             context.read()
         }
-        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
