@@ -37,7 +37,7 @@ struct TransportHardeningTests {
         #expect(try client.call(TestOp.echo, [1]) == .bytes([1]))
     }
 
-    @Test("a protocol error after the handshake closes that connection with a log line", arguments: Carrier.allCases)
+    @Test("a protocol error after the handshake closes that connection with a log line", arguments: Carrier.servers)
     func errorAfterHandshake(carrier: Carrier) throws {
         let service = try TestService(carrier)
         defer { service.stop() }
@@ -49,7 +49,7 @@ struct TransportHardeningTests {
         #expect(eventually { service.connectionCount == 0 })
     }
 
-    @Test("chunked messages together past the connection's budget close it", arguments: Carrier.allCases)
+    @Test("chunked messages together past the connection's budget close it", arguments: Carrier.servers)
     func partialBudget(carrier: Carrier) throws {
         var limits = TransportLimits()
         limits.partialBytesMax = 256 << 10
@@ -215,7 +215,7 @@ struct TransportHardeningTests {
         #expect(runs > 0 && runs < 1000, "the server ran \(runs) of \(count) requests for a peer that reads nothing")
     }
 
-    @Test("limits that do not fit together are refused at start, on both carriers", arguments: Carrier.allCases)
+    @Test("limits that do not fit together are refused at start, on both carriers", arguments: Carrier.servers)
     func inconsistentLimits(carrier: Carrier) throws {
         var limits = TransportLimits()
         limits.framePayloadBytesMax = 64 << 10

@@ -18,12 +18,12 @@ final class RawPeer {
     private var limits = TransportLimits()
 
     init(_ service: TestService) throws {
-        carrier = service.carrier
+        carrier = service.carrier.server
         switch carrier {
         case .sharedMemory:
             unix = try UnixSocket.connect(path: service.socketPath)
             unix!.setReceiveTimeout(nanos: 5_000_000_000)
-        case .tcp:
+        case .tcp, .tcpDirect:
             tcp = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
@@ -57,7 +57,7 @@ final class RawPeer {
         switch carrier {
         case .sharedMemory:
             try bytes.withUnsafeBytes { try unix!.send($0) }
-        case .tcp:
+        case .tcp, .tcpDirect:
             var offset = 0
             while offset < bytes.count {
                 let sent = bytes.withUnsafeBytes { Glibc.send(tcp, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
@@ -104,7 +104,7 @@ final class RawPeer {
             let (header, payload, fd) = try unix!.receiveFrame(limit: 1 << 20)
             if fd >= 0 { Glibc.close(fd) }
             return (header, payload)
-        case .tcp:
+        case .tcp, .tcpDirect:
             let head = try receiveExactly(FrameHeader.byteCount)
             let header = try head.withUnsafeBytes { try FrameHeader.parse($0, limitBytes: 64 << 20) }
             let payload = try receiveExactly(Int(header.payloadByteCount))
@@ -132,7 +132,7 @@ final class RawPeer {
             case .sharedMemory:
                 if unix!.peerHasHungUp() { return true }
                 usleep(2000)
-            case .tcp:
+            case .tcp, .tcpDirect:
                 var byte: UInt8 = 0
                 let got = recv(tcp, &byte, 1, 0)
                 if got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return true }

@@ -40,11 +40,20 @@ final class ServiceGate: @unchecked Sendable {
 }
 
 /// A carrier under test: starts a server with the test service and connects clients to it.
+/// `tcpDirect` is the TCP server with the client that does its I/O on the caller's thread
+/// (DirectTCPClient); `tcp` uses the SwiftNIO client.
 enum Carrier: String, CaseIterable, CustomStringConvertible, Sendable {
     case sharedMemory = "shm"
     case tcp
+    case tcpDirect = "tcp-direct"
 
     var description: String { rawValue }
+
+    /// The server a carrier runs (both TCP clients talk to the same TCP server).
+    var server: Carrier { self == .tcpDirect ? .tcp : self }
+
+    /// One carrier per server, for the tests of what a server does with a raw peer.
+    static let servers: [Carrier] = [.sharedMemory, .tcp]
 }
 
 /// A running server of the test service on one carrier, and how to reach it.
@@ -94,11 +103,11 @@ final class TestService {
             gate.countRun()
             return .success(.bytes([UInt8](repeating: 0x5a, count: 64 << 10)))
         }
-        switch carrier {
+        switch carrier.server {
         case .sharedMemory:
             shm = try SharedMemoryServer(
                 socketPath: directory.file("node.sock"), key: key, limits: limits, link: link, router: router)
-        case .tcp:
+        case .tcp, .tcpDirect:
             tcp = try TCPServer(
                 host: "127.0.0.1", port: 0, key: key, limits: limits, regions: regions, link: link, router: router)
         }
@@ -118,6 +127,9 @@ final class TestService {
             return try SharedMemoryClient(socketPath: socketPath, key: key ?? self.key, limits: limits, link: link)
         case .tcp:
             return try TCPClient(
+                host: "127.0.0.1", port: port, key: key ?? self.key, limits: limits, regions: regions, link: link)
+        case .tcpDirect:
+            return try DirectTCPClient(
                 host: "127.0.0.1", port: port, key: key ?? self.key, limits: limits, regions: regions, link: link)
         }
     }
@@ -228,7 +240,7 @@ struct TransportConformanceTests {
         #expect(try client.call(TestOp.echo, [9]) == .bytes([9]))
     }
 
-    @Test("a frame in a version not negotiated gets an error response, not a hang-up", arguments: Carrier.allCases)
+    @Test("a frame in a version not negotiated gets an error response, not a hang-up", arguments: Carrier.servers)
     func unknownVersion(carrier: Carrier) throws {
         let service = try TestService(carrier)
         defer { service.stop() }
@@ -252,7 +264,7 @@ struct TransportConformanceTests {
         defer { client.close() }
         let request = withUnsafeBytes(of: (UInt32(4096), UInt32(65_536))) { Array($0) }
         let reply = try client.call(TestOp.reference, request)
-        switch (carrier, reply) {
+        switch (carrier.server, reply) {
         case (.sharedMemory, .reference(let reference)):
             #expect(reference == RegionReference(region: TestService.regionID, offset: 4096, length: 65_536, version: 1))
         case (.tcp, .bytes):
@@ -268,7 +280,7 @@ struct TransportConformanceTests {
         case .sharedMemory:
             let reference = try client.call(TestOp.reference, bad)
             #expect(throws: TransportError.self) { try service.bytes(of: reference) }
-        case .tcp:
+        case .tcp, .tcpDirect:
             #expect(throws: TransportError.self) { try client.call(TestOp.reference, bad) }
         }
     }
@@ -292,7 +304,7 @@ struct TransportConformanceTests {
         #expect(monotonicNanos() - started < 5_000_000_000, "detecting the dead server took too long")
     }
 
-    @Test("a client that vanishes is released by the server", arguments: Carrier.allCases)
+    @Test("a client that vanishes is released by the server", arguments: Carrier.servers)
     func deadClient(carrier: Carrier) throws {
         let service = try TestService(carrier)
         defer { service.stop() }
