@@ -17,8 +17,9 @@ struct TransportBenchCommand: ParsableCommand {
     @Option(help: "Requests in flight, comma-separated.") var inflight = "1,16"
     @Option(name: .customLong("delays_us"), help: "One-way delays to emulate for the accuracy check, comma-separated.")
     var delaysMicros = ""
-    @Option(help: "Rows to run: any of floor-shm, shm, floor-tcp, tcp, comma-separated.")
-    var carriers = "floor-shm,shm,floor-tcp,tcp"
+    @Option(
+        help: "Rows to run: any of floor-shm, shm, floor-tcp, tcp (the direct client), tcp-nio (the SwiftNIO client), comma-separated.")
+    var carriers = "floor-shm,shm,floor-tcp,tcp,tcp-nio"
     @Option(help: "Write the rows as JSON to this file.") var json: String?
     @Flag(help: .hidden) var serve = false
     @Option(help: .hidden) var dir: String?
@@ -46,7 +47,7 @@ struct TransportBenchCommand: ParsableCommand {
             let wanted = Set(carriers.split(separator: ",").map(String.init))
             for size in sizes {
                 if wanted.contains("floor-shm") { rows.append(report(try bench.measureSharedMemoryFloor(payloadBytes: size))) }
-                for carrier in ["shm", "tcp"] {
+                for carrier in ["shm", "tcp", "tcp-nio"] {
                     if carrier == "tcp" && wanted.contains("floor-tcp") {
                         rows.append(report(try bench.measureTCPFloor(payloadBytes: size)))
                     }
@@ -75,7 +76,7 @@ struct TransportBenchCommand: ParsableCommand {
             let server = try BenchServerProcess(delayNanos: nanos)
             defer { server.stop() }
             let bench = TransportBenchClient(endpoints: server.endpoints, key: server.key, secondsPerRow: seconds)
-            for carrier in ["shm", "tcp"] {
+            for carrier in ["shm", "tcp", "tcp-nio"] where Set(carriers.split(separator: ",").map(String.init)).contains(carrier) {
                 let client = try bench.connect(carrier, link: LinkEmulation(delay: .fixed(nanos: nanos)))
                 defer { client.close() }
                 let row = try bench.measure(client, carrier: carrier, payloadBytes: smallest, inflight: 1, delayNanos: nanos)
@@ -84,7 +85,7 @@ struct TransportBenchCommand: ParsableCommand {
                 else { continue }
                 let delivered = (row.p50Micros - plain.p50Micros) / 2
                 print(
-                    "  \(carrier.padding(toLength: 4, withPad: " ", startingAt: 0)) requested \(fixed(micros)) us  "
+                    "  \(carrier.padding(toLength: 8, withPad: " ", startingAt: 0)) requested \(fixed(micros)) us  "
                         + "delivered \(fixed(delivered)) us  (ratio \(fixed(delivered / micros)); round trip p50 "
                         + "\(fixed(row.p50Micros)) us, p99 \(fixed(row.p99Micros)) us)")
             }
@@ -109,7 +110,7 @@ struct TransportBenchCommand: ParsableCommand {
         }
         print("")
         for size in Set(rows.map(\.payloadBytes)).sorted() {
-            for (carrier, floor) in [("shm", "floor-shm"), ("tcp", "floor-tcp")] {
+            for (carrier, floor) in [("shm", "floor-shm"), ("tcp", "floor-tcp"), ("tcp-nio", "floor-tcp")] {
                 guard let row = find(carrier, size, 1), let base = find(floor, size, 1) else { continue }
                 print("\(carrier) p50 / \(floor) p50 at \(size) B: \(fixed(row.p50Micros / base.p50Micros))")
             }

@@ -21,7 +21,7 @@ import MoraineTransport
 
 /// One measured configuration.
 public struct TransportBenchRow: Sendable {
-    /// `shm`, `tcp`, `floor-shm` or `floor-tcp`.
+    /// `shm`, `tcp`, `tcp-nio`, `floor-shm` or `floor-tcp`.
     public let carrier: String
     public let payloadBytes: Int
     public let inflight: Int
@@ -83,13 +83,16 @@ public struct TransportBenchClient {
         return limits
     }
 
-    /// Connects a client of `carrier` (`shm` or `tcp`) over an emulated `link`.
+    /// Connects a client of `carrier` over an emulated `link`: `shm`, `tcp` (DirectTCPClient, I/O
+    /// on the caller's thread) or `tcp-nio` (TCPClient, on SwiftNIO).
     public func connect(_ carrier: String, link: LinkEmulation = .none) throws(TransportError) -> any TransportClient {
         switch carrier {
         case "shm":
             return try SharedMemoryClient(socketPath: endpoints.socketPath, key: key, limits: Self.limits, link: link)
-        default:
+        case "tcp-nio":
             return try TCPClient(port: endpoints.tcpPort, key: key, limits: Self.limits, link: link)
+        default:
+            return try DirectTCPClient(port: endpoints.tcpPort, key: key, limits: Self.limits, link: link)
         }
     }
 
