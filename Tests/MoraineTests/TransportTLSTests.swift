@@ -43,6 +43,32 @@ struct TransportTCPOptionTests {
         #expect(try client.call(TestOp.echo, [7]) == .bytes([7]), "the good client lost its connection")
     }
 
+    @Test("mutual TLS: a client without a certificate the server trusts is refused")
+    func clientCertificates() throws {
+        _ = CapturedLog.installed
+        let key = TestService.defaultKey()
+        let server = try TCPServer(
+            port: 0, key: key,
+            tls: TransportTLS(
+                certificateChainPath: Self.certificate, privateKeyPath: Self.privateKey, clientTrustRootsPath: Self.certificate),
+            router: Self.echoRouter())
+        defer { server.close() }
+        var once = ReconnectPolicy()
+        once.attempts = 1
+        let client = try TCPClient(
+            host: "localhost", port: server.port, key: key,
+            tls: TransportTLS(certificateChainPath: Self.certificate, privateKeyPath: Self.privateKey, trustRootsPath: Self.certificate),
+            reconnect: once)
+        defer { client.close() }
+        #expect(try client.call(TestOp.echo, [4, 2]) == .bytes([4, 2]))
+        // Right cluster key and a trusted server, but no client certificate.
+        #expect(throws: TransportError.self) {
+            _ = try TCPClient(
+                host: "localhost", port: server.port, key: key, tls: TransportTLS(trustRootsPath: Self.certificate), reconnect: once)
+        }
+        #expect(try client.call(TestOp.echo, [5]) == .bytes([5]), "the good client lost its connection")
+    }
+
     @Test("a TCP client reconnects with backoff when the server comes back on the same port")
     func reconnect() throws {
         let key = TestService.defaultKey()
