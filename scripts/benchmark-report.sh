@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Regenerates the side-by-side report in BENCHMARKS.md ("Moraine vs RocksDB"): builds bench/'s
+# moraine-bench in release mode and runs every db_bench workload and YCSB A–F on Moraine and
+# RocksDB (alternating, identical options) RUNS times for each configuration:
+#   1M keys × 100 B values, 5M keys × 100 B, 200K keys × 4 KiB, each with an 8 MiB and a 1 GiB
+#   block cache.
+# It writes the JSON of every run, a Markdown table of medians and ratios (report.md) and a chart
+# of throughput ratio and p99 ratio per workload (chart.svg) into OUT.
+#
+# Usage: bash scripts/benchmark-report.sh [--runs N] [--configs LIST] [--out DIR (default bench/results)] [--scale F]
+#   --configs  comma-separated subset of: 1m-8m,1m-1g,5m-8m,5m-1g,4k-8m,4k-1g (default: all)
+#   --scale    multiplies every key count (0.01 makes a quick check of the script itself)
+# Takes about 100 minutes for everything with 3 runs on a 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=3
+configs=1m-8m,1m-1g,5m-8m,5m-1g,4k-8m,4k-1g
+out=bench/results
+scale=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --configs) configs=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --scale) scale=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+bash scripts/install-deps.sh
+dpkg -s librocksdb-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq librocksdb-dev >/dev/null; }
+(cd bench && swift build -c release --product moraine-bench >/dev/null)
+mkdir -p "$out"
+db=$(mktemp -d)
+trap 'rm -rf "$db"' EXIT
+
+# db_bench order: fills on a fresh database, a whole-range compaction so both engines' trees have
+# the same shape before the reads, the reads, reads with a writer, and deletes last. YCSB loads
+# its own fresh database.
+workloads=fillseq,fillrandom,overwrite,compact,readrandom,multireadrandom,readseq,readreverse,seekrandom,readwhilewriting,deleterandom
+ycsb=ycsb_load,ycsba,ycsbb,ycsbc,ycsbf,ycsbd,ycsbe
+
+scaled() { python3 -c "print(max(1000, int($1 * $scale)))"; }
+
+for config in ${configs//,/ }; do
+  case "$config" in
+    1m-*) num=$(scaled 1000000); value=100; reads=$num ;;
+    # db_bench's --reads bounds the read workloads at 5M keys, as it is usually run: 1M reads.
+    5m-*) num=$(scaled 5000000); value=100; reads=$(scaled 1000000) ;;
+    4k-*) num=$(scaled 200000); value=4096; reads=$num ;;
+    *) echo "unknown configuration: $config" >&2; exit 2 ;;
+  esac
+  case "$config" in
+    *-8m) cache=$((8 << 20)) ;;
+    *-1g) cache=$((1 << 30)) ;;
+  esac
+  for i in $(seq 1 "$runs"); do
+    echo "== $config run $i/$runs: --num $num --value_size $value --reads $reads --cache_size $cache" >&2
+    bench/.build/release/moraine-bench --engine both --num "$num" --value_size "$value" --reads "$reads" \
+      --cache_size "$cache" --batch_size 16 --seek_nexts 10 --records "$num" --operations "$reads" \
+      --benchmarks "$workloads,$ycsb" --db "$db/db" --json "$out/$config-run$i.json" >&2
+  done
+done
+python3 scripts/benchmark_report.py "$out" > "$out/report.md"
+echo "wrote $out/report.md and $out/chart.svg" >&2
