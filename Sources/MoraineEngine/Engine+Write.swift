@@ -60,7 +60,7 @@ extension Engine {
     func enqueue(_ w: Writer) throws {
         mutex.lock()
         writers.append(w)
-        while !w.done && writers.first !== w { mutex.wait() }
+        while !w.done && writers.first !== w { writerTurn.wait() }
         if w.done {
             mutex.unlock()
             if let error = w.error { throw error }
@@ -96,7 +96,9 @@ extension Engine {
             member.error = groupError
         }
         writers.removeFirst(group.count)
-        mutex.broadcast()
+        // Only writers wait for this. Work for the background threads (a switched memtable) was
+        // announced on `mutex` where it was made.
+        writerTurn.broadcast()
         mutex.unlock()
         if let groupError { throw groupError }
     }

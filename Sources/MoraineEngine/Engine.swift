@@ -48,6 +48,9 @@ public final class Engine: @unchecked Sendable {
     public let options: Options
     let fileSystem: any FileSystem
     let mutex = ConditionLock()
+    /// Where queued writers wait for their turn or their group's completion; only the writer
+    /// queue broadcasts it. `mutex`'s own condition is for background progress.
+    let writerTurn: LockCondition
     let installLock = ConditionLock()
     let versions: VersionSet
     let tableCache: TableCache
@@ -85,6 +88,7 @@ public final class Engine: @unchecked Sendable {
         self.pmemRegion = pmemRegion
         self.options = options
         self.fileSystem = options.fileSystem
+        writerTurn = LockCondition(on: mutex)
         self.fileLock = lock
         self.blockCache = options.blockCacheSize > 0 ? BlockCache(capacityBytes: options.blockCacheSize) : nil
         self.tableCache = TableCache(

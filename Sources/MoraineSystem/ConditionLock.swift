@@ -7,7 +7,7 @@
 
 /// A pthread mutex paired with a condition variable.
 public final class ConditionLock: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    fileprivate let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
     public init() {
@@ -49,6 +49,32 @@ public final class ConditionLock: @unchecked Sendable {
     }
 
     /// Wakes every waiter.
+    public func broadcast() { pthread_cond_broadcast(condition) }
+}
+
+/// A second condition variable on a `ConditionLock`'s mutex, for waiters that only one kind of
+/// event concerns. (The engine's writer queue has its own: when writers and background threads
+/// shared one condition, every write woke both background threads, which then fought the next
+/// write for the mutex.)
+public final class LockCondition: @unchecked Sendable {
+    private let lock: ConditionLock
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+
+    public init(on lock: ConditionLock) {
+        self.lock = lock
+        condition = .allocate(capacity: 1)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        condition.deallocate()
+    }
+
+    /// Waits for a broadcast of this condition. Precondition: the caller holds the lock.
+    public func wait() { pthread_cond_wait(condition, lock.mutex) }
+
+    /// Wakes every waiter of this condition.
     public func broadcast() { pthread_cond_broadcast(condition) }
 }
 
