@@ -4,6 +4,27 @@
 // each BlockIterator belongs to one thread.
 import MoraineSystem
 
+/// Where a block came from, for error messages. The message is built only when one is needed:
+/// building it for every block read (string interpolation, an allocation) cost about 3% of a
+/// point lookup.
+public struct BlockOrigin: Sendable, CustomStringConvertible {
+    /// What the block is ("data block"); a literal, so storing it allocates nothing.
+    public let what: String
+    public let offset: UInt64?
+    public let file: String
+
+    public init(_ what: String, offset: UInt64? = nil, file: String = "") {
+        self.what = what
+        self.offset = offset
+        self.file = file
+    }
+
+    public var description: String {
+        let place = offset.map { " at offset \($0)" } ?? ""
+        return file.isEmpty ? what + place : "\(what)\(place) of \(file)"
+    }
+}
+
 /// The decoded contents of one block (after decompression and checksum verification).
 public final class Block: @unchecked Sendable {
     /// The block contents, owned.
@@ -11,11 +32,11 @@ public final class Block: @unchecked Sendable {
     let restartsOffset: Int
     let restartCount: Int
     /// Where the block came from, for error messages.
-    public let origin: String
+    public let origin: BlockOrigin
 
     /// Takes ownership of `owned` (allocated with `UnsafeMutableRawBufferPointer.allocate`).
     /// - Throws: `.corruption` when the restart array does not fit.
-    public init(taking owned: UnsafeMutableRawBufferPointer, origin: String) throws {
+    public init(taking owned: UnsafeMutableRawBufferPointer, origin: BlockOrigin) throws {
         let bytes = UnsafeRawBufferPointer(owned)
         self.bytes = bytes
         self.origin = origin
@@ -33,11 +54,16 @@ public final class Block: @unchecked Sendable {
         restartsOffset = bytes.count - 4 - 4 * count
     }
 
+    /// Takes ownership of `owned`; `origin` describes it in error messages.
+    public convenience init(taking owned: UnsafeMutableRawBufferPointer, origin: String) throws {
+        try self.init(taking: owned, origin: BlockOrigin(origin))
+    }
+
     /// Copies `contents` into a new block.
     public convenience init(copying contents: [UInt8], origin: String) throws {
         let owned = UnsafeMutableRawBufferPointer.allocate(byteCount: max(contents.count, 1), alignment: 8)
         contents.withUnsafeBytes { owned.copyMemory(from: $0) }
-        try self.init(taking: UnsafeMutableRawBufferPointer(rebasing: owned[0..<contents.count]), origin: origin)
+        try self.init(taking: UnsafeMutableRawBufferPointer(rebasing: owned[0..<contents.count]), origin: BlockOrigin(origin))
     }
 
     deinit { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() }
@@ -51,14 +77,18 @@ public final class Block: @unchecked Sendable {
 }
 
 /// A cursor over one block's entries, forward and backward.
+///
+/// Its mutable fields are `@exclusivity(unchecked)`: an iterator belongs to one thread and never
+/// hands out references to them, and the runtime's dynamic checks (each `&field` passed inout
+/// begins and ends an access) cost about 8% of a point lookup.
 public final class BlockIterator: InternalIterator {
     private let block: Block
     private let data: UnsafeRawBufferPointer
-    private var currentOffset: Int
-    private var nextOffset: Int
-    private var restartIndex: Int
-    private var keyBuffer = KeyBuffer()
-    private var valueRange: Range<Int> = 0..<0
+    @exclusivity(unchecked) private var currentOffset: Int
+    @exclusivity(unchecked) private var nextOffset: Int
+    @exclusivity(unchecked) private var restartIndex: Int
+    @exclusivity(unchecked) private var keyBuffer = KeyBuffer()
+    @exclusivity(unchecked) private var valueRange: Range<Int> = 0..<0
 
     /// One decoded entry of the restart run cached for backward steps (RocksDB's block
     /// iterator keeps the same cache).
@@ -69,10 +99,10 @@ public final class BlockIterator: InternalIterator {
         let offset: Int
         let next: Int
     }
-    private var runKeys: [UInt8] = []
-    private var runEntries: [RunEntry] = []
+    @exclusivity(unchecked) private var runKeys: [UInt8] = []
+    @exclusivity(unchecked) private var runEntries: [RunEntry] = []
     /// The current entry's index in `runEntries` while walking backward; -1 otherwise.
-    private var runPosition = -1
+    @exclusivity(unchecked) private var runPosition = -1
 
     init(_ block: Block) {
         self.block = block

@@ -56,7 +56,22 @@ public func loadFixed64(_ buffer: UnsafeRawBufferPointer, _ offset: Int) -> UInt
 
 /// Decodes a varint at `offset`, advancing it. Returns nil when malformed or out of bounds.
 @inlinable
+@inline(__always)
 public func decodeVarint(_ buffer: UnsafeRawBufferPointer, _ offset: inout Int) -> UInt64? {
+    // Most varints in a block (shared and unshared key lengths, small values) are one byte.
+    if offset < buffer.count {
+        let first = buffer[offset]
+        if first < 0x80 {
+            offset += 1
+            return UInt64(first)
+        }
+    }
+    return decodeLongVarint(buffer, &offset)
+}
+
+/// The general case of `decodeVarint`, kept out of line.
+@usableFromInline @inline(never)
+func decodeLongVarint(_ buffer: UnsafeRawBufferPointer, _ offset: inout Int) -> UInt64? {
     var result: UInt64 = 0
     var shift: UInt64 = 0
     var i = offset

@@ -124,7 +124,7 @@ public final class TableReader: @unchecked Sendable {
 
     static func readBlock(file: any RandomAccessFile, handle: BlockHandle, name: String, what: String) throws -> Block {
         let contents = try readBlockContents(file: file, handle: handle, name: name, what: what)
-        return try Block(taking: contents, origin: "\(what) at offset \(handle.offset) of \(name)")
+        return try Block(taking: contents, origin: BlockOrigin(what, offset: handle.offset, file: name))
     }
 
     /// A data block, from the cache when present.
@@ -136,7 +136,7 @@ public final class TableReader: @unchecked Sendable {
         let block: Block
         if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
             let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
-            block = try Block(taking: contents, origin: "data block at offset \(handle.offset) of \(name)")
+            block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
         } else {
             block = try Self.readBlock(file: file, handle: handle, name: name, what: "data block")
         }
@@ -193,7 +193,7 @@ public final class TableReader: @unchecked Sendable {
     /// - Throws: `.corruption` naming the file and offset.
     public func dataBlock(fromRead raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, fillCache: Bool) throws -> Block {
         let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
-        let block = try Block(taking: contents, origin: "data block at offset \(handle.offset) of \(name)")
+        let block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
         if fillCache, let cache { cache.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }
         return block
     }
@@ -214,8 +214,15 @@ public final class TableReader: @unchecked Sendable {
     }
 
     func decodeHandle(_ bytes: UnsafeRawBufferPointer) throws -> BlockHandle {
-        var reader = ByteReader(bytes, what: "index entry of \(name)")
-        let handle = try BlockHandle.decode(&reader)
+        // A literal, not "…of \(name)": this runs for every lookup, and an interpolation
+        // allocates. The file is named when an error is thrown.
+        var reader = ByteReader(bytes, what: "index entry")
+        let handle: BlockHandle
+        do {
+            handle = try BlockHandle.decode(&reader)
+        } catch {
+            throw MoraineError.corruption((error as? MoraineError)?.message ?? "\(error)", file: name)
+        }
         guard handle.offset <= fileSizeBytes, handle.size <= fileSizeBytes - handle.offset else {
             throw MoraineError.corruption("block handle out of bounds in index", file: name)
         }
