@@ -9,17 +9,26 @@ import MoraineFormat
 import MoraineSystem
 
 /// An iterator over user keys and values, forward and backward.
+///
+/// Per-step costs matter here (readseq runs a few hundred instructions per key), so the mutable
+/// fields skip the runtime's exclusivity checks (one iterator, one thread, no references handed
+/// out), the saved key and value are owned buffers rather than arrays, and the inner iterator is
+/// a `let`, which the compiler reads without retaining and releasing it at every access (a
+/// `var` was retained around each call).
 public final class DBIterator {
-    private var inner: (any InternalIterator)!
+    private let inner: any InternalIterator
     private let sequence: SequenceNumber
     private let lowerBound: [UInt8]?
     private let upperBound: [UInt8]?
-    private var keepAlive: AnyObject?
-    private let onClose: () -> Void
-    private var forward = true
-    private var valid = false
-    private var savedKey: [UInt8] = []
-    private var savedValue: [UInt8] = []
+    private let keepAlive: AnyObject
+    @exclusivity(unchecked) private var forward = true
+    @exclusivity(unchecked) private var valid = false
+    @exclusivity(unchecked) private var savedKey = KeyBuffer()
+    @exclusivity(unchecked) private var savedValue = KeyBuffer()
+    /// Declared last: stored properties are destroyed in declaration order, so its deinit runs
+    /// the close hook after `inner` and `keepAlive` let go of the tables they pin, and the hook
+    /// can delete the newly obsolete ones (EngineTests checks that they go).
+    private let closeHook: CloseHook
 
     init(
         inner: any InternalIterator, sequence: SequenceNumber, lowerBound: [UInt8]?, upperBound: [UInt8]?,
@@ -30,14 +39,7 @@ public final class DBIterator {
         self.lowerBound = lowerBound
         self.upperBound = upperBound
         self.keepAlive = keepAlive
-        self.onClose = onClose
-    }
-
-    deinit {
-        // Drop what pins table files first, so the close hook can delete newly obsolete ones.
-        inner = nil
-        keepAlive = nil
-        onClose()
+        self.closeHook = CloseHook(onClose)
     }
 
     /// Whether the iterator is on an entry.
@@ -46,20 +48,20 @@ public final class DBIterator {
     /// The current key. Precondition: isValid.
     public var key: [UInt8] {
         precondition(valid)
-        return forward ? Array(userKey(inner.key)) : savedKey
+        return forward ? Array(userKey(inner.key)) : Array(savedKey.bytes)
     }
 
     /// The current value. Precondition: isValid.
     public var value: [UInt8] {
         precondition(valid)
-        return forward ? Array(inner.value) : savedValue
+        return forward ? Array(inner.value) : Array(savedValue.bytes)
     }
 
     /// Calls `body` with views of the current key and value (no copies).
     public func withCurrent<T>(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> T) rethrows -> T {
         precondition(valid)
         if forward { return try body(userKey(inner.key), inner.value) }
-        return try savedKey.withUnsafeBytes { k in try savedValue.withUnsafeBytes { v in try body(k, v) } }
+        return try body(savedKey.bytes, savedValue.bytes)
     }
 
     private func belowLower(_ user: UnsafeRawBufferPointer) -> Bool {
@@ -101,8 +103,8 @@ public final class DBIterator {
         } catch {
             valid = false
             forward = true
-            savedKey.removeAll(keepingCapacity: true)
-            savedValue.removeAll(keepingCapacity: true)
+            savedKey.clear()
+            savedValue.clear()
             throw error
         }
     }
@@ -129,7 +131,7 @@ public final class DBIterator {
         var target = target
         if let lowerBound, target.lexicographicallyPrecedes(lowerBound) { target = lowerBound }
         forward = true
-        savedKey.removeAll(keepingCapacity: true)
+        savedKey.clear()
         try seekInner(target, sequence: sequence)
         try findNextUserEntry(skipping: false)
     }
@@ -154,12 +156,11 @@ public final class DBIterator {
             if inner.isValid { try inner.next() } else { try inner.seekToFirst() }
             guard inner.isValid else {
                 valid = false
-                savedKey.removeAll(keepingCapacity: true)
+                savedKey.clear()
                 return
             }
         } else {
-            savedKey.removeAll(keepingCapacity: true)
-            savedKey.append(contentsOf: userKey(inner.key))
+            savedKey.set(userKey(inner.key))
             try inner.next()
         }
         try findNextUserEntry(skipping: true)
@@ -175,14 +176,13 @@ public final class DBIterator {
                 if atOrAboveUpper(user) { break }
                 switch valueType(ikey) {
                 case .deletion:
-                    savedKey.removeAll(keepingCapacity: true)
-                    savedKey.append(contentsOf: user)
+                    savedKey.set(user)
                     skipping = true
                 case .value:
-                    let hidden = skipping && savedKey.withUnsafeBytes { compareBytes(user, $0) <= 0 }
+                    let hidden = skipping && compareBytes(user, savedKey.bytes) <= 0
                     if !hidden {
                         valid = true
-                        savedKey.removeAll(keepingCapacity: true)
+                        savedKey.clear()
                         return
                     }
                 case nil:
@@ -192,24 +192,23 @@ public final class DBIterator {
             try inner.next()
         }
         valid = false
-        savedKey.removeAll(keepingCapacity: true)
+        savedKey.clear()
     }
 
     private func stepBackward() throws {
         precondition(valid)
         if forward {
             // Move the inner iterator before every entry of the current key.
-            savedKey.removeAll(keepingCapacity: true)
-            savedKey.append(contentsOf: userKey(inner.key))
+            savedKey.set(userKey(inner.key))
             while true {
                 try inner.prev()
                 guard inner.isValid else {
                     valid = false
-                    savedKey.removeAll(keepingCapacity: true)
-                    savedValue.removeAll(keepingCapacity: true)
+                    savedKey.clear()
+                    savedValue.clear()
                     return
                 }
-                if savedKey.withUnsafeBytes({ compareBytes(userKey(inner.key), $0) < 0 }) { break }
+                if compareBytes(userKey(inner.key), savedKey.bytes) < 0 { break }
             }
             forward = false
         }
@@ -224,27 +223,33 @@ public final class DBIterator {
             if MoraineFormat.sequence(ikey) <= sequence {
                 let user = userKey(ikey)
                 if belowLower(user) { break }
-                if lastType != .deletion && savedKey.withUnsafeBytes({ compareBytes(user, $0) < 0 }) {
+                if lastType != .deletion && compareBytes(user, savedKey.bytes) < 0 {
                     break  // the saved key is complete: an older key begins here
                 }
                 guard let type = valueType(ikey) else {
                     throw MoraineError(.corruption, "unknown value type in key \(describeKey(user))")
                 }
                 lastType = type
-                savedKey.removeAll(keepingCapacity: true)
-                savedKey.append(contentsOf: user)
-                savedValue.removeAll(keepingCapacity: true)
-                if type == .value { savedValue.append(contentsOf: inner.value) }
+                savedKey.set(user)
+                savedValue.clear()
+                if type == .value { savedValue.set(inner.value) }
             }
             try inner.prev()
         }
         if lastType == .deletion {
             valid = false
-            savedKey.removeAll(keepingCapacity: true)
-            savedValue.removeAll(keepingCapacity: true)
+            savedKey.clear()
+            savedValue.clear()
             forward = true
         } else {
             valid = true
         }
     }
+}
+
+/// Runs an action when released (see `DBIterator.closeHook`).
+private final class CloseHook {
+    private let action: () -> Void
+    init(_ action: @escaping () -> Void) { self.action = action }
+    deinit { action() }
 }

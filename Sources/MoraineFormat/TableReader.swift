@@ -240,8 +240,8 @@ public final class TableReader: @unchecked Sendable {
 public final class TableIterator: InternalIterator {
     private let table: TableReader
     private let index: BlockIterator
-    private var data: BlockIterator? = nil
-    private var dataOffset: UInt64 = .max
+    @exclusivity(unchecked) private var data: BlockIterator? = nil
+    @exclusivity(unchecked) private var dataOffset: UInt64 = .max
     private let fillCache: Bool
     /// This iterator's readahead, if any.
     public let readahead: Readahead?
