@@ -67,8 +67,10 @@ public final class Database: Sendable {
     public func snapshot() -> Snapshot { engine.snapshot() }
     public func releaseSnapshot(_ snapshot: Snapshot) { engine.releaseSnapshot(snapshot) }
     public func flush() throws { try engine.flush() }
-    public func compactRange(begin: [UInt8]? = nil, end: [UInt8]? = nil) throws {
-        try engine.compactRange(begin: begin, end: end)
+    public func compactRange(
+        begin: [UInt8]? = nil, end: [UInt8]? = nil, bottommost: BottommostCompaction = .ifTombstones
+    ) throws {
+        try engine.compactRange(begin: begin, end: end, bottommost: bottommost)
     }
     public func stats() -> EngineStats { engine.stats() }
 }

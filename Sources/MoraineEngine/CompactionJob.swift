@@ -84,7 +84,7 @@ public struct CompactionJob {
         }
         let merged = MergingIterator(children)
         var writer: TableWriter? = nil
-        var currentUser: [UInt8] = []
+        var currentUser = KeyBuffer()
         var hasCurrentUser = false
         var lastSequenceForKey = maxSequenceNumber
         do {
@@ -92,7 +92,7 @@ public struct CompactionJob {
             while merged.isValid {
                 let ikey = merged.key
                 let user = userKey(ikey)
-                let newUserKey = !hasCurrentUser || currentUser.withUnsafeBytes { compareBytes($0, user) != 0 }
+                let newUserKey = !hasCurrentUser || compareBytes(currentUser.bytes, user) != 0
                 if newUserKey {
                     // Cut the output only between user keys.
                     if let w = writer, w.builder!.estimatedFileSizeBytes >= targetFileSizeBytes {
@@ -100,8 +100,7 @@ public struct CompactionJob {
                         result.bytesWritten += result.outputs.last!.sizeBytes
                         writer = nil
                     }
-                    currentUser.removeAll(keepingCapacity: true)
-                    currentUser.append(contentsOf: user)
+                    currentUser.set(user)
                     hasCurrentUser = true
                     lastSequenceForKey = maxSequenceNumber
                 }

@@ -182,8 +182,12 @@ extension Engine {
     }
 
     /// Compacts every table overlapping [begin, end] (nil = unbounded) down level by level to
-    /// the deepest level holding data and rewrites that level, after a flush. Returns when done.
-    public func compactRange(begin: [UInt8]? = nil, end: [UInt8]? = nil) throws {
+    /// the deepest level holding data, after a flush. Returns when done.
+    /// - Parameter bottommost: whether the deepest level is also rewritten in place (see
+    ///   `BottommostCompaction`); by default only when that can drop something.
+    public func compactRange(
+        begin: [UInt8]? = nil, end: [UInt8]? = nil, bottommost: BottommostCompaction = .ifTombstones
+    ) throws {
         try flush()
         mutex.lock()
         while compactionRunning {
@@ -202,16 +206,27 @@ extension Engine {
             mutex.unlock()
             purgeObsoleteFiles()
         }
-        // Move everything in range down to the deepest level holding data, then rewrite that
-        // level in place, so overwritten versions and tombstones no snapshot needs are gone
-        // (RocksDB's bottommost_level_compaction = kForce).
+        // Move everything in range down to the deepest level holding data. Then, if asked, rewrite
+        // that level in place, so tombstones no snapshot needs are gone. (A level holds one
+        // version of a key, so only tombstones can go; and a compaction into the deepest level
+        // already drops them. RocksDB's default, kIfHaveCompactionFilter without a filter, never
+        // rewrites it; an unconditional rewrite made `compact` cost a whole extra pass.)
         let deepest = max(1, versions.current.deepestNonEmptyLevel ?? 0)
         for level in 0...deepest {
             let version = versions.current
-            let spec =
-                level < deepest
-                ? CompactionPicker.manual(version: version, level: level, begin: begin, end: end)
-                : CompactionPicker.rewriteInPlace(version: version, level: level, begin: begin, end: end)
+            let spec: CompactionSpec?
+            if level < deepest {
+                spec = CompactionPicker.manual(version: version, level: level, begin: begin, end: end)
+            } else {
+                let inputs = version.overlapping(level: level, lower: begin, upper: end)
+                let rewrite: Bool
+                switch bottommost {
+                case .skip: rewrite = false
+                case .force: rewrite = true
+                case .ifTombstones: rewrite = try inputs.contains { try tableCache.reader($0.number).properties.deletionCount > 0 }
+                }
+                spec = rewrite ? CompactionPicker.rewriteInPlace(version: version, level: level, begin: begin, end: end) : nil
+            }
             guard let spec else { continue }
             try executeCompaction(spec)
             mutex.lock()

@@ -164,3 +164,14 @@ public struct ReadOptions: Sendable {
         self.fillCache = fillCache
     }
 }
+
+/// Whether a manual `compactRange` also rewrites the deepest level in place, after everything
+/// above it has been compacted into it (RocksDB's `bottommost_level_compaction`).
+public enum BottommostCompaction: Sendable {
+    /// Never; as RocksDB's default for a database without a compaction filter.
+    case skip
+    /// Only when a table there holds tombstones, which a rewrite can drop (the default).
+    case ifTombstones
+    /// Always (RocksDB's kForce).
+    case force
+}

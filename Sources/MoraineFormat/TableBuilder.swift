@@ -9,16 +9,18 @@ public final class TableBuilder {
     private let file: any WritableFile
     private let options: TableOptions
     private let name: String
-    private var dataBlock: BlockBuilder
-    private var indexBlock: BlockBuilder
-    private var filterHashes: [UInt64] = []
-    private var lastUserKeyHash: UInt64? = nil
-    private var lastKey: [UInt8] = []
-    private var pendingHandle: BlockHandle? = nil
-    private var offset: UInt64 = 0
-    private var compressionScratch: [UInt8] = []
-    public private(set) var properties = TableProperties()
-    private var finished = false
+    // One builder, one thread: the runtime's exclusivity checks on these fields were 8% of a
+    // compaction's instructions.
+    @exclusivity(unchecked) private var dataBlock: BlockBuilder
+    @exclusivity(unchecked) private var indexBlock: BlockBuilder
+    @exclusivity(unchecked) private var filterHashes: [UInt64] = []
+    @exclusivity(unchecked) private var lastUserKeyHash: UInt64? = nil
+    @exclusivity(unchecked) private var lastKey = KeyBuffer()
+    @exclusivity(unchecked) private var pendingHandle: BlockHandle? = nil
+    @exclusivity(unchecked) private var offset: UInt64 = 0
+    @exclusivity(unchecked) private var compressionScratch: [UInt8] = []
+    @exclusivity(unchecked) public private(set) var properties = TableProperties()
+    @exclusivity(unchecked) private var finished = false
 
     public init(file: any WritableFile, options: TableOptions, name: String) {
         self.file = file
@@ -39,7 +41,7 @@ public final class TableBuilder {
         precondition(!finished)
         precondition(key.count >= internalKeyTagBytes)
         if properties.entryCount > 0 {
-            let order = lastKey.withUnsafeBytes { compareInternalKeys($0, key) }
+            let order = compareInternalKeys(lastKey.bytes, key)
             precondition(order < 0, "table keys out of order in \(name)")
         }
         if let handle = pendingHandle {
@@ -53,8 +55,7 @@ public final class TableBuilder {
             lastUserKeyHash = hash
         }
         if properties.entryCount == 0 { properties.smallestKey = Array(key) }
-        lastKey.removeAll(keepingCapacity: true)
-        lastKey.append(contentsOf: key)
+        lastKey.set(key)
         let seq = sequence(key)
         properties.smallestSequence = min(properties.smallestSequence, seq)
         properties.largestSequence = max(properties.largestSequence, seq)
@@ -76,7 +77,7 @@ public final class TableBuilder {
         // in the next block is greater.
         var encoded = [UInt8]()
         handle.encode(into: &encoded)
-        indexBlock.add(key: lastKey, value: encoded)
+        encoded.withUnsafeBytes { indexBlock.add(key: lastKey.bytes, value: $0) }
     }
 
     private func flushDataBlock() throws {
@@ -127,7 +128,7 @@ public final class TableBuilder {
         precondition(!finished)
         try flushDataBlock()
         finished = true
-        properties.largestKey = lastKey
+        properties.largestKey = Array(lastKey.bytes)
         let filterBytes = BloomFilter.build(hashes: filterHashes, bitsPerKey: max(options.bloomBitsPerKey, 1))
         let filterHandle: BlockHandle
         if options.bloomBitsPerKey > 0 {

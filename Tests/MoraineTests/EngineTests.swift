@@ -58,6 +58,40 @@ struct EngineTests {
         #expect(deletions == 0)
     }
 
+    @Test("compactRange rewrites the deepest level only when it can drop something, or when forced")
+    func bottommostRewrite() throws {
+        let (db, directory) = try openTemporary { $0.writeBufferSize = 16 << 10 }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<2000 { try db.put(key(i), Array(repeating: 3, count: 40)) }
+        try db.compactRange()
+        let settled = Set(db.engine.liveFiles().map(\.1.number))
+        // Everything is in the deepest level and holds no tombstone: nothing to do.
+        try db.compactRange()
+        #expect(Set(db.engine.liveFiles().map(\.1.number)) == settled, "a second compactRange rewrote the deepest level")
+        // Forced, it is rewritten anyway (new file numbers, same contents).
+        try db.compactRange(bottommost: .force)
+        let forced = Set(db.engine.liveFiles().map(\.1.number))
+        #expect(forced.isDisjoint(with: settled))
+        #expect(try db.get(key(1234)) == Array(repeating: 3, count: 40))
+        // A tombstone kept in the deepest level for a snapshot stays with .skip, goes by default.
+        let snapshot = db.snapshot()
+        try db.delete(key(7))
+        try db.compactRange()
+        db.releaseSnapshot(snapshot)
+        func deletions() throws -> UInt64 {
+            try db.engine.liveFiles().reduce(0) { $0 + (try TableReaderProbe.open(directory: directory, number: $1.1.number).deletionCount) }
+        }
+        #expect(try deletions() == 1)
+        try db.compactRange(bottommost: .skip)
+        #expect(try deletions() == 1)
+        try db.compactRange()
+        #expect(try deletions() == 0)
+        #expect(try db.get(key(7)) == nil)
+    }
+
     @Test("table files stay while an iterator reads them, and go after")
     func filesOutliveIterators() throws {
         let (db, directory) = try openTemporary {
