@@ -166,9 +166,16 @@ public final class DBIterator {
         try findNextUserEntry(skipping: true)
     }
 
+    /// Entries of one user key stepped over one by one before the iterator seeks past the rest
+    /// (RocksDB's `max_sequential_skip_in_iterations`, default 8). A hot key overwritten ten
+    /// thousand times in the memtable would otherwise cost ten thousand steps per pass:
+    /// YCSB-E's scans after YCSB-A's updates ran at 0.07 of RocksDB before this.
+    static let maxSequentialSkip = 8
+
     /// Moves to the next visible entry, skipping keys <= savedKey when `skipping`.
     private func findNextUserEntry(skipping initialSkipping: Bool) throws {
         var skipping = initialSkipping
+        var skipped = 0
         while inner.isValid {
             let ikey = inner.key
             if MoraineFormat.sequence(ikey) <= sequence {
@@ -185,8 +192,25 @@ public final class DBIterator {
                         savedKey.clear()
                         return
                     }
+                    skipped += 1
+                    if skipped > Self.maxSequentialSkip {
+                        // Every later entry of savedKey is older and hidden too: seek past them
+                        // all, to the (savedKey, 0, deletion) position, the last one possible.
+                        skipped = 0
+                        try makeInternalKey(savedKey.bytes, 0, .deletion).withUnsafeBytes { try inner.seek($0) }
+                        continue
+                    }
                 case nil:
                     throw MoraineError(.corruption, "unknown value type in key \(describeKey(user))")
+                }
+            } else {
+                // Newer than this iterator's sequence. After a few, seek straight to the first
+                // entry of the same user key that this iterator can see.
+                skipped += 1
+                if skipped > Self.maxSequentialSkip {
+                    skipped = 0
+                    try makeInternalKey(userKey(ikey), sequence, .forSeek).withUnsafeBytes { try inner.seek($0) }
+                    continue
                 }
             }
             try inner.next()

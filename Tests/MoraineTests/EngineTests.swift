@@ -92,6 +92,60 @@ struct EngineTests {
         #expect(try db.get(key(7)) == nil)
     }
 
+    @Test("iterators seek past a key's many hidden versions and see exactly their snapshot")
+    func manyVersions() throws {
+        let (db, directory) = try openTemporary()
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        for i in 0..<50 { try db.put(key(i), Array("first\(i)".utf8)) }
+        // Key 20 gets 2,000 versions and key 30 a deletion among hundreds of versions: far more
+        // than the 8 an iterator steps over before it seeks.
+        var snapshot: Snapshot? = nil
+        for v in 0..<2000 {
+            try db.put(key(20), Array("v\(v)".utf8))
+            if v == 999 { snapshot = db.snapshot() }
+            if v < 300 { try db.put(key(30), Array("w\(v)".utf8)) }
+        }
+        try db.delete(key(30))
+        for v in 0..<20 { try db.put(key(31), Array("x\(v)".utf8)) }
+        func scan(_ options: ReadOptions) throws -> [(String, String)] {
+            let iterator = try db.makeIterator(options: options)
+            var out: [(String, String)] = []
+            try iterator.seekToFirst()
+            while iterator.isValid {
+                out.append((String(decoding: iterator.key, as: UTF8.self), String(decoding: iterator.value, as: UTF8.self)))
+                try iterator.next()
+            }
+            return out
+        }
+        let now = try scan(ReadOptions())
+        #expect(now.count == 49)  // key 30 deleted
+        #expect(now.first { $0.0 == String(decoding: key(20), as: UTF8.self) }?.1 == "v1999")
+        #expect(now.first { $0.0 == String(decoding: key(31), as: UTF8.self) }?.1 == "x19")
+        #expect(!now.contains { $0.0 == String(decoding: key(30), as: UTF8.self) })
+        let then = try scan(ReadOptions(snapshot: snapshot))
+        #expect(then.count == 50)
+        #expect(then.first { $0.0 == String(decoding: key(20), as: UTF8.self) }?.1 == "v999")
+        #expect(then.first { $0.0 == String(decoding: key(30), as: UTF8.self) }?.1 == "w299")
+        #expect(then.first { $0.0 == String(decoding: key(31), as: UTF8.self) }?.1 == "first31")
+        // The same after a flush, with the versions in a table instead of the memtable.
+        try db.flush()
+        #expect(try scan(ReadOptions()).map(\.1) == now.map(\.1))
+        #expect(try scan(ReadOptions(snapshot: snapshot)).map(\.1) == then.map(\.1))
+        // Backward agrees with forward.
+        let iterator = try db.makeIterator()
+        var backward: [String] = []
+        try iterator.seekToLast()
+        while iterator.isValid {
+            backward.append(String(decoding: iterator.value, as: UTF8.self))
+            try iterator.prev()
+        }
+        #expect(backward.reversed() == now.map(\.1))
+        if let snapshot { db.releaseSnapshot(snapshot) }
+    }
+
     @Test("table files stay while an iterator reads them, and go after")
     func filesOutliveIterators() throws {
         let (db, directory) = try openTemporary {

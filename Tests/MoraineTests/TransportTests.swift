@@ -330,5 +330,18 @@ struct TransportConformanceTests {
             _ = try client.receive(requestID: nil, timeoutNanos: 1_000_000)
         }
         #expect(try client.call(TestOp.echo, [8], timeoutNanos: 5_000_000_000) == .bytes([8]))
+        // A zero timeout polls: an answer that has arrived is returned, not a timeout.
+        let id = try client.send(opcode: TestOp.echo, payload: .bytes([9]))
+        var answer: Response? = nil
+        let deadline = monotonicNanos() + 5_000_000_000
+        while answer == nil && monotonicNanos() < deadline {
+            do {
+                answer = try client.receive(requestID: id, timeoutNanos: 0)
+            } catch {
+                #expect(error.code == .timedOut, "\(carrier): \(error)")
+                usleep(1000)
+            }
+        }
+        #expect(try answer?.get() == .bytes([9]), "\(carrier): a polling receive never saw the answer")
     }
 }

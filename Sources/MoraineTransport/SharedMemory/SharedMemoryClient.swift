@@ -109,7 +109,9 @@ public final class SharedMemoryClient: TransportClient {
                 }
             }
         } catch {
-            fail(error)
+            // A timed-out send gives the connection up (a chunked message may be half written):
+            // later calls hear `unavailable`; only this send reports the timeout.
+            fail(error.code == .timedOut ? TransportError(.unavailable, "connection given up: \(error.message)") : error)
             throw error
         }
         requests.publish()
@@ -165,6 +167,7 @@ public final class SharedMemoryClient: TransportClient {
             _ = try takeArrived(wanted: Self.noRequest)
             if responses.head != before {
                 idle = 0
+                deadline = nil  // the server is making progress: the timeout counts from now
                 continue
             }
             idle += 1

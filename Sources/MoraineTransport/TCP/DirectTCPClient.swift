@@ -177,7 +177,10 @@ public final class DirectTCPClient: TransportClient {
         do {
             try withBytes(output) { bytes throws(TransportError) in try writeAll(bytes, deadline: nil, drain: true) }
         } catch {
-            dropConnection(error)
+            // The connection is given up (a message may be half written): later calls hear
+            // `unavailable`, and only this send reports the timeout itself.
+            dropConnection(
+                error.code == .timedOut ? TransportError(.unavailable, "connection given up: \(error.message)") : error)
             throw error
         }
         pending.insert(id)
@@ -196,22 +199,21 @@ public final class DirectTCPClient: TransportClient {
         }
     }
 
-    /// The whole message, every chunk, into `output`.
+    /// The whole message, every chunk, into `output` (encoded in place, no zero-filling).
     private func encode(opcode: UInt8, requestID: UInt64, bytes: UnsafeRawBufferPointer) {
         let chunks = max(1, (bytes.count + limits.chunkBytes - 1) / limits.chunkBytes)
         let total = bytes.count + chunks * FrameHeader.byteCount
-        output.removeAll(keepingCapacity: true)
-        output.reserveCapacity(total)
-        let version = self.version
-        // forEachChunk only throws what its body throws; this body does not throw.
-        try? forEachChunk(bytes, flags: [], chunkBytes: limits.chunkBytes) { flags, chunk in
-            let start = output.count
-            output.append(contentsOf: repeatElement(0, count: FrameHeader.byteCount + chunk.count))
-            output.withUnsafeMutableBytes { target in
+        let (version, chunkBytes) = (self.version, limits.chunkBytes)
+        output = [UInt8](unsafeUninitializedCapacity: total) { target, count in
+            var at = 0
+            // forEachChunk only throws what its body throws; this body does not throw.
+            try? forEachChunk(bytes, flags: [], chunkBytes: chunkBytes) { flags, chunk in
                 FrameHeader.encode(
-                    into: target.baseAddress! + start, version: version, opcode: opcode, flags: flags, requestID: requestID,
-                    payload: chunk)
+                    into: UnsafeMutableRawPointer(target.baseAddress!) + at, version: version, opcode: opcode, flags: flags,
+                    requestID: requestID, payload: chunk)
+                at += FrameHeader.byteCount + chunk.count
             }
+            count = at
         }
     }
 
@@ -262,6 +264,11 @@ public final class DirectTCPClient: TransportClient {
                 if let response = try takeFrames(wanted: requestID) { return response }
                 guard let stream else { throw failure ?? TransportError(.unavailable, "not connected") }
                 if let deadline, monotonicNanos() >= deadline {
+                    // Take what has arrived before giving up (a zero timeout polls).
+                    if stream.readable() {
+                        try input.fill(from: stream)
+                        if let response = try takeFrames(wanted: requestID) { return response }
+                    }
                     throw TransportError(.timedOut, "no response within \(timeoutNanos ?? 0) ns")
                 }
                 let arrived: Bool
@@ -318,6 +325,10 @@ public final class DirectTCPClient: TransportClient {
         stream?.close()
         stream = nil
         failure = error
+        // What was read from the old connection (perhaps the bad frame that ended it) goes too.
+        input = InputBuffer()
+        assembler = MessageAssembler(limits: limits)
+        delayed = link.isActive ? DelayLine(link) : nil
     }
 
     public func close() {
@@ -334,50 +345,47 @@ public final class DirectTCPClient: TransportClient {
 }
 
 /// Bytes read from the socket and not yet taken as frames.
-private struct InputBuffer {
-    private var bytes: [UInt8] = []
+private final class InputBuffer {
+    private var storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 8)
     private var start = 0
     private var end = 0
 
-    /// Reads what the socket has, growing the buffer when less than 64 KiB is free.
-    mutating func fill(from stream: TCPStream) throws(TransportError) {
-        if start > 0 && start == end {
+    deinit { storage.deallocate() }
+
+    /// Reads what the socket has, making room for at least 64 KiB first (moving the unread
+    /// bytes to the front, or doubling the buffer).
+    func fill(from stream: TCPStream) throws(TransportError) {
+        if start == end {
             start = 0
             end = 0
         }
-        if bytes.count - end < 64 << 10 {
-            if start > 0 {
-                bytes.withUnsafeMutableBytes { raw in
-                    raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
-                }
-                end -= start
-                start = 0
+        if storage.count - end < 64 << 10 {
+            let unread = end - start
+            if start > 0 && storage.count - unread >= 64 << 10 {
+                storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: unread)
+            } else {
+                let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: max(storage.count * 2, unread + (64 << 10)), alignment: 8)
+                grown.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: unread)
+                storage.deallocate()
+                storage = grown
             }
-            if bytes.count - end < 64 << 10 { bytes.append(contentsOf: repeatElement(0, count: max(64 << 10, bytes.count))) }
+            start = 0
+            end = unread
         }
-        let from = end
-        let got = bytes.withUnsafeMutableBytes { raw in
-            Result { () throws(TransportError) -> Int in
-                try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[from...]))
-            }
-        }
-        self.end += try got.get()
+        end += try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]))
     }
 
     /// The next whole, checked frame, or nil when it has not all arrived. The header is checked
     /// (magic, flags, length against `limit`) before the payload is waited for.
-    mutating func takeFrame(limit: Int) throws(TransportError) -> (FrameHeader, [UInt8])? {
+    func takeFrame(limit: Int) throws(TransportError) -> (FrameHeader, [UInt8])? {
         guard end - start >= FrameHeader.byteCount else { return nil }
-        let (start, end) = (self.start, self.end)
-        let frame = try withBytes(bytes) { raw throws(TransportError) -> (FrameHeader, [UInt8])? in
-            let header = try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: raw[start..<start + FrameHeader.byteCount]), limitBytes: limit)
-            let frameEnd = start + FrameHeader.byteCount + Int(header.payloadByteCount)
-            guard frameEnd <= end else { return nil }
-            let payload = UnsafeRawBufferPointer(rebasing: raw[start + FrameHeader.byteCount..<frameEnd])
-            try header.verify(header: raw.baseAddress! + start, payload: payload)
-            return (header, Array(payload))
-        }
-        if let frame { self.start += FrameHeader.byteCount + frame.1.count }
-        return frame
+        let raw = UnsafeRawBufferPointer(storage)
+        let header = try FrameHeader.parse(UnsafeRawBufferPointer(rebasing: raw[start..<start + FrameHeader.byteCount]), limitBytes: limit)
+        let frameEnd = start + FrameHeader.byteCount + Int(header.payloadByteCount)
+        guard frameEnd <= end else { return nil }
+        let payload = UnsafeRawBufferPointer(rebasing: raw[start + FrameHeader.byteCount..<frameEnd])
+        try header.verify(header: raw.baseAddress! + start, payload: payload)
+        start = frameEnd
+        return (header, Array(payload))
     }
 }
