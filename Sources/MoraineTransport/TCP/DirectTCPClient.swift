@@ -136,23 +136,7 @@ public final class DirectTCPClient: TransportClient {
 
     /// Reconnects with backoff after the connection was lost.
     private func reconnectWithBackoff() throws(TransportError) {
-        var delay = reconnect.initialDelayNanos
-        var last = TransportError(.unavailable, "not connected")
-        for attempt in 0..<reconnect.attempts {
-            if attempt > 0 {
-                sleepNanos(delay)
-                delay = min(delay * 2, reconnect.maximumDelayNanos)
-            }
-            do {
-                try connect()
-                return
-            } catch where error.code == .authenticationFailed || error.code == .invalid {
-                throw error  // a wrong key fails the same way every time
-            } catch {
-                last = error
-            }
-        }
-        throw TransportError(.unavailable, "gave up after \(reconnect.attempts) attempts: \(last.message)")
+        try reconnect.retry { () throws(TransportError) in try connect() }
     }
 
     // MARK: Requests

@@ -22,6 +22,30 @@ public struct ReconnectPolicy: Sendable {
     public var maximumDelayNanos: Int64 = 1_000_000_000
 
     public init() {}
+
+    /// Runs `connect` until it succeeds, waiting between attempts with exponential backoff (both
+    /// TCP clients reconnect this way). A wrong key or setup (`authenticationFailed`, `invalid`)
+    /// fails the same way every time and is thrown at once.
+    /// - Throws: `.unavailable` naming the last failure once every attempt failed.
+    func retry(_ connect: () throws(TransportError) -> Void) throws(TransportError) {
+        var delay = initialDelayNanos
+        var last = TransportError(.unavailable, "not connected")
+        for attempt in 0..<attempts {
+            if attempt > 0 {
+                sleepNanos(delay)
+                delay = min(delay * 2, maximumDelayNanos)
+            }
+            do {
+                try connect()
+                return
+            } catch where error.code == .authenticationFailed || error.code == .invalid {
+                throw error
+            } catch {
+                last = error
+            }
+        }
+        throw TransportError(.unavailable, "gave up after \(attempts) attempts: \(last.message)")
+    }
 }
 
 /// A connection to a `TCPServer`.
@@ -113,23 +137,7 @@ public final class TCPClient: TransportClient {
 
     /// Reconnects with backoff after the connection was lost.
     private func reconnectWithBackoff() throws(TransportError) {
-        var delay = reconnect.initialDelayNanos
-        var last = TransportError(.unavailable, "not connected")
-        for attempt in 0..<reconnect.attempts {
-            if attempt > 0 {
-                sleepNanos(delay)
-                delay = min(delay * 2, reconnect.maximumDelayNanos)
-            }
-            do {
-                try connect()
-                return
-            } catch where error.code == .authenticationFailed || error.code == .invalid {
-                throw error  // a wrong key or TLS setup fails the same way every time
-            } catch {
-                last = error
-            }
-        }
-        throw TransportError(.unavailable, "gave up after \(reconnect.attempts) attempts: \(last.message)")
+        try reconnect.retry { () throws(TransportError) in try connect() }
     }
 
     public func send(opcode: UInt8, payload: Payload) throws(TransportError) -> UInt64 {
