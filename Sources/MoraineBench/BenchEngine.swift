@@ -43,6 +43,8 @@ public protocol BenchEngine: AnyObject, Sendable {
     /// Compacts the whole key range and waits (db_bench's `compact`).
     func compactAll() throws
     func close() throws
+    /// The engine's own counters as text (db_bench's --statistics), or nil if it has none.
+    var statistics: String? { get }
 }
 
 /// An iterator of a database under test; used by one thread.

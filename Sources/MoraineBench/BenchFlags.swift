@@ -44,6 +44,10 @@ public struct BenchFlags: ParsableArguments, Sendable {
     @Option(name: .customLong("batch_size"), help: "Keys per batch in multireadrandom (db_bench's default: 1).")
     public var batchSize = 1
     @Option(name: .customLong("json"), help: "Write results as a JSON array to this file.") public var json: String?
+    @Option(
+        name: .customLong("statistics"),
+        help: "1: after each workload, print each engine's own counters (stalls, flushes, compactions, the tree's shape).")
+    public var statistics = 0
     @Option(name: .customLong("records"), help: "YCSB records loaded by ycsb_load (-1: --num).") public var records = -1
     @Option(name: .customLong("operations"), help: "YCSB operations per run phase (-1: --reads).")
     public var operations = -1

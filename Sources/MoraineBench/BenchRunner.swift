@@ -140,6 +140,9 @@ public final class BenchRunner: @unchecked Sendable {
                     results.append(result)
                     print(result.line)
                 }
+                if flags.statistics != 0, let text = engines[name]?.statistics {
+                    print(text.split(separator: "\n").map { "  \(name) stats: \($0)" }.joined(separator: "\n"))
+                }
             }
             if engineNames.count == 2, let a = byEngine[engineNames[0]], let b = byEngine[engineNames[1]] {
                 print(

@@ -72,6 +72,10 @@ final class MoraineBenchEngine: BenchEngine {
     func makeCursor() throws -> any BenchCursor { MoraineBenchCursor(try database.makeIterator()) }
     func compactAll() throws { try database.compactRange() }
     func close() throws { try database.close() }
+    var statistics: String? {
+        let stats = database.engine.stats()
+        return stats.shape + "\n" + stats.json
+    }
 }
 
 final class MoraineBenchCursor: BenchCursor {

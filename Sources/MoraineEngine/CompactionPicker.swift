@@ -3,8 +3,8 @@
 // (max_bytes_for_level_base × multiplier^(n-1)). The highest score ≥ 1 wins. L0 compactions take
 // every L0 file (L0 files overlap, so a partial pick could put an older version above a newer
 // one); deeper levels take one file, round-robin after the level's compact pointer, plus the
-// overlapping files of the next level. A single input with nothing below to merge is moved
-// by a manifest edit alone (a trivial move).
+// overlapping files of the next level. Inputs that overlap neither each other nor anything below
+// are moved by a manifest edit alone (a trivial move).
 import MoraineFormat
 
 /// One compaction to run.
@@ -19,7 +19,20 @@ struct CompactionSpec {
     /// and overwritten versions).
     var forceRewrite = false
 
-    var isTrivialMove: Bool { !forceRewrite && inputs.count == 1 && outputLevelInputs.isEmpty }
+    /// Moved by a manifest edit alone: nothing below overlaps, and the inputs do not overlap
+    /// each other (one file, or L0 files from sequential inserts, as RocksDB moves them).
+    var isTrivialMove: Bool {
+        !forceRewrite && outputLevelInputs.isEmpty && (inputs.count == 1 || Self.disjoint(inputs))
+    }
+
+    /// Whether `files`' user-key ranges are pairwise disjoint.
+    static func disjoint(_ files: [FileMetaData]) -> Bool {
+        let sorted = files.sorted { $0.smallestUserKey.lexicographicallyPrecedes($1.smallestUserKey) }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where !a.largestUserKey.lexicographicallyPrecedes(b.smallestUserKey) {
+            return false
+        }
+        return true
+    }
 }
 
 enum CompactionPicker {

@@ -57,6 +57,11 @@ extension Engine {
         // After this flush, the oldest memtable still unflushed decides which WALs are needed.
         let nextLog = imms.count > 1 ? imms[1].logNumber : mem.logNumber
         mutex.unlock()
+        let started = monotonicNanos()
+        defer {
+            let micros = Int((monotonicNanos() - started) / 1000)
+            counters.update { $0.flushMicros += micros }
+        }
         var failure: MoraineError? = nil
         do {
             let job = FlushJob(
@@ -115,6 +120,11 @@ extension Engine {
     /// Runs a picked compaction. Precondition: `mutex` held; released meanwhile.
     func runCompaction(_ spec: CompactionSpec) {
         mutex.unlock()
+        let started = monotonicNanos()
+        defer {
+            let micros = Int((monotonicNanos() - started) / 1000)
+            counters.update { $0.compactionMicros += micros }
+        }
         var failure: MoraineError? = nil
         do {
             try executeCompaction(spec)
@@ -136,7 +146,7 @@ extension Engine {
         for file in spec.outputLevelInputs { edit.deletedFiles.append((spec.outputLevel, file.number)) }
         if let pointer = spec.compactPointer { edit.compactPointers.append((spec.inputLevel, pointer)) }
         if spec.isTrivialMove {
-            edit.newFiles.append((spec.outputLevel, spec.inputs[0].info))
+            for file in spec.inputs { edit.newFiles.append((spec.outputLevel, file.info)) }
             try install(edit)
             counters.update { $0.trivialMoves += 1 }
             return

@@ -37,6 +37,11 @@ public struct EngineStats: Sendable {
     public var walBytes = 0
     public var stallSlowdowns = 0
     public var stallStops = 0
+    /// Wall time writers spent delayed (slowdowns) or stopped, in microseconds.
+    public var stallMicros = 0
+    /// Wall time flushes and compactions ran, in microseconds.
+    public var flushMicros = 0
+    public var compactionMicros = 0
     public var manifestRolls = 0
     /// Batched reads issued by multiGet, and the data blocks they read.
     public var multiGetBatches = 0
@@ -60,7 +65,8 @@ public struct EngineStats: Sendable {
             ("compaction_bytes_read", compactionBytesRead), ("compaction_bytes_written", compactionBytesWritten),
             ("flush_bytes_written", flushBytesWritten), ("entries_dropped", entriesDropped), ("writes", writes),
             ("write_groups", writeGroups), ("wal_syncs", walSyncs), ("wal_bytes", walBytes),
-            ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("manifest_rolls", manifestRolls),
+            ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("stall_micros", stallMicros),
+            ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
@@ -135,6 +141,9 @@ extension Engine {
         s.walBytes = c.walBytes
         s.stallSlowdowns = c.stallSlowdowns
         s.stallStops = c.stallStops
+        s.stallMicros = c.stallMicros
+        s.flushMicros = c.flushMicros
+        s.compactionMicros = c.compactionMicros
         s.manifestRolls = c.manifestRolls
         s.multiGetBatches = c.multiGetBatches
         s.multiGetBlockReads = c.multiGetBlockReads

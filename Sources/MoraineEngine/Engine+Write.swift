@@ -158,6 +158,13 @@ extension Engine {
     func makeRoomForWrite(neededBytes: Int, force initialForce: Bool, recordBytes: Int = 0) throws {
         var force = initialForce
         var allowDelay = !force
+        var stalledSince: Int64? = nil
+        defer {
+            if let stalledSince {
+                let micros = Int((monotonicNanos() - stalledSince) / 1000)
+                counters.update { $0.stallMicros += micros }
+            }
+        }
         while true {
             if let backgroundError { throw backgroundError }
             try checkOpen()
@@ -166,6 +173,7 @@ extension Engine {
                 // Near the stop limit: delay this write by 1 ms once, to share the disk with
                 // compaction instead of stalling hard later.
                 counters.update { $0.stallSlowdowns += 1 }
+                if stalledSince == nil { stalledSince = monotonicNanos() }
                 mutex.unlock()
                 sleepMicroseconds(1000)
                 mutex.lock()
@@ -186,6 +194,7 @@ extension Engine {
             }
             if imms.count >= options.maxWriteBufferNumber - 1 {
                 counters.update { $0.stallStops += 1 }
+                if stalledSince == nil { stalledSince = monotonicNanos() }
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue
@@ -193,12 +202,14 @@ extension Engine {
             if let pmemRegion, pmemRegion.freeArenaCount == 0 {
                 // Every arena holds a memtable that is not flushed yet: wait for a flush.
                 counters.update { $0.stallStops += 1 }
+                if stalledSince == nil { stalledSince = monotonicNanos() }
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue
             }
             if level0Files >= options.level0StopWritesTrigger {
                 counters.update { $0.stallStops += 1 }
+                if stalledSince == nil { stalledSince = monotonicNanos() }
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue

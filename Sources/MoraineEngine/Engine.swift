@@ -252,6 +252,10 @@ struct CounterValues: Sendable {
     var walBytes = 0
     var stallSlowdowns = 0
     var stallStops = 0
+    /// Wall time writers spent delayed or stopped, and background jobs spent running.
+    var stallMicros = 0
+    var flushMicros = 0
+    var compactionMicros = 0
     var manifestRolls = 0
     var multiGetBatches = 0
     var multiGetBlockReads = 0

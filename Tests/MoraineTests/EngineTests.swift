@@ -156,7 +156,9 @@ struct EngineTests {
             try? db.close()
             removeTree(directory)
         }
-        for i in 0..<3000 { try db.put(key(i), Array(repeating: 7, count: 50)) }
+        // Keys in a scattered order, so the L0 files overlap and compaction rewrites them (disjoint
+        // files would just move).
+        for i in 0..<3000 { try db.put(key(i * 7919 % 3000), Array(repeating: 7, count: 50)) }
         try db.flush()
         let before = try tableFiles(directory)
         #expect(!before.isEmpty)
@@ -196,6 +198,40 @@ struct EngineTests {
         let stats = db.stats()
         #expect(stats.trivialMoves > 0, "no trivial move in a sequential load: \(stats.json)")
         #expect(try db.get(key(12345)) == Array(repeating: 1, count: 40))
+    }
+
+    @Test("disjoint L0 files move to L1 together without a rewrite; overlapping ones are merged")
+    func level0TrivialMove() throws {
+        for overlapping in [false, true] {
+            let (db, directory) = try openTemporary {
+                $0.writeBufferSize = 1 << 20
+                $0.disableAutoCompactions = true
+            }
+            defer {
+                try? db.close()
+                removeTree(directory)
+            }
+            // Four flushes: ranges [0, 500), [500, 1000), ... or, overlapping, every fourth key.
+            for part in 0..<4 {
+                for i in 0..<500 { try db.put(key(overlapping ? i * 4 + part : part * 500 + i), [UInt8(part)]) }
+                try db.flush()
+            }
+            #expect(db.stats().levels[0].fileCount == 4)
+            try db.compactRange()
+            let stats = db.stats()
+            #expect(stats.levels[0].fileCount == 0)
+            if overlapping {
+                #expect(stats.compactions == 1 && stats.trivialMoves == 0, "\(stats.json)")
+                #expect(stats.levels[1].fileCount == 1)
+            } else {
+                #expect(stats.compactions == 0 && stats.compactionBytesRead == 0, "\(stats.json)")
+                #expect(stats.trivialMoves == 1 && stats.levels[1].fileCount == 4, "\(stats.json)")
+            }
+            for i in stride(from: 0, to: 2000, by: 7) {
+                let part = overlapping ? i % 4 : i / 500
+                #expect(try db.get(key(i)) == [UInt8(part)], "key \(i)")
+            }
+        }
     }
 
     @Test("writes slow down and stop when L0 piles up, then proceed")

@@ -194,6 +194,20 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         rocksdb_compact_range(db, nil, 0, nil, 0)
     }
 
+    /// The tree's shape ("rocksdb.levelstats") and the write-stall counts from "rocksdb.stats".
+    public var statistics: String? {
+        guard !closed.load(ordering: .acquiring) else { return nil }
+        func property(_ name: String) -> String {
+            guard let value = rocksdb_property_value(db, name) else { return "" }
+            defer { rocksdb_free(value) }
+            return String(cString: value)
+        }
+        let stalls = property("rocksdb.stats").split(separator: "\n").filter {
+            $0.hasPrefix("Stalls(count)") || $0.hasPrefix("Cumulative stall") || $0.hasPrefix("Cumulative compaction") || $0.hasPrefix("Flush(GB)")
+        }
+        return (property("rocksdb.levelstats").split(separator: "\n") + stalls).joined(separator: "\n")
+    }
+
     /// Closes the database (waiting for its background work). A second close does nothing.
     public func close() throws {
         let cursors = liveCursors.load(ordering: .acquiring)
