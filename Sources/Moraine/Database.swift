@@ -66,11 +66,17 @@ public final class Database: Sendable {
 
     public func snapshot() -> Snapshot { engine.snapshot() }
     public func releaseSnapshot(_ snapshot: Snapshot) { engine.releaseSnapshot(snapshot) }
-    public func flush() throws { try engine.flush() }
+    /// Writes the memtables to tables; waits for that unless `wait` is false.
+    public func flush(wait: Bool = true) throws { try engine.flush(wait: wait) }
     public func compactRange(
         begin: [UInt8]? = nil, end: [UInt8]? = nil, bottommost: BottommostCompaction = .ifTombstones
     ) throws {
         try engine.compactRange(begin: begin, end: end, bottommost: bottommost)
     }
     public func stats() -> EngineStats { engine.stats() }
+    /// Stops starting flushes and compactions and waits for running ones (RocksDB's
+    /// PauseBackgroundWork); writes wait once the memtables are full. Undo with
+    /// `continueBackgroundWork`.
+    public func pauseBackgroundWork() { engine.pauseBackgroundWork() }
+    public func continueBackgroundWork() { engine.continueBackgroundWork() }
 }

@@ -2,7 +2,8 @@
 // `wal`) or a persistent log in a persistent-memory arena (durability `pmem`). One commit log
 // belongs to one memtable and carries its log number; it is released (file deleted, arena
 // freed) once a manifest edit with a later log number is durable.
-// Thread-safety: written only by the write-group leader, under the engine's write protocol.
+// Thread-safety: appended to only by the write-group leader, under the engine's write protocol;
+// once retired, synced and closed from any thread.
 import MoraineFormat
 import MoraineSystem
 
@@ -11,6 +12,12 @@ final class CommitLog {
     let number: UInt64
     private let wal: LogWriter?
     private let pmem: PmemLogWriter?
+    /// Guards a retired WAL's sync and close, which the write leader and the thread deleting
+    /// the log may both reach.
+    private let retiredLock = ConditionLock()
+    private var retired = false
+    private var synced = false
+    private var closed = false
 
     init(number: UInt64, wal: LogWriter) {
         self.number = number
@@ -40,17 +47,40 @@ final class CommitLog {
         }
     }
 
-    /// Makes everything appended durable before a newer log takes over (a WAL syncs and
-    /// closes; a persistent log already is).
-    func retire() throws {
-        if let wal {
+    /// Hands a WAL's buffered bytes to the kernel as a newer log takes over, without a sync:
+    /// syncing here made every memtable switch wait for the disk in the write path, and
+    /// wrote to disk WALs that are usually deleted (their memtable flushed) before the kernel
+    /// writes them back. What stays owed: `syncRetired` before any later sync write counts,
+    /// and the next WAL's `WALPredecessor` record for recovery. A persistent log already is
+    /// durable. Returns the predecessor record for the next WAL (nil for a persistent log).
+    func retire(lastSequence: SequenceNumber) throws -> WALPredecessor? {
+        guard let wal else { return nil }
+        try retiredLock.withLock {
+            try wal.file.flush()
+            retired = true
+        }
+        return WALPredecessor(logNumber: number, length: wal.length, lastSequence: lastSequence)
+    }
+
+    /// Makes a retired WAL durable (once; later calls and a closed log do nothing). A sync
+    /// write calls it for every retired WAL before its own sync, so it never outlives an
+    /// earlier write. Safe to call from any thread.
+    func syncRetired() throws {
+        guard let wal else { return }
+        try retiredLock.withLock {
+            guard retired, !synced, !closed else { return }
             try wal.file.sync()
-            try wal.file.close()
+            synced = true
         }
     }
 
-    /// Closes without syncing (the next open replays what the kernel has).
+    /// Closes without syncing (the next open replays what the kernel has). Safe to call from
+    /// any thread, more than once.
     func close() throws {
-        try wal?.file.close()
+        try retiredLock.withLock {
+            guard !closed else { return }
+            closed = true
+            try wal?.file.close()
+        }
     }
 }

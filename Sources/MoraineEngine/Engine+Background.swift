@@ -19,6 +19,10 @@ extension Engine {
     private func backgroundLoop() {
         mutex.lock()
         while !shuttingDown {
+            if backgroundPauses > 0 {
+                mutex.wait()
+                continue
+            }
             if backgroundError == nil, !flushRunning, let imm = imms.first {
                 flushRunning = true
                 runFlush(imm)
@@ -41,6 +45,24 @@ extension Engine {
             mutex.wait()
         }
         backgroundThreads -= 1
+        mutex.broadcast()
+        mutex.unlock()
+    }
+
+    /// Stops starting flushes and compactions, and waits for running ones to finish (RocksDB's
+    /// PauseBackgroundWork). Writes go on until the memtables fill, then wait. Calls nest: each
+    /// needs a `continueBackgroundWork`.
+    public func pauseBackgroundWork() {
+        mutex.lock()
+        backgroundPauses += 1
+        while flushRunning || compactionRunning { mutex.wait(seconds: 0.1) }
+        mutex.unlock()
+    }
+
+    /// Undoes one `pauseBackgroundWork`.
+    public func continueBackgroundWork() {
+        mutex.lock()
+        backgroundPauses = max(0, backgroundPauses - 1)
         mutex.broadcast()
         mutex.unlock()
     }
@@ -108,6 +130,10 @@ extension Engine {
     /// saying so is durable). Precondition: `mutex` held.
     func deleteObsoleteLogs() {
         let keep = versions.logNumber
+        while let oldest = retiredLogs.first, oldest.number < keep {
+            try? oldest.close()
+            retiredLogs.removeFirst()
+        }
         pmemRegion.map { releaseObsoleteArenas(in: $0) }
         guard let names = try? fileSystem.children(of: path) else { return }
         for name in names {
@@ -177,12 +203,17 @@ extension Engine {
         }
     }
 
-    /// Moves every memtable's contents into tables and waits until done.
-    public func flush() throws {
+    /// Moves every memtable's contents into tables and, if `wait`, waits until done (else it
+    /// only switches the memtable; the flush runs in the background).
+    public func flush(wait: Bool = true) throws {
+        if wait && mutex.withLock({ backgroundPauses > 0 }) {
+            throw MoraineError(.invalid, "flush of \(path) would wait for ever: background work is paused")
+        }
         try enqueue(Writer(batch: nil, options: WriteOptions()))
         mutex.lock()
         defer { mutex.unlock() }
         mutex.broadcast()
+        if !wait { return }
         while !imms.isEmpty {
             if let backgroundError { throw backgroundError }
             try checkOpen()

@@ -35,16 +35,36 @@ extension Engine {
         sources.sort { $0.number < $1.number }
         if let newest = sources.last { versions.markFileNumberUsed(newest.number) }
         var replay = Replay(engine: self)
-        for source in sources {
+        // The WAL replayed last and how far its whole records reach, for the next WAL's
+        // predecessor check.
+        var previousWAL: (number: UInt64, validLength: UInt64)? = nil
+        replaying: for source in sources {
             if let arena = source.arena, let replayRegion {
                 let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
                 var reader = try PmemLogReader(region: replayRegion, arena: arena)
                 while let record = try reader.nextRecord() { try replay.apply(Array(record), origin: origin) }
+                previousWAL = nil
             } else {
                 let logPath = path(.log(source.number))
                 let reader = try LogReader(
                     file: try fileSystem.openRandomAccess(logPath), name: logPath, mode: options.walRecoveryMode)
-                while let record = try reader.nextRecord() { try replay.apply(record, origin: logPath) }
+                var first = true
+                while let record = try reader.nextRecord() {
+                    defer { first = false }
+                    if first, let predecessor = WALPredecessor(decoding: record) {
+                        if let gap = walGap(before: logPath, predecessor: predecessor, previous: previousWAL) {
+                            // Power loss kept this WAL but not the end of an older one: its
+                            // writes came after ones that are gone. None was synced (a sync
+                            // write syncs older WALs first), so dropping this WAL and every later
+                            // one leaves a consistent prefix of the writes.
+                            SystemLog.info("\(gap); replay stops there, this log and later ones are dropped")
+                            break replaying
+                        }
+                        continue
+                    }
+                    try replay.apply(record, origin: logPath)
+                }
+                previousWAL = (source.number, UInt64(reader.validEndOffset))
             }
         }
         var edit = try replay.finish()
@@ -64,6 +84,23 @@ extension Engine {
         removeUnreferencedFiles()
         log = try makeCommitLog(number: logNumber)
         mutex.withLock { installSuperVersion() }
+    }
+
+    /// Why the WAL at `path`, whose first record is `predecessor`, must not be replayed after
+    /// `previous` (the WAL replayed just before it, nil if none), or nil if it may. An older WAL
+    /// the manifest no longer needs (its memtable was flushed) is no gap.
+    func walGap(
+        before path: String, predecessor: WALPredecessor, previous: (number: UInt64, validLength: UInt64)?
+    ) -> String? {
+        if predecessor.logNumber < versions.logNumber { return nil }
+        guard let previous, previous.number == predecessor.logNumber else {
+            return "\(path) follows WAL \(predecessor.logNumber) (\(predecessor.length) bytes), which is missing"
+        }
+        if previous.validLength < predecessor.length {
+            return "\(path) follows WAL \(predecessor.logNumber), whose whole records end at byte \(previous.validLength) of the "
+                + "\(predecessor.length) it held (writes up to sequence \(predecessor.lastSequence))"
+        }
+        return nil
     }
 
     /// Replays log records into memtables, flushing each full one to an L0 table.

@@ -123,9 +123,12 @@ extension Engine {
         let sync = group[0].options.sync
         let skipWAL = group[0].options.disableWAL
         if skipWAL { unloggedWrites = true }
+        let unsyncedPredecessors = sync && !skipWAL ? retiredLogs : []
         mutex.unlock()
         var failure: Error? = nil
         do {
+            // A sync write must not outlive an earlier write: older WALs become durable first.
+            for old in unsyncedPredecessors { try old.syncRetired() }
             if !skipWAL, let commitLog { try commitLog.append(combined.rep, sync: sync) }
             var seq = first
             try combined.forEach { type, key, value in
@@ -222,28 +225,23 @@ extension Engine {
     /// Starts a new commit log and memtable; the old memtable joins the flush queue.
     /// Precondition: `mutex` held by the write leader.
     func switchMemtable(neededBytes: Int) throws {
-        let number = versions.newFileNumber()
-        let fresh = try makeCommitLog(number: number)
+        // The old WAL goes to the kernel unsynced (see CommitLog.retire); a later sync write
+        // syncs it first, and the new WAL's first record names its length for recovery.
+        let predecessor: WALPredecessor?
         do {
-            // The old log's unsynced tail must be durable before a write in the new one counts:
-            // a later sync write must never outlive an earlier write.
-            do {
-                try log?.retire()
-            } catch {
-                // After a failed fdatasync, Linux may have dropped the old WAL's unsynced tail
-                // and a retried one would report success, so a later sync write could outlive
-                // the lost writes. Stop taking writes, as a failed WAL write does (applyGroup).
-                let failure = asMoraineError(error)
-                backgroundError =
-                    backgroundError
-                    ?? MoraineError(failure.kind, "WAL sync failed, database is read-only until reopened: \(failure.message)")
-                throw error
-            }
+            predecessor = try log?.retire(lastSequence: allocatedSequence)
         } catch {
-            try? fresh.close()
-            releaseLog(number)
+            // The old WAL may now end in a partial record: stop taking writes, as a failed WAL
+            // write does (applyGroup).
+            let failure = asMoraineError(error)
+            backgroundError =
+                backgroundError
+                ?? MoraineError(failure.kind, "WAL write failed, database is read-only until reopened: \(failure.message)")
             throw error
         }
+        let number = versions.newFileNumber()
+        let fresh = try makeCommitLog(number: number, predecessor: predecessor)
+        if let old = log, predecessor != nil { retiredLogs.append(old) }
         log = fresh
         logFileNumber = number
         imms.append(mem)
@@ -254,7 +252,7 @@ extension Engine {
 
     /// Creates the log numbered `number`: a WAL file whose directory entry is durable, or a
     /// freshly allocated persistent-memory arena.
-    func makeCommitLog(number: UInt64) throws -> CommitLog {
+    func makeCommitLog(number: UInt64, predecessor: WALPredecessor? = nil) throws -> CommitLog {
         if let pmemRegion {
             guard let arena = try pmemRegion.allocateArena(tag: number) else {
                 throw MoraineError(
@@ -264,14 +262,19 @@ extension Engine {
             return CommitLog(number: number, pmem: PmemLogWriter(region: pmemRegion, arena: arena))
         }
         let file = try fileSystem.createWritable(path(.log(number)))
+        let writer = LogWriter(file: file)
         do {
             try fileSystem.syncDirectory(path)
+            if let predecessor {
+                try writer.addRecord(predecessor.encoded)
+                try file.flush()
+            }
         } catch {
             try? file.close()
             try? fileSystem.remove(path(.log(number)))
             throw error
         }
-        return CommitLog(number: number, wal: LogWriter(file: file))
+        return CommitLog(number: number, wal: writer)
     }
 
     /// Deletes log `number` (its WAL file or its arena), best effort.

@@ -67,6 +67,10 @@ public final class Engine: @unchecked Sendable {
     var imms: [MemTable] = []  // oldest first
     var log: CommitLog? = nil
     var logFileNumber: UInt64 = 0
+    /// Outstanding `pauseBackgroundWork` calls.
+    var backgroundPauses = 0
+    /// Older WALs, retired unsynced, whose memtables are not flushed yet (oldest first).
+    var retiredLogs: [CommitLog] = []
     /// The persistent-memory region of `pmem` durability (nil for `wal`).
     let pmemRegion: PmemRegion?
     /// A region left by `pmem` durability, found when opening in `wal` mode: its logs are
@@ -208,10 +212,11 @@ public final class Engine: @unchecked Sendable {
             }
         }
         closed = true
-        if let log {
+        for log in retiredLogs + (log.map { [$0] } ?? []) {
             do { try log.close() } catch { firstError = firstError ?? (error as? MoraineError) }
         }
         log = nil
+        retiredLogs = []
         mutex.unlock()
         versions.close()
         purgeObsoleteFiles()

@@ -19,11 +19,14 @@ enum LogFragment: UInt8 {
 public final class LogWriter {
     public let file: any WritableFile
     private var blockOffset: Int
+    /// The log's length in bytes so far (the end of the last record appended).
+    public private(set) var length: UInt64
 
     /// - Parameter existingBytes: the file's current size when appending to an existing log.
     public init(file: any WritableFile, existingBytes: UInt64 = 0) {
         self.file = file
         self.blockOffset = Int(existingBytes % UInt64(logBlockBytes))
+        self.length = existingBytes
     }
 
     /// Appends one record (buffered; call `file.flush()` or `file.sync()` after).
@@ -35,8 +38,9 @@ public final class LogWriter {
             let space = logBlockBytes - blockOffset
             if space < logHeaderBytes {
                 if space > 0 {
-                    let zeros = [UInt8](repeating: 0, count: space)
-                    try file.append(zeros)
+                    let zeros: (UInt64, UInt64) = (0, 0)
+                    try withUnsafeBytes(of: zeros) { try file.append(UnsafeRawBufferPointer(rebasing: $0[0..<space])) }
+                    length += UInt64(space)
                 }
                 blockOffset = 0
             }
@@ -65,6 +69,49 @@ public final class LogWriter {
         }
         try file.append(payload)
         blockOffset += logHeaderBytes + payload.count
+        length += UInt64(logHeaderBytes + payload.count)
+    }
+}
+
+/// The first record of every WAL after the first: which log came before it and how long that
+/// log was when it was retired. A WAL is retired without a sync (a sync write syncs every
+/// retired WAL first), so after power loss the kernel may have kept a newer WAL's pages but
+/// not the end of an older one's. Recovery compares the older log's replayed length with
+/// this record and stops at the gap, so it never replays writes made after ones it lost
+/// (RocksDB's predecessor-WAL check does the same).
+///
+/// Encoding: 8 zero bytes and 4 bytes 0xFF where a write batch has its sequence (never 0) and
+/// count, then the log number, length and last sequence, fixed64 each.
+public struct WALPredecessor: Equatable, Sendable {
+    public var logNumber: UInt64
+    public var length: UInt64
+    public var lastSequence: UInt64
+
+    public init(logNumber: UInt64, length: UInt64, lastSequence: UInt64) {
+        self.logNumber = logNumber
+        self.length = length
+        self.lastSequence = lastSequence
+    }
+
+    static let marker: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]
+
+    public var encoded: [UInt8] {
+        var bytes = Self.marker
+        for field in [logNumber, length, lastSequence] {
+            withUnsafeBytes(of: field.littleEndian) { bytes.append(contentsOf: $0) }
+        }
+        return bytes
+    }
+
+    /// The predecessor record in `record`, or nil if `record` is something else (a write batch).
+    public init?(decoding record: [UInt8]) {
+        guard record.count == Self.marker.count + 24, record.starts(with: Self.marker) else { return nil }
+        func field(_ index: Int) -> UInt64 {
+            var value: UInt64 = 0
+            for i in (0..<8).reversed() { value = value << 8 | UInt64(record[Self.marker.count + index * 8 + i]) }
+            return value
+        }
+        self.init(logNumber: field(0), length: field(1), lastSequence: field(2))
     }
 }
 

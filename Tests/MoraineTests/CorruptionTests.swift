@@ -3,6 +3,7 @@
 // a silently missing one) is ever returned.
 import Foundation
 import Moraine
+import MoraineFormat
 import Testing
 
 @Suite("Corruption")
@@ -180,6 +181,43 @@ struct CorruptionTests {
         let last = try db.get(Self.key(count - 1))
         #expect(last == nil || last == Self.value(count - 1), "seed \(seed) cut \(cut)")
         try db.close()
+    }
+
+    /// Power loss after a memtable switch can keep the newer WAL but not the end of the older
+    /// one, which was retired unsynced. Replaying the newer WAL then would make writes after a
+    /// lost one appear: recovery must stop at the older WAL's end, whether the loss cut a record
+    /// (a torn tail) or fell exactly between records (which no torn-tail check can see).
+    @Test(arguments: [false, true])
+    func retiredWALLostTail(atRecordBoundary: Bool) throws {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed)
+        let dir = TempDir("moraine-retired-wal")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: Self.options())
+        for i in 0..<40 { try db.put(Self.key(i), Self.value(i)) }
+        db.pauseBackgroundWork()  // keep the older WAL: no flush may make it obsolete
+        try db.flush(wait: false)
+        for i in 40..<80 { try db.put(Self.key(i), Self.value(i)) }
+        #expect(db.stats().immutableMemtables == 1)
+        try db.close()
+        let logs = Self.files(dir, suffix: ".log").sorted()
+        try #require(logs.count == 2, "logs: \(logs)")
+        // Where each record of the older WAL ends; keep the first `kept` whole records.
+        let reader = try LogReader(bytes: Array(FileManager.default.contents(atPath: logs[0])!), name: logs[0])
+        var ends: [Int] = []
+        while try reader.nextRecord() != nil { ends.append(reader.validEndOffset) }
+        try #require(ends.count == 40)
+        // `survivors` whole records stay; torn, part of the next one stays too.
+        let survivors = Int.random(in: 0..<39, using: &rng)
+        let start = survivors == 0 ? 0 : ends[survivors - 1]
+        let length = atRecordBoundary ? start : start + Int.random(in: 1..<(ends[survivors] - start), using: &rng)
+        truncateFile(logs[0], to: length)
+        let again = try Database(path: dir.path, options: Self.options())
+        for i in 0..<80 {
+            let expected: String? = i < survivors ? Self.value(i) : nil
+            #expect(try again.get(Self.key(i)) == expected, "seed \(seed) survivors \(survivors): key \(i)")
+        }
+        try again.close()
     }
 
     /// A database whose manifest holds several records: a snapshot and three flushes.

@@ -69,21 +69,26 @@ struct FaultInjectionTests {
         #expect(problems.isEmpty, "\(problems.prefix(5))")
     }
 
-    /// The old WAL is synced when the memtable switches. If that fdatasync fails, Linux may have
-    /// dropped the unsynced tail; a retried fdatasync would then succeed and let a later sync
-    /// write outlive earlier writes. The engine must stop taking writes instead.
-    @Test("a failed WAL sync at a memtable switch stops writes; the reopened state is a prefix")
-    func walSyncErrorAtSwitch() throws {
+    /// A memtable switch retires the old WAL unsynced; the next sync write syncs it first. If
+    /// that fdatasync fails, Linux may have dropped the old WAL's unsynced tail and a retried one
+    /// would report success, so a later sync write could outlive the lost writes. The sync write
+    /// must fail and the engine stop taking writes.
+    @Test("a failed sync of a retired WAL fails the sync write after it and stops writes; the reopened state is a prefix")
+    func retiredWALSyncError() throws {
         let db = try FaultyDatabase("wal-switch") { $0.disableAutoCompactions = true }
         defer { db.remove() }
         #expect(db.fill(0..<40, sync: true) == nil)  // durable
         #expect(db.fill(40..<80) == nil)  // acknowledged, not synced: may be lost with the page cache
+        db.database.pauseBackgroundWork()  // the switched memtable stays unflushed, its WAL retired
+        try db.database.flush(wait: false)
+        #expect(db.database.stats().immutableMemtables == 1)
         let fault = Fault.syncError(dropUnsynced: true)
         db.fileSystem.arm(fault, on: .wal)
-        expectInjected(moraineError { try db.database.flush() }, fault, naming: ["fdatasync", ".log"], "switching flush")
-        #expect(db.fileSystem.injectedCount == 1, "injected: \(db.fileSystem.injectedFaults)")
         let after = db.put("k-after", "synced?", sync: true)
-        expectInjected(after, fault, naming: ["read-only"], "sync write after the failed switch")
+        expectInjected(after, fault, naming: ["fdatasync", ".log"], "sync write after the switch")
+        #expect(db.fileSystem.injectedCount == 1, "injected: \(db.fileSystem.injectedFaults)")
+        expectInjected(db.put("k-later", "refused", sync: true), fault, naming: ["read-only"], "write after the failed sync")
+        db.database.continueBackgroundWork()
 
         // Close without another flush, so what survives is what the WAL holds.
         db.fileSystem.disarm()
