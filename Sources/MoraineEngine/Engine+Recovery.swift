@@ -76,7 +76,7 @@ extension Engine {
         // needs a spare arena at open). A crash in between leaves nothing to replay.
         let logNumber = versions.newFileNumber()
         logFileNumber = logNumber
-        mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: logNumber)
+        mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: logNumber, pool: memtableArenas)
         edit.logNumber = logNumber
         // Start a new manifest on every open: the old one may end in a torn record.
         versions.close()

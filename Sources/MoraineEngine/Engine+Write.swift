@@ -245,7 +245,8 @@ extension Engine {
         log = fresh
         logFileNumber = number
         imms.append(mem)
-        mem = MemTable(capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number)
+        mem = MemTable(
+            capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas)
         installSuperVersion()
         mutex.broadcast()
     }

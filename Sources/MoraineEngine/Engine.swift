@@ -60,6 +60,8 @@ public final class Engine: @unchecked Sendable {
     let lastSequence = Atomic<UInt64>(0)
     private let superVersionLock = Mutex<SuperVersion?>(nil)
     let counters = Counters()
+    /// Arenas of flushed memtables, reused by the next ones (already resident).
+    let memtableArenas: MemTableArenaPool
 
     // Guarded by `mutex`.
     var writers: [Writer] = []
@@ -98,6 +100,7 @@ public final class Engine: @unchecked Sendable {
         self.tableCache = TableCache(
             directory: path, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles)
         self.versions = VersionSet(directory: path, options: options, sink: obsolete)
+        self.memtableArenas = MemTableArenaPool(limit: 1, maxCapacity: options.writeBufferSize + (2 << 20))
         self.mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: 0)
     }
 

@@ -45,24 +45,38 @@ public final class MemTable: @unchecked Sendable {
     @exclusivity(unchecked) public private(set) var smallestSequence: SequenceNumber = maxSequenceNumber
     @exclusivity(unchecked) public private(set) var largestSequence: SequenceNumber = 0
 
-    /// Reserves an arena of `capacityBytes` (rounded up to pages) with anonymous memory.
-    public init(capacityBytes: Int, logNumber: UInt64, seed: UInt64 = 0x5eed) {
+    /// Where the arena goes when this memtable is freed (nil: unmapped).
+    private let pool: MemTableArenaPool?
+
+    /// Reserves an arena of `capacityBytes` (rounded up to pages): a recycled one from `pool`
+    /// when it holds one large enough, else fresh anonymous memory.
+    public init(capacityBytes: Int, logNumber: UInt64, seed: UInt64 = 0x5eed, pool: MemTableArenaPool? = nil) {
         let page = 4096
         let capacity = (max(capacityBytes, 64 << 10) + page - 1) / page * page
         precondition(capacity < Int(UInt32.max), "memtable arena over 4 GiB")
-        let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        precondition(mapped != MAP_FAILED && mapped != nil, "cannot reserve \(capacity) bytes for a memtable")
-        base = mapped!
-        self.capacityBytes = capacity
+        if let recycled = pool?.take(atLeast: capacity) {
+            base = recycled.base
+            self.capacityBytes = recycled.capacity
+        } else {
+            let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            precondition(mapped != MAP_FAILED && mapped != nil, "cannot reserve \(capacity) bytes for a memtable")
+            base = mapped!
+            self.capacityBytes = capacity
+        }
+        self.pool = pool
         self.logNumber = logNumber
         randomState = seed | 1
-        // The head node: full height, empty key.
+        // The head node: full height, empty key, no successors. (Every other node is written
+        // whole before it is linked, so a recycled arena needs no other clearing.)
         used = Self.headerBytes + 4 * Self.maxHeight
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: used)
         base.storeBytes(of: UInt8(Self.maxHeight), toByteOffset: 8, as: UInt8.self)
         usedPublished.store(used, ordering: .relaxed)
     }
 
-    deinit { munmap(base, capacityBytes) }
+    deinit {
+        if pool?.giveBack(base: base, capacity: capacityBytes) != true { munmap(base, capacityBytes) }
+    }
 
     /// Bytes of the arena in use.
     public var memoryUsageBytes: Int { usedPublished.load(ordering: .relaxed) }
@@ -252,4 +266,45 @@ public final class MemTableIterator: InternalIterator {
     public func seek(_ target: UnsafeRawBufferPointer) { node = table.findGreaterOrEqual(target, previous: nil) }
     public func next() { node = table.next(node, 0) }
     public func prev() { node = table.findLessThan(table.key(node)) }
+}
+
+/// Arenas of freed memtables, kept for the next ones. A fresh arena's pages fault in (and are
+/// zeroed by the kernel) one at a time as the writer first touches them: for a 64 MiB memtable of
+/// 4 KiB values that was about a third of the write path's time. A recycled arena is already
+/// resident. Holds at most `limit` arenas; the rest are unmapped, as are all of them when the
+/// pool goes. (RocksDB gets the same reuse from malloc handing back a freed memtable's blocks.)
+/// Thread-safe.
+public final class MemTableArenaPool: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var arenas: [(base: UnsafeMutableRawPointer, capacity: Int)] = []
+    public let limit: Int
+    /// Larger arenas (made for one oversized batch) are not kept.
+    public let maxCapacity: Int
+
+    public init(limit: Int = 1, maxCapacity: Int) {
+        self.limit = limit
+        self.maxCapacity = maxCapacity
+    }
+
+    deinit { for arena in arenas { munmap(arena.base, arena.capacity) } }
+
+    /// An arena of at least `capacity` bytes, if the pool holds one.
+    func take(atLeast capacity: Int) -> (base: UnsafeMutableRawPointer, capacity: Int)? {
+        lock.withLock {
+            guard let index = arenas.firstIndex(where: { $0.capacity >= capacity }) else { return nil }
+            return arenas.remove(at: index)
+        }
+    }
+
+    /// Keeps the arena if there is room; false means the caller unmaps it.
+    func giveBack(base: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        lock.withLock {
+            guard arenas.count < limit, capacity <= maxCapacity else { return false }
+            arenas.append((base, capacity))
+            return true
+        }
+    }
+
+    /// Arenas held now.
+    public var count: Int { lock.withLock { arenas.count } }
 }

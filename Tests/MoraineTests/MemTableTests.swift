@@ -97,6 +97,41 @@ struct MemTableTests {
         #expect(table.get([], maxSequenceNumber) == .notFound)
     }
 
+    @Test("a recycled arena starts empty; the pool keeps at most its limit and no oversized arena")
+    func recycledArena() {
+        let pool = MemTableArenaPool(limit: 1, maxCapacity: 1 << 20)
+        var first: MemTable? = MemTable(capacityBytes: 256 << 10, logNumber: 1, pool: pool)
+        var second: MemTable? = MemTable(capacityBytes: 256 << 10, logNumber: 2, pool: pool)
+        for i in 0..<2000 {
+            first!.add(SequenceNumber(i + 1), .value, Self.key(i), Self.value(i))
+            second!.add(SequenceNumber(i + 1), .value, Self.key(i), Self.value(i))
+        }
+        first = nil
+        second = nil
+        #expect(pool.count == 1, "the pool holds more than its limit")
+        let reused = MemTable(capacityBytes: 128 << 10, logNumber: 3, pool: pool)
+        #expect(pool.count == 0 && reused.capacityBytes == 256 << 10, "the arena was not reused")
+        #expect(reused.isEmpty && reused.memoryUsageBytes < 100)
+        let iterator = reused.makeIterator()
+        iterator.seekToFirst()
+        #expect(!iterator.isValid, "a recycled arena shows its old entries")
+        #expect(reused.get(Self.key(5), maxSequenceNumber) == .notFound)
+        reused.add(7, .value, Self.key(5), [1, 2, 3])
+        #expect(reused.get(Self.key(5), maxSequenceNumber) == .found([1, 2, 3]))
+        #expect(reused.get(Self.key(6), maxSequenceNumber) == .notFound)
+        var count = 0
+        iterator.seekToFirst()
+        while iterator.isValid {
+            count += 1
+            iterator.next()
+        }
+        #expect(count == 1)
+        var oversized: MemTable? = MemTable(capacityBytes: 2 << 20, logNumber: 4, pool: pool)
+        oversized!.add(1, .value, [1], [1])
+        oversized = nil
+        #expect(pool.count == 0, "an arena over maxCapacity was kept")
+    }
+
     // MARK: Concurrency
 
     static let writes = 200_000
