@@ -25,6 +25,7 @@ final class MergingIterator: InternalIterator {
     var isValid: Bool { current >= 0 }
     var key: UnsafeRawBufferPointer { currentKey }
     var value: UnsafeRawBufferPointer { children[current].value }
+    var valueOwner: AnyObject? { children[current].valueOwner }
 
     private func findSmallest() {
         var best = -1
@@ -132,6 +133,7 @@ final class LevelIterator: InternalIterator {
     var isValid: Bool { table?.isValid ?? false }
     var key: UnsafeRawBufferPointer { table!.key }
     var value: UnsafeRawBufferPointer { table!.value }
+    var valueOwner: AnyObject? { table!.valueOwner }
 
     private func open(_ index: Int) throws {
         fileIndex = index

@@ -115,6 +115,7 @@ public final class BlockIterator: InternalIterator {
     public var isValid: Bool { currentOffset < block.restartsOffset }
     public var key: UnsafeRawBufferPointer { keyBuffer.bytes }
     public var value: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: data[valueRange]) }
+    public var valueOwner: AnyObject? { block }
 
     private func corrupt(_ what: String) -> MoraineError {
         currentOffset = block.restartsOffset

@@ -1,4 +1,4 @@
-// A sharded LRU cache of decoded blocks with a byte budget. Keys are (table id, block offset);
+// A sharded cache of decoded blocks with a byte budget, evicted by CLOCK (see Shard). Keys are (table id, block offset);
 // table ids are unique per process, so tables never alias. Each shard has its own mutex, and the
 // budget is split evenly across shards. Thread-safe.
 import MoraineSystem
@@ -15,7 +15,7 @@ public struct BlockCacheKey: Hashable, Sendable {
     }
 }
 
-/// A byte-budgeted, sharded LRU cache of blocks.
+/// A byte-budgeted, sharded cache of blocks (CLOCK eviction).
 public final class BlockCache: Sendable {
     private let shards: [Shard]
     public let capacityBytes: Int
@@ -43,7 +43,7 @@ public final class BlockCache: Sendable {
         return shards[Int(truncatingIfNeeded: h >> 40) & (shards.count - 1)]
     }
 
-    /// The cached block, marked most recently used.
+    /// The cached block, marked recently used.
     public func lookup(_ key: BlockCacheKey) -> Block? {
         let block = shard(for: key).lookup(key)
         if block != nil {
@@ -54,7 +54,7 @@ public final class BlockCache: Sendable {
         return block
     }
 
-    /// Inserts a block, evicting least recently used blocks past the budget.
+    /// Inserts a block, evicting blocks not used since the clock hand last passed them.
     public func insert(_ key: BlockCacheKey, _ block: Block) {
         shard(for: key).insert(key, block)
     }
@@ -69,50 +69,66 @@ public final class BlockCache: Sendable {
     public var misses: Int { missCount.load(ordering: .relaxed) }
 }
 
-/// One shard: a dictionary into an intrusive doubly linked LRU list.
+/// One shard: a dictionary of entries, evicted by CLOCK. A hit only sets the entry's reference
+/// bit; eviction sweeps a hand over the entries, clearing set bits and evicting the first entry
+/// whose bit is clear (a recently used block gets a second chance, as under LRU). LRU's move to
+/// the front on every hit touched the two neighbours' memory and retained and released them: in
+/// a backward scan over 4 KiB values that was about 15% of the time, mostly cache misses.
+/// (RocksDB's HyperClockCache makes the same trade.)
 private final class Shard: @unchecked Sendable {
-    final class Node {
+    final class Entry {
         let key: BlockCacheKey
         let block: Block
-        var newer: Node?
-        unowned(unsafe) var older: Node?
-        init(key: BlockCacheKey, block: Block) {
+        /// Where the entry sits in `ring`.
+        var slot: Int
+        var referenced = false
+        init(key: BlockCacheKey, block: Block, slot: Int) {
             self.key = key
             self.block = block
+            self.slot = slot
         }
     }
 
     private let lock = ConditionLock()
-    private var map: [BlockCacheKey: Node] = [:]
-    private var newest: Node? = nil  // head of the "older" chain
-    private var oldest: Node? = nil  // owns the chain through `newer`
+    private var map: [BlockCacheKey: Entry] = [:]
+    /// The clock: entries in insertion order, nil where one was removed (reused by inserts).
+    private var ring: [Entry?] = []
+    private var freeSlots: [Int] = []
+    private var hand = 0
     private(set) var usage = 0
     let capacityBytes: Int
 
     init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
 
-    private func unlink(_ node: Node) {
-        if let newer = node.newer { newer.older = node.older } else { newest = node.older }
-        if let older = node.older { older.newer = node.newer } else { oldest = node.newer }
-        node.newer = nil
-        node.older = nil
-    }
-
-    private func pushNewest(_ node: Node) {
-        node.older = newest
-        node.newer = nil
-        if let n = newest { n.newer = node } else { oldest = node }
-        newest = node
-    }
-
     func lookup(_ key: BlockCacheKey) -> Block? {
         lock.withLock {
-            guard let node = map[key] else { return nil }
-            if newest !== node {
-                unlink(node)
-                pushNewest(node)
+            guard let entry = map[key] else { return nil }
+            if !entry.referenced { entry.referenced = true }
+            return entry.block
+        }
+    }
+
+    private func remove(_ entry: Entry) {
+        map[entry.key] = nil
+        ring[entry.slot] = nil
+        freeSlots.append(entry.slot)
+        usage -= entry.block.chargeBytes
+    }
+
+    /// Evicts until the budget holds: the first unreferenced entry from the hand on.
+    private func evict() {
+        var steps = 0
+        while usage > capacityBytes && !map.isEmpty {
+            if hand >= ring.count { hand = 0 }
+            defer { hand += 1 }
+            guard let entry = ring[hand] else { continue }
+            steps += 1
+            // After two sweeps every bit is clear, so this always ends.
+            if entry.referenced && steps <= 2 * ring.count {
+                entry.referenced = false
+                continue
             }
-            return node.block
+            remove(entry)
         }
     }
 
@@ -120,29 +136,25 @@ private final class Shard: @unchecked Sendable {
         let charge = block.chargeBytes
         guard charge <= capacityBytes else { return }
         lock.withLock {
-            if let existing = map[key] {
-                unlink(existing)
-                usage -= existing.block.chargeBytes
+            if let existing = map[key] { remove(existing) }
+            let slot: Int
+            if let free = freeSlots.popLast() {
+                slot = free
+            } else {
+                slot = ring.count
+                ring.append(nil)
             }
-            let node = Node(key: key, block: block)
-            map[key] = node
-            pushNewest(node)
+            let entry = Entry(key: key, block: block, slot: slot)
+            ring[slot] = entry
+            map[key] = entry
             usage += charge
-            while usage > capacityBytes, let victim = oldest {
-                unlink(victim)
-                map[victim.key] = nil
-                usage -= victim.block.chargeBytes
-            }
+            evict()
         }
     }
 
     func evictTable(_ tableID: UInt64) {
         lock.withLock {
-            for (key, node) in map where key.tableID == tableID {
-                unlink(node)
-                map[key] = nil
-                usage -= node.block.chargeBytes
-            }
+            for (key, entry) in map where key.tableID == tableID { remove(entry) }
         }
     }
 }

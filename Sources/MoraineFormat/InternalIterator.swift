@@ -18,6 +18,15 @@ public protocol InternalIterator: AnyObject {
     var key: UnsafeRawBufferPointer { get }
     /// The current value. Precondition: isValid.
     var value: UnsafeRawBufferPointer { get }
+    /// An object that, while retained, keeps the current value's bytes alive and unchanged after
+    /// the iterator moves on (a cached block, a memtable), or nil if there is none: then the
+    /// bytes last only until the next step. Lets a backward scan keep a value without copying
+    /// it (RocksDB pins the block for the same reason). Precondition: isValid.
+    var valueOwner: AnyObject? { get }
+}
+
+extension InternalIterator {
+    public var valueOwner: AnyObject? { nil }
 }
 
 /// An iterator over nothing (an empty level, a failed open reported elsewhere).

@@ -256,6 +256,7 @@ public final class TableIterator: InternalIterator {
     public var isValid: Bool { data?.isValid ?? false }
     public var key: UnsafeRawBufferPointer { data!.key }
     public var value: UnsafeRawBufferPointer { data!.value }
+    public var valueOwner: AnyObject? { data!.valueOwner }
 
     private func loadDataBlock() throws {
         guard index.isValid else {

@@ -260,6 +260,7 @@ public final class MemTableIterator: InternalIterator {
     public var isValid: Bool { node != 0 }
     public var key: UnsafeRawBufferPointer { table.key(node) }
     public var value: UnsafeRawBufferPointer { table.value(node) }
+    public var valueOwner: AnyObject? { table }
 
     public func seekToFirst() { node = table.next(0, 0) }
     public func seekToLast() { node = table.findLast() }

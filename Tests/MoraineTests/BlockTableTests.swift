@@ -190,6 +190,44 @@ struct BlockTests {
     }
 }
 
+@Suite("Block cache")
+struct BlockCacheTests {
+    /// A block charging about 1 KiB.
+    static func block() throws -> Block {
+        var builder = BlockBuilder(restartInterval: 16)
+        builder.add(key: makeInternalKey(Array("k".utf8), 1, .value), value: [UInt8](repeating: 7, count: 900))
+        return try Block(copying: builder.finish(), origin: "cache test")
+    }
+
+    @Test("the budget holds; a block used again outlives a scan of blocks used once; a table's blocks go with it")
+    func clockEviction() throws {
+        let one = try Self.block()
+        let perBlock = one.chargeBytes
+        let cache = BlockCache(capacityBytes: perBlock * 64, shardCount: 1)
+        let hot = BlockCacheKey(tableID: 1, offset: 0)
+        cache.insert(hot, try Self.block())
+        #expect(cache.lookup(hot) != nil && cache.hits == 1)
+        // A scan of 1,000 blocks, each used once; the hot block is used between insertions.
+        for i in 0..<1000 {
+            cache.insert(BlockCacheKey(tableID: 2, offset: UInt64(i) * 4096), try Self.block())
+            #expect(cache.usageBytes <= cache.capacityBytes, "over budget after \(i) inserts")
+            if i % 16 == 0 { #expect(cache.lookup(hot) != nil, "the hot block was evicted after \(i) inserts") }
+        }
+        #expect(cache.usageBytes > cache.capacityBytes - 2 * perBlock, "the cache does not fill its budget")
+        // The newest scan blocks are there, the oldest are not.
+        #expect(cache.lookup(BlockCacheKey(tableID: 2, offset: 999 * 4096)) != nil)
+        #expect(cache.lookup(BlockCacheKey(tableID: 2, offset: 0)) == nil)
+        let misses = cache.misses
+        cache.evictTable(2)
+        #expect(cache.lookup(BlockCacheKey(tableID: 2, offset: 999 * 4096)) == nil && cache.misses == misses + 1)
+        #expect(cache.usageBytes == perBlock, "usage after dropping table 2: \(cache.usageBytes)")
+        #expect(cache.lookup(hot) != nil)
+        // Re-inserting a key replaces its block without double-charging it.
+        cache.insert(hot, try Self.block())
+        #expect(cache.usageBytes == perBlock)
+    }
+}
+
 @Suite("Table")
 struct TableTests {
     struct Built {

@@ -234,6 +234,46 @@ struct EngineTests {
         }
     }
 
+    @Test("a backward scan keeps large values right while blocks leave a tiny cache and memtables switch")
+    func backwardLargeValues() throws {
+        let (db, directory) = try openTemporary {
+            $0.blockCacheSize = 16 << 10  // far smaller than the data: blocks are evicted while a value is held
+            $0.writeBufferSize = 256 << 10
+            $0.disableAutoCompactions = true
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        func value(_ i: Int, _ round: Int) -> [UInt8] {
+            let length = 300 + (i * 37 + round * 101) % 3000  // both sides of the pinning threshold
+            return (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i &+ round) }
+        }
+        var expected: [Int: [UInt8]] = [:]
+        for round in 0..<3 {
+            for i in stride(from: round, to: 400, by: round + 1) {
+                expected[i] = value(i, round)
+                try db.put(key(i), expected[i]!)
+            }
+            if round < 2 { try db.flush() }  // two rounds in tables, the last in the memtable
+        }
+        for i in stride(from: 0, to: 400, by: 9) {
+            try db.delete(key(i))
+            expected[i] = nil
+        }
+        let iterator = try db.makeIterator()
+        try iterator.seekToLast()
+        var seen: [(Int, [UInt8])] = []
+        while iterator.isValid {
+            let k = Int(String(decoding: iterator.key.dropFirst(3), as: UTF8.self))!
+            seen.append((k, iterator.value))
+            try iterator.prev()
+        }
+        let want = expected.keys.sorted(by: >)
+        #expect(seen.map(\.0) == want)
+        for (k, v) in seen where v != expected[k] { Issue.record("key \(k): wrong value of \(v.count) bytes") }
+    }
+
     @Test("writes slow down and stop when L0 piles up, then proceed")
     func writeStalls() throws {
         let (db, directory) = try openTemporary {
