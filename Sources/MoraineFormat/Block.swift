@@ -73,6 +73,21 @@ public final class Block: @unchecked Sendable {
 
     func restartPoint(_ index: Int) -> Int { Int(loadFixed32(bytes, restartsOffset + 4 * index)) }
 
+    /// The key of the entry at restart point `index` (stored whole: nothing shared).
+    /// - Throws: `.corruption` when the entry does not decode.
+    @inline(__always)
+    func restartKey(_ index: Int) throws -> UnsafeRawBufferPointer {
+        var p = restartPoint(index)
+        let limit = UnsafeRawBufferPointer(rebasing: bytes[0..<restartsOffset])
+        guard p < restartsOffset, let shared = decodeVarint(limit, &p), let nonShared = decodeVarint(limit, &p),
+            decodeVarint(limit, &p) != nil, shared == 0,
+            nonShared <= UInt64(restartsOffset - p), nonShared >= UInt64(internalKeyTagBytes)
+        else {
+            throw MoraineError(.corruption, "bad restart entry \(index) in a block in \(origin)")
+        }
+        return UnsafeRawBufferPointer(rebasing: bytes[p..<(p + Int(nonShared))])
+    }
+
     public func makeIterator() -> BlockIterator { BlockIterator(self) }
 }
 
@@ -158,6 +173,18 @@ public final class BlockIterator: InternalIterator {
         nextOffset = offset
     }
 
+    /// Positions at the entry at restart point `index` (in an index block, entry `index`);
+    /// `index == restartCount` leaves the iterator invalid.
+    public func seek(toRestart index: Int) throws {
+        runPosition = -1
+        guard index < block.restartCount else {
+            currentOffset = block.restartsOffset
+            return
+        }
+        try seekToRestart(index)
+        _ = try parseNext()
+    }
+
     public func seekToFirst() throws {
         runPosition = -1
         try seekToRestart(0)
@@ -231,13 +258,12 @@ public final class BlockIterator: InternalIterator {
         var high = block.restartCount - 1
         while low < high {
             let mid = (low + high + 1) / 2
-            var p = block.restartPoint(mid)
-            let limit = UnsafeRawBufferPointer(rebasing: data[0..<block.restartsOffset])
-            guard let shared = decodeVarint(limit, &p), let nonShared = decodeVarint(limit, &p),
-                decodeVarint(limit, &p) != nil, shared == 0,
-                nonShared <= UInt64(block.restartsOffset - p), nonShared >= UInt64(internalKeyTagBytes)
-            else { throw corrupt("bad restart entry") }
-            let midKey = UnsafeRawBufferPointer(rebasing: data[p..<(p + Int(nonShared))])
+            let midKey: UnsafeRawBufferPointer
+            do {
+                midKey = try block.restartKey(mid)
+            } catch {
+                throw corrupt("bad restart entry")
+            }
             if compare(midKey, target) < 0 { low = mid } else { high = mid - 1 }
         }
         try seekToRestart(low)

@@ -12,6 +12,8 @@ public final class TableReader: @unchecked Sendable {
     public let fileSizeBytes: UInt64
     public let properties: TableProperties
     let indexBlock: Block
+    /// The index as dense arrays (nil for an index block of another layout).
+    private let indexSearch: IndexSearch?
     private let filter: UnsafeRawBufferPointer?
     private let cache: BlockCache?
 
@@ -39,6 +41,7 @@ public final class TableReader: @unchecked Sendable {
             throw MoraineError.corruption("\(what) handle out of bounds", file: name)
         }
         indexBlock = try Self.readBlock(file: file, handle: footer.index, name: name, what: "index block")
+        indexSearch = try IndexSearch.build(index: indexBlock, fileSize: size, name: name)
         let propertiesBlock = try Self.readBlockContents(
             file: file, handle: footer.properties, name: name, what: "properties block")
         defer { propertiesBlock.deallocate() }
@@ -52,10 +55,27 @@ public final class TableReader: @unchecked Sendable {
         }
     }
 
-    deinit { filter.map { UnsafeMutableRawBufferPointer(mutating: $0).deallocate() } }
+    deinit {
+        filter.map { UnsafeMutableRawBufferPointer(mutating: $0).deallocate() }
+        indexSearch?.deallocate()
+    }
 
-    /// Bytes pinned by this reader (index and filter).
-    public var pinnedBytes: Int { indexBlock.bytes.count + (filter?.count ?? 0) }
+    /// Bytes pinned by this reader (index, its search arrays, and filter).
+    public var pinnedBytes: Int { indexBlock.bytes.count + (indexSearch?.count ?? 0) * 24 + (filter?.count ?? 0) }
+
+    /// The first index entry whose separator is at or after `target` (an internal key), or
+    /// the entry count; nil when the index has no search arrays.
+    @inline(__always)
+    func firstIndexEntry(atOrAfter target: UnsafeRawBufferPointer) throws -> Int? {
+        guard let indexSearch else { return nil }
+        return try indexSearch.firstEntry(atOrAfter: target) { [indexBlock, name] entry in
+            do {
+                return try indexBlock.restartKey(entry)
+            } catch {
+                throw MoraineError.corruption((error as? MoraineError)?.message ?? "\(error)", file: name)
+            }
+        }
+    }
 
     /// Reads a block's payload and trailer, checks the CRC, and decompresses.
     /// - Returns: owned contents; the caller deallocates.
@@ -171,6 +191,9 @@ public final class TableReader: @unchecked Sendable {
     /// or the index rules the key out. The first step of a batched lookup.
     public func candidateBlock(_ lookupKey: UnsafeRawBufferPointer, hash: UInt64) throws -> BlockHandle? {
         if !mayContain(hash: hash) { return nil }
+        if let indexSearch, let entry = try firstIndexEntry(atOrAfter: lookupKey) {
+            return entry < indexSearch.count ? indexSearch.handle(entry) : nil
+        }
         let index = indexBlock.makeIterator()
         try index.seek(lookupKey)
         guard index.isValid else { return nil }
@@ -309,7 +332,11 @@ public final class TableIterator: InternalIterator {
     }
 
     public func seek(_ target: UnsafeRawBufferPointer) throws {
-        try index.seek(target)
+        if let entry = try table.firstIndexEntry(atOrAfter: target) {
+            try index.seek(toRestart: entry)
+        } else {
+            try index.seek(target)
+        }
         try loadDataBlock()
         try data?.seek(target)
         try skipEmptyForward()

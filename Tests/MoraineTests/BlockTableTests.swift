@@ -190,6 +190,61 @@ struct BlockTests {
     }
 }
 
+@Suite("Index search")
+struct IndexSearchTests {
+    /// Sorted distinct user keys of one shape.
+    static func keys(_ shape: Int, count: Int, rng: inout SeededRandom) -> [[UInt8]] {
+        var set = Set<[UInt8]>()
+        while set.count < count {
+            let n = Int.random(in: 0..<1_000_000_000, using: &rng)
+            switch shape {
+            case 0: set.insert((0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) })  // random bytes
+            case 1: set.insert(Array(String(n).leftPad(16).utf8))  // decimal: a long shared prefix
+            case 2: set.insert(Array("user:00000000:" .utf8) + Array(String(n % 5000).utf8))  // 8-byte ties
+            default: set.insert((0..<Int.random(in: 0...6, using: &rng)).map { _ in UInt8.random(in: 0...3, using: &rng) })  // short
+            }
+        }
+        return set.sorted { $0.lexicographicallyPrecedes($1) }
+    }
+
+    @Test("the search arrays find the entry a seek of the index block finds, for every key shape", arguments: 0..<4)
+    func matchesBlockSeek(shape: Int) throws {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed &+ UInt64(shape))
+        let users = Self.keys(shape, count: shape == 3 ? 300 : 2000, rng: &rng)
+        // Separators: every other key, as internal keys with descending sequences per key.
+        var builder = BlockBuilder(restartInterval: 1)
+        let separators = stride(from: 0, to: users.count, by: 2).map { users[$0] }
+        for (i, user) in separators.enumerated() {
+            var handle: [UInt8] = []
+            BlockHandle(offset: UInt64(i) * 4096, size: 4000).encode(into: &handle)
+            builder.add(key: makeInternalKey(user, SequenceNumber(100 + i), .value), value: handle)
+        }
+        let index = try Block(copying: builder.finish(), origin: "index")
+        let search = try #require(try IndexSearch.build(index: index, fileSize: 1 << 40, name: "t"))
+        #expect(search.count == separators.count)
+        let iterator = index.makeIterator()
+        var targets = users.map { makeInternalKey($0, SequenceNumber.random(in: 1...5000, using: &rng), .forSeek) }
+        targets.append(makeInternalKey([], maxSequenceNumber, .forSeek))
+        targets.append(makeInternalKey([255, 255, 255, 255, 255, 255, 255, 255, 255], 1, .forSeek))
+        for _ in 0..<500 { targets.append(makeInternalKey(Self.keys(shape, count: 1, rng: &rng)[0], 7, .forSeek)) }
+        for target in targets {
+            let found = try target.withUnsafeBytes { t in
+                try search.firstEntry(atOrAfter: t) { try index.restartKey($0) }
+            }
+            try target.withUnsafeBytes { try iterator.seek($0) }
+            var expected = separators.count
+            if iterator.isValid {
+                expected = 0
+                let key = Array(iterator.key)
+                while try Array(index.restartKey(expected)) != key { expected += 1 }
+            }
+            #expect(found == expected, "seed \(seed) shape \(shape): target \(target)")
+            if found < search.count { #expect(search.handle(found).offset == UInt64(found) * 4096) }
+        }
+    }
+}
+
 @Suite("Block cache")
 struct BlockCacheTests {
     /// A block charging about 1 KiB.
