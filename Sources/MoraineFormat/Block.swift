@@ -97,8 +97,11 @@ public final class Block: @unchecked Sendable {
 /// hands out references to them, and the runtime's dynamic checks (each `&field` passed inout
 /// begins and ends an access) cost about 8% of a point lookup.
 public final class BlockIterator: InternalIterator {
-    private let block: Block
-    private let data: UnsafeRawBufferPointer
+    // The block and its layout; replaced by `reset(to:)`, which keeps the buffers.
+    @exclusivity(unchecked) private var block: Block
+    @exclusivity(unchecked) private var data: UnsafeRawBufferPointer
+    @exclusivity(unchecked) private var restartsOffset: Int
+    @exclusivity(unchecked) private var restartCount: Int
     @exclusivity(unchecked) private var currentOffset: Int
     @exclusivity(unchecked) private var nextOffset: Int
     @exclusivity(unchecked) private var restartIndex: Int
@@ -122,42 +125,62 @@ public final class BlockIterator: InternalIterator {
     init(_ block: Block) {
         self.block = block
         self.data = block.bytes
+        self.restartsOffset = block.restartsOffset
+        self.restartCount = block.restartCount
         self.currentOffset = block.restartsOffset
         self.nextOffset = block.restartsOffset
         self.restartIndex = block.restartCount
     }
 
-    public var isValid: Bool { currentOffset < block.restartsOffset }
+    /// Moves the iterator to another block, unpositioned, keeping its buffers (a table
+    /// iterator steps through thousands of blocks; a new iterator for each cost two to four
+    /// allocations).
+    public func reset(to newBlock: Block) {
+        block = newBlock
+        data = newBlock.bytes
+        restartsOffset = newBlock.restartsOffset
+        restartCount = newBlock.restartCount
+        currentOffset = restartsOffset
+        nextOffset = restartsOffset
+        restartIndex = restartCount
+        runPosition = -1
+    }
+
+    @inline(__always) private func restartPoint(_ index: Int) -> Int {
+        Int(loadFixed32(data, restartsOffset + 4 * index))
+    }
+
+    public var isValid: Bool { currentOffset < restartsOffset }
     public var key: UnsafeRawBufferPointer { keyBuffer.bytes }
     public var value: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: data[valueRange]) }
     public var valueOwner: AnyObject? { block }
 
     private func corrupt(_ what: String) -> MoraineError {
-        currentOffset = block.restartsOffset
+        currentOffset = restartsOffset
         return MoraineError(.corruption, "\(what) at offset \(nextOffset) of a block in \(block.origin)")
     }
 
     /// Decodes the entry at `nextOffset` into key and value; returns false at the end.
     private func parseNext() throws -> Bool {
         currentOffset = nextOffset
-        if currentOffset >= block.restartsOffset {
-            currentOffset = block.restartsOffset
+        if currentOffset >= restartsOffset {
+            currentOffset = restartsOffset
             return false
         }
         var p = currentOffset
-        let limit = UnsafeRawBufferPointer(rebasing: data[0..<block.restartsOffset])
+        let limit = UnsafeRawBufferPointer(rebasing: data[0..<restartsOffset])
         guard let shared = decodeVarint(limit, &p), let nonShared = decodeVarint(limit, &p),
             let valueLength = decodeVarint(limit, &p)
         else { throw corrupt("bad entry header") }
         guard shared <= UInt64(keyBuffer.count),
-            nonShared <= UInt64(block.restartsOffset - p),
-            valueLength <= UInt64(block.restartsOffset - p) - nonShared
+            nonShared <= UInt64(restartsOffset - p),
+            valueLength <= UInt64(restartsOffset - p) - nonShared
         else { throw corrupt("entry out of bounds") }
         let keyEnd = p + Int(nonShared)
         keyBuffer.set(prefix: Int(shared), suffix: UnsafeRawBufferPointer(rebasing: data[p..<keyEnd]))
         valueRange = keyEnd..<(keyEnd + Int(valueLength))
         nextOffset = valueRange.upperBound
-        while restartIndex + 1 < block.restartCount && block.restartPoint(restartIndex + 1) < currentOffset {
+        while restartIndex + 1 < restartCount && restartPoint(restartIndex + 1) < currentOffset {
             restartIndex += 1
         }
         // Every block holds internal keys; a shorter key would break the comparator.
@@ -168,8 +191,8 @@ public final class BlockIterator: InternalIterator {
     private func seekToRestart(_ index: Int) throws {
         keyBuffer.clear()
         restartIndex = index
-        let offset = block.restartPoint(index)
-        guard offset <= block.restartsOffset else { throw corrupt("restart point out of bounds") }
+        let offset = restartPoint(index)
+        guard offset <= restartsOffset else { throw corrupt("restart point out of bounds") }
         nextOffset = offset
     }
 
@@ -177,8 +200,8 @@ public final class BlockIterator: InternalIterator {
     /// `index == restartCount` leaves the iterator invalid.
     public func seek(toRestart index: Int) throws {
         runPosition = -1
-        guard index < block.restartCount else {
-            currentOffset = block.restartsOffset
+        guard index < restartCount else {
+            currentOffset = restartsOffset
             return
         }
         try seekToRestart(index)
@@ -193,8 +216,8 @@ public final class BlockIterator: InternalIterator {
 
     public func seekToLast() throws {
         runPosition = -1
-        try seekToRestart(block.restartCount - 1)
-        while try parseNext() && nextOffset < block.restartsOffset {}
+        try seekToRestart(restartCount - 1)
+        while try parseNext() && nextOffset < restartsOffset {}
     }
 
     public func next() throws {
@@ -211,9 +234,9 @@ public final class BlockIterator: InternalIterator {
             return
         }
         let original = currentOffset
-        while block.restartPoint(restartIndex) >= original {
+        while restartPoint(restartIndex) >= original {
             if restartIndex == 0 {
-                currentOffset = block.restartsOffset
+                currentOffset = restartsOffset
                 runPosition = -1
                 return
             }
@@ -254,8 +277,9 @@ public final class BlockIterator: InternalIterator {
         compare: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Int
     ) throws {
         runPosition = -1
+        let block = self.block
         var low = 0
-        var high = block.restartCount - 1
+        var high = restartCount - 1
         while low < high {
             let mid = (low + high + 1) / 2
             let midKey: UnsafeRawBufferPointer

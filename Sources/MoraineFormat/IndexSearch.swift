@@ -22,44 +22,50 @@ struct IndexSearch: @unchecked Sendable {
     /// - Throws: `.corruption` for an entry that does not decode or a handle past `fileSize`.
     static func build(index: Block, fileSize: UInt64, name: String) throws -> IndexSearch? {
         let iterator = index.makeIterator()
-        var keys: [[UInt8]] = []
-        var handles: [BlockHandle] = []
+        // Sorted keys: what the first and last share, every key between shares.
+        try iterator.seekToLast()
+        guard iterator.isValid else { return nil }
+        let last = Array(userKey(iterator.key))
         try iterator.seekToFirst()
-        while iterator.isValid {
-            keys.append(Array(userKey(iterator.key)))
-            var reader = ByteReader(iterator.value, what: "index entry")
-            let handle: BlockHandle
-            do {
-                handle = try BlockHandle.decode(&reader)
-            } catch {
-                throw MoraineError.corruption((error as? MoraineError)?.message ?? "\(error)", file: name)
+        let first = userKey(iterator.key)
+        let common = Array(first.prefix(zip(first, last).prefix { $0 == $1 }.count))
+        let search = IndexSearch(commonPrefix: common, capacity: index.restartCount)
+        var count = 0
+        do {
+            while iterator.isValid {
+                guard count < index.restartCount else {
+                    search.deallocate()
+                    return nil
+                }
+                var reader = ByteReader(iterator.value, what: "index entry")
+                let handle = try BlockHandle.decode(&reader)
+                guard handle.offset <= fileSize, handle.size <= fileSize - handle.offset else {
+                    throw MoraineError(.corruption, "block handle out of bounds in index")
+                }
+                let user = userKey(iterator.key)
+                guard user.count >= common.count else { throw MoraineError(.corruption, "index keys out of order") }
+                search.prefixes[count] = Self.prefix(UnsafeRawBufferPointer(rebasing: user[common.count...]))
+                search.offsets[count] = handle.offset
+                search.sizes[count] = handle.size
+                count += 1
+                try iterator.next()
             }
-            guard handle.offset <= fileSize, handle.size <= fileSize - handle.offset else {
-                throw MoraineError.corruption("block handle out of bounds in index", file: name)
-            }
-            handles.append(handle)
-            try iterator.next()
+        } catch {
+            search.deallocate()
+            throw MoraineError.corruption((error as? MoraineError)?.message ?? "\(error)", file: name)
         }
-        guard keys.count == index.restartCount else { return nil }
-        return IndexSearch(keys: keys, handles: handles)
+        guard count == index.restartCount else {
+            search.deallocate()
+            return nil
+        }
+        return search
     }
 
-    private init(keys: [[UInt8]], handles: [BlockHandle]) {
-        var common = keys.first ?? []
-        if let last = keys.last {
-            // Sorted keys: what the first and last share, every key between shares.
-            let shared = zip(common, last).prefix { $0 == $1 }.count
-            common.removeSubrange(shared...)
-        }
-        commonPrefix = common
-        prefixes = .allocate(capacity: keys.count)
-        offsets = .allocate(capacity: keys.count)
-        sizes = .allocate(capacity: keys.count)
-        for (i, key) in keys.enumerated() {
-            prefixes[i] = key.withUnsafeBytes { Self.prefix(UnsafeRawBufferPointer(rebasing: $0[common.count...])) }
-            offsets[i] = handles[i].offset
-            sizes[i] = handles[i].size
-        }
+    private init(commonPrefix: [UInt8], capacity: Int) {
+        self.commonPrefix = commonPrefix
+        prefixes = .allocate(capacity: capacity)
+        offsets = .allocate(capacity: capacity)
+        sizes = .allocate(capacity: capacity)
     }
 
     /// Frees the arrays (TableReader's deinit).

@@ -6,6 +6,12 @@
 //   follow each other in the file, starting at 16 KiB and doubling up to 256 KiB (RocksDB's
 //   automatic iterator readahead works the same way). A seek elsewhere resets the size, so
 //   point-ish scans never pay for a big read.
+// For user iterators over a file the kernel can prefetch (a plain file: posix_fadvise WILLNEED),
+// the readahead is the kernel's: each span is advised once, as the scan reaches it, and every
+// block is then read on its own from the page cache. Reading the span into a buffer of our own
+// made every scan step that refilled it wait for the whole span (readseq's p99 at 4 KiB values
+// was 3x RocksDB's, which advises the kernel the same way for buffered files). Compaction keeps
+// the buffer: its big reads are cheaper, and nobody waits on one step.
 // Blocks found in the block cache skip the buffer entirely. Used by one iterator, one thread.
 import MoraineSystem
 
@@ -26,7 +32,9 @@ public final class Readahead {
     private var bufferLength = 0
     private var nextSequentialOffset: UInt64 = .max
     private var sequentialLoads = 0
-    /// File reads this readahead issued (for tests and stats).
+    /// The end of the span last advised to the kernel (automatic mode).
+    private var advisedEnd: UInt64 = 0
+    /// Reads (or kernel prefetch requests) this readahead issued (for tests and stats).
     public private(set) var readCount = 0
 
     /// Automatic readahead for user iterators.
@@ -64,8 +72,17 @@ public final class Readahead {
                 } else {
                     sequentialLoads = 0
                     currentBytes = Self.initialAutomaticBytes
+                    advisedEnd = 0
                 }
                 if sequentialLoads < 2 { return nil }
+                if start + UInt64(need) <= advisedEnd { return nil }  // the kernel has it coming
+                let length = max(currentBytes, need)
+                if file.prefetch(at: start, length: length) {
+                    readCount += 1
+                    advisedEnd = start + UInt64(length)
+                    currentBytes = min(currentBytes * 2, maxBytes)
+                    return nil
+                }
             }
             try fill(from: start, atLeast: need, file: file)
             if !covers(start, need) { return nil }  // the file ends first: let the plain read report it

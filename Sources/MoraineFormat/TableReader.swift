@@ -289,7 +289,12 @@ public final class TableIterator: InternalIterator {
         }
         let handle = try table.decodeHandle(index.value)
         if data != nil && handle.offset == dataOffset { return }
-        data = try table.dataBlock(handle, fillCache: fillCache, readahead: readahead).makeIterator()
+        let block = try table.dataBlock(handle, fillCache: fillCache, readahead: readahead)
+        if let data {
+            data.reset(to: block)
+        } else {
+            data = block.makeIterator()
+        }
         dataOffset = handle.offset
     }
 

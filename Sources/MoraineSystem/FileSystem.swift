@@ -28,6 +28,10 @@ public protocol RandomAccessFile: AnyObject, Sendable {
         -> Int
     /// The file's size when it was opened.
     var size: UInt64 { get }
+    /// Asks the kernel to read `length` bytes at `offset` into its page cache ahead of use,
+    /// without waiting. Returns false where that is not available; the caller then reads ahead
+    /// into a buffer of its own.
+    func prefetch(at offset: UInt64, length: Int) -> Bool
 }
 
 /// A held advisory lock on a database directory; released by `unlock` or deinit.
@@ -119,6 +123,8 @@ extension WritableFile {
 }
 
 extension RandomAccessFile {
+    public func prefetch(at offset: UInt64, length: Int) -> Bool { false }
+
     /// Reads exactly `buffer.count` bytes at `offset`.
     /// - Throws: `.corruption` naming `name` when the file ends first.
     public func readExactly(

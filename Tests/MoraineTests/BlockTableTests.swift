@@ -190,6 +190,16 @@ struct BlockTests {
     }
 }
 
+/// A file the kernel cannot prefetch (as behind a fault-injecting or simulated file system).
+final class NoPrefetchFile: RandomAccessFile, @unchecked Sendable {
+    let base: any RandomAccessFile
+    init(_ base: any RandomAccessFile) { self.base = base }
+    var size: UInt64 { base.size }
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try base.read(at: offset, into: buffer)
+    }
+}
+
 @Suite("Index search")
 struct IndexSearchTests {
     /// Sorted distinct user keys of one shape.
@@ -342,6 +352,19 @@ struct TableTests {
                         (readahead.readCount - before) * 4 < Int(p.dataBlockCount),
                         "seed \(seed) \(label): \(readahead.readCount - before) reads for \(p.dataBlockCount) blocks")
                 }
+            }
+            if cache == nil {
+                // Where the kernel cannot prefetch, automatic readahead reads spans itself.
+                let plain = try TableReader(file: NoPrefetchFile(file), name: built.path, cache: nil)
+                let readahead = Readahead.automatic()
+                let iterator = plain.makeIterator(readahead: readahead)
+                try checkIterator(iterator, model, seed: seed, label: label + " own readahead")
+                try iterator.seekToFirst()
+                let before = readahead.readCount
+                while iterator.isValid { try iterator.next() }
+                #expect(
+                    readahead.readCount - before > 0 && (readahead.readCount - before) * 4 < Int(p.dataBlockCount),
+                    "seed \(seed) \(label): \(readahead.readCount - before) reads for \(p.dataBlockCount) blocks")
             }
 
             // get: every present user key finds its newest version; older snapshots find older ones.
