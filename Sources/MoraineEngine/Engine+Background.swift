@@ -206,6 +206,7 @@ extension Engine {
     /// Moves every memtable's contents into tables and, if `wait`, waits until done (else it
     /// only switches the memtable; the flush runs in the background).
     public func flush(wait: Bool = true) throws {
+        try checkWritable("flush")
         if wait && mutex.withLock({ backgroundPauses > 0 }) {
             throw MoraineError(.invalid, "flush of \(path) would wait for ever: background work is paused")
         }
@@ -229,6 +230,7 @@ extension Engine {
     public func compactRange(
         begin: [UInt8]? = nil, end: [UInt8]? = nil, bottommost: BottommostCompaction = .ifTombstones
     ) throws {
+        try checkWritable("compactRange")
         try flush()
         mutex.lock()
         while compactionRunning {

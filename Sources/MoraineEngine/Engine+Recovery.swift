@@ -1,8 +1,13 @@
 // Opening an existing database: replay the manifest (VersionSet.recover), check that every
 // table it names exists, replay the logs from the manifest's log number on (WAL files and, in
 // `pmem` durability, the persistent logs of the region's arenas, in log-number order) into
-// memtables, flush what was replayed to L0, start a new manifest, delete files and free arenas
-// that nothing references (left by crashes mid-flush or mid-compaction), then start a new log.
+// memtables, flush what was replayed to L0, start a new manifest, then deal with the files the
+// recovered state does not name (`planCleanup`), free arenas nothing references, and start a
+// new log. A read-only open stops after the replay, keeping the memtables in memory.
+//
+// Files the recovered state does not name are deleted only when it proves them obsolete, and set
+// aside in `lost/` when it cannot; a table that holds writes the recovered state lacks fails the
+// open (docs/ARCHITECTURE.md, "What an open deletes", has the table of rules).
 import MoraineFormat
 import MoraineMemtable
 import MoraineSystem
@@ -17,6 +22,12 @@ extension Engine {
             switch DatabaseFile(name: name) {
             case .table(let n): present.insert(n)
             case .log(let n) where n >= versions.logNumber: logs.append(n)
+            default: break
+            }
+            // A file numbered past the manifest's next file number (an unfinished job's output)
+            // must not be overwritten by a file this open writes: its fate is decided below.
+            switch DatabaseFile(name: name) {
+            case .table(let n), .log(let n), .manifest(let n), .temporary(let n): versions.markFileNumberUsed(n)
             default: break
             }
         }
@@ -38,7 +49,9 @@ extension Engine {
         // The WAL replayed last and how far its whole records reach, for the next WAL's
         // predecessor check.
         var previousWAL: (number: UInt64, validLength: UInt64)? = nil
-        replaying: for source in sources {
+        // WALs after a broken chain: not replayed, and never deleted by an open.
+        var unreplayedLogs = Set<UInt64>()
+        replaying: for (position, source) in sources.enumerated() {
             if let arena = source.arena, let replayRegion {
                 let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
                 var reader = try PmemLogReader(region: replayRegion, arena: arena)
@@ -55,9 +68,11 @@ extension Engine {
                         if let gap = walGap(before: logPath, predecessor: predecessor, previous: previousWAL) {
                             // Power loss kept this WAL but not the end of an older one: its
                             // writes came after ones that are gone. None was synced (a sync
-                            // write syncs older WALs first), so dropping this WAL and every later
-                            // one leaves a consistent prefix of the writes.
-                            SystemLog.info("\(gap); replay stops there, this log and later ones are dropped")
+                            // write syncs older WALs first), so replaying up to here leaves a
+                            // consistent prefix of the writes. This WAL and later ones are set
+                            // aside, not deleted.
+                            SystemLog.info("\(gap); replay stops there")
+                            unreplayedLogs = Set(sources[position...].filter { $0.arena == nil }.map(\.number))
                             break replaying
                         }
                         continue
@@ -70,6 +85,23 @@ extension Engine {
         var edit = try replay.finish()
         lastSequence.store(replay.maxSequence, ordering: .releasing)
         allocatedSequence = replay.maxSequence
+        let cleanup: [(name: String, fate: FileFate)]
+        do {
+            cleanup = try planCleanup(names: names, lastReplayed: replay.lastReplayed, unreplayedLogs: unreplayedLogs)
+        } catch {
+            // Refused: take back the tables this replay wrote, so a refused open leaves the
+            // directory as it found it.
+            for (_, file) in edit.newFiles { try? fileSystem.remove(path(.table(file.number))) }
+            throw error
+        }
+        if options.readOnly {
+            mutex.withLock {
+                if let newest = replay.kept.last { mem = newest }
+                imms = Array(replay.kept.dropLast())
+                installSuperVersion()
+            }
+            return
+        }
 
         // The replayed logs are now in tables. The new log's number goes into the manifest
         // first; the log itself is created once the old ones are released (so a region never
@@ -81,7 +113,8 @@ extension Engine {
         // Start a new manifest on every open: the old one may end in a torn record.
         versions.close()
         try install(edit)
-        removeUnreferencedFiles()
+        try carryOut(cleanup)
+        (pmemRegion ?? leftoverRegion).map { releaseObsoleteArenas(in: $0) }
         log = try makeCommitLog(number: logNumber)
         mutex.withLock { installSuperVersion() }
     }
@@ -109,7 +142,10 @@ extension Engine {
         var maxSequence: SequenceNumber
         var table: MemTable
         var edit = VersionEdit()
+        /// The last sequence number a replayed batch used (0: none replayed).
         var lastReplayed: SequenceNumber = 0
+        /// Full memtables kept instead of flushed (read-only opens), oldest first.
+        var kept: [MemTable] = []
 
         init(engine: Engine) {
             self.engine = engine
@@ -126,7 +162,7 @@ extension Engine {
             lastReplayed = batch.sequence + SequenceNumber(batch.count) - 1
             let needed = batch.sizeBytes + batch.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
             if !table.hasRoom(forBytes: needed) || table.memoryUsageBytes >= engine.options.writeBufferSize {
-                if let info = try engine.flushReplayed(table) { edit.newFiles.append((0, info)) }
+                try retire(table)
                 table = MemTable(capacityBytes: engine.options.writeBufferSize + needed + (1 << 20), logNumber: 0)
             }
             var seq = batch.sequence
@@ -138,8 +174,17 @@ extension Engine {
         }
 
         mutating func finish() throws -> VersionEdit {
-            if let info = try engine.flushReplayed(table) { edit.newFiles.append((0, info)) }
+            try retire(table)
             return edit
+        }
+
+        /// Flushes a full memtable to L0, or keeps it when nothing may be written.
+        private mutating func retire(_ full: MemTable) throws {
+            if engine.options.readOnly {
+                if !full.isEmpty { kept.append(full) }
+            } else if let info = try engine.flushReplayed(full) {
+                edit.newFiles.append((0, info))
+            }
         }
     }
 
@@ -152,21 +197,118 @@ extension Engine {
         return try job.run()
     }
 
-    /// Deletes tables, WALs, manifests and temporaries that the current state does not use.
-    func removeUnreferencedFiles() {
-        guard let names = try? fileSystem.children(of: path) else { return }
+    /// What recovery does with a file the recovered state does not name.
+    enum FileFate {
+        /// Provably obsolete.
+        case delete
+        /// Not provably obsolete, but no part of the recovered state: moved to `lost/` with the
+        /// reason, for an operator or `moraine repair` to look at.
+        case setAside(String)
+    }
+
+    /// Decides, before anything is changed, the fate of every file in `names` (the directory's
+    /// listing at open) that the recovered manifest does not name; `lastReplayed` is the last
+    /// sequence the replayed logs reached (0: none), `unreplayedLogs` the WALs after a broken
+    /// chain. Tables the manifest does not name:
+    /// - removed by one of the manifest's own edits: delete;
+    /// - unreadable (torn or damaged): set aside (a crash mid-write leaves these, but no proof);
+    /// - every sequence number at or below what the live tables or the replayed logs reach:
+    ///   delete (an unfinished flush or compaction, whose data the recovered state holds);
+    /// - starting inside the replayed range but reaching past it: set aside (a flush of a WAL
+    ///   whose unsynced end a power loss took; those writes were never synced);
+    /// - otherwise the table holds writes the recovered state does not: a lost manifest edit.
+    ///   The open fails with `.corruption` naming it; `moraine repair` adopts it.
+    /// - Throws: that corruption, and I/O errors reading a table.
+    func planCleanup(
+        names: [String], lastReplayed: SequenceNumber, unreplayedLogs: Set<UInt64>
+    ) throws -> [(name: String, fate: FileFate)] {
         let live = versions.liveTableNumbers
-        for name in names {
-            let remove: Bool
+        let liveReach = versions.current.levels.joined().map(\.info.largestSequence).max() ?? 0
+        let reach = max(liveReach, lastReplayed)
+        var plan: [(name: String, fate: FileFate)] = []
+        var unexplained: [String] = []
+        for name in names.sorted() {
             switch DatabaseFile(name: name) {
-            case .table(let n): remove = !live.contains(n)
-            case .log(let n): remove = n < versions.logNumber && n != logFileNumber
-            case .manifest(let n): remove = n != versions.currentManifestNumber
-            case .temporary: remove = true
-            default: remove = false
+            case .table(let n) where !live.contains(n):
+                if versions.recoveredDeletedTables.contains(n) {
+                    plan.append((name, .delete))
+                    continue
+                }
+                let tablePath = path(.table(n))
+                let properties: TableProperties
+                do {
+                    properties = try TableReader(
+                        file: try fileSystem.openRandomAccess(tablePath), name: tablePath, cache: nil
+                    ).properties
+                } catch let error as MoraineError where error.kind == .corruption {
+                    plan.append((name, .setAside("unreadable and named by no manifest (\(error.message))")))
+                    continue
+                }
+                if properties.largestSequence <= reach {
+                    plan.append((name, .delete))
+                } else if lastReplayed > 0 && properties.smallestSequence <= lastReplayed {
+                    plan.append(
+                        (name,
+                         .setAside(
+                            "holds sequences \(properties.smallestSequence)...\(properties.largestSequence), past the "
+                                + "replayed logs' end at \(lastReplayed) (writes never synced before a power loss)")))
+                } else {
+                    unexplained.append(
+                        "\(tablePath) (sequences \(properties.smallestSequence)...\(properties.largestSequence))")
+                }
+            case .log(let n) where unreplayedLogs.contains(n):
+                plan.append((name, .setAside("follows a gap in the WAL chain; not replayed")))
+            case .log(let n) where n != logFileNumber:
+                plan.append((name, .delete))  // older than the manifest's log number, or replayed
+            case .manifest(let n) where n != versions.currentManifestNumber:
+                plan.append((name, .delete))
+            case .temporary:
+                plan.append((name, .delete))
+            default:
+                break
             }
-            if remove { try? fileSystem.remove(joinPath(path, name)) }
         }
-        (pmemRegion ?? leftoverRegion).map { releaseObsoleteArenas(in: $0) }
+        if !unexplained.isEmpty {
+            throw MoraineError(
+                .corruption,
+                "\(unexplained.joined(separator: ", ")) named by no manifest, with writes newer than the recovered state "
+                    + "reaches (sequence \(reach)): a manifest edit was lost. Nothing was changed; run "
+                    + "`moraine repair --db \(path)` to adopt the table\(unexplained.count == 1 ? "" : "s")")
+        }
+        return plan
+    }
+
+    /// Carries out a plan of `planCleanup`: sets files aside in `lost/` (logging each), then
+    /// deletes the obsolete ones.
+    func carryOut(_ plan: [(name: String, fate: FileFate)]) throws {
+        let asides = plan.compactMap { entry -> (String, String)? in
+            if case .setAside(let why) = entry.fate { return (entry.name, why) } else { return nil }
+        }
+        if !asides.isEmpty {
+            let lost = joinPath(path, DatabaseDirectory.lostDirectoryName)
+            try fileSystem.createDirectory(lost)
+            for (name, why) in asides {
+                try fileSystem.rename(path(name), to: try lostPath(for: name, in: lost))
+                SystemLog.info("\(path(name)) \(why): moved to \(lost)/")
+            }
+            try fileSystem.syncDirectory(lost)
+            try fileSystem.syncDirectory(path)
+        }
+        for entry in plan {
+            if case .delete = entry.fate { try? fileSystem.remove(path(entry.name)) }
+        }
+    }
+
+    private func path(_ name: String) -> String { joinPath(path, name) }
+
+    /// A name in `lost` for `name` that takes the place of nothing already there.
+    func lostPath(for name: String, in lost: String) throws -> String {
+        var candidate = joinPath(lost, name)
+        var suffix = 1
+        while try fileSystem.exists(candidate) {
+            candidate = joinPath(lost, "\(name).\(suffix)")
+            suffix += 1
+        }
+        return candidate
     }
 }

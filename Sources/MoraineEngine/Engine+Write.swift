@@ -12,9 +12,11 @@ extension Engine {
     static let maxGroupBytes = 1 << 20
 
     /// Applies `batch` atomically.
-    /// - Throws: `.invalid` for an oversized key or value, `.closed` after close, or the sticky
+    /// - Throws: `.invalid` for an oversized key or value or a read-only database, `.closed`
+    ///   after close, or the sticky
     ///   background error (an I/O failure) that stopped writes.
     public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
+        try checkWritable("write")
         if batch.maxKeyBytes > options.maxKeySize {
             throw MoraineError(.invalid, "key of \(batch.maxKeyBytes) bytes exceeds the limit of \(options.maxKeySize) bytes")
         }

@@ -89,7 +89,7 @@ public final class Engine: @unchecked Sendable {
     var unloggedWrites = false
     private var fileLock: (any FileLock)?
 
-    private init(path: String, options: Options, lock: any FileLock, pmemRegion: PmemRegion?) {
+    private init(path: String, options: Options, lock: (any FileLock)?, pmemRegion: PmemRegion?) {
         self.path = path
         self.pmemRegion = pmemRegion
         self.options = options
@@ -105,17 +105,32 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Opens (or with `createIfMissing`, creates) the database in `path`, recovering from the
-    /// manifest and replaying the WAL.
-    /// - Throws: `.invalid` for bad options or a directory that holds no database, `.busy` when
-    ///   another process has it open, `.corruption` naming the damaged file.
+    /// manifest and replaying the WAL. A database is created only where none exists: see
+    /// `DatabaseDirectory`. With `options.readOnly`, nothing is written (see `Options.readOnly`).
+    /// - Throws: `.notFound` for a missing directory (without `createIfMissing`), `.invalid` for
+    ///   bad options or a directory that holds no database, `.busy` when another process has it
+    ///   open, `.corruption` naming the damaged file (or the files that no CURRENT explains),
+    ///   and whatever the file system throws when it cannot look.
     public static func open(path: String, options: Options) throws -> Engine {
         try options.validate()
+        if options.readOnly { return try openReadOnly(path: path, options: options) }
         let fs = options.fileSystem
-        if options.createIfMissing { try fs.createDirectory(path) }
-        let currentPath = joinPath(path, DatabaseFile.current.name)
-        guard (try? fs.children(of: path)) != nil else {
-            throw MoraineError(
-                .notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
+        switch try DatabaseDirectory.inspect(path, fileSystem: fs) {
+        case .absent:
+            guard options.createIfMissing else {
+                throw MoraineError(
+                    .notFound, "database directory \(path) does not exist (set create_if_missing to create it)")
+            }
+            try fs.createDirectory(path)
+        case .empty:
+            guard options.createIfMissing else {
+                throw MoraineError(
+                    .invalid, "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
+            }
+        case .existing:
+            if options.errorIfExists {
+                throw MoraineError(.invalid, "database \(path) already exists (error_if_exists is set)")
+            }
         }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         let region: PmemRegion?
@@ -127,27 +142,18 @@ public final class Engine: @unchecked Sendable {
         }
         let engine = Engine(path: path, options: options, lock: lock, pmemRegion: region)
         do {
-            let regionPath = options.pmemPath ?? Options.defaultPmemPath(for: path)
-            if region == nil && fs.fileExists(currentPath) && PosixFileSystem.shared.fileExists(regionPath) {
-                // Reopened in wal mode after pmem durability: acknowledged writes may still sit
-                // in the region's arenas, so they are replayed before anything else.
-                engine.leftoverRegion = try PmemRegion.open(
-                    path: regionPath, layout: options.pmemLayout, formatIfNeeded: false)
+            // Decided again under the lock: another process may have created it meanwhile.
+            let existing = try DatabaseDirectory.inspect(path, fileSystem: fs) == .existing
+            if region == nil && existing {
+                engine.leftoverRegion = try openLeftoverRegion(options: options, directory: path)
             }
-            if !fs.fileExists(currentPath) {
-                guard options.createIfMissing else {
-                    throw MoraineError(
-                        .invalid,
-                        "\(path) is not a Moraine database (no CURRENT file); set create_if_missing to create one")
-                }
+            if !existing {
                 if let region, !region.allocatedArenas().isEmpty {
                     throw MoraineError(
                         .invalid,
                         "persistent-memory region \(region.path) holds the logs of another database; remove it or set pmem_path")
                 }
                 try engine.versions.writeNewManifest(lastSequence: 0)
-            } else if options.errorIfExists {
-                throw MoraineError(.invalid, "database \(path) already exists (error_if_exists is set)")
             }
             try engine.recover()
             if let leftover = engine.leftoverRegion {
@@ -161,6 +167,54 @@ public final class Engine: @unchecked Sendable {
         }
         engine.startBackgroundThreads()
         return engine
+    }
+
+    /// Opens an existing database for reading only: no lock, no file written or removed, the
+    /// logs replayed into memory. A writer in another process may change the directory while
+    /// this reads it (a flush deletes a WAL, a compaction its inputs), so a recovery that fails
+    /// while the manifest moved on is tried again, a few times.
+    private static func openReadOnly(path: String, options: Options) throws -> Engine {
+        let fs = options.fileSystem
+        switch try DatabaseDirectory.inspect(path, fileSystem: fs) {
+        case .absent: throw MoraineError(.notFound, "database directory \(path) does not exist")
+        case .empty: throw MoraineError(.invalid, "\(path) is not a Moraine database (no CURRENT file)")
+        case .existing: break
+        }
+        let attemptsMax = 4
+        for attempt in 1...attemptsMax {
+            let before = try fs.readAll(joinPath(path, DatabaseFile.current.name))
+            let region =
+                options.durability == .pmem
+                ? try openExistingRegion(options.pmemPath ?? Options.defaultPmemPath(for: path), options: options)
+                : nil
+            let engine = Engine(path: path, options: options, lock: nil, pmemRegion: region)
+            do {
+                if region == nil { engine.leftoverRegion = try openLeftoverRegion(options: options, directory: path) }
+                try engine.recover()
+                engine.leftoverRegion = nil
+                return engine
+            } catch let error as MoraineError {
+                engine.closed = true
+                let after = try? fs.readAll(joinPath(path, DatabaseFile.current.name))
+                let moved = after != before || engine.versions.manifestGrew()
+                guard moved, attempt < attemptsMax else { throw error }
+                SystemLog.info("read-only open of \(path) raced a writer (\(error)); trying again")
+            }
+        }
+        preconditionFailure("unreachable: the last attempt returns or throws")
+    }
+
+    /// The region `pmem` durability left at the database's region path, when opening in `wal`
+    /// mode: acknowledged writes may still sit in its arenas, so recovery replays them.
+    private static func openLeftoverRegion(options: Options, directory: String) throws -> PmemRegion? {
+        let regionPath = options.pmemPath ?? Options.defaultPmemPath(for: directory)
+        return try openExistingRegion(regionPath, options: options)
+    }
+
+    /// The formatted region at `regionPath`, nil when there is none; never formats.
+    private static func openExistingRegion(_ regionPath: String, options: Options) throws -> PmemRegion? {
+        guard try PosixFileSystem.shared.exists(regionPath) else { return nil }
+        return try PmemRegion.open(path: regionPath, layout: options.pmemLayout, formatIfNeeded: false)
     }
 
     func path(_ file: DatabaseFile) -> String { joinPath(path, file.name) }
@@ -199,6 +253,12 @@ public final class Engine: @unchecked Sendable {
     public func close() throws {
         mutex.lock()
         if closed {
+            mutex.unlock()
+            return
+        }
+        if options.readOnly {
+            // Nothing was written, nothing runs in the background, no lock is held.
+            closed = true
             mutex.unlock()
             return
         }
@@ -242,6 +302,11 @@ public final class Engine: @unchecked Sendable {
 
     func checkOpen() throws {
         if closed || shuttingDown { throw MoraineError(.closed, "database \(path) is closed") }
+    }
+
+    /// Throws `.invalid` when the database was opened read-only; `what` names the refused call.
+    func checkWritable(_ what: String) throws {
+        if options.readOnly { throw MoraineError(.invalid, "\(what) refused: \(path) is open read-only") }
     }
 }
 

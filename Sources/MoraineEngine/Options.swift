@@ -18,6 +18,12 @@ public struct Options: Sendable {
     public var createIfMissing = false
     /// Fail when the database already exists (`error_if_exists`).
     public var errorIfExists = false
+    /// Open for reading only (RocksDB's `DB::OpenForReadOnly`): no lock is taken, WALs are
+    /// replayed into memory only, nothing is written or deleted, no background work runs, and
+    /// writes, flushes and compactions fail with `.invalid`. Such an open may share the database
+    /// with a writer in another process and sees the state as of its open. `createIfMissing`
+    /// is ignored.
+    public var readOnly = false
     /// Bytes of writes gathered in a memtable before it is flushed (`write_buffer_size`).
     public var writeBufferSize = 64 << 20
     /// Memtables (active plus immutable) before writes stop (`max_write_buffer_number`).

@@ -27,6 +27,10 @@ final class VersionSet: @unchecked Sendable {
     private var manifest: LogWriter? = nil
     private var manifestNumber: UInt64 = 0
     private(set) var manifestCount = 0
+    /// Tables the recovered manifest's edits removed (and did not add back): provably obsolete.
+    private(set) var recoveredDeletedTables = Set<UInt64>()
+    /// The recovered manifest's path and size, to tell whether a writer appended since.
+    private var recoveredManifest: (path: String, sizeBytes: UInt64)? = nil
 
     init(directory: String, options: Options, sink: ObsoleteFiles) {
         self.directory = directory
@@ -59,16 +63,23 @@ final class VersionSet: @unchecked Sendable {
             throw MoraineError.corruption("CURRENT names '\(name)', not a manifest", file: path(.current))
         }
         let manifestPath = joinPath(directory, name)
-        guard fileSystem.fileExists(manifestPath) else {
-            throw MoraineError(.corruption, "CURRENT names \(name), which does not exist in \(directory)")
+        guard try fileSystem.exists(manifestPath) else {
+            throw MoraineError(
+                .corruption,
+                "CURRENT names \(name), which does not exist in \(directory); nothing was changed. "
+                    + "Run `moraine repair --db \(directory)` to rebuild the manifest from the tables")
         }
-        let reader = try LogReader(
-            file: try fileSystem.openRandomAccess(manifestPath), name: manifestPath, mode: .stop, strictTail: true)
+        let manifestFile = try fileSystem.openRandomAccess(manifestPath)
+        recoveredManifest = (manifestPath, manifestFile.size)
+        let reader = try LogReader(file: manifestFile, name: manifestPath, mode: .stop, strictTail: true)
+        var deleted = Set<UInt64>()
         var version = Version.empty(levelCount: options.numLevels)
         var sawNextFile = false
         var sawLog = false
         while let record = try reader.nextRecord() {
             let edit = try VersionEdit.decode(record, origin: manifestPath)
+            for (_, number) in edit.deletedFiles { deleted.insert(number) }
+            for (_, file) in edit.newFiles { deleted.remove(file.number) }
             version = version.applying(edit, sink: sink).version
             if let n = edit.logNumber { logNumber = n; sawLog = true }
             if let n = edit.nextFileNumber { nextFileNumberCounter.store(n, ordering: .relaxed); sawNextFile = true }
@@ -88,8 +99,20 @@ final class VersionSet: @unchecked Sendable {
                     "table \(file.number) is numbered past the next file number", file: manifestPath)
             }
         }
+        if reader.droppedTailBytes > 0 {
+            SystemLog.info("\(manifestPath): dropped a torn last record of \(reader.droppedTailBytes) bytes (an edit never synced)")
+        }
         state.withLock { _current = version }
         manifestNumber = number
+        recoveredDeletedTables = deleted
+    }
+
+    /// Whether the manifest recovered from has grown or gone since (a writer in another process
+    /// installed an edit: what a read-only open may race).
+    func manifestGrew() -> Bool {
+        guard let recoveredManifest else { return false }
+        guard let size = try? fileSystem.fileSize(recoveredManifest.path) else { return true }
+        return size != recoveredManifest.sizeBytes
     }
 
     /// A full snapshot of the current state as one edit (the first record of a new manifest).
@@ -105,6 +128,20 @@ final class VersionSet: @unchecked Sendable {
             edit.compactPointers.append((level, key))
         }
         return edit
+    }
+
+    /// Makes `edit` (applied to an empty tree) the whole state, with `logNumber`, in a new
+    /// manifest that CURRENT points at: how repair installs the tables it found. Precondition:
+    /// nothing was recovered or installed by this version set.
+    func adopt(_ edit: VersionEdit, logNumber: UInt64, lastSequence: SequenceNumber) throws {
+        precondition(manifest == nil && manifestNumber == 0, "adopt on a version set in use")
+        let version = Version.empty(levelCount: options.numLevels).applying(edit, sink: sink).version
+        markFileNumberUsed(logNumber)
+        state.withLock {
+            _current = version
+            self.logNumber = logNumber
+        }
+        try writeNewManifest(lastSequence: lastSequence)
     }
 
     /// Starts a new manifest holding the current state and points CURRENT at it.

@@ -49,7 +49,10 @@ public protocol FileSystem: AnyObject, Sendable {
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
     /// Reads a whole (small) file.
     func readAll(_ path: String) throws -> [UInt8]
-    func fileExists(_ path: String) -> Bool
+    /// Whether a file or directory exists at `path`: true or false only when the file system
+    /// could tell. "Could not look" (EACCES, EIO, an unreachable node) throws; a caller deciding
+    /// whether to create something must never take that for absence.
+    func exists(_ path: String) throws -> Bool
     func fileSize(_ path: String) throws -> UInt64
     /// Names (not paths) in a directory.
     func children(of directory: String) throws -> [String]

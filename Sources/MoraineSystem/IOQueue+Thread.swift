@@ -18,14 +18,14 @@ extension IOBackend {
         if let raw = getenv("MORAINE_IO_BACKEND") {
             let name = String(cString: raw)
             if let chosen = IOBackend(name: name) {
-                SystemLog.info("default I/O backend \(chosen) (chosen by MORAINE_IO_BACKEND)")
+                SystemLog.debug("default I/O backend \(chosen) (chosen by MORAINE_IO_BACKEND)")
                 return chosen
             }
             SystemLog.info("MORAINE_IO_BACKEND=\(name) is not io_uring or pread; probing instead")
         }
         do throws(MoraineError) {
             let probe = try IOQueue(ringDepth: 8)
-            SystemLog.info("default I/O backend \(probe.setupDescription)")
+            SystemLog.debug("default I/O backend \(probe.setupDescription)")
             return .ioUring
         } catch {
             SystemLog.info("io_uring unavailable (\(error.message)\(disabledReason)); default I/O backend pread/pwrite")

@@ -97,8 +97,13 @@ public final class PosixFileSystem: FileSystem {
         return bytes
     }
 
-    public func fileExists(_ path: String) -> Bool {
-        access(path, F_OK) == 0
+    /// Only ENOENT (and ENOTDIR, a path through a file) is absence; any other failure of
+    /// `stat` throws.
+    public func exists(_ path: String) throws -> Bool {
+        var st = stat()
+        if stat(path, &st) == 0 { return true }
+        if errno == ENOENT || errno == ENOTDIR { return false }
+        throw posixError("stat", path)
     }
 
     public func fileSize(_ path: String) throws -> UInt64 {

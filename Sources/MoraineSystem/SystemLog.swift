@@ -1,6 +1,8 @@
-// One-line start-up and warning messages from the system layer (which I/O backend is in use,
-// what durability a persistent-memory region gives, the NUMA topology). They go to standard
-// error by default; a program or test may install its own sink (to silence or capture them).
+// One-line start-up and warning messages from the system layer (what durability a
+// persistent-memory region gives, the NUMA topology, a file recovery set aside) and, at debug
+// level only, facts a quiet default keeps to itself (which I/O backend is in use). They go to
+// standard error by default; a program or test may install its own sink (to silence or capture
+// them).
 // Thread-safe: the sink is swapped under a lock and called outside it.
 #if canImport(Glibc)
     import Glibc
@@ -13,6 +15,21 @@ import Synchronization
 public enum SystemLog {
     private static let sink = Mutex<(@Sendable (String) -> Void)?>(nil)
     private static let said = Mutex<Set<String>>([])
+    private static let debugEnabled = Atomic<Bool>(
+        getenv("MORAINE_LOG_LEVEL").map { String(cString: $0) == "debug" } ?? false)
+
+    /// Whether `debug` messages are written (MORAINE_LOG_LEVEL=debug, or a command's
+    /// `--verbose`).
+    public static var isDebugEnabled: Bool {
+        get { debugEnabled.load(ordering: .relaxed) }
+        set { debugEnabled.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Writes `message` only when debug messages are on: facts a quiet default keeps to itself
+    /// (which I/O backend a process chose).
+    public static func debug(_ message: String) {
+        if isDebugEnabled { info(message) }
+    }
 
     /// Replaces the sink; `nil` restores standard error.
     public static func setSink(_ newSink: (@Sendable (String) -> Void)?) {

@@ -6,7 +6,7 @@
 // A fault is armed by a rule: what fails, which files (by kind, from the engine's file names),
 // and when (once, N times, after K matching calls succeed, or with a seeded probability).
 // Every injected fault is counted and logged, so a test can prove its fault fired. Calls no
-// rule picks, `close`, and every directory operation go straight to the wrapped file system.
+// rule picks, `close`, and every directory operation but lookups go straight to the wrapped file system.
 // Invariant: a failed call leaves the wrapped file as the real failure would: nothing written
 // for EIO or ENOSPC, a prefix for a short write, the synced length after a dropping sync.
 // Thread-safety: one lock guards the rules, counters and log, and is never held during I/O on
@@ -33,11 +33,14 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
         /// bytes appended since the last good sync are lost: the file is cut back to its synced
         /// length, and later appends land past a hole of zeros.
         case syncError(dropUnsynced: Bool)
+        /// An existence check or a directory listing fails with EIO: the file system could not
+        /// look (a dying disk, or later an unreachable storage node).
+        case lookupError
 
         /// The error kind the fault surfaces as.
         public var errorKind: MoraineError.Kind {
             switch self {
-            case .readError, .writeError, .syncError: .io
+            case .readError, .writeError, .syncError, .lookupError: .io
             case .noSpace, .shortWrite: .noSpace
             }
         }
@@ -49,6 +52,7 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
             case .noSpace: "ENOSPC"
             case .shortWrite: "short write"
             case .syncError(let drop): drop ? "sync EIO, unsynced bytes dropped" : "sync EIO"
+            case .lookupError: "lookup EIO"
             }
         }
 
@@ -58,6 +62,7 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
             case .writeError, .noSpace: operation == .append || operation == .flush
             case .shortWrite: operation == .append
             case .syncError: operation == .sync
+            case .lookupError: operation == .lookup
             }
         }
     }
@@ -154,6 +159,8 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
         case flush
         /// `WritableFile.sync`.
         case sync
+        /// `FileSystem.exists` or `FileSystem.children(of:)`.
+        case lookup
     }
 
     /// One fault that fired.
@@ -251,9 +258,15 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
         return try base.readAll(path)
     }
 
-    public func fileExists(_ path: String) -> Bool { base.fileExists(path) }
+    public func exists(_ path: String) throws -> Bool {
+        if fault(for: .lookup, path: path) != nil { throw injectedEIO("stat", path) }
+        return try base.exists(path)
+    }
     public func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
-    public func children(of directory: String) throws -> [String] { try base.children(of: directory) }
+    public func children(of directory: String) throws -> [String] {
+        if fault(for: .lookup, path: directory) != nil { throw injectedEIO("opendir", directory) }
+        return try base.children(of: directory)
+    }
     public func createDirectory(_ path: String) throws { try base.createDirectory(path) }
     public func remove(_ path: String) throws { try base.remove(path) }
     public func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }

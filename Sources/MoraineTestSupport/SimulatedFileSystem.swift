@@ -101,7 +101,9 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
         }
     }
 
-    public func fileExists(_ path: String) -> Bool { lock.withLock { names[path] != nil } }
+    public func exists(_ path: String) throws -> Bool {
+        lock.withLock { names[path] != nil || directories.contains(path) }
+    }
 
     public func fileSize(_ path: String) throws -> UInt64 {
         try lock.withLock {
