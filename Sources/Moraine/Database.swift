@@ -24,6 +24,13 @@ public final class Database: Sendable {
 
     public func close() throws { try engine.close() }
 
+    /// Rebuilds the manifest of the database in `path` from the tables and logs found there,
+    /// moving what cannot be read to `path/lost/` (LevelDB's RepairDB). Open it afterwards.
+    /// - Throws: see `Engine.repair`.
+    public static func repair(path: String, options: Options = Options()) throws -> RepairReport {
+        try Engine.repair(path: path, options: options)
+    }
+
     public func put(_ key: [UInt8], _ value: [UInt8], options: WriteOptions = WriteOptions()) throws {
         try engine.put(key, value, options: options)
     }

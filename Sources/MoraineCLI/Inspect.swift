@@ -1,4 +1,5 @@
-// `moraine demo`, `moraine sst dump` and `moraine manifest dump`.
+// `moraine demo`, and the inspection commands `sst dump`, `manifest dump` and `wal dump`, which
+// only read: none of them opens the database for writing.
 import ArgumentParser
 import Moraine
 import MoraineFormat
@@ -9,6 +10,10 @@ struct Demo: ParsableCommand {
         abstract: "Open (or create) an embedded database and show puts, gets, a scan, a flush and the LSM shape.")
     @Option(help: "Database directory.") var db = "./data"
     @Option(help: "Keys to write.") var keys = 200_000
+
+    func validate() throws {
+        if keys < 1 || keys > 100_000_000 { throw ValidationError("--keys must be 1…100000000, not \(keys)") }
+    }
 
     func run() throws {
         try reporting {
@@ -72,6 +77,10 @@ struct SST: ParsableCommand {
         @Argument(help: "Path of an .sst file.") var file: String
         @Option(help: "Most entries to print (-1 for all).") var limit = -1
 
+        func validate() throws {
+            if limit < -1 { throw ValidationError("--limit must be -1 (all) or more, not \(limit)") }
+        }
+
         func run() throws {
             try reporting {
                 let reader = try TableReader(
@@ -115,37 +124,102 @@ struct Manifest: ParsableCommand {
         commandName: "manifest", abstract: "Inspect the manifest.", subcommands: [Dump.self])
 
     struct Dump: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print every version edit in the live manifest.")
-        @Argument(help: "Database directory.") var dir: String
+        static let configuration = CommandConfiguration(
+            abstract: "Print every version edit of a manifest: the live one of a database directory, or a MANIFEST file.")
+        @Argument(help: "Database directory or MANIFEST file.") var path: String
 
         func run() throws {
             try reporting {
                 let fs = PosixFileSystem.shared
-                var name = String(decoding: try fs.readAll(joinPath(dir, "CURRENT")), as: UTF8.self)
-                if name.hasSuffix("\n") { name.removeLast() }
-                let path = joinPath(dir, name)
-                print("manifest: \(path)")
-                let reader = try LogReader(file: try fs.openRandomAccess(path), name: path, strictTail: true)
+                let manifestPath: String
+                if try fs.exists(joinPath(path, "CURRENT")) {
+                    var name = String(decoding: try fs.readAll(joinPath(path, "CURRENT")), as: UTF8.self)
+                    if name.hasSuffix("\n") { name.removeLast() }
+                    manifestPath = joinPath(path, name)
+                } else if (try? fs.children(of: path)) != nil {
+                    throw MoraineError(.notFound, "\(path) is a directory without CURRENT; name a MANIFEST file in it")
+                } else {
+                    manifestPath = path
+                }
+                print("manifest: \(manifestPath)")
+                let reader = try LogReader(file: try fs.openRandomAccess(manifestPath), name: manifestPath, strictTail: true)
                 var index = 0
                 while let record = try reader.nextRecord() {
-                    let edit = try VersionEdit.decode(record, origin: path)
-                    var parts: [String] = []
-                    if let n = edit.logNumber { parts.append("log=\(n)") }
-                    if let n = edit.nextFileNumber { parts.append("next_file=\(n)") }
-                    if let n = edit.lastSequence { parts.append("last_seq=\(n)") }
-                    for (level, key) in edit.compactPointers {
-                        parts.append("pointer L\(level)=\(describeInternal(key))")
-                    }
-                    for (level, n) in edit.deletedFiles { parts.append("-L\(level) #\(n)") }
-                    for (level, f) in edit.newFiles {
-                        parts.append(
-                            "+L\(level) #\(f.number) \(f.sizeBytes)B [\(describeInternal(f.smallest)) … \(describeInternal(f.largest))]"
-                        )
-                    }
-                    print("edit \(index): " + parts.joined(separator: "; "))
+                    let edit = try VersionEdit.decode(record, origin: manifestPath)
+                    print("edit \(index): " + describe(edit))
                     index += 1
                 }
                 if reader.droppedTailBytes > 0 { print("(dropped \(reader.droppedTailBytes) bytes of torn tail)") }
+            }
+        }
+
+        func describe(_ edit: VersionEdit) -> String {
+            var parts: [String] = []
+            if let n = edit.logNumber { parts.append("log=\(n)") }
+            if let n = edit.nextFileNumber { parts.append("next_file=\(n)") }
+            if let n = edit.lastSequence { parts.append("last_seq=\(n)") }
+            for (level, key) in edit.compactPointers { parts.append("pointer L\(level)=\(describeInternal(key))") }
+            for (level, n) in edit.deletedFiles { parts.append("-L\(level) #\(n)") }
+            for (level, f) in edit.newFiles {
+                parts.append(
+                    "+L\(level) #\(f.number) \(f.sizeBytes)B [\(describeInternal(f.smallest)) … \(describeInternal(f.largest))]")
+            }
+            return parts.joined(separator: "; ")
+        }
+    }
+}
+
+struct WAL: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wal", abstract: "Inspect write-ahead logs.", subcommands: [Dump.self])
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a WAL's records: each batch's sequence numbers and operations; damaged records are named.")
+        @Argument(help: "Path of a .log file.") var file: String
+        @Option(help: "Most records to print (-1 for all).") var limit = -1
+
+        func validate() throws {
+            if limit < -1 { throw ValidationError("--limit must be -1 (all) or more, not \(limit)") }
+        }
+
+        func run() throws {
+            try reporting {
+                let reader = try LogReader(
+                    file: try PosixFileSystem.shared.openRandomAccess(file), name: file, mode: .skip)
+                print("wal: \(file)")
+                var index = 0
+                var damaged = 0
+                while limit < 0 || index < limit {
+                    let skippedBefore = reader.skippedBytes
+                    guard let record = try reader.nextRecord() else { break }
+                    if reader.skippedBytes > skippedBefore {
+                        print("(damaged: skipped \(reader.skippedBytes - skippedBefore) bytes before record \(index))")
+                        damaged += 1
+                    }
+                    print("record \(index): " + describe(record))
+                    index += 1
+                }
+                if reader.droppedTailBytes > 0 { print("(dropped \(reader.droppedTailBytes) bytes of torn tail)") }
+                print("\(index) record(s), \(damaged) damaged stretch(es) skipped")
+            }
+        }
+
+        func describe(_ record: [UInt8]) -> String {
+            if let predecessor = WALPredecessor(decoding: record) {
+                return "follows WAL \(predecessor.logNumber) (\(predecessor.length) bytes, up to sequence \(predecessor.lastSequence))"
+            }
+            do {
+                let batch = try WriteBatch(decoding: record, origin: file)
+                var operations: [String] = []
+                try batch.forEach(origin: file) { type, key, value in
+                    let k = TokenCodec.encode(Array(key))
+                    operations.append(type == .value ? "put \(k) \(TokenCodec.encode(Array(value)))" : "del \(k)")
+                }
+                let last = batch.sequence + UInt64(max(batch.count, 1)) - 1
+                return "batch @\(batch.sequence)…\(last), \(batch.count) op(s): " + operations.joined(separator: "; ")
+            } catch {
+                return "damaged batch of \(record.count) bytes: \(error)"
             }
         }
     }

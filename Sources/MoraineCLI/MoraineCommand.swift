@@ -6,13 +6,43 @@ import MoraineSystem
 
 @main
 struct MoraineCommand: ParsableCommand {
+    /// The release this build is.
+    static let version = "0.4.0"
+
     static let configuration = CommandConfiguration(
         commandName: "moraine",
         abstract: "Moraine: an LSM key-value store for disaggregated infrastructure.",
+        version: version,
         subcommands: [
-            Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, SST.self, Manifest.self, Bench.self,
-            IOBenchCommand.self, NumaCommand.self, TransportBenchCommand.self,
+            Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, Stats.self, Repair.self, SST.self,
+            Manifest.self, WAL.self, Bench.self, IOBenchCommand.self, NumaCommand.self, TransportBenchCommand.self,
         ])
+
+    /// Parses and runs a command. A usage error (an unknown flag, a missing argument, a value
+    /// out of range) exits 2, as getopt-style tools and RocksDB's do; a failed operation exits 1
+    /// (`reporting`); a missing key exits 1 from `get`.
+    static func main() {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        if let verbose = arguments.firstIndex(of: "--verbose") {
+            arguments.remove(at: verbose)
+            SystemLog.isDebugEnabled = true
+        }
+        if arguments.first == "bench" {
+            // db_bench spells flags with one dash (`-num=1000`); ArgumentParser wants two.
+            arguments = arguments.map { $0.hasPrefix("-") && !$0.hasPrefix("--") && $0.count > 2 ? "-" + $0 : $0 }
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                printError(fullMessage(for: error))
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options shared by commands that open a database.
@@ -31,6 +61,12 @@ struct DatabaseOptions: ParsableArguments {
 
     @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
     var pmemPath: String?
+
+    func validate() throws {
+        if let writeBufferSize, writeBufferSize < 4096 || writeBufferSize > 1 << 30 {
+            throw ValidationError("--write_buffer_size must be 4096…1073741824 bytes, not \(writeBufferSize)")
+        }
+    }
 
     func makeOptions(create: Bool = true) throws -> Options {
         var options = Options()
@@ -52,6 +88,13 @@ struct DatabaseOptions: ParsableArguments {
 
     func open() throws -> Database {
         try Database(path: db, options: try makeOptions())
+    }
+
+    /// Opens the database read-only: inspecting never changes it.
+    func openReadOnly() throws -> Database {
+        var options = try makeOptions(create: false)
+        options.readOnly = true
+        return try Database(path: db, options: options)
     }
 }
 
@@ -94,17 +137,22 @@ struct Put: ParsableCommand {
 }
 
 struct Get: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a value, or (nil).")
+    static let configuration = CommandConfiguration(
+        abstract: "Print a value; a missing key prints nothing, says 'not found' on standard error and exits 1.")
     @OptionGroup var database: DatabaseOptions
     @Argument(help: "Key (text, or x:HEX).") var key: String
 
     func run() throws {
         let value = try reporting {
-            let db = try Database(path: database.db, options: try database.makeOptions(create: false))
+            let db = try database.openReadOnly()
             defer { try? db.close() }
             return try db.get(try TokenCodec.decode(key[...]))
         }
-        print(value.map(TokenCodec.encode) ?? "(nil)")
+        guard let value else {
+            printError("not found")
+            throw ExitCode(1)
+        }
+        print(TokenCodec.encode(value))
     }
 }
 
@@ -132,9 +180,13 @@ struct Scan: ParsableCommand {
     @Option(help: "Most pairs to print.") var limit = 100
     @Flag(help: "Walk backward from the end.") var reverse = false
 
+    func validate() throws {
+        if limit < 0 { throw ValidationError("--limit must not be negative, not \(limit)") }
+    }
+
     func run() throws {
         try reporting {
-            let db = try Database(path: database.db, options: try database.makeOptions(create: false))
+            let db = try database.openReadOnly()
             defer { try? db.close() }
             let iterator = try db.makeIterator(
                 options: ReadOptions(
@@ -147,6 +199,7 @@ struct Scan: ParsableCommand {
                 count += 1
                 if reverse { try iterator.prev() } else { try iterator.next() }
             }
+            if iterator.isValid { printError("scan stopped at --limit \(limit); more pairs follow") }
         }
         print("END")
     }
@@ -159,6 +212,10 @@ struct Shell: ParsableCommand {
     @Flag(help: "Acknowledge writes only once they are durable (fdatasync).") var sync = false
     @Option(name: .customLong("numa_node"), help: "Pin the process (all its threads) to this NUMA node.") var numaNode: Int?
 
+    func validate() throws {
+        if let numaNode, numaNode < 0 { throw ValidationError("--numa_node must not be negative, not \(numaNode)") }
+    }
+
     func run() throws {
         try reporting {
             if let numaNode { try NUMATopology.pinCurrentThread(toNode: numaNode) }
@@ -167,5 +224,40 @@ struct Shell: ParsableCommand {
         let db = try reporting { try database.open() }
         ShellSession(database: db, writeOptions: WriteOptions(sync: sync)).run()
         try reporting { try db.close() }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the database's counters as one line of JSON, then the shape of its tree (read-only).")
+    @OptionGroup var database: DatabaseOptions
+
+    func run() throws {
+        try reporting {
+            let db = try database.openReadOnly()
+            defer { try? db.close() }
+            let stats = db.stats()
+            print(stats.json)
+            print(stats.shape)
+        }
+    }
+}
+
+struct Repair: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Rebuild the manifest from the tables and WALs found; unreadable files move to DIR/lost/.",
+        discussion: """
+            For a database an open refuses (no CURRENT, a damaged manifest, a table no manifest \
+            names). Every table is read whole and kept if it reads cleanly; every WAL is replayed \
+            into new tables (damaged records skipped); files that cannot be read, replayed WALs and \
+            old manifests are moved to DIR/lost/, never deleted. Prints what it kept and moved.
+            """)
+    @Option(help: "Database directory.") var db: String
+
+    func run() throws {
+        try reporting {
+            let report = try Database.repair(path: db, options: Options())
+            print(report.description)
+        }
     }
 }

@@ -291,7 +291,10 @@ extension Engine {
                 tableOptions: options.tableOptions)
             var edit = VersionEdit()
             if let info = try job.run() { edit.newFiles.append((0, info)) }
-            edit.logNumber = i + 1 < pending.count ? pending[i + 1].logNumber : logFileNumber
+            // The last edit moves the log number past the current WAL: everything in it is now in
+            // tables, and naming it live would make the next open replay it into a second table
+            // with the same sequence range.
+            edit.logNumber = i + 1 < pending.count ? pending[i + 1].logNumber : versions.newFileNumber()
             try install(edit)
         }
         imms = []

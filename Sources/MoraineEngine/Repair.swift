@@ -284,13 +284,7 @@ struct ReplaySink {
             try finish()
             table = MemTable(capacityBytes: repairer.options.writeBufferSize + needed + (1 << 20), logNumber: 0)
         }
-        // Decoded whole before anything is applied, so a damaged batch adds none of its entries.
-        do {
-            try batch.forEach(origin: origin) { _, _, _ in }
-        } catch let error as MoraineError where error.kind == .corruption {
-            skippedBytes += record.count
-            return false
-        }
+        // WriteBatch(decoding:) walked every entry: a damaged batch was refused whole above.
         var seq = batch.sequence
         try batch.forEach(origin: origin) { type, key, value in
             table.add(sequence: seq, type: type, key: key, value: value)

@@ -1,0 +1,161 @@
+// What an open may delete, and what it must refuse or set aside (Engine+Recovery's planCleanup),
+// in-process over real files: crash garbage still goes, an unreadable stray table and the WALs
+// after a broken chain go to lost/, "could not look" never becomes "create", an interrupted
+// create is not a database, and a read-only open beside a live writer reads without writing.
+import Foundation
+import Moraine
+import Testing
+
+@Suite("Recovery deletes only what it can prove obsolete")
+struct RecoverySafetyTests {
+    func options(_ adjust: (inout Options) -> Void = { _ in }) -> Options {
+        var options = Options()
+        options.createIfMissing = true
+        options.disableAutoCompactions = true
+        adjust(&options)
+        return options
+    }
+
+    func fill(_ db: Database, _ range: Range<Int>, tag: String = "v") throws {
+        for i in range { try db.put("key\(padded(i))", "\(tag)\(i)") }
+    }
+
+    @Test("a stray copy of a live table is deleted; an unreadable stray table moves to lost/")
+    func strayTables() throws {
+        let dir = TempDir("moraine-stray")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: options())
+        try fill(db, 0..<200)
+        try db.flush()
+        try db.close()
+        let live = dir.names().first { $0.hasSuffix(".sst") }!
+        // An unfinished compaction's output: its sequences are all within the live tables'.
+        try FileManager.default.copyItem(atPath: dir.file(live), toPath: dir.file("900000.sst"))
+        // A flush cut short by a crash: no footer.
+        writeFileBytes(dir.file("900001.sst"), Array(repeating: 7, count: 300))
+        let reopened = try Database(path: dir.path, options: options())
+        #expect(try reopened.get("key\(padded(7))") == "v7")
+        try reopened.close()
+        #expect(!dir.names().contains("900000.sst"), "the covered copy stays")
+        #expect(!dir.names().contains("900001.sst"))
+        #expect(FileManager.default.fileExists(atPath: dir.file("lost/900001.sst")), "the torn table was not set aside")
+    }
+
+    @Test("WALs after a missing one are replayed no further and set aside, not deleted")
+    func brokenWALChain() throws {
+        let dir = TempDir("moraine-walgap")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: options {
+            $0.writeBufferSize = 64 << 10
+            $0.maxWriteBufferNumber = 8
+        })
+        db.pauseBackgroundWork()
+        try fill(db, 0..<5000)  // about 1,000 keys per memtable: five memtables, one WAL each
+        db.continueBackgroundWork()
+        try db.close()
+        // close() flushes nothing here, so every WAL since the manifest's log number is live.
+        let logs = dir.names().filter { $0.hasSuffix(".log") }
+        try #require(logs.count >= 3, "\(logs)")
+        let sizes = logs.map { fileSize(dir.file($0)) }
+        try FileManager.default.removeItem(atPath: dir.file(logs[1]))
+        let reopened = try Database(path: dir.path, options: options())
+        #expect(try reopened.get("key\(padded(0))") == "v0", "the first WAL's writes are replayed")
+        #expect(try reopened.get("key\(padded(4999))") == nil, "replay went past the gap")
+        try reopened.close()
+        for (name, size) in zip(logs.dropFirst(2), sizes.dropFirst(2)) {
+            #expect(fileSize(dir.file("lost/" + name)) == size, "\(name) was not kept whole in lost/")
+        }
+    }
+
+    @Test("an open that cannot look fails; it neither creates nor deletes")
+    func couldNotLook() throws {
+        let dir = TempDir("moraine-nolook")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: options())
+        try fill(db, 0..<50)
+        try db.close()
+        let before = listing(dir.path)
+        let fs = FaultInjectingFileSystem(wrapping: PosixFileSystem.shared)
+        fs.arm(.lookupError, on: .any, trigger: .init(limit: nil))
+        for path in [dir.path, dir.path + "/absent"] {
+            let error = moraineError { _ = try Database(path: path, options: options { $0.fileSystem = fs }) }
+            #expect(error?.kind == .io && error?.message.contains("injected EIO") == true, "\(path): \(String(describing: error))")
+        }
+        #expect(listing(dir.path) == before)
+        fs.disarm()
+        let reopened = try Database(path: dir.path, options: options { $0.fileSystem = fs })
+        #expect(try reopened.get("key\(padded(49))") == "v49")
+        try reopened.close()
+    }
+
+    @Test("a directory left by an interrupted create is no database; one with only a LOCK file neither")
+    func interruptedCreate() throws {
+        let dir = TempDir("moraine-halfmade")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: options())
+        try db.close()
+        // What a crash between writing the first manifest and CURRENT leaves.
+        try FileManager.default.removeItem(atPath: dir.file("CURRENT"))
+        for log in dir.names().filter({ $0.hasSuffix(".log") }) { try FileManager.default.removeItem(atPath: dir.file(log)) }
+        var plain = options()
+        plain.createIfMissing = false
+        #expect(moraineError { _ = try Database(path: dir.path, options: plain) }?.kind == .invalid)
+        let created = try Database(path: dir.path, options: options())
+        try created.put("k", "v")
+        try created.close()
+    }
+
+    @Test("read-only: no lock, replays the WAL in memory, refuses writes, sees the state as of its open")
+    func readOnlyBesideWriter() throws {
+        let dir = TempDir("moraine-ro")
+        defer { dir.remove() }
+        let writer = try Database(path: dir.path, options: options())
+        try fill(writer, 0..<100)
+        try writer.flush()
+        try fill(writer, 100..<150)  // only in the WAL
+        let before = listing(dir.path)
+        var readOnly = options()
+        readOnly.readOnly = true
+        let reader = try Database(path: dir.path, options: readOnly)
+        #expect(listing(dir.path) == before, "a read-only open wrote")
+        #expect(try reader.get("key\(padded(3))") == "v3")
+        #expect(try reader.get("key\(padded(120))") == "v120", "WAL not replayed")
+        for (what, attempt) in [
+            ("put", { try reader.put("x", "y") }), ("delete", { try reader.delete("key000001") }),
+            ("flush", { try reader.flush() }), ("compactRange", { try reader.compactRange() }),
+        ] as [(String, () throws -> Void)] {
+            let error = moraineError(attempt)
+            #expect(error?.kind == .invalid && error?.message.contains("read-only") == true, "\(what): \(String(describing: error))")
+        }
+        try writer.put("later", "1")
+        try writer.flush()
+        #expect(try reader.get("later") == nil, "the reader sees writes after its open")
+        let iterator = try reader.makeIterator()
+        try iterator.seekToFirst()
+        var count = 0
+        while iterator.isValid {
+            count += 1
+            try iterator.next()
+        }
+        #expect(count == 150)
+        try reader.close()
+        try writer.close()
+        #expect(try Database(path: dir.path, options: readOnly).get("later") == "1")
+    }
+
+    @Test("close after disableWAL writes records the log past its flush: a reopen replays nothing twice")
+    func closeAfterDisableWAL() throws {
+        let dir = TempDir("moraine-nowal")
+        defer { dir.remove() }
+        let db = try Database(path: dir.path, options: options())
+        try fill(db, 0..<50)
+        for i in 50..<80 { try db.put("key\(padded(i))", "u\(i)", options: WriteOptions(disableWAL: true)) }
+        try db.close()
+        let tablesAfterClose = dir.names().filter { $0.hasSuffix(".sst") }.count
+        let second = try Database(path: dir.path, options: options())
+        #expect(second.stats().levels[0].fileCount == tablesAfterClose, "the reopen flushed a replayed WAL again")
+        #expect(try second.get("key\(padded(60))") == "u60")
+        #expect(try second.get("key\(padded(10))") == "v10")
+        try second.close()
+    }
+}
