@@ -219,7 +219,8 @@ struct Shell: ParsableCommand {
     func run() throws {
         try reporting {
             if let numaNode { try NUMATopology.pinCurrentThread(toNode: numaNode) }
-            SystemLog.info(NUMATopology.current().description + (numaNode.map { "; pinned to node \($0)" } ?? ""))
+            let topology = NUMATopology.current().description
+            if let numaNode { SystemLog.info(topology + "; pinned to node \(numaNode)") } else { SystemLog.debug(topology) }
         }
         let db = try reporting { try database.open() }
         ShellSession(database: db, writeOptions: WriteOptions(sync: sync)).run()

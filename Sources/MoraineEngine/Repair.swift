@@ -179,7 +179,7 @@ final class Repairer {
         try sink.finish()
         report.logRecordsReplayed += records
         report.logBytesSkipped += reader.skippedBytes + reader.droppedTailBytes + sink.skippedBytes
-        toSetAside.append((name, "its \(records) record(s) are now in tables"))
+        toSetAside.append((name, records == 0 ? "holds no write" : "its \(records) record(s) are now in tables"))
     }
 
     /// Replays the logs in the arenas of a persistent-memory region (left as they are: the new

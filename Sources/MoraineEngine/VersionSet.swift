@@ -100,7 +100,7 @@ final class VersionSet: @unchecked Sendable {
             }
         }
         if reader.droppedTailBytes > 0 {
-            SystemLog.info("\(manifestPath): dropped a torn last record of \(reader.droppedTailBytes) bytes (an edit never synced)")
+            SystemLog.info("\(manifestPath): dropped a torn last record of \(reader.droppedTailBytes) bytes (a crash mid-append, or damage)")
         }
         state.withLock { _current = version }
         manifestNumber = number
