@@ -52,10 +52,60 @@ public final class BenchData: Sendable {
         }
     }
 
+    /// The value for operation `index`, valid as long as this BenchData.
+    public func value(_ index: Int) -> UnsafeRawBufferPointer {
+        let start = (index &* 97) % (values.count - valueSize)
+        return values.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[start..<start + valueSize]) }
+    }
+
     /// Calls `body` with the value for operation `index`.
     @inline(__always)
     public func withValue<T>(_ index: Int, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
         let start = (index &* 97) % (values.count - valueSize)
         return try values.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[start..<start + valueSize])) }
+    }
+}
+
+/// db_bench's generator: `Random64`, a 64-bit Mersenne Twister (std::mt19937_64). Each thread
+/// of each db_bench workload seeds one with `--seed` plus a count of threads started before it
+/// in the run, and its key draws are `next() % --num`, so the same flags draw the very keys
+/// RocksDB's own db_bench draws (and find the same number of them).
+public struct DbBenchRandom: Sendable {
+    private static let stateWords = 312
+    private var state: [UInt64]
+    private var index: Int
+
+    public init(seed: UInt64) {
+        state = [UInt64](repeating: 0, count: Self.stateWords)
+        state[0] = seed
+        for i in 1..<Self.stateWords {
+            state[i] = 6_364_136_223_846_793_005 &* (state[i - 1] ^ (state[i - 1] >> 62)) &+ UInt64(i)
+        }
+        index = Self.stateWords
+    }
+
+    public mutating func next() -> UInt64 {
+        if index >= Self.stateWords { twist() }
+        var y = state[index]
+        index += 1
+        y ^= (y >> 29) & 0x5555_5555_5555_5555
+        y ^= (y << 17) & 0x71D6_7FFF_EDA6_0000
+        y ^= (y << 37) & 0xFFF7_EEE0_0000_0000
+        y ^= y >> 43
+        return y
+    }
+
+    /// `next() % bound`, as db_bench's `Uniform`. Precondition: bound > 0.
+    public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+
+    private mutating func twist() {
+        let n = Self.stateWords
+        for k in 0..<n {
+            let x = (state[k] & 0xFFFF_FFFF_8000_0000) | (state[(k + 1) % n] & 0x7FFF_FFFF)
+            var shifted = x >> 1
+            if x & 1 != 0 { shifted ^= 0xB502_6F5A_A966_19E9 }
+            state[k] = state[(k + 156) % n] ^ shifted
+        }
+        index = 0
     }
 }

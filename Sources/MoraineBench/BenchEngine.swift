@@ -34,6 +34,10 @@ public protocol BenchEngine: AnyObject, Sendable {
     var name: String { get }
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws
     func delete(_ key: UnsafeRawBufferPointer) throws
+    /// Applies one batch atomically, as one write: `keys` holds keys of `keySize` bytes one after
+    /// another; with `values`, each key is put with its value, without, each is deleted
+    /// (db_bench's --batch_size for fills and deletes).
+    func write(keys: UnsafeRawBufferPointer, keySize: Int, values: [UnsafeRawBufferPointer]?) throws
     /// Reads a key; returns the value's size, or nil when absent.
     func get(_ key: UnsafeRawBufferPointer) throws -> Int?
     /// Reads `count` keys of `keySize` bytes packed one after another in `keys`, as one batch
@@ -57,6 +61,8 @@ public protocol BenchCursor: AnyObject {
     func prev() throws
     /// Bytes of the current key plus value (for MB/s).
     var entryBytes: Int { get }
+    /// Whether the current key is `key`. Precondition: isValid.
+    func keyEquals(_ key: UnsafeRawBufferPointer) -> Bool
 }
 
 /// Opens engines by name.

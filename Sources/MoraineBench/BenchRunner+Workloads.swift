@@ -1,6 +1,6 @@
 // The db_bench workloads. Each runs --threads threads (readwhilewriting adds one writer), each
-// thread with its own seeded generator and latency histogram, merged at the end. Throughput is
-// operations over wall time.
+// thread with its own generator (seeded as db_bench seeds it) and latency histogram, merged at
+// the end. Throughput is operations over wall time.
 import Histogram
 import MoraineSystem
 import Synchronization
@@ -41,26 +41,21 @@ struct ThreadTally: Sendable {
 }
 
 extension BenchRunner {
+    // Workloads draw their keys as db_bench does (DbBenchRandom): each thread of a fill writes
+    // --num entries in batches of --batch_size and each reader reads --reads keys; a write batch
+    // and a read draw one number for db_bench's database choice before their keys, a seek does
+    // not; batched workloads run whole batches only (db_bench stops before a batch that would
+    // pass the count). The same flags then write and look up exactly the keys RocksDB's db_bench
+    // does.
     func runWorkload(_ workload: String, engine name: String) throws -> BenchResult {
         let num = flags.num
         let reads = flags.readCount
         switch workload {
-        case "fillseq":
-            try reopenFresh(name)
-            return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(
-                    engine, thread: thread, count: num / self.flags.threads, random: false, rng: &rng, tally: &tally)
-            }
-        case "fillrandom":
-            try reopenFresh(name)
-            return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(
-                    engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
-            }
-        case "overwrite":
-            return try measure(workload, name, opsPerThread: num / flags.threads) { engine, thread, rng, tally in
-                try self.writeKeys(
-                    engine, thread: thread, count: num / self.flags.threads, random: true, rng: &rng, tally: &tally)
+        case "fillseq", "fillrandom", "overwrite":
+            if workload != "overwrite" { try reopenFresh(name) }
+            let random = workload != "fillseq"
+            return try measure(workload, name, opsPerThread: num) { engine, _, rng, tally in
+                try self.writeKeys(engine, count: num, random: random, rng: &rng, tally: &tally)
             }
         case "readrandom":
             return try measure(workload, name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
@@ -91,7 +86,8 @@ extension BenchRunner {
                         self.data.fillKey(rng.below(num), into: key)
                         let start = nowNanos()
                         try cursor.seek(UnsafeRawBufferPointer(key))
-                        if cursor.isValid { tally.found += 1 }
+                        // db_bench counts a seek found when it lands on the key itself.
+                        if cursor.isValid && cursor.keyEquals(UnsafeRawBufferPointer(key)) { tally.found += 1 }
                         var n = 0
                         while n < self.flags.seekNexts && cursor.isValid {
                             tally.bytes += cursor.entryBytes
@@ -103,20 +99,14 @@ extension BenchRunner {
                 }
             }
         case "deleterandom":
-            return try measure(workload, name, opsPerThread: num / flags.threads) { engine, _, rng, tally in
-                try withUnsafeTemporaryAllocation(byteCount: self.data.keySize, alignment: 8) { key in
-                    for _ in 0..<(num / self.flags.threads) {
-                        self.data.fillKey(rng.below(num), into: key)
-                        let start = nowNanos()
-                        try engine.delete(UnsafeRawBufferPointer(key))
-                        tally.record(since: start)
-                    }
-                }
+            return try measure(workload, name, opsPerThread: num) { engine, _, rng, tally in
+                try self.deleteKeys(engine, count: num, rng: &rng, tally: &tally)
             }
         case "readwhilewriting":
             return try readWhileWriting(name, reads: reads)
         case "compact":
-            return try measure(workload, name, opsPerThread: 1, threads: 1) { engine, _, _, tally in
+            return try measure(workload, name, opsPerThread: 1, threads: 1, seedThreads: flags.threads) {
+                engine, _, _, tally in
                 let start = nowNanos()
                 try engine.compactAll()
                 tally.record(since: start)
@@ -131,25 +121,70 @@ extension BenchRunner {
         engines[name] = try open(name, fresh: true)
     }
 
+    /// Writes `count` entries in batches of --batch_size (one engine write per batch): keys
+    /// 0..<count in order, or drawn at random below --num.
     func writeKeys(
-        _ engine: any BenchEngine, thread: Int, count: Int, random: Bool, rng: inout BenchRandom,
-        tally: inout ThreadTally
+        _ engine: any BenchEngine, count: Int, random: Bool, rng: inout DbBenchRandom, tally: inout ThreadTally
     ) throws {
-        let base = thread * count
-        try withUnsafeTemporaryAllocation(byteCount: data.keySize, alignment: 8) { key in
-            for i in 0..<count {
-                data.fillKey(random ? rng.below(flags.num) : base + i, into: key)
+        let batch = flags.batchSize
+        let keySize = data.keySize
+        try withUnsafeTemporaryAllocation(byteCount: keySize * batch, alignment: 8) { keys in
+            var written = 0
+            while written + batch <= count {
+                let n = batch
+                _ = rng.next()  // db_bench's choice among databases
+                for i in 0..<n {
+                    data.fillKey(
+                        random ? rng.below(flags.num) : written + i,
+                        into: UnsafeMutableRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize]))
+                }
                 let start = nowNanos()
-                try data.withValue(base + i) { value in try engine.put(UnsafeRawBufferPointer(key), value) }
-                tally.record(since: start)
-                tally.bytes += data.keySize + data.valueSize
+                if n == 1 {
+                    try data.withValue(written) { value in
+                        try engine.put(UnsafeRawBufferPointer(rebasing: keys[0..<keySize]), value)
+                    }
+                    tally.record(since: start)
+                } else {
+                    let values = (0..<n).map { data.value(written + $0) }
+                    try engine.write(keys: UnsafeRawBufferPointer(rebasing: keys[0..<n * keySize]), keySize: keySize, values: values)
+                    tally.record(since: start, operations: n)
+                }
+                tally.bytes += n * (keySize + data.valueSize)
+                written += n
             }
         }
     }
 
-    func readRandom(_ engine: any BenchEngine, count: Int, rng: inout BenchRandom, tally: inout ThreadTally) throws {
+    /// Deletes `count` keys drawn at random below --num, in batches of --batch_size.
+    func deleteKeys(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
+        let batch = flags.batchSize
+        let keySize = data.keySize
+        try withUnsafeTemporaryAllocation(byteCount: keySize * batch, alignment: 8) { keys in
+            var done = 0
+            while done + batch <= count {
+                let n = batch
+                _ = rng.next()  // db_bench's choice among databases
+                for i in 0..<n {
+                    data.fillKey(
+                        rng.below(flags.num), into: UnsafeMutableRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize]))
+                }
+                let start = nowNanos()
+                if n == 1 {
+                    try engine.delete(UnsafeRawBufferPointer(rebasing: keys[0..<keySize]))
+                    tally.record(since: start)
+                } else {
+                    try engine.write(keys: UnsafeRawBufferPointer(rebasing: keys[0..<n * keySize]), keySize: keySize, values: nil)
+                    tally.record(since: start, operations: n)
+                }
+                done += n
+            }
+        }
+    }
+
+    func readRandom(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
         try withUnsafeTemporaryAllocation(byteCount: data.keySize, alignment: 8) { key in
             for _ in 0..<count {
+                _ = rng.next()  // db_bench's choice among databases
                 data.fillKey(rng.below(flags.num), into: key)
                 let start = nowNanos()
                 let size = try engine.get(UnsafeRawBufferPointer(key))
@@ -164,12 +199,13 @@ extension BenchRunner {
 
     /// Reads `count` random keys in batches of --batch_size; the histogram holds one latency per
     /// batch (as db_bench's), and throughput counts keys.
-    func multiReadRandom(_ engine: any BenchEngine, count: Int, rng: inout BenchRandom, tally: inout ThreadTally) throws {
+    func multiReadRandom(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
         let batch = flags.batchSize
         try withUnsafeTemporaryAllocation(byteCount: data.keySize * batch, alignment: 8) { keys in
             var left = count
-            while left > 0 {
-                let n = min(batch, left)
+            while left >= batch {
+                let n = batch
+                _ = rng.next()  // db_bench's choice among databases
                 for i in 0..<n {
                     data.fillKey(
                         rng.below(flags.num),
@@ -185,34 +221,45 @@ extension BenchRunner {
         }
     }
 
+    /// --threads readers doing readrandom beside one writer of random keys that runs until they
+    /// finish. As in db_bench the writer is the workload's first thread (it takes the first
+    /// seed); the readers take the next ones.
     func readWhileWriting(_ name: String, reads: Int) throws -> BenchResult {
         let engine = engines[name]!
         let stop = StopFlag()
-        let writerSeed = UInt64(flags.seed) &* 7919 &+ 17
+        let writerSeed = UInt64(flags.seed) &+ UInt64(seedThreadsUsed) &+ 1
         let writer = Worker { [self] in
-            var rng = BenchRandom(seed: writerSeed)
+            var rng = DbBenchRandom(seed: writerSeed)
             var tally = ThreadTally()
             while !stop.isSet {
-                try writeKeys(engine, thread: 0, count: 1, random: true, rng: &rng, tally: &tally)
+                try writeKeys(engine, count: 1, random: true, rng: &rng, tally: &tally)
             }
         }
         defer {
             stop.set()
             writer.join()
         }
-        return try measure("readwhilewriting", name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
+        return try measure(
+            "readwhilewriting", name, opsPerThread: reads, reportFound: true, seedThreads: flags.threads + 1,
+            firstSeedThread: 1
+        ) { engine, _, rng, tally in
             try self.readRandom(engine, count: reads, rng: &rng, tally: &tally)
         }
     }
 
-    /// Runs `body` on `threads` threads and merges their tallies.
+    /// Runs `body` on `threads` threads and merges their tallies. Thread t's generator is seeded
+    /// with --seed + (threads started before this workload) + `firstSeedThread` + t + 1; the
+    /// workload counts `seedThreads` threads (db_bench's count, which may differ from the
+    /// threads measured here).
     func measure(
         _ benchmark: String, _ name: String, opsPerThread: Int, threads: Int? = nil, reportFound: Bool = false,
-        _ body: @escaping @Sendable (any BenchEngine, Int, inout BenchRandom, inout ThreadTally) throws -> Void
+        seedThreads: Int? = nil, firstSeedThread: Int = 0,
+        _ body: @escaping @Sendable (any BenchEngine, Int, inout DbBenchRandom, inout ThreadTally) throws -> Void
     ) throws -> BenchResult {
         let engine = engines[name]!
         let threadCount = threads ?? flags.threads
-        let seed = UInt64(flags.seed)
+        let seedBase = UInt64(flags.seed) &+ UInt64(seedThreadsUsed) &+ UInt64(firstSeedThread) &+ 1
+        seedThreadsUsed += seedThreads ?? threadCount
         let collected = TallyCollector()
         let progress = ProgressCounter()
         let display = ProgressDisplay(
@@ -221,7 +268,7 @@ extension BenchRunner {
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in
             Worker {
-                var rng = BenchRandom(seed: seed &+ UInt64(thread) &* 0x9e37_79b9)
+                var rng = DbBenchRandom(seed: seedBase &+ UInt64(thread))
                 var tally = ThreadTally()
                 tally.progress = progress
                 defer { collected.add(tally) }

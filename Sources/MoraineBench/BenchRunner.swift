@@ -83,6 +83,9 @@ public final class BenchRunner: @unchecked Sendable {
     let progress = Atomic<Int>(0)
     /// YCSB records inserted so far (load plus run-phase inserts).
     let inserted = Atomic<Int>(0)
+    /// Threads the workloads so far started, as db_bench counts them: the next workload's
+    /// generators are seeded past them.
+    var seedThreadsUsed = 0
 
     public init(flags: BenchFlags, engineNames: [String], factories: [any BenchEngineFactory]) throws {
         self.flags = flags
@@ -129,9 +132,12 @@ public final class BenchRunner: @unchecked Sendable {
             let order = index % 2 == 0 ? engineNames : engineNames.reversed()
             var byEngine: [String: BenchResult] = [:]
             let savedInserted = inserted.load(ordering: .relaxed)
+            let savedSeedThreads = seedThreadsUsed
             for name in order {
-                // Every engine starts a YCSB phase from the same record count.
+                // Every engine starts a YCSB phase from the same record count, and every
+                // workload from the same seeds.
                 inserted.store(savedInserted, ordering: .relaxed)
+                seedThreadsUsed = savedSeedThreads
                 let phaseResults =
                     workload.hasPrefix("ycsb")
                     ? try runYCSB(workload, engine: name) : [try runWorkload(workload, engine: name)]

@@ -52,6 +52,15 @@ final class MoraineBenchEngine: BenchEngine {
         try database.delete(Array(key), options: writeOptions)
     }
 
+    func write(keys: UnsafeRawBufferPointer, keySize: Int, values: [UnsafeRawBufferPointer]?) throws {
+        var batch = WriteBatch()
+        for i in 0..<keys.count / keySize {
+            let key = UnsafeRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize])
+            if let values { batch.put(key: key, value: values[i]) } else { batch.delete(Array(key)) }
+        }
+        try database.write(batch, options: writeOptions)
+    }
+
     func get(_ key: UnsafeRawBufferPointer) throws -> Int? {
         try database.engine.get(key: key)?.count
     }
@@ -88,4 +97,5 @@ final class MoraineBenchCursor: BenchCursor {
     func next() throws { try iterator.next() }
     func prev() throws { try iterator.prev() }
     var entryBytes: Int { iterator.withCurrent { $0.count + $1.count } }
+    func keyEquals(_ key: UnsafeRawBufferPointer) -> Bool { iterator.withCurrent { current, _ in current.elementsEqual(key) } }
 }

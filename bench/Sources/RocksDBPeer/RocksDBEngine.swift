@@ -10,6 +10,10 @@ import Moraine
 import MoraineBench
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Opens the RocksDB peer under the name "rocksdb".
 public struct RocksDBFactory: BenchEngineFactory {
     public init() {}
@@ -136,6 +140,23 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         try checkOpen()
         var error: UnsafeMutablePointer<CChar>?
         rocksdb_delete(db, writeOptions, Self.chars(key), key.count, &error)
+        try Self.check(error)
+    }
+
+    public func write(keys: UnsafeRawBufferPointer, keySize: Int, values: [UnsafeRawBufferPointer]?) throws {
+        try checkOpen()
+        let batch = rocksdb_writebatch_create()
+        defer { rocksdb_writebatch_destroy(batch) }
+        for i in 0..<keys.count / keySize {
+            let key = Self.chars(UnsafeRawBufferPointer(rebasing: keys[(i * keySize)...]))
+            if let values {
+                rocksdb_writebatch_put(batch, key, keySize, Self.chars(values[i]), values[i].count)
+            } else {
+                rocksdb_writebatch_delete(batch, key, keySize)
+            }
+        }
+        var error: UnsafeMutablePointer<CChar>?
+        rocksdb_write(db, writeOptions, batch, &error)
         try Self.check(error)
     }
 
@@ -312,6 +333,12 @@ public final class RocksDBCursor: BenchCursor {
         _ = rocksdb_iter_key(iterator, &keyLength)
         _ = rocksdb_iter_value(iterator, &valueLength)
         return keyLength + valueLength
+    }
+
+    public func keyEquals(_ key: UnsafeRawBufferPointer) -> Bool {
+        var length = 0
+        guard let current = rocksdb_iter_key(iterator, &length), length == key.count else { return false }
+        return memcmp(current, key.baseAddress!, length) == 0
     }
 
     /// RocksDB's next/prev on an invalid iterator is undefined; refuse instead.
