@@ -97,7 +97,13 @@ public final class Version: Sendable {
         for (level, info) in edit.newFiles {
             levels[level].append(moved[info.number] ?? FileMetaData(info, sink: sink))
         }
-        levels[0].sort { $0.info.largestSequence > $1.info.largestSequence }
+        // Newest first. Nothing in the manifest forbids two L0 files with one largest sequence;
+        // then the later file number is the newer file, so the order never rests on how the
+        // sort happens to break a tie.
+        levels[0].sort { a, b in
+            a.info.largestSequence != b.info.largestSequence
+                ? a.info.largestSequence > b.info.largestSequence : a.number > b.number
+        }
         for level in 1..<levels.count {
             levels[level].sort { a, b in
                 a.info.smallest.withUnsafeBytes { x in
