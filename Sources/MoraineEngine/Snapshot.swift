@@ -1,5 +1,12 @@
 // Snapshots pin a sequence number: reads through one see the database as of that sequence, and
 // compactions keep every entry a live snapshot may need. The list is guarded by its own lock.
+// A new snapshot reads the last sequence while holding that lock, so a compaction that reads
+// `oldest` (under the same lock) either sees the snapshot or picked its bound before the
+// snapshot's sequence was read. In the second case every entry of the compaction's inputs
+// (installed before it started) is at or below that sequence, and the newest of them per key,
+// which a compaction always keeps, is what the snapshot reads. Reading the sequence before
+// taking the lock left a gap in which a compaction saw no snapshot, bounded itself by a newer
+// sequence, and dropped the version the snapshot was about to pin.
 import MoraineFormat
 import Synchronization
 
@@ -27,8 +34,14 @@ public final class Snapshot: Sendable {
 final class SnapshotList: Sendable {
     private let counts = Mutex<[SequenceNumber: Int]>([:])
 
-    func make(_ sequence: SequenceNumber) -> Snapshot {
-        counts.withLock { $0[sequence, default: 0] += 1 }
+    /// Registers a snapshot at the sequence `currentSequence` returns, called under the list's
+    /// lock (see the file's opening comment for why the load must happen there).
+    func make(_ currentSequence: () -> SequenceNumber) -> Snapshot {
+        let sequence = counts.withLock { counts in
+            let sequence = currentSequence()
+            counts[sequence, default: 0] += 1
+            return sequence
+        }
         return Snapshot(sequence: sequence, list: self)
     }
 
