@@ -48,25 +48,25 @@ struct EngineInvariantTests {
         let older = list.make { 5 }
         // Inside the load, the list's lock is held: another thread asking for the oldest
         // snapshot must wait until the new one is registered, so it sees 5, never a gap.
-        let observed = Mutex<SequenceNumber?>(nil)
+        let observed = Observed()
         let started = Atomic<Bool>(false)
         let snapshot = list.make {
             startThread(name: "snapshot-reader") {
                 started.store(true, ordering: .releasing)
                 let oldest = list.oldest
-                observed.withLock { $0 = oldest }
+                observed.set(oldest)
             }
             while !started.load(ordering: .acquiring) { sched_yield() }
             usleep(20_000)  // the reader is now blocked on the lock (or about to be)
-            #expect(observed.withLock { $0 } == nil, "oldest was read while make held the lock")
+            #expect(observed.value == nil, "oldest was read while make held the lock")
             return 3
         }
         var waited = 0
-        while observed.withLock({ $0 }) == nil && waited < 5_000 {
+        while observed.value == nil && waited < 5_000 {
             usleep(1_000)
             waited += 1
         }
-        #expect(observed.withLock { $0 } == 3, "the reader saw \(String(describing: observed.withLock { $0 }))")
+        #expect(observed.value == 3, "the reader saw \(String(describing: observed.value))")
         #expect(snapshot.sequence == 3 && list.count == 2)
         snapshot.release()
         older.release()
@@ -96,4 +96,12 @@ struct EngineInvariantTests {
         while done.load(ordering: .acquiring) < threads { usleep(1_000) }
         #expect(cache.usageBytes == threads * perThread * block.chargeBytes)
     }
+}
+
+/// A value one thread sets and another reads, under a pthread lock (which ThreadSanitizer follows).
+private final class Observed: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var stored: SequenceNumber? = nil
+    func set(_ value: SequenceNumber?) { lock.withLock { stored = value } }
+    var value: SequenceNumber? { lock.withLock { stored } }
 }
