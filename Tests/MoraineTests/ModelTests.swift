@@ -260,6 +260,11 @@ struct ModelTests {
             divergence == nil,
             "seed \(seed): step \(divergence ?? 0) was '\(traces.0[divergence ?? 0])', then '\(traces.1[divergence ?? 0])'")
         #expect(first.oracle == second.oracle && first.oracle.keys == second.oracle.keys)
+        // Across processes: two runs with one MORAINE_SEED must print the same digest.
+        let digest = traces.0.joined(separator: "\n").utf8.reduce(0xcbf2_9ce4_8422_2325 as UInt64) {
+            ($0 ^ UInt64($1)) &* 0x100_0000_01b3
+        }
+        print("model generator: seed \(seed), \(steps) steps, trace digest \(String(digest, radix: 16))")
         // The trace covers every kind of step, so the comparison means something.
         let kinds = Set(traces.0.map { $0.split(separator: " ").first.map(String.init) ?? "" })
         #expect(kinds.count >= 10, "only \(kinds.sorted()) in \(steps) steps")
