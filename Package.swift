@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(
             name: "MoraineTests",
             dependencies: [
-                "Moraine", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
+                "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path

@@ -7,6 +7,8 @@
 public struct BenchConfiguration: Sendable {
     public var sync = false  // --sync
     public var disableWAL = false  // --disable_wal
+    /// false with --use_existing_db: opening a missing database is then an error, as in db_bench.
+    public var createIfMissing = true
     /// "wal" or "pmem" (--durability; Moraine only).
     public var durability = "wal"
     /// The persistent-memory region for pmem durability; nil: the default under /dev/shm.
@@ -69,6 +71,7 @@ public protocol BenchCursor: AnyObject {
 public protocol BenchEngineFactory: Sendable {
     /// Names this factory opens (e.g. ["moraine"] or ["rocksdb"]).
     var engineNames: [String] { get }
-    /// Opens (creating if needed) engine `name`'s database in the existing directory `path`.
+    /// Opens engine `name`'s database in `path`, creating it (and the directory) when
+    /// `configuration.createIfMissing`; otherwise a missing database is an error.
     func open(_ name: String, path: String, configuration: BenchConfiguration) throws -> any BenchEngine
 }

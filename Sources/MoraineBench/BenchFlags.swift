@@ -1,5 +1,9 @@
 // db_bench's flags, with db_bench's names and meanings, shared by `moraine bench` and bench/'s
-// `moraine-bench`. Boolean flags take 0 or 1 as db_bench's do (`--sync=1`).
+// `moraine-bench`, so a db_bench command line pastes as it is: BenchFlags.normalizing rewrites
+// db_bench's spellings (-name=value, a bare boolean --flag, --noflag) into ArgumentParser's
+// before parsing, boolean flags take true/false/1/0, and validate() refuses, naming the flag,
+// every count or size out of range and every benchmark name this harness does not run, before
+// anything runs.
 import ArgumentParser
 import MoraineSystem
 
@@ -16,9 +20,14 @@ public struct BenchFlags: ParsableArguments, Sendable {
     @Option(name: .customLong("threads")) public var threads = 1
     @Option(name: .customLong("db"), help: "Directory; each engine uses a subdirectory.")
     public var db = "/tmp/moraine-bench"
-    @Option(name: .customLong("use_existing_db")) public var useExistingDB = 0
-    @Option(name: .customLong("sync")) public var sync = 0
-    @Option(name: .customLong("disable_wal")) public var disableWAL = 0
+    @Option(
+        name: .customLong("use_existing_db"), help: "Open the database left by an earlier run; fill workloads are skipped. \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var useExistingDB = false
+    @Option(name: .customLong("sync"), help: "fdatasync every write. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
+    public var sync = false
+    @Option(name: .customLong("disable_wal"), help: "Write without the WAL. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
+    public var disableWAL = false
     @Option(name: .customLong("durability"), help: "Moraine's durability: wal or pmem (a persistent log in a region).")
     public var durability = "wal"
     @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
@@ -46,38 +55,32 @@ public struct BenchFlags: ParsableArguments, Sendable {
     @Option(name: .customLong("json"), help: "Write results as a JSON array to this file.") public var json: String?
     @Option(
         name: .customLong("statistics"),
-        help: "1: after each workload, print each engine's own counters (stalls, flushes, compactions, the tree's shape).")
-    public var statistics = 0
+        help: "After each workload, print each engine's own counters (stalls, flushes, compactions, the tree's shape). \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var statistics = false
+    @Option(
+        name: .customLong("histogram"), help: "Accepted for db_bench's command lines: percentiles are always printed. \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var histogram = false
     @Option(name: .customLong("records"), help: "YCSB records loaded by ycsb_load (-1: --num).") public var records = -1
     @Option(name: .customLong("operations"), help: "YCSB operations per run phase (-1: --reads).")
     public var operations = -1
 
-    public func validate() throws {
-        guard num > 0, valueSize >= 0, keySize >= 1, threads >= 1, batchSize >= 1 else {
-            throw ValidationError("--num, --key_size, --threads and --batch_size must be positive; --value_size not negative")
-        }
-        guard compressionType == "lz4" || compressionType == "none" else {
-            throw ValidationError("--compression_type must be lz4 or none")
-        }
-        guard compressionRatio > 0 && compressionRatio <= 1 else {
-            throw ValidationError("--compression_ratio must be in (0, 1]")
-        }
-        guard durability == "wal" || durability == "pmem" else {
-            throw ValidationError("--durability must be wal or pmem")
-        }
-        if let ioBackend, IOBackend(name: ioBackend) == nil {
-            throw ValidationError("--io_backend must be io_uring or pread")
-        }
-    }
-
     /// Read operations per thread.
     public var readCount: Int { reads < 0 ? num : reads }
 
-    /// The options every engine receives.
+    /// The workloads of --benchmarks, in order.
+    public var workloads: [String] {
+        benchmarks.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+    }
+
+    /// The options every engine receives. The L0 slowdown and stop triggers rise to the
+    /// compaction trigger when it is above them, as RocksDB's option sanitizing does.
     public var configuration: BenchConfiguration {
         var c = BenchConfiguration()
-        c.sync = sync != 0
-        c.disableWAL = disableWAL != 0
+        c.sync = sync
+        c.disableWAL = disableWAL
+        c.createIfMissing = !useExistingDB
         c.durability = durability
         c.pmemPath = pmemPath
         c.ioBackend = ioBackend
@@ -87,6 +90,8 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.writeBufferSizeBytes = writeBufferSize
         c.maxWriteBufferNumber = maxWriteBufferNumber
         c.level0FileNumCompactionTrigger = level0FileNumCompactionTrigger
+        c.level0SlowdownWritesTrigger = max(c.level0SlowdownWritesTrigger, level0FileNumCompactionTrigger)
+        c.level0StopWritesTrigger = max(c.level0StopWritesTrigger, c.level0SlowdownWritesTrigger)
         c.targetFileSizeBaseBytes = targetFileSizeBase
         c.maxBytesForLevelBaseBytes = maxBytesForLevelBase
         c.maxBackgroundJobs = maxBackgroundJobs
@@ -97,7 +102,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
     var optionsJSON: String {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
-            ("threads", "\(threads)"), ("sync", "\(sync)"), ("disable_wal", "\(disableWAL)"),
+            ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"),
             ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
             ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),

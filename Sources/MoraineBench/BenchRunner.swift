@@ -87,7 +87,10 @@ public final class BenchRunner: @unchecked Sendable {
     /// generators are seeded past them.
     var seedThreadsUsed = 0
 
+    /// - Throws: a ValidationError for flags out of range (as parsing does), a MoraineError
+    ///   naming an engine no factory opens.
     public init(flags: BenchFlags, engineNames: [String], factories: [any BenchEngineFactory]) throws {
+        try flags.validate()
         self.flags = flags
         self.engineNames = engineNames
         self.factories = factories
@@ -102,22 +105,36 @@ public final class BenchRunner: @unchecked Sendable {
 
     func directory(_ engine: String) -> String { flags.db + "/" + engine }
 
+    /// Opens `engine`'s database: a new one when `fresh`, else the one an earlier run left
+    /// (with --use_existing_db; a missing one is an error, as in db_bench).
     func open(_ engine: String, fresh: Bool) throws -> any BenchEngine {
-        if fresh {
-            PosixFileSystem.shared.removeTree(directory(engine))
-            // A fresh database starts with a fresh persistent-memory region too.
-            if flags.durability == "pmem" && engine == "moraine" {
-                PosixFileSystem.shared.removeTree(flags.pmemPath ?? Options.defaultPmemPath(for: directory(engine)))
+        let factory = factories.first { $0.engineNames.contains(engine) }!
+        guard fresh else {
+            var configuration = flags.configuration
+            configuration.createIfMissing = false
+            do {
+                return try factory.open(engine, path: directory(engine), configuration: configuration)
+            } catch let error as MoraineError {
+                throw MoraineError(
+                    error.kind, "--use_existing_db: \(engine)'s database in \(directory(engine)) does not open: \(error.message)")
             }
         }
+        PosixFileSystem.shared.removeTree(directory(engine))
+        // A fresh database starts with a fresh persistent-memory region too.
+        if flags.durability == "pmem" && engine == "moraine" {
+            PosixFileSystem.shared.removeTree(flags.pmemPath ?? Options.defaultPmemPath(for: directory(engine)))
+        }
         try PosixFileSystem.shared.createDirectory(directory(engine))
-        let factory = factories.first { $0.engineNames.contains(engine) }!
-        return try factory.open(engine, path: directory(engine), configuration: flags.configuration)
+        var configuration = flags.configuration
+        configuration.createIfMissing = true
+        return try factory.open(engine, path: directory(engine), configuration: configuration)
     }
 
     /// Runs every workload; prints results as they come.
     public func run() throws {
         if let node = flags.numaNode { try NUMATopology.pinCurrentThread(toNode: node) }
+        // Opened before anything prints, so a missing --use_existing_db database fails first.
+        for name in engineNames { engines[name] = try open(name, fresh: !flags.useExistingDB) }
         print("benchmarks: \(flags.benchmarks); engines: \(engineNames.joined(separator: ", "))")
         print(
             "\(NUMATopology.current().description)\(flags.numaNode.map { "; pinned to node \($0)" } ?? ""); "
@@ -126,9 +143,11 @@ public final class BenchRunner: @unchecked Sendable {
             "keys: \(flags.num) × \(flags.keySize) B; values: \(flags.valueSize) B (compression ratio \(flags.compressionRatio)); "
                 + "threads: \(flags.threads); cache: \(flags.cacheSize) B; bloom bits: \(flags.bloomBits); compression: \(flags.compressionType)"
         )
-        for name in engineNames { engines[name] = try open(name, fresh: flags.useExistingDB == 0) }
-        let workloads = flags.benchmarks.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
-        for (index, workload) in workloads.enumerated() {
+        for (index, workload) in flags.workloads.enumerated() {
+            if flags.useExistingDB && BenchFlags.freshBenchmarks.contains(workload) {
+                print("\(pad(workload, 12)) : skipped (--use_existing_db is true)")
+                continue
+            }
             let order = index % 2 == 0 ? engineNames : engineNames.reversed()
             var byEngine: [String: BenchResult] = [:]
             let savedInserted = inserted.load(ordering: .relaxed)
@@ -146,7 +165,7 @@ public final class BenchRunner: @unchecked Sendable {
                     results.append(result)
                     print(result.line)
                 }
-                if flags.statistics != 0, let text = engines[name]?.statistics {
+                if flags.statistics, let text = engines[name]?.statistics {
                     print(text.split(separator: "\n").map { "  \(name) stats: \($0)" }.joined(separator: "\n"))
                 }
             }

@@ -10,7 +10,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
 
     public func open(_ name: String, path: String, configuration c: BenchConfiguration) throws -> any BenchEngine {
         var options = Options()
-        options.createIfMissing = true
+        options.createIfMissing = c.createIfMissing
         options.writeBufferSize = c.writeBufferSizeBytes
         options.maxWriteBufferNumber = c.maxWriteBufferNumber
         options.level0FileNumCompactionTrigger = c.level0FileNumCompactionTrigger

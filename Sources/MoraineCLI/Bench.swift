@@ -1,5 +1,6 @@
-// `moraine bench`: db_bench-compatible workloads against embedded Moraine. The side-by-side run
-// with RocksDB is `moraine-bench` in bench/ (its own package, so Moraine never needs RocksDB).
+// `moraine bench`: db_bench-compatible workloads against embedded Moraine; a db_bench command
+// line pastes as it is (BenchFlags says how). The side-by-side run with RocksDB is
+// `moraine-bench` in bench/ (its own package, so Moraine never needs RocksDB).
 import ArgumentParser
 import Foundation
 import MoraineBench
@@ -8,13 +9,38 @@ import MoraineSystem
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run db_bench workloads (fillseq, fillrandom, overwrite, readrandom, readseq, readreverse, "
-            + "seekrandom, deleterandom, readwhilewriting, compact) against Moraine.")
-    @OptionGroup var flags: BenchFlags
-    @Option(help: "Engine: moraine (RocksDB runs come from bench/'s moraine-bench).") var engine = "moraine"
+            + "seekrandom, deleterandom, readwhilewriting, compact) against Moraine.",
+        discussion: "Takes db_bench's flags as db_bench does (--num=1000, -num=1000, a bare --sync, --nosync); "
+            + "`moraine bench --help` lists them.")
+    /// The whole command line, parsed in run(): db_bench's spellings are rewritten first
+    /// (BenchFlags.normalizing), which ArgumentParser cannot do for a subcommand's options.
+    @Argument(parsing: .captureForPassthrough, help: "db_bench flags (see `moraine bench --help`).")
+    var arguments: [String] = []
+
+    /// What the command line holds once normalized.
+    struct Arguments: ParsableArguments {
+        @OptionGroup var flags: BenchFlags
+        @Option(help: "Engine: moraine (RocksDB runs come from bench/'s moraine-bench).") var engine = "moraine"
+    }
 
     func run() throws {
+        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine"])
+        if normalized.contains(where: { ["--help", "-h", "-help"].contains($0) }) {
+            // The options part of the help (its own usage line would name the wrapper type).
+            let help = Arguments.helpMessage(columns: 100)
+            let options = help.range(of: "OPTIONS:").map { String(help[$0.lowerBound...]) } ?? help
+            print("USAGE: moraine bench [db_bench flags]\n\n" + options)
+            return
+        }
+        let parsed: Arguments
+        do {
+            parsed = try Arguments.parse(normalized)
+        } catch {
+            throw ValidationError(Arguments.message(for: error))
+        }
         try reporting {
-            let runner = try BenchRunner(flags: flags, engineNames: [engine], factories: [MoraineBenchFactory()])
+            let runner = try BenchRunner(
+                flags: parsed.flags, engineNames: [parsed.engine], factories: [MoraineBenchFactory()])
             try runner.run()
         }
     }

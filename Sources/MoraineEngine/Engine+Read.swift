@@ -123,7 +123,7 @@ extension Engine {
 
     /// A snapshot of the current state; reads through it ignore later writes.
     public func snapshot() -> Snapshot {
-        snapshots.make(lastSequence.load(ordering: .acquiring))
+        snapshots.make { lastSequence.load(ordering: .acquiring) }
     }
 
     /// Releases a snapshot early (dropping the last reference does the same).

@@ -1,6 +1,14 @@
 // Snapshots pin a sequence number: reads through one see the database as of that sequence, and
 // compactions keep every entry a live snapshot may need. The list is guarded by its own lock.
+// A new snapshot reads the last sequence while holding that lock, so a compaction that reads
+// `oldest` (under the same lock) either sees the snapshot or picked its bound before the
+// snapshot's sequence was read. In the second case every entry of the compaction's inputs
+// (installed before it started) is at or below that sequence, and the newest of them per key,
+// which a compaction always keeps, is what the snapshot reads. Reading the sequence before
+// taking the lock left a gap in which a compaction saw no snapshot, bounded itself by a newer
+// sequence, and dropped the version the snapshot was about to pin.
 import MoraineFormat
+import MoraineSystem
 import Synchronization
 
 /// A consistent point-in-time view. Released by `Database.releaseSnapshot` or when dropped.
@@ -24,21 +32,31 @@ public final class Snapshot: Sendable {
 }
 
 /// Live snapshot sequence numbers with their counts.
-final class SnapshotList: Sendable {
-    private let counts = Mutex<[SequenceNumber: Int]>([:])
+final class SnapshotList: @unchecked Sendable {
+    /// Guards `counts`. A pthread mutex rather than Synchronization.Mutex: ThreadSanitizer sees
+    /// through pthread locks, not through Mutex on Linux, and reported the list's accesses as
+    /// races under the stress test.
+    private let lock = ConditionLock()
+    private var counts: [SequenceNumber: Int] = [:]
 
-    func make(_ sequence: SequenceNumber) -> Snapshot {
-        counts.withLock { $0[sequence, default: 0] += 1 }
+    /// Registers a snapshot at the sequence `currentSequence` returns, called under the list's
+    /// lock (see the file's opening comment for why the load must happen there).
+    func make(_ currentSequence: () -> SequenceNumber) -> Snapshot {
+        let sequence = lock.withLock {
+            let sequence = currentSequence()
+            counts[sequence, default: 0] += 1
+            return sequence
+        }
         return Snapshot(sequence: sequence, list: self)
     }
 
     func remove(_ sequence: SequenceNumber) {
-        counts.withLock { c in
-            if let n = c[sequence] { c[sequence] = n > 1 ? n - 1 : nil }
+        lock.withLock {
+            if let n = counts[sequence] { counts[sequence] = n > 1 ? n - 1 : nil }
         }
     }
 
     /// The oldest live snapshot, or nil.
-    var oldest: SequenceNumber? { counts.withLock { $0.keys.min() } }
-    var count: Int { counts.withLock { $0.values.reduce(0, +) } }
+    var oldest: SequenceNumber? { lock.withLock { counts.keys.min() } }
+    var count: Int { lock.withLock { counts.values.reduce(0, +) } }
 }

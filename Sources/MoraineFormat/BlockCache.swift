@@ -64,7 +64,9 @@ public final class BlockCache: Sendable {
         for shard in shards { shard.evictTable(tableID) }
     }
 
-    public var usageBytes: Int { shards.reduce(0) { $0 + $1.usage } }
+    /// Bytes charged to cached blocks now: each shard's usage read under that shard's lock, so
+    /// the sum is a moment per shard, not one moment for the whole cache.
+    public var usageBytes: Int { shards.reduce(0) { $0 + $1.usageBytes } }
     public var hits: Int { hitCount.load(ordering: .relaxed) }
     public var misses: Int { missCount.load(ordering: .relaxed) }
 }
@@ -95,10 +97,14 @@ private final class Shard: @unchecked Sendable {
     private var ring: [Entry?] = []
     private var freeSlots: [Int] = []
     private var hand = 0
-    private(set) var usage = 0
+    /// Guarded by `lock`, like everything mutable here.
+    private var usage = 0
     let capacityBytes: Int
 
     init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
+
+    /// Bytes charged to this shard's blocks (stats() reads it while inserts change it).
+    var usageBytes: Int { lock.withLock { usage } }
 
     func lookup(_ key: BlockCacheKey) -> Block? {
         lock.withLock {

@@ -1,5 +1,7 @@
 // Deterministic randomness for tests: SplitMix64, seeded from MORAINE_SEED or a fresh value
-// that the test prints, so every failure can be replayed.
+// that testSeed prints, so every run can be replayed. A replay is exact only if the test draws
+// from seeded, ordered sequences: never from a Dictionary's or Set's order, which changes from
+// process to process (and from instance to instance), so pick from sorted keys (Oracle.randomKey).
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -9,14 +11,21 @@ import MoraineSystem
 public typealias SeededRandom = SplitMix64
 
 extension SplitMix64 {
-    /// The seed for a test: MORAINE_SEED when set, otherwise derived from the clock.
-    public static func testSeed() -> UInt64 {
-        if let text = getenv("MORAINE_SEED").map({ String(cString: $0) }), let seed = UInt64(text) {
-            return seed
+    /// The seed for a test: MORAINE_SEED when set, otherwise derived from the clock. Prints it
+    /// with the test's name (and `label`, for a parameterized case), so that any run, failed or
+    /// not, can be replayed with MORAINE_SEED.
+    public static func testSeed(_ label: String? = nil, test: String = #function, file: String = #fileID) -> UInt64 {
+        let seed: UInt64
+        if let text = getenv("MORAINE_SEED").map({ String(cString: $0) }), let given = UInt64(text) {
+            seed = given
+        } else {
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            seed = UInt64(ts.tv_sec) &* 1_000_000_007 &+ UInt64(ts.tv_nsec)
         }
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) &* 1_000_000_007 &+ UInt64(ts.tv_nsec)
+        let name = file.split(separator: "/").last.map(String.init) ?? file
+        print("MORAINE_SEED=\(seed) for \(name) \(test)\(label.map { " (\($0))" } ?? "")")
+        return seed
     }
 
     /// An integer environment setting, or `defaultValue`.

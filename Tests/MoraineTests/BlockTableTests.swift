@@ -150,7 +150,7 @@ struct BlockTests {
 
     @Test(arguments: [1, 2, 16])
     func scansAndSeeks(restartInterval: Int) throws {
-        let seed = testSeed()
+        let seed = testSeed("restart interval \(restartInterval)")
         var rng = SeededRandom(seed: seed)
         for count in [1, 2, 3, 17, 300] {
             let model = makeModel(count: count, rng: &rng)
@@ -219,7 +219,7 @@ struct IndexSearchTests {
 
     @Test("the search arrays find the entry a seek of the index block finds, for every key shape", arguments: 0..<4)
     func matchesBlockSeek(shape: Int) throws {
-        let seed = testSeed()
+        let seed = testSeed("shape \(shape)")
         var rng = SeededRandom(seed: seed &+ UInt64(shape))
         let users = Self.keys(shape, count: shape == 3 ? 300 : 2000, rng: &rng)
         // Separators: every other key, as internal keys with descending sequences per key.
@@ -315,7 +315,7 @@ struct TableTests {
 
     @Test(arguments: [CompressionType.lz4, .none])
     func writeReopenScanSeekGet(compression: CompressionType) throws {
-        let seed = testSeed()
+        let seed = testSeed("\(compression)")
         var rng = SeededRandom(seed: seed)
         let dir = TempDir()
         defer { dir.remove() }

@@ -189,7 +189,7 @@ struct CorruptionTests {
     /// (a torn tail) or fell exactly between records (which no torn-tail check can see).
     @Test(arguments: [false, true])
     func retiredWALLostTail(atRecordBoundary: Bool) throws {
-        let seed = testSeed()
+        let seed = testSeed("at a record boundary: \(atRecordBoundary)")
         var rng = SeededRandom(seed: seed)
         let dir = TempDir("moraine-retired-wal")
         defer { dir.remove() }

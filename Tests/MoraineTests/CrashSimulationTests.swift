@@ -112,9 +112,8 @@ struct CrashSimulationTests {
 
     @Test("recovery after power loss keeps every synced write and equals a prefix")
     func powerLoss() throws {
-        let seed = SeededRandom.testSeed()
         let rounds = SeededRandom.environmentInt("MORAINE_CRASH_ROUNDS", default: 40)
-        print("crash simulation: MORAINE_SEED=\(seed) rounds=\(rounds)")
+        let seed = SeededRandom.testSeed("rounds \(rounds)")
         for r in 0..<rounds {
             let roundSeed = seed &+ UInt64(r) &* 0x9e37_79b9
             let failure = try Self.round(seed: roundSeed, round: r)

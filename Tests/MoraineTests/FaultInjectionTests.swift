@@ -227,9 +227,8 @@ struct FaultInjectionTests {
 
     @Test("random faults at random moments of random workloads")
     func randomRounds() throws {
-        let seed = SeededRandom.testSeed()
         let rounds = SeededRandom.environmentInt("MORAINE_FAULT_ROUNDS", default: 20)
-        print("fault injection: MORAINE_SEED=\(seed) rounds=\(rounds)")
+        let seed = SeededRandom.testSeed("rounds \(rounds)")
         var fired: [String: Int] = [:]
         for r in 0..<rounds {
             let roundSeed = seed &+ UInt64(r) &* 0x9e37_79b9

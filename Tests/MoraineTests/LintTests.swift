@@ -1,6 +1,7 @@
 // The tidy test: rules that keep the tree honest, checked on every run. Line length, the
 // import graph (each module imports only the layers below it), no unsafeFlags, no stray
-// prints in library code, and a header comment on every source file.
+// prints in library code, a header comment on every source file, and randomized tests that
+// draw only from seeded generators.
 import Foundation
 import Testing
 
@@ -92,6 +93,28 @@ struct LintTests {
     func noUnsafeFlags() throws {
         let manifest = try String(contentsOf: Self.root.appendingPathComponent("Package.swift"), encoding: .utf8)
         #expect(!manifest.contains("unsafeFlags"))
+    }
+
+    /// Words that draw randomness; a line using one must pass a seeded generator (`using:`) or
+    /// a seed (`seed:`, as a fault trigger takes).
+    static let randomCalls = [".random(", "randomElement(", "shuffled(", ".shuffle("]
+
+    @Test("randomized tests draw from seeded generators, never from hash order or the system's")
+    func seededRandomness() throws {
+        let files = Self.swiftFiles(under: "Tests") + Self.swiftFiles(under: "Sources/MoraineTestSupport")
+        for file in files where file.lastPathComponent != "LintTests.swift" {
+            let text = try String(contentsOf: file, encoding: .utf8)
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+            where !line.contains("// lint: unseeded") {
+                let place = "\(file.lastPathComponent):\(number + 1)"
+                let unseeded = Self.randomCalls.contains { line.contains($0) } && !line.contains("using:") && !line.contains("seed:")
+                #expect(!unseeded, "\(place) draws without a seeded generator")
+                #expect(!line.contains("SystemRandomNumberGenerator"), "\(place) uses the system generator")
+                // A pick from a Dictionary's or Set's order changes per process: pick from sorted keys.
+                let hashOrder = line.contains(".keys.randomElement") || line.contains(".values.randomElement")
+                #expect(!hashOrder, "\(place) picks from a hashed collection's order")
+            }
+        }
     }
 
     @Test("library code does not print, and every source file opens with a comment")

@@ -87,7 +87,7 @@ struct LogFormatTests {
 
     @Test(arguments: [100, 100_000])
     func truncatedTailIsDroppedQuietly(lastSize: Int) throws {
-        let seed = testSeed()
+        let seed = testSeed("last record \(lastSize) bytes")
         var rng = SeededRandom(seed: seed)
         var records = (0..<40).map { _ in rng.bytes(Int.random(in: 1...200, using: &rng)) }
         records.append(rng.bytes(lastSize))

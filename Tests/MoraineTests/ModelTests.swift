@@ -1,8 +1,10 @@
 // The randomized model test: the engine and a dictionary oracle receive the same random
 // operations (puts, deletes, batches, gets, iterators both ways with bounds, snapshots, flushes,
-// compactions, reopens); every read is compared. It runs under several configurations whose
-// answers must all equal the oracle's. MORAINE_SEED replays a run; MORAINE_MODEL_STEPS sets
-// its length (default 1500 per configuration).
+// compactions, reopens; drawn by ModelGenerator); every read is compared. It runs under several
+// configurations whose answers must all equal the oracle's. MORAINE_SEED replays a run exactly
+// (the determinism test below holds the generator to that); MORAINE_MODEL_STEPS sets its
+// length (default 1500 per configuration).
+import Glibc
 import Moraine
 import MoraineTestSupport
 import Testing
@@ -46,21 +48,22 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
     ]
 }
 
-/// Drives one database and its oracle through random steps.
+/// Runs a generator's steps against one database and checks every read against the oracle.
 struct ModelRun {
     let seed: UInt64
     let configuration: ModelConfiguration
     let directory: String
-    var rng: SeededRandom
-    var oracle = Oracle()
+    var generator: ModelGenerator
     var database: Database
-    var snapshots: [(snapshot: Snapshot, state: Oracle)] = []
+    /// Live snapshots, oldest first, matching the generator's snapshot states.
+    var snapshots: [Snapshot] = []
     var step = 0
+    var current: ModelStep? = nil
 
     init(seed: UInt64, configuration: ModelConfiguration) throws {
         self.seed = seed
         self.configuration = configuration
-        self.rng = SeededRandom(seed: seed)
+        self.generator = ModelGenerator(seed: seed)
         self.directory = makeTemporaryDirectory("moraine-model")
         database = try Database(path: directory, options: Self.options(configuration))
     }
@@ -72,24 +75,10 @@ struct ModelRun {
         return options
     }
 
-    var context: String { "seed \(seed), configuration \(configuration.name), step \(step)" }
+    var oracle: Oracle { generator.oracle }
 
-    mutating func randomKey() -> [UInt8] {
-        switch Int.random(in: 0..<10, using: &rng) {
-        case 0: return rng.bytes(Int.random(in: 0...12, using: &rng))  // arbitrary bytes, even empty
-        case 1: return Array("k\(Int.random(in: 0..<40, using: &rng))".utf8)  // short, hot keys
-        default: return Array("key\(String(Int.random(in: 0..<600, using: &rng)).leftPad(4))".utf8)
-        }
-    }
-
-    mutating func randomValue() -> [UInt8] {
-        let length =
-            Int.random(in: 0..<20, using: &rng) == 0
-            ? Int.random(in: 500...5000, using: &rng) : Int.random(in: 0...120, using: &rng)
-        if Bool.random(using: &rng) {
-            return Array(repeating: UInt8.random(in: 97...122, using: &rng), count: length)
-        }
-        return rng.bytes(length)
+    var context: String {
+        "seed \(seed), configuration \(configuration.name), step \(step)\(current.map { " (\($0))" } ?? "")"
     }
 
     mutating func run(steps: Int) throws {
@@ -100,94 +89,66 @@ struct ModelRun {
         }
         for s in 0..<steps {
             step = s
-            try perform()
+            let next = generator.next()
+            current = next
+            try perform(next)
         }
         step = steps
+        current = nil
         try checkEverything(oracle, snapshot: nil)
     }
 
-    mutating func perform() throws {
-        let roll = Int.random(in: 0..<1000, using: &rng)
-        switch roll {
-        case 0..<380:
-            let key = randomKey()
-            let value = randomValue()
+    /// Runs one step; the generator has already applied it to the oracle.
+    mutating func perform(_ step: ModelStep) throws {
+        switch step {
+        case .put(let key, let value):
             try database.put(key, value)
-            oracle.put(key, value)
-        case 380..<520:
-            let key = randomKey()
+        case .delete(let key):
             try database.delete(key)
-            oracle.delete(key)
-        case 520..<600:
+        case .batch(let items):
             var batch = WriteBatch()
-            var next = oracle
-            for _ in 0..<Int.random(in: 1...12, using: &rng) {
-                let key = randomKey()
-                if Int.random(in: 0..<3, using: &rng) == 0 {
-                    batch.delete(key)
-                    next.delete(key)
-                } else {
-                    let value = randomValue()
-                    batch.put(key, value)
-                    next.put(key, value)
-                }
+            for (key, value) in items {
+                if let value { batch.put(key, value) } else { batch.delete(key) }
             }
             try database.write(batch)
-            oracle = next
-        case 600..<640:
-            // A batched read of several keys (some absent, some repeated) must equal single gets.
-            let keys = (0..<Int.random(in: 1...24, using: &rng)).map { _ in
-                Int.random(in: 0..<4, using: &rng) == 0
-                    ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
-            }
+        case .multiGet(let keys):
             let got = try database.multiGet(keys)
             for (key, value) in zip(keys, got) where value != oracle.get(key) {
                 Issue.record("multiGet \(hex(key)): got \(value.map { "\($0.count) bytes" } ?? "nil"); \(context)")
                 break
             }
-        case 640..<760:
-            let key =
-                Int.random(in: 0..<4, using: &rng) == 0
-                ? randomKey() : (oracle.pairs.keys.randomElement(using: &rng) ?? randomKey())
+        case .get(let key):
             let got = try database.get(key)
             #expect(
                 got == oracle.get(key), "get \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)")
-        case 760..<840:
-            try checkIteratorWalk(oracle, snapshot: nil)
-        case 840..<860:
-            snapshots.append((database.snapshot(), oracle))
-        case 860..<900:
-            if let chosen = snapshots.indices.randomElement(using: &rng) {
-                let (snapshot, state) = snapshots[chosen]
-                let key = state.pairs.keys.randomElement(using: &rng) ?? randomKey()
-                let got = try database.get(key, options: ReadOptions(snapshot: snapshot))
-                #expect(
-                    got == state.get(key),
-                    "get at snapshot \(snapshot.sequence) \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)"
-                )
-                let keys = (0..<8).map { _ in state.pairs.keys.randomElement(using: &rng) ?? randomKey() }
-                let batch = try database.multiGet(keys, options: ReadOptions(snapshot: snapshot))
-                #expect(batch == keys.map { state.get($0) }, "multiGet at snapshot \(snapshot.sequence); \(context)")
-                try checkIteratorWalk(state, snapshot: snapshot)
-            }
-        case 900..<930:
-            if let chosen = snapshots.indices.randomElement(using: &rng) {
-                database.releaseSnapshot(snapshots[chosen].snapshot)
-                snapshots.remove(at: chosen)
-            }
-        case 930..<960:
+        case .walk(let walk):
+            try checkIteratorWalk(walk, oracle, snapshot: nil)
+        case .takeSnapshot:
+            snapshots.append(database.snapshot())
+        case .readSnapshot(let index, let key, let keys, let walk):
+            let snapshot = snapshots[index]
+            let state = generator.snapshotStates[index]
+            let got = try database.get(key, options: ReadOptions(snapshot: snapshot))
+            #expect(
+                got == state.get(key),
+                "get at snapshot \(snapshot.sequence) \(hex(key)): got \(got.map { "\($0.count) bytes" } ?? "nil"); \(context)"
+            )
+            let batch = try database.multiGet(keys, options: ReadOptions(snapshot: snapshot))
+            #expect(batch == keys.map { state.get($0) }, "multiGet at snapshot \(snapshot.sequence); \(context)")
+            try checkIteratorWalk(walk, state, snapshot: snapshot)
+        case .releaseSnapshot(let index):
+            database.releaseSnapshot(snapshots.remove(at: index))
+        case .flush:
             try database.flush()
-        case 960..<975:
-            if Bool.random(using: &rng) {
-                try database.compactRange()
-            } else {
-                try database.compactRange(begin: randomKey(), end: randomKey())
-            }
+        case .compactAll:
+            try database.compactRange()
             try checkEverything(oracle, snapshot: nil)
-        case 975..<990:
+        case .compactRange(let begin, let end):
+            try database.compactRange(begin: begin, end: end)
             try checkEverything(oracle, snapshot: nil)
-        default:
-            // Reopen: snapshots do not survive it.
+        case .checkEverything:
+            try checkEverything(oracle, snapshot: nil)
+        case .reopen:
             snapshots.removeAll()
             try database.close()
             database = try Database(path: directory, options: Self.options(configuration))
@@ -230,44 +191,29 @@ struct ModelRun {
         return nil
     }
 
-    /// A random walk of seeks, nexts and prevs within random bounds, against the oracle.
-    mutating func checkIteratorWalk(_ state: Oracle, snapshot: Snapshot?) throws {
-        var lower: [UInt8]? = Bool.random(using: &rng) ? randomKey() : nil
-        var upper: [UInt8]? = Bool.random(using: &rng) ? randomKey() : nil
-        if let l = lower, let u = upper, u.lexicographicallyPrecedes(l) { (lower, upper) = (u, l) }
-        let expected = state.sorted(lower: lower, upper: upper)
+    /// Walks an iterator as `walk` says and compares each position with `state`.
+    func checkIteratorWalk(_ walk: IteratorWalk, _ state: Oracle, snapshot: Snapshot?) throws {
+        let expected = state.sorted(lower: walk.lower, upper: walk.upper)
         let iterator = try database.makeIterator(
-            options: ReadOptions(snapshot: snapshot, lowerBound: lower, upperBound: upper))
-        var index: Int  // position in `expected`; -1 or count means invalid
-        let start = Int.random(in: 0..<4, using: &rng)
-        let target = randomKey()
-        switch start {
-        case 0:
-            try iterator.seekToFirst()
-            index = 0
-        case 1:
-            try iterator.seekToLast()
-            index = expected.count - 1
-        case 2:
-            try iterator.seek(target)
-            index = expected.firstIndex { !$0.key.lexicographicallyPrecedes(target) } ?? expected.count
-        default:
-            try iterator.seekForPrev(target)
-            index = expected.lastIndex { !target.lexicographicallyPrecedes($0.key) } ?? -1
+            options: ReadOptions(snapshot: snapshot, lowerBound: walk.lower, upperBound: walk.upper))
+        switch walk.start {
+        case 0: try iterator.seekToFirst()
+        case 1: try iterator.seekToLast()
+        case 2: try iterator.seek(walk.target)
+        default: try iterator.seekForPrev(walk.target)
         }
-        let what =
-            "walk start \(start) target \(hex(target)) lower \(lower.map(hex) ?? "-") upper \(upper.map(hex) ?? "-")"
-        for move in 0..<Int.random(in: 1...30, using: &rng) {
+        var index = walk.startIndex(expected)  // position in `expected`; -1 or count means invalid
+        for move in 0...walk.moves.count {
             let valid = index >= 0 && index < expected.count
-            #expect(iterator.isValid == valid, "\(what) move \(move) validity: \(context)")
+            #expect(iterator.isValid == valid, "\(walk) move \(move) validity: \(context)")
             guard valid, iterator.isValid else { return }
             let key = iterator.key
-            let value = iterator.value
             #expect(
                 key == expected[index].key,
-                "\(what) move \(move): key \(hex(key)), want \(hex(expected[index].key)); \(context)")
-            #expect(value == expected[index].value, "\(what) move \(move): wrong value for \(hex(key)); \(context)")
-            if Bool.random(using: &rng) {
+                "\(walk) move \(move): key \(hex(key)), want \(hex(expected[index].key)); \(context)")
+            #expect(iterator.value == expected[index].value, "\(walk) move \(move): wrong value for \(hex(key)); \(context)")
+            guard move < walk.moves.count else { return }
+            if walk.moves[move] {
                 try iterator.next()
                 index += 1
             } else {
@@ -288,10 +234,55 @@ extension String {
 struct ModelTests {
     @Test("engine equals the oracle", arguments: ModelConfiguration.all)
     func modelTest(configuration: ModelConfiguration) throws {
-        let seed = SeededRandom.testSeed()
         let steps = SeededRandom.environmentInt("MORAINE_MODEL_STEPS", default: 1500)
-        print("model test \(configuration.name): MORAINE_SEED=\(seed) steps=\(steps)")
+        let seed = SeededRandom.testSeed("\(configuration.name), steps \(steps)")
         var run = try ModelRun(seed: seed, configuration: configuration)
         try run.run(steps: steps)
+    }
+
+    /// Two generators from one seed, alive together, must draw the same steps. Swift seeds each
+    /// Dictionary and Set from its storage's address (and each process from a random seed), so
+    /// two oracles with equal contents iterate in different orders even within this process:
+    /// a generator that picked from such an order would diverge here, not only across runs.
+    @Test("the same seed draws the same steps, step for step")
+    func sameSeedSameSteps() {
+        let steps = SeededRandom.environmentInt("MORAINE_MODEL_STEPS", default: 1500) * 2
+        let seed = SeededRandom.testSeed("steps \(steps)")
+        var first = ModelGenerator(seed: seed)
+        var second = ModelGenerator(seed: seed)
+        var traces: ([String], [String]) = ([], [])
+        for _ in 0..<steps {
+            traces.0.append(first.next().description)
+            traces.1.append(second.next().description)
+        }
+        let divergence = traces.0.indices.first { traces.0[$0] != traces.1[$0] }
+        #expect(
+            divergence == nil,
+            "seed \(seed): step \(divergence ?? 0) was '\(traces.0[divergence ?? 0])', then '\(traces.1[divergence ?? 0])'")
+        #expect(first.oracle == second.oracle && first.oracle.keys == second.oracle.keys)
+        // Across processes: two runs with one MORAINE_SEED must print the same digest.
+        let digest = traces.0.joined(separator: "\n").utf8.reduce(0xcbf2_9ce4_8422_2325 as UInt64) {
+            ($0 ^ UInt64($1)) &* 0x100_0000_01b3
+        }
+        print("model generator: seed \(seed), \(steps) steps, trace digest \(String(digest, radix: 16))")
+        // The trace covers every kind of step, so the comparison means something.
+        let kinds = Set(traces.0.map { $0.split(separator: " ").first.map(String.init) ?? "" })
+        #expect(kinds.count >= 10, "only \(kinds.sorted()) in \(steps) steps")
+    }
+
+    /// The premise of the test above: within one process, two dictionaries with the same
+    /// contents do iterate in different orders (unless SWIFT_DETERMINISTIC_HASHING is set), so
+    /// a pick from `pairs.keys` would have made the traces differ.
+    @Test("two equal dictionaries iterate differently in one process")
+    func dictionaryOrderDiffersPerInstance() throws {
+        try #require(getenv("SWIFT_DETERMINISTIC_HASHING") == nil, "deterministic hashing is on")
+        var a = Oracle()
+        var b = Oracle()
+        for i in 0..<200 {
+            a.put(Array("key\(i)".utf8), [UInt8(i % 256)])
+            b.put(Array("key\(i)".utf8), [UInt8(i % 256)])
+        }
+        #expect(a == b && a.keys == b.keys)
+        #expect(Array(a.pairs.keys) != Array(b.pairs.keys), "equal dictionaries iterated alike; the trace test proves less")
     }
 }

@@ -93,9 +93,8 @@ struct ProcessCrashTests {
     func killNine(mode: String) throws {
         let durability: Durability = mode == "wal" ? .wal : .pmem
         let environment = mode == "pmem-forced-flush" ? ["PMEM_IS_PMEM_FORCE": "1"] : [:]
-        let seed = SeededRandom.testSeed()
         let rounds = SeededRandom.environmentInt("MORAINE_KILL_ROUNDS", default: 12)
-        print("SIGKILL crash test (\(mode)): MORAINE_SEED=\(seed) rounds=\(rounds) binary=\(moraineExecutablePath())")
+        let seed = SeededRandom.testSeed("\(mode), rounds \(rounds), binary \(moraineExecutablePath())")
         var rng = SeededRandom(seed: seed)
         let directory = makeTemporaryDirectory("moraine-kill")
         defer {

@@ -10,8 +10,10 @@ import Testing
     import Glibc
 #endif
 
-/// The seed for a randomized test: MORAINE_SEED when set, otherwise a fresh one.
-func testSeed() -> UInt64 { SeededRandom.testSeed() }
+/// The seed for a randomized test: MORAINE_SEED when set, otherwise a fresh one; printed.
+func testSeed(_ label: String? = nil, test: String = #function, file: String = #fileID) -> UInt64 {
+    SeededRandom.testSeed(label, test: test, file: file)
+}
 
 /// A unique, existing temporary directory; removed by `remove()`.
 struct TempDir {

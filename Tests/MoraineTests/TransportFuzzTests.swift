@@ -20,7 +20,7 @@ struct TransportFuzzTests {
 
     @Test("the server survives bad input and keeps serving", arguments: Carrier.servers)
     func fuzz(carrier: Carrier) throws {
-        let seed = testSeed()
+        let seed = testSeed("\(carrier)")
         var random = SeededRandom(seed: seed)
         let rounds = SeededRandom.environmentInt("MORAINE_FUZZ_ROUNDS", default: 40)
         var limits = TransportLimits()

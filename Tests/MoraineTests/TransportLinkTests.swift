@@ -55,7 +55,7 @@ struct TransportLinkTests {
         #expect(fastest >= 2 * oneWay, "\(carrier): a round trip of \(fastest) ns beat the emulated link")
         #expect(fastest < 2 * oneWay + 200_000_000, "\(carrier): \(fastest) ns is far above the emulated link")
         // Pipelined requests under jitter come back complete and matched.
-        let jitter = LinkEmulation(delay: .uniform(lowerNanos: 0, upperNanos: 500_000), seed: testSeed())
+        let jitter = LinkEmulation(delay: .uniform(lowerNanos: 0, upperNanos: 500_000), seed: testSeed("\(carrier) jitter"))
         let jittered = try TestService(carrier, link: jitter)
         defer { jittered.stop() }
         let pipelined = try jittered.connect(link: jitter)

@@ -100,7 +100,7 @@ struct TransportSecurityTests {
 
     @Test("garbage before the handshake closes that connection only", arguments: Carrier.servers)
     func garbage(carrier: Carrier) throws {
-        let seed = testSeed()
+        let seed = testSeed("\(carrier)")
         var random = SeededRandom(seed: seed)
         let service = try TestService(carrier)
         defer { service.stop() }

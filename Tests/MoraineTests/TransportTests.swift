@@ -182,7 +182,7 @@ struct TransportConformanceTests {
 
     @Test("many requests in flight; responses matched by id", arguments: Carrier.allCases)
     func pipelined(carrier: Carrier) throws {
-        let seed = testSeed()
+        let seed = testSeed("\(carrier)")
         var random = SeededRandom(seed: seed)
         let service = try TestService(carrier)
         defer { service.stop() }

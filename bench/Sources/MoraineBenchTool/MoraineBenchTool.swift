@@ -13,6 +13,11 @@ struct MoraineBenchTool: ParsableCommand {
     @OptionGroup var flags: BenchFlags
     @Option(help: "moraine, rocksdb, or both.") var engine = "both"
 
+    /// Parses db_bench's spellings (-num=1000, a bare --sync) by rewriting them first.
+    static func main() {
+        main(BenchFlags.normalizing(Array(CommandLine.arguments.dropFirst()), extraNames: ["engine"]))
+    }
+
     func validate() throws {
         guard ["moraine", "rocksdb", "both"].contains(engine) else {
             throw ValidationError("--engine must be moraine, rocksdb or both")

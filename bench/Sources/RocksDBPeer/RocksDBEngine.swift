@@ -65,7 +65,7 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         let bloomBits = try Self.nonNegative(c.bloomBitsPerKey, "bloomBitsPerKey")
 
         let options = rocksdb_options_create()!
-        rocksdb_options_set_create_if_missing(options, 1)
+        rocksdb_options_set_create_if_missing(options, c.createIfMissing ? 1 : 0)
         rocksdb_options_set_write_buffer_size(options, writeBufferSize)
         rocksdb_options_set_max_write_buffer_number(options, maxWriteBufferNumber)
         rocksdb_options_set_level0_file_num_compaction_trigger(options, l0Compaction)
