@@ -27,10 +27,6 @@ struct MoraineCommand: ParsableCommand {
             arguments.remove(at: verbose)
             SystemLog.isDebugEnabled = true
         }
-        if arguments.first == "bench" {
-            // db_bench spells flags with one dash (`-num=1000`); ArgumentParser wants two.
-            arguments = arguments.map { $0.hasPrefix("-") && !$0.hasPrefix("--") && $0.count > 2 ? "-" + $0 : $0 }
-        }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()
