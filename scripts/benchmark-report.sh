@@ -4,6 +4,9 @@
 # RocksDB (alternating, identical options) RUNS times for each configuration:
 #   1M keys × 100 B values, 5M keys × 100 B, 200K keys × 4 KiB, each with an 8 MiB and a 1 GiB
 #   block cache.
+# Each run also puts the same db_bench workloads, with the same flags, through RocksDB's own
+# db_bench (Debian's rocksdb-tools) as a second RocksDB reference; its results join the run's JSON
+# as engine "db_bench", found counts included.
 # It writes the JSON of every run, a Markdown table of medians and ratios (report.md) and a chart
 # of throughput ratio and p99 ratio per workload (chart.svg) into OUT.
 #
@@ -27,7 +30,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/install-deps.sh
-dpkg -s librocksdb-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq librocksdb-dev >/dev/null; }
+if ! dpkg -s librocksdb-dev >/dev/null 2>&1 || ! dpkg -s rocksdb-tools >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq librocksdb-dev rocksdb-tools >/dev/null
+fi
 (cd bench && swift build -c release --product moraine-bench >/dev/null)
 mkdir -p "$out"
 db=$(mktemp -d)
@@ -55,9 +60,21 @@ for config in ${configs//,/ }; do
   esac
   for i in $(seq 1 "$runs"); do
     echo "== $config run $i/$runs: --num $num --value_size $value --reads $reads --cache_size $cache" >&2
-    bench/.build/release/moraine-bench --engine both --num "$num" --value_size "$value" --reads "$reads" \
-      --cache_size "$cache" --batch_size 16 --seek_nexts 10 --records "$num" --operations "$reads" \
+    shape="--num=$num --value_size=$value --reads=$reads --cache_size=$cache --batch_size=16 --seek_nexts=10"
+    # Every option the C-API peer and Moraine get, spelled out for db_bench (whose own defaults
+    # differ: Snappy, no bloom filter, a seed from the clock).
+    peer="--seed=301 --key_size=16 --bloom_bits=10 --compression_type=lz4 --compression_ratio=0.5 \
+      --write_buffer_size=67108864 --max_write_buffer_number=2 --level0_file_num_compaction_trigger=4 \
+      --level0_slowdown_writes_trigger=20 --level0_stop_writes_trigger=36 --target_file_size_base=67108864 \
+      --max_bytes_for_level_base=268435456 --max_background_jobs=2"
+    # shellcheck disable=SC2086
+    bench/.build/release/moraine-bench --engine both $shape --records "$num" --operations "$reads" \
       --benchmarks "$workloads,$ycsb" --db "$db/db" --json "$out/$config-run$i.json" >&2
+    rm -rf "$db/db"
+    # shellcheck disable=SC2086
+    db_bench $shape $peer --histogram=1 --benchmarks="$workloads" --db="$db/db_bench" 2>/dev/null |
+      python3 scripts/db_bench_json.py "$out/$config-run$i.json"
+    rm -rf "$db/db_bench"
   done
 done
 python3 scripts/benchmark_report.py "$out" > "$out/report.md"

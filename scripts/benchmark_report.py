@@ -45,13 +45,17 @@ def med(cells, workload, engine, key):
 chart = []  # (config, workload, throughput ratio, p99 ratio)
 print("Medians over the runs of each configuration; ratio = Moraine / RocksDB (throughput: above 1.0")
 print("is Moraine faster; p99: below 1.0 is Moraine's tail shorter). `compact` is one operation, so its")
-print("row compares 1/seconds. YCSB rows named `ycsbX.op` are one operation type within a phase.\n")
+print("row compares 1/seconds. YCSB rows named `ycsbX.op` are one operation type within a phase. Where")
+print("RocksDB's own db_bench ran the same flags, its median and Moraine / db_bench follow; found")
+print("counts are Moraine's over all threads and db_bench's first thread's (equal with one thread).\n")
 for config in sorted(runs, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_ORDER else 99):
     order, cells, options = summarize(runs[config])
     print(f"### {CONFIG_NAMES.get(config, config)}\n")
     print(f"{len(runs[config])} runs; options: `{json.dumps(options, sort_keys=True)}`\n")
-    print("| workload | Moraine ops/s | RocksDB ops/s | ratio | Moraine p99 µs | RocksDB p99 µs | p99 ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    reference = any((w, "db_bench") in cells for w in order)
+    extra_head = " db_bench ops/s | vs db_bench | found: Moraine / db_bench |" if reference else ""
+    print("| workload | Moraine ops/s | RocksDB ops/s | ratio | Moraine p99 µs | RocksDB p99 µs | p99 ratio |" + extra_head)
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if reference else ""))
     for w in order:
         if (w, "moraine") not in cells or (w, "rocksdb") not in cells:
             continue
@@ -59,10 +63,21 @@ for config in sorted(runs, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_OR
         mp, kp = med(cells, w, "moraine", "p99_us"), med(cells, w, "rocksdb", "p99_us")
         ratio = m / k if k else float("nan")
         p99_ratio = mp / kp if kp else float("nan")
+        extra = ""
+        if reference:
+            if (w, "db_bench") in cells:
+                d = med(cells, w, "db_bench", "ops_per_sec")
+                found = ""
+                if "found" in cells[(w, "db_bench")][0] and "found" in cells[(w, "moraine")][0]:
+                    found = f"{med(cells, w, 'moraine', 'found'):,.0f} / {med(cells, w, 'db_bench', 'found'):,.0f}"
+                shown = f"{1 / d:.2f} s" if w == "compact" else f"{d:,.0f}"
+                extra = f" {shown} | {m / d:.2f} | {found} |"
+            else:
+                extra = " — | — | |"
         if w == "compact":
-            print(f"| compact (s) | {1 / m:.2f} s | {1 / k:.2f} s | {ratio:.2f} | — | — | — |")
+            print(f"| compact (s) | {1 / m:.2f} s | {1 / k:.2f} s | {ratio:.2f} | — | — | — |" + extra)
         else:
-            print(f"| {w} | {m:,.0f} | {k:,.0f} | {ratio:.2f} | {mp:.1f} | {kp:.1f} | {p99_ratio:.2f} |")
+            print(f"| {w} | {m:,.0f} | {k:,.0f} | {ratio:.2f} | {mp:.1f} | {kp:.1f} | {p99_ratio:.2f} |" + extra)
         if "." not in w:
             chart.append((config, w, ratio, None if w == "compact" else p99_ratio))
     print()

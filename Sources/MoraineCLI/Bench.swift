@@ -58,6 +58,12 @@ struct IOBenchCommand: ParsableCommand {
     @Option(help: "1: O_DIRECT (default), 0: through the page cache.") var direct = 1
     @Option(help: "Write the rows as JSON to this file.") var json: String?
 
+    func validate() throws {
+        try validateNumbers(seconds: seconds, lists: [("--depths", depths, 1...1024)], decimals: [])
+        if fileSize < 1 << 20 { throw ValidationError("--file_size must be at least 1048576 bytes, not \(fileSize)") }
+        if direct != 0 && direct != 1 { throw ValidationError("--direct must be 0 or 1, not \(direct)") }
+    }
+
     func run() throws {
         try reporting {
             let depthList = depths.split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
@@ -84,6 +90,10 @@ struct NumaCommand: ParsableCommand {
         commandName: "numa", abstract: "Print the NUMA topology; with --node, pin this process there and say where it runs.")
     @Option(help: "A node to pin this process to.") var node: Int?
 
+    func validate() throws {
+        if let node, node < 0 { throw ValidationError("--node must not be negative, not \(node)") }
+    }
+
     func run() throws {
         try reporting {
             print(NUMATopology.current().description)
@@ -98,5 +108,27 @@ struct NumaCommand: ParsableCommand {
 extension String {
     fileprivate func padded(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}
+
+/// Checks a measuring command's numbers: `seconds` in (0, 3600], and every comma-separated item
+/// of each list a number in its range.
+/// - Throws: a ValidationError naming the flag and the item.
+func validateNumbers(
+    seconds: Double, lists: [(flag: String, text: String, range: ClosedRange<Int>)],
+    decimals: [(flag: String, text: String, range: ClosedRange<Double>)]
+) throws {
+    guard seconds > 0 && seconds <= 3600 else { throw ValidationError("--seconds must be in (0, 3600], not \(seconds)") }
+    for (flag, text, range) in lists {
+        let items = text.split(separator: ",", omittingEmptySubsequences: false)
+        for item in items where Int(item).map({ !range.contains($0) }) ?? true {
+            throw ValidationError("\(flag) takes numbers from \(range.lowerBound) to \(range.upperBound), not '\(item)'")
+        }
+    }
+    for (flag, text, range) in decimals where !text.isEmpty {
+        for item in text.split(separator: ",", omittingEmptySubsequences: false)
+        where Double(item).map({ !range.contains($0) }) ?? true {
+            throw ValidationError("\(flag) takes numbers from \(range.lowerBound) to \(range.upperBound), not '\(item)'")
+        }
     }
 }

@@ -25,6 +25,14 @@ struct TransportBenchCommand: ParsableCommand {
     @Option(help: .hidden) var dir: String?
     @Option(name: .customLong("delay_ns"), help: .hidden) var delayNanos: Int64 = 0
 
+    func validate() throws {
+        try validateNumbers(
+            seconds: seconds,
+            lists: [("--payloads", payloads, 0...65536), ("--inflight", inflight, 1...1024)],
+            decimals: [("--delays_us", delaysMicros, 0...1_000_000)])
+        if delayNanos < 0 { throw ValidationError("--delay_ns must not be negative, not \(delayNanos)") }
+    }
+
     func run() throws {
         if serve {
             guard let dir else { throw ValidationError("--serve needs --dir") }

@@ -56,7 +56,9 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
             }
             let image = SimulatedFileSystem()
             var copies: [ObjectIdentifier: Inode] = [:]
-            for (name, inode) in survivors {
+            // In name order: each file draws from `rng`, so the image must not depend on a
+            // dictionary's per-process order for the seed to replay it.
+            for (name, inode) in survivors.sorted(by: { $0.key < $1.key }) {
                 let copy =
                     copies[ObjectIdentifier(inode)]
                     ?? {
@@ -117,7 +119,9 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
             guard directories.contains(directory) else {
                 throw MoraineError(.notFound, "opendir \(directory): no such directory")
             }
+            // Sorted, as a seeded run must not depend on a dictionary's per-process order.
             return names.keys.filter { Self.parent($0) == directory }.map { String($0.dropFirst(directory.count + 1)) }
+                .sorted()
         }
     }
 

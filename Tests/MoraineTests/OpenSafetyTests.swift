@@ -8,7 +8,7 @@ import Moraine
 import Testing
 
 /// Runs `moraine`; returns standard output and error and the exit status.
-func runMoraineCapturing(_ arguments: [String], input: String = "") throws
+func runMoraineCLI(_ arguments: [String], input: String = "") throws
     -> (out: [String], err: String, status: Int32)
 {
     let process = Process()
@@ -60,7 +60,7 @@ struct ShellDatabase {
             script += "flush\n"
         }
         for key in self.walKeys { script += "put \(key) v-\(key)\n" }
-        let run = try runMoraineCapturing(["shell", "--db", directory], input: script)
+        let run = try runMoraineCLI(["shell", "--db", directory], input: script)
         #expect(run.status == 0 && !run.out.contains { $0.hasPrefix("ERR") }, "setup: \(run.out.suffix(3)) \(run.err)")
     }
 
@@ -78,7 +78,7 @@ struct ShellDatabase {
 
     /// The keys `moraine scan` returns, checking each value; nil when the scan fails.
     func scannedKeys() throws -> [String]? {
-        let scan = try runMoraineCapturing(["scan", "--db", directory, "--limit", "1000000"])
+        let scan = try runMoraineCLI(["scan", "--db", directory, "--limit", "1000000"])
         guard scan.status == 0 else { return nil }
         var keys: [String] = []
         for line in scan.out.dropLast() {
@@ -92,7 +92,7 @@ struct ShellDatabase {
 
     /// Runs `moraine repair` and returns its report lines.
     func repair() throws -> [String] {
-        let run = try runMoraineCapturing(["repair", "--db", directory])
+        let run = try runMoraineCLI(["repair", "--db", directory])
         #expect(run.status == 0, "repair failed: \(run.err)")
         return run.out
     }
@@ -108,7 +108,7 @@ struct OpenSafetyTests {
         let before = listing(db.directory)
         for arguments in [["get", "--db", db.directory, "t0-k0001"], ["put", "--db", db.directory, "k", "v"],
                           ["scan", "--db", db.directory], ["del", "--db", db.directory, "t0-k0001"]] {
-            let run = try runMoraineCapturing(arguments)
+            let run = try runMoraineCLI(arguments)
             #expect(run.status == 1, "\(arguments[0]) exited \(run.status)")
             #expect(run.err.contains("corruption") && run.err.contains("no CURRENT") && run.err.contains("moraine repair"),
                     "\(arguments[0]): \(run.err)")
@@ -127,16 +127,16 @@ struct OpenSafetyTests {
         defer { db.remove() }
         truncateFile(db.file(db.manifest), to: fileSize(db.file(db.manifest)) - 5)
         let before = listing(db.directory)
-        let scan = try runMoraineCapturing(["scan", "--db", db.directory])
+        let scan = try runMoraineCLI(["scan", "--db", db.directory])
         #expect(scan.status == 1)
         #expect(scan.err.contains("corruption") && scan.err.contains(".sst") && scan.err.contains("moraine repair"), "\(scan.err)")
-        let put = try runMoraineCapturing(["put", "--db", db.directory, "new", "v"])
+        let put = try runMoraineCLI(["put", "--db", db.directory, "new", "v"])
         #expect(put.status == 1 && put.err.contains("a manifest edit was lost"), "\(put.err)")
         #expect(listing(db.directory) == before, "a refused open changed the directory")
         _ = try db.repair()
         #expect(try db.scannedKeys() == db.allKeys.sorted())
-        #expect(try runMoraineCapturing(["put", "--db", db.directory, "after", "v-after"]).status == 0)
-        #expect(try runMoraineCapturing(["get", "--db", db.directory, "after"]).out == ["v-after"])
+        #expect(try runMoraineCLI(["put", "--db", db.directory, "after", "v-after"]).status == 0)
+        #expect(try runMoraineCLI(["get", "--db", db.directory, "after"]).out == ["v-after"])
     }
 
     @Test("a manifest that is gone is refused; repair recovers every key")
@@ -145,7 +145,7 @@ struct OpenSafetyTests {
         defer { db.remove() }
         try FileManager.default.removeItem(atPath: db.file(db.manifest))
         let before = listing(db.directory)
-        let get = try runMoraineCapturing(["get", "--db", db.directory, "t0-k0000"])
+        let get = try runMoraineCLI(["get", "--db", db.directory, "t0-k0000"])
         #expect(get.status == 1 && get.err.contains("corruption") && get.err.contains("moraine repair"), "\(get.err)")
         #expect(listing(db.directory) == before)
         _ = try db.repair()
@@ -176,7 +176,7 @@ struct OpenSafetyTests {
         let size = fileSize(db.file(wal))
         flipByte(db.file(wal), at: size / 2)
         let before = listing(db.directory)
-        let scan = try runMoraineCapturing(["scan", "--db", db.directory])
+        let scan = try runMoraineCLI(["scan", "--db", db.directory])
         #expect(scan.status == 1 && scan.err.contains("corruption") && scan.err.contains(wal), "\(scan.err)")
         #expect(listing(db.directory) == before)
         let report = try db.repair()
@@ -208,7 +208,7 @@ struct OpenSafetyTests {
             if damaged { truncateFile(db.file(db.manifest), to: fileSize(db.file(db.manifest)) - 5) }
             let before = listing(db.directory)
             for arguments in commands {
-                let run = try runMoraineCapturing(arguments)
+                let run = try runMoraineCLI(arguments)
                 if !damaged {
                     let missingKey = arguments.last == "absent"
                     #expect(run.status == (missingKey ? 1 : 0), "\(arguments): \(run.err)")
@@ -222,15 +222,15 @@ struct OpenSafetyTests {
     func commandLineContract() throws {
         let db = try ShellDatabase("moraine-cli", tables: 1, keysPerTable: 5, walKeys: 0)
         defer { db.remove() }
-        let missing = try runMoraineCapturing(["get", "--db", db.directory, "nope"])
+        let missing = try runMoraineCLI(["get", "--db", db.directory, "nope"])
         #expect(missing.out.isEmpty && missing.err.contains("not found") && missing.status == 1, "\(missing)")
-        let found = try runMoraineCapturing(["get", "--db", db.directory, "t0-k0002"])
+        let found = try runMoraineCLI(["get", "--db", db.directory, "t0-k0002"])
         #expect(found.out == ["v-t0-k0002"] && found.status == 0 && found.err.isEmpty, "\(found)")
-        let cut = try runMoraineCapturing(["scan", "--db", db.directory, "--limit", "2"])
+        let cut = try runMoraineCLI(["scan", "--db", db.directory, "--limit", "2"])
         #expect(cut.out.count == 3 && cut.err.contains("--limit"), "\(cut)")
-        let whole = try runMoraineCapturing(["scan", "--db", db.directory, "--limit", "5"])
+        let whole = try runMoraineCLI(["scan", "--db", db.directory, "--limit", "5"])
         #expect(whole.out.count == 6 && whole.err.isEmpty, "\(whole)")
-        let version = try runMoraineCapturing(["--version"])
+        let version = try runMoraineCLI(["--version"])
         #expect(version.status == 0 && version.out.first?.first?.isNumber == true, "\(version)")
         for (arguments, flag) in [
             (["demo", "--keys=-5", "--db", db.directory + "/demo"], "--keys"),
@@ -238,8 +238,12 @@ struct OpenSafetyTests {
             (["shell", "--db", db.directory, "--write_buffer_size", "-4"], "--write_buffer_size"),
             (["sst", "dump", "x.sst", "--limit", "-7"], "--limit"),
             (["wal", "dump", "x.log", "--limit", "-7"], "--limit"),
+            (["io-bench", "--file", db.directory + "/io", "--seconds", "-1"], "--seconds"),
+            (["transport-bench", "--inflight", "1,-5"], "--inflight"),
+            (["numa", "--node", "-1"], "--node"),
+            (["bench", "--num=-3"], "--num"),
         ] {
-            let run = try runMoraineCapturing(arguments)
+            let run = try runMoraineCLI(arguments)
             #expect(run.status == 2, "\(arguments) exited \(run.status)")
             #expect(run.err.contains(flag), "\(arguments): \(run.err)")
         }
@@ -251,12 +255,12 @@ struct OpenSafetyTests {
         let db = try ShellDatabase("moraine-waldump", tables: 0, keysPerTable: 0, walKeys: 30)
         defer { db.remove() }
         let wal = db.file(db.names(suffix: ".log").last!)
-        let clean = try runMoraineCapturing(["wal", "dump", wal])
+        let clean = try runMoraineCLI(["wal", "dump", wal])
         #expect(clean.status == 0)
         #expect(clean.out.contains { $0.contains("batch @1…1, 1 op(s): put w-k0000 v-w-k0000") }, "\(clean.out.prefix(4))")
         #expect(clean.out.last == "30 record(s), 0 damaged stretch(es) skipped", "\(clean.out.last ?? "")")
         flipByte(wal, at: fileSize(wal) / 2)
-        let torn = try runMoraineCapturing(["wal", "dump", wal])
+        let torn = try runMoraineCLI(["wal", "dump", wal])
         #expect(torn.status == 0)
         #expect(torn.out.contains { $0.hasPrefix("(damaged: skipped") }, "\(torn.out)")
     }
