@@ -230,6 +230,9 @@ struct OpenSafetyTests {
         #expect(cut.out.count == 3 && cut.err.contains("--limit"), "\(cut)")
         let whole = try runMoraineCLI(["scan", "--db", db.directory, "--limit", "5"])
         #expect(whole.out.count == 6 && whole.err.isEmpty, "\(whole)")
+        let byDirectory = try runMoraineCLI(["manifest", "dump", db.directory])
+        let byFile = try runMoraineCLI(["manifest", "dump", db.file(db.manifest)])
+        #expect(byFile.status == 0 && byFile.out == byDirectory.out && byFile.out.contains { $0.contains("+L0 #") }, "\(byFile)")
         let version = try runMoraineCLI(["--version"])
         #expect(version.status == 0 && version.out.first?.first?.isNumber == true, "\(version)")
         for (arguments, flag) in [

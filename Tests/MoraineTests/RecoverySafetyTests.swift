@@ -4,6 +4,7 @@
 // create is not a database, and a read-only open beside a live writer reads without writing.
 import Foundation
 import Moraine
+import MoraineSystem
 import Testing
 
 @Suite("Recovery deletes only what it can prove obsolete")
@@ -157,5 +158,45 @@ struct RecoverySafetyTests {
         #expect(try second.get("key\(padded(60))") == "u60")
         #expect(try second.get("key\(padded(10))") == "v10")
         try second.close()
+    }
+}
+
+@Suite("Read-only and repair over a persistent-memory region")
+struct PmemRecoverySafetyTests {
+    @Test("writes only in the region are seen read-only without freeing an arena, and kept by repair")
+    func regionReadOnlyAndRepair() throws {
+        let dir = TempDir("moraine-pmem-ro")
+        let region = Options.defaultPmemPath(for: dir.path)
+        defer {
+            dir.remove()
+            removeTree(region)
+        }
+        var options = Options()
+        options.createIfMissing = true
+        options.durability = .pmem
+        options.disableAutoCompactions = true
+        let db = try Database(path: dir.path, options: options)
+        for i in 0..<300 { try db.put("key\(padded(i))", "p\(i)") }
+        try db.close()  // close does not flush: the writes live in the region's arenas only
+        let arenas = try PmemRegion.open(path: region, layout: options.pmemLayout).allocatedArenas().map(\.tag)
+        #expect(!arenas.isEmpty)
+        var readOnly = options
+        readOnly.readOnly = true
+        let before = listing(dir.path)
+        let reader = try Database(path: dir.path, options: readOnly)
+        #expect(try reader.get("key\(padded(299))") == "p299")
+        try reader.close()
+        #expect(listing(dir.path) == before)
+        #expect(try PmemRegion.open(path: region, layout: options.pmemLayout).allocatedArenas().map(\.tag) == arenas)
+
+        // Repair (it trusts no manifest) replays the arenas into tables; the next open frees them.
+        try FileManager.default.removeItem(atPath: dir.file("CURRENT"))
+        let report = try Database.repair(path: dir.path, options: options)
+        #expect(report.logRecordsReplayed == 300, "\(report)")
+        let repaired = try Database(path: dir.path, options: options)
+        for i in stride(from: 0, to: 300, by: 17) { #expect(try repaired.get("key\(padded(i))") == "p\(i)") }
+        try repaired.close()
+        let left = try PmemRegion.open(path: region, layout: options.pmemLayout).allocatedArenas().map(\.tag)
+        #expect(Set(left).isDisjoint(with: arenas), "the replayed arenas \(arenas) were not freed: \(left)")
     }
 }
