@@ -100,7 +100,7 @@ extension BenchRunner {
             }
         case "deleterandom":
             return try measure(workload, name, opsPerThread: num) { engine, _, rng, tally in
-                try self.deleteKeys(engine, count: num, rng: &rng, tally: &tally)
+                try self.writeKeys(engine, count: num, random: true, deleting: true, rng: &rng, tally: &tally)
             }
         case "readwhilewriting":
             return try readWhileWriting(name, reads: reads)
@@ -122,61 +122,35 @@ extension BenchRunner {
     }
 
     /// Writes `count` entries in batches of --batch_size (one engine write per batch): keys
-    /// 0..<count in order, or drawn at random below --num.
+    /// 0..<count in order, or drawn at random below --num; puts, or with `deleting`, deletes.
     func writeKeys(
-        _ engine: any BenchEngine, count: Int, random: Bool, rng: inout DbBenchRandom, tally: inout ThreadTally
+        _ engine: any BenchEngine, count: Int, random: Bool, deleting: Bool = false, rng: inout DbBenchRandom,
+        tally: inout ThreadTally
     ) throws {
         let batch = flags.batchSize
         let keySize = data.keySize
         try withUnsafeTemporaryAllocation(byteCount: keySize * batch, alignment: 8) { keys in
             var written = 0
             while written + batch <= count {
-                let n = batch
                 _ = rng.next()  // db_bench's choice among databases
-                for i in 0..<n {
+                for i in 0..<batch {
                     data.fillKey(
                         random ? rng.below(flags.num) : written + i,
                         into: UnsafeMutableRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize]))
                 }
+                let first = UnsafeRawBufferPointer(rebasing: keys[0..<keySize])
                 let start = nowNanos()
-                if n == 1 {
-                    try data.withValue(written) { value in
-                        try engine.put(UnsafeRawBufferPointer(rebasing: keys[0..<keySize]), value)
-                    }
-                    tally.record(since: start)
+                if batch == 1 && deleting {
+                    try engine.delete(first)
+                } else if batch == 1 {
+                    try data.withValue(written) { value in try engine.put(first, value) }
                 } else {
-                    let values = (0..<n).map { data.value(written + $0) }
-                    try engine.write(keys: UnsafeRawBufferPointer(rebasing: keys[0..<n * keySize]), keySize: keySize, values: values)
-                    tally.record(since: start, operations: n)
+                    let values = deleting ? nil : (0..<batch).map { data.value(written + $0) }
+                    try engine.write(keys: UnsafeRawBufferPointer(rebasing: keys[0..<batch * keySize]), keySize: keySize, values: values)
                 }
-                tally.bytes += n * (keySize + data.valueSize)
-                written += n
-            }
-        }
-    }
-
-    /// Deletes `count` keys drawn at random below --num, in batches of --batch_size.
-    func deleteKeys(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
-        let batch = flags.batchSize
-        let keySize = data.keySize
-        try withUnsafeTemporaryAllocation(byteCount: keySize * batch, alignment: 8) { keys in
-            var done = 0
-            while done + batch <= count {
-                let n = batch
-                _ = rng.next()  // db_bench's choice among databases
-                for i in 0..<n {
-                    data.fillKey(
-                        rng.below(flags.num), into: UnsafeMutableRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize]))
-                }
-                let start = nowNanos()
-                if n == 1 {
-                    try engine.delete(UnsafeRawBufferPointer(rebasing: keys[0..<keySize]))
-                    tally.record(since: start)
-                } else {
-                    try engine.write(keys: UnsafeRawBufferPointer(rebasing: keys[0..<n * keySize]), keySize: keySize, values: nil)
-                    tally.record(since: start, operations: n)
-                }
-                done += n
+                tally.record(since: start, operations: batch)
+                if !deleting { tally.bytes += batch * (keySize + data.valueSize) }
+                written += batch
             }
         }
     }

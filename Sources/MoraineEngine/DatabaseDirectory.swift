@@ -23,6 +23,18 @@ enum DatabaseDirectory: Equatable {
     /// what they cannot prove obsolete.
     static let lostDirectoryName = "lost"
 
+    /// A path in the lost-and-found directory `lost` for a file named `name`, taking the place
+    /// of nothing already there (`name`, then `name.1`, `name.2`, …).
+    static func lostPath(for name: String, in lost: String, fileSystem: any FileSystem) throws -> String {
+        var candidate = joinPath(lost, name)
+        var suffix = 1
+        while try fileSystem.exists(candidate) {
+            candidate = joinPath(lost, "\(name).\(suffix)")
+            suffix += 1
+        }
+        return candidate
+    }
+
     /// Looks at `path`.
     /// - Throws: what the file system throws when it cannot look, and `.corruption` for
     ///   database files without CURRENT.

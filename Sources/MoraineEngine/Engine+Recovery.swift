@@ -288,7 +288,8 @@ extension Engine {
             let lost = joinPath(path, DatabaseDirectory.lostDirectoryName)
             try fileSystem.createDirectory(lost)
             for (name, why) in asides {
-                try fileSystem.rename(path(name), to: try lostPath(for: name, in: lost))
+                try fileSystem.rename(
+                    path(name), to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
                 SystemLog.info("\(path(name)) \(why): moved to \(lost)/")
             }
             try fileSystem.syncDirectory(lost)
@@ -300,15 +301,4 @@ extension Engine {
     }
 
     private func path(_ name: String) -> String { joinPath(path, name) }
-
-    /// A name in `lost` for `name` that takes the place of nothing already there.
-    func lostPath(for name: String, in lost: String) throws -> String {
-        var candidate = joinPath(lost, name)
-        var suffix = 1
-        while try fileSystem.exists(candidate) {
-            candidate = joinPath(lost, "\(name).\(suffix)")
-            suffix += 1
-        }
-        return candidate
-    }
 }

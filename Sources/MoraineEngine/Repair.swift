@@ -2,7 +2,10 @@
 // files it finds, for when CURRENT or the manifest is lost or damaged, or an open refused a
 // table no manifest names. It trusts no manifest. In order:
 //   1. every table is read whole (every block's checksum); one that reads cleanly is kept, with
-//      its key and sequence ranges taken from its entries; one that does not is moved to lost/;
+//      its key and sequence ranges taken from its entries; one that does not is moved to lost/.
+//      A table that a compaction recorded in a readable manifest replaced (an input whose
+//      deletion was pending), whose replacements all read cleanly, is moved to lost/ too:
+//      adopting it would bring back keys that compaction dropped with their tombstones;
 //   2. every WAL (and the arenas of a persistent-memory region at the database's region path)
 //      is replayed into new tables, skipping damaged records (counted); each WAL is then moved
 //      to lost/;
@@ -113,6 +116,7 @@ final class Repairer {
         // Tables first: the numbers of the tables made from logs come after every number seen.
         let lost = joinPath(directory, DatabaseDirectory.lostDirectoryName)
         for number in tableNumbers.sorted() { try scanTable(number) }
+        setAsideCompactedTables(replacements: manifestReplacements(names))
         for number in logNumbers.sorted() { try replayLog(number) }
         if let region { try replayRegion(region) }
         try resolveConflicts()
@@ -122,7 +126,8 @@ final class Repairer {
         if !toSetAside.isEmpty {
             try fileSystem.createDirectory(lost)
             for (name, reason) in toSetAside {
-                try fileSystem.rename(path(name), to: try lostPath(for: name, in: lost))
+                try fileSystem.rename(
+                    path(name), to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
                 report.moved.append((name, reason))
             }
             try fileSystem.syncDirectory(lost)
@@ -157,6 +162,51 @@ final class Repairer {
         } catch let error as MoraineError where error.kind == .corruption {
             toSetAside.append((name, "cannot be read: \(error.message)"))
         }
+    }
+
+    /// For each table a manifest edit removed (and did not add back), the tables that edit
+    /// added: read from the manifest CURRENT names, or else the newest one, as far as its
+    /// records decode (repair trusts it only for this). Empty when there is none to read.
+    func manifestReplacements(_ names: [String]) -> [UInt64: [UInt64]] {
+        // Best effort throughout: whatever cannot be read here only means fewer tables are set
+        // aside, so every table stays (adopted), which loses nothing.
+        var manifest: String? = nil
+        if let bytes = try? fileSystem.readAll(path(DatabaseFile.current.name)) {
+            let name = String(decoding: bytes.last == 10 ? bytes.dropLast() : bytes[...], as: UTF8.self)
+            if case .manifest = DatabaseFile(name: name), names.contains(name) { manifest = name }
+        }
+        manifest = manifest ?? names.filter { if case .manifest = DatabaseFile(name: $0) { true } else { false } }.last
+        guard let manifest,
+            let reader = try? LogReader(file: try fileSystem.openRandomAccess(path(manifest)), name: path(manifest), mode: .skip)
+        else { return [:] }
+        var replacements: [UInt64: [UInt64]] = [:]
+        while let record = try? reader.nextRecord() {
+            guard let edit = try? VersionEdit.decode(record, origin: path(manifest)) else { continue }
+            let added = edit.newFiles.map(\.file.number)
+            for (_, number) in edit.deletedFiles where !added.contains(number) { replacements[number] = added }
+        }
+        return replacements
+    }
+
+    /// Sets aside kept tables that a recorded compaction replaced, when every replacement is
+    /// accounted for: kept, or itself replaced by tables accounted for.
+    func setAsideCompactedTables(replacements: [UInt64: [UInt64]]) {
+        let kept = Set(tables.map(\.info.number))
+        func accounted(_ number: UInt64, depth: Int) -> Bool {
+            if kept.contains(number) { return true }
+            guard depth < 64, let next = replacements[number] else { return false }
+            return next.allSatisfy { accounted($0, depth: depth + 1) }
+        }
+        let replaced = Set(
+            tables.map(\.info.number).filter { number in
+                replacements[number].map { !$0.isEmpty && $0.allSatisfy { accounted($0, depth: 0) } } ?? false
+            })
+        for number in replaced.sorted() {
+            let outputs = replacements[number]!.map { DatabaseFile.table($0).name }.joined(separator: ", ")
+            toSetAside.append(
+                (DatabaseFile.table(number).name, "a compaction the manifest recorded replaced it with \(outputs)"))
+        }
+        tables.removeAll { replaced.contains($0.info.number) }
     }
 
     /// Replays WAL `number` into new tables, skipping damaged records.
@@ -220,16 +270,6 @@ final class Repairer {
         try versions.adopt(edit, logNumber: logNumber, lastSequence: lastSequence)
         versions.close()
         report.manifest = DatabaseFile.manifest(versions.currentManifestNumber).name
-    }
-
-    func lostPath(for name: String, in lost: String) throws -> String {
-        var candidate = joinPath(lost, name)
-        var suffix = 1
-        while try fileSystem.exists(candidate) {
-            candidate = joinPath(lost, "\(name).\(suffix)")
-            suffix += 1
-        }
-        return candidate
     }
 }
 

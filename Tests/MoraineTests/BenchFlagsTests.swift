@@ -24,29 +24,8 @@ func benchError(_ arguments: [String]) -> String? {
 
 /// Runs the built `moraine` binary; returns stdout, stderr and the exit status.
 func runMoraineCapturing(_ arguments: [String]) throws -> (stdout: String, stderr: String, status: Int32) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-    process.arguments = arguments
-    let stdout = Pipe()
-    let stderr = Pipe()
-    process.standardOutput = stdout
-    process.standardError = stderr
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    // Both pipes are read to the end before waiting, so a full pipe cannot block the child.
-    final class Collected: @unchecked Sendable {
-        var data = Data()
-        let done = DispatchSemaphore(value: 0)
-    }
-    let errors = Collected()
-    Thread {
-        errors.data = stderr.fileHandleForReading.readDataToEndOfFile()
-        errors.done.signal()
-    }.start()
-    let output = stdout.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    errors.done.wait()
-    return (String(decoding: output, as: UTF8.self), String(decoding: errors.data, as: UTF8.self), process.terminationStatus)
+    let run = try runMoraineCLI(arguments)
+    return (run.out.map { $0 + "\n" }.joined(), run.err, run.status)
 }
 
 @Suite("db_bench flags")

@@ -7,10 +7,10 @@ import Foundation
 import Moraine
 import Testing
 
-/// Runs `moraine`; returns standard output and error and the exit status.
-func runMoraineCLI(_ arguments: [String], input: String = "") throws
-    -> (out: [String], err: String, status: Int32)
-{
+/// Runs the built `moraine` with `input` on standard input; returns the lines of standard
+/// output, standard error and the exit status. Both pipes are read to the end before the wait, so
+/// a full pipe cannot block the child.
+func runMoraineCLI(_ arguments: [String], input: String = "") throws -> (out: [String], err: String, status: Int32) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
     process.arguments = arguments
@@ -21,15 +21,23 @@ func runMoraineCLI(_ arguments: [String], input: String = "") throws
     process.standardOutput = stdout
     process.standardError = stderr
     try process.run()
+    final class Collected: @unchecked Sendable {
+        var data = Data()
+        let done = DispatchSemaphore(value: 0)
+    }
+    let errors = Collected()
+    Thread {
+        errors.data = stderr.fileHandleForReading.readDataToEndOfFile()
+        errors.done.signal()
+    }.start()
     stdin.fileHandleForWriting.write(Data(input.utf8))
     try stdin.fileHandleForWriting.close()
-    // Standard error is small here; reading it after standard output cannot deadlock.
     let out = stdout.fileHandleForReading.readDataToEndOfFile()
-    let err = stderr.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
+    errors.done.wait()
     var lines = String(decoding: out, as: UTF8.self).components(separatedBy: "\n")
     if lines.last == "" { lines.removeLast() }
-    return (lines, String(decoding: err, as: UTF8.self), process.terminationStatus)
+    return (lines, String(decoding: errors.data, as: UTF8.self), process.terminationStatus)
 }
 
 /// Every file under `directory` (recursively) with its size: what "changed nothing" compares.

@@ -6,22 +6,8 @@ import Testing
 
 /// Runs `moraine` with `arguments`, feeding `input`; returns stdout lines and the exit status.
 func runMoraine(_ arguments: [String], input: String = "") throws -> (lines: [String], status: Int32) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-    process.arguments = arguments
-    let stdin = Pipe()
-    let stdout = Pipe()
-    process.standardInput = stdin
-    process.standardOutput = stdout
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    stdin.fileHandleForWriting.write(Data(input.utf8))
-    try stdin.fileHandleForWriting.close()
-    let data = stdout.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    var lines = String(decoding: data, as: UTF8.self).components(separatedBy: "\n")
-    if lines.last == "" { lines.removeLast() }
-    return (lines, process.terminationStatus)
+    let run = try runMoraineCLI(arguments, input: input)
+    return (run.out, run.status)
 }
 
 @Suite("moraine shell and tools")
