@@ -24,13 +24,36 @@ public struct ClusterKey: Sendable {
         secret = bytes
     }
 
-    /// Reads a key file: its bytes, without a trailing newline.
-    /// - Throws: `.notFound`, `.invalid` when group or others may read or write it, or when it
-    ///   is too short.
+    /// Reads a key file: its bytes, without a trailing newline. The file is opened without
+    /// blocking and checked through its descriptor, so a FIFO, a device or a directory given
+    /// by mistake is refused at once instead of hanging the start or reading as empty.
+    /// - Throws: `.notFound`, `.invalid` when it is not a regular file, when group or others
+    ///   may read or write it, or when it is too short or too long.
     public static func load(path: String) throws(TransportError) -> ClusterKey {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            let code = errno
+            throw TransportError(
+                code == ENOENT ? .notFound : .invalid, "cluster key file \(path): \(String(cString: strerror(code)))")
+        }
+        defer { close(fd) }
         var status = stat()
-        guard stat(path, &status) == 0 else {
-            throw TransportError(.notFound, "cluster key file \(path): \(String(cString: strerror(errno)))")
+        guard fstat(fd, &status) == 0 else {
+            throw TransportError(.invalid, "cluster key file \(path): \(String(cString: strerror(errno)))")
+        }
+        let kind = status.st_mode & S_IFMT
+        guard kind != S_IFDIR else {
+            throw TransportError(.invalid, "cluster key file \(path) is a directory; give the key file inside it")
+        }
+        guard kind == S_IFREG else {
+            let name =
+                switch kind {
+                case S_IFIFO: "a FIFO"
+                case S_IFSOCK: "a socket"
+                case S_IFCHR, S_IFBLK: "a device"
+                default: "not a regular file"
+                }
+            throw TransportError(.invalid, "cluster key file \(path) is \(name); a key must be a regular file")
         }
         guard status.st_mode & 0o077 == 0 else {
             throw TransportError(
@@ -40,12 +63,17 @@ public struct ClusterKey: Sendable {
         guard status.st_size <= 4096 else {
             throw TransportError(.invalid, "cluster key file \(path) is \(status.st_size) bytes; a key is at most 4096")
         }
-        guard let file = fopen(path, "rb") else {
-            throw TransportError(.notFound, "cluster key file \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
         var bytes = [UInt8](repeating: 0, count: Int(status.st_size))
-        let count = fread(&bytes, 1, bytes.count, file)
+        var count = 0
+        while count < bytes.count {
+            let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
+            if got < 0 && errno == EINTR { continue }
+            guard got >= 0 else {
+                throw TransportError(.io, "cannot read cluster key file \(path): \(String(cString: strerror(errno)))")
+            }
+            if got == 0 { break }
+            count += got
+        }
         bytes.removeLast(bytes.count - count)
         while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
         return try ClusterKey(bytes: bytes)

@@ -17,8 +17,8 @@ struct ServerSession {
     let version: UInt8
     let router: RequestRouter
 
-    init(limits: TransportLimits, version: UInt8, router: RequestRouter) {
-        assembler = MessageAssembler(limits: limits)
+    init(limits: TransportLimits, version: UInt8, router: RequestRouter, budget: MessageBudget) {
+        assembler = MessageAssembler(limits: limits, budget: budget)
         self.version = version
         self.router = router
     }

@@ -4,6 +4,11 @@
 // serves requests from the request ring until the client says goodbye, the socket hangs up, or a
 // frame is malformed. A bad connection is logged and closed; the others never notice.
 //
+// Admission is the TCP server's (ConnectionAdmission), with the peer's process id as its address:
+// a connection holds a handshake slot until it proves the key, so at most `handshakesMax`
+// threads serve strangers, and silent connections past it evict each other, not sessions.
+// Refusals are logged through a LogThrottle.
+//
 // Thread-safety: `close` and `connectionCount` may be called from any thread.
 import MoraineSystem
 
@@ -20,7 +25,12 @@ public final class SharedMemoryServer: @unchecked Sendable {
     private let listener: UnixSocket
     private let key: ClusterKey
     private let router: RequestRouter
-    private let limits: TransportLimits
+    /// The limits this server runs with: those asked for, with the connection caps fitted
+    /// under the descriptor limit.
+    public let limits: TransportLimits
+    private let admission: ConnectionAdmission
+    private let refusals: LogThrottle
+    private let budget: MessageBudget
     private let allowedUser: UInt32
     private let link: LinkEmulation
     private let state = ConditionLock()
@@ -34,12 +44,17 @@ public final class SharedMemoryServer: @unchecked Sendable {
     /// - Parameters:
     ///   - allowedUser: the only user id whose processes may connect (default: ours).
     ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
+    ///   - budget: the bytes of half-joined messages this server's connections may hold,
+    ///     shared with every server given the same budget (by default, the whole process).
     /// - Throws: when the socket cannot be created.
     public init(
-        socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, router: RequestRouter
+        socketPath: String, key: ClusterKey, limits asked: TransportLimits = TransportLimits(),
+        allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, budget: MessageBudget = .process,
+        router: RequestRouter
     ) throws(TransportError) {
-        try limits.check()
+        try asked.check()
+        let (limits, note) = asked.fitted(toDescriptors: DescriptorLimit.raised.soft)
+        if let note { SystemLog.infoOnce("transport: \(note)") }
         do {
             listener = try UnixSocket.listen(path: socketPath)
         } catch {
@@ -49,6 +64,9 @@ public final class SharedMemoryServer: @unchecked Sendable {
         self.key = key
         self.router = router
         self.limits = limits
+        admission = ConnectionAdmission(limits: limits)
+        refusals = LogThrottle(subject: "refused or dropped shared-memory connections on \(socketPath)")
+        self.budget = budget
         self.allowedUser = allowedUser
         self.link = link
         state.withLock { threads += 2 }
@@ -87,38 +105,41 @@ public final class SharedMemoryServer: @unchecked Sendable {
             }
             guard let socket = accepted else { return }
             let id = ObjectIdentifier(socket)
-            let admitted: Bool? = state.withLock {
-                guard !stopped else { return nil }
-                guard sockets.count < limits.connectionsMax else { return false }
+            let admitted: Bool = state.withLock {
+                guard !stopped else { return false }
                 sockets[id] = socket
                 handshakeDeadlines[id] = monotonicNanos() + limits.handshakeNanos
                 threads += 1
                 return true
             }
-            guard let admitted else {
+            guard admitted else {
                 socket.close()
                 return
             }
-            guard admitted else {
-                SystemLog.info(
-                    "transport: refused shared-memory connection on \(socketPath): more than \(limits.connectionsMax) connections")
-                socket.close()
-                continue
+            // The process is the address: one process's flood evicts its own handshakes first.
+            let peer = (try? socket.peerCredentials()).map { "pid \($0.pid) uid \($0.uid)" } ?? "unknown peer"
+            let address = peer
+            let refusals = refusals
+            let ticket = admission.admit(address: address) {
+                refusals.info("transport: dropped shared-memory connection from \(peer) in its handshake, to admit a newer one")
+                socket.shutdown()
             }
             let started = startThreadIfPossible(name: "shm-connection") { [self] in
                 defer {
                     socket.close()
+                    admission.remove(ticket)
                     state.withLock {
                         sockets[id] = nil
                         handshakeDeadlines[id] = nil
                     }
                     finishThread()
                 }
-                serve(socket)
+                serve(socket, peer: peer, ticket: ticket)
             }
             if !started {
-                SystemLog.info("transport: refused shared-memory connection on \(socketPath): no thread to serve it")
+                refusals.info("transport: refused shared-memory connection from \(peer) on \(socketPath): no thread to serve it")
                 socket.close()
+                admission.remove(ticket)
                 state.withLock {
                     sockets[id] = nil
                     handshakeDeadlines[id] = nil
@@ -139,6 +160,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
                 handshakeDeadlines.filter { $0.value <= now }.compactMap { sockets[$0.key] }
             }
             for socket in expired { socket.shutdown() }
+            refusals.flush()
         }
     }
 
@@ -150,8 +172,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
     }
 
     /// Authenticates, attaches the rings, then serves until the connection ends.
-    private func serve(_ socket: UnixSocket) {
-        let peer = (try? socket.peerCredentials()).map { "pid \($0.pid) uid \($0.uid)" } ?? "unknown peer"
+    private func serve(_ socket: UnixSocket, peer: String, ticket: ConnectionAdmission.Ticket) {
         do {
             let credentials = try socket.peerCredentials()
             guard credentials.uid == allowedUser else {
@@ -171,7 +192,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         let version: UInt8
         let deadline = monotonicNanos() + limits.handshakeNanos
         do {
-            version = try authenticate(socket)
+            version = try authenticate(socket, ticket: ticket)
             (memory, capacity) = try attach(socket)
         } catch {
             let late = monotonicNanos() >= deadline
@@ -184,24 +205,26 @@ public final class SharedMemoryServer: @unchecked Sendable {
         var connection = ServerRingConnection(
             requests: FrameConsumer(ring: rings.requests, limits: limits),
             responses: FrameProducer(ring: rings.responses),
-            session: ServerSession(limits: limits, version: version, router: router), chunkBytes: limits.chunkBytes,
+            session: ServerSession(limits: limits, version: version, router: router, budget: budget),
+            chunkBytes: limits.chunkBytes,
             link: link)
         let stillWanted = { [self] in !isStopped && !socket.peerHasHungUp() }
         do {
             try connection.run(stillWanted: stillWanted)
         } catch {
-            SystemLog.info("transport: closed shared-memory connection from \(peer) on \(socketPath): \(error)")
+            refusals.info("transport: closed shared-memory connection from \(peer) on \(socketPath): \(error)")
         }
         withExtendedLifetime(memory) {}
     }
 
     /// Runs the server side of the handshake; returns the negotiated version.
-    private func authenticate(_ socket: UnixSocket) throws(TransportError) -> UInt8 {
+    private func authenticate(_ socket: UnixSocket, ticket: ConnectionAdmission.Ticket) throws(TransportError) -> UInt8 {
         var handshake = ServerHandshake(key: key)
         var attempts = 0
         while true {
             let (header, payload, fd) = try socket.receiveFrame(limit: Handshake.framePayloadLimit)
             if fd >= 0 { closeDescriptor(fd) }
+            admission.spoke(ticket)
             guard header.opcode == Opcode.hello else {
                 throw TransportError(.authenticationFailed, "expected a hello, got opcode 0x\(String(header.opcode, radix: 16))")
             }
@@ -222,6 +245,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
             throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
         }
         try handshake.verify(proof: payload)  // refuse() answers a failure, as on TCP
+        try admission.authenticate(ticket)  // refuse() answers busy, as on TCP
         try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: [])
         return handshake.version
     }
@@ -258,8 +282,8 @@ public final class SharedMemoryServer: @unchecked Sendable {
 
     private func refuse(_ socket: UnixSocket, peer: String, _ error: any Error) {
         let reason = (error as? TransportError)?.description ?? "\(error)"
-        SystemLog.info("transport: refused shared-memory connection from \(peer) on \(socketPath): \(reason)")
-        if let error = error as? TransportError, error.code == .authenticationFailed {
+        refusals.info("transport: refused shared-memory connection from \(peer) on \(socketPath): \(reason)")
+        if let error = error as? TransportError, error.code == .authenticationFailed || error.code == .busy {
             try? socket.sendFrame(opcode: Opcode.welcome, flags: [.response, .error], payload: error.wirePayload)
         }
         socket.close()
@@ -278,7 +302,12 @@ struct ServerRingConnection {
     mutating func run(stillWanted: () -> Bool) throws(TransportError) {
         if link.isActive { return try runDelayed(stillWanted: stillWanted) }
         while true {
-            guard requests.waitForData(stillWanted: stillWanted) else {
+            let chunkDeadline = session.assembler.nextChunkDeadlineNanos
+            let waited = requests.waitForData {
+                stillWanted() && (chunkDeadline.map { monotonicNanos() <= $0 } ?? true)
+            }
+            guard waited else {
+                try session.assembler.checkChunkDeadline(now: monotonicNanos())
                 throw TransportError(.unavailable, "the client went away")
             }
             var handled = 0
@@ -311,7 +340,12 @@ struct ServerRingConnection {
                 line.add(frame, byteCount: FrameHeader.byteCount + frame.1.count, arrivalNanos: now)
             }
             guard let due = line.nextDue else {
-                guard requests.waitForData(stillWanted: stillWanted) else {
+                let chunkDeadline = session.assembler.nextChunkDeadlineNanos
+                let waited = requests.waitForData {
+                    stillWanted() && (chunkDeadline.map { monotonicNanos() <= $0 } ?? true)
+                }
+                guard waited else {
+                    try session.assembler.checkChunkDeadline(now: monotonicNanos())
                     throw TransportError(.unavailable, "the client went away")
                 }
                 continue

@@ -8,6 +8,13 @@
 // handshake or does not finish it in time, or stops in the middle of a frame for longer than the
 // frame timeout is logged and closed; the others are unaffected.
 //
+// Admission (ConnectionAdmission): a connection holds a handshake slot until it proves the key
+// and a session slot after, so strangers cannot take the slots of authenticated clients. The
+// caps are fitted under the process's descriptor limit (raised to the hard limit at start); when
+// accept still runs out of descriptors (EMFILE, ENFILE), accepting pauses for 200 ms at a time
+// instead of spinning, with one log line when it starts and one when it ends. Refusals are logged
+// through a LogThrottle: a few lines per 10 s, then a count with a sample.
+//
 // Thread-safety: `close`, `port` and `connectionCount` may be used from any thread.
 import MoraineSystem
 import NIOCore
@@ -19,6 +26,12 @@ public final class TCPServer: @unchecked Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let channel: Channel
     private let connections: ConnectionSet
+    private let admission: ConnectionAdmission
+    private let refusals: LogThrottle
+    private let throttleFlush: RepeatedTask
+    /// The limits this server runs with: those asked for, with the connection caps fitted
+    /// under the descriptor limit.
+    public let limits: TransportLimits
     /// The bound port (useful when 0 was asked for).
     public let port: Int
 
@@ -28,16 +41,23 @@ public final class TCPServer: @unchecked Sendable {
     ///   - regions: where references in replies are resolved; TCP always sends the bytes.
     ///   - tls: TLS settings, or nil for plain TCP.
     ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
+    ///   - budget: the bytes of half-joined messages this server's connections may hold,
+    ///     shared with every server given the same budget (by default, the whole process).
     /// - Throws: `.unavailable` when the address cannot be bound.
     public init(
-        host: String = "127.0.0.1", port: Int, key: ClusterKey, limits: TransportLimits = TransportLimits(),
+        host: String = "127.0.0.1", port: Int, key: ClusterKey, limits asked: TransportLimits = TransportLimits(),
         regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
-        link: LinkEmulation = .none, router: RequestRouter
+        link: LinkEmulation = .none, budget: MessageBudget = .process, router: RequestRouter
     ) throws(TransportError) {
-        try limits.check()
+        try asked.check()
+        let (limits, note) = asked.fitted(toDescriptors: DescriptorLimit.raised.soft)
+        if let note { SystemLog.infoOnce("transport: \(note)") }
         let tlsContext = try tls?.makeServerContext()  // before any thread exists to leak
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
+        let admission = ConnectionAdmission(limits: limits)
+        let refusals = LogThrottle(subject: "refused or dropped TCP connections")
+        let acceptFailures = AcceptFailures(listening: "\(host):\(port)")
         var bootstrap = ServerBootstrap(group: group)
         for (option, value) in TCPKeepalive.options(idleSeconds: limits.keepaliveIdleSeconds) {
             bootstrap = bootstrap.childChannelOption(option, value: value)
@@ -50,8 +70,17 @@ public final class TCPServer: @unchecked Sendable {
             // NIO's default high mark (64 KiB) is one large reply: the channel would turn
             // unwritable, and hold requests back, after nearly every flush.
             .childChannelOption(.writeBufferWaterMark, value: .init(low: Self.writeLowMark, high: Self.writeHighMark))
-            .childChannelInitializer { channel in
+            .serverChannelInitializer { channel in
+                // The classic bootstrap installs no accept back-off: without it, accept failing
+                // with EMFILE is retried at once, for ever, at 100% of a core.
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { acceptFailures.failed($0) })
+                }
+            }
+            .childChannelInitializer { channel in
+                acceptFailures.accepted()
+                return channel.eventLoop.makeCompletedFuture {
                     let limit = FrameLimit(Handshake.framePayloadLimit)
                     if let tlsContext { try tlsContext.addServerHandler(to: channel) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
@@ -59,7 +88,7 @@ public final class TCPServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         ServerConnectionHandler(
                             key: key, limits: limits, limit: limit, regions: regions, router: router,
-                            connections: connections))
+                            connections: connections, admission: admission, refusals: refusals, budget: budget))
                 }
             }
         do {
@@ -70,7 +99,13 @@ public final class TCPServer: @unchecked Sendable {
         }
         self.group = group
         self.connections = connections
+        self.admission = admission
+        self.refusals = refusals
+        self.limits = limits
         self.port = channel.localAddress?.port ?? port
+        throttleFlush = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            refusals.flush()
+        }
     }
 
     /// Replies queued on one connection beyond which it counts as not writable, and below which
@@ -80,12 +115,19 @@ public final class TCPServer: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Connections being served now.
+    /// Connections open now: authenticated, and still in their handshake.
     public var connectionCount: Int { connections.count }
+
+    /// Connections in their handshake now, and authenticated ones.
+    public var admissionCounts: (handshaking: Int, authenticated: Int) {
+        let counts = admission.counts
+        return (counts.strangers, counts.sessions)
+    }
 
     /// Stops listening, closes every connection, and stops the event loops. Idempotent.
     public func close() {
         guard connections.markClosed() else { return }
+        throttleFlush.cancel()
         try? channel.close().wait()
         for child in connections.all() { try? child.close().wait() }
         try? group.syncShutdownGracefully()
@@ -128,6 +170,10 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     private let limit: FrameLimit
     private let regions: SharedRegionTable?
     private let connections: ConnectionSet
+    private let admission: ConnectionAdmission
+    private let refusals: LogThrottle
+    private let budget: MessageBudget
+    private var ticket: ConnectionAdmission.Ticket = 0
     private var pendingRead = false
     private var output: ByteBuffer? = nil
     private var peer = "unknown peer"
@@ -142,13 +188,16 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
 
     init(
         key: ClusterKey, limits: TransportLimits, limit: FrameLimit, regions: SharedRegionTable?, router: RequestRouter,
-        connections: ConnectionSet
+        connections: ConnectionSet, admission: ConnectionAdmission, refusals: LogThrottle, budget: MessageBudget
     ) {
         state = .awaitingHello(ServerHandshake(key: key), attempts: 0)
         self.limits = limits
         self.limit = limit
         self.regions = regions
         self.connections = connections
+        self.admission = admission
+        self.refusals = refusals
+        self.budget = budget
         self.router = router
     }
 
@@ -157,10 +206,11 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     func channelActive(context: ChannelHandlerContext) {
         peer = "\(Self.text(context.remoteAddress)) to \(Self.text(context.localAddress))"
         connections.add(context.channel)
-        guard connections.count <= limits.connectionsMax else {
-            refuse(context, TransportError(.busy, "more than \(limits.connectionsMax) connections"))
-            context.fireChannelActive()
-            return
+        let channel = context.channel
+        let (peer, refusals) = (self.peer, self.refusals)
+        ticket = admission.admit(address: context.remoteAddress?.ipAddress ?? "unknown address") {
+            refusals.info("transport: dropped TCP connection from \(peer) in its handshake, to admit a newer one")
+            channel.close(promise: nil)
         }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: .nanoseconds(limits.handshakeNanos)) {
@@ -168,7 +218,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             if case .ready = handler.state { return }
             handler.refuse(context, TransportError(.authenticationFailed, "no handshake within the time allowed"))
         }
-        let period = max(10_000_000, min(1_000_000_000, limits.frameTimeoutNanos / 4))
+        let period = max(10_000_000, min(1_000_000_000, min(limits.frameTimeoutNanos, limits.chunkTimeoutNanos) / 4))
         stallTimer = context.eventLoop.scheduleRepeatedTask(initialDelay: .nanoseconds(period), delay: .nanoseconds(period)) { _ in
             let (handler, context) = loopBound.value
             handler.checkStall(context)
@@ -181,12 +231,27 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
         return "\(ip):\(port)"
     }
 
-    /// Closes the connection when a frame has been incomplete for longer than the frame timeout.
-    /// The clock does not run while the server itself holds reads back.
+    /// Closes the connection when a frame has been incomplete for longer than the frame timeout,
+    /// or a chunked message has waited for its next chunk longer than the chunk timeout. The
+    /// clocks do not run while the server itself holds reads back.
     private func checkStall(_ context: ChannelHandlerContext) {
-        guard limit.partialSinceNanos != 0 else { return }
         let now = monotonicNanos()
-        if pendingRead || !held.isEmpty {
+        let holding = pendingRead || !held.isEmpty
+        if case .ready(var session) = state, session.assembler.nextChunkDeadlineNanos != nil {
+            if holding {
+                session.assembler.restartChunkClocks(now: now)
+                state = .ready(session)
+            } else {
+                do {
+                    try session.assembler.checkChunkDeadline(now: now)
+                } catch {
+                    refuse(context, error)
+                    return
+                }
+            }
+        }
+        guard limit.partialSinceNanos != 0 else { return }
+        if holding {
             limit.partialSinceNanos = now
             return
         }
@@ -198,6 +263,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
         stallTimer?.cancel()
+        admission.remove(ticket)
         connections.remove(context.channel)
         context.fireChannelInactive()
     }
@@ -224,6 +290,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             guard header.opcode == Opcode.hello else {
                 throw TransportError(.authenticationFailed, "expected a hello, got opcode 0x\(String(header.opcode, radix: 16))")
             }
+            admission.spoke(ticket)
             do {
                 let challenge = try handshake.challenge(hello: frame.payload)
                 state = .awaitingProof(handshake)
@@ -237,9 +304,10 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
                 throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
             }
             try handshake.verify(proof: frame.payload)
+            try admission.authenticate(ticket)
             handshakeTimer?.cancel()
             limit.bytes = limits.framePayloadBytesMax
-            state = .ready(ServerSession(limits: limits, version: handshake.version, router: router))
+            state = .ready(ServerSession(limits: limits, version: handshake.version, router: router, budget: budget))
             send(Opcode.welcome, [.response], header.requestID, [], version: handshake.version)
         case .ready(var session):
             guard !header.flags.contains(.reference) else {
@@ -357,8 +425,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
         if case .ready = state { wasReady = true } else { wasReady = false }
         state = .closing
         let reason = (error as? TransportError)?.description ?? "\(error)"
-        SystemLog.info("transport: \(wasReady ? "closed" : "refused") TCP connection from \(peer): \(reason)")
-        if let error = error as? TransportError, error.code == .authenticationFailed {
+        refusals.info("transport: \(wasReady ? "closed" : "refused") TCP connection from \(peer): \(reason)")
+        if !wasReady, let error = error as? TransportError, error.code == .authenticationFailed || error.code == .busy {
             send(Opcode.welcome, [.response, .error], 0, error.wirePayload, version: ProtocolVersion.maximum)
         }
         flush(context)
