@@ -105,6 +105,10 @@ public struct TransportLimits: Sendable {
     /// tables, logs): when `connectionsMax + handshakesMax` do not fit under the descriptor
     /// limit minus this (at most half the limit), the server lowers both at start and says so.
     public var descriptorsReserved = 256
+    /// Refusals (a failed handshake, a dropped stranger, a closed connection) logged one by one
+    /// per interval; the rest of the interval's are counted and logged as one line with a sample.
+    public var refusalLogBurst = 5
+    public var refusalLogIntervalNanos: Int64 = 10_000_000_000
     /// Time a TCP server allows a frame to arrive once its first byte has: a peer that stops in
     /// the middle of a frame (a slow-loris) is logged and closed after it, and frees its slot.
     /// The clock stops while the server holds reads back for back-pressure.
@@ -136,9 +140,13 @@ public struct TransportLimits: Sendable {
                 .invalid,
                 "handshakeNanos, frameTimeoutNanos, sendTimeoutNanos, chunkTimeoutNanos and keepaliveIdleSeconds must be positive")
         }
-        guard handshakesMax > 0, handshakesPerAddressMax > 0, descriptorsReserved >= 0 else {
+        guard handshakesMax > 0, handshakesPerAddressMax > 0, descriptorsReserved >= 0, refusalLogBurst >= 0,
+            refusalLogIntervalNanos > 0
+        else {
             throw TransportError(
-                .invalid, "handshakesMax and handshakesPerAddressMax must be positive, descriptorsReserved not negative")
+                .invalid,
+                "handshakesMax, handshakesPerAddressMax and refusalLogIntervalNanos must be positive, "
+                    + "descriptorsReserved and refusalLogBurst not negative")
         }
     }
 

@@ -11,7 +11,7 @@ import Testing
 
 /// Every line the system log writes during the tests (the sink is installed once).
 enum CapturedLog {
-    private static let lines = LogLines()
+    static let lines = LogLines()
     static let installed: Bool = {
         SystemLog.setSink { line in lines.append(line) }
         return true

@@ -70,7 +70,7 @@ final class TestService {
 
     init(
         _ carrier: Carrier, key: ClusterKey = TestService.defaultKey(), limits: TransportLimits = TransportLimits(),
-        link: LinkEmulation = .none
+        link: LinkEmulation = .none, budget: MessageBudget = .process
     ) throws {
         self.carrier = carrier
         self.key = key
@@ -106,10 +106,11 @@ final class TestService {
         switch carrier.server {
         case .sharedMemory:
             shm = try SharedMemoryServer(
-                socketPath: directory.file("node.sock"), key: key, limits: limits, link: link, router: router)
+                socketPath: directory.file("node.sock"), key: key, limits: limits, link: link, budget: budget, router: router)
         case .tcp, .tcpDirect:
             tcp = try TCPServer(
-                host: "127.0.0.1", port: 0, key: key, limits: limits, regions: regions, link: link, router: router)
+                host: "127.0.0.1", port: 0, key: key, limits: limits, regions: regions, link: link, budget: budget,
+                router: router)
         }
     }
 
@@ -135,6 +136,9 @@ final class TestService {
     }
 
     var connectionCount: Int { shm?.connectionCount ?? tcp?.connectionCount ?? 0 }
+
+    /// Connections in their handshake and authenticated ones, as the server's admission counts them.
+    var admissionCounts: (handshaking: Int, authenticated: Int) { shm?.admissionCounts ?? tcp?.admissionCounts ?? (0, 0) }
 
     /// The bytes a reference reply names, wherever they arrive (in place over shared memory,
     /// copied over TCP).

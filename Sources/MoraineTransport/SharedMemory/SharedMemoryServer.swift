@@ -65,7 +65,9 @@ public final class SharedMemoryServer: @unchecked Sendable {
         self.router = router
         self.limits = limits
         admission = ConnectionAdmission(limits: limits)
-        refusals = LogThrottle(subject: "refused or dropped shared-memory connections on \(socketPath)")
+        refusals = LogThrottle(
+            subject: "refused or dropped shared-memory connections on \(socketPath)", intervalNanos: limits.refusalLogIntervalNanos,
+            burst: limits.refusalLogBurst)
         self.budget = budget
         self.allowedUser = allowedUser
         self.link = link
@@ -76,8 +78,14 @@ public final class SharedMemoryServer: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Connections being served now.
+    /// Connections open now: authenticated, and still in their handshake.
     public var connectionCount: Int { state.withLock { sockets.count } }
+
+    /// Connections in their handshake now, and authenticated ones.
+    public var admissionCounts: (handshaking: Int, authenticated: Int) {
+        let counts = admission.counts
+        return (counts.strangers, counts.sessions)
+    }
 
     /// Stops accepting, hangs up every connection and waits for their threads to finish.
     public func close() {

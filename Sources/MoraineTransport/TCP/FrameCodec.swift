@@ -20,10 +20,19 @@ final class FrameLimit: @unchecked Sendable {
 }
 
 /// TCP keepalive on a connection: probes after `idleSeconds` of silence, 3 of them 10 s apart, so
-/// a peer whose machine is gone (no FIN ever comes) is noticed and its connection freed.
+/// a peer whose machine is gone (no FIN ever comes) is noticed and its connection freed. Keepalive
+/// only runs while nothing is unacknowledged: a peer that vanishes while replies are on their way
+/// to it would hold the connection for the kernel's retransmission limit (about 15 minutes), so
+/// TCP_USER_TIMEOUT gives up on unacknowledged bytes after the same time keepalive takes.
 enum TCPKeepalive {
     static let probeIntervalSeconds = 10
     static let probeCount = 3
+
+    /// Milliseconds bytes may stay unacknowledged (and keepalive may go unanswered) before the
+    /// kernel drops the connection.
+    static func userTimeoutMillis(idleSeconds: Int) -> Int {
+        (idleSeconds + probeIntervalSeconds * probeCount) * 1000
+    }
 
     /// The socket options, in the order they are set.
     static func options(idleSeconds: Int) -> [(ChannelOptions.Types.SocketOption, SocketOptionValue)] {
@@ -32,6 +41,10 @@ enum TCPKeepalive {
             (.init(level: .tcp, name: .init(rawValue: TCP_KEEPIDLE)), SocketOptionValue(clamping: idleSeconds)),
             (.init(level: .tcp, name: .init(rawValue: TCP_KEEPINTVL)), SocketOptionValue(probeIntervalSeconds)),
             (.init(level: .tcp, name: .init(rawValue: TCP_KEEPCNT)), SocketOptionValue(probeCount)),
+            (
+                .init(level: .tcp, name: .init(rawValue: TCP_USER_TIMEOUT)),
+                SocketOptionValue(clamping: userTimeoutMillis(idleSeconds: idleSeconds))
+            ),
         ]
     }
 }

@@ -56,8 +56,10 @@ public final class TCPServer: @unchecked Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
         let connections = ConnectionSet()
         let admission = ConnectionAdmission(limits: limits)
-        let refusals = LogThrottle(subject: "refused or dropped TCP connections")
-        let acceptFailures = AcceptFailures(listening: "\(host):\(port)")
+        let refusals = LogThrottle(
+            subject: "refused or dropped TCP connections", intervalNanos: limits.refusalLogIntervalNanos,
+            burst: limits.refusalLogBurst)
+        let acceptFailures = AcceptFailures()
         var bootstrap = ServerBootstrap(group: group)
         for (option, value) in TCPKeepalive.options(idleSeconds: limits.keepaliveIdleSeconds) {
             bootstrap = bootstrap.childChannelOption(option, value: value)
@@ -71,11 +73,10 @@ public final class TCPServer: @unchecked Sendable {
             // unwritable, and hold requests back, after nearly every flush.
             .childChannelOption(.writeBufferWaterMark, value: .init(low: Self.writeLowMark, high: Self.writeHighMark))
             .serverChannelInitializer { channel in
-                // The classic bootstrap installs no accept back-off: without it, accept failing
-                // with EMFILE is retried at once, for ever, at 100% of a core.
+                // Without a pause, accept failing with EMFILE is retried at once, for ever, at
+                // 100% of a core (AcceptFailures.swift says why NIO's own back-off does not help).
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { acceptFailures.failed($0) })
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(failures: acceptFailures))
                 }
             }
             .childChannelInitializer { channel in

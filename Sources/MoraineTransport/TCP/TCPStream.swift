@@ -62,6 +62,9 @@ final class TCPStream {
             stream.setOption(Int32(IPPROTO_TCP), TCP_KEEPIDLE, Int32(clamping: keepaliveIdleSeconds))
             stream.setOption(Int32(IPPROTO_TCP), TCP_KEEPINTVL, Int32(TCPKeepalive.probeIntervalSeconds))
             stream.setOption(Int32(IPPROTO_TCP), TCP_KEEPCNT, Int32(TCPKeepalive.probeCount))
+            stream.setOption(
+                Int32(IPPROTO_TCP), TCP_USER_TIMEOUT,
+                Int32(clamping: TCPKeepalive.userTimeoutMillis(idleSeconds: keepaliveIdleSeconds)))
             return stream
         }
         throw TransportError(.unavailable, "cannot connect to \(host):\(port): \(lastError)")
