@@ -175,6 +175,56 @@ struct TransportFloodTests {
         #expect(budget.bytesHeld == 0)
     }
 
+    @Test("peers with the key cannot pin a server process's memory with messages they never finish")
+    func memoryPinning() throws {
+        let directory = TempDir("moraine-pinning")
+        defer { directory.remove() }
+        try ClusterKey.generate(path: directory.file("cluster.key"))
+        let key = try ClusterKey.load(path: directory.file("cluster.key"))
+        // A server process with the default limits: 128 MiB per connection, 256 MiB for the
+        // process, 10 s for a half-joined message to get its next chunk.
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: moraineExecutablePath())
+        server.arguments = ["transport-bench", "--serve", "--dir", directory.path]
+        server.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        let port = try Self.readyPort(directory: directory.path)
+        let baseline = try Self.residentBytes(pid: server.processIdentifier)
+        // Eight peers each start a 60 MiB message (under the 64 MiB a message may have) and never
+        // finish it: 480 MiB if all were held, as they were before the process budget.
+        let chunk = [UInt8](repeating: 0x42, count: 1 << 20)
+        var peers: [RawPeer] = []
+        var refused = 0
+        for _ in 0..<8 {
+            let peer = try RawPeer(tcpPort: port)
+            try peer.authenticate(key: key)
+            do {
+                for _ in 0..<60 { try peer.sendFrame(opcode: Self.benchEcho, flags: .more, requestID: 1, payload: chunk) }
+            } catch {
+                refused += 1  // the server closed it while it was still sending
+            }
+            peers.append(peer)
+        }
+        sleepNanos(500_000_000)
+        let held = try Self.residentBytes(pid: server.processIdentifier)
+        let closed = peers.filter { $0.serverClosed(seconds: 0.2) }.count
+        print("memory pinning: resident \(baseline >> 20) MiB before, \(held >> 20) MiB with 8 peers; \(closed) closed")
+        // 256 MiB hold four 60 MiB messages; the fifth peer passes the budget, and so do the rest.
+        #expect(closed == 4, "\(closed) of 8 connections sending 60 MiB each were refused; 4 should be")
+        #expect(held - baseline < 330 << 20, "the server grew by \((held - baseline) >> 20) MiB")
+        // Without their next chunk, the rest are closed after the chunk timeout and the memory is freed.
+        #expect(peers.allSatisfy { $0.serverClosed(seconds: 15) }, "a half-joined message outlived the chunk timeout")
+        #expect(eventually(seconds: 5) { ((try? Self.residentBytes(pid: server.processIdentifier)) ?? .max) - baseline < 64 << 20 })
+        let client = try DirectTCPClient(port: port, key: key)
+        defer { client.close() }
+        #expect(try client.call(Self.benchEcho, [9]) == .bytes([9]))
+        #expect(refused <= closed)
+    }
+
     @Test("a key file that is a FIFO, a directory or a socket is refused at once, naming what it is")
     func keyFileKinds() throws {
         let directory = TempDir("moraine-keykinds")
@@ -257,6 +307,15 @@ struct TransportFloodTests {
         }
         let log = (try? String(contentsOfFile: directory + "/stderr", encoding: .utf8)) ?? ""
         throw TransportError(.unavailable, "the server process did not start: \(log)")
+    }
+
+    /// Resident memory of a process, from /proc/PID/status (VmRSS).
+    static func residentBytes(pid: Int32) throws -> Int {
+        let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kibibytes = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { throw TransportError(.invalid, "/proc/\(pid)/status has no VmRSS") }
+        return kibibytes << 10
     }
 
     /// User plus system CPU time of a process, in seconds, from /proc/PID/stat.

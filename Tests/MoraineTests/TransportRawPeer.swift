@@ -148,8 +148,12 @@ final class RawPeer {
                 if unix!.peerHasHungUp() { return true }
                 usleep(2000)
             case .tcp, .tcpDirect:
+                // Wait at most until the deadline (the socket's receive timeout is longer).
+                var entry = pollfd(fd: tcp, events: Int16(POLLIN), revents: 0)
+                let left = max(1, Int32((deadline - monotonicNanos()) / 1_000_000))
+                guard poll(&entry, 1, min(left, 100)) > 0 else { continue }
                 var byte: UInt8 = 0
-                let got = recv(tcp, &byte, 1, 0)
+                let got = recv(tcp, &byte, 1, Int32(MSG_DONTWAIT))
                 if got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return true }
             }
         }
