@@ -4,6 +4,8 @@
 //   CSystemShims (C) → MoraineSystem → MoraineFormat → MoraineMemtable → MoraineEngine
 //   → Moraine (public API) → moraine (command)
 //   MoraineSystem → MoraineTransport (protocol, shared-memory and TCP carriers; the only NIO user)
+//   MoraineTransport → MoraineMessages (the roles' message codecs) → one target per role:
+//   MoraineStorage (the storage node, and the remote file system that reaches it)
 // MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
 // MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
 import PackageDescription
@@ -51,6 +53,9 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // The roles' message codecs, then one library per role (the storage node first).
+        .target(name: "MoraineMessages", dependencies: ["MoraineTransport"]),
+        .target(name: "MoraineStorage", dependencies: ["MoraineMessages", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
         .target(
             name: "MoraineBench",
@@ -84,7 +89,7 @@ let package = Package(
             name: "MoraineTests",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
-                "MoraineTestSupport", "MoraineCLI", "MoraineTransport",
+                "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

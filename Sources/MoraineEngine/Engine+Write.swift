@@ -264,7 +264,7 @@ extension Engine {
             }
             return CommitLog(number: number, pmem: PmemLogWriter(region: pmemRegion, arena: arena))
         }
-        let file = try fileSystem.createWritable(path(.log(number)))
+        let file = try fileSystem.createNew(path(.log(number)), hint: .log)
         let writer = LogWriter(file: file)
         do {
             try fileSystem.syncDirectory(path)

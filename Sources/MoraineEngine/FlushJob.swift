@@ -65,7 +65,7 @@ final class TableWriter {
     }
 
     func open() throws {
-        let file = try fileSystem.createWritable(path, hint: .bulk)
+        let file = try fileSystem.createNew(path, hint: .bulk)
         self.file = file
         builder = TableBuilder(file: file, options: options, name: path)
     }

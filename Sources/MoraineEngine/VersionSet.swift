@@ -148,7 +148,7 @@ final class VersionSet: @unchecked Sendable {
     func writeNewManifest(lastSequence: SequenceNumber) throws {
         let number = newFileNumber()
         let manifestPath = path(.manifest(number))
-        let file = try fileSystem.createWritable(manifestPath)
+        let file = try fileSystem.createNew(manifestPath, hint: .log)
         let writer = LogWriter(file: file)
         do {
             try writer.addRecord(snapshotEdit(lastSequence: lastSequence).encode())

@@ -45,6 +45,10 @@ public protocol FileSystem: AnyObject, Sendable {
     func createWritable(_ path: String) throws -> any WritableFile
     /// Creates (or truncates) a file for writing, saying how it will be written.
     func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile
+    /// Creates a file that does not exist yet. An existing file is never truncated: the call
+    /// fails with `.invalid` naming it (a table, log or manifest number used twice, or a
+    /// retried create on a remote node that already made it).
+    func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile
     /// Opens an existing file for random reads.
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
     /// Reads a whole (small) file.

@@ -24,6 +24,9 @@ public struct MoraineError: Error, CustomStringConvertible, Sendable, Equatable 
         case notFound = 8
         /// A bug: an invariant did not hold.
         case internalError = 9
+        /// A newer owner holds the database: this process lost its lease (its epoch is older)
+        /// and may not change anything any more. Reopen to become the owner again.
+        case fenced = 10
 
         public var description: String {
             switch self {
@@ -36,6 +39,7 @@ public struct MoraineError: Error, CustomStringConvertible, Sendable, Equatable 
             case .noSpace: "no space"
             case .notFound: "not found"
             case .internalError: "internal"
+            case .fenced: "fenced"
             }
         }
     }

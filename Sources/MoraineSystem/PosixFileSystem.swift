@@ -46,8 +46,35 @@ public final class PosixFileSystem: FileSystem {
     /// (docs/PERFORMANCE.md §3). Bulk files go through the queue in 1 MiB writes, the last one
     /// linked to the fdatasync.
     public func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        try create(path, hint: hint, flags: O_TRUNC)
+    }
+
+    public func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        try create(path, hint: hint, flags: O_EXCL)
+    }
+
+    /// Opens an existing file to append at its end (a storage node taking up a file it was
+    /// writing before a restart).
+    public func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw posixError("open", path) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let error = posixError("fstat", path)
+            Glibc.close(fd)
+            throw error
+        }
+        return PosixWritableFile(
+            fd: fd, path: path, backend: hint == .log ? .posix : ioBackend, bufferBytes: hint == .log ? 64 << 10 : 1 << 20,
+            startingAt: UInt64(st.st_size))
+    }
+
+    private func create(_ path: String, hint: WriteHint, flags: Int32) throws -> any WritableFile {
+        let fd = open(path, O_WRONLY | O_CREAT | flags | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            if errno == EEXIST { throw MoraineError(.invalid, "create \(path): the file exists and is not truncated") }
+            throw posixError("open", path)
+        }
         switch hint {
         case .log: return PosixWritableFile(fd: fd, path: path, backend: .posix, bufferBytes: 64 << 10)
         case .bulk: return PosixWritableFile(fd: fd, path: path, backend: ioBackend, bufferBytes: 1 << 20)
@@ -208,11 +235,13 @@ final class PosixWritableFile: WritableFile {
     private(set) var size: UInt64 = 0
     private let backend: IOBackend
 
-    init(fd: Int32, path: String, backend: IOBackend, bufferBytes: Int) {
+    init(fd: Int32, path: String, backend: IOBackend, bufferBytes: Int, startingAt offset: UInt64 = 0) {
         self.fd = fd
         self.path = path
         self.backend = backend
         self.buffer = .allocate(byteCount: bufferBytes, alignment: 4096)
+        size = offset
+        written = offset
     }
 
     deinit {

@@ -78,9 +78,20 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
     // MARK: FileSystem
 
     public func createWritable(_ path: String) throws -> any WritableFile {
+        try create(path, exclusive: false)
+    }
+
+    public func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        try create(path, exclusive: true)
+    }
+
+    private func create(_ path: String, exclusive: Bool) throws -> any WritableFile {
         try lock.withLock {
             guard directories.contains(Self.parent(path)) else {
                 throw MoraineError(.notFound, "open \(path): no such directory")
+            }
+            if exclusive && names[path] != nil {
+                throw MoraineError(.invalid, "create \(path): the file exists and is not truncated")
             }
             let inode = Inode()
             names[path] = inode

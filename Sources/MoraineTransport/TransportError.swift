@@ -18,6 +18,8 @@ public struct TransportError: Error, Sendable, Equatable, CustomStringConvertibl
         case noSpace = 7
         case notFound = 8
         case internalError = 9
+        /// The sender's epoch is older than the owner's: it lost its lease (MoraineError.fenced).
+        case fenced = 10
         /// The frame or its contents do not follow the protocol.
         case malformed = 16
         /// A frame payload or a reassembled message exceeds the receiver's limit.
@@ -46,6 +48,7 @@ public struct TransportError: Error, Sendable, Equatable, CustomStringConvertibl
             case .noSpace: "no space"
             case .notFound: "not found"
             case .internalError: "internal"
+            case .fenced: "fenced"
             case .malformed: "malformed frame"
             case .frameTooLarge: "frame too large"
             case .badChecksum: "bad checksum"
@@ -85,6 +88,7 @@ public struct TransportError: Error, Sendable, Equatable, CustomStringConvertibl
             case .busy: .busy
             case .noSpace: .noSpace
             case .notFound: .notFound
+            case .fenced: .fenced
             case .authenticationFailed, .internalError: .internalError
             }
         return MoraineError(kind, message)

@@ -18,6 +18,8 @@ struct LintTests {
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
+        "MoraineMessages": ["MoraineTransport"],
+        "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
             "MoraineTransportBench",
@@ -31,6 +33,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
+        "MoraineMessages", "MoraineStorage",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

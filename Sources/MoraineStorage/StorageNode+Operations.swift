@@ -1,0 +1,293 @@
+// The storage node's operations, one per opcode (docs/STORAGE.md says what each accepts and
+// answers). Every one checks its names first; every mutation checks the lease epoch next.
+import MoraineMessages
+import MoraineSystem
+import MoraineTransport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension StorageNode {
+    // MARK: Writing
+
+    func create(_ request: StorageCreate) throws(TransportError) -> Payload {
+        let root = try StorageName.check(request.file)
+        try leases.checkMutation(root, epoch: request.epoch)
+        forget(request.file)
+        let path = path(request.file)
+        let file = try perform {
+            request.exclusive ? try files.createNew(path, hint: .log) : try files.createWritable(path, hint: .log)
+        }
+        writers.withLock { $0[request.file] = WriterSlot(file: file, sizeBytes: 0) }
+        return .bytes([])
+    }
+
+    func append(_ request: StorageAppend) throws(TransportError) -> Payload {
+        let root = try StorageName.check(request.file)
+        try leases.checkMutation(root, epoch: request.epoch)
+        let slot = try writer(request.file)
+        let size: UInt64 = try slot.lock.withLock { () throws(TransportError) -> UInt64 in
+            guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
+            let count = UInt64(request.bytes.count)
+            let (end, overflow) = request.offset.addingReportingOverflow(count)
+            guard !overflow else { throw TransportError(.invalid, "append to \(request.file): offset and length overflow") }
+            guard request.offset <= slot.sizeBytes else {
+                throw TransportError(
+                    .invalid,
+                    "append to \(request.file) at offset \(request.offset), but the file has \(slot.sizeBytes) bytes (a gap)")
+            }
+            // Bytes already written (a retry after a lost reply) must be the same bytes.
+            let overlap = Int(min(end, slot.sizeBytes) - request.offset)
+            if overlap > 0 { try checkWritten(request, count: overlap) }
+            let fresh = request.bytes.count - overlap
+            try perform {
+                if fresh > 0 {
+                    try request.bytes.withUnsafeBytes { try file.append(UnsafeRawBufferPointer(rebasing: $0[overlap...])) }
+                }
+                if request.sync { try file.sync() } else { try file.flush() }
+            }
+            slot.sizeBytes += UInt64(fresh)
+            return slot.sizeBytes
+        }
+        return .bytes(StorageSize(sizeBytes: size).encoded())
+    }
+
+    /// Compares the first `count` bytes of an append with what the file holds at its offset.
+    private func checkWritten(_ request: StorageAppend, count: Int) throws(TransportError) {
+        let path = path(request.file)
+        let existing = try perform { () throws -> [UInt8] in
+            let reader = try files.openRandomAccess(path)
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got = try bytes.withUnsafeMutableBytes { try reader.read(at: request.offset, into: $0) }
+            return Array(bytes[0..<got])
+        }
+        guard existing.count == count, existing[...] == request.bytes[0..<count] else {
+            throw TransportError(
+                .invalid,
+                "append to \(request.file) at offset \(request.offset) overlaps \(count) written bytes with different ones")
+        }
+    }
+
+    func sync(_ request: StorageFileMutation) throws(TransportError) -> Payload {
+        let root = try StorageName.check(request.file)
+        try leases.checkMutation(root, epoch: request.epoch)
+        let slot = try writer(request.file)
+        try slot.lock.withLock { () throws(TransportError) in
+            guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
+            try perform { try file.sync() }
+        }
+        return .bytes([])
+    }
+
+    func close(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.check(request.file)
+        let slot = writers.withLock { $0.removeValue(forKey: request.file) }
+        if let slot {
+            try slot.lock.withLock { () throws(TransportError) in
+                let file = slot.file
+                slot.file = nil
+                try perform { try file?.close() }
+            }
+        }
+        return .bytes([])
+    }
+
+    /// The slot of a file being written; a file written before a restart is taken up again.
+    private func writer(_ file: StorageFile) throws(TransportError) -> WriterSlot {
+        if let slot = writers.withLock({ $0[file] }) { return slot }
+        let path = path(file)
+        let opened = try perform { try files.openForAppend(path, hint: .log) }
+        return writers.withLock { table in
+            if let raced = table[file] { return raced }
+            let slot = WriterSlot(file: opened, sizeBytes: opened.size)
+            table[file] = slot
+            return slot
+        }
+    }
+
+    /// Drops the cached handles of `file` (before it is created, removed or renamed over).
+    func forget(_ file: StorageFile) {
+        let slot = writers.withLock { $0.removeValue(forKey: file) }
+        if let slot { slot.lock.withLock { try? slot.file?.close() } }
+        _ = readers.withLock { $0.removeValue(forKey: file) }
+    }
+
+    // MARK: Reading
+
+    func read(_ request: StorageRead) throws(TransportError) -> Payload {
+        _ = try StorageName.check(request.file)
+        guard Int(request.length) <= Self.readBytesMax else {
+            throw TransportError(.invalid, "read of \(request.length) bytes passes \(Self.readBytesMax)")
+        }
+        let file = try reader(request.file)
+        let bytes = try perform { () throws -> [UInt8] in
+            try [UInt8](unsafeUninitializedCapacity: Int(request.length)) { buffer, count in
+                count = 0
+                count = try file.read(at: request.offset, into: UnsafeMutableRawBufferPointer(buffer))
+            }
+        }
+        return .bytes(bytes)
+    }
+
+    func readBatch(_ request: StorageReadBatch) throws(TransportError) -> Payload {
+        let total = request.reads.reduce(0) { $0 + Int($1.length) }
+        guard total <= Self.readBytesMax else {
+            throw TransportError(.invalid, "a read batch of \(total) bytes passes \(Self.readBytesMax)")
+        }
+        var results = [Result<[UInt8], TransportError>](repeating: .success([]), count: request.reads.count)
+        var batch: [BatchRead] = []
+        var slots: [Int] = []
+        let arena = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, total), alignment: 16)
+        defer { arena.deallocate() }
+        var offset = 0
+        for (index, read) in request.reads.enumerated() {
+            do {
+                _ = try StorageName.check(read.file)
+                let file = try reader(read.file)
+                let buffer = UnsafeMutableRawBufferPointer(rebasing: arena[offset..<offset + Int(read.length)])
+                batch.append(BatchRead(file: file, offset: read.offset, buffer: buffer))
+                slots.append(index)
+                offset += Int(read.length)
+            } catch {
+                results[index] = .failure(error)
+            }
+        }
+        batch.withUnsafeMutableBufferPointer { files.read(batch: $0) }  // one submission
+        for (done, index) in zip(batch, slots) {
+            if let error = done.error {
+                results[index] = .failure(TransportError(error))
+            } else {
+                results[index] = .success(Array(UnsafeRawBufferPointer(rebasing: done.buffer[0..<done.bytesRead])))
+            }
+        }
+        return .bytes(StorageReadBatchReply(results: results).encoded())
+    }
+
+    func readAll(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.check(request.file)
+        let path = path(request.file)
+        let size = try perform { try files.fileSize(path) }
+        guard size <= UInt64(Self.readBytesMax) else {
+            throw TransportError(.invalid, "\(request.file) has \(size) bytes; read-all takes at most \(Self.readBytesMax)")
+        }
+        return .bytes(try perform { try files.readAll(path) })
+    }
+
+    /// A cached read handle of `file`, opened on first use.
+    private func reader(_ file: StorageFile) throws(TransportError) -> any RandomAccessFile {
+        if let slot = readers.withLock({ $0[file] }) { return slot.file }
+        let path = path(file)
+        let opened = try perform { try files.openRandomAccess(path) }
+        readers.withLock { table in
+            if table.count >= Self.readersMax { table.removeAll(keepingCapacity: true) }
+            table[file] = ReaderSlot(file: opened)
+        }
+        return opened
+    }
+
+    // MARK: Names
+
+    func statFile(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.check(request.file, allowDirectory: true)
+        let path = path(request.file)
+        let reply: StorageStatReply
+        if let status = fileStatus(path) {
+            let isDirectory = status.st_mode & S_IFMT == S_IFDIR
+            reply = StorageStatReply(kind: isDirectory ? .directory : .file, sizeBytes: UInt64(status.st_size))
+        } else if errno == ENOENT || errno == ENOTDIR {
+            reply = StorageStatReply(kind: .absent, sizeBytes: 0)
+        } else {
+            throw TransportError(.io, "stat \(request.file): \(String(cString: strerror(errno)))")
+        }
+        return .bytes(reply.encoded())
+    }
+
+    func list(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.checkDatabase(request.file.database)
+        let path = dataDirectory + "/" + request.file.database
+        let names = try perform { try files.children(of: path) }
+        return .bytes(StorageNames(names: names.sorted()).encoded())
+    }
+
+    func remove(_ request: StorageFileMutation) throws(TransportError) -> Payload {
+        let root = try StorageName.check(request.file)
+        try leases.checkMutation(root, epoch: request.epoch)
+        forget(request.file)
+        let path = path(request.file)
+        try perform { try files.remove(path) }
+        return .bytes([])
+    }
+
+    func rename(_ request: StorageRename) throws(TransportError) -> Payload {
+        let root = try StorageName.checkDatabase(request.database)
+        try StorageName.checkFile(request.source)
+        try StorageName.checkFile(request.target)
+        try leases.checkMutation(root, epoch: request.epoch)
+        let source = StorageFile(database: request.database, name: request.source)
+        let target = StorageFile(database: request.database, name: request.target)
+        forget(source)
+        forget(target)
+        let directory = dataDirectory + "/" + request.database
+        try perform {
+            try files.rename(path(source), to: path(target))
+            try files.syncDirectory(directory)
+        }
+        return .bytes([])
+    }
+
+    func createDirectory(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.checkDatabase(request.file.database)
+        let path = dataDirectory + "/" + request.file.database
+        try perform { try files.createDirectory(path) }
+        return .bytes([])
+    }
+
+    func syncDirectory(_ request: StorageFileQuery) throws(TransportError) -> Payload {
+        _ = try StorageName.checkDatabase(request.file.database)
+        let path = dataDirectory + "/" + request.file.database
+        try perform { try files.syncDirectory(path) }
+        return .bytes([])
+    }
+
+    func capacity() throws(TransportError) -> Payload {
+        var fs = statvfs()
+        guard statvfs(dataDirectory, &fs) == 0 else {
+            throw TransportError(.io, "statvfs \(dataDirectory): \(String(cString: strerror(errno)))")
+        }
+        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+        var used: UInt64 = 0
+        var count: UInt64 = 0
+        for database in (try? files.children(of: dataDirectory)) ?? [] where !database.hasPrefix(".") {
+            let directory = dataDirectory + "/" + database
+            for name in (try? files.children(of: directory)) ?? [] {
+                if let size = try? files.fileSize(directory + "/" + name) {
+                    used += size
+                    count += 1
+                }
+            }
+        }
+        return .bytes(StorageCapacityReply(bytesUsed: used, bytesFree: free, fileCount: count).encoded())
+    }
+
+    // MARK: Leases
+
+    func acquireLease(_ request: StorageLease) throws(TransportError) -> Payload {
+        let root = try StorageName.checkDatabase(request.database)
+        guard !request.database.contains("/") else { throw TransportError(.invalid, "a lease is taken on a whole database") }
+        let epoch = try leases.acquire(root, owner: request.owner, ttlMillis: request.ttlMillis)
+        return .bytes(StorageLeaseReply(epoch: epoch, ttlMillis: min(request.ttlMillis, LeaseTable.ttlMillisMax)).encoded())
+    }
+
+    func renewLease(_ request: StorageLease) throws(TransportError) -> Payload {
+        let root = try StorageName.checkDatabase(request.database)
+        try leases.renew(root, owner: request.owner, epoch: request.epoch, ttlMillis: request.ttlMillis)
+        return .bytes(StorageLeaseReply(epoch: request.epoch, ttlMillis: min(request.ttlMillis, LeaseTable.ttlMillisMax)).encoded())
+    }
+
+    func releaseLease(_ request: StorageLease) throws(TransportError) -> Payload {
+        let root = try StorageName.checkDatabase(request.database)
+        leases.release(root, epoch: request.epoch)
+        return .bytes([])
+    }
+}

@@ -1,0 +1,140 @@
+// The storage node: serves the files of many databases under one data directory, through the
+// same POSIX file system (and io_uring queue) the embedded engine uses. Files are named by
+// (database, name), confined to `DATA/<database>/` (StorageName); mutations are fenced by the
+// database's lease epoch (LeaseTable). The node keeps a table of files being written (their
+// handle and size, so an append at an expected offset can be checked and a retried one
+// recognised) and a bounded cache of read handles; a create, remove or rename drops the entries
+// of the names it touches, so no handle outlives its file.
+//
+// Durability: an append returns once its bytes are written to the kernel (pwrite): a node killed
+// with SIGKILL loses nothing it acknowledged; with `sync` it also returns after fdatasync.
+//
+// Thread-safety: handlers run on many carrier threads at once. The tables take one lock each,
+// held only for lookups; each file being written has its own lock, so appends to different files
+// run in parallel and reads never wait for writes.
+import MoraineMessages
+import MoraineSystem
+import MoraineTransport
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Serves file I/O for compute nodes and workers.
+public final class StorageNode: Sendable {
+    /// The directory that holds one subdirectory per database (and `.moraine/`, the node's own).
+    public let dataDirectory: String
+    let files = PosixFileSystem.shared
+    let leases: LeaseTable
+    let writers = Mutex<[StorageFile: WriterSlot]>([:])
+    let readers = Mutex<[StorageFile: ReaderSlot]>([:])
+    /// Read handles kept open at once; past it, the cache is emptied and refilled as reads come.
+    static let readersMax = 1024
+    /// The most bytes one read or one batch may ask for.
+    static let readBytesMax = 32 << 20
+
+    /// Serves `dataDirectory`, which must exist and be writable.
+    /// - Throws: `.invalid` when it is missing, not a directory or not writable.
+    public init(dataDirectory: String, clock: @escaping @Sendable () -> Int64 = monotonicNanos) throws(TransportError) {
+        guard let status = fileStatus(dataDirectory) else {
+            throw TransportError(
+                .invalid, "data directory \(dataDirectory): \(String(cString: strerror(errno))); create it first")
+        }
+        guard status.st_mode & S_IFMT == S_IFDIR else {
+            throw TransportError(.invalid, "data directory \(dataDirectory) is not a directory")
+        }
+        guard access(dataDirectory, W_OK | X_OK) == 0 else {
+            throw TransportError(.invalid, "data directory \(dataDirectory) is not writable by this process")
+        }
+        self.dataDirectory = dataDirectory.hasSuffix("/") ? String(dataDirectory.dropLast()) : dataDirectory
+        leases = try LeaseTable(directory: self.dataDirectory + "/.moraine/epochs", clock: clock)
+    }
+
+    /// A router that serves the storage protocol.
+    public func router() -> RequestRouter {
+        var router = RequestRouter()
+        register(in: &router)
+        return router
+    }
+
+    /// Registers the storage opcodes in `router`.
+    public func register(in router: inout RequestRouter) {
+        for opcode in StorageOpcode.create...StorageOpcode.leaseRelease {
+            router.register(opcode) { [self] request in
+                do throws(TransportError) {
+                    return .success(try handle(request.opcode, request.payload))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        }
+    }
+
+    /// Runs one request.
+    private func handle(_ opcode: UInt8, _ payload: Payload) throws(TransportError) -> Payload {
+        switch opcode {
+        case StorageOpcode.create: try create(.decode(payload))
+        case StorageOpcode.append: try append(.decode(payload))
+        case StorageOpcode.sync: try sync(.decode(payload))
+        case StorageOpcode.close: try close(.decode(payload))
+        case StorageOpcode.read: try read(.decode(payload))
+        case StorageOpcode.readBatch: try readBatch(.decode(payload))
+        case StorageOpcode.readAll: try readAll(.decode(payload))
+        case StorageOpcode.stat: try statFile(.decode(payload))
+        case StorageOpcode.list: try list(.decode(payload))
+        case StorageOpcode.remove: try remove(.decode(payload))
+        case StorageOpcode.rename: try rename(.decode(payload))
+        case StorageOpcode.createDirectory: try createDirectory(.decode(payload))
+        case StorageOpcode.syncDirectory: try syncDirectory(.decode(payload))
+        case StorageOpcode.capacity: try capacity()
+        case StorageOpcode.leaseAcquire: try acquireLease(.decode(payload))
+        case StorageOpcode.leaseRenew: try renewLease(.decode(payload))
+        case StorageOpcode.leaseRelease: try releaseLease(.decode(payload))
+        default: throw TransportError(.unknownOpcode, "storage opcode 0x\(String(opcode, radix: 16)) is not served")
+        }
+    }
+
+    /// The local path of a checked file (or of its database, for an empty name).
+    func path(_ file: StorageFile) -> String {
+        file.name.isEmpty ? dataDirectory + "/" + file.database : dataDirectory + "/" + file.database + "/" + file.name
+    }
+
+    /// Runs a file-system call, turning its error into the transport's (kinds travel unchanged).
+    func perform<T>(_ body: () throws -> T) throws(TransportError) -> T {
+        do {
+            return try body()
+        } catch let error as MoraineError {
+            throw TransportError(error)
+        } catch let error as TransportError {
+            throw error
+        } catch {
+            throw TransportError(.internalError, "\(error)")
+        }
+    }
+}
+
+/// A file being written: its handle and the bytes it holds.
+final class WriterSlot: @unchecked Sendable {
+    let lock = ConditionLock()
+    /// Guarded by `lock`.
+    var file: (any WritableFile)?
+    var sizeBytes: UInt64
+
+    init(file: any WritableFile, sizeBytes: UInt64) {
+        self.file = file
+        self.sizeBytes = sizeBytes
+    }
+}
+
+/// An open read handle, shared by concurrent readers; closed when the last one lets it go.
+final class ReaderSlot: @unchecked Sendable {
+    let file: any RandomAccessFile
+    init(file: any RandomAccessFile) { self.file = file }
+}
+
+/// `stat(2)` of `path`, or nil with `errno` set.
+func fileStatus(_ path: String) -> stat? {
+    var status = stat()
+    return stat(path, &status) == 0 ? status : nil
+}
