@@ -11,6 +11,8 @@ import Testing
 
 struct ModelConfiguration: Sendable, CustomStringConvertible {
     let name: String
+    /// Where the files live: nil for the local file system, else a storage node on this carrier.
+    var storage: Carrier? = nil
     let options: @Sendable (inout Options) -> Void
     var description: String { name }
 
@@ -45,6 +47,18 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
+        // The files on a storage node in this process, over each carrier (reopens take the
+        // lease again, with a new epoch).
+        ModelConfiguration(name: "storage-node-shm", storage: .sharedMemory) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 16 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
+        ModelConfiguration(name: "storage-node-tcp", storage: .tcp) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 16 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
     ]
 }
 
@@ -59,18 +73,22 @@ struct ModelRun {
     var snapshots: [Snapshot] = []
     var step = 0
     var current: ModelStep? = nil
+    /// The storage node the files live on, for the configurations that use one.
+    let node: StorageTestNode?
 
     init(seed: UInt64, configuration: ModelConfiguration) throws {
         self.seed = seed
         self.configuration = configuration
         self.generator = ModelGenerator(seed: seed)
-        self.directory = makeTemporaryDirectory("moraine-model")
-        database = try Database(path: directory, options: Self.options(configuration))
+        node = try configuration.storage.map { try StorageTestNode($0) }
+        self.directory = node == nil ? makeTemporaryDirectory("moraine-model") : "model"
+        database = try Database(path: directory, options: Self.options(configuration, node: node))
     }
 
-    static func options(_ configuration: ModelConfiguration) -> Options {
+    static func options(_ configuration: ModelConfiguration, node: StorageTestNode?) -> Options {
         var options = Options()
         options.createIfMissing = true
+        if let node { options.fileSystem = node.remote }
         configuration.options(&options)
         return options
     }
@@ -84,8 +102,15 @@ struct ModelRun {
     mutating func run(steps: Int) throws {
         defer {
             try? database.close()
-            removeTree(directory)
-            removeTree(Options.defaultPmemPath(for: directory))
+            if let node {
+                // The files really lived on the node.
+                #expect(node.remote.requestCount > 100, "\(node.remote.requestCount) storage requests")
+                #expect(access(node.dataDirectory.file("model/CURRENT"), F_OK) == 0, "no CURRENT on the storage node")
+                node.remove()
+            } else {
+                removeTree(directory)
+                removeTree(Options.defaultPmemPath(for: directory))
+            }
         }
         for s in 0..<steps {
             step = s
@@ -151,7 +176,7 @@ struct ModelRun {
         case .reopen:
             snapshots.removeAll()
             try database.close()
-            database = try Database(path: directory, options: Self.options(configuration))
+            database = try Database(path: directory, options: Self.options(configuration, node: node))
             try checkEverything(oracle, snapshot: nil)
         }
     }

@@ -1,0 +1,67 @@
+// A storage node served in this process over one carrier, with a RemoteFileSystem that reaches
+// it: the fixture of the tests that run the engine with its files on a storage node. It can be
+// stopped and started again on the same endpoint and data directory, as a restart would.
+import Foundation
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+
+final class StorageTestNode: @unchecked Sendable {
+    let carrier: Carrier
+    let dataDirectory: TempDir
+    let key = TestService.defaultKey()
+    private(set) var endpoint: Endpoint
+    private var shm: SharedMemoryServer?
+    private var tcp: TCPServer?
+
+    init(_ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions) throws {
+        self.carrier = carrier.server
+        dataDirectory = TempDir("moraine-storage")
+        endpoint =
+            carrier == .sharedMemory
+            ? .sharedMemory(socketPath: dataDirectory.file("node.sock")) : .tcp(host: "127.0.0.1", port: 0)
+        try start()
+        fileSystemBox = RemoteFileSystem(endpoint: endpoint, key: key, options: options)
+    }
+
+    private var fileSystemBox: RemoteFileSystem?
+    /// The file system the engine uses (set once the node listens, when the TCP port is known).
+    var remote: RemoteFileSystem { fileSystemBox! }
+
+    /// Calls fail fast and leases are short, so tests that wait for them stay short.
+    static var fastOptions: RemoteFileSystem.Options {
+        var options = RemoteFileSystem.Options()
+        options.callTimeoutNanos = 3_000_000_000
+        options.leaseTTLMillis = 1_500
+        return options
+    }
+
+    /// Starts serving (again) on the same endpoint.
+    func start() throws {
+        let node = try StorageNode(dataDirectory: dataDirectory.path)
+        switch endpoint {
+        case .sharedMemory(let path):
+            shm = try SharedMemoryServer(socketPath: path, key: key, router: node.router())
+        case .tcp(let host, let port):
+            let server = try TCPServer(host: host, port: port, key: key, router: node.router())
+            endpoint = .tcp(host: host, port: server.port)
+            tcp = server
+        }
+    }
+
+    /// Stops serving: every connection is closed, and new ones are refused until `start`.
+    func stop() {
+        shm?.close()
+        tcp?.close()
+        shm = nil
+        tcp = nil
+    }
+
+    func remove() {
+        stop()
+        dataDirectory.remove()
+    }
+
+    deinit { remove() }
+}
