@@ -77,7 +77,7 @@ let package = Package(
             name: "MoraineCLI",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-                "MoraineTransportBench",
+                "MoraineTransportBench", "MoraineMessages", "MoraineStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

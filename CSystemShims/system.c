@@ -56,6 +56,16 @@ int CSystemShims_numa_bind_memory(void *address, size_t length, int node) {
     return rc == 0 ? 0 : errno;
 }
 
+int CSystemShims_numa_bind_process_memory(int node) {
+    if (numa_available() < 0) return ENOSYS;
+    if (node < 0 || node > numa_max_node()) return EINVAL;
+    unsigned long mask[16] = {0};
+    if ((unsigned)node >= sizeof(mask) * 8) return EINVAL;
+    mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
+    long rc = set_mempolicy(MPOL_BIND, mask, sizeof(mask) * 8);
+    return rc == 0 ? 0 : errno;
+}
+
 int CSystemShims_numa_node_of_cpu(int cpu) {
     if (numa_available() < 0) return -1;
     return numa_node_of_cpu(cpu);

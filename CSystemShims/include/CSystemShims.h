@@ -61,6 +61,9 @@ long long CSystemShims_numa_node_size(int node, long long *free_bytes);
 int CSystemShims_numa_run_on_node(int node);
 /// Binds the pages of [address, address+length) to `node` (mbind MPOL_BIND); 0 or an errno.
 int CSystemShims_numa_bind_memory(void *address, size_t length, int node);
+/// Binds the calling thread's future allocations (and threads it starts later) to `node`
+/// (set_mempolicy MPOL_BIND); 0 or an errno (ENOSYS without NUMA support).
+int CSystemShims_numa_bind_process_memory(int node);
 /// The CPU the calling thread runs on (sched_getcpu), or -1.
 int CSystemShims_current_cpu(void);
 /// The node a CPU belongs to, or -1.

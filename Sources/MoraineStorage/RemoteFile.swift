@@ -173,14 +173,13 @@ final class RemoteLease: FileLock, @unchecked Sendable {
             if stop { return }
             let request = StorageLease(
                 database: database, owner: fileSystem.options.owner, epoch: currentEpoch, ttlMillis: fileSystem.options.leaseTTLMillis)
-            do {
+            do throws(MoraineError) {
                 _ = try fileSystem.call(StorageOpcode.leaseRenew, request)
-            } catch let error as MoraineError where error.kind == .fenced {
+            } catch {
+                guard error.kind == .fenced else { continue }  // unreachable: keep trying
                 state.withLock { lost = error }
                 SystemLog.info("storage: lease of database \(database) lost: \(error.message)")
                 return
-            } catch {
-                continue
             }
         }
     }

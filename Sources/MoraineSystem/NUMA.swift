@@ -83,6 +83,16 @@ public struct NUMATopology: Sendable {
         if code != 0 { throw posixError("numa_run_on_node", "node \(node)", code) }
     }
 
+    /// Pins the calling thread to `node`'s CPUs and binds its memory to `node` (both inherited
+    /// by threads it starts later): what a role process does first, before it starts a thread.
+    /// - Throws: `.invalid` for a node that does not exist, `.io` with the errno otherwise.
+    public static func pinProcess(toNode node: Int) throws {
+        try pinCurrentThread(toNode: node)
+        guard CSystemShims_numa_available() == 1 else { return }
+        let code = CSystemShims_numa_bind_process_memory(Int32(node))
+        if code != 0 { throw posixError("set_mempolicy", "node \(node)", code) }
+    }
+
     /// Binds the pages of a mapping to `node`; returns 0 or an errno (0 without NUMA support).
     public static func bindMemory(_ address: UnsafeMutableRawPointer, length: Int, node: Int) -> Int32 {
         guard CSystemShims_numa_available() == 1 else { return node == 0 ? 0 : EINVAL }

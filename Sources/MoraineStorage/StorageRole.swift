@@ -1,0 +1,58 @@
+// A storage node as a process: pin to a NUMA node (before any thread starts, so every thread
+// and page follows), open the data directory, listen on one endpoint, print it, and serve until
+// SIGTERM, SIGINT or SIGHUP; then stop accepting, let every connection finish the request it is
+// running, and return. The same `StorageNode` serves in-process in tests.
+import MoraineMessages
+import MoraineSystem
+import MoraineTransport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What `moraine node --role storage` was asked to do.
+public struct StorageRoleConfiguration: Sendable {
+    public var dataDirectory: String
+    public var endpoint: Endpoint
+    public var clusterKeyPath: String
+    public var numaNode: Int?
+    public var link: LinkEmulation = .none
+
+    public init(dataDirectory: String, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
+        self.dataDirectory = dataDirectory
+        self.endpoint = endpoint
+        self.clusterKeyPath = clusterKeyPath
+        self.numaNode = numaNode
+    }
+}
+
+/// Runs a storage node in this process.
+public enum StorageRole {
+    /// Serves until a stopping signal. Call from the main thread before any other thread
+    /// exists. `announce` gets the endpoint once the node listens (a TCP port of 0 resolved).
+    /// - Throws: a configuration the node cannot start with, named (a missing data directory, a
+    ///   NUMA node the machine lacks, an endpoint already in use, a bad key file).
+    public static func run(_ configuration: StorageRoleConfiguration, announce: (Endpoint) -> Void) throws {
+        TerminationSignals.block()
+        if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
+        let key = try ClusterKey.load(path: configuration.clusterKeyPath)
+        let node = try StorageNode(dataDirectory: configuration.dataDirectory)
+        let router = node.router()
+        let endpoint: Endpoint
+        let stop: () -> Void
+        switch configuration.endpoint {
+        case .sharedMemory(let path):
+            let server = try SharedMemoryServer(socketPath: path, key: key, link: configuration.link, router: router)
+            endpoint = .sharedMemory(socketPath: path)
+            stop = { server.close() }
+        case .tcp(let host, let port):
+            let server = try TCPServer(host: host, port: port, key: key, link: configuration.link, router: router)
+            endpoint = .tcp(host: host, port: server.port)
+            stop = { server.close() }
+        }
+        announce(endpoint)
+        let signal = TerminationSignals.wait()
+        SystemLog.info("storage: \(TerminationSignals.name(signal)): stopping the node on \(endpoint)")
+        stop()
+    }
+}
