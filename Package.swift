@@ -54,7 +54,7 @@ let package = Package(
             ]
         ),
         // The roles' message codecs, then one library per role (the storage node first).
-        .target(name: "MoraineMessages", dependencies: ["MoraineTransport"]),
+        .target(name: "MoraineMessages", dependencies: ["MoraineSystem", "MoraineTransport"]),
         .target(name: "MoraineStorage", dependencies: ["MoraineMessages", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
         .target(

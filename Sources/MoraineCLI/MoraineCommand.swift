@@ -2,7 +2,10 @@
 // tools. Thin: all behaviour lives in the libraries.
 import ArgumentParser
 import Moraine
+import MoraineMessages
+import MoraineStorage
 import MoraineSystem
+import MoraineTransport
 
 @main
 struct MoraineCommand: ParsableCommand {
@@ -44,8 +47,11 @@ struct MoraineCommand: ParsableCommand {
 
 /// Options shared by commands that open a database.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "Database directory.")
+    @Option(help: "Database directory (with --cluster: the database's name on the storage node).")
     var db: String
+
+    @Option(help: "Keep the database's files on the storage node of the cluster running in this run directory.")
+    var cluster: String?
 
     @Option(name: .customLong("write_buffer_size"), help: "Memtable size in bytes (write_buffer_size).")
     var writeBufferSize: Int?
@@ -80,7 +86,22 @@ struct DatabaseOptions: ParsableArguments {
             options.durability = mode
         }
         options.pmemPath = pmemPath
+        if let cluster { options.fileSystem = try Self.remoteFileSystem(cluster: cluster) }
         return options
+    }
+
+    /// The file system of a cluster's storage node, from its run directory.
+    static func remoteFileSystem(cluster: String) throws -> RemoteFileSystem {
+        let run = RunDirectory(cluster)
+        do {
+            let endpoint = try run.endpoint(of: "storage")
+            let key = try ClusterKey.load(path: run.keyPath)
+            var options = RemoteFileSystem.Options()
+            options.owner = "moraine \(CommandLine.arguments.dropFirst().first ?? "") pid \(getpid())"
+            return RemoteFileSystem(endpoint: endpoint, key: key, options: options)
+        } catch {
+            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
+        }
     }
 
     func open() throws -> Database {

@@ -18,7 +18,7 @@ struct LintTests {
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
-        "MoraineMessages": ["MoraineTransport"],
+        "MoraineMessages": ["MoraineSystem", "MoraineTransport"],
         "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
