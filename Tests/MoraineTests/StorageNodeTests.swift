@@ -1,0 +1,208 @@
+// The storage node through its protocol, on a live node in this process over both carriers:
+// confinement of names, appends at an expected offset (a retry is harmless, a gap or different
+// bytes are refused), exclusive creates, fencing by lease epochs (kept across a restart of the
+// node), batched reads, a fuzz of malformed storage messages, and an open database riding out a
+// restart of its node.
+import Foundation
+import Moraine
+import MoraineMessages
+@testable import MoraineStorage
+import MoraineSystem
+import MoraineTestSupport
+@testable import MoraineTransport
+import Testing
+
+@Suite("Storage node")
+struct StorageNodeTests {
+    init() { _ = CapturedLog.installed }
+
+    /// One request to the node; the reply's bytes or its error.
+    static func call(_ client: any TransportClient, _ opcode: UInt8, _ message: some WireMessage) -> Result<[UInt8], TransportError> {
+        do throws(TransportError) {
+            guard case .bytes(let bytes) = try client.call(opcode, .bytes(message.encoded()), timeoutNanos: 5_000_000_000) else {
+                return .failure(TransportError(.malformed, "a reference reply"))
+            }
+            return .success(bytes)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func connect(_ node: StorageTestNode) throws -> any TransportClient {
+        switch node.endpoint {
+        case .sharedMemory(let path): try SharedMemoryClient(socketPath: path, key: node.key)
+        case .tcp(let host, let port): try DirectTCPClient(host: host, port: port, key: node.key)
+        }
+    }
+
+    static func code(_ result: Result<[UInt8], TransportError>) -> TransportError.Code? {
+        if case .failure(let error) = result { return error.code }
+        return nil
+    }
+
+    @Test("names outside DATA/<database>/ are refused, and nothing is created there", arguments: Carrier.servers)
+    func confinement(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let client = try Self.connect(node)
+        defer { client.close() }
+        let long = String(repeating: "x", count: 256)
+        let bad: [StorageFile] = [
+            StorageFile(database: "..", name: "escape"), StorageFile(database: "db", name: ".."),
+            StorageFile(database: "db", name: "../escape"), StorageFile(database: "db/../..", name: "escape"),
+            StorageFile(database: "", name: "x"), StorageFile(database: "db", name: ""),
+            StorageFile(database: "db", name: "a\u{0}b"), StorageFile(database: "db", name: long),
+            StorageFile(database: ".moraine", name: "epochs"), StorageFile(database: "/etc", name: "passwd"),
+            StorageFile(database: "a/b/c", name: "x"), StorageFile(database: "db//", name: "x"),
+        ]
+        for file in bad {
+            let result = Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: 0))
+            #expect(Self.code(result) == .invalid, "\(carrier): \(file) was not refused as invalid: \(result)")
+            #expect(Self.code(Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file))) == .invalid)
+        }
+        let parent = URL(fileURLWithPath: node.dataDirectory.path).deletingLastPathComponent().path
+        #expect(!FileManager.default.fileExists(atPath: parent + "/escape"))
+        #expect(node.dataDirectory.names().filter { !$0.hasPrefix(".") && $0 != "node.sock" }.isEmpty)
+        // A good name in a database that exists works.
+        #expect(Self.code(Self.call(client, StorageOpcode.createDirectory, StorageFileQuery(file: StorageFile(database: "db", name: "")))) == nil)
+        let good = StorageFile(database: "db", name: "000001.log")
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: good, exclusive: true, epoch: 0))) == nil)
+    }
+
+    @Test("appends at an expected offset: a retry changes nothing, a gap or different bytes are refused", arguments: Carrier.servers)
+    func appends(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let client = try Self.connect(node)
+        defer { client.close() }
+        let file = StorageFile(database: "db", name: "000003.log")
+        _ = Self.call(client, StorageOpcode.createDirectory, StorageFileQuery(file: StorageFile(database: "db", name: "")))
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: 0))) == nil)
+        func append(_ offset: UInt64, _ bytes: [UInt8], sync: Bool = false) -> Result<[UInt8], TransportError> {
+            Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: offset, sync: sync, epoch: 0, bytes: bytes))
+        }
+        #expect(try StorageSize.decode(append(0, [1, 2, 3]).get()).sizeBytes == 3)
+        #expect(try StorageSize.decode(append(3, [4, 5], sync: true).get()).sizeBytes == 5)
+        // The same append again (its reply was lost): nothing changes.
+        #expect(try StorageSize.decode(append(3, [4, 5]).get()).sizeBytes == 5)
+        // Overlapping the end with the same bytes, then new ones: only the new ones are added.
+        #expect(try StorageSize.decode(append(4, [5, 6]).get()).sizeBytes == 6)
+        #expect(Self.code(append(8, [9])) == .invalid, "a gap was accepted")
+        #expect(Self.code(append(1, [7, 7])) == .invalid, "different bytes over written ones were accepted")
+        let all = try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get()
+        #expect(all == [1, 2, 3, 4, 5, 6])
+        // An exclusive create never truncates; a plain one does.
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: 0))) == .invalid)
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().count == 6)
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: false, epoch: 0))) == nil)
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().isEmpty)
+        // Reads: one, a batch across files with one missing, past the end.
+        _ = append(0, Array(0..<100))
+        let read = try Self.call(client, StorageOpcode.read, StorageRead(file: file, offset: 90, length: 20)).get()
+        #expect(read == Array(90..<100))
+        let batch = StorageReadBatch(reads: [
+            StorageRead(file: file, offset: 0, length: 4), StorageRead(file: StorageFile(database: "db", name: "missing"), offset: 0, length: 4),
+            StorageRead(file: file, offset: 50, length: 2),
+        ])
+        let reply = try StorageReadBatchReply.decode(Self.call(client, StorageOpcode.readBatch, batch).get())
+        #expect(try reply.results[0].get() == [0, 1, 2, 3])
+        #expect(Self.code(reply.results[1].map { $0 }) == .notFound)
+        #expect(try reply.results[2].get() == [50, 51])
+    }
+
+    @Test("leases: one owner at a time; a new grant raises the epoch and fences the old owner, across a restart", arguments: Carrier.servers)
+    func fencing(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        var client = try Self.connect(node)
+        let file = StorageFile(database: "db", name: "000004.log")
+        _ = Self.call(client, StorageOpcode.createDirectory, StorageFileQuery(file: StorageFile(database: "db", name: "")))
+        func lease(_ opcode: UInt8, owner: String, epoch: UInt64, ttl: UInt32 = 300) -> Result<[UInt8], TransportError> {
+            Self.call(client, opcode, StorageLease(database: "db", owner: owner, epoch: epoch, ttlMillis: ttl))
+        }
+        let first = try StorageLeaseReply.decode(lease(StorageOpcode.leaseAcquire, owner: "A", epoch: 0).get()).epoch
+        #expect(first == 1)
+        #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "B", epoch: 0)) == .busy, "a held lease was granted again")
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: first))) == nil)
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: StorageFile(database: "db", name: "x"), exclusive: true, epoch: 0))) == .fenced, "a write without the lease was accepted")
+        // A stops renewing; after its TTL, B gets the next epoch and A can change nothing.
+        sleepNanos(400_000_000)
+        let second = try StorageLeaseReply.decode(lease(StorageOpcode.leaseAcquire, owner: "B", epoch: 0).get()).epoch
+        #expect(second == 2)
+        let stale = StorageAppend(file: file, offset: 0, sync: true, epoch: first, bytes: [9, 9, 9])
+        #expect(Self.code(Self.call(client, StorageOpcode.append, stale)) == .fenced)
+        #expect(Self.code(Self.call(client, StorageOpcode.remove, StorageFileMutation(file: file, epoch: first))) == .fenced)
+        #expect(Self.code(Self.call(client, StorageOpcode.rename, StorageRename(database: "db", source: file.name, target: "y", epoch: first))) == .fenced)
+        #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "A", epoch: first)) == .fenced)
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().isEmpty, "a fenced append changed the file")
+        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 0, sync: true, epoch: second, bytes: [1])).get()).sizeBytes == 1)
+        // A restart of the node keeps the epoch: B renews and writes on; A is still fenced.
+        client.close()
+        node.stop()
+        try node.start()
+        client = try Self.connect(node)
+        defer { client.close() }
+        #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "B", epoch: second, ttl: 5_000)) == nil)
+        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 1, sync: false, epoch: second, bytes: [2])).get()).sizeBytes == 2)
+        #expect(Self.code(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 2, sync: false, epoch: first, bytes: [3]))) == .fenced)
+        #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "C", epoch: 0)) == .busy)
+    }
+
+    @Test("malformed storage messages get an error each; the node keeps serving", arguments: Carrier.servers)
+    func fuzz(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let client = try Self.connect(node)
+        defer { client.close() }
+        let seed = SeededRandom.testSeed("storage fuzz \(carrier)")
+        var rng = SeededRandom(seed: seed)
+        let valid: [UInt8] = StorageAppend(file: StorageFile(database: "db", name: "f"), offset: 0, sync: false, epoch: 0, bytes: [1, 2]).encoded()
+        var answered = 0
+        for round in 0..<400 {
+            let opcode = UInt8(Int(StorageOpcode.create) + Int(rng.next() % 18))
+            var payload: [UInt8]
+            switch rng.next() % 3 {
+            case 0: payload = (0..<Int(rng.next() % 64)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            case 1:  // a valid message cut short or with a byte flipped
+                payload = Array(valid.prefix(Int(rng.next() % UInt64(valid.count + 1))))
+                if !payload.isEmpty { payload[Int(rng.next() % UInt64(payload.count))] ^= 0xff }
+            default:  // lengths that lie
+                payload = [0xff, 0xff, 0xff, 0xff] + valid
+            }
+            do {
+                _ = try client.call(opcode, .bytes(payload), timeoutNanos: 5_000_000_000)
+            } catch {
+                #expect(error.code != .unavailable && error.code != .closed, "seed \(seed) round \(round): the connection broke: \(error)")
+            }
+            answered += 1
+        }
+        #expect(answered == 400)
+        #expect(Self.code(Self.call(client, StorageOpcode.capacity, StorageFileQuery(file: StorageFile(database: "db", name: "")))) == nil)
+        let fresh = try Self.connect(node)
+        defer { fresh.close() }
+        #expect(Self.code(Self.call(fresh, StorageOpcode.stat, StorageFileQuery(file: StorageFile(database: "db", name: "")))) == nil)
+    }
+
+    @Test("an open database rides out a restart of its storage node, without reopening", arguments: Carrier.servers)
+    func restartWhileOpen(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = node.remote
+        let db = try Database(path: "ride", options: options)
+        defer { try? db.close() }
+        for i in 0..<200 { try db.put(Array("key\(i)".utf8), Array("value\(i)".utf8), options: WriteOptions(sync: i % 10 == 0)) }
+        node.stop()
+        // Restart within the call deadline: the next write waits for it and then goes through.
+        let restarted = Thread {
+            sleepNanos(800_000_000)
+            try? node.start()
+        }
+        restarted.start()
+        try db.put(Array("during".utf8), Array("restart".utf8), options: WriteOptions(sync: true))
+        #expect(try db.get(Array("during".utf8)) == Array("restart".utf8))
+        try db.flush()
+        for i in 0..<200 { #expect(try db.get(Array("key\(i)".utf8)) == Array("value\(i)".utf8)) }
+    }
+}
