@@ -1,0 +1,211 @@
+// The storage node and its clients as real processes, killed for real: `moraine node --role
+// storage` SIGKILLed under a `moraine shell --sync --cluster` write load and restarted; the
+// shell SIGKILLed, its lease taken over by the next opener with a higher epoch; and the shell
+// SIGSTOPped past its lease, a second owner writing meanwhile, then SIGCONTed: every write of
+// the first is refused as fenced. Every acknowledged write must be readable afterwards.
+// MORAINE_STORAGE_KILL_ROUNDS (default 3) lengthens the first test.
+import Foundation
+import Moraine
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTestSupport
+import MoraineTransport
+import Testing
+
+/// A `moraine node --role storage` child and the run directory that names it.
+final class StorageNodeProcess {
+    let run: TempDir
+    let carrier: Carrier
+    private(set) var process: Process?
+    private(set) var endpoint: Endpoint?
+
+    init(_ carrier: Carrier) throws {
+        self.carrier = carrier
+        run = TempDir("moraine-run")
+        try FileManager.default.createDirectory(atPath: run.file("data"), withIntermediateDirectories: true)
+        try ClusterKey.generate(path: RunDirectory(run.path).keyPath)
+        try start()
+    }
+
+    /// Starts the node (again): on the socket path, or on the TCP port it had before.
+    func start() throws {
+        let listen: String
+        switch endpoint {
+        case .some(let known): listen = known.description
+        case .none: listen = carrier == .sharedMemory ? "shm:" + run.file("storage.sock") : "tcp:127.0.0.1:0"
+        }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: moraineExecutablePath())
+        child.arguments = [
+            "node", "--role", "storage", "--data", run.file("data"), "--listen", listen, "--cluster-key",
+            RunDirectory(run.path).keyPath,
+        ]
+        let output = Pipe()
+        child.standardOutput = output
+        child.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try child.run()
+        process = child
+        // The first line is the endpoint.
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1, byte != 10 { line.append(byte) }
+        endpoint = try Endpoint(parsing: String(decoding: line, as: UTF8.self))
+        try RunDirectory(run.path).write([RunDirectory.Role(role: "storage", index: 0, pid: child.processIdentifier, endpoint: endpoint!)])
+    }
+
+    func kill() {
+        guard let process else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    /// The current epoch the node persisted for `database`.
+    func epoch(of database: String) -> UInt64? {
+        (try? String(contentsOfFile: run.file("data/.moraine/epochs/\(database)"), encoding: .utf8))
+            .flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    /// A file system reaching the node from this process.
+    func fileSystem(ttlMillis: UInt32 = 1_500) throws -> RemoteFileSystem {
+        var options = RemoteFileSystem.Options()
+        options.leaseTTLMillis = ttlMillis
+        options.callTimeoutNanos = 10_000_000_000
+        return RemoteFileSystem(endpoint: endpoint!, key: try ClusterKey.load(path: RunDirectory(run.path).keyPath), options: options)
+    }
+
+    deinit {
+        kill()
+        run.remove()
+    }
+}
+
+@Suite("Storage node processes")
+struct StorageProcessTests {
+    /// Every key in `acknowledged` reads back its value, through a fresh process-side open.
+    static func expectReadable(_ acknowledged: [String: String], node: StorageNodeProcess, database: String) throws {
+        var options = Options()
+        options.readOnly = true
+        options.fileSystem = try node.fileSystem()
+        let db = try Database(path: database, options: options)
+        defer { try? db.close() }
+        for key in acknowledged.keys.sorted() {
+            let value = try db.get(Array(key.utf8)).map { String(decoding: $0, as: UTF8.self) }
+            #expect(value == acknowledged[key], "acknowledged \(key) reads \(value ?? "nothing")")
+        }
+    }
+
+    @Test("SIGKILL of the storage node under a sync write load loses no acknowledged write", arguments: Carrier.servers)
+    func killStorageNode(carrier: Carrier) throws {
+        let rounds = SeededRandom.environmentInt("MORAINE_STORAGE_KILL_ROUNDS", default: 3)
+        let seed = SeededRandom.testSeed("storage kill \(carrier), rounds \(rounds)")
+        var rng = SeededRandom(seed: seed)
+        let node = try StorageNodeProcess(carrier)
+        let shell = try ShellProcess(arguments: ["shell", "--sync", "--cluster", node.run.path, "--db", "crash"])
+        var acknowledged: [String: String] = [:]
+        var written = 0
+        for round in 0..<rounds {
+            let before = 20 + Int(rng.next() % 60)
+            for _ in 0..<before {
+                let (key, value) = ("k\(written % 150)", "r\(round)-v\(written)")
+                written += 1
+                #expect(shell.send("put \(key) \(value)"))
+                guard shell.readLine() == "OK" else { Issue.record("seed \(seed): put \(key) was not acknowledged"); return }
+                acknowledged[key] = value
+            }
+            node.kill()
+            // Writes sent while the node is down wait for it (up to the call deadline) and then succeed.
+            let (key, value) = ("k\(written % 150)", "r\(round)-during")
+            written += 1
+            #expect(shell.send("put \(key) \(value)"))
+            sleepNanos(Int64(100_000_000 + rng.next() % 400_000_000))
+            try node.start()
+            let answer = shell.readLine()
+            #expect(answer == "OK", "seed \(seed) round \(round): a put across the restart answered \(answer ?? "nothing")")
+            if answer == "OK" { acknowledged[key] = value }
+        }
+        shell.closeInput()
+        shell.wait()
+        #expect(shell.process.terminationStatus == 0)
+        try Self.expectReadable(acknowledged, node: node, database: "crash")
+    }
+
+    @Test("SIGKILL of the compute: the next opener takes the lease with a higher epoch and recovers every acknowledged write")
+    func killCompute() throws {
+        let node = try StorageNodeProcess(.sharedMemory)
+        let shell = try ShellProcess(arguments: ["shell", "--sync", "--cluster", node.run.path, "--db", "owned"])
+        var acknowledged: [String: String] = [:]
+        for i in 0..<100 {
+            #expect(shell.send("put k\(i) v\(i)"))
+            guard shell.readLine() == "OK" else { Issue.record("put k\(i) was not acknowledged"); return }
+            acknowledged["k\(i)"] = "v\(i)"
+        }
+        let first = node.epoch(of: "owned")
+        shell.kill()
+        shell.wait()
+        var options = Options()
+        options.fileSystem = try node.fileSystem()
+        // The dead shell's lease runs out within its TTL (5 s); until then the open is refused busy.
+        var db: Database? = nil
+        var refusals = 0
+        let deadline = monotonicNanos() + 15_000_000_000
+        while db == nil, monotonicNanos() < deadline {
+            do {
+                db = try Database(path: "owned", options: options)
+            } catch let error as MoraineError where error.kind == .busy {
+                refusals += 1
+                sleepNanos(200_000_000)
+            }
+        }
+        guard let db else { Issue.record("the lease of a killed owner was never given up"); return }
+        defer { try? db.close() }
+        #expect(refusals > 0, "the lease of a killed owner was granted at once, before its TTL")
+        #expect((node.epoch(of: "owned") ?? 0) > (first ?? 0))
+        for (key, value) in acknowledged { #expect(try db.get(Array(key.utf8)) == Array(value.utf8)) }
+    }
+
+    @Test("SIGSTOP of the owner past its lease: a new owner writes, and the old one, woken, is fenced")
+    func stopOwner() throws {
+        let node = try StorageNodeProcess(.sharedMemory)
+        let shell = try ShellProcess(arguments: ["shell", "--sync", "--cluster", node.run.path, "--db", "fenced"])
+        for i in 0..<20 {
+            #expect(shell.send("put old\(i) first"))
+            guard shell.readLine() == "OK" else { Issue.record("put old\(i) was not acknowledged"); return }
+        }
+        kill(shell.pid, SIGSTOP)
+        var options = Options()
+        options.fileSystem = try node.fileSystem()
+        var second: Database? = nil
+        let deadline = monotonicNanos() + 15_000_000_000
+        while second == nil, monotonicNanos() < deadline {
+            second = try? Database(path: "fenced", options: options)
+            if second == nil { sleepNanos(200_000_000) }
+        }
+        guard let second else {
+            kill(shell.pid, SIGCONT)
+            Issue.record("a stopped owner's lease was never given up")
+            return
+        }
+        for i in 0..<20 { try second.put(Array("old\(i)".utf8), Array("second".utf8), options: WriteOptions(sync: true)) }
+        try second.put(Array("new".utf8), Array("second".utf8), options: WriteOptions(sync: true))
+        let files = Set(try options.fileSystem.children(of: "fenced"))
+        kill(shell.pid, SIGCONT)
+        // The woken owner still believes it owns the database: each write must be refused.
+        for i in 0..<5 {
+            #expect(shell.send("put old\(i) woken"))
+            let answer = shell.readLine() ?? ""
+            #expect(answer.hasPrefix("ERR") && answer.contains("fenced"), "a write of the fenced owner answered \(answer)")
+        }
+        shell.closeInput()
+        shell.wait()
+        #expect(Set(try options.fileSystem.children(of: "fenced")) == files, "the fenced owner changed the file set")
+        for i in 0..<20 { #expect(try second.get(Array("old\(i)".utf8)) == Array("second".utf8)) }
+        try second.close()
+        // Reopened: the data is the second owner's.
+        let reopened = try Database(path: "fenced", options: options)
+        defer { try? reopened.close() }
+        for i in 0..<20 { #expect(try reopened.get(Array("old\(i)".utf8)) == Array("second".utf8)) }
+        #expect(try reopened.get(Array("new".utf8)) == Array("second".utf8))
+    }
+}
