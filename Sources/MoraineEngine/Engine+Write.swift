@@ -242,7 +242,20 @@ extension Engine {
             throw error
         }
         let number = versions.newFileNumber()
-        let fresh = try makeCommitLog(number: number, predecessor: predecessor)
+        let fresh: CommitLog
+        do {
+            fresh = try makeCommitLog(number: number, predecessor: predecessor)
+        } catch {
+            // The old WAL is retired and the new one could not be written: stop taking writes,
+            // as a failed WAL write does (applyGroup), rather than go on in the retired log.
+            if predecessor != nil {
+                let failure = asMoraineError(error)
+                backgroundError =
+                    backgroundError
+                    ?? MoraineError(failure.kind, "WAL write failed, database is read-only until reopened: \(failure.message)")
+            }
+            throw error
+        }
         if let old = log, predecessor != nil { retiredLogs.append(old) }
         log = fresh
         logFileNumber = number

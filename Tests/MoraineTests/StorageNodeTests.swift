@@ -124,7 +124,8 @@ struct StorageNodeTests {
         #expect(first == 1)
         #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "B", epoch: 0)) == .busy, "a held lease was granted again")
         #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: first))) == nil)
-        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: StorageFile(database: "db", name: "x"), exclusive: true, epoch: 0))) == .fenced, "a write without the lease was accepted")
+        let unleased = StorageCreate(file: StorageFile(database: "db", name: "x"), exclusive: true, epoch: 0)
+        #expect(Self.code(Self.call(client, StorageOpcode.create, unleased)) == .fenced, "a write without the lease was accepted")
         // A stops renewing; after its TTL, B gets the next epoch and A can change nothing.
         sleepNanos(400_000_000)
         let second = try StorageLeaseReply.decode(lease(StorageOpcode.leaseAcquire, owner: "B", epoch: 0).get()).epoch
@@ -132,10 +133,12 @@ struct StorageNodeTests {
         let stale = StorageAppend(file: file, offset: 0, sync: true, epoch: first, bytes: [9, 9, 9])
         #expect(Self.code(Self.call(client, StorageOpcode.append, stale)) == .fenced)
         #expect(Self.code(Self.call(client, StorageOpcode.remove, StorageFileMutation(file: file, epoch: first))) == .fenced)
-        #expect(Self.code(Self.call(client, StorageOpcode.rename, StorageRename(database: "db", source: file.name, target: "y", epoch: first))) == .fenced)
+        let rename = StorageRename(database: "db", source: file.name, target: "y", epoch: first)
+        #expect(Self.code(Self.call(client, StorageOpcode.rename, rename)) == .fenced)
         #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "A", epoch: first)) == .fenced)
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().isEmpty, "a fenced append changed the file")
-        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 0, sync: true, epoch: second, bytes: [1])).get()).sizeBytes == 1)
+        let current = StorageAppend(file: file, offset: 0, sync: true, epoch: second, bytes: [1])
+        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, current).get()).sizeBytes == 1)
         // A restart of the node keeps the epoch: B renews and writes on; A is still fenced.
         client.close()
         node.stop()
@@ -143,8 +146,10 @@ struct StorageNodeTests {
         client = try Self.connect(node)
         defer { client.close() }
         #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "B", epoch: second, ttl: 5_000)) == nil)
-        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 1, sync: false, epoch: second, bytes: [2])).get()).sizeBytes == 2)
-        #expect(Self.code(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 2, sync: false, epoch: first, bytes: [3]))) == .fenced)
+        let onward = StorageAppend(file: file, offset: 1, sync: false, epoch: second, bytes: [2])
+        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, onward).get()).sizeBytes == 2)
+        let late = StorageAppend(file: file, offset: 2, sync: false, epoch: first, bytes: [3])
+        #expect(Self.code(Self.call(client, StorageOpcode.append, late)) == .fenced)
         #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "C", epoch: 0)) == .busy)
     }
 
