@@ -56,6 +56,8 @@ let package = Package(
         // The roles' message codecs, then one library per role (the storage node first).
         .target(name: "MoraineMessages", dependencies: ["MoraineSystem", "MoraineTransport"]),
         .target(name: "MoraineStorage", dependencies: ["MoraineMessages", "MoraineSystem", "MoraineTransport"]),
+        // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
+        .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
         .target(
             name: "MoraineBench",
@@ -77,7 +79,7 @@ let package = Package(
             name: "MoraineCLI",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-                "MoraineTransportBench", "MoraineMessages", "MoraineStorage",
+                "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -89,7 +91,7 @@ let package = Package(
             name: "MoraineTests",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
-                "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage",
+                "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

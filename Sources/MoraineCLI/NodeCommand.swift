@@ -4,6 +4,7 @@ import ArgumentParser
 import MoraineMessages
 import MoraineStorage
 import MoraineSystem
+import MoraineTransport
 
 #if canImport(Glibc)
     import Glibc
@@ -24,6 +25,8 @@ struct NodeCommand: ParsableCommand {
     var listen: String
     @Option(name: .customLong("cluster-key"), help: "The cluster key file (mode 0600).") var clusterKey: String
     @Option(name: .customLong("numa-node"), help: "Pin the process and its memory to this NUMA node.") var numaNode: Int?
+    @Option(name: .customLong("link-delay-ns"), help: "One-way delay to inject on this node's server (link emulation).")
+    var linkDelayNanos: Int64 = 0
 
     func validate() throws {
         guard role == "storage" else { throw ValidationError("--role \(role) is not known; this release runs: storage") }
@@ -34,11 +37,15 @@ struct NodeCommand: ParsableCommand {
             throw ValidationError("--listen: \(error.message)")
         }
         if let numaNode, numaNode < 0 { throw ValidationError("--numa-node must be 0 or more, not \(numaNode)") }
+        guard (0...1_000_000_000).contains(linkDelayNanos) else {
+            throw ValidationError("--link-delay-ns must be 0…1000000000, not \(linkDelayNanos)")
+        }
     }
 
     func run() throws {
-        let configuration = StorageRoleConfiguration(
+        var configuration = StorageRoleConfiguration(
             dataDirectory: data ?? "", endpoint: try Endpoint(parsing: listen), clusterKeyPath: clusterKey, numaNode: numaNode)
+        if linkDelayNanos > 0 { configuration.link = LinkEmulation(delay: .fixed(nanos: linkDelayNanos)) }
         try StorageRole.run(configuration) { endpoint in
             print(endpoint.description)
             fflush(nil)

@@ -312,6 +312,17 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         }
     }
 
+    /// The node's bytes used and free, and its file count (`moraine status`; also a cheap
+    /// "does it answer" check).
+    public func capacity() throws(MoraineError) -> StorageCapacityReply {
+        let reply = try call(StorageOpcode.capacity, [])
+        do throws(TransportError) {
+            return try StorageCapacityReply.decode(reply)
+        } catch {
+            throw error.moraineError
+        }
+    }
+
     // MARK: Helpers
 
     func stat(_ path: String) throws(MoraineError) -> StorageStatReply {

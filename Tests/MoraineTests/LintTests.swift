@@ -20,9 +20,10 @@ struct LintTests {
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
         "MoraineMessages": ["MoraineSystem", "MoraineTransport"],
         "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
+        "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-            "MoraineTransportBench", "MoraineMessages", "MoraineStorage",
+            "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -33,7 +34,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
-        "MoraineMessages", "MoraineStorage",
+        "MoraineMessages", "MoraineStorage", "MoraineCluster",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

@@ -1,0 +1,132 @@
+// `moraine status` and `moraine down`: read a run directory's files (Supervisor.swift lists them)
+// and ask the roles themselves. Status shows each role with its pid, endpoint, carrier, NUMA
+// node, up or down, restarts, uptime, and a storage node's bytes stored and free (asked over the
+// transport, so "up" means "answers", not only "has a pid"). Down asks the supervisor to stop the
+// cluster (SIGTERM), waits for it, and kills whatever is left, so no role outlives it.
+//
+// Value types and free functions; no shared state.
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One role as `moraine status` shows it.
+public struct RoleStatus: Sendable {
+    public var kind: String
+    public var index: Int
+    public var pid: Int32
+    public var restarts: Int
+    public var startedUnix: Int
+    public var numaNode: Int?
+    public var endpoint: Endpoint
+    public var answering = false
+    public var capacity: StorageCapacityReply? = nil
+    public var problem: String? = nil
+}
+
+public enum ClusterControl {
+    /// The supervisor's pid, when one runs for `run`.
+    public static func supervisor(_ run: RunDirectory) -> Int32? {
+        guard let bytes = try? PosixFileSystem.shared.readAll(run.path + "/supervisor.pid"),
+            let pid = Int32(String(decoding: bytes, as: UTF8.self).filter { $0.isNumber }), ChildProcess.isAlive(pid)
+        else { return nil }
+        return pid
+    }
+
+    /// The roles the supervisor's state file lists, each asked whether it answers.
+    /// - Throws: `.notFound` when no cluster runs in `run`.
+    public static func status(_ run: RunDirectory) throws(MoraineError) -> [RoleStatus] {
+        guard let bytes = try? PosixFileSystem.shared.readAll(run.path + "/state") else {
+            throw MoraineError(.notFound, "no cluster runs in \(run.path) (no state file; start one with moraine up)")
+        }
+        let key = try? ClusterKey.load(path: run.keyPath)
+        var roles: [RoleStatus] = []
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 6)
+            guard fields.count == 7, let index = Int(fields[1]), let pid = Int32(fields[2]), let restarts = Int(fields[3]),
+                let started = Int(fields[4]), let numa = Int(fields[5]), let endpoint = try? Endpoint(parsing: String(fields[6]))
+            else {
+                throw MoraineError(.corruption, "\(run.path)/state holds a line that does not parse: \(line)")
+            }
+            var role = RoleStatus(
+                kind: String(fields[0]), index: index, pid: pid, restarts: restarts, startedUnix: started,
+                numaNode: numa < 0 ? nil : numa, endpoint: endpoint)
+            if pid > 0 && ChildProcess.isAlive(pid), let key {
+                var options = RemoteFileSystem.Options()
+                options.callTimeoutNanos = 1_000_000_000
+                do {
+                    role.capacity = try RemoteFileSystem(endpoint: endpoint, key: key, options: options).capacity()
+                    role.answering = true
+                } catch {
+                    role.problem = error.message
+                }
+            } else {
+                role.problem = pid > 0 ? "pid \(pid) is gone" : "down, restarting"
+            }
+            roles.append(role)
+        }
+        return roles
+    }
+
+    /// The status as a table, one line per role.
+    public static func table(_ roles: [RoleStatus], supervisor: Int32?) -> String {
+        let now = time(nil)
+        var lines = ["supervisor: " + (supervisor.map { "pid \($0)" } ?? "not running")]
+        lines.append("ROLE        PID      STATE  RESTARTS  UPTIME    NUMA  CARRIER  STORED      FREE        ENDPOINT")
+        for role in roles {
+            let uptime = role.answering ? "\(max(0, now - role.startedUnix)) s" : "-"
+            let stored = role.capacity.map { bytes($0.bytesUsed) } ?? "-"
+            let free = role.capacity.map { bytes($0.bytesFree) } ?? "-"
+            lines.append(
+                [
+                    pad("\(role.kind)-\(role.index)", 11), pad(role.pid > 0 ? String(role.pid) : "-", 8),
+                    pad(role.answering ? "up" : "down", 6), pad(String(role.restarts), 9), pad(uptime, 9),
+                    pad(role.numaNode.map(String.init) ?? "-", 5), pad(role.endpoint.carrier, 8), pad(stored, 11), pad(free, 11),
+                    role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
+                ].joined(separator: " "))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Stops the cluster of `run`: SIGTERM to its supervisor, then, after the grace period and a
+    /// margin, SIGKILL to the supervisor and to every role the state file lists.
+    /// Returns the pids that had to be killed.
+    public static func down(_ run: RunDirectory) -> [Int32] {
+        let listed = (try? status(run))?.map(\.pid).filter { $0 > 0 } ?? []
+        var killed: [Int32] = []
+        if let supervisor = supervisor(run) {
+            kill(supervisor, SIGTERM)
+            let deadline = monotonicNanos() + Supervisor.graceNanos + 3_000_000_000
+            while ChildProcess.isAlive(supervisor) && monotonicNanos() < deadline { sleepNanos(50_000_000) }
+            if ChildProcess.isAlive(supervisor) {
+                kill(supervisor, SIGKILL)
+                killed.append(supervisor)
+            }
+        }
+        for pid in listed where ChildProcess.isAlive(pid) {
+            kill(pid, SIGKILL)
+            killed.append(pid)
+        }
+        for name in ["endpoints", "state", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+        return killed
+    }
+
+    static func pad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+    }
+
+    static func bytes(_ count: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(count)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(count) B" : "\(Int(value * 10) / 10).\(Int(value * 10) % 10) \(units[unit])"
+    }
+}

@@ -1,0 +1,332 @@
+// `moraine up`: starts a one-box cluster's roles as child processes (`moraine node --role …`),
+// waits until each answers, writes the run directory's files, and supervises: a role that dies is
+// restarted on the same endpoint with backoff (100 ms, doubling to 5 s; back to 100 ms after a
+// minute up), and the event is logged. SIGTERM, SIGINT or SIGHUP stop the cluster: SIGTERM to
+// every role, SIGKILL after the grace period, then the run directory's endpoints and state are
+// removed (the key, the data and the logs stay).
+//
+// Run directory files written here (besides RunDirectory's `cluster.key` and `endpoints`):
+//   supervisor.pid   the supervisor's pid, while it runs
+//   state            one line per role: ROLE INDEX PID RESTARTS STARTED_UNIX NUMA ENDPOINT
+//                    (NUMA -1: not pinned; PID 0: down, restarting)
+//   ready            written once every role answered (what `--detach` waits for)
+//   logs/ROLE-N.log  each role's standard error; logs/supervisor.log for a detached supervisor
+//
+// Thread-safety: one thread (the process's main thread) does all of it; signals are blocked and
+// taken with sigtimedwait, so nothing runs in a signal handler.
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Starts and supervises the roles of a topology.
+public final class Supervisor {
+    struct Instance {
+        let kind: String
+        let index: Int
+        let numaNode: Int?
+        let data: String?
+        var endpoint: Endpoint
+        let linkDelayNanos: Int64
+        var pid: Int32 = 0
+        var restarts = 0
+        var startedUnix = 0
+        var startedNanos: Int64 = 0
+        var restartAtNanos: Int64 = 0
+        var backoffNanos: Int64 = Supervisor.backoffMinNanos
+
+        var name: String { "\(kind)-\(index)" }
+    }
+
+    static let backoffMinNanos: Int64 = 100_000_000
+    static let backoffMaxNanos: Int64 = 5_000_000_000
+    /// Up this long, a role's backoff starts from the minimum again.
+    static let steadyNanos: Int64 = 60_000_000_000
+    /// How long a role may take to print its endpoint and answer.
+    static let startTimeoutNanos: Int64 = 20_000_000_000
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    public static let graceNanos: Int64 = 5_000_000_000
+
+    public let run: RunDirectory
+    let executable: String
+    var instances: [Instance]
+    private var key: ClusterKey?
+
+    /// Plans the cluster and checks it against this machine before anything starts.
+    /// - Throws: `.invalid` naming what is wrong: a NUMA node the machine lacks, a port in use,
+    ///   a data directory that cannot be written, a cluster already running in `run`.
+    public init(topology: Topology, run: RunDirectory, executable: String) throws(MoraineError) {
+        try topology.check()
+        self.run = run
+        self.executable = executable
+        instances = []
+        let machine = NUMATopology.current()
+        for spec in topology.roles {
+            if let node = spec.numaNode, !machine.nodes.contains(where: { $0.id == node }) {
+                throw MoraineError(.invalid, "the topology pins \(spec.kind) to NUMA node \(node), which this machine lacks (\(machine))")
+            }
+            for index in 0..<spec.count {
+                let endpoint: Endpoint =
+                    spec.carrier == "tcp"
+                    ? .tcp(host: "127.0.0.1", port: spec.port == 0 ? 0 : spec.port + index)
+                    : .sharedMemory(socketPath: run.path + "/\(spec.kind)-\(index).sock")
+                let data = spec.data.map { path in
+                    let base = path.hasPrefix("/") ? path : run.path + "/" + path
+                    return spec.count == 1 ? base : base + "/\(index)"
+                }
+                instances.append(
+                    Instance(kind: spec.kind, index: index, numaNode: spec.numaNode, data: data, endpoint: endpoint,
+                             linkDelayNanos: spec.linkDelayNanos))
+            }
+        }
+    }
+
+    // MARK: Start
+
+    /// Checks the machine, creates the run directory's files and starts every role; returns
+    /// once each answers.
+    /// - Throws: the first problem, after stopping what was started.
+    public func start() throws(MoraineError) {
+        try prepare()
+        do throws(MoraineError) {
+            for index in instances.indices { try launch(index, waitNanos: Self.startTimeoutNanos) }
+        } catch {
+            stop()
+            throw error
+        }
+        try writeState()
+        try writeFile(run.path + "/ready", "\(getpid())\n")
+    }
+
+    private func prepare() throws(MoraineError) {
+        let files = PosixFileSystem.shared
+        do {
+            try files.createDirectory(run.path)
+            try files.createDirectory(run.path + "/logs")
+        } catch {
+            throw MoraineError(.invalid, "cannot create the run directory \(run.path): \(error)")
+        }
+        if let text = try? String(decoding: files.readAll(run.path + "/supervisor.pid"), as: UTF8.self),
+            let pid = Int32(text.filter { $0.isNumber }), pid != getpid(), ChildProcess.isAlive(pid)
+        {
+            throw MoraineError(.busy, "a cluster already runs in \(run.path) (supervisor pid \(pid)); stop it with moraine down")
+        }
+        for instance in instances {
+            if let data = instance.data {
+                do {
+                    try files.createDirectory(data)
+                } catch {
+                    throw MoraineError(.invalid, "\(instance.name): cannot create its data directory \(data): \(error)")
+                }
+                guard access(data, W_OK | X_OK) == 0 else {
+                    throw MoraineError(.invalid, "\(instance.name): its data directory \(data) is not writable")
+                }
+            }
+            if case .tcp(_, let port) = instance.endpoint, port != 0, !Self.portIsFree(port) {
+                throw MoraineError(.invalid, "\(instance.name): port \(port) on 127.0.0.1 is in use")
+            }
+        }
+        if (try? files.exists(run.keyPath)) != true {
+            do throws(TransportError) {
+                try ClusterKey.generate(path: run.keyPath)
+            } catch {
+                throw MoraineError(.invalid, "cannot create the cluster key \(run.keyPath): \(error.message)")
+            }
+        }
+        do throws(TransportError) {
+            key = try ClusterKey.load(path: run.keyPath)
+        } catch {
+            throw error.moraineError
+        }
+        try writeFile(run.path + "/supervisor.pid", "\(getpid())\n")
+        try? files.remove(run.path + "/ready")
+    }
+
+    /// Starts instance `index` and waits until it prints its endpoint and answers.
+    private func launch(_ index: Int, waitNanos: Int64) throws(MoraineError) {
+        var instance = instances[index]
+        var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
+        if let data = instance.data { arguments += ["--data", data] }
+        if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
+        if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
+        let log = run.path + "/logs/\(instance.name).log"
+        let child = try ChildProcess.spawn(executable, arguments, captureOutput: true, errorLog: log)
+        defer { close(child.output) }
+        instance.pid = child.pid
+        instances[index] = instance
+        guard let line = ChildProcess.readLine(child.output, timeoutNanos: waitNanos),
+            let endpoint = try? Endpoint(parsing: line)
+        else {
+            kill(child.pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(child.pid, &status, 0)
+            instances[index].pid = 0
+            throw MoraineError(.unavailable, "\(instance.name) did not start: \(Self.tail(of: log))")
+        }
+        instance.endpoint = endpoint  // a TCP port 0 is now the port it got
+        try waitUntilAnswering(instance, deadline: monotonicNanos() + waitNanos)
+        instance.startedUnix = time(nil)
+        instance.startedNanos = monotonicNanos()
+        instances[index] = instance
+    }
+
+    private func waitUntilAnswering(_ instance: Instance, deadline: Int64) throws(MoraineError) {
+        guard let key else { return }
+        var options = RemoteFileSystem.Options()
+        options.callTimeoutNanos = max(1_000_000, deadline - monotonicNanos())
+        let remote = RemoteFileSystem(endpoint: instance.endpoint, key: key, options: options)
+        do {
+            _ = try remote.capacity()
+        } catch {
+            throw MoraineError(.unavailable, "\(instance.name) on \(instance.endpoint) does not answer: \(error.message)")
+        }
+    }
+
+    // MARK: Supervise
+
+    /// Supervises until a stopping signal, then stops the cluster. Call from the main thread
+    /// with `TerminationSignals.block()` and `blockChildSignal()` done before any thread started.
+    public func superviseUntilStopped() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in [SIGTERM, SIGINT, SIGHUP, SIGCHLD] { sigaddset(&set, signal) }
+        while true {
+            var timeout = timespec(tv_sec: 0, tv_nsec: 200_000_000)
+            let signal = sigtimedwait(&set, nil, &timeout)
+            if signal == SIGTERM || signal == SIGINT || signal == SIGHUP {
+                log("\(TerminationSignals.name(signal)): stopping the cluster")
+                stop()
+                return
+            }
+            reapAndRestart()
+        }
+    }
+
+    /// Blocks SIGCHLD too, so the supervisor takes it with sigtimedwait.
+    public static func blockChildSignal() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGCHLD)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private func reapAndRestart() {
+        var changed = false
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            guard pid > 0 else { break }
+            guard let index = instances.firstIndex(where: { $0.pid == pid }) else { continue }
+            var instance = instances[index]
+            let upNanos = monotonicNanos() - instance.startedNanos
+            if upNanos > Self.steadyNanos { instance.backoffNanos = Self.backoffMinNanos }
+            instance.pid = 0
+            instance.restartAtNanos = monotonicNanos() + instance.backoffNanos
+            log("\(instance.name) (pid \(pid)) \(Self.describe(status)) after \(upNanos / 1_000_000) ms; restarting in \(instance.backoffNanos / 1_000_000) ms")
+            instance.backoffNanos = min(instance.backoffNanos * 2, Self.backoffMaxNanos)
+            instances[index] = instance
+            changed = true
+        }
+        let now = monotonicNanos()
+        for index in instances.indices where instances[index].pid == 0 && instances[index].restartAtNanos <= now {
+            do throws(MoraineError) {
+                instances[index].restarts += 1
+                try launch(index, waitNanos: Self.startTimeoutNanos)
+                log("\(instances[index].name) restarted as pid \(instances[index].pid) on \(instances[index].endpoint)")
+            } catch {
+                log("\(instances[index].name) failed to restart: \(error.message)")
+                instances[index].restartAtNanos = monotonicNanos() + instances[index].backoffNanos
+                instances[index].backoffNanos = min(instances[index].backoffNanos * 2, Self.backoffMaxNanos)
+            }
+            changed = true
+        }
+        if changed { try? writeState() }
+    }
+
+    // MARK: Stop
+
+    /// Stops every role: SIGTERM, then SIGKILL after the grace period; removes the run
+    /// directory's endpoints, state, ready and supervisor.pid.
+    public func stop() {
+        let running = instances.filter { $0.pid > 0 }.map(\.pid)
+        for pid in running { kill(pid, SIGTERM) }
+        let deadline = monotonicNanos() + Self.graceNanos
+        var left = Set(running)
+        while !left.isEmpty && monotonicNanos() < deadline {
+            for pid in left {
+                var status: Int32 = 0
+                if waitpid(pid, &status, WNOHANG) == pid { left.remove(pid) }
+            }
+            if !left.isEmpty { sleepNanos(20_000_000) }
+        }
+        for pid in left {
+            log("pid \(pid) did not stop within \(Self.graceNanos / 1_000_000_000) s of SIGTERM: SIGKILL")
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        for index in instances.indices { instances[index].pid = 0 }
+        for name in ["endpoints", "state", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+    }
+
+    // MARK: Files
+
+    private func writeState() throws(MoraineError) {
+        let up = instances.filter { $0.pid > 0 }.map {
+            RunDirectory.Role(role: $0.kind, index: $0.index, pid: $0.pid, endpoint: $0.endpoint)
+        }
+        do throws(TransportError) {
+            try run.write(up)
+        } catch {
+            throw error.moraineError
+        }
+        let lines = instances.map {
+            "\($0.kind) \($0.index) \($0.pid) \($0.restarts) \($0.startedUnix) \($0.numaNode ?? -1) \($0.endpoint)\n"
+        }
+        try writeFile(run.path + "/state", lines.joined())
+    }
+
+    private func writeFile(_ path: String, _ text: String) throws(MoraineError) {
+        do {
+            let file = try PosixFileSystem.shared.createWritable(path + ".tmp")
+            try file.append(Array(text.utf8))
+            try file.close()
+            try PosixFileSystem.shared.rename(path + ".tmp", to: path)
+        } catch {
+            throw MoraineError(.io, "cannot write \(path): \(error)")
+        }
+    }
+
+    func log(_ message: String) { SystemLog.info("up: \(message)") }
+
+    static func describe(_ status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        return "was killed by signal \(signal)"
+    }
+
+    /// The last lines of a log, for a start that failed.
+    static func tail(of path: String) -> String {
+        guard let bytes = try? PosixFileSystem.shared.readAll(path) else { return "no log at \(path)" }
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").suffix(3)
+        return lines.isEmpty ? "it printed nothing (log \(path))" : lines.joined(separator: " / ")
+    }
+
+    static func portIsFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return bound == 0
+    }
+}

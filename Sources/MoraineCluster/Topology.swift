@@ -1,0 +1,142 @@
+// A one-box cluster's topology: which roles run, how many, where, over which carrier. It is read
+// from a small TOML file (the subset below; a full TOML library would be a dependency for four
+// keys) and checked before anything starts, so a bad topology is refused with the problem named.
+//
+//   # comments, blank lines
+//   [[role]]
+//   kind = "storage"      # the role: storage (later releases add memory, flush, compaction, compute)
+//   count = 1             # how many (default 1)
+//   numa_node = 0         # pin to this NUMA node (default: none)
+//   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
+//   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
+//   data = "data"         # storage: the data directory (relative to the run directory)
+//   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
+//
+// Value types; no shared state.
+import MoraineSystem
+
+/// The roles of a one-box cluster.
+public struct Topology: Sendable, Equatable {
+    /// One `[[role]]` table.
+    public struct RoleSpec: Sendable, Equatable {
+        public var kind: String
+        public var count = 1
+        public var numaNode: Int? = nil
+        public var carrier = "shm"
+        public var port = 0
+        public var data: String? = nil
+        public var linkDelayNanos: Int64 = 0
+
+        public init(kind: String) { self.kind = kind }
+    }
+
+    public var roles: [RoleSpec]
+
+    public init(roles: [RoleSpec]) { self.roles = roles }
+
+    /// The roles this release can run.
+    public static let knownKinds: Set<String> = ["storage"]
+
+    /// What `moraine up` starts with no topology: one storage node over shared memory. Later
+    /// releases add their roles here.
+    public static let `default` = Topology(roles: {
+        var storage = RoleSpec(kind: "storage")
+        storage.data = "data"
+        return [storage]
+    }())
+
+    /// Parses the TOML subset described at the top of the file.
+    /// - Throws: `.invalid` naming the line and what is wrong with it.
+    public init(parsing text: String, name: String = "topology") throws(MoraineError) {
+        var roles: [RoleSpec] = []
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = Self.stripComment(String(rawLine)).trimmed
+            let at = "\(name) line \(number + 1)"
+            if line.isEmpty { continue }
+            if line == "[[role]]" {
+                roles.append(RoleSpec(kind: ""))
+                continue
+            }
+            if line.hasPrefix("[") {
+                throw MoraineError(.invalid, "\(at): only [[role]] tables are known, not \(line)")
+            }
+            guard let equals = line.firstIndex(of: "=") else { throw MoraineError(.invalid, "\(at): expected key = value") }
+            let key = String(line[..<equals]).trimmed
+            let value = String(line[line.index(after: equals)...]).trimmed
+            guard !roles.isEmpty else { throw MoraineError(.invalid, "\(at): \(key) outside a [[role]] table") }
+            try Self.assign(key, value, to: &roles[roles.count - 1], at: at)
+        }
+        self.roles = roles
+        try check()
+    }
+
+    /// Checks what can be checked without the machine: kinds, counts, carriers, ports.
+    public func check() throws(MoraineError) {
+        guard !roles.isEmpty else { throw MoraineError(.invalid, "the topology names no role") }
+        for (index, role) in roles.enumerated() {
+            let at = "role \(index + 1) (\(role.kind.isEmpty ? "no kind" : role.kind))"
+            guard !role.kind.isEmpty else { throw MoraineError(.invalid, "\(at): kind is missing") }
+            guard Self.knownKinds.contains(role.kind) else {
+                throw MoraineError(
+                    .invalid, "\(at): unknown role \(role.kind); this release runs \(Self.knownKinds.sorted().joined(separator: ", "))")
+            }
+            guard (1...64).contains(role.count) else { throw MoraineError(.invalid, "\(at): count must be 1…64, not \(role.count)") }
+            guard role.carrier == "shm" || role.carrier == "tcp" else {
+                throw MoraineError(.invalid, "\(at): carrier must be shm or tcp, not \(role.carrier)")
+            }
+            guard (0...65535).contains(role.port), role.port == 0 || role.port + role.count - 1 <= 65535 else {
+                throw MoraineError(.invalid, "\(at): port \(role.port) out of range for \(role.count) instances")
+            }
+            guard role.linkDelayNanos >= 0, role.linkDelayNanos <= 1_000_000_000 else {
+                throw MoraineError(.invalid, "\(at): link_delay_ns must be 0…1000000000, not \(role.linkDelayNanos)")
+            }
+            if let node = role.numaNode, node < 0 { throw MoraineError(.invalid, "\(at): numa_node must be 0 or more") }
+        }
+    }
+
+    private static func assign(_ key: String, _ value: String, to role: inout RoleSpec, at: String) throws(MoraineError) {
+        func text() throws(MoraineError) -> String {
+            guard value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\""), !value.dropFirst().dropLast().contains("\"")
+            else { throw MoraineError(.invalid, "\(at): \(key) must be a quoted string, not \(value)") }
+            return String(value.dropFirst().dropLast())
+        }
+        func integer() throws(MoraineError) -> Int {
+            guard let number = Int(value.replacingUnderscores) else {
+                throw MoraineError(.invalid, "\(at): \(key) must be an integer, not \(value)")
+            }
+            return number
+        }
+        switch key {
+        case "kind": role.kind = try text()
+        case "count": role.count = try integer()
+        case "numa_node": role.numaNode = try integer()
+        case "carrier": role.carrier = try text()
+        case "port": role.port = try integer()
+        case "data": role.data = try text()
+        case "link_delay_ns": role.linkDelayNanos = Int64(try integer())
+        default:
+            throw MoraineError(
+                .invalid, "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns)")
+        }
+    }
+
+    private static func stripComment(_ line: String) -> String {
+        var inString = false
+        for (offset, character) in line.enumerated() {
+            if character == "\"" { inString.toggle() }
+            if character == "#" && !inString { return String(line.prefix(offset)) }
+        }
+        return line
+    }
+}
+
+extension String {
+    fileprivate var trimmed: String {
+        var text = Substring(self)
+        while let first = text.first, first == " " || first == "\t" || first == "\r" { text.removeFirst() }
+        while let last = text.last, last == " " || last == "\t" || last == "\r" { text.removeLast() }
+        return String(text)
+    }
+
+    fileprivate var replacingUnderscores: String { String(filter { $0 != "_" }) }
+}

@@ -1,0 +1,136 @@
+// `moraine up`, `status` and `down` as a user runs them: the real binary, a real supervisor and
+// real role processes. A detached cluster answers `--cluster` commands, restarts a role killed
+// with SIGKILL, and leaves no process behind after `down`; a foreground `up` stops cleanly on
+// SIGTERM; topologies the machine cannot run are refused at start with the problem named.
+import Foundation
+import MoraineCluster
+import MoraineMessages
+import MoraineSystem
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite("Cluster commands")
+struct ClusterCommandTests {
+    static func pids(_ run: TempDir) -> [Int32] {
+        ((try? RunDirectory(run.path).roles()) ?? []).map(\.pid)
+    }
+
+    static func alive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+
+    @Test("up --detach, then --cluster commands, a SIGKILLed role restarted, then down leaves nothing running")
+    func detachedCluster() throws {
+        let run = TempDir("moraine-up")
+        defer {
+            _ = try? runMoraineCLI(["down", "--run-dir", run.path])
+            run.remove()
+        }
+        let up = try runMoraineCLI(["up", "--run-dir", run.path, "--detach"])
+        #expect(up.status == 0, "up: \(up.err)")
+        #expect(up.out.contains { $0.contains("storage-0") })
+        let status = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(status.status == 0, "status: \(status.out) \(status.err)")
+        #expect(status.out.contains { $0.hasPrefix("storage-0") && $0.contains(" up ") && $0.contains("shm") })
+        #expect(try runMoraineCLI(["put", "--cluster", run.path, "--db", "demo", "hello", "world"]).status == 0)
+        #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
+        #expect(FileManager.default.fileExists(atPath: run.file("data/demo/CURRENT")))
+        let supervisor = ClusterControl.supervisor(RunDirectory(run.path))
+        #expect(supervisor != nil)
+        // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
+        let first = Self.pids(run)
+        #expect(first.count == 1)
+        kill(first[0], SIGKILL)
+        #expect(eventually(seconds: 10) { let now = Self.pids(run); return now.count == 1 && now[0] != first[0] })
+        #expect(eventually(seconds: 10) { (try? runMoraineCLI(["status", "--run-dir", run.path]).status) == 0 })
+        let after = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(after.out.contains { $0.hasPrefix("storage-0") && $0.contains(" 1 ") }, "\(after.out)")
+        #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
+        #expect(String(decoding: try PosixFileSystem.shared.readAll(run.file("logs/supervisor.log")), as: UTF8.self)
+            .contains("killed by signal 9"))
+        // A second up in the same run directory is refused.
+        let again = try runMoraineCLI(["up", "--run-dir", run.path, "--detach"])
+        #expect(again.status == 1 && again.err.contains("already runs"), "\(again.err)")
+        let roles = Self.pids(run)
+        let down = try runMoraineCLI(["down", "--run-dir", run.path])
+        #expect(down.status == 0)
+        #expect(eventually { !roles.contains(where: Self.alive) && !(supervisor.map(Self.alive) ?? false) })
+        #expect(!FileManager.default.fileExists(atPath: run.file("endpoints")))
+        #expect(try runMoraineCLI(["status", "--run-dir", run.path]).status == 1)
+    }
+
+    @Test("a foreground up stops its roles and exits 0 on SIGTERM")
+    func foreground() throws {
+        let run = TempDir("moraine-up-fg")
+        defer { run.remove() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
+        process.arguments = ["up", "--run-dir", run.path]
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        #expect(eventually(seconds: 20) { FileManager.default.fileExists(atPath: run.file("ready")) })
+        let roles = Self.pids(run)
+        #expect(roles.count == 1 && roles.allSatisfy(Self.alive))
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(!roles.contains(where: Self.alive), "a role outlived its supervisor")
+    }
+
+    @Test("topologies this machine cannot run are refused at start, naming the problem")
+    func refusedTopologies() throws {
+        let run = TempDir("moraine-up-bad")
+        defer { run.remove() }
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && listen(listener, 1) == 0 && getsockname(listener, $0, &length) == 0
+            }
+        }
+        let busyPort = Int(UInt16(bigEndian: address.sin_port))
+        let cases: [(String, String)] = [
+            ("[[role]]\nkind = \"compaction-oracle\"\n", "unknown role compaction-oracle"),
+            ("[[role]]\nkind = \"storage\"\nnuma_node = 7\n", "NUMA node 7"),
+            ("[[role]]\nkind = \"storage\"\ncarrier = \"tcp\"\nport = \(busyPort)\n", "port \(busyPort) on 127.0.0.1 is in use"),
+            ("[[role]]\nkind = \"storage\"\ndata = \"/dev/null/data\"\n", "data directory /dev/null/data"),
+            ("[[role]]\nkind = \"storage\"\ncolour = \"blue\"\n", "unknown key colour"),
+            ("[[role]]\nkind = \"storage\"\ncarrier = \"pigeon\"\n", "carrier must be shm or tcp"),
+        ]
+        for (index, (text, expected)) in cases.enumerated() {
+            let file = run.file("topology-\(index).toml")
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            let result = try runMoraineCLI(["up", "--run-dir", run.file("run-\(index)"), "--topology", file])
+            #expect(result.status == 1, "\(text): exit \(result.status)")
+            #expect(result.err.contains(expected), "\(text): \(result.err)")
+            #expect(!FileManager.default.fileExists(atPath: run.file("run-\(index)/endpoints")))
+        }
+    }
+
+    @Test("a topology of two storage nodes over TCP starts, and each answers")
+    func tcpTopology() throws {
+        let run = TempDir("moraine-up-tcp")
+        defer {
+            _ = try? runMoraineCLI(["down", "--run-dir", run.path])
+            run.remove()
+        }
+        let file = run.file("topology.toml")
+        try "# two storage nodes over TCP\n[[role]]\nkind = \"storage\"\ncount = 2\ncarrier = \"tcp\"\ndata = \"nodes\"\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let up = try runMoraineCLI(["up", "--run-dir", run.path, "--topology", file, "--detach"])
+        #expect(up.status == 0, "\(up.err)")
+        let roles = try RunDirectory(run.path).roles()
+        #expect(roles.map(\.index) == [0, 1])
+        #expect(roles.allSatisfy { $0.endpoint.carrier == "tcp" })
+        let status = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(status.status == 0 && status.out.filter { $0.contains(" up ") }.count == 2, "\(status.out)")
+        #expect(FileManager.default.fileExists(atPath: run.file("nodes/0")) && FileManager.default.fileExists(atPath: run.file("nodes/1")))
+    }
+}
