@@ -34,7 +34,7 @@ struct Up: ParsableCommand {
             database commands reach the cluster with --cluster RUNDIR.
             """)
 
-    @Option(help: "The topology file (TOML: [[role]] tables; see docs/CLUSTER.md).") var topology: String?
+    @Option(help: "The topology file (TOML: [[role]] tables; docs/CLUSTER.md).") var topology: String?
     @Option(name: .customLong("run-dir"), help: "The run directory.") var runDir: String?
     @Flag(help: "Return once every role answers, leaving the supervisor running in the background.") var detach = false
     @Flag(name: .customLong("supervisor-child"), help: .hidden) var supervisorChild = false

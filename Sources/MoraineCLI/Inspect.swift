@@ -8,8 +8,9 @@ import MoraineSystem
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Open (or create) an embedded database and show puts, gets, a scan, a flush and the LSM shape.")
-    @Option(help: "Database directory.") var db = "./data"
+    @Option(help: "Database directory (with --cluster: its name on the storage node).") var db = "./data"
     @Option(help: "Keys to write.") var keys = 200_000
+    @Option(help: "Keep the files on the storage node of the cluster running in this run directory.") var cluster: String?
 
     func validate() throws {
         if keys < 1 || keys > 100_000_000 { throw ValidationError("--keys must be 1…100000000, not \(keys)") }
@@ -22,6 +23,7 @@ struct Demo: ParsableCommand {
             options.writeBufferSize = 4 << 20
             options.targetFileSizeBase = 4 << 20
             options.maxBytesForLevelBase = 16 << 20
+            if let cluster { options.fileSystem = try DatabaseOptions.remoteFileSystem(cluster: cluster) }
             let database = try Database(path: db, options: options)
             print("opened \(db)")
             let start = monotonicSeconds()
