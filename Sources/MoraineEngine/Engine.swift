@@ -153,6 +153,12 @@ public final class Engine: @unchecked Sendable {
                         .invalid,
                         "persistent-memory region \(region.path) holds the logs of another database; remove it or set pmem_path")
                 }
+                // An interrupted create may have left manifests that record nothing: the new
+                // manifest takes a number after theirs (it is created exclusively), and the
+                // recovery below deletes them as old manifests.
+                for name in try fs.children(of: path) {
+                    if case .manifest(let number) = DatabaseFile(name: name) { engine.versions.markFileNumberUsed(number) }
+                }
                 try engine.versions.writeNewManifest(lastSequence: 0)
             }
             try engine.recover()

@@ -165,6 +165,7 @@ public final class UnixSocket: @unchecked Sendable {
     /// while the owner may still use it (a closed descriptor's number could be reused by then).
     /// The owner's blocked calls return, and it closes.
     public func shutdown() {
+        guard !closed.load(ordering: .acquiring) else { return }
         Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
     }
 

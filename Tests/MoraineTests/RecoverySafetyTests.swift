@@ -104,6 +104,15 @@ struct RecoverySafetyTests {
         let created = try Database(path: dir.path, options: options())
         try created.put("k", "v")
         try created.close()
+        // A crash right after the first manifest was created: the new create numbers its
+        // manifest past the leftover one (manifests are created exclusively, never truncated).
+        let fresh = TempDir("moraine-halfmade-first")
+        defer { fresh.remove() }
+        #expect(FileManager.default.createFile(atPath: fresh.file("MANIFEST-000002"), contents: Data()))
+        let again = try Database(path: fresh.path, options: options())
+        try again.put("k", "v")
+        try again.close()
+        #expect(!fresh.names().contains("MANIFEST-000002"), "the leftover manifest was kept: \(fresh.names())")
     }
 
     @Test("read-only: no lock, replays the WAL in memory, refuses writes, sees the state as of its open")

@@ -134,24 +134,27 @@ public final class SharedMemoryServer: @unchecked Sendable {
             }
             let started = startThreadIfPossible(name: "shm-connection") { [self] in
                 defer {
-                    socket.close()
+                    // Forgotten before the descriptor closes: its number may be reused by the
+                    // next accept at once, and an eviction or the watchdog must not shut down
+                    // that newer connection through this one's stale descriptor.
                     admission.remove(ticket)
                     state.withLock {
                         sockets[id] = nil
                         handshakeDeadlines[id] = nil
                     }
+                    socket.close()
                     finishThread()
                 }
                 serve(socket, peer: peer, ticket: ticket)
             }
             if !started {
                 refusals.info("transport: refused shared-memory connection from \(peer) on \(socketPath): no thread to serve it")
-                socket.close()
                 admission.remove(ticket)
                 state.withLock {
                     sockets[id] = nil
                     handshakeDeadlines[id] = nil
                 }
+                socket.close()
                 finishThread()
             }
         }
@@ -294,7 +297,9 @@ public final class SharedMemoryServer: @unchecked Sendable {
         if let error = error as? TransportError, error.code == .authenticationFailed || error.code == .busy {
             try? socket.sendFrame(opcode: Opcode.welcome, flags: [.response, .error], payload: error.wirePayload)
         }
-        socket.close()
+        // Shut down, not closed: the connection's thread closes the descriptor once the
+        // connection is forgotten (see acceptLoop), so its number cannot be reused meanwhile.
+        socket.shutdown()
     }
 }
 
