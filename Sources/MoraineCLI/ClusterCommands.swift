@@ -11,10 +11,16 @@ import MoraineSystem
 
 /// The run directory a cluster command uses: --run-dir, else $MORAINE_RUN_DIR, else
 /// /tmp/moraine-run-UID.
+/// A relative directory is made absolute, so the endpoints written there (socket paths) work
+/// from any working directory.
 func runDirectory(_ given: String?) -> RunDirectory {
-    if let given { return RunDirectory(given) }
-    if let environment = getenv("MORAINE_RUN_DIR") { return RunDirectory(String(cString: environment)) }
-    return RunDirectory("/tmp/moraine-run-\(getuid())")
+    let path = given ?? getenv("MORAINE_RUN_DIR").map { String(cString: $0) } ?? "/tmp/moraine-run-\(getuid())"
+    guard !path.hasPrefix("/") else { return RunDirectory(path) }
+    var buffer = [CChar](repeating: 0, count: 4096)
+    guard getcwd(&buffer, buffer.count) != nil else { return RunDirectory(path) }
+    let cwd = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    let relative = path.hasPrefix("./") ? String(path.dropFirst(2)) : path
+    return RunDirectory(cwd == "/" ? "/" + relative : cwd + "/" + relative)
 }
 
 /// This executable's path (roles are started from the same binary).
