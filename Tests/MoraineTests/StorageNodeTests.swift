@@ -162,7 +162,6 @@ struct StorageNodeTests {
         let seed = SeededRandom.testSeed("storage fuzz \(carrier)")
         var rng = SeededRandom(seed: seed)
         let valid: [UInt8] = StorageAppend(file: StorageFile(database: "db", name: "f"), offset: 0, sync: false, epoch: 0, bytes: [1, 2]).encoded()
-        var answered = 0
         for round in 0..<400 {
             let opcode = UInt8(Int(StorageOpcode.create) + Int(rng.next() % 18))
             var payload: [UInt8]
@@ -179,9 +178,7 @@ struct StorageNodeTests {
             } catch {
                 #expect(error.code != .unavailable && error.code != .closed, "seed \(seed) round \(round): the connection broke: \(error)")
             }
-            answered += 1
         }
-        #expect(answered == 400)
         #expect(Self.code(Self.call(client, StorageOpcode.capacity, StorageFileQuery(file: StorageFile(database: "db", name: "")))) == nil)
         let fresh = try Self.connect(node)
         defer { fresh.close() }
