@@ -31,6 +31,15 @@ public final class Database: Sendable {
         try Engine.repair(path: path, options: options)
     }
 
+    /// Removes the database in `path` through `options.fileSystem` (RocksDB's DestroyDB):
+    /// its tables, WALs, manifests, CURRENT and lost-and-found; other files stay. Returns the
+    /// number of files removed.
+    /// - Throws: see `Engine.destroy` (`.busy` while the database is open).
+    @discardableResult
+    public static func destroy(path: String, options: Options = Options()) throws -> Int {
+        try Engine.destroy(path: path, options: options)
+    }
+
     public func put(_ key: [UInt8], _ value: [UInt8], options: WriteOptions = WriteOptions()) throws {
         try engine.put(key, value, options: options)
     }

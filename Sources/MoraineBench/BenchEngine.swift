@@ -2,6 +2,7 @@
 // this package; the RocksDB peer implements it in bench/ (its own package, so Moraine never
 // needs RocksDB to build). Both are configured from the same BenchConfiguration, so each
 // engine runs with exactly the options the other gets.
+import MoraineSystem
 
 /// Options every engine under test receives (db_bench's names in comments).
 public struct BenchConfiguration: Sendable {
@@ -51,6 +52,13 @@ public protocol BenchEngine: AnyObject, Sendable {
     func close() throws
     /// The engine's own counters as text (db_bench's --statistics), or nil if it has none.
     var statistics: String? { get }
+    /// Requests sent to a storage node so far, for an engine whose files live on one (nil
+    /// otherwise): the runner reports their count per operation.
+    var storageRequests: Int? { get }
+}
+
+extension BenchEngine {
+    public var storageRequests: Int? { nil }
 }
 
 /// An iterator of a database under test; used by one thread.
@@ -74,4 +82,19 @@ public protocol BenchEngineFactory: Sendable {
     /// Opens engine `name`'s database in `path`, creating it (and the directory) when
     /// `configuration.createIfMissing`; otherwise a missing database is an error.
     func open(_ name: String, path: String, configuration: BenchConfiguration) throws -> any BenchEngine
+    /// Where engine `name` keeps its database when the run's directory is `base`.
+    func databasePath(_ name: String, base: String) -> String
+    /// Removes what an earlier run left in engine `name`'s `path`, so the next open is fresh.
+    func removeDatabase(_ name: String, path: String, configuration: BenchConfiguration) throws
+}
+
+extension BenchEngineFactory {
+    /// A subdirectory of the run's directory per engine.
+    public func databasePath(_ name: String, base: String) -> String { base + "/" + name }
+
+    /// Removes the local directory and makes it anew.
+    public func removeDatabase(_ name: String, path: String, configuration: BenchConfiguration) throws {
+        PosixFileSystem.shared.removeTree(path)
+        try PosixFileSystem.shared.createDirectory(path)
+    }
 }

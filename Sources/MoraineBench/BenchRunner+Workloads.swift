@@ -239,6 +239,7 @@ extension BenchRunner {
         let display = ProgressDisplay(
             label: "\(name) \(benchmark)", expected: opsPerThread * threadCount, counter: progress)
         defer { display.finish() }
+        let requestsBefore = engine.storageRequests
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in
             Worker {
@@ -253,12 +254,16 @@ extension BenchRunner {
         let seconds = Double(nowNanos() - start) / 1e9
         if let error = workers.compactMap(\.error).first { throw error }
         let merged = collected.merged()
-        return BenchResult(
+        var result = BenchResult(
             engine: name, benchmark: benchmark, ops: merged.ops, seconds: seconds, threads: threadCount,
             bytes: merged.bytes, found: reportFound ? merged.found : nil,
             p50Micros: Double(merged.histogram.valueAtPercentile(50)) / 1000,
             p99Micros: Double(merged.histogram.valueAtPercentile(99)) / 1000,
             p999Micros: Double(merged.histogram.valueAtPercentile(99.9)) / 1000)
+        if let before = requestsBefore, let after = engine.storageRequests {
+            result.storageRequestsPerOp = Double(after - before) / Double(max(merged.ops, 1))
+        }
+        return result
     }
 }
 

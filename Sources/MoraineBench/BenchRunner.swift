@@ -23,6 +23,8 @@ public struct BenchResult: Sendable {
     public var p50Micros: Double
     public var p99Micros: Double
     public var p999Micros: Double
+    /// Storage-node requests per operation (an engine whose files live on a storage node).
+    public var storageRequestsPerOp: Double? = nil
 
     public var opsPerSecond: Double { Double(ops) / max(seconds, 1e-9) }
     public var microsPerOp: Double { seconds * 1e6 * Double(threads) / Double(max(ops, 1)) }
@@ -36,6 +38,7 @@ public struct BenchResult: Sendable {
         if bytes > 0 { text += " " + fixed(megabytesPerSecond, 1, width: 6) + " MB/s" }
         if let found { text += " (\(found) of \(ops) found)" }
         text += "  p50 \(fixed(p50Micros, 2)) p99 \(fixed(p99Micros, 2)) p99.9 \(fixed(p999Micros, 2)) us"
+        if let storageRequestsPerOp { text += "; \(fixed(storageRequestsPerOp, 3)) storage requests/op" }
         return text
     }
 }
@@ -103,12 +106,14 @@ public final class BenchRunner: @unchecked Sendable {
         }
     }
 
-    func directory(_ engine: String) -> String { flags.db + "/" + engine }
+    func directory(_ engine: String) -> String { factory(engine).databasePath(engine, base: flags.db) }
+
+    func factory(_ engine: String) -> any BenchEngineFactory { factories.first { $0.engineNames.contains(engine) }! }
 
     /// Opens `engine`'s database: a new one when `fresh`, else the one an earlier run left
     /// (with --use_existing_db; a missing one is an error, as in db_bench).
     func open(_ engine: String, fresh: Bool) throws -> any BenchEngine {
-        let factory = factories.first { $0.engineNames.contains(engine) }!
+        let factory = factory(engine)
         guard fresh else {
             var configuration = flags.configuration
             configuration.createIfMissing = false
@@ -119,14 +124,9 @@ public final class BenchRunner: @unchecked Sendable {
                     error.kind, "--use_existing_db: \(engine)'s database in \(directory(engine)) does not open: \(error.message)")
             }
         }
-        PosixFileSystem.shared.removeTree(directory(engine))
-        // A fresh database starts with a fresh persistent-memory region too.
-        if flags.durability == "pmem" && engine == "moraine" {
-            PosixFileSystem.shared.removeTree(flags.pmemPath ?? Options.defaultPmemPath(for: directory(engine)))
-        }
-        try PosixFileSystem.shared.createDirectory(directory(engine))
         var configuration = flags.configuration
         configuration.createIfMissing = true
+        try factory.removeDatabase(engine, path: directory(engine), configuration: configuration)
         return try factory.open(engine, path: directory(engine), configuration: configuration)
     }
 
@@ -187,7 +187,9 @@ public final class BenchRunner: @unchecked Sendable {
                 + "\"ops_per_sec\":\(fixed(r.opsPerSecond, 1)),\"micros_per_op\":\(fixed(r.microsPerOp, 3)),"
                 + "\"mb_per_sec\":\(fixed(r.megabytesPerSecond, 2)),\"p50_us\":\(fixed(r.p50Micros, 3)),"
                 + "\"p99_us\":\(fixed(r.p99Micros, 3)),\"p999_us\":\(fixed(r.p999Micros, 3)),"
-                + (r.found.map { "\"found\":\($0)," } ?? "") + "\"options\":\(flags.optionsJSON)}"
+                + (r.found.map { "\"found\":\($0)," } ?? "")
+                + (r.storageRequestsPerOp.map { "\"storage_requests_per_op\":\(fixed($0, 4))," } ?? "")
+                + "\"options\":\(flags.optionsJSON)}"
         }
         let file = try PosixFileSystem.shared.createWritable(path)
         try file.append(Array(("[\n" + rows.joined(separator: ",\n") + "\n]\n").utf8))

@@ -3,12 +3,56 @@
 import Moraine
 import MoraineSystem
 
-/// Opens embedded Moraine databases for benchmarks.
+/// Opens Moraine databases for benchmarks: embedded ones, or (with a file system of a storage
+/// node) ones whose files live on a cluster's storage node.
 public struct MoraineBenchFactory: BenchEngineFactory {
-    public init() {}
-    public var engineNames: [String] { ["moraine"] }
+    let name: String
+    let fileSystem: (any FileSystem)?
+    let storageRequests: (@Sendable () -> Int)?
+
+    /// Embedded Moraine, engine "moraine".
+    public init() {
+        name = "moraine"
+        fileSystem = nil
+        storageRequests = nil
+    }
+
+    /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
+    /// `storageRequests` counts the requests sent to the node so far.
+    public init(name: String, fileSystem: any FileSystem, storageRequests: @escaping @Sendable () -> Int) {
+        self.name = name
+        self.fileSystem = fileSystem
+        self.storageRequests = storageRequests
+    }
+
+    public var engineNames: [String] { [name] }
+
+    /// On a storage node a database is a flat name: the run directory's last component and
+    /// the engine's name (`/tmp/moraine-bench` gives `moraine-bench-cluster`).
+    public func databasePath(_ name: String, base: String) -> String {
+        guard fileSystem != nil else { return base + "/" + name }
+        let last = base.split(separator: "/").last.map(String.init) ?? "moraine-bench"
+        return last + "-" + name
+    }
+
+    public func removeDatabase(_ name: String, path: String, configuration c: BenchConfiguration) throws {
+        if fileSystem != nil {
+            try Database.destroy(path: path, options: options(c))
+            return
+        }
+        PosixFileSystem.shared.removeTree(path)
+        // A fresh database starts with a fresh persistent-memory region too.
+        if c.durability == "pmem" { PosixFileSystem.shared.removeTree(c.pmemPath ?? Options.defaultPmemPath(for: path)) }
+        try PosixFileSystem.shared.createDirectory(path)
+    }
 
     public func open(_ name: String, path: String, configuration c: BenchConfiguration) throws -> any BenchEngine {
+        MoraineBenchEngine(
+            name: name, database: try Database(path: path, options: options(c)),
+            writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL), storageRequests: storageRequests)
+    }
+
+    private func options(_ c: BenchConfiguration) -> Options {
         var options = Options()
         options.createIfMissing = c.createIfMissing
         options.writeBufferSize = c.writeBufferSizeBytes
@@ -25,24 +69,29 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
-        if let name = c.ioBackend, let backend = IOBackend(name: name) {
+        if let fileSystem {
+            options.fileSystem = fileSystem
+        } else if let name = c.ioBackend, let backend = IOBackend(name: name) {
             options.fileSystem = PosixFileSystem(ioBackend: backend)
         }
-        return MoraineBenchEngine(
-            database: try Database(path: path, options: options),
-            writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL))
+        return options
     }
 }
 
 final class MoraineBenchEngine: BenchEngine {
     let database: Database
     let writeOptions: WriteOptions
-    var name: String { "moraine" }
+    let name: String
+    private let requestCount: (@Sendable () -> Int)?
 
-    init(database: Database, writeOptions: WriteOptions) {
+    init(name: String, database: Database, writeOptions: WriteOptions, storageRequests: (@Sendable () -> Int)?) {
+        self.name = name
         self.database = database
         self.writeOptions = writeOptions
+        self.requestCount = storageRequests
     }
+
+    var storageRequests: Int? { requestCount?() }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
         try database.engine.put(key: key, value: value, options: writeOptions)

@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import MoraineBench
+import MoraineStorage
 import MoraineSystem
 
 struct Bench: ParsableCommand {
@@ -20,11 +21,22 @@ struct Bench: ParsableCommand {
     /// What the command line holds once normalized.
     struct Arguments: ParsableArguments {
         @OptionGroup var flags: BenchFlags
-        @Option(help: "Engine: moraine (RocksDB runs come from bench/'s moraine-bench).") var engine = "moraine"
+        @Option(
+            help: """
+                Engines, comma-separated, run alternately: moraine (embedded), cluster (files on the storage node of \
+                --cluster; the default with --cluster). RocksDB runs come from bench/'s moraine-bench.
+                """)
+        var engine: String?
+        @Option(
+            help: """
+                Keep the database's files on the storage node of the cluster running in this run directory \
+                (database <last component of --db>-cluster).
+                """)
+        var cluster: String?
     }
 
     func run() throws {
-        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine"])
+        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine", "cluster"])
         if normalized.contains(where: { ["--help", "-h", "-help"].contains($0) }) {
             // The options part of the help (its own usage line would name the wrapper type).
             let help = Arguments.helpMessage(columns: 100)
@@ -39,8 +51,18 @@ struct Bench: ParsableCommand {
             throw ValidationError(Arguments.message(for: error))
         }
         try reporting {
-            let runner = try BenchRunner(
-                flags: parsed.flags, engineNames: [parsed.engine], factories: [MoraineBenchFactory()])
+            let names = (parsed.engine ?? (parsed.cluster == nil ? "moraine" : "cluster")).split(separator: ",").map(String.init)
+            var factories: [any BenchEngineFactory] = [MoraineBenchFactory()]
+            if names.contains("cluster") {
+                guard let cluster = parsed.cluster else {
+                    throw ValidationError("--engine cluster needs --cluster RUNDIR (the run directory of moraine up)")
+                }
+                let remote = try DatabaseOptions.remoteFileSystem(cluster: cluster)
+                factories.append(
+                    MoraineBenchFactory(name: "cluster", fileSystem: remote, storageRequests: { remote.requestCount }))
+                print("cluster: files on the storage node at \(remote.endpoint) (run directory \(cluster))")
+            }
+            let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
             try runner.run()
         }
     }

@@ -47,6 +47,13 @@ final class CommitLog {
         }
     }
 
+    /// Sends again what an append that failed left buffered (synced when `sync`): the WAL's
+    /// file keeps every byte until its storage acknowledges it (Engine+Resume).
+    func settle(sync: Bool) throws {
+        guard let wal else { return }
+        if sync { try wal.file.sync() } else { try wal.file.flush() }
+    }
+
     /// Hands a WAL's buffered bytes to the kernel as a newer log takes over, without a sync:
     /// syncing here made every memtable switch wait for the disk in the write path, and
     /// wrote to disk WALs that are usually deleted (their memtable flushed) before the kernel

@@ -105,7 +105,7 @@ extension Engine {
         }
         mutex.lock()
         if let failure {
-            backgroundError = backgroundError ?? MoraineError(failure.kind, "flush failed: \(failure.message)")
+            recordBackgroundError(failure, "flush")
             return
         }
         imms.removeFirst()
@@ -159,7 +159,7 @@ extension Engine {
         }
         mutex.lock()
         if let failure {
-            backgroundError = backgroundError ?? MoraineError(failure.kind, "compaction failed: \(failure.message)")
+            recordBackgroundError(failure, "compaction")
             return
         }
         installSuperVersion()

@@ -46,6 +46,8 @@ public struct EngineStats: Sendable {
     /// Batched reads issued by multiGet, and the data blocks they read.
     public var multiGetBatches = 0
     public var multiGetBlockReads = 0
+    /// Times writes resumed after the storage could not be reached (Engine+Resume).
+    public var resumes = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -67,7 +69,7 @@ public struct EngineStats: Sendable {
             ("write_groups", writeGroups), ("wal_syncs", walSyncs), ("wal_bytes", walBytes),
             ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("stall_micros", stallMicros),
             ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
-            ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads),
+            ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -147,6 +149,7 @@ extension Engine {
         s.manifestRolls = c.manifestRolls
         s.multiGetBatches = c.multiGetBatches
         s.multiGetBlockReads = c.multiGetBlockReads
+        s.resumes = c.resumes
         return s
     }
 

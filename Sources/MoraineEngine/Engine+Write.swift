@@ -128,10 +128,14 @@ extension Engine {
         let unsyncedPredecessors = sync && !skipWAL ? retiredLogs : []
         mutex.unlock()
         var failure: Error? = nil
+        var inWAL = false
         do {
             // A sync write must not outlive an earlier write: older WALs become durable first.
             for old in unsyncedPredecessors { try old.syncRetired() }
-            if !skipWAL, let commitLog { try commitLog.append(combined.rep, sync: sync) }
+            if !skipWAL, let commitLog {
+                inWAL = true
+                try commitLog.append(combined.rep, sync: sync)
+            }
             var seq = first
             try combined.forEach { type, key, value in
                 memtable.add(sequence: seq, type: type, key: key, value: value)
@@ -142,11 +146,13 @@ extension Engine {
         }
         mutex.lock()
         if let failure {
-            // The WAL may now end in a partial record: stop taking writes until reopened.
+            // The WAL may now end in a partial record: stop taking writes until reopened, or,
+            // when the storage could not be reached, until it answers (Engine+Resume).
             let error = (failure as? MoraineError) ?? MoraineError(.io, "\(failure)")
-            backgroundError =
-                backgroundError
-                ?? MoraineError(error.kind, "WAL write failed, database is read-only until reopened: \(error.message)")
+            if Self.isRetryable(error) && backgroundError == nil {
+                pendingGroup = PendingGroup(batch: combined, memtable: memtable, log: commitLog, sync: sync, inWAL: inWAL)
+            }
+            recordBackgroundError(error, "WAL write")
             throw error
         }
         lastSequence.store(first + SequenceNumber(combined.count) - 1, ordering: .releasing)
@@ -171,7 +177,11 @@ extension Engine {
             }
         }
         while true {
-            if let backgroundError { throw backgroundError }
+            if let backgroundError {
+                guard backgroundErrorRetryable else { throw backgroundError }
+                try resumeAfterOutage()
+                continue
+            }
             try checkOpen()
             let level0Files = versions.current.levels[0].count
             if allowDelay && level0Files >= options.level0SlowdownWritesTrigger {
@@ -234,11 +244,8 @@ extension Engine {
             predecessor = try log?.retire(lastSequence: allocatedSequence)
         } catch {
             // The old WAL may now end in a partial record: stop taking writes, as a failed WAL
-            // write does (applyGroup).
-            let failure = asMoraineError(error)
-            backgroundError =
-                backgroundError
-                ?? MoraineError(failure.kind, "WAL write failed, database is read-only until reopened: \(failure.message)")
+            // write does (applyGroup). Nothing changed yet, so a resume retries the switch.
+            recordBackgroundError(asMoraineError(error), "WAL write")
             throw error
         }
         let number = versions.newFileNumber()
@@ -248,12 +255,7 @@ extension Engine {
         } catch {
             // The old WAL is retired and the new one could not be written: stop taking writes,
             // as a failed WAL write does (applyGroup), rather than go on in the retired log.
-            if predecessor != nil {
-                let failure = asMoraineError(error)
-                backgroundError =
-                    backgroundError
-                    ?? MoraineError(failure.kind, "WAL write failed, database is read-only until reopened: \(failure.message)")
-            }
+            if predecessor != nil { recordBackgroundError(asMoraineError(error), "WAL write") }
             throw error
         }
         if let old = log, predecessor != nil { retiredLogs.append(old) }

@@ -81,6 +81,10 @@ public final class Engine: @unchecked Sendable {
     /// Sequence numbers handed out (may run ahead of `lastSequence` while a group is applied).
     var allocatedSequence: SequenceNumber = 0
     var backgroundError: MoraineError? = nil
+    /// Whether `backgroundError` only says the files could not be reached (Engine+Resume).
+    var backgroundErrorRetryable = false
+    /// The write group an unreachable storage left unsettled (Engine+Resume).
+    var pendingGroup: PendingGroup? = nil
     var shuttingDown = false
     var closed = false
     var flushRunning = false
@@ -338,6 +342,7 @@ struct CounterValues: Sendable {
     var manifestRolls = 0
     var multiGetBatches = 0
     var multiGetBlockReads = 0
+    var resumes = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

@@ -12,50 +12,198 @@ import MoraineTransport
 import Synchronization
 
 /// A file being written on a storage node.
+///
+/// Over shared memory a flush without sync is *published*, not waited for: the append goes into
+/// the ring of a connection this file keeps (its lane), and the node's acknowledgement is reaped
+/// later — at the next flush, once too much is in flight, at sync and at close. The node serves
+/// every request a client published even after the client died (SharedMemoryServer), so
+/// published bytes are in its hands, as the durability contract asks of a non-sync write. Bytes
+/// stay held here until acknowledged; a lane that breaks is given up and they are sent again
+/// through the pool at the offset they start at (the node recognises bytes it already has). An
+/// error the node reports for a published append is thrown by the file's next call. Over TCP
+/// (where bytes in a socket are not yet in the node's hands) every flush waits for its reply.
 final class RemoteWritableFile: WritableFile {
     private let fileSystem: RemoteFileSystem
     private let file: StorageFile
+    /// Bytes not yet sent.
     private var buffer: [UInt8] = []
     private let bufferBytes: Int
+    /// Written in records (a WAL or a manifest), not in blocks (a table).
+    private let isLog: Bool
     /// Bytes the node has acknowledged.
     private var sent: UInt64 = 0
+    /// Bytes published on the lane and not yet acknowledged; they start at `sent`.
+    private var unacknowledged: [UInt8] = []
+    /// Published appends awaiting acknowledgement, oldest first: request id and the file size
+    /// once it is applied.
+    private var inFlight: [(id: UInt64, end: UInt64)] = []
+    private var inFlightHead = 0
+    private var lane: ConnectionBox?
+    /// An error the node reported for a published append; thrown by the next call.
+    private var laneFailure: MoraineError?
     private var closed = false
     /// The largest append one request carries.
     static let appendBytesMax = 4 << 20
+    /// Published appends (and their bytes) allowed in flight before a flush waits for the oldest.
+    static let inFlightMax = 64
+    static let inFlightBytesMax = 2 << 20
 
     init(fileSystem: RemoteFileSystem, file: StorageFile, hint: WriteHint) {
         self.fileSystem = fileSystem
         self.file = file
         bufferBytes = hint == .bulk ? 1 << 20 : 64 << 10
+        isLog = hint != .bulk
         buffer.reserveCapacity(bufferBytes)
     }
 
-    var size: UInt64 { sent + UInt64(buffer.count) }
+    deinit { releaseLane() }
+
+    var size: UInt64 { sent + UInt64(unacknowledged.count + buffer.count) }
 
     func append(_ bytes: UnsafeRawBufferPointer) throws {
         guard !closed else { throw MoraineError(.closed, "append to closed file \(file)") }
         buffer.append(contentsOf: bytes)
-        if buffer.count >= bufferBytes { try send(sync: false) }
+        guard buffer.count >= bufferBytes else { return }
+        do {
+            try flush()
+        } catch let error as MoraineError where error.kind == .unavailable && isLog {
+            // A log's record is several appends: failing one of them would leave the record
+            // half in this buffer. The bytes stay buffered; the record's flush or sync sends
+            // them again and reports the failure.
+        }
     }
 
     func flush() throws {
+        guard !closed else { throw MoraineError(.closed, "flush of closed file \(file)") }
+        if let laneFailure { throw laneFailure }
         guard !buffer.isEmpty else { return }
-        try send(sync: false)
+        guard fileSystem.pipelinesAppends, buffer.count <= Self.appendBytesMax else { return try settle(sync: false) }
+        if try publish() { return }
+        try settle(sync: false)
     }
 
     func sync() throws {
         guard !closed else { throw MoraineError(.closed, "sync of closed file \(file)") }
-        try send(sync: true)
+        if let laneFailure { throw laneFailure }
+        try settle(sync: true)
     }
 
     func close() throws {
         guard !closed else { return }
+        if let laneFailure {
+            closed = true
+            releaseLane()
+            throw laneFailure
+        }
+        if !buffer.isEmpty || !unacknowledged.isEmpty { try settle(sync: false) }
         closed = true
-        if !buffer.isEmpty { try send(sync: false) }
+        releaseLane()
         _ = try fileSystem.call(StorageOpcode.close, StorageFileQuery(file: file))
     }
 
-    /// Sends what is buffered in requests of at most `appendBytesMax`; the last one syncs when asked.
+    // MARK: The lane
+
+    /// Publishes what is buffered as one append on the lane and reaps what has been
+    /// acknowledged; false when the lane could not take it (the caller settles instead).
+    private func publish() throws -> Bool {
+        do {
+            let client = try laneClient()
+            let end = size
+            let request = StorageAppend(
+                file: file, offset: sent + UInt64(unacknowledged.count), sync: false,
+                epoch: fileSystem.epoch(of: file.database), bytes: buffer)
+            let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+            fileSystem.countRequest()
+            inFlight.append((id, end))
+            unacknowledged.append(contentsOf: buffer)
+            buffer.removeAll(keepingCapacity: true)
+            while let oldest = inFlight.element(at: inFlightHead) {
+                let waiting = inFlight.count - inFlightHead > Self.inFlightMax || unacknowledged.count > Self.inFlightBytesMax
+                let response =
+                    waiting
+                    ? try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+                    : try client.receiveIfArrived(requestID: oldest.id)
+                guard let response else { break }
+                try acknowledge(response, end: oldest.end)
+            }
+            return true
+        } catch is TransportError {
+            // The lane broke (or timed out): what it did not acknowledge is settled through the pool.
+            releaseLane(broken: true)
+            return false
+        }
+    }
+
+    /// Applies one acknowledgement: the node's size must be where the append ends.
+    private func acknowledge(_ response: Response, end: UInt64) throws {
+        inFlightHead += 1
+        if inFlightHead == inFlight.count {
+            inFlight.removeAll(keepingCapacity: true)
+            inFlightHead = 0
+        }
+        switch response.result {
+        case .success(.bytes(let reply)):
+            let size = try decodeSize(reply)
+            guard size == end else {
+                laneFailure = MoraineError(
+                    .corruption, "storage node holds \(size) bytes of \(file) after an append that should end at \(end)")
+                throw laneFailure!
+            }
+            unacknowledged.removeFirst(Int(size - sent))
+            sent = size
+        case .success:
+            laneFailure = MoraineError(.corruption, "storage node \(fileSystem.endpoint): a reference reply to an append")
+            throw laneFailure!
+        case .failure(let error):
+            // The node refused bytes this file already reported written (fenced, no space…).
+            laneFailure = MoraineError(error.moraineError.kind, "append to \(file) failed on the storage node: \(error.message)")
+            throw laneFailure!
+        }
+    }
+
+    private func laneClient() throws(TransportError) -> SharedMemoryClient {
+        if lane == nil { lane = try fileSystem.takeConnection() }
+        guard let client = lane!.client as? SharedMemoryClient else {
+            throw TransportError(.invalid, "a lane needs a shared-memory connection")
+        }
+        return client
+    }
+
+    /// Lets the lane go: back to the pool when nothing is in flight on it, else closed.
+    private func releaseLane(broken: Bool = false) {
+        guard let box = lane else { return }
+        lane = nil
+        if broken || inFlight.count > inFlightHead { box.client.close() } else { fileSystem.giveBack(box) }
+        inFlight.removeAll()
+        inFlightHead = 0
+    }
+
+    // MARK: Settling
+
+    /// Makes the node hold every byte written so far (synced when asked), waiting for it: the
+    /// lane's acknowledgements first, then what is left through the pool, at the offset it
+    /// starts at. A lane that fails on the way leaves its bytes to the second step.
+    private func settle(sync: Bool) throws {
+        if lane != nil {
+            do {
+                let client = try laneClient()
+                while let oldest = inFlight.element(at: inFlightHead) {
+                    let response = try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+                    try acknowledge(response, end: oldest.end)
+                }
+            } catch let error as MoraineError where laneFailure != nil {
+                throw error
+            } catch {
+                releaseLane(broken: true)
+            }
+        }
+        buffer.insert(contentsOf: unacknowledged, at: 0)
+        unacknowledged.removeAll(keepingCapacity: true)
+        try send(sync: sync)
+    }
+
+    /// Sends what is buffered in requests of at most `appendBytesMax`, each waiting for its
+    /// reply; the last one syncs when asked (an empty buffer still syncs).
     private func send(sync: Bool) throws {
         var start = 0
         repeat {
@@ -83,6 +231,11 @@ final class RemoteWritableFile: WritableFile {
             throw error.moraineError
         }
     }
+}
+
+extension Array {
+    /// The element at `index`, or nil past the end.
+    fileprivate func element(at index: Int) -> Element? { index < count ? self[index] : nil }
 }
 
 /// A file on a storage node, read at offsets.
@@ -129,7 +282,7 @@ final class RemoteLease: FileLock, @unchecked Sendable {
     init(fileSystem: RemoteFileSystem, database: String) throws {
         self.fileSystem = fileSystem
         self.database = database
-        let request = StorageLease(database: database, owner: fileSystem.options.owner, epoch: 0, ttlMillis: fileSystem.options.leaseTTLMillis)
+        let request = StorageLease(database: database, owner: fileSystem.leaseOwner, epoch: 0, ttlMillis: fileSystem.options.leaseTTLMillis)
         let reply = try fileSystem.call(StorageOpcode.leaseAcquire, request)
         epoch = try StorageLeaseReply.decode(reply).epoch
         fileSystem.setEpoch(epoch, of: database)
@@ -152,7 +305,7 @@ final class RemoteLease: FileLock, @unchecked Sendable {
         }
         guard let held else { return }
         fileSystem.setEpoch(nil, of: database)
-        let request = StorageLease(database: database, owner: fileSystem.options.owner, epoch: held, ttlMillis: 0)
+        let request = StorageLease(database: database, owner: fileSystem.leaseOwner, epoch: held, ttlMillis: 0)
         _ = try? fileSystem.call(StorageOpcode.leaseRelease, request)
     }
 
@@ -172,7 +325,7 @@ final class RemoteLease: FileLock, @unchecked Sendable {
             }
             if stop { return }
             let request = StorageLease(
-                database: database, owner: fileSystem.options.owner, epoch: currentEpoch, ttlMillis: fileSystem.options.leaseTTLMillis)
+                database: database, owner: fileSystem.leaseOwner, epoch: currentEpoch, ttlMillis: fileSystem.options.leaseTTLMillis)
             do throws(MoraineError) {
                 _ = try fileSystem.call(StorageOpcode.leaseRenew, request)
             } catch {

@@ -40,6 +40,10 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         public var limits = TransportLimits()
         /// Idle connections kept for reuse.
         public var idleConnectionsMax = 64
+        /// Over shared memory, a flush without sync publishes its append into the ring and
+        /// returns; the acknowledgement is reaped later (RemoteWritableFile). Off: every flush
+        /// waits for the node's reply.
+        public var pipelineAppends = true
 
         public init() {}
     }
@@ -52,10 +56,15 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
     /// Requests sent, for the requests-per-operation a benchmark reports.
     private let requests = Atomic<Int>(0)
 
+    /// Who this file system's leases name: `options.owner` and a tag of this instance, so two
+    /// file systems (of one process or of two) never pass for the same owner.
+    let leaseOwner: String
+
     public init(endpoint: Endpoint, key: ClusterKey, options: Options = Options()) {
         self.endpoint = endpoint
         self.key = key
         self.options = options
+        leaseOwner = options.owner + " #" + String(UInt64.random(in: 1...UInt64.max), radix: 16)
     }
 
     deinit {
@@ -64,6 +73,15 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
 
     /// Requests sent to the node so far (retries included).
     public var requestCount: Int { requests.load(ordering: .relaxed) }
+
+    func countRequest() { requests.add(1, ordering: .relaxed) }
+
+    /// Whether files publish their non-sync appends instead of waiting for them: over shared
+    /// memory only, where a published request is in the node's hands.
+    var pipelinesAppends: Bool {
+        guard options.pipelineAppends, case .sharedMemory = endpoint else { return false }
+        return true
+    }
 
     // MARK: Calls
 
@@ -120,7 +138,7 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
             "storage node \(endpoint) did not answer within \(options.callTimeoutNanos / 1_000_000) ms: \(lastFailure)")
     }
 
-    private func takeConnection() throws(TransportError) -> ConnectionBox {
+    func takeConnection() throws(TransportError) -> ConnectionBox {
         if let box = idle.withLock({ $0.popLast() }) { return box }
         var limits = options.limits
         limits.handshakeNanos = min(limits.handshakeNanos, options.callTimeoutNanos)
@@ -132,7 +150,7 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         }
     }
 
-    private func giveBack(_ box: ConnectionBox) {
+    func giveBack(_ box: ConnectionBox) {
         let kept = idle.withLock { pool -> Bool in
             guard pool.count < options.idleConnectionsMax else { return false }
             pool.append(box)
@@ -263,7 +281,22 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
     public func lock(_ path: String) throws -> any FileLock {
         let file = try file(path)
         guard !file.database.contains("/") else { throw MoraineError(.invalid, "lock \(path): a lease is taken on a database") }
-        return try RemoteLease(fileSystem: self, database: file.database)
+        // As a second flock of one file fails within a process: one lease per database here.
+        // The entry (epoch 0 until granted) is taken before the node is asked, so two threads cannot both ask.
+        let reserved = epochs.withLock { epochs -> Bool in
+            guard epochs[file.database] == nil else { return false }
+            epochs[file.database] = 0
+            return true
+        }
+        guard reserved else {
+            throw MoraineError(.busy, "database \(file.database) is already open through this file system (its lease is held)")
+        }
+        do {
+            return try RemoteLease(fileSystem: self, database: file.database)
+        } catch {
+            setEpoch(nil, of: file.database)
+            throw error
+        }
     }
 
     public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {

@@ -36,6 +36,29 @@ struct ClusterCommandTests {
         #expect(try runMoraineCLI(["put", "--cluster", run.path, "--db", "demo", "hello", "world"]).status == 0)
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
         #expect(FileManager.default.fileExists(atPath: run.file("data/demo/CURRENT")))
+        // bench --cluster runs beside embedded Moraine in one run; both find the same keys, and
+        // the cluster's rows count storage requests. A second run starts from a destroyed database.
+        let benchDirectory = TempDir("moraine-up-bench")
+        defer { benchDirectory.remove() }
+        for _ in 0..<2 {
+            let bench = try runMoraineCLI([
+                "bench", "--cluster", run.path, "--engine", "cluster,moraine", "--num", "3000", "--db", benchDirectory.path,
+                "--benchmarks", "fillrandom,readrandom,multireadrandom",
+            ])
+            #expect(bench.status == 0, "bench: \(bench.err)")
+            // "(2590 of 3000 found)" of an engine's line for a workload.
+            let found = { (engine: String, workload: String) -> String? in
+                guard let line = bench.out.first(where: { $0.hasPrefix(engine + " ") && $0.contains(" \(workload) ") }),
+                    let open = line.firstIndex(of: "(")
+                else { return nil }
+                return String(line[open...].prefix { $0 != ")" })
+            }
+            #expect(found("cluster", "readrandom") != nil && found("cluster", "readrandom") == found("moraine", "readrandom"))
+            #expect(found("cluster", "multireadrandom") == found("moraine", "multireadrandom"))
+            #expect(bench.out.filter { $0.hasPrefix("cluster ") && $0.contains("storage requests/op") }.count == 3, "\(bench.out)")
+            #expect(bench.out.contains { $0.contains("cluster/moraine throughput ratio") })
+        }
+        #expect(FileManager.default.fileExists(atPath: run.file("data/\(benchDirectory.path.split(separator: "/").last!)-cluster/CURRENT")))
         let supervisor = ClusterControl.supervisor(RunDirectory(run.path))
         #expect(supervisor != nil)
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.

@@ -207,4 +207,86 @@ struct StorageNodeTests {
         try db.flush()
         for i in 0..<200 { #expect(try db.get(Array("key\(i)".utf8)) == Array("value\(i)".utf8)) }
     }
+
+    @Test(
+        "an outage longer than the call deadline: writes fail unavailable, then resume without reopening, each settled",
+        arguments: Carrier.servers)
+    func resumeAfterLongOutage(carrier: Carrier) throws {
+        var fast = StorageTestNode.fastOptions
+        fast.callTimeoutNanos = 400_000_000
+        let node = try StorageTestNode(carrier, options: fast)
+        defer { node.remove() }
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = node.remote
+        var db: Database? = try Database(path: "outage", options: options)
+        for i in 0..<100 { try db!.put(Array("key\(i)".utf8), Array("value\(i)".utf8)) }
+        try db!.flush()
+        try db!.put(Array("before".utf8), Array("outage".utf8), options: WriteOptions(sync: true))
+        node.stop()
+        let sync = WriteOptions(sync: true)
+        // The first write's record reached the WAL's buffer: its outcome is open until the node answers.
+        let first = #expect(throws: MoraineError.self) { try db!.put(Array("first".utf8), Array("1".utf8), options: sync) }
+        #expect(first?.kind == .unavailable, "\(String(describing: first))")
+        // The next one only tries to resume, fails, and is never made.
+        let second = #expect(throws: MoraineError.self) { try db!.put(Array("second".utf8), Array("2".utf8), options: sync) }
+        #expect(second?.kind == .unavailable)
+        #expect(db!.stats().backgroundError?.contains("writes resume once the storage answers again") == true)
+        #expect(throws: MoraineError.self) { try db!.flush() }
+        // Reads that need the node fail as unavailable, never as absent.
+        let read = #expect(throws: MoraineError.self) { try db!.get(Array("key7".utf8)) }
+        #expect(read?.kind == .unavailable)
+        try node.start()
+        try db!.put(Array("third".utf8), Array("3".utf8), options: sync)
+        #expect(db!.stats().resumes == 1)
+        #expect(db!.stats().backgroundError == nil)
+        try db!.flush()
+        for round in 0..<2 {
+            #expect(try db!.get(Array("first".utf8)) == Array("1".utf8), "round \(round): the pending write is applied")
+            #expect(try db!.get(Array("second".utf8)) == nil, "round \(round): the refused write was never made")
+            #expect(try db!.get(Array("third".utf8)) == Array("3".utf8))
+            for i in 0..<100 { #expect(try db!.get(Array("key\(i)".utf8)) == Array("value\(i)".utf8)) }
+            // A reopen finds the same.
+            try db!.close()
+            db = try Database(path: "outage", options: options)
+        }
+        try db!.close()
+    }
+
+    @Test(
+        "destroy removes a database's files on the node, refuses while it is open, never takes an absent node for none",
+        arguments: Carrier.servers)
+    func destroy(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = node.remote
+        let db = try Database(path: "doomed", options: options)
+        for i in 0..<100 { try db.put(Array("key\(i)".utf8), Array("value\(i)".utf8)) }
+        try db.flush()
+        #expect(throws: MoraineError.self) { try Database.destroy(path: "doomed", options: options) }
+        try db.close()
+        let foreign = node.dataDirectory.file("doomed/notes.txt")
+        try Data("kept".utf8).write(to: URL(fileURLWithPath: foreign))
+        node.stop()
+        var impatient = options
+        impatient.fileSystem = RemoteFileSystem(endpoint: node.endpoint, key: node.key, options: {
+            var fast = StorageTestNode.fastOptions
+            fast.callTimeoutNanos = 300_000_000
+            return fast
+        }())
+        let unreachable = #expect(throws: MoraineError.self) { try Database.destroy(path: "doomed", options: impatient) }
+        #expect(unreachable?.kind == .unavailable)
+        try node.start()
+        let removed = try Database.destroy(path: "doomed", options: options)
+        #expect(removed >= 4, "CURRENT, a manifest, a WAL and a table at least")
+        let left = try PosixFileSystem.shared.children(of: node.dataDirectory.file("doomed")).sorted()
+        #expect(left.allSatisfy { $0 == "LOCK" || $0 == "notes.txt" }, "\(left)")
+        #expect(left.contains("notes.txt"))
+        // What is left opens as a new, empty database.
+        let fresh = try Database(path: "doomed", options: options)
+        defer { try? fresh.close() }
+        #expect(try fresh.get(Array("key1".utf8)) == nil)
+    }
 }

@@ -153,6 +153,15 @@ public final class SharedMemoryClient: TransportClient {
         }
     }
 
+    /// The response to `requestID` (or to any request, when nil) if it has arrived, without
+    /// waiting: nil otherwise. A pipelining caller reaps acknowledgements with it between sends.
+    /// - Throws: as `receive`, once the connection has failed.
+    public func receiveIfArrived(requestID: UInt64?) throws(TransportError) -> Response? {
+        if let response = stash.take(requestID) { return response }
+        if let failure { throw failure }
+        return try takeArrived(wanted: requestID)
+    }
+
     /// Waits until the request ring has room for a frame, taking responses off the response
     /// ring meanwhile (into the stash): a server blocked on a full response ring stops reading
     /// requests, so a client that only waited for room could wait forever.

@@ -221,7 +221,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
             link: link)
         let stillWanted = { [self] in !isStopped && !socket.peerHasHungUp() }
         do {
-            try connection.run(stillWanted: stillWanted)
+            try connection.run(stillWanted: stillWanted, closing: { [self] in isStopped })
         } catch {
             refusals.info("transport: closed shared-memory connection from \(peer) on \(socketPath): \(error)")
         }
@@ -311,9 +311,11 @@ struct ServerRingConnection {
     let chunkBytes: Int
     let link: LinkEmulation
 
-    /// Serves until goodbye (returns) or a broken connection (throws).
-    mutating func run(stillWanted: () -> Bool) throws(TransportError) {
-        if link.isActive { return try runDelayed(stillWanted: stillWanted) }
+    /// Serves until goodbye (returns) or a broken connection (throws). A client that went away
+    /// still has every request it published served (a writer that dies right after publishing
+    /// an append has handed its bytes over); only `closing` (the server stopping) cuts it short.
+    mutating func run(stillWanted: () -> Bool, closing: () -> Bool) throws(TransportError) {
+        if link.isActive { return try runDelayed(stillWanted: stillWanted, closing: closing) }
         while true {
             let chunkDeadline = session.assembler.nextChunkDeadlineNanos
             let waited = requests.waitForData {
@@ -332,7 +334,7 @@ struct ServerRingConnection {
                 // the server closing.
                 if handled % Self.framesBetweenChecks == 0 {
                     responses.publish()
-                    guard stillWanted() else { throw TransportError(.unavailable, "the server is closing") }
+                    guard !closing() else { throw TransportError(.unavailable, "the server is closing") }
                 }
             }
             responses.publish()
@@ -344,7 +346,7 @@ struct ServerRingConnection {
 
     /// The serving loop over an emulated link: every published frame is taken and stamped as it
     /// is seen, and handled at its due time.
-    private mutating func runDelayed(stillWanted: () -> Bool) throws(TransportError) {
+    private mutating func runDelayed(stillWanted: () -> Bool, closing: () -> Bool) throws(TransportError) {
         var line = DelayLine<(FrameHeader, [UInt8])>(link)
         while true {
             let now = monotonicNanos()
@@ -369,7 +371,19 @@ struct ServerRingConnection {
                 guard try serve(header, payload, stillWanted: stillWanted) else { return }
             }
             responses.publish()
-            guard stillWanted() else { throw TransportError(.unavailable, "the client went away") }
+            guard stillWanted() else {
+                guard !closing() else { throw TransportError(.unavailable, "the server is closing") }
+                // The client went away: what it published was on the emulated wire, and a
+                // real link delivers that too.
+                while let frame = try self.requests.next() {
+                    self.requests.release()
+                    line.add(frame, byteCount: FrameHeader.byteCount + frame.1.count, arrivalNanos: now)
+                }
+                while let (header, payload) = line.takeReady(now: .max) {
+                    guard try serve(header, payload, stillWanted: stillWanted) else { return }
+                }
+                throw TransportError(.unavailable, "the client went away")
+            }
         }
     }
 

@@ -1,0 +1,50 @@
+// Destroying a database (RocksDB's DestroyDB): its files go, through the options' file system,
+// so a database on a storage node is destroyed the same way as a local one. Only files the
+// engine names are removed (tables, WALs, manifests, CURRENT and its temporaries, and what
+// recovery set aside in `lost/`); anything else in the directory is left as it was. The
+// database's lock is held meanwhile, so an open database is never destroyed under its owner.
+import MoraineFormat
+import MoraineSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension Engine {
+    /// Removes the database in `path`; returns the number of files removed. A missing
+    /// directory is nothing to do. With `.pmem` durability, the region file goes too.
+    /// - Throws: `.busy` when the database is open (its lock or lease is held), and what the
+    ///   file system throws (a storage node that does not answer is `unavailable`, never
+    ///   taken for an empty directory).
+    @discardableResult
+    public static func destroy(path: String, options: Options = Options()) throws -> Int {
+        let fs = options.fileSystem
+        guard try fs.exists(path) else { return 0 }
+        let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
+        defer { lock.unlock() }
+        var removed = 0
+        let lost = joinPath(path, DatabaseDirectory.lostDirectoryName)
+        if try fs.exists(lost) {
+            for name in try fs.children(of: lost) {
+                try fs.remove(joinPath(lost, name))
+                removed += 1
+            }
+        }
+        // CURRENT first: from then on the directory no longer opens as a database, so a
+        // destroy cut short leaves files a create may clean up, never a half database.
+        let names = try fs.children(of: path).sorted { a, b in
+            (DatabaseFile(name: a) == .current ? 0 : 1, a) < (DatabaseFile(name: b) == .current ? 0 : 1, b)
+        }
+        for name in names {
+            guard let kind = DatabaseFile(name: name), kind != .lock else { continue }
+            try fs.remove(joinPath(path, name))
+            removed += 1
+        }
+        try fs.syncDirectory(path)
+        if options.durability == .pmem {
+            let region = options.pmemPath ?? Options.defaultPmemPath(for: path)
+            if unlink(region) == 0 { removed += 1 }
+        }
+        return removed
+    }
+}
