@@ -55,10 +55,14 @@ public protocol BenchEngine: AnyObject, Sendable {
     /// Requests sent to a storage node so far, for an engine whose files live on one (nil
     /// otherwise): the runner reports their count per operation.
     var storageRequests: Int? { get }
+    /// Block-cache misses so far (nil: not counted), reported beside storage requests: a read
+    /// should cost one request per block it misses.
+    var blockCacheMisses: Int? { get }
 }
 
 extension BenchEngine {
     public var storageRequests: Int? { nil }
+    public var blockCacheMisses: Int? { nil }
 }
 
 /// An iterator of a database under test; used by one thread.

@@ -112,6 +112,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
             ("max_background_jobs", "\(maxBackgroundJobs)"), ("seed", "\(seed)"),
             ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"),
             ("records", "\(records < 0 ? num : records)"), ("operations", "\(operations < 0 ? readCount : operations)"),
+            ("batch_size", "\(batchSize)"),
         ]
         return "{" + pairs.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }

@@ -240,6 +240,7 @@ extension BenchRunner {
             label: "\(name) \(benchmark)", expected: opsPerThread * threadCount, counter: progress)
         defer { display.finish() }
         let requestsBefore = engine.storageRequests
+        let missesBefore = requestsBefore == nil ? nil : engine.blockCacheMisses
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in
             Worker {
@@ -262,6 +263,9 @@ extension BenchRunner {
             p999Micros: Double(merged.histogram.valueAtPercentile(99.9)) / 1000)
         if let before = requestsBefore, let after = engine.storageRequests {
             result.storageRequestsPerOp = Double(after - before) / Double(max(merged.ops, 1))
+            if let missesBefore, let missesAfter = engine.blockCacheMisses {
+                result.blockCacheMissesPerOp = Double(missesAfter - missesBefore) / Double(max(merged.ops, 1))
+            }
         }
         return result
     }

@@ -25,6 +25,8 @@ public struct BenchResult: Sendable {
     public var p999Micros: Double
     /// Storage-node requests per operation (an engine whose files live on a storage node).
     public var storageRequestsPerOp: Double? = nil
+    /// Block-cache misses per operation, reported with storage requests.
+    public var blockCacheMissesPerOp: Double? = nil
 
     public var opsPerSecond: Double { Double(ops) / max(seconds, 1e-9) }
     public var microsPerOp: Double { seconds * 1e6 * Double(threads) / Double(max(ops, 1)) }
@@ -38,7 +40,10 @@ public struct BenchResult: Sendable {
         if bytes > 0 { text += " " + fixed(megabytesPerSecond, 1, width: 6) + " MB/s" }
         if let found { text += " (\(found) of \(ops) found)" }
         text += "  p50 \(fixed(p50Micros, 2)) p99 \(fixed(p99Micros, 2)) p99.9 \(fixed(p999Micros, 2)) us"
-        if let storageRequestsPerOp { text += "; \(fixed(storageRequestsPerOp, 3)) storage requests/op" }
+        if let storageRequestsPerOp {
+            text += "; \(fixed(storageRequestsPerOp, 3)) storage requests/op"
+            if let blockCacheMissesPerOp { text += " (\(fixed(blockCacheMissesPerOp, 3)) block cache misses/op)" }
+        }
         return text
     }
 }
@@ -189,6 +194,7 @@ public final class BenchRunner: @unchecked Sendable {
                 + "\"p99_us\":\(fixed(r.p99Micros, 3)),\"p999_us\":\(fixed(r.p999Micros, 3)),"
                 + (r.found.map { "\"found\":\($0)," } ?? "")
                 + (r.storageRequestsPerOp.map { "\"storage_requests_per_op\":\(fixed($0, 4))," } ?? "")
+                + (r.blockCacheMissesPerOp.map { "\"block_cache_misses_per_op\":\(fixed($0, 4))," } ?? "")
                 + "\"options\":\(flags.optionsJSON)}"
         }
         let file = try PosixFileSystem.shared.createWritable(path)

@@ -92,6 +92,7 @@ final class MoraineBenchEngine: BenchEngine {
     }
 
     var storageRequests: Int? { requestCount?() }
+    var blockCacheMisses: Int? { database.stats().blockCacheMisses }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
         try database.engine.put(key: key, value: value, options: writeOptions)

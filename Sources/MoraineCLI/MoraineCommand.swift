@@ -93,12 +93,15 @@ struct DatabaseOptions: ParsableArguments {
     /// The file system of a cluster's storage node, from its run directory.
     static func remoteFileSystem(cluster: String) throws -> RemoteFileSystem {
         let run = RunDirectory(cluster)
-        do {
-            let endpoint = try run.endpoint(of: "storage")
+        do throws(TransportError) {
+            guard let storage = try run.roles().first(where: { $0.role == "storage" }) else {
+                throw TransportError(.notFound, "the cluster in \(run.path) lists no storage node")
+            }
             let key = try ClusterKey.load(path: run.keyPath)
             var options = RemoteFileSystem.Options()
             options.owner = "moraine \(CommandLine.arguments.dropFirst().first ?? "") pid \(getpid())"
-            return RemoteFileSystem(endpoint: endpoint, key: key, options: options)
+            if storage.linkDelayNanos > 0 { options.link = LinkEmulation(delay: .fixed(nanos: storage.linkDelayNanos)) }
+            return RemoteFileSystem(endpoint: storage.endpoint, key: key, options: options)
         } catch {
             throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
         }

@@ -74,7 +74,8 @@ public final class Supervisor {
                     spec.carrier == "tcp"
                     ? .tcp(host: "127.0.0.1", port: spec.port == 0 ? 0 : spec.port + index)
                     : .sharedMemory(socketPath: run.path + "/\(spec.kind)-\(index).sock")
-                let data = spec.data.map { path in
+                // A storage node without `data` keeps its files in the run directory's data/.
+                let data = (spec.data ?? (spec.kind == "storage" ? "data" : nil)).map { path in
                     let base = path.hasPrefix("/") ? path : run.path + "/" + path
                     return spec.count == 1 ? base : base + "/\(index)"
                 }
@@ -277,7 +278,7 @@ public final class Supervisor {
 
     private func writeState() throws(MoraineError) {
         let up = instances.filter { $0.pid > 0 }.map {
-            RunDirectory.Role(role: $0.kind, index: $0.index, pid: $0.pid, endpoint: $0.endpoint)
+            RunDirectory.Role(role: $0.kind, index: $0.index, pid: $0.pid, endpoint: $0.endpoint, linkDelayNanos: $0.linkDelayNanos)
         }
         do throws(TransportError) {
             try run.write(up)

@@ -9,7 +9,7 @@
 //   numa_node = 0         # pin to this NUMA node (default: none)
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
 //   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
-//   data = "data"         # storage: the data directory (relative to the run directory)
+//   data = "data"         # storage: the data directory (relative to the run directory; default data)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
 // Value types; no shared state.

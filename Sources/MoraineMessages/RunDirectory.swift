@@ -17,12 +17,16 @@ public struct RunDirectory: Sendable {
         public var index: Int
         public var pid: Int32
         public var endpoint: Endpoint
+        /// The one-way delay injected on the role's server (0: none); a client applies the
+        /// same to what it receives, so the emulated link is symmetric.
+        public var linkDelayNanos: Int64
 
-        public init(role: String, index: Int, pid: Int32, endpoint: Endpoint) {
+        public init(role: String, index: Int, pid: Int32, endpoint: Endpoint, linkDelayNanos: Int64 = 0) {
             self.role = role
             self.index = index
             self.pid = pid
             self.endpoint = endpoint
+            self.linkDelayNanos = linkDelayNanos
         }
     }
 
@@ -50,13 +54,15 @@ public struct RunDirectory: Sendable {
         }
         var roles: [Role] = []
         for (number, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n").enumerated() {
-            let fields = line.split(separator: " ", maxSplits: 3)
-            guard fields.count == 4, let index = Int(fields[1]), let pid = Int32(fields[2]),
-                let endpoint = try? Endpoint(parsing: String(fields[3]))
+            let fields = line.split(separator: " ")
+            let delay = fields.count == 5 && fields[4].hasPrefix("link_delay_ns=") ? Int64(fields[4].dropFirst(14)) : 0
+            guard fields.count == 4 || fields.count == 5, let index = Int(fields[1]), let pid = Int32(fields[2]),
+                let endpoint = try? Endpoint(parsing: String(fields[3])), let delay, delay >= 0
             else {
-                throw TransportError(.corruption, "\(endpointsPath) line \(number + 1) is not ROLE INDEX PID ENDPOINT: \(line)")
+                throw TransportError(
+                    .corruption, "\(endpointsPath) line \(number + 1) is not ROLE INDEX PID ENDPOINT [link_delay_ns=N]: \(line)")
             }
-            roles.append(Role(role: String(fields[0]), index: index, pid: pid, endpoint: endpoint))
+            roles.append(Role(role: String(fields[0]), index: index, pid: pid, endpoint: endpoint, linkDelayNanos: delay))
         }
         return roles
     }
@@ -72,7 +78,9 @@ public struct RunDirectory: Sendable {
 
     /// Replaces the endpoints file with `roles`.
     public func write(_ roles: [Role]) throws(TransportError) {
-        let text = roles.map { "\($0.role) \($0.index) \($0.pid) \($0.endpoint)\n" }.joined()
+        let text = roles.map {
+            "\($0.role) \($0.index) \($0.pid) \($0.endpoint)" + ($0.linkDelayNanos > 0 ? " link_delay_ns=\($0.linkDelayNanos)" : "") + "\n"
+        }.joined()
         let temporary = endpointsPath + ".tmp"
         do {
             let file = try PosixFileSystem.shared.createWritable(temporary)

@@ -44,6 +44,9 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         /// returns; the acknowledgement is reaped later (RemoteWritableFile). Off: every flush
         /// waits for the node's reply.
         public var pipelineAppends = true
+        /// The emulated link replies travel over (the node's `--link-delay-ns`, so a link
+        /// emulated on both ends is symmetric).
+        public var link: LinkEmulation = .none
 
         public init() {}
     }
@@ -144,9 +147,9 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         limits.handshakeNanos = min(limits.handshakeNanos, options.callTimeoutNanos)
         switch endpoint {
         case .sharedMemory(let path):
-            return ConnectionBox(try SharedMemoryClient(socketPath: path, key: key, limits: limits))
+            return ConnectionBox(try SharedMemoryClient(socketPath: path, key: key, limits: limits, link: options.link))
         case .tcp(let host, let port):
-            return ConnectionBox(try DirectTCPClient(host: host, port: port, key: key, limits: limits))
+            return ConnectionBox(try DirectTCPClient(host: host, port: port, key: key, limits: limits, link: options.link))
         }
     }
 

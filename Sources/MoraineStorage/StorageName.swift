@@ -11,26 +11,40 @@ import MoraineTransport
 enum StorageName {
     static let componentBytesMax = 255
 
-    /// Checks a database name; returns its lease root (its first component).
+    /// Checks a database name; returns its lease root (its first component). Works on the
+    /// UTF-8 bytes and builds a message only for a refusal: every request passes here.
     static func checkDatabase(_ database: String) throws(TransportError) -> String {
-        let parts = database.split(separator: "/", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count) else {
-            throw TransportError(
-                .invalid, "database name \(quoted(database)): at most two components (DATABASE or DATABASE/SUBDIRECTORY)")
-        }
-        for part in parts {
-            try checkComponent(String(part), what: "database name \(quoted(database))")
-            guard !part.hasPrefix(".") else {
-                throw TransportError(.invalid, "database name \(quoted(database)): a component may not start with '.'")
+        let bytes = database.utf8
+        var slash: String.Index? = nil
+        var start = bytes.startIndex
+        var index = bytes.startIndex
+        while true {
+            if index == bytes.endIndex || bytes[index] == UInt8(ascii: "/") {
+                let component = bytes[start..<index]
+                if let problem = problem(component) {
+                    throw TransportError(.invalid, "database name \(quoted(database)): \(problem)")
+                }
+                if component.first == UInt8(ascii: ".") {
+                    throw TransportError(.invalid, "database name \(quoted(database)): a component may not start with '.'")
+                }
+                if index == bytes.endIndex { break }
+                guard slash == nil else {
+                    throw TransportError(
+                        .invalid, "database name \(quoted(database)): at most two components (DATABASE or DATABASE/SUBDIRECTORY)")
+                }
+                slash = index
+                start = bytes.index(after: index)
             }
+            index = bytes.index(after: index)
         }
-        return String(parts[0])
+        guard let slash else { return database }
+        return String(database[..<slash])
     }
 
     /// Checks a file name (flat, inside a database).
     static func checkFile(_ name: String) throws(TransportError) {
-        guard !name.contains("/") else { throw TransportError(.invalid, "file name \(quoted(name)): contains '/'") }
-        try checkComponent(name, what: "file name \(quoted(name))")
+        if name.utf8.contains(UInt8(ascii: "/")) { throw TransportError(.invalid, "file name \(quoted(name)): contains '/'") }
+        if let problem = problem(name.utf8[...]) { throw TransportError(.invalid, "file name \(quoted(name)): \(problem)") }
     }
 
     /// Checks a request's file (a database, and a file name unless `allowDirectory` and empty);
@@ -41,13 +55,13 @@ enum StorageName {
         return root
     }
 
-    private static func checkComponent(_ part: String, what: String) throws(TransportError) {
-        guard !part.isEmpty else { throw TransportError(.invalid, "\(what): an empty component") }
-        guard part != "." && part != ".." else { throw TransportError(.invalid, "\(what): '.' and '..' are refused") }
-        guard part.utf8.count <= componentBytesMax else {
-            throw TransportError(.invalid, "\(what): a component of \(part.utf8.count) bytes passes \(componentBytesMax)")
-        }
-        guard !part.utf8.contains(0) else { throw TransportError(.invalid, "\(what): contains a NUL byte") }
+    /// What is wrong with one component, or nil.
+    private static func problem(_ part: Substring.UTF8View) -> String? {
+        if part.isEmpty { return "an empty component" }
+        if part.elementsEqual(".".utf8) || part.elementsEqual("..".utf8) { return "'.' and '..' are refused" }
+        if part.count > componentBytesMax { return "a component of \(part.count) bytes passes \(componentBytesMax)" }
+        if part.contains(0) { return "contains a NUL byte" }
+        return nil
     }
 
     /// A name for a message: cut to 80 characters, control bytes shown as escapes.
