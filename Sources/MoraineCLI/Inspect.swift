@@ -76,8 +76,9 @@ struct SST: ParsableCommand {
 
     struct Dump: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print a table's properties and entries.")
-        @Argument(help: "Path of an .sst file.") var file: String
+        @Argument(help: "Path of an .sst file (with --cluster: DATABASE/NAME on the storage node).") var file: String
         @Option(help: "Most entries to print (-1 for all).") var limit = -1
+        @Option(help: "Read the file from the storage node of the cluster running in this run directory.") var cluster: String?
 
         func validate() throws {
             if limit < -1 { throw ValidationError("--limit must be -1 (all) or more, not \(limit)") }
@@ -86,7 +87,7 @@ struct SST: ParsableCommand {
         func run() throws {
             try reporting {
                 let reader = try TableReader(
-                    file: try PosixFileSystem.shared.openRandomAccess(file), name: file, cache: nil)
+                    file: try inspectedFileSystem(cluster).openRandomAccess(file), name: file, cache: nil)
                 let p = reader.properties
                 print("file: \(file)")
                 print(
@@ -113,6 +114,12 @@ struct SST: ParsableCommand {
     }
 }
 
+/// Where a dump command reads: the storage node of `cluster`, or this machine's files.
+func inspectedFileSystem(_ cluster: String?) throws -> any FileSystem {
+    guard let cluster else { return PosixFileSystem.shared }
+    return try DatabaseOptions.remoteFileSystem(cluster: cluster)
+}
+
 func describeInternal(_ key: [UInt8]) -> String {
     guard key.count >= 8 else { return "(malformed)" }
     return key.withUnsafeBytes { raw in
@@ -128,11 +135,13 @@ struct Manifest: ParsableCommand {
     struct Dump: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print every version edit of a manifest: the live one of a database directory, or a MANIFEST file.")
-        @Argument(help: "Database directory or MANIFEST file.") var path: String
+        @Argument(help: "Database directory or MANIFEST file (with --cluster: DATABASE or DATABASE/NAME on the storage node).")
+        var path: String
+        @Option(help: "Read the manifest from the storage node of the cluster running in this run directory.") var cluster: String?
 
         func run() throws {
             try reporting {
-                let fs = PosixFileSystem.shared
+                let fs = try inspectedFileSystem(cluster)
                 let manifestPath: String
                 if try fs.exists(joinPath(path, "CURRENT")) {
                     var name = String(decoding: try fs.readAll(joinPath(path, "CURRENT")), as: UTF8.self)
@@ -178,8 +187,9 @@ struct WAL: ParsableCommand {
     struct Dump: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print a WAL's records: each batch's sequence numbers and operations; damaged records are named.")
-        @Argument(help: "Path of a .log file.") var file: String
+        @Argument(help: "Path of a .log file (with --cluster: DATABASE/NAME on the storage node).") var file: String
         @Option(help: "Most records to print (-1 for all).") var limit = -1
+        @Option(help: "Read the log from the storage node of the cluster running in this run directory.") var cluster: String?
 
         func validate() throws {
             if limit < -1 { throw ValidationError("--limit must be -1 (all) or more, not \(limit)") }
@@ -188,7 +198,7 @@ struct WAL: ParsableCommand {
         func run() throws {
             try reporting {
                 let reader = try LogReader(
-                    file: try PosixFileSystem.shared.openRandomAccess(file), name: file, mode: .skip)
+                    file: try inspectedFileSystem(cluster).openRandomAccess(file), name: file, mode: .skip)
                 print("wal: \(file)")
                 var index = 0
                 var damaged = 0

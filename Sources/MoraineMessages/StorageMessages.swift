@@ -82,16 +82,34 @@ public struct StorageCreate: WireMessage {
 /// is refused.
 public struct StorageAppend: WireMessage {
     public static let wireName = "storage append request"
+    /// When the node writes the bytes to its kernel.
+    public enum Mode: UInt8, Sendable {
+        /// Before it replies (pwrite).
+        case write = 0
+        /// Before it replies, then fdatasync.
+        case sync = 1
+        /// Once the connection has run the requests it had (a published append: the node
+        /// writes a run of them with one pwrite); the reply's `writtenBytes` says how far the
+        /// file is written.
+        case deferred = 2
+    }
+
     public var file: StorageFile
     public var offset: UInt64
-    public var sync: Bool
+    public var mode: Mode
     public var epoch: UInt64
     public var bytes: [UInt8]
 
+    public var sync: Bool { mode == .sync }
+
     public init(file: StorageFile, offset: UInt64, sync: Bool, epoch: UInt64, bytes: [UInt8]) {
+        self.init(file: file, offset: offset, mode: sync ? .sync : .write, epoch: epoch, bytes: bytes)
+    }
+
+    public init(file: StorageFile, offset: UInt64, mode: Mode, epoch: UInt64, bytes: [UInt8]) {
         self.file = file
         self.offset = offset
-        self.sync = sync
+        self.mode = mode
         self.epoch = epoch
         self.bytes = bytes
     }
@@ -99,7 +117,7 @@ public struct StorageAppend: WireMessage {
     public func encode(into writer: inout WireWriter) {
         file.encode(into: &writer)
         writer.u64(offset)
-        writer.bool(sync)
+        writer.u8(mode.rawValue)
         writer.u64(epoch)
         writer.data(bytes)
     }
@@ -107,9 +125,39 @@ public struct StorageAppend: WireMessage {
     public init(from reader: inout WireReader) throws(TransportError) {
         file = try StorageFile(from: &reader)
         offset = try reader.u64("offset")
-        sync = try reader.bool("sync")
+        let raw = try reader.u8("mode")
+        guard let mode = Mode(rawValue: raw) else {
+            throw TransportError(.malformed, "\(Self.wireName): field mode is \(raw), not 0 (write), 1 (sync) or 2 (deferred)")
+        }
+        self.mode = mode
         epoch = try reader.u64("epoch")
         bytes = try reader.data("bytes")
+    }
+}
+
+/// An append's reply: the file's size after it, and how much of that the node has written to
+/// its kernel (less than the size only after deferred appends).
+public struct StorageAppendReply: WireMessage {
+    public static let wireName = "storage append reply"
+    public var sizeBytes: UInt64
+    public var writtenBytes: UInt64
+
+    public init(sizeBytes: UInt64, writtenBytes: UInt64) {
+        self.sizeBytes = sizeBytes
+        self.writtenBytes = writtenBytes
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u64(sizeBytes)
+        writer.u64(writtenBytes)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        sizeBytes = try reader.u64("size")
+        writtenBytes = try reader.u64("written")
+        guard writtenBytes <= sizeBytes else {
+            throw TransportError(.malformed, "\(Self.wireName): \(writtenBytes) bytes written of \(sizeBytes)")
+        }
     }
 }
 
@@ -389,16 +437,4 @@ public struct StorageLeaseReply: WireMessage {
         epoch = try reader.u64("epoch")
         ttlMillis = try reader.u32("ttl")
     }
-}
-
-/// One u64 (an append's resulting size).
-public struct StorageSize: WireMessage {
-    public static let wireName = "storage size reply"
-    public var sizeBytes: UInt64
-
-    public init(sizeBytes: UInt64) { self.sizeBytes = sizeBytes }
-
-    public func encode(into writer: inout WireWriter) { writer.u64(sizeBytes) }
-
-    public init(from reader: inout WireReader) throws(TransportError) { sizeBytes = try reader.u64("size") }
 }

@@ -48,9 +48,10 @@ final class RemoteWritableFile: WritableFile {
     static let inFlightMax = 64
     static let inFlightBytesMax = 2 << 20
 
-    init(fileSystem: RemoteFileSystem, file: StorageFile, hint: WriteHint) {
+    init(fileSystem: RemoteFileSystem, file: StorageFile, hint: WriteHint, startingAt size: UInt64 = 0) {
         self.fileSystem = fileSystem
         self.file = file
+        sent = size
         bufferBytes = hint == .bulk ? 1 << 20 : 64 << 10
         isLog = hint != .bulk
         buffer.reserveCapacity(bufferBytes)
@@ -110,7 +111,7 @@ final class RemoteWritableFile: WritableFile {
             let client = try laneClient()
             let end = size
             let request = StorageAppend(
-                file: file, offset: sent + UInt64(unacknowledged.count), sync: false,
+                file: file, offset: sent + UInt64(unacknowledged.count), mode: .deferred,
                 epoch: fileSystem.epoch(of: file.database), bytes: buffer)
             let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
             fileSystem.countRequest()
@@ -134,7 +135,8 @@ final class RemoteWritableFile: WritableFile {
         }
     }
 
-    /// Applies one acknowledgement: the node's size must be where the append ends.
+    /// Applies one acknowledgement: the node's size must be where the append ends; the bytes
+    /// it has written are let go.
     private func acknowledge(_ response: Response, end: UInt64) throws {
         inFlightHead += 1
         if inFlightHead == inFlight.count {
@@ -142,23 +144,38 @@ final class RemoteWritableFile: WritableFile {
             inFlightHead = 0
         }
         switch response.result {
-        case .success(.bytes(let reply)):
-            let size = try decodeSize(reply)
-            guard size == end else {
+        case .success(.bytes(let bytes)):
+            let reply = try decodeReply(bytes)
+            guard reply.sizeBytes == end else {
                 laneFailure = MoraineError(
-                    .corruption, "storage node holds \(size) bytes of \(file) after an append that should end at \(end)")
+                    .corruption, "storage node holds \(reply.sizeBytes) bytes of \(file) after an append that should end at \(end)")
                 throw laneFailure!
             }
-            unacknowledged.removeFirst(Int(size - sent))
-            sent = size
+            written(through: reply.writtenBytes)
         case .success:
             laneFailure = MoraineError(.corruption, "storage node \(fileSystem.endpoint): a reference reply to an append")
             throw laneFailure!
         case .failure(let error):
-            // The node refused bytes this file already reported written (fenced, no space…).
-            laneFailure = MoraineError(error.moraineError.kind, "append to \(file) failed on the storage node: \(error.message)")
-            throw laneFailure!
+            let failure = MoraineError(error.moraineError.kind, "append to \(file) failed on the storage node: \(error.message)")
+            guard failure.kind == .noSpace || failure.kind == .io else {
+                // Refused (fenced, invalid): nothing more goes to this file.
+                laneFailure = failure
+                throw failure
+            }
+            // The node cut the file back to what it had written. The rest is still here and
+            // goes again with the next flush, sync or close (after space is freed, it lands).
+            releaseLane(broken: true)
+            buffer.insert(contentsOf: unacknowledged, at: 0)
+            unacknowledged.removeAll(keepingCapacity: true)
+            throw failure
         }
+    }
+
+    /// Lets go of the bytes the node has written up to `mark`.
+    private func written(through mark: UInt64) {
+        guard mark > sent else { return }
+        unacknowledged.removeFirst(Int(mark - sent))
+        sent = mark
     }
 
     private func laneClient() throws(TransportError) -> SharedMemoryClient {
@@ -184,6 +201,7 @@ final class RemoteWritableFile: WritableFile {
     /// lane's acknowledgements first, then what is left through the pool, at the offset it
     /// starts at. A lane that fails on the way leaves its bytes to the second step.
     private func settle(sync: Bool) throws {
+        var laneHeld = false
         if lane != nil {
             do {
                 let client = try laneClient()
@@ -191,42 +209,52 @@ final class RemoteWritableFile: WritableFile {
                     let response = try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
                     try acknowledge(response, end: oldest.end)
                 }
-            } catch let error as MoraineError where laneFailure != nil {
+                laneHeld = true
+            } catch let error as MoraineError {
                 throw error
             } catch {
                 releaseLane(broken: true)
             }
         }
-        buffer.insert(contentsOf: unacknowledged, at: 0)
-        unacknowledged.removeAll(keepingCapacity: true)
+        if !laneHeld {
+            // What the node may not hold goes again, from the mark it wrote.
+            buffer.insert(contentsOf: unacknowledged, at: 0)
+            unacknowledged.removeAll(keepingCapacity: true)
+        }
+        // Else the node holds every published byte: this request writes them with the rest.
         try send(sync: sync)
     }
 
-    /// Sends what is buffered in requests of at most `appendBytesMax`, each waiting for its
-    /// reply; the last one syncs when asked (an empty buffer still syncs).
+    /// Sends what is buffered, after what the node already holds, in requests of at most
+    /// `appendBytesMax`, each waiting for its reply (which writes everything the node holds);
+    /// the last one syncs when asked (an empty buffer still syncs).
     private func send(sync: Bool) throws {
         var start = 0
         repeat {
             let end = min(buffer.count, start + Self.appendBytesMax)
             let last = end == buffer.count
+            let offset = sent + UInt64(unacknowledged.count)
             let request = StorageAppend(
-                file: file, offset: sent, sync: sync && last, epoch: fileSystem.epoch(of: file.database),
+                file: file, offset: offset, sync: sync && last, epoch: fileSystem.epoch(of: file.database),
                 bytes: Array(buffer[start..<end]))
-            let reply = try fileSystem.call(StorageOpcode.append, request)
-            let size = try decodeSize(reply)
-            guard size == sent + UInt64(end - start) else {
+            let reply = try decodeReply(try fileSystem.call(StorageOpcode.append, request))
+            let expected = offset + UInt64(end - start)
+            guard reply.sizeBytes == expected, reply.writtenBytes == expected else {
                 throw MoraineError(
-                    .corruption, "storage node holds \(size) bytes of \(file) after an append that should end at \(sent + UInt64(end - start))")
+                    .corruption,
+                    "storage node holds \(reply.sizeBytes) bytes of \(file) (\(reply.writtenBytes) written) after an append "
+                        + "that should end at \(expected)")
             }
-            sent = size
+            unacknowledged.removeAll(keepingCapacity: true)
+            sent = expected
             start = end
         } while start < buffer.count
         buffer.removeAll(keepingCapacity: true)
     }
 
-    private func decodeSize(_ reply: [UInt8]) throws(MoraineError) -> UInt64 {
+    private func decodeReply(_ reply: [UInt8]) throws(MoraineError) -> StorageAppendReply {
         do throws(TransportError) {
-            return try StorageSize.decode(reply).sizeBytes
+            return try StorageAppendReply.decode(reply)
         } catch {
             throw error.moraineError
         }

@@ -215,6 +215,17 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         return RemoteWritableFile(fileSystem: self, file: file, hint: hint)
     }
 
+    public func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        let file = try file(path)
+        let status = try stat(file)
+        guard status.kind == .file else {
+            throw MoraineError(
+                status.kind == .absent ? .notFound : .invalid,
+                "open \(path) on storage node \(endpoint): \(status.kind == .absent ? "no such file" : "a directory")")
+        }
+        return RemoteWritableFile(fileSystem: self, file: file, hint: hint, startingAt: status.sizeBytes)
+    }
+
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
         let file = try file(path)
         let status = try stat(file)

@@ -27,8 +27,13 @@ extension StorageNode {
         let root = try StorageName.check(request.file)
         try leases.checkMutation(root, epoch: request.epoch)
         let slot = try writer(request.file)
-        let size: UInt64 = try slot.lock.withLock { () throws(TransportError) -> UInt64 in
+        let reply = try slot.lock.withLock { () throws(TransportError) -> StorageAppendReply in
             guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
+            if let failure = slot.failure {
+                // A deferred write failed after its appends were answered: this one hears it.
+                reset(slot, request.file)
+                throw failure
+            }
             let count = UInt64(request.bytes.count)
             let (end, overflow) = request.offset.addingReportingOverflow(count)
             guard !overflow else { throw TransportError(.invalid, "append to \(request.file): offset and length overflow") }
@@ -37,20 +42,98 @@ extension StorageNode {
                     .invalid,
                     "append to \(request.file) at offset \(request.offset), but the file has \(slot.sizeBytes) bytes (a gap)")
             }
-            // Bytes already written (a retry after a lost reply) must be the same bytes.
+            // Bytes already taken (a retry after a lost reply) must be the same bytes; deferred
+            // ones are written first, so the file holds what is compared.
             let overlap = Int(min(end, slot.sizeBytes) - request.offset)
-            if overlap > 0 { try checkWritten(request, count: overlap) }
+            if overlap > 0 {
+                try writeDeferred(slot, file, request.file)
+                try checkWritten(request, count: overlap)
+            }
             let fresh = request.bytes.count - overlap
-            try perform {
-                if fresh > 0 {
-                    try request.bytes.withUnsafeBytes { try file.append(UnsafeRawBufferPointer(rebasing: $0[overlap...])) }
+            do throws(TransportError) {
+                try perform {
+                    if fresh > 0 {
+                        try request.bytes.withUnsafeBytes { try file.append(UnsafeRawBufferPointer(rebasing: $0[overlap...])) }
+                    }
+                    switch request.mode {
+                    case .sync: try file.sync()
+                    case .write: try file.flush()
+                    case .deferred: break
+                    }
                 }
-                if request.sync { try file.sync() } else { try file.flush() }
+            } catch {
+                reset(slot, request.file)
+                throw error
             }
             slot.sizeBytes += UInt64(fresh)
-            return slot.sizeBytes
+            if request.mode == .deferred {
+                if slot.writtenBytes < slot.sizeBytes { deferredSlots.withLock { $0[request.file] = slot } }
+            } else {
+                slot.writtenBytes = slot.sizeBytes
+            }
+            return StorageAppendReply(sizeBytes: slot.sizeBytes, writtenBytes: slot.writtenBytes)
         }
-        return .bytes(StorageSize(sizeBytes: size).encoded())
+        return .bytes(reply.encoded())
+    }
+
+    /// Writes what deferred appends left in the slot's buffer. Precondition: the slot's lock.
+    /// - Throws: the write's failure, after resetting the slot.
+    func writeDeferred(_ slot: WriterSlot, _ file: any WritableFile, _ name: StorageFile) throws(TransportError) {
+        guard slot.writtenBytes < slot.sizeBytes else { return }
+        do throws(TransportError) {
+            try perform { try file.flush() }
+        } catch {
+            reset(slot, name)
+            throw error
+        }
+        slot.writtenBytes = slot.sizeBytes
+    }
+
+    /// Writes every deferred append (the router's `drained`: a connection ran what it had). A
+    /// failure resets its file; the next append to it hears the failure.
+    func writeAllDeferred() {
+        let slots = deferredSlots.withLock { table -> [(StorageFile, WriterSlot)] in
+            defer { table.removeAll(keepingCapacity: true) }
+            return table.map { ($0.key, $0.value) }
+        }
+        for (name, slot) in slots {
+            slot.lock.withLock {
+                guard let file = slot.file else { return }
+                do throws(TransportError) {
+                    try writeDeferred(slot, file, name)
+                } catch {
+                    slot.failure = error
+                }
+            }
+        }
+    }
+
+    /// Writes the deferred appends of `name`, if it has any, before it is read or stat'ed.
+    func writeDeferred(of name: StorageFile) {
+        guard let slot = deferredSlots.withLock({ $0[name] }) else { return }
+        slot.lock.withLock {
+            guard let file = slot.file else { return }
+            do throws(TransportError) {
+                try writeDeferred(slot, file, name)
+            } catch {
+                slot.failure = error
+            }
+        }
+    }
+
+    /// After a write that failed (ENOSPC, EIO), which may have left part of its bytes: the file
+    /// is cut back to what was written and acknowledged as written, and the handle dropped, so
+    /// the next append (a retry from the writer's written mark) starts there whole. An append
+    /// applies whole or not at all. Precondition: the slot's lock.
+    private func reset(_ slot: WriterSlot, _ name: StorageFile) {
+        _ = truncate(path(name), off_t(slot.writtenBytes))
+        slot.file = nil
+        writers.withLock { table in
+            if table[name] === slot { table.removeValue(forKey: name) }
+        }
+        deferredSlots.withLock { table in
+            if table[name] === slot { table.removeValue(forKey: name) }
+        }
     }
 
     /// Compares the first `count` bytes of an append with what the file holds at its offset.
@@ -75,6 +158,8 @@ extension StorageNode {
         let slot = try writer(request.file)
         try slot.lock.withLock { () throws(TransportError) in
             guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
+            if let failure = slot.failure { throw failure }
+            try writeDeferred(slot, file, request.file)
             try perform { try file.sync() }
         }
         return .bytes([])
@@ -85,6 +170,7 @@ extension StorageNode {
         let slot = writers.withLock { $0.removeValue(forKey: request.file) }
         if let slot {
             try slot.lock.withLock { () throws(TransportError) in
+                if let failure = slot.failure { throw failure }
                 let file = slot.file
                 slot.file = nil
                 try perform { try file?.close() }
@@ -110,6 +196,7 @@ extension StorageNode {
     func forget(_ file: StorageFile) {
         let slot = writers.withLock { $0.removeValue(forKey: file) }
         if let slot { slot.lock.withLock { try? slot.file?.close() } }
+        _ = deferredSlots.withLock { $0.removeValue(forKey: file) }
         _ = readers.withLock { $0.removeValue(forKey: file) }
     }
 
@@ -166,6 +253,7 @@ extension StorageNode {
 
     func readAll(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.check(request.file)
+        writeDeferred(of: request.file)
         let path = path(request.file)
         let size = try perform { try files.fileSize(path) }
         guard size <= UInt64(Self.readBytesMax) else {
@@ -176,6 +264,7 @@ extension StorageNode {
 
     /// A cached read handle of `file`, opened on first use.
     private func reader(_ file: StorageFile) throws(TransportError) -> any RandomAccessFile {
+        writeDeferred(of: file)
         if let slot = readers.withLock({ $0[file] }) { return slot.file }
         let path = path(file)
         let opened = try perform { try files.openRandomAccess(path) }
@@ -190,6 +279,7 @@ extension StorageNode {
 
     func statFile(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.check(request.file, allowDirectory: true)
+        if !request.file.name.isEmpty { writeDeferred(of: request.file) }
         let path = path(request.file)
         let reply: StorageStatReply
         if let status = fileStatus(path) {

@@ -7,7 +7,12 @@
 // of the names it touches, so no handle outlives its file.
 //
 // Durability: an append returns once its bytes are written to the kernel (pwrite): a node killed
-// with SIGKILL loses nothing it acknowledged; with `sync` it also returns after fdatasync.
+// with SIGKILL loses nothing it acknowledged; with `sync` it also returns after fdatasync. A
+// deferred append (one a writer published into a ring) is taken into the file's buffer and
+// written, with the others of its run, once the connection has run the requests it had (the
+// router's `drained`); its reply says how far the file is written, and the writer keeps every
+// byte past that mark, so a node killed before the write loses nothing the writer cannot send
+// again.
 //
 // Thread-safety: handlers run on many carrier threads at once. The tables take one lock each,
 // held only for lookups; each file being written has its own lock, so appends to different files
@@ -25,9 +30,12 @@ import Synchronization
 public final class StorageNode: Sendable {
     /// The directory that holds one subdirectory per database (and `.moraine/`, the node's own).
     public let dataDirectory: String
-    let files = PosixFileSystem.shared
+    /// The node's own file system: POSIX (and io_uring), or a wrapper of it in tests.
+    let files: any FileSystem
     let leases: LeaseTable
     let writers = Mutex<[StorageFile: WriterSlot]>([:])
+    /// Files whose deferred appends are not written yet.
+    let deferredSlots = Mutex<[StorageFile: WriterSlot]>([:])
     let readers = Mutex<[StorageFile: ReaderSlot]>([:])
     /// Read handles kept open at once; past it, the cache is emptied and refilled as reads come.
     static let readersMax = 1024
@@ -36,7 +44,11 @@ public final class StorageNode: Sendable {
 
     /// Serves `dataDirectory`, which must exist and be writable.
     /// - Throws: `.invalid` when it is missing, not a directory or not writable.
-    public init(dataDirectory: String, clock: @escaping @Sendable () -> Int64 = monotonicNanos) throws(TransportError) {
+    public init(
+        dataDirectory: String, fileSystem: any FileSystem = PosixFileSystem.shared,
+        clock: @escaping @Sendable () -> Int64 = monotonicNanos
+    ) throws(TransportError) {
+        files = fileSystem
         guard let status = fileStatus(dataDirectory) else {
             throw TransportError(
                 .invalid, "data directory \(dataDirectory): \(String(cString: strerror(errno))); create it first")
@@ -60,6 +72,7 @@ public final class StorageNode: Sendable {
 
     /// Registers the storage opcodes in `router`.
     public func register(in router: inout RequestRouter) {
+        router.drained = { [self] in writeAllDeferred() }
         for opcode in StorageOpcode.create...StorageOpcode.leaseRelease {
             router.register(opcode) { [self] request in
                 do throws(TransportError) {
@@ -119,11 +132,17 @@ final class WriterSlot: @unchecked Sendable {
     let lock = ConditionLock()
     /// Guarded by `lock`.
     var file: (any WritableFile)?
+    /// Bytes taken (written, or held in the handle's buffer by deferred appends).
     var sizeBytes: UInt64
+    /// Bytes written to the kernel.
+    var writtenBytes: UInt64
+    /// A deferred write that failed after its appends were answered.
+    var failure: TransportError?
 
     init(file: any WritableFile, sizeBytes: UInt64) {
         self.file = file
         self.sizeBytes = sizeBytes
+        writtenBytes = sizeBytes
     }
 }
 

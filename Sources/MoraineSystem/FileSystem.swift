@@ -49,6 +49,9 @@ public protocol FileSystem: AnyObject, Sendable {
     /// fails with `.invalid` naming it (a table, log or manifest number used twice, or a
     /// retried create on a remote node that already made it).
     func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile
+    /// Opens an existing file to append at its end (a storage node taking up a file it was
+    /// writing before a restart).
+    func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile
     /// Opens an existing file for random reads.
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
     /// Reads a whole (small) file.

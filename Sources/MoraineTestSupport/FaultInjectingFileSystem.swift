@@ -253,6 +253,10 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
         FaultInjectingWritableFile(base: try base.createNew(path, hint: hint), fileSystem: self, path: path)
     }
 
+    public func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        FaultInjectingWritableFile(base: try base.openForAppend(path, hint: hint), fileSystem: self, path: path)
+    }
+
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
         FaultInjectingRandomAccessFile(base: try base.openRandomAccess(path), fileSystem: self, path: path)
     }

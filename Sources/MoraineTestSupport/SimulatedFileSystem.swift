@@ -100,6 +100,13 @@ public final class SimulatedFileSystem: FileSystem, @unchecked Sendable {
         }
     }
 
+    public func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile {
+        try lock.withLock {
+            guard let inode = names[path] else { throw MoraineError(.notFound, "open \(path): no such file") }
+            return SimulatedWritableFile(inode: inode, fs: self, path: path, size: UInt64(inode.data.count))
+        }
+    }
+
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
         try lock.withLock {
             guard let inode = names[path] else { throw MoraineError(.notFound, "open \(path): no such file") }
@@ -213,10 +220,11 @@ final class SimulatedWritableFile: WritableFile {
     private var closed = false
     private(set) var size: UInt64 = 0
 
-    init(inode: SimulatedFileSystem.Inode, fs: SimulatedFileSystem, path: String) {
+    init(inode: SimulatedFileSystem.Inode, fs: SimulatedFileSystem, path: String, size: UInt64 = 0) {
         self.inode = inode
         self.fs = fs
         self.path = path
+        self.size = size
     }
 
     func append(_ bytes: UnsafeRawBufferPointer) throws {

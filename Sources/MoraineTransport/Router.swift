@@ -5,6 +5,10 @@ import MoraineSystem
 /// Maps opcodes to handlers. Build it before the server starts; it is immutable afterwards.
 public struct RequestRouter: Sendable {
     private var handlers: [RequestHandler?] = Array(repeating: nil, count: 256)
+    /// Called by a connection once it has run the requests it had (the shared-memory carrier
+    /// after each batch it drained from the ring, TCP after each request): a service may hold
+    /// work back until then, such as the storage node's deferred appends.
+    public var drained: (@Sendable () -> Void)? = nil
 
     public init() {}
 

@@ -59,6 +59,19 @@ struct ClusterCommandTests {
             #expect(bench.out.contains { $0.contains("cluster/moraine throughput ratio") })
         }
         #expect(FileManager.default.fileExists(atPath: run.file("data/\(benchDirectory.path.split(separator: "/").last!)-cluster/CURRENT")))
+        // The dump commands read a database's files on the node, named DATABASE/NAME.
+        #expect(try runMoraineCLI(["demo", "--cluster", run.path, "--db", "dumped", "--keys", "2000"]).status == 0)
+        let names = try PosixFileSystem.shared.children(of: run.file("data/dumped"))
+        let table = try #require(names.first { $0.hasSuffix(".sst") })
+        let log = try #require(names.first { $0.hasSuffix(".log") })
+        let sst = try runMoraineCLI(["sst", "dump", "--cluster", run.path, "dumped/\(table)", "--limit", "2"])
+        #expect(sst.status == 0 && sst.out.contains { $0.hasPrefix("size: ") && $0.contains("entries: ") }, "\(sst.out) \(sst.err)")
+        let manifest = try runMoraineCLI(["manifest", "dump", "--cluster", run.path, "dumped"])
+        #expect(manifest.status == 0 && manifest.out.contains { $0.contains("+L") && $0.contains("#") }, "\(manifest.out) \(manifest.err)")
+        let wal = try runMoraineCLI(["wal", "dump", "--cluster", run.path, "dumped/\(log)"])
+        #expect(wal.status == 0 && wal.out.last?.hasSuffix("damaged stretch(es) skipped") == true, "\(wal.out) \(wal.err)")
+        let missing = try runMoraineCLI(["sst", "dump", "--cluster", run.path, "dumped/999999.sst"])
+        #expect(missing.status == 1 && missing.err.contains("no such file"), "\(missing.err)")
         let supervisor = ClusterControl.supervisor(RunDirectory(run.path))
         #expect(supervisor != nil)
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.

@@ -81,12 +81,12 @@ struct StorageNodeTests {
         func append(_ offset: UInt64, _ bytes: [UInt8], sync: Bool = false) -> Result<[UInt8], TransportError> {
             Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: offset, sync: sync, epoch: 0, bytes: bytes))
         }
-        #expect(try StorageSize.decode(append(0, [1, 2, 3]).get()).sizeBytes == 3)
-        #expect(try StorageSize.decode(append(3, [4, 5], sync: true).get()).sizeBytes == 5)
+        #expect(try StorageAppendReply.decode(append(0, [1, 2, 3]).get()).sizeBytes == 3)
+        #expect(try StorageAppendReply.decode(append(3, [4, 5], sync: true).get()).sizeBytes == 5)
         // The same append again (its reply was lost): nothing changes.
-        #expect(try StorageSize.decode(append(3, [4, 5]).get()).sizeBytes == 5)
+        #expect(try StorageAppendReply.decode(append(3, [4, 5]).get()).sizeBytes == 5)
         // Overlapping the end with the same bytes, then new ones: only the new ones are added.
-        #expect(try StorageSize.decode(append(4, [5, 6]).get()).sizeBytes == 6)
+        #expect(try StorageAppendReply.decode(append(4, [5, 6]).get()).sizeBytes == 6)
         #expect(Self.code(append(8, [9])) == .invalid, "a gap was accepted")
         #expect(Self.code(append(1, [7, 7])) == .invalid, "different bytes over written ones were accepted")
         let all = try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get()
@@ -96,6 +96,17 @@ struct StorageNodeTests {
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().count == 6)
         #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: false, epoch: 0))) == nil)
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().isEmpty)
+        // A deferred append is taken at once and written once the connection has run what it
+        // had, before its reply is out: the reply says what was written when it was made.
+        let onDisk = { (try? PosixFileSystem.shared.fileSize(node.dataDirectory.file("db/000003.log"))) ?? 0 }
+        let deferred = try StorageAppendReply.decode(
+            Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 0, mode: .deferred, epoch: 0, bytes: [9, 8, 7])).get())
+        #expect(deferred.sizeBytes == 3 && deferred.writtenBytes == 0)
+        #expect(onDisk() == 3, "the deferred append was not written once the connection drained")
+        let after = try StorageAppendReply.decode(append(3, [6]).get())
+        #expect(after.sizeBytes == 4 && after.writtenBytes == 4)
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [9, 8, 7, 6])
+        _ = Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: false, epoch: 0))
         // Reads: one, a batch across files with one missing, past the end.
         _ = append(0, Array(0..<100))
         let read = try Self.call(client, StorageOpcode.read, StorageRead(file: file, offset: 90, length: 20)).get()
@@ -138,7 +149,7 @@ struct StorageNodeTests {
         #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "A", epoch: first)) == .fenced)
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get().isEmpty, "a fenced append changed the file")
         let current = StorageAppend(file: file, offset: 0, sync: true, epoch: second, bytes: [1])
-        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, current).get()).sizeBytes == 1)
+        #expect(try StorageAppendReply.decode(Self.call(client, StorageOpcode.append, current).get()).sizeBytes == 1)
         // A restart of the node keeps the epoch: B renews and writes on; A is still fenced.
         client.close()
         node.stop()
@@ -147,7 +158,7 @@ struct StorageNodeTests {
         defer { client.close() }
         #expect(Self.code(lease(StorageOpcode.leaseRenew, owner: "B", epoch: second, ttl: 5_000)) == nil)
         let onward = StorageAppend(file: file, offset: 1, sync: false, epoch: second, bytes: [2])
-        #expect(try StorageSize.decode(Self.call(client, StorageOpcode.append, onward).get()).sizeBytes == 2)
+        #expect(try StorageAppendReply.decode(Self.call(client, StorageOpcode.append, onward).get()).sizeBytes == 2)
         let late = StorageAppend(file: file, offset: 2, sync: false, epoch: first, bytes: [3])
         #expect(Self.code(Self.call(client, StorageOpcode.append, late)) == .fenced)
         #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "C", epoch: 0)) == .busy)

@@ -20,8 +20,13 @@ final class StorageNodeProcess {
     private(set) var process: Process?
     private(set) var endpoint: Endpoint?
 
-    init(_ carrier: Carrier) throws {
+    /// With `diskBytes`, the node's data directory is a tmpfs of that size, mounted in a mount
+    /// namespace of the node's own (`unshare`), so it can fill up for real.
+    let diskBytes: Int?
+
+    init(_ carrier: Carrier, diskBytes: Int? = nil) throws {
         self.carrier = carrier
+        self.diskBytes = diskBytes
         run = TempDir("moraine-run")
         try FileManager.default.createDirectory(atPath: run.file("data"), withIntermediateDirectories: true)
         try ClusterKey.generate(path: RunDirectory(run.path).keyPath)
@@ -36,20 +41,39 @@ final class StorageNodeProcess {
         case .none: listen = carrier == .sharedMemory ? "shm:" + run.file("storage.sock") : "tcp:127.0.0.1:0"
         }
         let child = Process()
-        child.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-        child.arguments = [
+        let node = [
             "node", "--role", "storage", "--data", run.file("data"), "--listen", listen, "--cluster-key",
             RunDirectory(run.path).keyPath,
         ]
+        let errors = Pipe()
+        if let diskBytes {
+            // The sh becomes the node (exec), so the child's pid is the node's.
+            child.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+            child.arguments =
+                (getuid() == 0 ? ["-m"] : ["-r", "-m"]) + [
+                    "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=\(diskBytes) moraine-full \"$1\" && shift && exec \"$@\"",
+                    "sh", run.file("data"), moraineExecutablePath(),
+                ] + node
+            child.standardError = errors
+        } else {
+            child.executableURL = URL(fileURLWithPath: moraineExecutablePath())
+            child.arguments = node
+            child.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        }
         let output = Pipe()
         child.standardOutput = output
-        child.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try child.run()
         process = child
         // The first line is the endpoint.
         var line: [UInt8] = []
         var byte: UInt8 = 0
         while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1, byte != 10 { line.append(byte) }
+        guard !line.isEmpty || diskBytes == nil else {
+            child.waitUntilExit()
+            process = nil
+            let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            throw MoraineError(.unavailable, "no tmpfs for the node's data here: \(said.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
         endpoint = try Endpoint(parsing: String(decoding: line, as: UTF8.self))
         try RunDirectory(run.path).write([RunDirectory.Role(role: "storage", index: 0, pid: child.processIdentifier, endpoint: endpoint!)])
     }
@@ -207,5 +231,72 @@ struct StorageProcessTests {
         defer { try? reopened.close() }
         for i in 0..<20 { #expect(try reopened.get(Array("old\(i)".utf8)) == Array("second".utf8)) }
         #expect(try reopened.get(Array("new".utf8)) == Array("second".utf8))
+    }
+
+    @Test("a full disk on the storage node is noSpace; the node keeps serving, and a reopen writes again once space is freed")
+    func fullDisk() throws {
+        // A real full disk: the node's data directory is an 8 MiB tmpfs. Where this machine cannot
+        // mount one, the node runs in this process over a file system that fails the full
+        // database's appends with ENOSPC (the fault layer) and the test asserts the same.
+        var real: StorageNodeProcess? = nil
+        var injected: (node: StorageTestNode, faults: FaultInjectingFileSystem)? = nil
+        do {
+            real = try StorageNodeProcess(.sharedMemory, diskBytes: 8 << 20)
+        } catch {
+            print("full disk: \(error); injecting ENOSPC instead")
+            let faults = FaultInjectingFileSystem(wrapping: PosixFileSystem.shared)
+            injected = (try StorageTestNode(.sharedMemory, nodeFileSystem: faults), faults)
+        }
+        defer {
+            real?.kill()
+            injected?.node.remove()
+        }
+        let remote = try real?.fileSystem() ?? injected!.node.remote
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = remote
+        options.writeBufferSize = 256 << 10
+        options.compression = .none
+        let value = { (i: Int) in [UInt8]((0..<4096).map { UInt8(truncatingIfNeeded: ($0 &* 131) ^ (i &* 7919) ^ ($0 >> 3)) }) }
+        // Ballast another database holds, destroyed later to free space.
+        let ballast = try Database(path: "ballast", options: options)
+        for i in 0..<768 { try ballast.put(Array("b\(i)".utf8), value(i), options: WriteOptions(sync: i % 64 == 63)) }
+        try ballast.flush()
+        try ballast.close()
+        let db = try Database(path: "full", options: options)
+        injected?.faults.arm(.noSpace, on: .any, trigger: .after(200, times: nil))
+        var acknowledged: [Int] = []
+        var failure: MoraineError? = nil
+        for i in 0..<4000 {  // 16 MiB at most: twice the disk
+            do {
+                // Mostly without sync: published appends the node had not written when the disk
+                // filled are held by the writer, and must land once space is freed.
+                try db.put(Array("k\(i)".utf8), value(i), options: WriteOptions(sync: i % 8 == 7))
+                acknowledged.append(i)
+            } catch let error as MoraineError {
+                failure = error
+                break
+            }
+        }
+        #expect(failure?.kind == .noSpace, "\(String(describing: failure))")
+        #expect(failure?.description.lowercased().contains("space") == true, "\(String(describing: failure))")
+        print("full disk: \(acknowledged.count) writes acknowledged, then: \(failure.map(\.description) ?? "none")")
+        // The node keeps serving: another database reads, the capacity answers; the full one
+        // stays read-only until reopened.
+        #expect(try remote.capacity().fileCount > 0)
+        var readOnly = options
+        readOnly.readOnly = true
+        let other = try Database(path: "ballast", options: readOnly)
+        for i in [0, 100, 767] { #expect(try other.get(Array("b\(i)".utf8)) == value(i)) }
+        try other.close()
+        #expect(throws: MoraineError.self) { try db.put(Array("refused".utf8), [1], options: WriteOptions(sync: true)) }
+        // Space is freed while the database is still open; its close writes what it held.
+        if real != nil { try Database.destroy(path: "ballast", options: options) } else { injected!.faults.disarm() }
+        try? db.close()
+        let reopened = try Database(path: "full", options: options)
+        defer { try? reopened.close() }
+        for i in acknowledged { #expect(try reopened.get(Array("k\(i)".utf8)) == value(i), "acknowledged k\(i)") }
+        try reopened.put(Array("after".utf8), Array("space".utf8), options: WriteOptions(sync: true))
+        #expect(try reopened.get(Array("after".utf8)) == Array("space".utf8))
     }
 }

@@ -15,8 +15,15 @@ final class StorageTestNode: @unchecked Sendable {
     private var shm: SharedMemoryServer?
     private var tcp: TCPServer?
 
-    init(_ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions) throws {
+    /// The node's own file system (POSIX, or a fault-injecting wrapper of it).
+    let nodeFileSystem: any FileSystem
+
+    init(
+        _ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions,
+        nodeFileSystem: any FileSystem = PosixFileSystem.shared
+    ) throws {
         self.carrier = carrier.server
+        self.nodeFileSystem = nodeFileSystem
         dataDirectory = TempDir("moraine-storage")
         endpoint =
             carrier == .sharedMemory
@@ -39,7 +46,7 @@ final class StorageTestNode: @unchecked Sendable {
 
     /// Starts serving (again) on the same endpoint.
     func start() throws {
-        let node = try StorageNode(dataDirectory: dataDirectory.path)
+        let node = try StorageNode(dataDirectory: dataDirectory.path, fileSystem: nodeFileSystem)
         switch endpoint {
         case .sharedMemory(let path):
             shm = try SharedMemoryServer(socketPath: path, key: key, router: node.router())

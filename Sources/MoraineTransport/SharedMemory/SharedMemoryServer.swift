@@ -225,6 +225,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         } catch {
             refusals.info("transport: closed shared-memory connection from \(peer) on \(socketPath): \(error)")
         }
+        router.drained?()  // whatever the connection's last requests held back
         withExtendedLifetime(memory) {}
     }
 
@@ -333,10 +334,12 @@ struct ServerRingConnection {
                 // A client that never stops publishing must not keep this thread from noticing
                 // the server closing.
                 if handled % Self.framesBetweenChecks == 0 {
+                    session.router.drained?()
                     responses.publish()
                     guard !closing() else { throw TransportError(.unavailable, "the server is closing") }
                 }
             }
+            session.router.drained?()
             responses.publish()
         }
     }
@@ -370,6 +373,7 @@ struct ServerRingConnection {
             while let (header, payload) = line.takeReady(now: monotonicNanos()) {
                 guard try serve(header, payload, stillWanted: stillWanted) else { return }
             }
+            session.router.drained?()
             responses.publish()
             guard stillWanted() else {
                 guard !closing() else { throw TransportError(.unavailable, "the server is closing") }
@@ -382,6 +386,7 @@ struct ServerRingConnection {
                 while let (header, payload) = line.takeReady(now: .max) {
                     guard try serve(header, payload, stillWanted: stillWanted) else { return }
                 }
+                session.router.drained?()
                 throw TransportError(.unavailable, "the client went away")
             }
         }

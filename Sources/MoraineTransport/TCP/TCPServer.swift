@@ -332,6 +332,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
                 context.close(promise: nil)
             case .reply(let result):
                 reply(to: header, materialize(result), version: session.version)
+                session.router.drained?()
                 if let output, output.readableBytes >= Self.flushBytes { flush(context) }
             }
         }
