@@ -72,6 +72,7 @@ def main(directory):
                 cells.append(fmt(got) if got else "")
             print(f"| {name} | " + " | ".join(cells) + " |")
 
+    configs.sort(key=lambda c: (c.split()[0] != "shm", int(c.split()[1])))
     runs = max((len(v) for v in ratios.values()), default=0)
     print(f"Medians of {runs} run(s).")
     table("Throughput, cluster / embedded:", ratios, lambda v: f"{statistics.median(v):.2f}")
