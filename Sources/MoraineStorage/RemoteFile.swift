@@ -79,7 +79,13 @@ final class RemoteWritableFile: WritableFile {
         if let laneFailure { throw laneFailure }
         guard !buffer.isEmpty else { return }
         guard fileSystem.pipelinesAppends, buffer.count <= Self.appendBytesMax else { return try settle(sync: false) }
-        if try publish() { return }
+        do {
+            if try publish() { return }
+        } catch let error as MoraineError where Self.isResendable(error) {
+            // An earlier published append failed on the node, which cut the file back to its
+            // written mark; its bytes are back in the buffer. They go again now, through the
+            // pool: the flush fails only if that fails too.
+        }
         try settle(sync: false)
     }
 
@@ -157,7 +163,7 @@ final class RemoteWritableFile: WritableFile {
             throw laneFailure!
         case .failure(let error):
             let failure = MoraineError(error.moraineError.kind, "append to \(file) failed on the storage node: \(error.message)")
-            guard failure.kind == .noSpace || failure.kind == .io else {
+            guard Self.isResendable(failure) else {
                 // Refused (fenced, invalid): nothing more goes to this file.
                 laneFailure = failure
                 throw failure
@@ -170,6 +176,10 @@ final class RemoteWritableFile: WritableFile {
             throw failure
         }
     }
+
+    /// A failure of a published append after which the node cut the file back to its written
+    /// mark (ENOSPC, EIO): the bytes past the mark, held here, can be sent again.
+    private static func isResendable(_ error: MoraineError) -> Bool { error.kind == .noSpace || error.kind == .io }
 
     /// Lets go of the bytes the node has written up to `mark`.
     private func written(through mark: UInt64) {
@@ -210,6 +220,9 @@ final class RemoteWritableFile: WritableFile {
                     try acknowledge(response, end: oldest.end)
                 }
                 laneHeld = true
+            } catch let error as MoraineError where Self.isResendable(error) {
+                // A published append failed on the node; its bytes are back in the buffer and
+                // go again below (a full disk may have room by now; if not, that send says so).
             } catch let error as MoraineError {
                 throw error
             } catch {
@@ -221,8 +234,16 @@ final class RemoteWritableFile: WritableFile {
             buffer.insert(contentsOf: unacknowledged, at: 0)
             unacknowledged.removeAll(keepingCapacity: true)
         }
-        // Else the node holds every published byte: this request writes them with the rest.
-        try send(sync: sync)
+        // Else the node took every published byte: this request writes them with the rest.
+        do {
+            try send(sync: sync)
+        } catch let error as MoraineError where Self.isResendable(error) && !unacknowledged.isEmpty {
+            // The node took them but its write failed after it answered (ENOSPC, EIO) and cut
+            // the file back to the written mark: everything past the mark goes again.
+            buffer.insert(contentsOf: unacknowledged, at: 0)
+            unacknowledged.removeAll(keepingCapacity: true)
+            try send(sync: sync)
+        }
     }
 
     /// Sends what is buffered, after what the node already holds, in requests of at most
@@ -230,6 +251,9 @@ final class RemoteWritableFile: WritableFile {
     /// the last one syncs when asked (an empty buffer still syncs).
     private func send(sync: Bool) throws {
         var start = 0
+        // Bytes a request landed are let go even when a later one fails, so that a retry starts
+        // after them (sent has moved past them).
+        defer { if start == buffer.count { buffer.removeAll(keepingCapacity: true) } else { buffer.removeFirst(start) } }
         repeat {
             let end = min(buffer.count, start + Self.appendBytesMax)
             let last = end == buffer.count
@@ -249,7 +273,6 @@ final class RemoteWritableFile: WritableFile {
             sent = expected
             start = end
         } while start < buffer.count
-        buffer.removeAll(keepingCapacity: true)
     }
 
     private func decodeReply(_ reply: [UInt8]) throws(MoraineError) -> StorageAppendReply {

@@ -28,12 +28,8 @@ extension StorageNode {
         try leases.checkMutation(root, epoch: request.epoch)
         let slot = try writer(request.file)
         let reply = try slot.lock.withLock { () throws(TransportError) -> StorageAppendReply in
+            try resume(slot, request)
             guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
-            if let failure = slot.failure {
-                // A deferred write failed after its appends were answered: this one hears it.
-                reset(slot, request.file)
-                throw failure
-            }
             let count = UInt64(request.bytes.count)
             let (end, overflow) = request.offset.addingReportingOverflow(count)
             guard !overflow else { throw TransportError(.invalid, "append to \(request.file): offset and length overflow") }
@@ -62,7 +58,7 @@ extension StorageNode {
                     }
                 }
             } catch {
-                reset(slot, request.file)
+                fail(slot, request.file, error)
                 throw error
             }
             slot.sizeBytes += UInt64(fresh)
@@ -77,20 +73,20 @@ extension StorageNode {
     }
 
     /// Writes what deferred appends left in the slot's buffer. Precondition: the slot's lock.
-    /// - Throws: the write's failure, after resetting the slot.
+    /// - Throws: the write's failure, after failing the slot.
     func writeDeferred(_ slot: WriterSlot, _ file: any WritableFile, _ name: StorageFile) throws(TransportError) {
         guard slot.writtenBytes < slot.sizeBytes else { return }
         do throws(TransportError) {
             try perform { try file.flush() }
         } catch {
-            reset(slot, name)
+            fail(slot, name, error)
             throw error
         }
         slot.writtenBytes = slot.sizeBytes
     }
 
     /// Writes every deferred append (the router's `drained`: a connection ran what it had). A
-    /// failure resets its file; the next append to it hears the failure.
+    /// failure fails its file's slot; the writer's next append hears it.
     func writeAllDeferred() {
         let slots = deferredSlots.withLock { table -> [(StorageFile, WriterSlot)] in
             defer { table.removeAll(keepingCapacity: true) }
@@ -99,11 +95,7 @@ extension StorageNode {
         for (name, slot) in slots {
             slot.lock.withLock {
                 guard let file = slot.file else { return }
-                do throws(TransportError) {
-                    try writeDeferred(slot, file, name)
-                } catch {
-                    slot.failure = error
-                }
+                try? writeDeferred(slot, file, name)  // a failure stays in the slot
             }
         }
     }
@@ -113,27 +105,38 @@ extension StorageNode {
         guard let slot = deferredSlots.withLock({ $0[name] }) else { return }
         slot.lock.withLock {
             guard let file = slot.file else { return }
-            do throws(TransportError) {
-                try writeDeferred(slot, file, name)
-            } catch {
-                slot.failure = error
-            }
+            try? writeDeferred(slot, file, name)  // a failure stays in the slot
         }
     }
 
     /// After a write that failed (ENOSPC, EIO), which may have left part of its bytes: the file
     /// is cut back to what was written and acknowledged as written, and the handle dropped, so
-    /// the next append (a retry from the writer's written mark) starts there whole. An append
-    /// applies whole or not at all. Precondition: the slot's lock.
-    private func reset(_ slot: WriterSlot, _ name: StorageFile) {
+    /// an append applies whole or not at all. The slot stays in the table, failed, until the
+    /// writer sends again from its written mark (`resume`). Precondition: the slot's lock.
+    private func fail(_ slot: WriterSlot, _ name: StorageFile, _ error: TransportError) {
         _ = truncate(path(name), off_t(slot.writtenBytes))
         slot.file = nil
-        writers.withLock { table in
-            if table[name] === slot { table.removeValue(forKey: name) }
-        }
+        slot.sizeBytes = slot.writtenBytes
+        slot.failure = error
         deferredSlots.withLock { table in
             if table[name] === slot { table.removeValue(forKey: name) }
         }
+    }
+
+    /// Takes up a failed slot again for an append that starts at or before the written mark: the
+    /// writer sending again what the failure cut off (it keeps every byte past the mark). An
+    /// append past the mark was published before the writer heard of the failure: it hears it
+    /// now, and the file stays failed (were it taken up, that append would find a gap, and the
+    /// writer a refusal in place of the failure it can recover from). Precondition: the slot's
+    /// lock.
+    private func resume(_ slot: WriterSlot, _ request: StorageAppend) throws(TransportError) {
+        guard let failure = slot.failure else { return }
+        guard request.offset <= slot.writtenBytes else { throw failure }
+        let opened = try perform { try files.openForAppend(path(request.file), hint: .log) }
+        slot.file = opened
+        slot.sizeBytes = opened.size
+        slot.writtenBytes = opened.size
+        slot.failure = nil
     }
 
     /// Compares the first `count` bytes of an append with what the file holds at its offset.
@@ -157,8 +160,8 @@ extension StorageNode {
         try leases.checkMutation(root, epoch: request.epoch)
         let slot = try writer(request.file)
         try slot.lock.withLock { () throws(TransportError) in
-            guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
             if let failure = slot.failure { throw failure }
+            guard let file = slot.file else { throw TransportError(.closed, "\(request.file) was closed") }
             try writeDeferred(slot, file, request.file)
             try perform { try file.sync() }
         }

@@ -2,7 +2,7 @@
 // confinement of names, appends at an expected offset (a retry is harmless, a gap or different
 // bytes are refused), exclusive creates, fencing by lease epochs (kept across a restart of the
 // node), batched reads, a fuzz of malformed storage messages, and an open database riding out a
-// restart of its node.
+// restart of its node, and writes that fail on the node (ENOSPC) part way or after it answered.
 import Foundation
 import Moraine
 import MoraineMessages
@@ -299,5 +299,94 @@ struct StorageNodeTests {
         let fresh = try Database(path: "doomed", options: options)
         defer { try? fresh.close() }
         #expect(try fresh.get(Array("key1".utf8)) == nil)
+    }
+
+    @Test("a failed deferred write: appends published before the writer heard get the failure, its resend from the written mark lands")
+    func deferredWriteFailure() throws {
+        // The node's own operations, called in the order a ring would run them, so the
+        // interleaving is exact: two deferred appends taken, the drained write fails with
+        // ENOSPC, a third published before the writer heard arrives, then the writer's resend.
+        let directory = TempDir("moraine-deferred")
+        defer { directory.remove() }
+        let faults = FaultInjectingFileSystem(wrapping: PosixFileSystem.shared)
+        let node = try StorageNode(dataDirectory: directory.path, fileSystem: faults)
+        let file = StorageFile(database: "db", name: "000005.log")
+        _ = try node.createDirectory(StorageFileQuery(file: StorageFile(database: "db", name: "")))
+        _ = try node.create(StorageCreate(file: file, exclusive: true, epoch: 0))
+        let bytes = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 37) }
+        func append(_ range: Range<Int>, _ mode: StorageAppend.Mode) throws(TransportError) -> StorageAppendReply {
+            let request = StorageAppend(file: file, offset: UInt64(range.lowerBound), mode: mode, epoch: 0, bytes: Array(bytes[range]))
+            guard case .bytes(let reply) = try node.append(request) else { throw TransportError(.malformed, "a reference reply") }
+            return try StorageAppendReply.decode(reply)
+        }
+        #expect(try append(0..<100, .write).writtenBytes == 100)
+        #expect(try append(100..<150, .deferred).writtenBytes == 100)
+        #expect(try append(150..<200, .deferred).sizeBytes == 200)
+        faults.arm(.noSpace, on: .wal, trigger: .always)
+        node.writeAllDeferred()
+        #expect(try PosixFileSystem.shared.fileSize(directory.file("db/000005.log")) == 100, "cut back to the written mark")
+        // Published before the writer heard: the failure, not a gap (which the writer could not
+        // tell from a bug, and would give the file up on).
+        for _ in 0..<2 {
+            let stale = #expect(throws: TransportError.self) { try append(200..<250, .deferred) }
+            #expect(stale?.code == .noSpace, "\(String(describing: stale))")
+        }
+        // A sync hears it too.
+        let sync = #expect(throws: TransportError.self) { try node.sync(StorageFileMutation(file: file, epoch: 0)) }
+        #expect(sync?.code == .noSpace)
+        // The writer sends again from the mark while the disk is still full: the failure again.
+        let full = #expect(throws: TransportError.self) { try append(100..<250, .sync) }
+        #expect(full?.code == .noSpace)
+        // Space is back: the resend lands whole, from an offset at or before the mark.
+        faults.disarm()
+        let resent = try append(60..<250, .sync)
+        #expect(resent.sizeBytes == 250 && resent.writtenBytes == 250)
+        #expect(try append(250..<300, .write).sizeBytes == 300)
+        #expect(try PosixFileSystem.shared.readAll(directory.file("db/000005.log")) == bytes)
+    }
+
+    @Test("an append sent in several requests that fails part way resends only what did not land", arguments: Carrier.servers)
+    func partialResend(carrier: Carrier) throws {
+        // 9 MiB in one append is sent as requests of at most 4 MiB; the node's second write
+        // fails with ENOSPC. The first request's bytes landed: the resend must start after them.
+        let faults = FaultInjectingFileSystem(wrapping: PosixFileSystem.shared)
+        let node = try StorageTestNode(carrier, nodeFileSystem: faults)
+        defer { node.remove() }
+        try node.remote.createDirectory("db")
+        let file = try node.remote.createNew("db/000007.log", hint: .log)
+        let bytes = (0..<(9 << 20)).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
+        // The first request's append and write succeed; the second's append fails.
+        faults.arm(.noSpace, on: .wal, trigger: .after(2, times: 1))
+        let failed = #expect(throws: MoraineError.self) { try bytes.withUnsafeBytes { try file.append($0) } }
+        #expect(failed?.kind == .noSpace, "\(String(describing: failed))")
+        #expect(faults.injectedCount == 1)
+        try file.sync()
+        try file.close()
+        let stored = try PosixFileSystem.shared.readAll(node.dataDirectory.file("db/000007.log"))
+        // Compared as one Bool: a failed expectation would print both 9 MiB arrays.
+        let same = stored == bytes
+        #expect(stored.count == bytes.count)
+        #expect(same, "the resend repeated or skipped bytes")
+    }
+
+    @Test("a published append whose write fails after the node answered is sent again by the writer")
+    func publishedAppendResent() throws {
+        // Over shared memory a flush publishes its append; the node takes it, answers (written
+        // mark 0) and writes it once the connection drained. That write fails once with ENOSPC:
+        // the node cuts the file back, and the writer, which still holds the bytes, must send
+        // them again when it settles (here at close).
+        let faults = FaultInjectingFileSystem(wrapping: PosixFileSystem.shared)
+        let node = try StorageTestNode(.sharedMemory, nodeFileSystem: faults)
+        defer { node.remove() }
+        try node.remote.createDirectory("db")
+        let file = try node.remote.createNew("db/000009.log", hint: .log)
+        let bytes = (0..<100).map { UInt8($0) }
+        // The node's append (taking the bytes) passes; its write once drained fails, once.
+        faults.arm(.noSpace, on: .wal, trigger: .after(1, times: 1))
+        try bytes.withUnsafeBytes { try file.append($0) }
+        try file.flush()
+        try file.close()
+        #expect(faults.injectedFaults.map(\.operation) == [.flush], "the drained write did not fail: \(faults.injectedFaults)")
+        #expect(try PosixFileSystem.shared.readAll(node.dataDirectory.file("db/000009.log")) == bytes)
     }
 }
