@@ -201,20 +201,52 @@ extension StorageNode {
         if let slot { slot.lock.withLock { try? slot.file?.close() } }
         _ = deferredSlots.withLock { $0.removeValue(forKey: file) }
         _ = readers.withLock { $0.removeValue(forKey: file) }
+        wireReaders.withLock { $0.removeAll(keepingCapacity: true) }
     }
 
     // MARK: Reading
 
     func read(_ request: StorageRead) throws(TransportError) -> Payload {
         _ = try StorageName.check(request.file)
-        guard Int(request.length) <= Self.readBytesMax else {
-            throw TransportError(.invalid, "read of \(request.length) bytes passes \(Self.readBytesMax)")
+        try Self.checkReadLength(request.length)
+        return try read(try reader(request.file), at: request.offset, length: request.length)
+    }
+
+    /// A read request as it came off the wire. A file read before is found by the request's
+    /// bytes that name it, without decoding or checking its name again (the decoding and the
+    /// checks were a fifth of the node's time per read); any other request takes the full path.
+    func read(encoded bytes: [UInt8]) throws(TransportError) -> Payload {
+        let key = WireFileKey(readRequest: bytes)
+        if let key, deferredSlots.withLock({ $0.isEmpty }), let slot = wireReaders.withLock({ $0[key] }) {
+            return try read(slot.file, at: key.offset, length: key.length)
         }
-        let file = try reader(request.file)
+        do {
+            let request = try StorageRead.decode(bytes)
+            _ = try StorageName.check(request.file)
+            try Self.checkReadLength(request.length)
+            let file = try reader(request.file)
+            if let key {
+                wireReaders.withLock { table in
+                    if table.count >= Self.readersMax { table.removeAll(keepingCapacity: true) }
+                    table[key] = ReaderSlot(file: file)
+                }
+            }
+            return try read(file, at: request.offset, length: request.length)
+        }
+    }
+
+    private static func checkReadLength(_ length: UInt32) throws(TransportError) {
+        guard Int(length) <= readBytesMax else {
+            throw TransportError(.invalid, "read of \(length) bytes passes \(readBytesMax)")
+        }
+    }
+
+    private func read(_ file: any RandomAccessFile, at offset: UInt64, length: UInt32) throws(TransportError) -> Payload {
+        try Self.checkReadLength(length)
         let bytes = try perform { () throws -> [UInt8] in
-            try [UInt8](unsafeUninitializedCapacity: Int(request.length)) { buffer, count in
+            try [UInt8](unsafeUninitializedCapacity: Int(length)) { buffer, count in
                 count = 0
-                count = try file.read(at: request.offset, into: UnsafeMutableRawBufferPointer(buffer))
+                count = try file.read(at: offset, into: UnsafeMutableRawBufferPointer(buffer))
             }
         }
         return .bytes(bytes)

@@ -37,6 +37,9 @@ public final class StorageNode: Sendable {
     /// Files whose deferred appends are not written yet.
     let deferredSlots = Mutex<[StorageFile: WriterSlot]>([:])
     let readers = Mutex<[StorageFile: ReaderSlot]>([:])
+    /// The same handles by the bytes of a read request that name the file (`read(encoded:)`);
+    /// emptied whenever a handle is dropped.
+    let wireReaders = Mutex<[WireFileKey: ReaderSlot]>([:])
     /// Read handles kept open at once; past it, the cache is emptied and refilled as reads come.
     static let readersMax = 1024
     /// The most bytes one read or one batch may ask for.
@@ -91,7 +94,8 @@ public final class StorageNode: Sendable {
         case StorageOpcode.append: try append(.decode(payload))
         case StorageOpcode.sync: try sync(.decode(payload))
         case StorageOpcode.close: try close(.decode(payload))
-        case StorageOpcode.read: try read(.decode(payload))
+        case StorageOpcode.read:
+            if case .bytes(let bytes) = payload { try read(encoded: bytes) } else { try read(.decode(payload)) }
         case StorageOpcode.readBatch: try readBatch(.decode(payload))
         case StorageOpcode.readAll: try readAll(.decode(payload))
         case StorageOpcode.stat: try statFile(.decode(payload))
@@ -143,6 +147,49 @@ final class WriterSlot: @unchecked Sendable {
         self.file = file
         self.sizeBytes = sizeBytes
         writtenBytes = sizeBytes
+    }
+}
+
+/// The bytes of an encoded read request that name its file (two length-prefixed strings, as
+/// `StorageFile` encodes them), with the offset and length that follow them. Equal keys name
+/// the same file; the name is not checked here.
+struct WireFileKey: Hashable, @unchecked Sendable {
+    private let bytes: [UInt8]
+    private let nameByteCount: Int
+    let offset: UInt64
+    let length: UInt32
+
+    /// Nil unless `bytes` has the shape of a read request (the full decoder says what is wrong).
+    init?(readRequest bytes: [UInt8]) {
+        guard
+            let (count, offset, length) = bytes.withUnsafeBytes({ raw -> (Int, UInt64, UInt32)? in
+                guard raw.count >= 4 else { return nil }
+                let database = Int(UInt16(littleEndian: raw.loadUnaligned(as: UInt16.self)))
+                guard raw.count >= 4 + database else { return nil }
+                let name = Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 + database, as: UInt16.self)))
+                let count = 4 + database + name
+                guard raw.count == count + 12 else { return nil }
+                return (
+                    count, UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: count, as: UInt64.self)),
+                    UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: count + 8, as: UInt32.self))
+                )
+            })
+        else { return nil }
+        self.bytes = bytes
+        nameByteCount = count
+        self.offset = offset
+        self.length = length
+    }
+
+    func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: $0[0..<nameByteCount])) }
+    }
+
+    static func == (lhs: WireFileKey, rhs: WireFileKey) -> Bool {
+        guard lhs.nameByteCount == rhs.nameByteCount else { return false }
+        return lhs.bytes.withUnsafeBytes { left in
+            rhs.bytes.withUnsafeBytes { right in memcmp(left.baseAddress!, right.baseAddress!, lhs.nameByteCount) == 0 }
+        }
     }
 }
 

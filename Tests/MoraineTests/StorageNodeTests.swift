@@ -389,4 +389,40 @@ struct StorageNodeTests {
         #expect(faults.injectedFaults.map(\.operation) == [.flush], "the drained write did not fail: \(faults.injectedFaults)")
         #expect(try PosixFileSystem.shared.readAll(node.dataDirectory.file("db/000009.log")) == bytes)
     }
+
+    @Test("reads found by their request bytes: a bad name is refused, a file made again under its name reads new bytes", arguments: Carrier.servers)
+    func readHandles(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let client = try Self.connect(node)
+        defer { client.close() }
+        let file = StorageFile(database: "db", name: "000011.sst")
+        _ = Self.call(client, StorageOpcode.createDirectory, StorageFileQuery(file: StorageFile(database: "db", name: "")))
+        func write(_ bytes: [UInt8]) {
+            #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: false, epoch: 0))) == nil)
+            #expect(Self.code(Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: 0, sync: false, epoch: 0, bytes: bytes))) == nil)
+        }
+        func read(_ file: StorageFile, _ offset: UInt64, _ length: UInt32) -> Result<[UInt8], TransportError> {
+            Self.call(client, StorageOpcode.read, StorageRead(file: file, offset: offset, length: length))
+        }
+        write(Array(0..<64))
+        for _ in 0..<3 { #expect(try read(file, 8, 4).get() == [8, 9, 10, 11]) }
+        #expect(try read(file, 60, 10).get() == [60, 61, 62, 63], "a read past the end is short")
+        // Made again under the same name (a plain create truncates): the new bytes, not the old handle's.
+        write(Array(repeating: 7, count: 16))
+        #expect(try read(file, 8, 4).get() == [7, 7, 7, 7])
+        // Removed: notFound, not the bytes of a handle kept open.
+        #expect(Self.code(Self.call(client, StorageOpcode.remove, StorageFileMutation(file: file, epoch: 0))) == nil)
+        #expect(Self.code(read(file, 0, 4)) == .notFound)
+        // Names are checked before a handle is kept, however often they are asked for.
+        for _ in 0..<2 {
+            #expect(Self.code(read(StorageFile(database: "db", name: "../000011.sst"), 0, 4)) == .invalid)
+            #expect(Self.code(read(StorageFile(database: "..", name: "x"), 0, 4)) == .invalid)
+        }
+        #expect(Self.code(read(file, 0, UInt32(StorageNode.readBytesMax + 1))) == .invalid)
+        // A request one byte short is malformed, whichever path reads it.
+        let short = Array(StorageRead(file: file, offset: 0, length: 4).encoded().dropLast())
+        let reply = Result { () throws(TransportError) in try client.call(StorageOpcode.read, .bytes(short), timeoutNanos: 5_000_000_000) }
+        #expect(Self.code(reply.map { _ in [] }) == .malformed)
+    }
 }
