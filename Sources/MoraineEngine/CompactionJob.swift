@@ -7,54 +7,27 @@
 // - a version hidden by a newer version of the same key that every snapshot can see is dropped;
 // - a tombstone every snapshot can see is dropped when no deeper level may hold the key;
 // - outputs are cut at `targetFileSizeBytes`, only between user keys, so the tables of a level
-//   never share a user key.
+//   never share a user key; they take the numbers of the spec's reserved range in order, and
+//   once one number is left the last output is not cut again (bigger than the target, never
+//   numbered outside the range).
 import MoraineFormat
 import MoraineSystem
 
-/// What a compaction job reads and produces.
+/// A compaction run over the file seam: the work a `CompactionJobSpec` describes.
 public struct CompactionJob {
-    /// Input tables by file number, each level's files in key order.
-    public let inputs: [UInt64]
-    public let outputLevel: Int
-    /// Entries newer than this are kept as they are.
-    public let smallestSnapshot: SequenceNumber
-    /// For each level deeper than the output, the user-key ranges of its files, sorted.
-    public let deeperLevelRanges: [[(lower: [UInt8], upper: [UInt8])]]
-    public let targetFileSizeBytes: UInt64
-    public let directory: String
+    public let spec: CompactionJobSpec
     public let fileSystem: any FileSystem
-    public let tableOptions: TableOptions
-    /// Hands out numbers for output files.
-    public let allocateFileNumber: () -> UInt64
 
-    public init(
-        inputs: [UInt64], outputLevel: Int, smallestSnapshot: SequenceNumber,
-        deeperLevelRanges: [[(lower: [UInt8], upper: [UInt8])]], targetFileSizeBytes: UInt64,
-        directory: String, fileSystem: any FileSystem, tableOptions: TableOptions,
-        allocateFileNumber: @escaping () -> UInt64
-    ) {
-        self.inputs = inputs
-        self.outputLevel = outputLevel
-        self.smallestSnapshot = smallestSnapshot
-        self.deeperLevelRanges = deeperLevelRanges
-        self.targetFileSizeBytes = targetFileSizeBytes
-        self.directory = directory
+    public init(spec: CompactionJobSpec, fileSystem: any FileSystem) {
+        self.spec = spec
         self.fileSystem = fileSystem
-        self.tableOptions = tableOptions
-        self.allocateFileNumber = allocateFileNumber
     }
 
-    /// Counters a job reports.
-    public struct Result {
-        public var outputs: [TableFileInfo] = []
-        public var bytesRead: UInt64 = 0
-        public var bytesWritten: UInt64 = 0
-        public var entriesDropped: UInt64 = 0
-    }
+    private var directory: String { spec.directory }
 
     /// Whether no deeper level may hold `user`.
     func isBaseLevel(for user: UnsafeRawBufferPointer) -> Bool {
-        for ranges in deeperLevelRanges {
+        for ranges in spec.deeperLevelRanges {
             var low = 0
             var high = ranges.count
             while low < high {
@@ -73,10 +46,18 @@ public struct CompactionJob {
     }
 
     /// Runs the merge, writing and syncing every output.
-    public func run() throws -> Result {
-        var result = Result()
+    /// - Throws: `.invalid` naming each problem of a spec that cannot run; the file system's
+    ///   errors (the outputs written so far are removed).
+    public func run() throws -> CompactionJobResult {
+        let problems = spec.problems()
+        guard problems.isEmpty else {
+            throw MoraineError(.invalid, "compaction job \(spec.jobID) refused: " + problems.joined(separator: "; "))
+        }
+        let started = monotonicNanos()
+        var result = CompactionJobResult(jobID: spec.jobID)
         var children: [any InternalIterator] = []
-        for number in inputs {
+        var nextNumber = spec.outputFileNumbers.lowerBound
+        for number in spec.inputs.map(\.info.number) {
             let path = joinPath(directory, DatabaseFile.table(number).name)
             let reader = try TableReader(file: try fileSystem.openRandomAccess(path), name: path, cache: nil)
             result.bytesRead += reader.fileSizeBytes
@@ -94,8 +75,11 @@ public struct CompactionJob {
                 let user = userKey(ikey)
                 let newUserKey = !hasCurrentUser || compareBytes(currentUser.bytes, user) != 0
                 if newUserKey {
-                    // Cut the output only between user keys.
-                    if let w = writer, w.builder!.estimatedFileSizeBytes >= targetFileSizeBytes {
+                    // Cut the output only between user keys, and only while the reserved range
+                    // has a number left for the next one (else the last output takes the rest).
+                    if let w = writer, w.builder!.estimatedFileSizeBytes >= spec.targetFileSizeBytes,
+                        nextNumber < spec.outputFileNumbers.upperBound
+                    {
                         result.outputs.append(try w.finish())
                         result.bytesWritten += result.outputs.last!.sizeBytes
                         writer = nil
@@ -106,9 +90,9 @@ public struct CompactionJob {
                 }
                 let seq = sequence(ikey)
                 var drop = false
-                if lastSequenceForKey <= smallestSnapshot {
+                if lastSequenceForKey <= spec.smallestSnapshot {
                     drop = true  // a newer version of this key is visible to every snapshot
-                } else if valueType(ikey) == .deletion && seq <= smallestSnapshot && isBaseLevel(for: user) {
+                } else if valueType(ikey) == .deletion && seq <= spec.smallestSnapshot && isBaseLevel(for: user) {
                     drop = true  // nothing older survives below, and no snapshot needs the tombstone
                 }
                 lastSequenceForKey = seq
@@ -116,10 +100,11 @@ public struct CompactionJob {
                     result.entriesDropped += 1
                 } else {
                     if writer == nil {
-                        let number = allocateFileNumber()
+                        let number = nextNumber
+                        nextNumber += 1
                         let w = TableWriter(
                             path: joinPath(directory, DatabaseFile.table(number).name), number: number,
-                            fileSystem: fileSystem, options: tableOptions)
+                            fileSystem: fileSystem, options: spec.tableOptions)
                         try w.open()
                         writer = w
                     }
@@ -143,6 +128,7 @@ public struct CompactionJob {
             }
             throw error
         }
+        result.wallNanos = monotonicNanos() - started
         return result
     }
 }

@@ -58,6 +58,8 @@ public final class Engine: @unchecked Sendable {
     let snapshots = SnapshotList()
     let obsolete = ObsoleteFiles()
     let lastSequence = Atomic<UInt64>(0)
+    /// Numbers the compaction jobs this engine dispatches.
+    let nextJobID = Atomic<UInt64>(1)
     private let superVersionLock = Mutex<SuperVersion?>(nil)
     let counters = Counters()
     /// Arenas of flushed memtables, reused by the next ones (already resident).

@@ -71,6 +71,9 @@ public struct Options: Sendable {
     public let numLevels = VersionEdit.maxLevels
     /// The file seam: where every file is created and read.
     public var fileSystem: any FileSystem = PosixFileSystem.shared
+    /// Where compaction jobs run: in this process (the default), or on a worker. Every result is
+    /// checked against its job's spec before it is installed, whoever ran it.
+    public var jobRunner: any JobRunner = LocalJobRunner()
     /// Where acknowledged writes are made durable before they reach the memtable: the WAL
     /// (default) or a persistent-memory region (docs/PMEM.md says what survives what).
     public var durability: Durability = .wal

@@ -43,6 +43,12 @@ final class VersionSet: @unchecked Sendable {
 
     func newFileNumber() -> UInt64 { nextFileNumberCounter.wrappingAdd(1, ordering: .relaxed).oldValue }
     var nextFileNumber: UInt64 { nextFileNumberCounter.load(ordering: .relaxed) }
+    /// Reserves `count` consecutive numbers (a job's outputs). The next manifest edit records a
+    /// next-file number past them.
+    func reserveFileNumbers(_ count: UInt64) -> Range<UInt64> {
+        let first = nextFileNumberCounter.wrappingAdd(count, ordering: .relaxed).oldValue
+        return first..<first + count
+    }
     /// Makes sure `number` (found in use, e.g. a log newer than the manifest) is never handed out.
     func markFileNumberUsed(_ number: UInt64) {
         if nextFileNumber <= number { nextFileNumberCounter.store(number + 1, ordering: .relaxed) }

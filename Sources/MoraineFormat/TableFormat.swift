@@ -146,7 +146,7 @@ public struct TableProperties: Sendable, Equatable {
 }
 
 /// Options that shape a new table.
-public struct TableOptions: Sendable {
+public struct TableOptions: Sendable, Equatable {
     public var blockSizeBytes: Int = 4096
     public var restartInterval: Int = 16
     public var bloomBitsPerKey: Int = 10

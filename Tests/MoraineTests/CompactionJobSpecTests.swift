@@ -1,0 +1,225 @@
+// Compaction as a value: a spec a job cannot run is refused with every reason; outputs take
+// numbers only from the spec's reserved range (a range that runs out makes the last output
+// bigger, never a number outside it); a result is checked against its spec before install; and
+// the engine runs every compaction through its job runner.
+import Foundation
+import Moraine
+import MoraineEngine
+import MoraineFormat
+import MoraineSystem
+import Testing
+
+@Suite("Compaction job specs")
+struct CompactionJobSpecTests {
+    /// Two overlapping tables in `dir` (numbers 5 and 6): keys k00000… with values of 100 bytes,
+    /// the second table overwriting every third key at newer sequences.
+    static func writeInputs(_ dir: TempDir, keyCount: Int) throws -> [JobInputTable] {
+        var inputs: [JobInputTable] = []
+        for (number, sequenceBase, stride) in [(UInt64(5), UInt64(1), 1), (UInt64(6), UInt64(1_000_000), 3)] {
+            let path = dir.file(DatabaseFile.table(number).name)
+            let file = try PosixFileSystem.shared.createNew(path, hint: .bulk)
+            let builder = TableBuilder(file: file, options: TableOptions(compression: .none), name: path)
+            for i in Swift.stride(from: 0, to: keyCount, by: stride) {
+                let key = makeInternalKey(Array(String(format: "k%05d", i).utf8), sequenceBase + UInt64(i), .value)
+                try builder.add(key: key, value: [UInt8](repeating: UInt8(truncatingIfNeeded: i &+ Int(number)), count: 100))
+            }
+            let properties = try builder.finish()
+            try file.sync()
+            try file.close()
+            let info = TableFileInfo(
+                number: number, sizeBytes: builder.fileSizeBytes, smallest: properties.smallestKey,
+                largest: properties.largestKey, smallestSequence: properties.smallestSequence,
+                largestSequence: properties.largestSequence)
+            inputs.append(JobInputTable(level: number == 5 ? 0 : 1, info: info))
+        }
+        return inputs
+    }
+
+    static func spec(_ dir: TempDir, _ inputs: [JobInputTable], outputs: Range<UInt64>, target: UInt64) -> CompactionJobSpec {
+        CompactionJobSpec(
+            jobID: 7, directory: dir.path, epoch: 0, inputs: inputs, outputLevel: 1, levelCount: 7,
+            smallestSnapshot: 10_000_000, deeperLevelRanges: [], targetFileSizeBytes: target,
+            tableOptions: TableOptions(compression: .none), outputFileNumbers: outputs)
+    }
+
+    /// Every (user key, value) the outputs hold, in order.
+    static func contents(_ dir: TempDir, _ outputs: [TableFileInfo]) throws -> [(String, UInt8)] {
+        var all: [(String, UInt8)] = []
+        for output in outputs {
+            let path = dir.file(DatabaseFile.table(output.number).name)
+            let reader = try TableReader(file: try PosixFileSystem.shared.openRandomAccess(path), name: path, cache: nil)
+            let it = reader.makeIterator(fillCache: false)
+            try it.seekToFirst()
+            while it.isValid {
+                all.append((String(decoding: userKey(it.key), as: UTF8.self), it.value.first ?? 0))
+                try it.next()
+            }
+        }
+        return all
+    }
+
+    @Test("outputs take numbers from the reserved range in order; a range that runs out makes the last output bigger")
+    func reservedRange() throws {
+        let dir = TempDir("moraine-jobspec")
+        defer { dir.remove() }
+        let inputs = try Self.writeInputs(dir, keyCount: 3000)
+        // The merged data is ~300 KB: a 32 KiB target would cut about ten outputs.
+        let wide = Self.spec(dir, inputs, outputs: 100..<140, target: 32 << 10)
+        #expect(wide.problems().isEmpty)
+        let many = try CompactionJob(spec: wide, fileSystem: PosixFileSystem.shared).run()
+        #expect(many.outputs.count >= 8, "\(many.outputs.count) outputs")
+        #expect(many.outputs.map(\.number) == Array(100..<(100 + UInt64(many.outputs.count))))
+        #expect(wide.problems(in: many).isEmpty, "\(wide.problems(in: many))")
+        let expected = try Self.contents(dir, many.outputs)
+        #expect(expected.count == 3000, "one version per key: the older ones are shadowed")
+        #expect(expected.allSatisfy { key, value in
+            let i = Int(key.dropFirst())!
+            return value == UInt8(truncatingIfNeeded: i &+ (i % 3 == 0 ? 6 : 5))
+        })
+        for output in many.outputs { try PosixFileSystem.shared.remove(dir.file(DatabaseFile.table(output.number).name)) }
+        // Three numbers for about ten tables' worth: two cut at the target, the last takes the rest.
+        let narrow = Self.spec(dir, inputs, outputs: 200..<203, target: 32 << 10)
+        let few = try CompactionJob(spec: narrow, fileSystem: PosixFileSystem.shared).run()
+        #expect(few.outputs.map(\.number) == [200, 201, 202])
+        #expect(few.outputs.last!.sizeBytes > 4 * (32 << 10))
+        #expect(narrow.problems(in: few).isEmpty)
+        let same = try Self.contents(dir, few.outputs)
+        #expect(same.map(\.0) == expected.map(\.0) && same.map(\.1) == expected.map(\.1))
+        // The reservation's size: room for twice the full tables, and never none.
+        #expect(CompactionJobSpec.outputNumbersToReserve(inputBytes: 0, targetFileSizeBytes: 1 << 20) == 4)
+        #expect(CompactionJobSpec.outputNumbersToReserve(inputBytes: 10 << 20, targetFileSizeBytes: 1 << 20) == 24)
+    }
+
+    @Test("a spec a job cannot run is refused with every reason, and writes nothing")
+    func badSpecs() throws {
+        let dir = TempDir("moraine-jobspec")
+        defer { dir.remove() }
+        let inputs = try Self.writeInputs(dir, keyCount: 100)
+        let good = Self.spec(dir, inputs, outputs: 100..<110, target: 1 << 20)
+        var cases: [(String, CompactionJobSpec)] = []
+        var spec = good
+        spec.inputs = []
+        cases.append(("no input tables", spec))
+        spec = good
+        spec.inputs.append(inputs[0])
+        cases.append(("named twice", spec))
+        spec = good
+        spec.outputLevel = 0
+        cases.append(("output level 0 is outside", spec))
+        spec = good
+        spec.outputLevel = 7
+        cases.append(("output level 7 is outside", spec))
+        spec = good
+        spec.inputs[1].level = 2
+        cases.append(("on level 2, not at or above output level 1", spec))
+        spec = good
+        spec.outputFileNumbers = 100..<100
+        cases.append(("range is empty", spec))
+        spec = good
+        spec.outputFileNumbers = 5..<9
+        cases.append(("inside the output range", spec))
+        spec = good
+        spec.targetFileSizeBytes = 0
+        cases.append(("target file size is 0", spec))
+        spec = good
+        spec.tableOptions.blockSizeBytes = 16
+        cases.append(("block size 16", spec))
+        spec = good
+        spec.deeperLevelRanges = [[UserKeyRange(lower: Array("b".utf8), upper: Array("c".utf8)),
+                                   UserKeyRange(lower: Array("a".utf8), upper: Array("z".utf8))]]
+        cases.append(("overlapping or unsorted", spec))
+        spec = good
+        spec.deeperLevelRanges = [[UserKeyRange(lower: Array("z".utf8), upper: Array("a".utf8))]]
+        cases.append(("lower end passes its upper end", spec))
+        let before = dir.names()
+        for (reason, spec) in cases {
+            let error = #expect(throws: MoraineError.self) { try CompactionJob(spec: spec, fileSystem: PosixFileSystem.shared).run() }
+            #expect(error?.kind == .invalid)
+            #expect(error?.message.contains(reason) == true, "expected '\(reason)' in: \(error?.message ?? "no error")")
+        }
+        #expect(dir.names() == before, "a refused job wrote files")
+        // Several problems at once: each is named.
+        spec = good
+        spec.inputs = [inputs[0], inputs[0]]
+        spec.targetFileSizeBytes = 0
+        #expect(spec.problems().count == 2)
+    }
+
+    @Test("a result that does not fit its spec is named as such")
+    func resultChecks() throws {
+        let dir = TempDir("moraine-jobspec")
+        defer { dir.remove() }
+        let inputs = try Self.writeInputs(dir, keyCount: 600)
+        let spec = Self.spec(dir, inputs, outputs: 100..<110, target: 16 << 10)
+        let result = try CompactionJob(spec: spec, fileSystem: PosixFileSystem.shared).run()
+        try #require(result.outputs.count >= 2)
+        #expect(spec.problems(in: result).isEmpty)
+        func problems(_ change: (inout CompactionJobResult) -> Void) -> String {
+            var changed = result
+            change(&changed)
+            return spec.problems(in: changed).joined(separator: "; ")
+        }
+        #expect(problems { $0.jobID = 8 }.contains("not of job 7"))
+        #expect(problems { $0.outputs[0].number = 99 }.contains("outside the reserved range"))
+        #expect(problems { $0.outputs[1].number = $0.outputs[0].number }.contains("named twice"))
+        #expect(problems { $0.outputs[0].sizeBytes = 0 }.contains("is empty"))
+        #expect(problems { $0.outputs.swapAt(0, 1) }.contains("overlaps the output before it"))
+        #expect(problems { $0.outputs[0].smallest = makeInternalKey(Array("a".utf8), 1, .value) }.contains("outside the inputs' range"))
+        #expect(problems { $0.outputs[0].largest = [] }.contains("no key range"))
+    }
+
+    /// Runs jobs locally and counts them; can be told to tamper with results.
+    final class CountingRunner: JobRunner, @unchecked Sendable {
+        let lock = NSLock()
+        var specs: [CompactionJobSpec] = []
+        var tamper = false
+        func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
+            lock.withLock { specs.append(spec) }
+            var result = try LocalJobRunner().runCompaction(spec, fileSystem: fileSystem)
+            if lock.withLock({ tamper }), !result.outputs.isEmpty { result.outputs[0].number = spec.outputFileNumbers.upperBound }
+            return result
+        }
+    }
+
+    @Test("the engine runs compactions through its runner, and never installs a result that does not fit its spec")
+    func engineUsesRunner() throws {
+        let dir = TempDir("moraine-jobspec-db")
+        defer { dir.remove() }
+        let runner = CountingRunner()
+        var options = Options()
+        options.createIfMissing = true
+        options.writeBufferSize = 64 << 10
+        options.jobRunner = runner
+        let db = try Database(path: dir.path, options: options)
+        // Two passes over the keys: overlapping tables, so the compaction merges (no trivial move).
+        for pass in 0..<2 {
+            for i in 0..<3000 {
+                try db.put(Array(String(format: "k%05d", i).utf8), [UInt8](repeating: UInt8((i + pass) & 0xFF), count: 100))
+            }
+        }
+        try db.compactRange()
+        let specs = runner.lock.withLock { runner.specs }
+        #expect(!specs.isEmpty, "no compaction went through the runner")
+        for spec in specs {
+            #expect(spec.problems().isEmpty)
+            #expect(!spec.outputFileNumbers.isEmpty)
+        }
+        // Reserved ranges never overlap one another.
+        let ranges = specs.map(\.outputFileNumbers).sorted { $0.lowerBound < $1.lowerBound }
+        for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.upperBound <= b.lowerBound) }
+        for i in stride(from: 0, to: 3000, by: 97) {
+            #expect(try db.get(Array(String(format: "k%05d", i).utf8)) == [UInt8](repeating: UInt8((i + 1) & 0xFF), count: 100))
+        }
+        // A result naming a number outside its range: the compaction fails, nothing is installed.
+        runner.lock.withLock { runner.tamper = true }
+        for i in 0..<3000 { try db.put(Array(String(format: "k%05d", i).utf8), [1]) }
+        let failure = #expect(throws: MoraineError.self) { try db.compactRange() }
+        #expect(failure?.message.contains("does not fit its spec") == true, "\(String(describing: failure))")
+        try? db.close()
+        var reopen = options
+        reopen.jobRunner = LocalJobRunner()
+        let reopened = try Database(path: dir.path, options: reopen)
+        defer { try? reopened.close() }
+        for i in stride(from: 0, to: 3000, by: 97) { #expect(try reopened.get(Array(String(format: "k%05d", i).utf8)) == [1]) }
+    }
+}
