@@ -5,7 +5,8 @@
 //   → Moraine (public API) → moraine (command)
 //   MoraineSystem → MoraineTransport (protocol, shared-memory and TCP carriers; the only NIO user)
 //   MoraineTransport → MoraineMessages (the roles' message codecs) → one target per role:
-//   MoraineStorage (the storage node, and the remote file system that reaches it)
+//   MoraineStorage (the storage node, and the remote file system that reaches it),
+//   MoraineWorker (compaction workers, and the job runner that reaches them)
 // MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
 // MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
 import PackageDescription
@@ -54,8 +55,13 @@ let package = Package(
             ]
         ),
         // The roles' message codecs, then one library per role (the storage node first).
-        .target(name: "MoraineMessages", dependencies: ["MoraineSystem", "MoraineTransport"]),
+        .target(name: "MoraineMessages", dependencies: ["MoraineFormat", "MoraineSystem", "MoraineTransport"]),
         .target(name: "MoraineStorage", dependencies: ["MoraineMessages", "MoraineSystem", "MoraineTransport"]),
+        // Compaction workers, and the job runner that sends them jobs.
+        .target(
+            name: "MoraineWorker",
+            dependencies: ["MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]
+        ),
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
@@ -79,7 +85,7 @@ let package = Package(
             name: "MoraineCLI",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-                "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster",
+                "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -92,6 +98,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
+                "MoraineWorker",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

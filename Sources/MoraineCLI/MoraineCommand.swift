@@ -6,6 +6,7 @@ import MoraineMessages
 import MoraineStorage
 import MoraineSystem
 import MoraineTransport
+import MoraineWorker
 
 @main
 struct MoraineCommand: ParsableCommand {
@@ -86,8 +87,26 @@ struct DatabaseOptions: ParsableArguments {
             options.durability = mode
         }
         options.pmemPath = pmemPath
-        if let cluster { options.fileSystem = try Self.remoteFileSystem(cluster: cluster) }
+        if let cluster {
+            options.fileSystem = try Self.remoteFileSystem(cluster: cluster)
+            if let runner = try Self.jobRunner(cluster: cluster) { options.jobRunner = runner }
+        }
         return options
+    }
+
+    /// Compactions on the cluster's compaction workers (here when none can take one), or nil
+    /// when it runs none. The workers are looked up at every job, so a restarted one is found.
+    static func jobRunner(cluster: String) throws -> RemoteJobRunner? {
+        let run = RunDirectory(cluster)
+        do throws(TransportError) {
+            guard try run.roles().contains(where: { $0.role == "compaction" }) else { return nil }
+            let key = try ClusterKey.load(path: run.keyPath)
+            return RemoteJobRunner(key: key) {
+                ((try? run.roles()) ?? []).filter { $0.role == "compaction" }.map(\.endpoint)
+            }
+        } catch {
+            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
+        }
     }
 
     /// The file system of a cluster's storage node, from its run directory.

@@ -25,6 +25,8 @@ public struct RoleStatus: Sendable {
     public var endpoint: Endpoint
     public var answering = false
     public var capacity: StorageCapacityReply? = nil
+    /// A worker's jobs: running, slots, finished.
+    public var jobs: WorkerStatusReply? = nil
     public var problem: String? = nil
 }
 
@@ -56,10 +58,11 @@ public enum ClusterControl {
                 kind: String(fields[0]), index: index, pid: pid, restarts: restarts, startedUnix: started,
                 numaNode: numa < 0 ? nil : numa, endpoint: endpoint)
             if pid > 0 && ChildProcess.isAlive(pid), let key {
-                var options = RemoteFileSystem.Options()
-                options.callTimeoutNanos = 1_000_000_000
                 do {
-                    role.capacity = try RemoteFileSystem(endpoint: endpoint, key: key, options: options).capacity()
+                    switch try RoleProbe.ask(role.kind, at: endpoint, key: key, timeoutNanos: 1_000_000_000) {
+                    case .storage(let capacity): role.capacity = capacity
+                    case .worker(let status): role.jobs = status
+                    }
                     role.answering = true
                 } catch {
                     role.problem = error.message
@@ -76,17 +79,19 @@ public enum ClusterControl {
     public static func table(_ roles: [RoleStatus], supervisor: Int32?) -> String {
         let now = time(nil)
         var lines = ["supervisor: " + (supervisor.map { "pid \($0)" } ?? "not running")]
-        lines.append("ROLE        PID      STATE  RESTARTS  UPTIME    NUMA  CARRIER  STORED      FREE        ENDPOINT")
+        lines.append("ROLE          PID      STATE  RESTARTS  UPTIME    NUMA  CARRIER  STORED      FREE        JOBS          ENDPOINT")
         for role in roles {
             let uptime = role.answering ? "\(max(0, now - role.startedUnix)) s" : "-"
             let stored = role.capacity.map { bytes($0.bytesUsed) } ?? "-"
             let free = role.capacity.map { bytes($0.bytesFree) } ?? "-"
+            // A worker's jobs: running/slots, then how many it finished.
+            let jobs = role.jobs.map { "\($0.running)/\($0.slots) \($0.finished)" } ?? "-"
             lines.append(
                 [
-                    pad("\(role.kind)-\(role.index)", 11), pad(role.pid > 0 ? String(role.pid) : "-", 8),
+                    pad("\(role.kind)-\(role.index)", 13), pad(role.pid > 0 ? String(role.pid) : "-", 8),
                     pad(role.answering ? "up" : "down", 6), pad(String(role.restarts), 9), pad(uptime, 9),
                     pad(role.numaNode.map(String.init) ?? "-", 5), pad(role.endpoint.carrier, 8), pad(stored, 11), pad(free, 11),
-                    role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
+                    pad(jobs, 13), role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
                 ].joined(separator: " "))
         }
         return lines.joined(separator: "\n")

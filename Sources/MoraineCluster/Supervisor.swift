@@ -152,6 +152,7 @@ public final class Supervisor {
         var instance = instances[index]
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
+        if instance.kind == "compaction" { arguments += ["--cluster", run.path] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         let log = run.path + "/logs/\(instance.name).log"
@@ -177,11 +178,8 @@ public final class Supervisor {
 
     private func waitUntilAnswering(_ instance: Instance, deadline: Int64) throws(MoraineError) {
         guard let key else { return }
-        var options = RemoteFileSystem.Options()
-        options.callTimeoutNanos = max(1_000_000, deadline - monotonicNanos())
-        let remote = RemoteFileSystem(endpoint: instance.endpoint, key: key, options: options)
         do {
-            _ = try remote.capacity()
+            _ = try RoleProbe.ask(instance.kind, at: instance.endpoint, key: key, timeoutNanos: max(1_000_000, deadline - monotonicNanos()))
         } catch {
             throw MoraineError(.unavailable, "\(instance.name) on \(instance.endpoint) does not answer: \(error.message)")
         }

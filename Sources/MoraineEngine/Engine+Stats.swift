@@ -48,6 +48,9 @@ public struct EngineStats: Sendable {
     public var multiGetBlockReads = 0
     /// Times writes resumed after the storage could not be reached (Engine+Resume).
     public var resumes = 0
+    /// Compactions a worker ran, and those run here because no worker could take them.
+    public var remoteCompactions = 0
+    public var compactionFallbacks = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -70,6 +73,7 @@ public struct EngineStats: Sendable {
             ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("stall_micros", stallMicros),
             ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
+            ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -150,6 +154,8 @@ extension Engine {
         s.multiGetBatches = c.multiGetBatches
         s.multiGetBlockReads = c.multiGetBlockReads
         s.resumes = c.resumes
+        s.remoteCompactions = options.jobRunner.remoteJobs
+        s.compactionFallbacks = options.jobRunner.fallbacks
         return s
     }
 

@@ -190,6 +190,16 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         epochs.withLock { $0[root] = epoch }
     }
 
+    /// The lease epoch this file system's mutations of `database` carry (0: none held).
+    public func leaseEpoch(of database: String) -> UInt64 { epoch(of: database) }
+
+    /// Makes this file system's mutations of `database` carry `epoch` without holding the lease:
+    /// how a worker writes on behalf of the owner that sent it a job. The node fences them as it
+    /// would the owner's, so a job of a superseded owner can change nothing.
+    public func write(_ database: String, asEpoch epoch: UInt64) {
+        setEpoch(epoch, of: String(database.split(separator: "/").first ?? ""))
+    }
+
     // MARK: FileSystem
 
     public func createWritable(_ path: String) throws -> any WritableFile {

@@ -18,12 +18,16 @@ struct LintTests {
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
         "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
-        "MoraineMessages": ["MoraineSystem", "MoraineTransport"],
+        "MoraineMessages": ["MoraineFormat", "MoraineSystem", "MoraineTransport"],
         "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
+        "MoraineWorker": [
+            "MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport",
+            "Synchronization",
+        ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-            "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster",
+            "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -34,7 +38,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
-        "MoraineMessages", "MoraineStorage", "MoraineCluster",
+        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

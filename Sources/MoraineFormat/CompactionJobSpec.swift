@@ -8,8 +8,6 @@
 // with reasons a person can act on.
 //
 // Value types; no shared state.
-import MoraineFormat
-import MoraineSystem
 
 /// A table a job reads: its place in the tree and what it holds.
 public struct JobInputTable: Sendable, Equatable {
@@ -183,22 +181,4 @@ public struct CompactionJobResult: Sendable, Equatable {
     public var wallNanos: Int64 = 0
 
     public init(jobID: UInt64) { self.jobID = jobID }
-}
-
-/// Where the engine runs its compactions: in its own process (`LocalJobRunner`, the default),
-/// or elsewhere (a worker reached over the transport). A runner either returns the job's result or
-/// throws; a result is checked against its spec before it is installed, whoever ran it.
-public protocol JobRunner: Sendable {
-    /// Runs `spec` against the files of `fileSystem`, writing outputs only with numbers from the
-    /// spec's reserved range.
-    func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult
-}
-
-/// Runs jobs on the calling thread.
-public struct LocalJobRunner: JobRunner {
-    public init() {}
-
-    public func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
-        try CompactionJob(spec: spec, fileSystem: fileSystem).run()
-    }
 }

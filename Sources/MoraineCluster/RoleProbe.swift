@@ -1,0 +1,43 @@
+// Asking a role whether it answers, in the words of its own protocol: a storage node for its
+// capacity, a compaction worker for its status. Used by the supervisor (is a started role up?)
+// and by `moraine status`.
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+
+/// What a role said when asked.
+public enum RoleAnswer: Sendable {
+    case storage(StorageCapacityReply)
+    case worker(WorkerStatusReply)
+}
+
+enum RoleProbe {
+    /// Asks the `kind` role at `endpoint`, waiting at most `timeoutNanos`.
+    /// - Throws: why it did not answer.
+    static func ask(_ kind: String, at endpoint: Endpoint, key: ClusterKey, timeoutNanos: Int64) throws(MoraineError) -> RoleAnswer {
+        switch kind {
+        case "compaction":
+            var limits = TransportLimits()
+            limits.handshakeNanos = min(limits.handshakeNanos, timeoutNanos)
+            do throws(TransportError) {
+                let client: any TransportClient =
+                    switch endpoint {
+                    case .sharedMemory(let path): try SharedMemoryClient(socketPath: path, key: key, limits: limits)
+                    case .tcp(let host, let port): try DirectTCPClient(host: host, port: port, key: key, limits: limits)
+                    }
+                defer { client.close() }
+                guard case .bytes(let bytes) = try client.call(WorkerOpcode.status, .bytes([]), timeoutNanos: timeoutNanos) else {
+                    throw TransportError(.malformed, "a reference reply to a status request")
+                }
+                return .worker(try WorkerStatusReply.decode(bytes))
+            } catch {
+                throw error.moraineError
+            }
+        default:
+            var options = RemoteFileSystem.Options()
+            options.callTimeoutNanos = max(1_000_000, timeoutNanos)
+            return .storage(try RemoteFileSystem(endpoint: endpoint, key: key, options: options).capacity())
+        }
+    }
+}

@@ -1,0 +1,61 @@
+// A compaction worker as a process: pin to a NUMA node (before any thread starts), load the
+// cluster key, listen on one endpoint, print it, and serve until SIGTERM, SIGINT or SIGHUP; then
+// stop accepting, let the jobs in flight finish, and return. Jobs find the storage node through
+// the cluster's run directory, read at every job. The same `CompactionWorker` serves in-process in
+// tests.
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+
+/// What `moraine node --role compaction` was asked to do.
+public struct WorkerRoleConfiguration: Sendable {
+    /// The cluster's run directory: its endpoints file names the storage node.
+    public var runDirectory: String
+    public var endpoint: Endpoint
+    public var clusterKeyPath: String
+    public var slots: Int
+    public var numaNode: Int?
+    public var link: LinkEmulation = .none
+
+    public init(runDirectory: String, endpoint: Endpoint, clusterKeyPath: String, slots: Int, numaNode: Int? = nil) {
+        self.runDirectory = runDirectory
+        self.endpoint = endpoint
+        self.clusterKeyPath = clusterKeyPath
+        self.slots = slots
+        self.numaNode = numaNode
+    }
+}
+
+/// Runs a compaction worker in this process.
+public enum WorkerRole {
+    /// Serves until a stopping signal. Call from the main thread before any other thread
+    /// exists. `announce` gets the endpoint once the worker listens.
+    /// - Throws: a configuration the worker cannot start with, named.
+    public static func run(_ configuration: WorkerRoleConfiguration, announce: (Endpoint) -> Void) throws {
+        TerminationSignals.block()
+        if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
+        let key = try ClusterKey.load(path: configuration.clusterKeyPath)
+        let run = RunDirectory(configuration.runDirectory)
+        let worker = CompactionWorker(slots: configuration.slots, key: key) { () throws(TransportError) -> Endpoint in
+            try run.endpoint(of: "storage")
+        }
+        let router = worker.router()
+        let endpoint: Endpoint
+        let stop: () -> Void
+        switch configuration.endpoint {
+        case .sharedMemory(let path):
+            let server = try SharedMemoryServer(socketPath: path, key: key, link: configuration.link, router: router)
+            endpoint = .sharedMemory(socketPath: path)
+            stop = { server.close() }
+        case .tcp(let host, let port):
+            let server = try TCPServer(host: host, port: port, key: key, link: configuration.link, router: router)
+            endpoint = .tcp(host: host, port: server.port)
+            stop = { server.close() }
+        }
+        announce(endpoint)
+        let signal = TerminationSignals.wait()
+        SystemLog.info("compaction worker: \(TerminationSignals.name(signal)): stopping on \(endpoint)")
+        stop()
+    }
+}
