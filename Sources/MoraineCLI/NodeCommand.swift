@@ -26,9 +26,11 @@ struct NodeCommand: ParsableCommand {
     @Option(help: "Compaction: the cluster's run directory (its endpoints file names the storage node).")
     var cluster: String?
     @Option(help: "Compaction: jobs run at once at most.") var slots: Int = 1
-    @Option(help: """
-        Where to listen: shm:PATH (a Unix socket, then shared memory) or tcp:HOST:PORT (port 0: any).         A compaction worker without it listens on shm:RUNDIR/compaction-PID.sock.
-        """)
+    @Option(
+        help: """
+            Where to listen: shm:PATH (a Unix socket, then shared memory) or tcp:HOST:PORT (port 0: any). \
+            A compaction worker without it listens on shm:RUNDIR/compaction-PID.sock.
+            """)
     var listen: String?
     @Option(name: .customLong("cluster-key"), help: "The cluster key file (mode 0600); a worker's default: RUNDIR/cluster.key.")
     var clusterKey: String?

@@ -7,12 +7,15 @@
 import Glibc
 import Moraine
 import MoraineTestSupport
+import MoraineWorker
 import Testing
 
 struct ModelConfiguration: Sendable, CustomStringConvertible {
     let name: String
     /// Where the files live: nil for the local file system, else a storage node on this carrier.
     var storage: Carrier? = nil
+    /// Whether compactions run on a compaction worker (in this process, over the same carrier).
+    var worker = false
     let options: @Sendable (inout Options) -> Void
     var description: String { name }
 
@@ -59,6 +62,17 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
+        // The same, every compaction on a worker (its result checked before install).
+        ModelConfiguration(name: "worker-shm", storage: .sharedMemory, worker: true) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 8 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
+        ModelConfiguration(name: "worker-tcp", storage: .tcp, worker: true) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 8 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
     ]
 }
 
@@ -75,20 +89,32 @@ struct ModelRun {
     var current: ModelStep? = nil
     /// The storage node the files live on, for the configurations that use one.
     let node: StorageTestNode?
+    /// The compaction worker, and the runner that sends it jobs, for the configurations that use one.
+    let worker: TestWorker?
+    let runner: RemoteJobRunner?
 
     init(seed: UInt64, configuration: ModelConfiguration) throws {
         self.seed = seed
         self.configuration = configuration
         self.generator = ModelGenerator(seed: seed)
         node = try configuration.storage.map { try StorageTestNode($0) }
+        if configuration.worker, let node {
+            let worker = try TestWorker(for: node)
+            self.worker = worker
+            runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [worker.endpoint] }
+        } else {
+            worker = nil
+            runner = nil
+        }
         self.directory = node == nil ? makeTemporaryDirectory("moraine-model") : "model"
-        database = try Database(path: directory, options: Self.options(configuration, node: node))
+        database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner))
     }
 
-    static func options(_ configuration: ModelConfiguration, node: StorageTestNode?) -> Options {
+    static func options(_ configuration: ModelConfiguration, node: StorageTestNode?, runner: RemoteJobRunner? = nil) -> Options {
         var options = Options()
         options.createIfMissing = true
         if let node { options.fileSystem = node.remote }
+        if let runner { options.jobRunner = runner }
         configuration.options(&options)
         return options
     }
@@ -102,6 +128,11 @@ struct ModelRun {
     mutating func run(steps: Int) throws {
         defer {
             try? database.close()
+            if let runner {
+                // The compactions really ran on the worker, and none fell back.
+                #expect(runner.remoteJobs > 0 && runner.fallbacks == 0, "\(runner.remoteJobs) remote, \(runner.fallbacks) local")
+                worker?.stop()
+            }
             if let node {
                 // The files really lived on the node.
                 #expect(node.remote.requestCount > 100, "\(node.remote.requestCount) storage requests")
@@ -176,7 +207,7 @@ struct ModelRun {
         case .reopen:
             snapshots.removeAll()
             try database.close()
-            database = try Database(path: directory, options: Self.options(configuration, node: node))
+            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner))
             try checkEverything(oracle, snapshot: nil)
         }
     }

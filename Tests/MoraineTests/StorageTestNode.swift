@@ -6,6 +6,7 @@ import MoraineMessages
 import MoraineStorage
 import MoraineSystem
 import MoraineTransport
+import MoraineWorker
 
 final class StorageTestNode: @unchecked Sendable {
     let carrier: Carrier
@@ -71,4 +72,48 @@ final class StorageTestNode: @unchecked Sendable {
     }
 
     deinit { remove() }
+}
+
+/// A compaction worker served in this process, reaching `node`, over the node's carrier.
+final class TestWorker: @unchecked Sendable {
+    let worker: CompactionWorker
+    let directory = TempDir("moraine-worker")
+    private(set) var endpoint: Endpoint
+    private var shm: SharedMemoryServer?
+    private var tcp: TCPServer?
+
+    /// A worker whose jobs reach `node` (or `storage`, when given: a node that may not be there).
+    init(for node: StorageTestNode, slots: Int = 2, storage: Endpoint? = nil) throws {
+        worker = CompactionWorker(slots: slots, key: node.key, fileSystemOptions: StorageTestNode.fastOptions) {
+            () throws(TransportError) -> Endpoint in storage ?? node.endpoint
+        }
+        endpoint =
+            node.carrier == .sharedMemory
+            ? .sharedMemory(socketPath: directory.file("worker.sock")) : .tcp(host: "127.0.0.1", port: 0)
+        try start(key: node.key)
+    }
+
+    /// Serves (again) on the same endpoint.
+    func start(key: ClusterKey) throws {
+        switch endpoint {
+        case .sharedMemory(let path):
+            shm = try SharedMemoryServer(socketPath: path, key: key, router: worker.router())
+        case .tcp(let host, let port):
+            let server = try TCPServer(host: host, port: port, key: key, router: worker.router())
+            endpoint = .tcp(host: host, port: server.port)
+            tcp = server
+        }
+    }
+
+    func stop() {
+        shm?.close()
+        tcp?.close()
+        shm = nil
+        tcp = nil
+    }
+
+    deinit {
+        stop()
+        directory.remove()
+    }
 }

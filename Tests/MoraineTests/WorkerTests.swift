@@ -1,0 +1,161 @@
+// Compaction workers in this process, over both carriers, with the engine's files on a storage
+// node: jobs run on the worker; with no worker to take them they run locally and are counted,
+// and go back to the worker once it answers; a busy worker is passed over; a spec the worker
+// cannot run is refused over the wire with its reasons; a job of a superseded owner is fenced by
+// the storage node and writes nothing.
+import Foundation
+import Moraine
+import MoraineEngine
+import MoraineFormat
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTestSupport
+import MoraineTransport
+@testable import MoraineWorker
+import Testing
+
+@Suite("Compaction workers")
+struct WorkerTests {
+    init() { _ = CapturedLog.installed }
+
+    static func options(_ node: StorageTestNode, _ runner: RemoteJobRunner) -> Options {
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = node.remote
+        options.jobRunner = runner
+        options.writeBufferSize = 16 << 10
+        options.targetFileSizeBase = 8 << 10
+        options.disableAutoCompactions = true
+        return options
+    }
+
+    /// Two passes over `count` keys (overlapping tables), then a full compaction.
+    static func load(_ db: Database, count: Int, tag: String) throws {
+        for pass in 0..<2 {
+            for i in 0..<count { try db.put(Array("k\(i)".utf8), Array("\(tag)-\(pass)-\(i)".utf8)) }
+            try db.flush()
+        }
+        try db.compactRange()
+    }
+
+    @Test("compactions run on the worker; with none answering they run here, counted, and go back once it answers", arguments: Carrier.servers)
+    func fallbackAndReturn(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let worker = try TestWorker(for: node)
+        let runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [worker.endpoint] }
+        let db = try Database(path: "fallback", options: Self.options(node, runner))
+        defer { try? db.close() }
+        try Self.load(db, count: 500, tag: "a")
+        #expect(runner.remoteJobs > 0 && runner.fallbacks == 0)
+        #expect(worker.worker.status.finished == UInt64(runner.remoteJobs))
+        // The worker goes away: the next compactions run here.
+        worker.stop()
+        let remote = runner.remoteJobs
+        try Self.load(db, count: 500, tag: "b")
+        #expect(runner.remoteJobs == remote && runner.fallbacks > 0, "\(runner.remoteJobs) remote, \(runner.fallbacks) local")
+        #expect(try db.stats().compactionFallbacks == runner.fallbacks)
+        // Back on its endpoint: jobs go to it again.
+        try worker.start(key: node.key)
+        let fallbacks = runner.fallbacks
+        try Self.load(db, count: 500, tag: "c")
+        #expect(runner.remoteJobs > remote && runner.fallbacks == fallbacks)
+        #expect(try db.stats().remoteCompactions == runner.remoteJobs)
+        for i in stride(from: 0, to: 500, by: 7) { #expect(try db.get(Array("k\(i)".utf8)) == Array("c-1-\(i)".utf8)) }
+    }
+
+    @Test("a busy worker is passed over for the next one; a spec it cannot run is refused with its reasons", arguments: Carrier.servers)
+    func busyAndBadSpecs(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        // The busy worker's jobs reach a storage node that is not there: a job it takes holds its
+        // only slot while its calls retry, until their deadline (3 s).
+        let nowhere = TempDir("moraine-nowhere")
+        defer { nowhere.remove() }
+        let busy = try TestWorker(for: node, slots: 1, storage: .sharedMemory(socketPath: nowhere.file("none.sock")))
+        let free = try TestWorker(for: node, slots: 1)
+        let runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [busy.endpoint, free.endpoint] }
+        let client: any TransportClient =
+            switch busy.endpoint {
+            case .sharedMemory(let path): try SharedMemoryClient(socketPath: path, key: node.key)
+            case .tcp(let host, let port): try DirectTCPClient(host: host, port: port, key: node.key)
+            }
+        defer { client.close() }
+        // A spec it cannot run: refused as invalid, every reason named.
+        let bad = CompactionJobSpec(
+            jobID: 1, directory: "db", epoch: 0, inputs: [], outputLevel: 9, levelCount: 7, smallestSnapshot: 0,
+            deeperLevelRanges: [], targetFileSizeBytes: 0, tableOptions: TableOptions(), outputFileNumbers: 10..<10)
+        let refused = #expect(throws: TransportError.self) {
+            try client.call(WorkerOpcode.compact, .bytes(CompactionJobRequest(spec: bad).encoded()), timeoutNanos: 5_000_000_000)
+        }
+        #expect(refused?.code == .invalid)
+        for reason in ["no input tables", "output level 9", "range is empty", "target file size is 0"] {
+            #expect(refused?.message.contains(reason) == true, "\(reason) not in \(refused?.message ?? "")")
+        }
+        // Garbage is malformed, and the worker goes on.
+        let garbage = #expect(throws: TransportError.self) {
+            try client.call(WorkerOpcode.compact, .bytes([1, 2, 3]), timeoutNanos: 5_000_000_000)
+        }
+        #expect(garbage?.code == .malformed)
+        #expect(busy.worker.status.running == 0)
+        // A job that can run, sent to the busy worker and not waited for: it holds the slot.
+        let key = makeInternalKey(Array("a".utf8), 1, .value)
+        let table = TableFileInfo(number: 5, sizeBytes: 100, smallest: key, largest: key, smallestSequence: 1, largestSequence: 1)
+        let holding = CompactionJobSpec(
+            jobID: 2, directory: "db", epoch: 0, inputs: [JobInputTable(level: 0, info: table)], outputLevel: 1, levelCount: 7,
+            smallestSnapshot: 0, deeperLevelRanges: [], targetFileSizeBytes: 1 << 20, tableOptions: TableOptions(),
+            outputFileNumbers: 10..<12)
+        _ = try client.send(opcode: WorkerOpcode.compact, payload: .bytes(CompactionJobRequest(spec: holding).encoded()))
+        #expect(eventually(seconds: 2) { busy.worker.status.running == 1 })
+        let db = try Database(path: "busy", options: Self.options(node, runner))
+        defer { try? db.close() }
+        try Self.load(db, count: 300, tag: "x")
+        #expect(busy.worker.status.running == 1, "the held job ended before the load did: the test proves nothing")
+        #expect(runner.fallbacks == 0 && runner.remoteJobs > 0)
+        #expect(free.worker.status.finished == UInt64(runner.remoteJobs), "the free worker ran every job")
+        // It finished only the refused spec: every job of the load was turned away as busy.
+        #expect(busy.worker.status.finished == 1, "the busy worker took a job while its slot was held")
+        for i in stride(from: 0, to: 300, by: 11) { #expect(try db.get(Array("k\(i)".utf8)) == Array("x-1-\(i)".utf8)) }
+    }
+
+    @Test("a job of a superseded owner is fenced by the storage node and writes nothing", arguments: Carrier.servers)
+    func fencedJob(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let worker = try TestWorker(for: node)
+        var options = Options()
+        options.createIfMissing = true
+        options.fileSystem = node.remote
+        options.writeBufferSize = 16 << 10
+        options.disableAutoCompactions = true
+        // The first owner writes two overlapping tables and goes away.
+        let first = try Database(path: "owned", options: options)
+        for pass in 0..<2 {
+            for i in 0..<200 { try first.put(Array("k\(i)".utf8), Array("\(pass)".utf8)) }
+            try first.flush()
+        }
+        let staleEpoch = node.remote.leaseEpoch(of: "owned")
+        #expect(staleEpoch > 0)
+        let tables = first.engine.liveFiles()
+        try first.close()
+        // A second owner takes the lease: a higher epoch.
+        let second = try Database(path: "owned", options: options)
+        defer { try? second.close() }
+        #expect(node.remote.leaseEpoch(of: "owned") > staleEpoch)
+        let before = Set(try node.remote.children(of: "owned"))
+        let spec = CompactionJobSpec(
+            jobID: 1, directory: "owned", epoch: staleEpoch,
+            inputs: tables.map { JobInputTable(level: $0.level, info: $0.file) }, outputLevel: 1, levelCount: 7,
+            smallestSnapshot: 1 << 40, deeperLevelRanges: [], targetFileSizeBytes: 1 << 20, tableOptions: TableOptions(),
+            outputFileNumbers: 900_000..<900_010)
+        let fenced = #expect(throws: TransportError.self) { try worker.worker.compact(CompactionJobRequest(spec: spec)) }
+        #expect(fenced?.code == .fenced, "\(String(describing: fenced))")
+        #expect(Set(try node.remote.children(of: "owned")) == before, "a fenced job changed the file set")
+        // The same job under the current epoch runs.
+        var current = spec
+        current.epoch = node.remote.leaseEpoch(of: "owned")
+        let result = try worker.worker.compact(CompactionJobRequest(spec: current)).result
+        #expect(!result.outputs.isEmpty && spec.problems(in: result).isEmpty)
+    }
+}
