@@ -26,8 +26,19 @@ struct ShellSession {
         }
     }
 
+    /// The next input line, or nil at the end of the input.
+    ///
+    /// errno is cleared first: the standard library's `readLine` retries its `getline` while
+    /// errno says EINTR, and at the end of the input getline fails without setting errno, so an
+    /// EINTR left over from an earlier interrupted call (a futex wait of the transport, say)
+    /// made the shell spin at the end of its input for ever (seen as a hung test).
+    static func nextLine() -> String? {
+        errno = 0
+        return readLine(strippingNewline: true)
+    }
+
     func run() {
-        while let line = readLine(strippingNewline: true) {
+        while let line = Self.nextLine() {
             let tokens = line.split(separator: " ", omittingEmptySubsequences: false)
             do {
                 try execute(tokens)
@@ -86,7 +97,7 @@ struct ShellSession {
             var problem: String? = nil
             // Read all N lines even when one is bad, so the next command starts on its own line.
             for _ in 0..<count {
-                guard let line = readLine(strippingNewline: true) else {
+                guard let line = Self.nextLine() else {
                     throw ShellError("input ended inside a batch")
                 }
                 let parts = line.split(separator: " ", omittingEmptySubsequences: false)

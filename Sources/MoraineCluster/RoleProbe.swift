@@ -21,11 +21,7 @@ enum RoleProbe {
             var limits = TransportLimits()
             limits.handshakeNanos = min(limits.handshakeNanos, timeoutNanos)
             do throws(TransportError) {
-                let client: any TransportClient =
-                    switch endpoint {
-                    case .sharedMemory(let path): try SharedMemoryClient(socketPath: path, key: key, limits: limits)
-                    case .tcp(let host, let port): try DirectTCPClient(host: host, port: port, key: key, limits: limits)
-                    }
+                let client = try endpoint.connect(key: key, limits: limits)
                 defer { client.close() }
                 guard case .bytes(let bytes) = try client.call(WorkerOpcode.status, .bytes([]), timeoutNanos: timeoutNanos) else {
                     throw TransportError(.malformed, "a reference reply to a status request")

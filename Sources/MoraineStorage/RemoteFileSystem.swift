@@ -145,12 +145,7 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         if let box = idle.withLock({ $0.popLast() }) { return box }
         var limits = options.limits
         limits.handshakeNanos = min(limits.handshakeNanos, options.callTimeoutNanos)
-        switch endpoint {
-        case .sharedMemory(let path):
-            return ConnectionBox(try SharedMemoryClient(socketPath: path, key: key, limits: limits, link: options.link))
-        case .tcp(let host, let port):
-            return ConnectionBox(try DirectTCPClient(host: host, port: port, key: key, limits: limits, link: options.link))
-        }
+        return ConnectionBox(try endpoint.connect(key: key, limits: limits, link: options.link))
     }
 
     func giveBack(_ box: ConnectionBox) {

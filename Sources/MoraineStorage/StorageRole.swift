@@ -37,22 +37,10 @@ public enum StorageRole {
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
         let node = try StorageNode(dataDirectory: configuration.dataDirectory)
-        let router = node.router()
-        let endpoint: Endpoint
-        let stop: () -> Void
-        switch configuration.endpoint {
-        case .sharedMemory(let path):
-            let server = try SharedMemoryServer(socketPath: path, key: key, link: configuration.link, router: router)
-            endpoint = .sharedMemory(socketPath: path)
-            stop = { server.close() }
-        case .tcp(let host, let port):
-            let server = try TCPServer(host: host, port: port, key: key, link: configuration.link, router: router)
-            endpoint = .tcp(host: host, port: server.port)
-            stop = { server.close() }
-        }
-        announce(endpoint)
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: node.router())
+        announce(server.endpoint)
         let signal = TerminationSignals.wait()
-        SystemLog.info("storage: \(TerminationSignals.name(signal)): stopping the node on \(endpoint)")
-        stop()
+        SystemLog.info("storage: \(TerminationSignals.name(signal)): stopping the node on \(server.endpoint)")
+        server.close()
     }
 }

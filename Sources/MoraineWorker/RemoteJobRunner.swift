@@ -86,10 +86,7 @@ public final class RemoteJobRunner: JobRunner {
     private func send(_ spec: CompactionJobSpec, to endpoint: Endpoint) throws -> Outcome {
         let client: any TransportClient
         do {
-            switch endpoint {
-            case .sharedMemory(let path): client = try SharedMemoryClient(socketPath: path, key: key, limits: limits)
-            case .tcp(let host, let port): client = try DirectTCPClient(host: host, port: port, key: key, limits: limits)
-            }
+            client = try endpoint.connect(key: key, limits: limits)
         } catch {
             return .notStarted(error.description)
         }

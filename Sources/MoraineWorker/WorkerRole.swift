@@ -40,22 +40,10 @@ public enum WorkerRole {
         let worker = CompactionWorker(slots: configuration.slots, key: key) { () throws(TransportError) -> Endpoint in
             try run.endpoint(of: "storage")
         }
-        let router = worker.router()
-        let endpoint: Endpoint
-        let stop: () -> Void
-        switch configuration.endpoint {
-        case .sharedMemory(let path):
-            let server = try SharedMemoryServer(socketPath: path, key: key, link: configuration.link, router: router)
-            endpoint = .sharedMemory(socketPath: path)
-            stop = { server.close() }
-        case .tcp(let host, let port):
-            let server = try TCPServer(host: host, port: port, key: key, link: configuration.link, router: router)
-            endpoint = .tcp(host: host, port: server.port)
-            stop = { server.close() }
-        }
-        announce(endpoint)
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: worker.router())
+        announce(server.endpoint)
         let signal = TerminationSignals.wait()
-        SystemLog.info("compaction worker: \(TerminationSignals.name(signal)): stopping on \(endpoint)")
-        stop()
+        SystemLog.info("compaction worker: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
+        server.close()
     }
 }

@@ -13,8 +13,7 @@ final class StorageTestNode: @unchecked Sendable {
     let dataDirectory: TempDir
     let key = TestService.defaultKey()
     private(set) var endpoint: Endpoint
-    private var shm: SharedMemoryServer?
-    private var tcp: TCPServer?
+    private var server: EndpointServer?
 
     /// The node's own file system (POSIX, or a fault-injecting wrapper of it).
     let nodeFileSystem: any FileSystem
@@ -48,22 +47,15 @@ final class StorageTestNode: @unchecked Sendable {
     /// Starts serving (again) on the same endpoint.
     func start() throws {
         let node = try StorageNode(dataDirectory: dataDirectory.path, fileSystem: nodeFileSystem)
-        switch endpoint {
-        case .sharedMemory(let path):
-            shm = try SharedMemoryServer(socketPath: path, key: key, router: node.router())
-        case .tcp(let host, let port):
-            let server = try TCPServer(host: host, port: port, key: key, router: node.router())
-            endpoint = .tcp(host: host, port: server.port)
-            tcp = server
-        }
+        let server = try endpoint.serve(key: key, router: node.router())
+        endpoint = server.endpoint
+        self.server = server
     }
 
     /// Stops serving: every connection is closed, and new ones are refused until `start`.
     func stop() {
-        shm?.close()
-        tcp?.close()
-        shm = nil
-        tcp = nil
+        server?.close()
+        server = nil
     }
 
     func remove() {
@@ -79,8 +71,7 @@ final class TestWorker: @unchecked Sendable {
     let worker: CompactionWorker
     let directory = TempDir("moraine-worker")
     private(set) var endpoint: Endpoint
-    private var shm: SharedMemoryServer?
-    private var tcp: TCPServer?
+    private var server: EndpointServer?
 
     /// A worker whose jobs reach `node` (or `storage`, when given: a node that may not be there).
     init(for node: StorageTestNode, slots: Int = 2, storage: Endpoint? = nil) throws {
@@ -95,21 +86,14 @@ final class TestWorker: @unchecked Sendable {
 
     /// Serves (again) on the same endpoint.
     func start(key: ClusterKey) throws {
-        switch endpoint {
-        case .sharedMemory(let path):
-            shm = try SharedMemoryServer(socketPath: path, key: key, router: worker.router())
-        case .tcp(let host, let port):
-            let server = try TCPServer(host: host, port: port, key: key, router: worker.router())
-            endpoint = .tcp(host: host, port: server.port)
-            tcp = server
-        }
+        let server = try endpoint.serve(key: key, router: worker.router())
+        endpoint = server.endpoint
+        self.server = server
     }
 
     func stop() {
-        shm?.close()
-        tcp?.close()
-        shm = nil
-        tcp = nil
+        server?.close()
+        server = nil
     }
 
     deinit {

@@ -76,11 +76,7 @@ struct WorkerTests {
         let busy = try TestWorker(for: node, slots: 1, storage: .sharedMemory(socketPath: nowhere.file("none.sock")))
         let free = try TestWorker(for: node, slots: 1)
         let runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [busy.endpoint, free.endpoint] }
-        let client: any TransportClient =
-            switch busy.endpoint {
-            case .sharedMemory(let path): try SharedMemoryClient(socketPath: path, key: node.key)
-            case .tcp(let host, let port): try DirectTCPClient(host: host, port: port, key: node.key)
-            }
+        let client = try busy.endpoint.connect(key: node.key)
         defer { client.close() }
         // A spec it cannot run: refused as invalid, every reason named.
         let bad = CompactionJobSpec(
