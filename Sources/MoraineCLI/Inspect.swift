@@ -23,7 +23,10 @@ struct Demo: ParsableCommand {
             options.writeBufferSize = 4 << 20
             options.targetFileSizeBase = 4 << 20
             options.maxBytesForLevelBase = 16 << 20
-            if let cluster { options.fileSystem = try DatabaseOptions.remoteFileSystem(cluster: cluster) }
+            if let cluster {
+                options.fileSystem = try DatabaseOptions.remoteFileSystem(cluster: cluster)
+                if let runner = try DatabaseOptions.jobRunner(cluster: cluster) { options.jobRunner = runner }
+            }
             let database = try Database(path: db, options: options)
             print("opened \(db)")
             let start = monotonicSeconds()
@@ -63,7 +66,8 @@ struct Demo: ParsableCommand {
                 usleep(100_000)
             }
             let settled = database.stats()
-            print("after background compaction (\(settled.compactions) compactions, \(settled.trivialMoves) trivial moves):")
+            let remote = cluster == nil ? "" : ", \(settled.remoteCompactions) on a worker"
+            print("after background compaction (\(settled.compactions) compactions\(remote), \(settled.trivialMoves) trivial moves):")
             print(settled.shape.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
             try database.close()
         }
