@@ -74,8 +74,11 @@ final class TestWorker: @unchecked Sendable {
     private var server: EndpointServer?
 
     /// A worker whose jobs reach `node` (or `storage`, when given: a node that may not be there).
-    init(for node: StorageTestNode, slots: Int = 2, storage: Endpoint? = nil) throws {
-        worker = CompactionWorker(slots: slots, key: node.key, fileSystemOptions: StorageTestNode.fastOptions) {
+    init(
+        for node: StorageTestNode, slots: Int = 2, storage: Endpoint? = nil,
+        fileSystemOptions: RemoteFileSystem.Options = StorageTestNode.fastOptions
+    ) throws {
+        worker = CompactionWorker(slots: slots, key: node.key, fileSystemOptions: fileSystemOptions) {
             () throws(TransportError) -> Endpoint in storage ?? node.endpoint
         }
         endpoint =

@@ -70,10 +70,13 @@ struct WorkerTests {
         let node = try StorageTestNode(carrier)
         defer { node.remove() }
         // The busy worker's jobs reach a storage node that is not there: a job it takes holds its
-        // only slot while its calls retry, until their deadline (3 s).
+        // only slot while its calls retry, until their deadline (8 s: room for a slow machine).
         let nowhere = TempDir("moraine-nowhere")
         defer { nowhere.remove() }
-        let busy = try TestWorker(for: node, slots: 1, storage: .sharedMemory(socketPath: nowhere.file("none.sock")))
+        var patient = StorageTestNode.fastOptions
+        patient.callTimeoutNanos = 8_000_000_000
+        let busy = try TestWorker(
+            for: node, slots: 1, storage: .sharedMemory(socketPath: nowhere.file("none.sock")), fileSystemOptions: patient)
         let free = try TestWorker(for: node, slots: 1)
         let runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [busy.endpoint, free.endpoint] }
         let client = try busy.endpoint.connect(key: node.key)
