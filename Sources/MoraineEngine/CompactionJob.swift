@@ -17,11 +17,18 @@ import MoraineSystem
 public struct CompactionJob {
     public let spec: CompactionJobSpec
     public let fileSystem: any FileSystem
+    /// Where the job reports progress and hears a cancel or its deadline (checked every few
+    /// thousand entries and before it returns).
+    public let control: JobControl?
 
-    public init(spec: CompactionJobSpec, fileSystem: any FileSystem) {
+    public init(spec: CompactionJobSpec, fileSystem: any FileSystem, control: JobControl? = nil) {
         self.spec = spec
         self.fileSystem = fileSystem
+        self.control = control
     }
+
+    /// Entries merged between two progress reports and cancel checks.
+    static let checkIntervalEntries = 4096
 
     private var directory: String { spec.directory }
 
@@ -47,7 +54,8 @@ public struct CompactionJob {
 
     /// Runs the merge, writing and syncing every output.
     /// - Throws: `.invalid` naming each problem of a spec that cannot run; the file system's
-    ///   errors (the outputs written so far are removed).
+    ///   errors; `unavailable` once cancelled or past the deadline (in each case the outputs
+    ///   written so far are removed).
     public func run() throws -> CompactionJobResult {
         let problems = spec.problems()
         guard problems.isEmpty else {
@@ -68,10 +76,22 @@ public struct CompactionJob {
         var currentUser = KeyBuffer()
         var hasCurrentUser = false
         var lastSequenceForKey = maxSequenceNumber
+        var bytesMerged: UInt64 = 0
+        var untilCheck = Self.checkIntervalEntries
         do {
+            try control?.check(jobID: spec.jobID)
             try merged.seekToFirst()
             while merged.isValid {
                 let ikey = merged.key
+                if let control {
+                    bytesMerged &+= UInt64(ikey.count + merged.value.count)
+                    untilCheck -= 1
+                    if untilCheck == 0 {
+                        untilCheck = Self.checkIntervalEntries
+                        control.record(bytesDone: bytesMerged)
+                        try control.check(jobID: spec.jobID)
+                    }
+                }
                 let user = userKey(ikey)
                 let newUserKey = !hasCurrentUser || compareBytes(currentUser.bytes, user) != 0
                 if newUserKey {
@@ -121,6 +141,9 @@ public struct CompactionJob {
                 }
                 writer = nil
             }
+            // A job stopped or late by now must not hand back a result its sender gave up on.
+            try control?.check(jobID: spec.jobID)
+            control?.record(bytesDone: bytesMerged)
         } catch {
             writer?.abandon()
             for output in result.outputs {

@@ -113,15 +113,24 @@ extension Engine {
         deleteObsoleteLogs()
     }
 
-    /// Makes `edit` durable and current. Safe to call without `mutex`.
+    /// Makes `edit` durable and current, with the reservation releases waiting for an edit.
+    /// Safe to call without `mutex`.
     func install(_ edit: VersionEdit) throws {
         try installLock.withLock {
             if !edit.newFiles.isEmpty {
                 // New tables' directory entries must be durable before the manifest names them.
                 try fileSystem.syncDirectory(path)
             }
+            var edit = edit
+            let releases = reservations.takeReleases()
+            edit.releasedReservations += releases
             let before = versions.manifestCount
-            _ = try versions.logAndApply(edit, lastSequence: lastSequence.load(ordering: .acquiring))
+            do {
+                _ = try versions.logAndApply(edit, lastSequence: lastSequence.load(ordering: .acquiring))
+            } catch {
+                reservations.putBack(releases)
+                throw error
+            }
             if versions.manifestCount != before { counters.update { $0.manifestRolls += 1 } }
         }
     }
@@ -177,20 +186,8 @@ extension Engine {
             counters.update { $0.trivialMoves += 1 }
             return
         }
-        let job = makeJobSpec(spec)
-        let result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
-        let problems = job.problems(in: result)
-        guard problems.isEmpty else {
-            // Whoever ran it, a result that does not fit its spec is never installed; the
-            // outputs it names inside the reserved range are removed (the next open collects
-            // any others: no manifest names them).
-            for output in result.outputs where job.outputFileNumbers.contains(output.number) {
-                try? fileSystem.remove(joinPath(path, DatabaseFile.table(output.number).name))
-            }
-            throw MoraineError(
-                .corruption, "compaction job \(job.jobID) returned a result that does not fit its spec: "
-                    + problems.joined(separator: "; "))
-        }
+        let (job, result) = try runJob(for: spec)
+        edit.releasedReservations = [job.outputFileNumbers.lowerBound]
         for output in result.outputs { edit.newFiles.append((spec.outputLevel, output)) }
         // If the install fails, the outputs stay: the manifest may already name them. The next
         // open deletes whichever tables no manifest references.
@@ -201,31 +198,6 @@ extension Engine {
             $0.compactionBytesWritten += Int(result.bytesWritten)
             $0.entriesDropped += Int(result.entriesDropped)
         }
-    }
-
-    /// The value a job runner gets for `spec`: inputs with their levels, the snapshot and deeper
-    /// levels as of now, and output numbers reserved from the version set (burned if unused;
-    /// after a crash, the next open marks every number it finds as used).
-    func makeJobSpec(_ spec: CompactionSpec) -> CompactionJobSpec {
-        let version = versions.current
-        var deeper: [[UserKeyRange]] = []
-        if spec.outputLevel + 1 < version.levels.count {
-            for level in (spec.outputLevel + 1)..<version.levels.count {
-                deeper.append(version.levels[level].map { UserKeyRange(lower: $0.smallestUserKey, upper: $0.largestUserKey) })
-            }
-        }
-        let inputs =
-            spec.inputs.map { JobInputTable(level: spec.inputLevel, info: $0.info) }
-            + spec.outputLevelInputs.map { JobInputTable(level: spec.outputLevel, info: $0.info) }
-        let target = UInt64(options.targetFileSizeBase)
-        let count = CompactionJobSpec.outputNumbersToReserve(
-            inputBytes: inputs.reduce(0) { $0 + $1.info.sizeBytes }, targetFileSizeBytes: target)
-        return CompactionJobSpec(
-            jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0, inputs: inputs,
-            outputLevel: spec.outputLevel, levelCount: version.levels.count,
-            smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
-            targetFileSizeBytes: target, tableOptions: options.tableOptions,
-            outputFileNumbers: versions.reserveFileNumbers(count))
     }
 
     /// Moves every memtable's contents into tables and, if `wait`, waits until done (else it

@@ -110,6 +110,8 @@ extension Engine {
         logFileNumber = logNumber
         mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: logNumber, pool: memtableArenas)
         edit.logNumber = logNumber
+        // The jobs the last owner had in flight are over: their outputs go with the cleanup.
+        edit.releasedReservations = versions.pendingReservations.keys.sorted()
         // Start a new manifest on every open: the old one may end in a torn record.
         versions.close()
         try install(edit)
@@ -210,7 +212,8 @@ extension Engine {
     /// listing at open) that the recovered manifest does not name; `lastReplayed` is the last
     /// sequence the replayed logs reached (0: none), `unreplayedLogs` the WALs after a broken
     /// chain. Tables the manifest does not name:
-    /// - removed by one of the manifest's own edits: delete;
+    /// - removed by one of the manifest's own edits, or inside a job's unreleased output
+    ///   reservation: delete;
     /// - unreadable (torn or damaged): set aside (a crash mid-write leaves these, but no proof);
     /// - every sequence number at or below what the live tables or the replayed logs reach:
     ///   delete (an unfinished flush or compaction, whose data the recovered state holds);
@@ -223,6 +226,7 @@ extension Engine {
         names: [String], lastReplayed: SequenceNumber, unreplayedLogs: Set<UInt64>
     ) throws -> [(name: String, fate: FileFate)] {
         let live = versions.liveTableNumbers
+        let reserved = Array(versions.pendingReservations.values)
         let liveReach = versions.current.levels.joined().map(\.info.largestSequence).max() ?? 0
         let reach = max(liveReach, lastReplayed)
         var plan: [(name: String, fate: FileFate)] = []
@@ -230,7 +234,9 @@ extension Engine {
         for name in names.sorted() {
             switch DatabaseFile(name: name) {
             case .table(let n) where !live.contains(n):
-                if versions.recoveredDeletedTables.contains(n) {
+                // An output of a job in flight when the last owner stopped (its reservation is
+                // in the manifest): never installed, and it holds nothing its inputs do not.
+                if versions.recoveredDeletedTables.contains(n) || reserved.contains(where: { $0.contains(n) }) {
                     plan.append((name, .delete))
                     continue
                 }

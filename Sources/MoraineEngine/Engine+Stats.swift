@@ -51,6 +51,9 @@ public struct EngineStats: Sendable {
     /// Compactions a worker ran, and those run here because no worker could take them.
     public var remoteCompactions = 0
     public var compactionFallbacks = 0
+    /// Compaction jobs given up on mid-way and run again (their worker died, hung or passed
+    /// the deadline).
+    public var lostCompactionJobs = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -74,6 +77,7 @@ public struct EngineStats: Sendable {
             ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
             ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
+            ("lost_compaction_jobs", lostCompactionJobs),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -156,6 +160,7 @@ extension Engine {
         s.resumes = c.resumes
         s.remoteCompactions = options.jobRunner.remoteJobs
         s.compactionFallbacks = options.jobRunner.fallbacks
+        s.lostCompactionJobs = c.lostJobs
         return s
     }
 

@@ -60,6 +60,8 @@ public final class Engine: @unchecked Sendable {
     let lastSequence = Atomic<UInt64>(0)
     /// Numbers the compaction jobs this engine dispatches.
     let nextJobID = Atomic<UInt64>(1)
+    /// Job reservations to sweep and release (Engine+Jobs).
+    let reservations = ReservationBook()
     private let superVersionLock = Mutex<SuperVersion?>(nil)
     let counters = Counters()
     /// Arenas of flushed memtables, reused by the next ones (already resident).
@@ -310,6 +312,7 @@ public final class Engine: @unchecked Sendable {
             tableCache.evict(number)
             try? fileSystem.remove(path(.table(number)))
         }
+        sweepAbandonedOutputs()
     }
 
     func checkOpen() throws {
@@ -345,6 +348,8 @@ struct CounterValues: Sendable {
     var multiGetBatches = 0
     var multiGetBlockReads = 0
     var resumes = 0
+    /// Compaction jobs given up on mid-way (their worker died, hung or passed the deadline).
+    var lostJobs = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

@@ -1,7 +1,9 @@
 // Where the engine runs its compaction jobs: a `JobRunner` takes a `CompactionJobSpec` (the job
 // as a value, MoraineFormat) and returns its `CompactionJobResult`; `LocalJobRunner` runs it on the
 // calling thread, a worker's runner elsewhere. Whoever ran it, the engine checks the result
-// against the spec before it installs it (Engine+Background).
+// against the spec before it installs it (Engine+Background). A runner that loses sight of a job
+// it handed off throws `JobLost`: the engine then runs the compaction again under a new
+// reservation and sweeps the lost job's range until its outputs can no longer appear.
 import MoraineFormat
 import MoraineSystem
 
@@ -11,6 +13,8 @@ import MoraineSystem
 public protocol JobRunner: Sendable {
     /// Runs `spec` against the files of `fileSystem`, writing outputs only with numbers from the
     /// spec's reserved range.
+    /// - Throws: the job's failure (its outputs removed), or `JobLost` when it ran elsewhere and
+    ///   its end was not seen.
     func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult
     /// Jobs run elsewhere, and jobs run here because elsewhere could not take them (0 for a
     /// runner that only runs here).
@@ -21,6 +25,24 @@ public protocol JobRunner: Sendable {
 extension JobRunner {
     public var remoteJobs: Int { 0 }
     public var fallbacks: Int { 0 }
+}
+
+/// A job handed to someone else whose end nobody saw: the worker died, hung, or went silent.
+/// Outputs in its reserved range may still appear until `outputsMayAppearForNanos` from now
+/// (the job's deadline, when the worker stops it, plus a margin); the engine re-runs the
+/// compaction with a fresh reservation and removes whatever appears in the lost one.
+public struct JobLost: Error, CustomStringConvertible {
+    public var jobID: UInt64
+    public var reason: String
+    public var outputsMayAppearForNanos: Int64
+
+    public init(jobID: UInt64, reason: String, outputsMayAppearForNanos: Int64) {
+        self.jobID = jobID
+        self.reason = reason
+        self.outputsMayAppearForNanos = outputsMayAppearForNanos
+    }
+
+    public var description: String { "compaction job \(jobID) lost: \(reason)" }
 }
 
 /// Runs jobs on the calling thread.

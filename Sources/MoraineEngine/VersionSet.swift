@@ -29,6 +29,9 @@ final class VersionSet: @unchecked Sendable {
     private(set) var manifestCount = 0
     /// Tables the recovered manifest's edits removed (and did not add back): provably obsolete.
     private(set) var recoveredDeletedTables = Set<UInt64>()
+    /// Output-number reservations of jobs in flight (by first number), as the manifest records
+    /// them: added by an edit's `reservations`, removed by its `releasedReservations`.
+    private(set) var pendingReservations: [UInt64: Range<UInt64>] = [:]
     /// The recovered manifest's path and size, to tell whether a writer appended since.
     private var recoveredManifest: (path: String, sizeBytes: UInt64)? = nil
 
@@ -91,6 +94,8 @@ final class VersionSet: @unchecked Sendable {
             if let n = edit.nextFileNumber { nextFileNumberCounter.store(n, ordering: .relaxed); sawNextFile = true }
             if let s = edit.lastSequence { recordedLastSequence = s }
             for (level, key) in edit.compactPointers { compactPointers[level] = key }
+            for range in edit.reservations { pendingReservations[range.lowerBound] = range }
+            for first in edit.releasedReservations { pendingReservations[first] = nil }
         }
         guard sawNextFile, sawLog else {
             throw MoraineError.corruption("manifest lacks the next-file or log number", file: manifestPath)
@@ -133,6 +138,7 @@ final class VersionSet: @unchecked Sendable {
         for (level, key) in compactPointers.enumerated() where !key.isEmpty {
             edit.compactPointers.append((level, key))
         }
+        edit.reservations = pendingReservations.values.sorted { $0.lowerBound < $1.lowerBound }
         return edit
     }
 
@@ -192,6 +198,9 @@ final class VersionSet: @unchecked Sendable {
         edit.lastSequence = lastSequence
         if let n = edit.logNumber { precondition(n >= logNumber, "log number moved backward") }
         let previous = (_current, logNumber, compactPointers)
+        let previousReservations = pendingReservations
+        for range in edit.reservations { pendingReservations[range.lowerBound] = range }
+        for first in edit.releasedReservations { pendingReservations[first] = nil }
         let (version, removed) = _current.applying(edit, sink: sink)
         if let problem = version.checkInvariants() {
             preconditionFailure("edit produced an invalid tree: \(problem)")
@@ -212,6 +221,7 @@ final class VersionSet: @unchecked Sendable {
             }
         } catch {
             state.withLock { (_current, logNumber, compactPointers) = previous }
+            pendingReservations = previousReservations
             if let m = manifest { try? m.file.close() }
             manifest = nil
             throw error

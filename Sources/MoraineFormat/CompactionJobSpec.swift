@@ -8,6 +8,7 @@
 // with reasons a person can act on.
 //
 // Value types; no shared state.
+import MoraineSystem
 
 /// A table a job reads: its place in the tree and what it holds.
 public struct JobInputTable: Sendable, Equatable {
@@ -52,6 +53,9 @@ public struct CompactionJobSpec: Sendable, Equatable {
     public var tableOptions: TableOptions
     /// The numbers the outputs take, in order; reserved for this job when it was dispatched.
     public var outputFileNumbers: Range<UInt64>
+    /// Wall-clock nanoseconds (since 1970) after which the job must not start, nor finish: its
+    /// sender has given up on it by then (0: no deadline, as for a job run in its own process).
+    public var deadlineUnixNanos: Int64 = 0
 
     public init(
         jobID: UInt64, directory: String, epoch: UInt64, inputs: [JobInputTable], outputLevel: Int,
@@ -80,10 +84,15 @@ public struct CompactionJobSpec: Sendable, Equatable {
         return min(2 * full + 4, 1 << 20)
     }
 
-    /// Why a job could not run this spec, one reason per problem; empty when it can.
-    public func problems() -> [String] {
+    /// Why a job could not run this spec at wall-clock time `now`, one reason per problem; empty
+    /// when it can.
+    public func problems(now: Int64 = wallClockNanos()) -> [String] {
         var found: [String] = []
         if inputs.isEmpty { found.append("no input tables") }
+        if deadlineUnixNanos != 0 && deadlineUnixNanos <= now {
+            let late = Double(now - deadlineUnixNanos) / 1e9
+            found.append("its deadline passed \((late * 1000).rounded() / 1000) s ago")
+        }
         if outputLevel < 1 || outputLevel >= levelCount {
             found.append("output level \(outputLevel) is outside 1..<\(levelCount)")
         }

@@ -36,6 +36,11 @@ public struct VersionEdit: Sendable, Equatable {
     public var compactPointers: [(level: Int, key: [UInt8])] = []
     public var deletedFiles: [(level: Int, number: UInt64)] = []
     public var newFiles: [(level: Int, file: TableFileInfo)] = []
+    /// Output numbers reserved for jobs in flight: until released, a table numbered inside one
+    /// that no version names is an unfinished job's output, and the next open deletes it.
+    public var reservations: [Range<UInt64>] = []
+    /// Reservations (by first number) whose jobs are installed or whose outputs are gone.
+    public var releasedReservations: [UInt64] = []
 
     public init() {}
 
@@ -48,6 +53,7 @@ public struct VersionEdit: Sendable, Equatable {
             && a.deletedFiles.map(\.number) == b.deletedFiles.map(\.number)
             && a.newFiles.map(\.level) == b.newFiles.map(\.level)
             && a.newFiles.map(\.file) == b.newFiles.map(\.file)
+            && a.reservations == b.reservations && a.releasedReservations == b.releasedReservations
     }
 
     enum Tag: UInt64 {
@@ -57,6 +63,8 @@ public struct VersionEdit: Sendable, Equatable {
         case compactPointer = 5
         case deletedFile = 6
         case newFile = 7
+        case reservation = 8
+        case releasedReservation = 9
     }
 
     public static let maxLevels = 7
@@ -94,6 +102,15 @@ public struct VersionEdit: Sendable, Equatable {
             out.appendLengthPrefixed(file.largest)
             out.appendVarint(file.smallestSequence)
             out.appendVarint(file.largestSequence)
+        }
+        for range in reservations {
+            out.appendVarint(Tag.reservation.rawValue)
+            out.appendVarint(range.lowerBound)
+            out.appendVarint(UInt64(range.count))
+        }
+        for first in releasedReservations {
+            out.appendVarint(Tag.releasedReservation.rawValue)
+            out.appendVarint(first)
         }
         return out
     }
@@ -134,6 +151,15 @@ public struct VersionEdit: Sendable, Equatable {
                         throw MoraineError(.corruption, "table \(file.number) has a malformed key range in \(origin)")
                     }
                     edit.newFiles.append((l, file))
+                case .reservation:
+                    let first = try reader.varint()
+                    let count = try reader.varint()
+                    guard count > 0, first <= UInt64.max - count else {
+                        throw MoraineError(.corruption, "reservation of \(count) numbers from \(first) in \(origin)")
+                    }
+                    edit.reservations.append(first..<first + count)
+                case .releasedReservation:
+                    edit.releasedReservations.append(try reader.varint())
                 }
             }
             return edit

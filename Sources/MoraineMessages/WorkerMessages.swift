@@ -6,14 +6,21 @@
 //
 // Value types; no shared state.
 import MoraineFormat
+import MoraineSystem
 import MoraineTransport
 
 /// The workers' opcodes (0x40–0x4F).
 public enum WorkerOpcode {
-    /// Run a compaction: `CompactionJobRequest` → `CompactionJobReply`.
+    /// Start a compaction: `CompactionJobRequest` → empty once the job runs (it runs on the
+    /// worker's own thread; its outcome is fetched with `poll`).
     public static let compact: UInt8 = 0x40
-    /// How busy the worker is: empty → `WorkerStatusReply`.
+    /// How busy the worker is, and how far each job has got: empty → `WorkerStatusReply`.
     public static let status: UInt8 = 0x41
+    /// Stop a job and remove its outputs: `CompactionJobName` → empty.
+    public static let cancel: UInt8 = 0x42
+    /// How a job is doing, and its outcome once it has one: `CompactionJobName` →
+    /// `CompactionPollReply`. An outcome is handed out once.
+    public static let poll: UInt8 = 0x43
 }
 
 extension TableFileInfo {
@@ -72,6 +79,7 @@ public struct CompactionJobRequest: WireMessage {
         writer.u8(spec.tableOptions.compression == .lz4 ? 1 : 0)
         writer.u64(spec.outputFileNumbers.lowerBound)
         writer.u64(spec.outputFileNumbers.upperBound)
+        writer.u64(UInt64(bitPattern: spec.deadlineUnixNanos))
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -119,6 +127,53 @@ public struct CompactionJobRequest: WireMessage {
             jobID: jobID, directory: directory, epoch: epoch, inputs: inputs, outputLevel: outputLevel, levelCount: levelCount,
             smallestSnapshot: snapshot, deeperLevelRanges: deeper, targetFileSizeBytes: target, tableOptions: options,
             outputFileNumbers: lower..<upper)
+        spec.deadlineUnixNanos = Int64(bitPattern: try reader.u64("deadline"))
+    }
+}
+
+/// How a job is doing: running (with its progress), done (with its result) or failed (with the
+/// error, as the error's kind and message).
+public struct CompactionPollReply: WireMessage {
+    public static let wireName = "compaction poll reply"
+
+    public enum State: Sendable, Equatable {
+        case running(bytesDone: UInt64)
+        case done(CompactionJobResult)
+        case failed(MoraineError.Kind, String)
+    }
+
+    public var state: State
+
+    public init(_ state: State) { self.state = state }
+
+    public func encode(into writer: inout WireWriter) {
+        switch state {
+        case .running(let bytesDone):
+            writer.u8(0)
+            writer.u64(bytesDone)
+        case .done(let result):
+            writer.u8(1)
+            CompactionJobReply(result: result).encode(into: &writer)
+        case .failed(let kind, let message):
+            writer.u8(2)
+            writer.u8(kind.rawValue)
+            // Cut to fit a wire string (a cut mid-character decodes to one replacement character).
+            writer.string(String(decoding: message.utf8.prefix(WireReader.stringBytesMax - 3), as: UTF8.self))
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        switch try reader.u8("poll state") {
+        case 0: state = .running(bytesDone: try reader.u64("bytes done"))
+        case 1: state = .done(try CompactionJobReply(from: &reader).result)
+        case 2:
+            let code = try reader.u8("error kind")
+            guard let kind = MoraineError.Kind(rawValue: code) else {
+                throw TransportError(.malformed, "\(Self.wireName): unknown error kind \(code)")
+            }
+            state = .failed(kind, try reader.string("error message"))
+        case let other: throw TransportError(.malformed, "\(Self.wireName): unknown poll state \(other)")
+        }
     }
 }
 
@@ -154,31 +209,89 @@ public struct CompactionJobReply: WireMessage {
     }
 }
 
+/// Which job: a job id is unique per database directory (and owner), not per worker.
+public struct CompactionJobName: WireMessage, Hashable {
+    public static let wireName = "compaction job name"
+    public var jobID: UInt64
+    public var directory: String
+
+    public init(jobID: UInt64, directory: String) {
+        self.jobID = jobID
+        self.directory = directory
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u64(jobID)
+        writer.string(directory)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        jobID = try reader.u64("job id")
+        directory = try reader.string("directory")
+    }
+}
+
+/// One job a worker is running, and how far it has got.
+public struct WorkerJobStatus: Sendable, Equatable {
+    public var jobID: UInt64
+    public var directory: String
+    /// Bytes of input merged so far.
+    public var bytesDone: UInt64
+
+    public init(jobID: UInt64, directory: String, bytesDone: UInt64) {
+        self.jobID = jobID
+        self.directory = directory
+        self.bytesDone = bytesDone
+    }
+}
+
 /// How busy a worker is.
 public struct WorkerStatusReply: WireMessage {
     public static let wireName = "worker status reply"
+    /// The most jobs one reply lists (a worker runs at most this many at once).
+    public static let jobsMax = 4096
     /// Jobs it runs at once at most.
     public var slots: UInt32
     /// Jobs running now.
     public var running: UInt32
     /// Jobs finished (succeeded or failed) since it started.
     public var finished: UInt64
+    /// The jobs running now, with their progress.
+    public var jobs: [WorkerJobStatus]
 
-    public init(slots: UInt32, running: UInt32, finished: UInt64) {
+    public init(slots: UInt32, running: UInt32, finished: UInt64, jobs: [WorkerJobStatus] = []) {
         self.slots = slots
         self.running = running
         self.finished = finished
+        self.jobs = jobs
     }
 
     public func encode(into writer: inout WireWriter) {
         writer.u32(slots)
         writer.u32(running)
         writer.u64(finished)
+        writer.u32(UInt32(min(jobs.count, Self.jobsMax)))
+        for job in jobs.prefix(Self.jobsMax) {
+            writer.u64(job.jobID)
+            writer.string(job.directory)
+            writer.u64(job.bytesDone)
+        }
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
         slots = try reader.u32("slots")
         running = try reader.u32("running")
         finished = try reader.u64("finished")
+        let count = Int(try reader.u32("job count"))
+        guard count <= Self.jobsMax else {
+            throw TransportError(.malformed, "\(Self.wireName): \(count) jobs pass \(Self.jobsMax)")
+        }
+        jobs = []
+        for _ in 0..<count {
+            jobs.append(
+                WorkerJobStatus(
+                    jobID: try reader.u64("job id"), directory: try reader.string("directory"),
+                    bytesDone: try reader.u64("bytes done")))
+        }
     }
 }

@@ -1,4 +1,4 @@
-// The monotonic clock and a precise sleep, for every module that times or paces something
+// The monotonic clock, the wall clock and a precise sleep, for every module that times or paces something
 // (benchmarks, link emulation, deadlines). CLOCK_MONOTONIC is shared by all processes on a
 // machine, so two processes may compare its readings. Free functions; no state.
 #if canImport(Glibc)
@@ -12,6 +12,14 @@
 public func monotonicNanos() -> Int64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
+/// CLOCK_REALTIME in nanoseconds since 1970: what a deadline that crosses machines is written in
+/// (it moves with the wall clock, so keep margins; same-box deadlines could use the monotonic one).
+public func wallClockNanos() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
     return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 

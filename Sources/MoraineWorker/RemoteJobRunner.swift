@@ -3,11 +3,16 @@
 //
 // Fallback rule: a job runs here only when it provably never started on a worker: no worker could
 // be reached, or every one answered `busy`. Once a worker has the job, its outcome is the job's:
-// its result (checked against the spec by the engine), its error, or — when the connection breaks
-// or the deadline passes mid-job — `unavailable`, which the engine treats as an outage and retries
-// later with a new spec and a new range of output numbers (a fresh reservation, so outputs a
-// late worker still writes can never collide with the retry's; no manifest names them, and the
-// next open deletes them).
+// its result (checked against the spec by the engine), its error, or `JobLost` when its end was
+// not seen: the connection broke (the worker died), the job made no progress for
+// `stallTimeoutNanos` (the worker hung or was stopped: its status stopped answering or the
+// job's bytes stopped moving), or the deadline passed. A lost job is cancelled (best effort: a
+// stopped worker hears it when it resumes) and the engine runs the compaction again under a new
+// reservation, sweeping the lost one (Engine+Jobs).
+//
+// Every spec sent carries a deadline (`jobTimeoutNanos` from now, on the wall clock): the worker
+// refuses a spec past it and stops a job that reaches it, removing its outputs, so a zombie cannot
+// write for longer than that.
 //
 // Thread-safety: any thread may run jobs; counters are atomic.
 import MoraineEngine
@@ -20,25 +25,41 @@ import Synchronization
 
 /// Runs compactions on workers, here when none can take one.
 public final class RemoteJobRunner: JobRunner {
+    /// How long a runner waits for a job, and how it watches it.
+    public struct Timing: Sendable {
+        /// How long a job may run on a worker before its sender gives up on it (the spec's
+        /// deadline).
+        public var jobTimeoutNanos: Int64 = 600_000_000_000
+        /// How often a job's progress is asked for while its sender waits.
+        public var progressIntervalNanos: Int64 = 1_000_000_000
+        /// How long a job may go without progress (or its worker without answering) before its
+        /// sender gives up on it.
+        public var stallTimeoutNanos: Int64 = 30_000_000_000
+        /// How long past the deadline a lost job's outputs are still looked for.
+        public var sweepMarginNanos: Int64 = 5_000_000_000
+
+        public init() {}
+    }
+
     /// The workers, tried in turn from a rotating start.
     private let workers: @Sendable () -> [Endpoint]
     private let key: ClusterKey
-    /// How long a job may run on a worker before its sender gives up on it.
-    public let jobTimeoutNanos: Int64
+    public let timing: Timing
     private let limits: TransportLimits
     private let next = Atomic<Int>(0)
     private let remoteCount = Atomic<Int>(0)
     private let fallbackCount = Atomic<Int>(0)
+    private let lostCount = Atomic<Int>(0)
     private let local = LocalJobRunner()
 
     /// A runner for the workers `workers` lists (asked at every job, so a restarted worker's new
     /// endpoint is found).
     public init(
-        key: ClusterKey, jobTimeoutNanos: Int64 = 600_000_000_000, limits: TransportLimits = TransportLimits(),
+        key: ClusterKey, timing: Timing = Timing(), limits: TransportLimits = TransportLimits(),
         workers: @escaping @Sendable () -> [Endpoint]
     ) {
         self.key = key
-        self.jobTimeoutNanos = jobTimeoutNanos
+        self.timing = timing
         self.limits = limits
         self.workers = workers
     }
@@ -47,6 +68,8 @@ public final class RemoteJobRunner: JobRunner {
     public var remoteJobs: Int { remoteCount.load(ordering: .relaxed) }
     /// Jobs run here because no worker could take them.
     public var fallbacks: Int { fallbackCount.load(ordering: .relaxed) }
+    /// Jobs given up on mid-way (the worker died, hung or passed the deadline).
+    public var lostJobs: Int { lostCount.load(ordering: .relaxed) }
 
     public func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
         var spec = spec
@@ -57,6 +80,7 @@ public final class RemoteJobRunner: JobRunner {
             let start = next.wrappingAdd(1, ordering: .relaxed).oldValue
             for offset in 0..<endpoints.count {
                 let endpoint = endpoints[(start + offset) % endpoints.count]
+                spec.deadlineUnixNanos = wallClockNanos() + timing.jobTimeoutNanos
                 switch try send(spec, to: endpoint) {
                 case .done(let result):
                     remoteCount.add(1, ordering: .relaxed)
@@ -66,6 +90,7 @@ public final class RemoteJobRunner: JobRunner {
                 }
             }
         }
+        spec.deadlineUnixNanos = 0
         let count = fallbackCount.add(1, ordering: .relaxed).newValue
         if count == 1 || count.isMultiple(of: 100) {
             let why = refusals.isEmpty ? "the cluster lists no compaction worker" : refusals.joined(separator: "; ")
@@ -80,38 +105,165 @@ public final class RemoteJobRunner: JobRunner {
         case notStarted(String)
     }
 
-    /// Sends `spec` to one worker.
-    /// - Throws: the worker's error for a job it took, as a MoraineError; `unavailable` when the
-    ///   connection broke or the deadline passed while the job was with the worker.
+    /// Starts `spec` on one worker and polls it until it ends: every few milliseconds at first,
+    /// backing off to `progressIntervalNanos`, so a short job is collected soon after it ends and
+    /// a long one costs a request a second.
+    /// - Throws: the worker's error for a job it took, as a MoraineError; `JobLost` when the
+    ///   worker went away (its endpoint refuses connections, or it forgot the job: it restarted),
+    ///   the job stalled, or the deadline passed while the worker had it.
     private func send(_ spec: CompactionJobSpec, to endpoint: Endpoint) throws -> Outcome {
-        let client: any TransportClient
+        var watch = JobWatch(spec: spec, endpoint: endpoint, key: key, limits: limits, timing: timing)
+        defer { watch.close() }
+        do {
+            try watch.connect()
+        } catch {
+            return .notStarted(error.message)
+        }
+        do {
+            _ = try watch.call(WorkerOpcode.compact, CompactionJobRequest(spec: spec).encoded())
+        } catch {
+            switch error.code {
+            case .busy:
+                return .notStarted(error.message)
+            case .timedOut, .unavailable:
+                // Sent, but no answer: the job may have started, so it must not run anywhere
+                // else under the same reservation. The engine re-runs it under a new one.
+                throw lost(spec, on: endpoint, "no answer to the job request (\(error.message))", watch: &watch)
+            default:
+                throw MoraineError(error.moraineError.kind, "compaction job \(spec.jobID) refused by worker \(endpoint): \(error.message)")
+            }
+        }
+        var pauseNanos: Int64 = 1_000_000
+        while true {
+            sleepNanos(pauseNanos)
+            pauseNanos = min(2 * pauseNanos, timing.progressIntervalNanos)
+            switch watch.poll() {
+            case .running:
+                continue
+            case .done(let result):
+                return .done(result)
+            case .failed(let kind, let message):
+                throw MoraineError(kind, "compaction job \(spec.jobID) failed on worker \(endpoint): \(message)")
+            case .lost(let reason):
+                throw lost(spec, on: endpoint, reason, watch: &watch)
+            }
+        }
+    }
+
+    /// Gives up on a job: cancels it on its worker (best effort) and says for how long its
+    /// outputs may still appear.
+    private func lost(_ spec: CompactionJobSpec, on endpoint: Endpoint, _ reason: String, watch: inout JobWatch) -> JobLost {
+        lostCount.add(1, ordering: .relaxed)
+        watch.cancel()
+        let remaining = max(0, spec.deadlineUnixNanos - wallClockNanos())
+        SystemLog.info("compaction job \(spec.jobID) on worker \(endpoint) given up: \(reason); it runs again elsewhere")
+        return JobLost(
+            jobID: spec.jobID, reason: "on worker \(endpoint): \(reason)",
+            outputsMayAppearForNanos: remaining + timing.sweepMarginNanos)
+    }
+}
+
+/// One job on its worker, seen from its sender: starts it, asks how it is doing, tells when it
+/// has stalled or run past its deadline, and cancels it.
+struct JobWatch {
+    enum Seen {
+        case running
+        case done(CompactionJobResult)
+        case failed(MoraineError.Kind, String)
+        /// Given up, and why.
+        case lost(String)
+    }
+
+    let spec: CompactionJobSpec
+    let endpoint: Endpoint
+    let key: ClusterKey
+    let limits: TransportLimits
+    let timing: RemoteJobRunner.Timing
+    private var client: (any TransportClient)? = nil
+    private var bytesDone: UInt64 = 0
+    private var progressAt = monotonicNanos()
+
+    init(spec: CompactionJobSpec, endpoint: Endpoint, key: ClusterKey, limits: TransportLimits, timing: RemoteJobRunner.Timing) {
+        self.spec = spec
+        self.endpoint = endpoint
+        self.key = key
+        self.limits = limits
+        self.timing = timing
+    }
+
+    private var name: CompactionJobName { CompactionJobName(jobID: spec.jobID, directory: spec.directory) }
+
+    /// Asks the worker how the job is doing. A worker that does not answer, or a job whose
+    /// bytes do not move, counts against `stallTimeoutNanos`; a worker whose endpoint refuses
+    /// connections (it died) or that no longer knows the job (it restarted) loses it at once.
+    mutating func poll() -> Seen {
+        if spec.deadlineUnixNanos != 0 && wallClockNanos() >= spec.deadlineUnixNanos {
+            return .lost("it passed its deadline (\(timing.jobTimeoutNanos / 1_000_000_000) s)")
+        }
+        do throws(TransportError) {
+            let reply = try call(WorkerOpcode.poll, name.encoded())
+            guard case .bytes(let bytes) = reply else { return .lost("the worker answered a poll with a reference") }
+            switch try CompactionPollReply.decode(bytes).state {
+            case .running(let done):
+                if done > bytesDone {
+                    bytesDone = done
+                    progressAt = monotonicNanos()
+                }
+            case .done(let result): return .done(result)
+            case .failed(let kind, let message): return .failed(kind, message)
+            }
+        } catch {
+            switch error.code {
+            case .notFound: return .lost("the worker no longer knows the job (it restarted?)")
+            case .unavailable: return .lost("the worker is gone (\(error.message))")
+            default: break  // no answer this time: counts as no progress
+            }
+        }
+        let quiet = monotonicNanos() - progressAt
+        if quiet >= timing.stallTimeoutNanos {
+            return .lost("no progress for \(quiet / 1_000_000) ms (stuck at \(bytesDone) bytes, or the worker stopped answering)")
+        }
+        return .running
+    }
+
+    /// Asks the worker to stop the job (it removes its outputs); errors are dropped: a worker that
+    /// does not hear it stops the job at its deadline, and drops a result nobody fetches.
+    mutating func cancel() {
+        _ = try? call(WorkerOpcode.cancel, name.encoded())
+    }
+
+    /// Opens the watch's connection if it has none.
+    /// - Throws: `unavailable` when the worker cannot be reached (`timedOut` when it does not
+    ///   finish the handshake: it may be stopped).
+    mutating func connect() throws(TransportError) {
+        guard client == nil else { return }
         do {
             client = try endpoint.connect(key: key, limits: limits)
         } catch {
-            return .notStarted(error.description)
+            throw error.code == .timedOut ? error : TransportError(.unavailable, error.message)
         }
-        defer { client.close() }
-        let reply: Payload
+    }
+
+    /// One request on the watch's connection, opened on first use and again after a failure.
+    /// - Throws: the error response; `unavailable` when the worker cannot be reached or the
+    ///   connection broke; `timedOut` when it does not answer within `progressIntervalNanos` (at
+    ///   least a second).
+    mutating func call(_ opcode: UInt8, _ bytes: [UInt8]) throws(TransportError) -> Payload {
+        try connect()
         do {
-            reply = try client.call(
-                WorkerOpcode.compact, .bytes(CompactionJobRequest(spec: spec).encoded()), timeoutNanos: jobTimeoutNanos)
+            return try client!.call(opcode, bytes, timeoutNanos: max(timing.progressIntervalNanos, 1_000_000_000))
         } catch {
-            switch error.code {
-            case .busy: return .notStarted(error.message)
-            case .unavailable, .closed, .timedOut:
-                throw MoraineError(
-                    .unavailable, "compaction job \(spec.jobID) on worker \(endpoint) did not finish: \(error.message)")
-            default:
-                throw MoraineError(error.moraineError.kind, "compaction job \(spec.jobID) failed on worker \(endpoint): \(error.message)")
+            if error.code == .timedOut || error.code == .unavailable || error.code == .closed {
+                // A timed-out call leaves an answer in flight, a broken one nothing: start afresh.
+                client?.close()
+                client = nil
             }
+            throw error.code == .closed ? TransportError(.unavailable, error.message) : error
         }
-        guard case .bytes(let bytes) = reply else {
-            throw MoraineError(.corruption, "worker \(endpoint) answered compaction job \(spec.jobID) with a reference")
-        }
-        do {
-            return .done(try CompactionJobReply.decode(bytes).result)
-        } catch {
-            throw MoraineError(.corruption, "worker \(endpoint) answered compaction job \(spec.jobID): \(error.message)")
-        }
+    }
+
+    mutating func close() {
+        client?.close()
+        client = nil
     }
 }

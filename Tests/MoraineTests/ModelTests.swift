@@ -101,7 +101,7 @@ struct ModelRun {
         if configuration.worker, let node {
             let worker = try TestWorker(for: node)
             self.worker = worker
-            runner = RemoteJobRunner(key: node.key, jobTimeoutNanos: 30_000_000_000) { [worker.endpoint] }
+            runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing) { [worker.endpoint] }
         } else {
             worker = nil
             runner = nil

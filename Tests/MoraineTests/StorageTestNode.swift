@@ -6,7 +6,8 @@ import MoraineMessages
 import MoraineStorage
 import MoraineSystem
 import MoraineTransport
-import MoraineWorker
+import MoraineFormat
+@testable import MoraineWorker
 
 final class StorageTestNode: @unchecked Sendable {
     let carrier: Carrier
@@ -97,6 +98,33 @@ final class TestWorker: @unchecked Sendable {
     func stop() {
         server?.close()
         server = nil
+    }
+
+    /// How tests wait for jobs: a 30 s deadline, progress asked every 200 ms, a job given up
+    /// after 3 s without progress.
+    static let timing: RemoteJobRunner.Timing = {
+        var timing = RemoteJobRunner.Timing()
+        timing.jobTimeoutNanos = 30_000_000_000
+        timing.progressIntervalNanos = 200_000_000
+        timing.stallTimeoutNanos = 3_000_000_000
+        timing.sweepMarginNanos = 1_000_000_000
+        return timing
+    }()
+
+    /// Runs `spec` on this worker (in this process) and waits up to 30 s for its outcome.
+    func run(_ spec: CompactionJobSpec) throws -> CompactionPollReply.State {
+        try worker.start(CompactionJobRequest(spec: spec))
+        let name = CompactionJobName(jobID: spec.jobID, directory: spec.directory)
+        let deadline = monotonicNanos() + 30_000_000_000
+        while monotonicNanos() < deadline {
+            let state = try worker.poll(name).state
+            if case .running = state {
+                sleepNanos(5_000_000)
+                continue
+            }
+            return state
+        }
+        throw MoraineError(.unavailable, "compaction job \(spec.jobID) did not end within 30 s")
     }
 
     deinit {

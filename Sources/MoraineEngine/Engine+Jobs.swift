@@ -1,0 +1,163 @@
+// Compaction jobs as the engine dispatches them: each gets output numbers reserved in the manifest
+// before it leaves (so no later number collides with its outputs, whatever crashes, and the next
+// open deletes what an unfinished job left), runs through the options' JobRunner, and is installed
+// only if its result fits its spec; the install releases the reservation.
+//
+// A job whose runner lost sight of it (`JobLost`: its worker died, hung or passed the deadline)
+// is run again under a new reservation, and its own range is *abandoned*: outputs may still appear
+// in it (a stopped worker resumed) until the job's deadline, so every purge until then removes the
+// tables it finds there (ReservationBook), and the reservation is released after. A job that
+// failed outright is abandoned the same way with no wait: one sweep, then the release.
+//
+// Thread-safety: ReservationBook is behind its own mutex; the rest runs on the thread running the
+// compaction, without the engine's `mutex`.
+import MoraineFormat
+import MoraineSystem
+import Synchronization
+
+/// Reservations whose jobs are over but whose outputs may still need removing, and releases
+/// waiting for the next manifest edit.
+final class ReservationBook: Sendable {
+    private struct State {
+        /// Abandoned ranges, with the monotonic time until which outputs may still appear.
+        var abandoned: [(range: Range<UInt64>, untilNanos: Int64)] = []
+        var lastSweepNanos: Int64 = 0
+        /// First numbers of reservations to release in the next edit.
+        var releases: [UInt64] = []
+    }
+
+    private let state = Mutex<State>(State())
+    /// Sweeps of a range still open for outputs are at most this often (each lists the directory).
+    static let sweepIntervalNanos: Int64 = 1_000_000_000
+
+    func abandon(_ range: Range<UInt64>, outputsMayAppearForNanos: Int64) {
+        state.withLock { $0.abandoned.append((range, monotonicNanos() + max(0, outputsMayAppearForNanos))) }
+    }
+
+    func release(_ range: Range<UInt64>) { state.withLock { $0.releases.append(range.lowerBound) } }
+
+    /// Releases for the next edit; `putBack` returns them when that edit failed.
+    func takeReleases() -> [UInt64] {
+        state.withLock { state in
+            defer { state.releases = [] }
+            return state.releases
+        }
+    }
+
+    func putBack(_ releases: [UInt64]) { state.withLock { $0.releases += releases } }
+
+    /// The ranges to sweep now (nil when none is due: none is abandoned, or the last sweep was
+    /// less than `sweepIntervalNanos` ago and no range closes), and which of them close after it.
+    func dueSweep(ignoringInterval: Bool = false) -> (ranges: [Range<UInt64>], closing: [Range<UInt64>])? {
+        let now = monotonicNanos()
+        return state.withLock { state in
+            guard !state.abandoned.isEmpty else { return nil }
+            let closing = state.abandoned.filter { $0.untilNanos <= now }.map(\.range)
+            guard ignoringInterval || !closing.isEmpty || now - state.lastSweepNanos >= Self.sweepIntervalNanos else { return nil }
+            state.lastSweepNanos = now
+            return (state.abandoned.map(\.range), closing)
+        }
+    }
+
+    /// Forgets closed ranges and queues their releases.
+    func close(_ ranges: [Range<UInt64>]) {
+        state.withLock { state in
+            state.abandoned.removeAll { entry in ranges.contains(entry.range) }
+            state.releases += ranges.map(\.lowerBound)
+        }
+    }
+
+    /// Abandoned ranges still open for outputs.
+    var abandonedCount: Int { state.withLock { $0.abandoned.count } }
+}
+
+extension Engine {
+    /// How many times a compaction is dispatched again after its job was lost.
+    static let lostJobRetries = 3
+
+    /// Runs the job of `spec` through the options' runner until it has a result that fits,
+    /// re-dispatching a lost job under a new reservation.
+    /// - Throws: the job's failure; `unavailable` after `lostJobRetries` lost jobs;
+    ///   `corruption` for a result that does not fit its spec (never installed).
+    func runJob(for spec: CompactionSpec) throws -> (job: CompactionJobSpec, result: CompactionJobResult) {
+        var lost: [String] = []
+        while true {
+            let job = try makeJobSpec(spec)
+            let result: CompactionJobResult
+            do {
+                result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
+            } catch let error as JobLost {
+                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
+                counters.update { $0.lostJobs += 1 }
+                sweepAbandonedOutputs(force: true)
+                lost.append(error.description)
+                if lost.count > Self.lostJobRetries {
+                    throw MoraineError(.unavailable, "compaction gave up after \(lost.count) lost jobs: " + lost.joined(separator: "; "))
+                }
+                continue
+            } catch {
+                // The job removed its outputs, or could not (a storage outage): one sweep.
+                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: 0)
+                throw error
+            }
+            let problems = job.problems(in: result)
+            guard problems.isEmpty else {
+                // Whoever ran it, a result that does not fit its spec is never installed: the
+                // outputs it names in range go now, the rest of the range with the sweep.
+                for output in result.outputs where job.outputFileNumbers.contains(output.number) {
+                    try? fileSystem.remove(path(.table(output.number)))
+                }
+                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: 0)
+                throw MoraineError(
+                    .corruption, "compaction job \(job.jobID) returned a result that does not fit its spec: "
+                        + problems.joined(separator: "; "))
+            }
+            return (job, result)
+        }
+    }
+
+    /// The value a job runner gets for `spec`: inputs with their levels, the snapshot and deeper
+    /// levels as of now, and output numbers reserved from the version set and recorded in the
+    /// manifest before the job leaves (burned if unused).
+    /// - Throws: the manifest write's failure.
+    func makeJobSpec(_ spec: CompactionSpec) throws -> CompactionJobSpec {
+        let version = versions.current
+        var deeper: [[UserKeyRange]] = []
+        if spec.outputLevel + 1 < version.levels.count {
+            for level in (spec.outputLevel + 1)..<version.levels.count {
+                deeper.append(version.levels[level].map { UserKeyRange(lower: $0.smallestUserKey, upper: $0.largestUserKey) })
+            }
+        }
+        let inputs =
+            spec.inputs.map { JobInputTable(level: spec.inputLevel, info: $0.info) }
+            + spec.outputLevelInputs.map { JobInputTable(level: spec.outputLevel, info: $0.info) }
+        let target = UInt64(options.targetFileSizeBase)
+        let count = CompactionJobSpec.outputNumbersToReserve(
+            inputBytes: inputs.reduce(0) { $0 + $1.info.sizeBytes }, targetFileSizeBytes: target)
+        let outputs = versions.reserveFileNumbers(count)
+        var edit = VersionEdit()
+        edit.reservations = [outputs]
+        try install(edit)
+        return CompactionJobSpec(
+            jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0, inputs: inputs,
+            outputLevel: spec.outputLevel, levelCount: version.levels.count,
+            smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
+            targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
+    }
+
+    /// Removes tables in abandoned ranges that no version names, at most once a second unless
+    /// `force` (or a range closes); closed ranges are released with the next edit.
+    func sweepAbandonedOutputs(force: Bool = false) {
+        guard let due = reservations.dueSweep(ignoringInterval: force) else { return }
+        guard let names = try? fileSystem.children(of: path) else { return }  // swept again later
+        let live = versions.liveTableNumbers
+        for name in names {
+            guard case .table(let n) = DatabaseFile(name: name), !live.contains(n),
+                due.ranges.contains(where: { $0.contains(n) })
+            else { continue }
+            tableCache.evict(n)
+            try? fileSystem.remove(path(.table(n)))
+        }
+        reservations.close(due.closing)
+    }
+}
