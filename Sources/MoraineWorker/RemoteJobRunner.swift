@@ -128,7 +128,7 @@ public final class RemoteJobRunner: JobRunner {
             case .timedOut, .unavailable:
                 // Sent, but no answer: the job may have started, so it must not run anywhere
                 // else under the same reservation. The engine re-runs it under a new one.
-                throw lost(spec, on: endpoint, "no answer to the job request (\(error.message))", watch: &watch)
+                throw lost(spec, on: endpoint, "no answer to the job request (\(error.message))", alive: true, watch: &watch)
             default:
                 throw MoraineError(error.moraineError.kind, "compaction job \(spec.jobID) refused by worker \(endpoint): \(error.message)")
             }
@@ -144,18 +144,19 @@ public final class RemoteJobRunner: JobRunner {
                 return .done(result)
             case .failed(let kind, let message):
                 throw MoraineError(kind, "compaction job \(spec.jobID) failed on worker \(endpoint): \(message)")
-            case .lost(let reason):
-                throw lost(spec, on: endpoint, reason, watch: &watch)
+            case .lost(let reason, let alive):
+                throw lost(spec, on: endpoint, reason, alive: alive, watch: &watch)
             }
         }
     }
 
     /// Gives up on a job: cancels it on its worker (best effort) and says for how long its
-    /// outputs may still appear.
-    private func lost(_ spec: CompactionJobSpec, on endpoint: Endpoint, _ reason: String, watch: inout JobWatch) -> JobLost {
+    /// outputs may still appear: until the deadline while the worker may be alive, else only
+    /// while writes it sent before it died may still land.
+    private func lost(_ spec: CompactionJobSpec, on endpoint: Endpoint, _ reason: String, alive: Bool, watch: inout JobWatch) -> JobLost {
         lostCount.add(1, ordering: .relaxed)
-        watch.cancel()
-        let remaining = max(0, spec.deadlineUnixNanos - wallClockNanos())
+        if alive { watch.cancel() }
+        let remaining = alive ? max(0, spec.deadlineUnixNanos - wallClockNanos()) : 0
         SystemLog.info("compaction job \(spec.jobID) on worker \(endpoint) given up: \(reason); it runs again elsewhere")
         return JobLost(
             jobID: spec.jobID, reason: "on worker \(endpoint): \(reason)",
@@ -170,8 +171,10 @@ struct JobWatch {
         case running
         case done(CompactionJobResult)
         case failed(MoraineError.Kind, String)
-        /// Given up, and why.
-        case lost(String)
+        /// Given up, and why; `alive` when the worker may still be running it (it stalled or
+        /// went silent), not when it is provably gone (its endpoint refuses connections, or a
+        /// restarted worker no longer knows the job).
+        case lost(String, alive: Bool)
     }
 
     let spec: CompactionJobSpec
@@ -198,11 +201,11 @@ struct JobWatch {
     /// connections (it died) or that no longer knows the job (it restarted) loses it at once.
     mutating func poll() -> Seen {
         if spec.deadlineUnixNanos != 0 && wallClockNanos() >= spec.deadlineUnixNanos {
-            return .lost("it passed its deadline (\(timing.jobTimeoutNanos / 1_000_000_000) s)")
+            return .lost("it passed its deadline (\(timing.jobTimeoutNanos / 1_000_000_000) s)", alive: true)
         }
         do throws(TransportError) {
             let reply = try call(WorkerOpcode.poll, name.encoded())
-            guard case .bytes(let bytes) = reply else { return .lost("the worker answered a poll with a reference") }
+            guard case .bytes(let bytes) = reply else { return .lost("the worker answered a poll with a reference", alive: true) }
             switch try CompactionPollReply.decode(bytes).state {
             case .running(let done):
                 if done > bytesDone {
@@ -214,14 +217,21 @@ struct JobWatch {
             }
         } catch {
             switch error.code {
-            case .notFound: return .lost("the worker no longer knows the job (it restarted?)")
-            case .unavailable: return .lost("the worker is gone (\(error.message))")
+            case .notFound: return .lost("the worker no longer knows the job (it restarted)", alive: false)
+            case .unavailable:
+                // The connection broke or could not open: gone unless a new one opens.
+                do throws(TransportError) {
+                    try connect()
+                } catch where error.code == .unavailable {
+                    return .lost("the worker is gone (\(error.message))", alive: false)
+                } catch {}
             default: break  // no answer this time: counts as no progress
             }
         }
         let quiet = monotonicNanos() - progressAt
         if quiet >= timing.stallTimeoutNanos {
-            return .lost("no progress for \(quiet / 1_000_000) ms (stuck at \(bytesDone) bytes, or the worker stopped answering)")
+            return .lost(
+                "no progress for \(quiet / 1_000_000) ms (stuck at \(bytesDone) bytes, or the worker stopped answering)", alive: true)
         }
         return .running
     }

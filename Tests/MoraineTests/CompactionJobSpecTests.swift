@@ -4,9 +4,10 @@
 // the engine runs every compaction through its job runner.
 import Foundation
 import Moraine
-import MoraineEngine
+@testable import MoraineEngine
 import MoraineFormat
 import MoraineSystem
+import Synchronization
 import Testing
 
 @Suite("Compaction job specs")
@@ -131,6 +132,9 @@ struct CompactionJobSpecTests {
         spec = good
         spec.deeperLevelRanges = [[UserKeyRange(lower: Array("z".utf8), upper: Array("a".utf8))]]
         cases.append(("lower end passes its upper end", spec))
+        spec = good
+        spec.deadlineUnixNanos = wallClockNanos() - 2_000_000_000
+        cases.append(("its deadline passed 2.", spec))
         let before = dir.names()
         for (reason, spec) in cases {
             let error = #expect(throws: MoraineError.self) { try CompactionJob(spec: spec, fileSystem: PosixFileSystem.shared).run() }
@@ -166,6 +170,63 @@ struct CompactionJobSpecTests {
         #expect(problems { $0.outputs.swapAt(0, 1) }.contains("overlaps the output before it"))
         #expect(problems { $0.outputs[0].smallest = makeInternalKey(Array("a".utf8), 1, .value) }.contains("outside the inputs' range"))
         #expect(problems { $0.outputs[0].largest = [] }.contains("no key range"))
+    }
+
+    @Test("a cancelled job, or one past its deadline, stops and removes what it wrote; progress is reported while it runs")
+    func cancelAndDeadline() throws {
+        let dir = TempDir("moraine-jobcontrol")
+        defer { dir.remove() }
+        let inputs = try Self.writeInputs(dir, keyCount: 20_000)
+        let before = dir.names()
+        // Cancelled once its fourth output is created: the job stops at its next check.
+        let spec = Self.spec(dir, inputs, outputs: 100..<200, target: 16 << 10)
+        let control = JobControl()
+        let files = CreateWatchingFileSystem { path in
+            if path.hasSuffix(DatabaseFile.table(103).name) { control.cancel() }
+        }
+        let cancelled = #expect(throws: MoraineError.self) { try CompactionJob(spec: spec, fileSystem: files, control: control).run() }
+        #expect(cancelled?.kind == .unavailable && cancelled?.message.contains("cancelled") == true, "\(String(describing: cancelled))")
+        #expect(files.created.withLock { $0 } >= 4, "the job never reached its fourth output")
+        #expect(dir.names() == before, "a cancelled job left files")
+        // Past its deadline while running: the same.
+        var late = Self.spec(dir, inputs, outputs: 200..<300, target: 16 << 10)
+        late.deadlineUnixNanos = wallClockNanos() + 1_000_000_000
+        let lateControl = JobControl(deadlineUnixNanos: wallClockNanos() - 1)
+        let expired = #expect(throws: MoraineError.self) {
+            try CompactionJob(spec: late, fileSystem: PosixFileSystem.shared, control: lateControl).run()
+        }
+        #expect(expired?.message.contains("deadline") == true, "\(String(describing: expired))")
+        #expect(dir.names() == before, "a late job left files")
+        // Uncancelled, it reports every input byte it merged by the end.
+        let full = JobControl()
+        let whole = Self.spec(dir, inputs, outputs: 300..<400, target: 16 << 10)
+        let result = try CompactionJob(spec: whole, fileSystem: PosixFileSystem.shared, control: full).run()
+        #expect(full.bytesDone > 0 && !result.outputs.isEmpty)
+    }
+
+    /// The POSIX file system, calling `onCreate` with the path of every file created new.
+    final class CreateWatchingFileSystem: FileSystem, @unchecked Sendable {
+        let onCreate: @Sendable (String) -> Void
+        let created = Mutex<Int>(0)
+        let base = PosixFileSystem.shared
+        init(onCreate: @escaping @Sendable (String) -> Void) { self.onCreate = onCreate }
+        func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile {
+            created.withLock { $0 += 1 }
+            onCreate(path)
+            return try base.createNew(path, hint: hint)
+        }
+        func createWritable(_ path: String) throws -> any WritableFile { try base.createWritable(path) }
+        func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile { try base.openForAppend(path, hint: hint) }
+        func openRandomAccess(_ path: String) throws -> any RandomAccessFile { try base.openRandomAccess(path) }
+        func readAll(_ path: String) throws -> [UInt8] { try base.readAll(path) }
+        func exists(_ path: String) throws -> Bool { try base.exists(path) }
+        func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
+        func children(of directory: String) throws -> [String] { try base.children(of: directory) }
+        func createDirectory(_ path: String) throws { try base.createDirectory(path) }
+        func remove(_ path: String) throws { try base.remove(path) }
+        func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }
+        func syncDirectory(_ directory: String) throws { try base.syncDirectory(directory) }
+        func lock(_ path: String) throws -> any FileLock { try base.lock(path) }
     }
 
     /// Runs jobs locally and counts them; can be told to tamper with results.
@@ -221,5 +282,126 @@ struct CompactionJobSpecTests {
         let reopened = try Database(path: dir.path, options: reopen)
         defer { try? reopened.close() }
         for i in stride(from: 0, to: 3000, by: 97) { #expect(try reopened.get(Array(String(format: "k%05d", i).utf8)) == [1]) }
+    }
+
+    /// Loads 3000 keys twice (overlapping L0 tables) into a database at `dir` run by `runner`.
+    static func loadTwice(_ dir: TempDir, runner: any JobRunner) throws -> (Database, Options) {
+        var options = Options()
+        options.createIfMissing = true
+        options.writeBufferSize = 64 << 10
+        options.jobRunner = runner
+        options.disableAutoCompactions = true
+        options.targetFileSizeBase = 16 << 10
+        let db = try Database(path: dir.path, options: options)
+        for pass in 0..<2 {
+            for i in 0..<3000 {
+                try db.put(Array(String(format: "k%05d", i).utf8), [UInt8](repeating: UInt8((i + pass) & 0xFF), count: 100))
+            }
+            try db.flush()
+        }
+        return (db, options)
+    }
+
+    static func tableNumbers(in path: String) throws -> Set<UInt64> {
+        Set(try PosixFileSystem.shared.children(of: path).compactMap { name -> UInt64? in
+            if case .table(let n) = DatabaseFile(name: name) { return n } else { return nil }
+        })
+    }
+
+    /// Runs each job here; the first one's end is "not seen": it writes its outputs, then the
+    /// runner says it lost the job (a worker that wrote and vanished).
+    final class LosingRunner: JobRunner, @unchecked Sendable {
+        let lock = NSLock()
+        var specs: [CompactionJobSpec] = []
+        var firstOutputs: [UInt64] = []
+        func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
+            let first = lock.withLock { () -> Bool in
+                specs.append(spec)
+                return specs.count == 1
+            }
+            let result = try LocalJobRunner().runCompaction(spec, fileSystem: fileSystem)
+            guard first else { return result }
+            lock.withLock { firstOutputs = result.outputs.map(\.number) }
+            throw JobLost(jobID: spec.jobID, reason: "the test's worker vanished", outputsMayAppearForNanos: 0)
+        }
+    }
+
+    @Test("a lost job runs again under a new reservation; what it wrote is swept, and its reservation released")
+    func lostJob() throws {
+        let dir = TempDir("moraine-lostjob")
+        defer { dir.remove() }
+        let runner = LosingRunner()
+        let (db, _) = try Self.loadTwice(dir, runner: runner)
+        defer { try? db.close() }
+        try db.compactRange()
+        let specs = runner.lock.withLock { runner.specs }
+        #expect(specs.count >= 2 && specs[0].outputFileNumbers.upperBound <= specs[1].outputFileNumbers.lowerBound)
+        #expect(!runner.lock.withLock { runner.firstOutputs }.isEmpty, "the lost job wrote nothing: the test proves nothing")
+        #expect(try db.stats().lostCompactionJobs == 1)
+        for i in stride(from: 0, to: 3000, by: 89) {
+            #expect(try db.get(Array(String(format: "k%05d", i).utf8)) == [UInt8](repeating: UInt8((i + 1) & 0xFF), count: 100))
+        }
+        let live = Set(db.engine.liveFiles().map(\.file.number))
+        #expect(try Self.tableNumbers(in: dir.path) == live, "the lost job's outputs stayed")
+        // The next edit releases every reservation: the installed job's and the swept one's.
+        try db.put(Array("after".utf8), [1])
+        try db.flush()
+        #expect(db.engine.versions.pendingReservations.isEmpty, "still reserved: \(db.engine.versions.pendingReservations)")
+    }
+
+    /// Runs each job here, and copies the database directory as it stands once the job's outputs
+    /// are written and before anything installs them: what a crash at that moment leaves. The
+    /// copy's last output is cut in half, as a crash mid-write would leave it.
+    final class CrashImageRunner: JobRunner, @unchecked Sendable {
+        let source: String
+        let image: String
+        let lock = NSLock()
+        var outputs: [UInt64] = []
+        init(source: String, image: String) {
+            self.source = source
+            self.image = image
+        }
+        func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
+            let result = try LocalJobRunner().runCompaction(spec, fileSystem: fileSystem)
+            try lock.withLock {
+                guard outputs.isEmpty, let last = result.outputs.last else { return }
+                outputs = result.outputs.map(\.number)
+                try FileManager.default.copyItem(atPath: source, toPath: image)
+                let torn = joinPath(image, DatabaseFile.table(last.number).name)
+                guard Glibc.truncate(torn, off_t(last.sizeBytes / 2)) == 0 else {
+                    throw MoraineError(.io, "truncate \(torn): errno \(errno)")
+                }
+            }
+            return result
+        }
+    }
+
+    @Test("after a crash mid-job the next open deletes the job's outputs by its reservation, a torn one too, and releases it")
+    func crashMidJob() throws {
+        let dir = TempDir("moraine-crashjob")
+        let image = TempDir("moraine-crashjob-image")
+        defer {
+            dir.remove()
+            image.remove()
+        }
+        try? FileManager.default.removeItem(atPath: image.path)
+        let runner = CrashImageRunner(source: dir.path, image: image.path)
+        let (db, options) = try Self.loadTwice(dir, runner: runner)
+        try db.compactRange()
+        try db.close()
+        let outputs = runner.lock.withLock { runner.outputs }
+        #expect(outputs.count >= 2, "the job wrote \(outputs.count) outputs: the torn one proves little")
+        #expect(try Self.tableNumbers(in: image.path).isSuperset(of: outputs))
+        var reopen = options
+        reopen.jobRunner = LocalJobRunner()
+        let crashed = try Database(path: image.path, options: reopen)
+        defer { try? crashed.close() }
+        #expect(!FileManager.default.fileExists(atPath: image.file(DatabaseDirectory.lostDirectoryName)), "the open set something aside")
+        #expect(try Self.tableNumbers(in: image.path) == Set(crashed.engine.liveFiles().map(\.file.number)))
+        #expect(Set(outputs).isDisjoint(with: try Self.tableNumbers(in: image.path)))
+        #expect(crashed.engine.versions.pendingReservations.isEmpty)
+        for i in stride(from: 0, to: 3000, by: 89) {
+            #expect(try crashed.get(Array(String(format: "k%05d", i).utf8)) == [UInt8](repeating: UInt8((i + 1) & 0xFF), count: 100))
+        }
     }
 }

@@ -218,6 +218,8 @@ struct VersionEditTests {
                     largestSequence: maxSequenceNumber)
             ),
         ]
+        edit.reservations = [100..<104, 1 << 50..<(1 << 50) + 1]
+        edit.releasedReservations = [90, 7]
         return edit
     }
 
@@ -226,6 +228,16 @@ struct VersionEditTests {
         let decoded = try VersionEdit.decode(edit.encode(), origin: "MANIFEST-000001")
         #expect(decoded == edit)
         #expect(decoded.newFiles.count == 2 && decoded.compactPointers.count == 2 && decoded.deletedFiles.count == 2)
+        #expect(decoded.reservations == [100..<104, 1 << 50..<(1 << 50) + 1] && decoded.releasedReservations == [90, 7])
+        // A reservation of no numbers, or one running past the numbers, is corruption.
+        for (first, count) in [(UInt64(5), UInt64(0)), (UInt64.max - 1, UInt64(5))] {
+            var bytes: [UInt8] = []
+            bytes.appendVarint(8)
+            bytes.appendVarint(first)
+            bytes.appendVarint(count)
+            let error = #expect(throws: MoraineError.self) { try VersionEdit.decode(bytes, origin: "MANIFEST-000009") }
+            #expect(error?.kind == .corruption && error?.message.contains("reservation") == true)
+        }
         #expect(try VersionEdit.decode([], origin: "m") == VersionEdit())
         var partial = VersionEdit()
         partial.lastSequence = 0

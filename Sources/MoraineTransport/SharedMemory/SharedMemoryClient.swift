@@ -32,7 +32,8 @@ public final class SharedMemoryClient: TransportClient {
 
     /// Connects, authenticates both ways, and attaches the rings. `link` emulates the link
     /// responses travel over (LinkEmulation).
-    /// - Throws: `.unavailable` when no server listens, `.authenticationFailed` when either
+    /// - Throws: `.unavailable` when no server listens, `.timedOut` when one accepted but did not
+    ///   finish the handshake within `limits.handshakeNanos`, `.authenticationFailed` when either
     ///   side lacks the key, `.unsupportedVersion` when no version is shared.
     public init(
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
@@ -47,10 +48,17 @@ public final class SharedMemoryClient: TransportClient {
         }
         socket.setReceiveTimeout(nanos: limits.handshakeNanos)
         var handshake = ClientHandshake(key: key)
-        try socket.sendFrame(opcode: Opcode.hello, payload: handshake.hello())
-        let challenge = try Self.expect(Opcode.challenge, on: socket)
-        try socket.sendFrame(opcode: Opcode.proof, payload: try handshake.answer(challenge: challenge))
-        _ = try Self.expect(Opcode.welcome, on: socket)
+        let started = monotonicNanos()
+        do {
+            try socket.sendFrame(opcode: Opcode.hello, payload: handshake.hello())
+            let challenge = try Self.expect(Opcode.challenge, on: socket)
+            try socket.sendFrame(opcode: Opcode.proof, payload: try handshake.answer(challenge: challenge))
+            _ = try Self.expect(Opcode.welcome, on: socket)
+        } catch where error.code == .unavailable && monotonicNanos() - started >= limits.handshakeNanos {
+            // A server that accepted but did not answer (stopped, or stuck) is not a server that
+            // is gone: say so, as the TCP carrier does.
+            throw TransportError(.timedOut, "no handshake within \(limits.handshakeNanos / 1_000_000) ms on \(socketPath)")
+        }
         version = handshake.version
         do {
             memory = try SharedMemory.create(
