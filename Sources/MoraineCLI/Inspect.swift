@@ -25,7 +25,10 @@ struct Demo: ParsableCommand {
             options.maxBytesForLevelBase = 16 << 20
             if let cluster {
                 options.fileSystem = try DatabaseOptions.remoteFileSystem(cluster: cluster)
-                if let runner = try DatabaseOptions.jobRunner(cluster: cluster) { options.jobRunner = runner }
+                if let runner = try DatabaseOptions.jobRunner(cluster: cluster) {
+                    options.jobRunner = runner
+                    options.maxBackgroundJobs = 4
+                }
             }
             let database = try Database(path: db, options: options)
             print("opened \(db)")

@@ -89,7 +89,11 @@ struct DatabaseOptions: ParsableArguments {
         options.pmemPath = pmemPath
         if let cluster {
             options.fileSystem = try Self.remoteFileSystem(cluster: cluster)
-            if let runner = try Self.jobRunner(cluster: cluster) { options.jobRunner = runner }
+            if let runner = try Self.jobRunner(cluster: cluster) {
+                options.jobRunner = runner
+                // Room for compactions side by side on the workers, and a thread for flushes.
+                options.maxBackgroundJobs = max(options.maxBackgroundJobs, 4)
+            }
         }
         return options
     }

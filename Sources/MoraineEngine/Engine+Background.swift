@@ -1,5 +1,6 @@
 // Background work: flushes of immutable memtables (oldest first, one at a time) and leveled
-// compactions (one at a time, automatic or manual). Each runs as a job outside `mutex`, then
+// compactions (automatic ones side by side on disjoint tables, up to what the job runner can
+// take; a manual one alone). Each runs as a job outside `mutex`, then
 // its result is installed through the manifest under `installLock`. A failed job sets the
 // sticky background error: writes stop with that error, reads go on.
 import MoraineFormat
@@ -31,13 +32,14 @@ extension Engine {
                 purgeWithoutMutex()
                 continue
             }
-            if backgroundError == nil, !compactionRunning, !options.disableAutoCompactions,
+            if backgroundError == nil, !manualCompaction, !options.disableAutoCompactions,
+                runningCompactions.count < compactionLimit,
                 let spec = CompactionPicker.pick(
-                    version: versions.current, options: options, pointers: versions.compactPointers)
+                    version: versions.current, options: options, pointers: versions.compactPointers, running: runningCompactions)
             {
-                compactionRunning = true
+                runningCompactions.add(spec)
                 runCompaction(spec)
-                compactionRunning = false
+                runningCompactions.remove(spec)
                 mutex.broadcast()
                 purgeWithoutMutex()
                 continue
@@ -47,6 +49,12 @@ extension Engine {
         backgroundThreads -= 1
         mutex.broadcast()
         mutex.unlock()
+    }
+
+    /// How many automatic compactions may run at once: as many as the job runner can take
+    /// (one, in this process), leaving a background thread free for flushes.
+    var compactionLimit: Int {
+        max(1, min(options.jobRunner.parallelism, options.maxBackgroundJobs - 1))
     }
 
     /// Stops starting flushes and compactions, and waits for running ones to finish (RocksDB's
@@ -237,11 +245,11 @@ extension Engine {
             }
             mutex.wait(seconds: 0.1)
         }
-        compactionRunning = true
+        manualCompaction = true
         mutex.unlock()
         defer {
             mutex.lock()
-            compactionRunning = false
+            manualCompaction = false
             mutex.broadcast()
             mutex.unlock()
             purgeObsoleteFiles()

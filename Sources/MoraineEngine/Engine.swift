@@ -92,7 +92,12 @@ public final class Engine: @unchecked Sendable {
     var shuttingDown = false
     var closed = false
     var flushRunning = false
-    var compactionRunning = false
+    /// Automatic compactions running now, with the tables they hold.
+    var runningCompactions = InFlightCompactions()
+    /// A manual compaction holds the tree: no automatic one starts meanwhile.
+    var manualCompaction = false
+    /// Whether any compaction runs.
+    var compactionRunning: Bool { runningCompactions.count > 0 || manualCompaction }
     var backgroundThreads = 0
     var unloggedWrites = false
     private var fileLock: (any FileLock)?

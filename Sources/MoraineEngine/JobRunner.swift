@@ -20,11 +20,16 @@ public protocol JobRunner: Sendable {
     /// runner that only runs here).
     var remoteJobs: Int { get }
     var fallbacks: Int { get }
+    /// How many jobs it can run at once: the engine runs up to this many compactions of
+    /// disjoint tables side by side (bounded by its background threads). Read under the
+    /// engine's mutex: must not block.
+    var parallelism: Int { get }
 }
 
 extension JobRunner {
     public var remoteJobs: Int { 0 }
     public var fallbacks: Int { 0 }
+    public var parallelism: Int { 1 }
 }
 
 /// A job handed to someone else whose end nobody saw: the worker died, hung, or went silent.

@@ -11,8 +11,8 @@ import MoraineTransport
 
 /// The workers' opcodes (0x40–0x4F).
 public enum WorkerOpcode {
-    /// Start a compaction: `CompactionJobRequest` → empty once the job runs (it runs on the
-    /// worker's own thread; its outcome is fetched with `poll`).
+    /// Start a compaction: `CompactionJobRequest` → `CompactionJobAccepted` once the job runs
+    /// (on the worker's own thread; its outcome is fetched with `poll`).
     public static let compact: UInt8 = 0x40
     /// How busy the worker is, and how far each job has got: empty → `WorkerStatusReply`.
     public static let status: UInt8 = 0x41
@@ -207,6 +207,18 @@ public struct CompactionJobReply: WireMessage {
         result.entriesDropped = try reader.u64("entries dropped")
         result.wallNanos = Int64(clamping: try reader.u64("wall time"))
     }
+}
+
+/// A job started: and how many jobs the worker runs at once (what its senders may count on).
+public struct CompactionJobAccepted: WireMessage {
+    public static let wireName = "compaction job accepted"
+    public var slots: UInt32
+
+    public init(slots: UInt32) { self.slots = slots }
+
+    public func encode(into writer: inout WireWriter) { writer.u32(slots) }
+
+    public init(from reader: inout WireReader) throws(TransportError) { slots = try reader.u32("slots") }
 }
 
 /// Which job: a job id is unique per database directory (and owner), not per worker.

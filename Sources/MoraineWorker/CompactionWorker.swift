@@ -77,7 +77,7 @@ public final class CompactionWorker: Sendable {
         router.register(WorkerOpcode.compact) { [self] request in
             do throws(TransportError) {
                 try start(.decode(request.payload))
-                return .success(.bytes([]))
+                return .success(.bytes(CompactionJobAccepted(slots: UInt32(slots)).encoded()))
             } catch {
                 return .failure(error)
             }

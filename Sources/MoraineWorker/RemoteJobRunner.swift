@@ -50,6 +50,9 @@ public final class RemoteJobRunner: JobRunner {
     private let remoteCount = Atomic<Int>(0)
     private let fallbackCount = Atomic<Int>(0)
     private let lostCount = Atomic<Int>(0)
+    /// Each worker's slots, as its last accepted job told (by endpoint); a worker that cannot be
+    /// reached drops out.
+    private let slots = Mutex<[String: Int]>([:])
     private let local = LocalJobRunner()
 
     /// A runner for the workers `workers` lists (asked at every job, so a restarted worker's new
@@ -70,6 +73,10 @@ public final class RemoteJobRunner: JobRunner {
     public var fallbacks: Int { fallbackCount.load(ordering: .relaxed) }
     /// Jobs given up on mid-way (the worker died, hung or passed the deadline).
     public var lostJobs: Int { lostCount.load(ordering: .relaxed) }
+
+    /// The slots of the workers that took jobs lately (1 before any did): how many compactions
+    /// the engine runs at once.
+    public var parallelism: Int { max(1, slots.withLock { $0.values.reduce(0, +) }) }
 
     public func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
         var spec = spec
@@ -117,10 +124,14 @@ public final class RemoteJobRunner: JobRunner {
         do {
             try watch.connect()
         } catch {
+            _ = slots.withLock { $0.removeValue(forKey: endpoint.description) }
             return .notStarted(error.message)
         }
         do {
-            _ = try watch.call(WorkerOpcode.compact, CompactionJobRequest(spec: spec).encoded())
+            let accepted = try watch.call(WorkerOpcode.compact, CompactionJobRequest(spec: spec).encoded())
+            if case .bytes(let bytes) = accepted, let reply = try? CompactionJobAccepted.decode(bytes) {
+                slots.withLock { $0[endpoint.description] = Int(clamping: reply.slots) }
+            }
         } catch {
             switch error.code {
             case .busy:

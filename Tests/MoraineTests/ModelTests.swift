@@ -62,11 +62,15 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
-        // The same, every compaction on a worker (its result checked before install).
+        // The same, every compaction on a worker (its result checked before install); over
+        // shared memory with small levels and four background threads, so compactions of
+        // disjoint tables run side by side on the worker's two slots.
         ModelConfiguration(name: "worker-shm", storage: .sharedMemory, worker: true) { o in
             o.writeBufferSize = 16 << 10
             o.targetFileSizeBase = 8 << 10
             o.level0FileNumCompactionTrigger = 2
+            o.maxBytesForLevelBase = 32 << 10
+            o.maxBackgroundJobs = 4
         },
         ModelConfiguration(name: "worker-tcp", storage: .tcp, worker: true) { o in
             o.writeBufferSize = 16 << 10
