@@ -98,14 +98,17 @@ struct DatabaseOptions: ParsableArguments {
         return options
     }
 
-    /// Compactions on the cluster's compaction workers (here when none can take one), or nil
-    /// when it runs none. The workers are looked up at every job, so a restarted one is found.
+    /// Flushes and compactions on the cluster's flush and compaction workers (here when none can
+    /// take one), or nil when it runs no worker. The workers are looked up at every job, so a restarted one is found.
     static func jobRunner(cluster: String) throws -> RemoteJobRunner? {
         let run = RunDirectory(cluster)
         do throws(TransportError) {
-            guard try run.roles().contains(where: { $0.role == "compaction" }) else { return nil }
+            guard try run.roles().contains(where: { $0.role == "compaction" || $0.role == "flush" }) else { return nil }
             let key = try ClusterKey.load(path: run.keyPath)
-            return RemoteJobRunner(key: key) {
+            let flushWorkers: @Sendable () -> [Endpoint] = {
+                ((try? run.roles()) ?? []).filter { $0.role == "flush" }.map(\.endpoint)
+            }
+            return RemoteJobRunner(key: key, flushWorkers: flushWorkers) {
                 ((try? run.roles()) ?? []).filter { $0.role == "compaction" }.map(\.endpoint)
             }
         } catch {

@@ -1,5 +1,5 @@
 // Asking a role whether it answers, in the words of its own protocol: a storage node for its
-// capacity, a compaction worker for its status. Used by the supervisor (is a started role up?)
+// capacity, a flush or compaction worker for its status. Used by the supervisor (is a started role up?)
 // and by `moraine status`.
 import MoraineMessages
 import MoraineStorage
@@ -17,7 +17,7 @@ enum RoleProbe {
     /// - Throws: why it did not answer.
     static func ask(_ kind: String, at endpoint: Endpoint, key: ClusterKey, timeoutNanos: Int64) throws(MoraineError) -> RoleAnswer {
         switch kind {
-        case "compaction":
+        case "compaction", "flush":
             var limits = TransportLimits()
             limits.handshakeNanos = min(limits.handshakeNanos, timeoutNanos)
             do throws(TransportError) {

@@ -152,7 +152,7 @@ public final class Supervisor {
         var instance = instances[index]
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
-        if instance.kind == "compaction" { arguments += ["--cluster", run.path] }
+        if instance.kind == "compaction" || instance.kind == "flush" { arguments += ["--cluster", run.path] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         let log = run.path + "/logs/\(instance.name).log"

@@ -4,7 +4,7 @@
 //
 //   # comments, blank lines
 //   [[role]]
-//   kind = "storage"      # the role: storage or compaction (later releases add memory, flush, compute)
+//   kind = "storage"      # the role: storage, flush or compaction (later releases add memory, compute)
 //   count = 1             # how many (default 1)
 //   numa_node = 0         # pin to this NUMA node (default: none)
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
@@ -35,14 +35,14 @@ public struct Topology: Sendable, Equatable {
     public init(roles: [RoleSpec]) { self.roles = roles }
 
     /// The roles this release can run.
-    public static let knownKinds: Set<String> = ["storage", "compaction"]
+    public static let knownKinds: Set<String> = ["storage", "flush", "compaction"]
 
-    /// What `moraine up` starts with no topology: one storage node and one compaction worker,
-    /// over shared memory. Later releases add their roles here.
+    /// What `moraine up` starts with no topology: one storage node, one flush worker and one
+    /// compaction worker, over shared memory. Later releases add their roles here.
     public static let `default` = Topology(roles: {
         var storage = RoleSpec(kind: "storage")
         storage.data = "data"
-        return [storage, RoleSpec(kind: "compaction")]
+        return [storage, RoleSpec(kind: "flush"), RoleSpec(kind: "compaction")]
     }())
 
     /// Parses the TOML subset described at the top of the file.

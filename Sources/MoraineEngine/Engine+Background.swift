@@ -81,9 +81,9 @@ extension Engine {
         mutex.lock()
     }
 
-    /// Flushes the oldest immutable memtable. Precondition: `mutex` held; released meanwhile.
+    /// Flushes the oldest immutable memtable through the job runner. Precondition: `mutex`
+    /// held; released meanwhile.
     private func runFlush(_ imm: MemTable) {
-        let number = versions.newFileNumber()
         // After this flush, the oldest memtable still unflushed decides which WALs are needed.
         let nextLog = imms.count > 1 ? imms[1].logNumber : mem.logNumber
         mutex.unlock()
@@ -94,13 +94,11 @@ extension Engine {
         }
         var failure: MoraineError? = nil
         do {
-            let job = FlushJob(
-                source: imm.makeIterator(), fileNumber: number, directory: path, fileSystem: fileSystem,
-                tableOptions: options.tableOptions)
-            let info = try job.run()
+            let (spec, result, reserved) = try runFlushJob(imm)
             var edit = VersionEdit()
             edit.logNumber = nextLog
-            if let info {
+            if reserved { edit.releasedReservations = [spec.outputNumber] }
+            if let info = result.output {
                 edit.newFiles.append((0, info))
                 counters.update {
                     $0.flushes += 1

@@ -1,4 +1,5 @@
-// Compaction jobs as the engine dispatches them: each gets output numbers reserved in the manifest
+// Flush and compaction jobs as the engine dispatches them (a flush reserves its one number only
+// when it may leave this process): each gets output numbers reserved in the manifest
 // before it leaves (so no later number collides with its outputs, whatever crashes, and the next
 // open deletes what an unfinished job left), runs through the options' JobRunner, and is installed
 // only if its result fits its spec; the install releases the reservation.
@@ -12,6 +13,7 @@
 // Thread-safety: ReservationBook is behind its own mutex; the rest runs on the thread running the
 // compaction, without the engine's `mutex`.
 import MoraineFormat
+import MoraineMemtable
 import MoraineSystem
 import Synchronization
 
@@ -134,15 +136,62 @@ extension Engine {
         let target = UInt64(options.targetFileSizeBase)
         let count = CompactionJobSpec.outputNumbersToReserve(
             inputBytes: inputs.reduce(0) { $0 + $1.info.sizeBytes }, targetFileSizeBytes: target)
-        let outputs = versions.reserveFileNumbers(count)
-        var edit = VersionEdit()
-        edit.reservations = [outputs]
-        try install(edit)
+        let outputs = try reserveOutputs(count)
         return CompactionJobSpec(
             jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0, inputs: inputs,
             outputLevel: spec.outputLevel, levelCount: version.levels.count,
             smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
             targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
+    }
+
+    /// Reserves `count` output numbers and records them in the manifest (synced) before a job
+    /// that writes them leaves.
+    func reserveOutputs(_ count: UInt64) throws -> Range<UInt64> {
+        let outputs = versions.reserveFileNumbers(count)
+        var edit = VersionEdit()
+        edit.reservations = [outputs]
+        try install(edit)
+        return outputs
+    }
+
+    /// Runs the flush of `imm` through the options' runner until it has a result that fits,
+    /// re-dispatching a lost job under a new number. A flush that may leave this process gets
+    /// its number reserved in the manifest (`reserved`: the install must release it).
+    /// - Throws: the job's failure; `unavailable` after `lostJobRetries` lost jobs;
+    ///   `corruption` for a result that does not fit its spec (never installed).
+    func runFlushJob(_ imm: MemTable) throws -> (spec: FlushJobSpec, result: FlushJobResult, reserved: Bool) {
+        var lost: [String] = []
+        while true {
+            let reserved = options.jobRunner.flushesElsewhere
+            let number = reserved ? try reserveOutputs(1).lowerBound : versions.newFileNumber()
+            let spec = FlushJobSpec(
+                jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0,
+                outputNumber: number, tableOptions: options.tableOptions)
+            let result: FlushJobResult
+            do {
+                result = try options.jobRunner.runFlush(spec, source: imm.makeIterator(), fileSystem: fileSystem)
+            } catch let error as JobLost {
+                reservations.abandon(number..<number + 1, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
+                counters.update { $0.lostJobs += 1 }
+                sweepAbandonedOutputs(force: true)
+                lost.append(error.description)
+                if lost.count > Self.lostJobRetries {
+                    throw MoraineError(.unavailable, "flush gave up after \(lost.count) lost jobs: " + lost.joined(separator: "; "))
+                }
+                continue
+            } catch {
+                if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
+                throw error
+            }
+            let problems = spec.problems(in: result)
+            guard problems.isEmpty else {
+                try? fileSystem.remove(path(.table(number)))
+                if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
+                throw MoraineError(
+                    .corruption, "flush job \(spec.jobID) returned a result that does not fit its spec: " + problems.joined(separator: "; "))
+            }
+            return (spec, result, reserved)
+        }
     }
 
     /// Removes tables in abandoned ranges that no version names, at most once a second unless

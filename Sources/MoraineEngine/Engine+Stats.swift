@@ -51,9 +51,12 @@ public struct EngineStats: Sendable {
     /// Compactions a worker ran, and those run here because no worker could take them.
     public var remoteCompactions = 0
     public var compactionFallbacks = 0
-    /// Compaction jobs given up on mid-way and run again (their worker died, hung or passed
-    /// the deadline).
-    public var lostCompactionJobs = 0
+    /// Flush and compaction jobs given up on mid-way and run again (their worker died, hung or
+    /// passed the deadline).
+    public var lostJobs = 0
+    /// Flushes a worker ran, and flushes run here because no flush worker could take them.
+    public var remoteFlushes = 0
+    public var flushFallbacks = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -77,7 +80,7 @@ public struct EngineStats: Sendable {
             ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
             ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
-            ("lost_compaction_jobs", lostCompactionJobs),
+            ("lost_jobs", lostJobs), ("remote_flushes", remoteFlushes), ("flush_fallbacks", flushFallbacks),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -160,7 +163,9 @@ extension Engine {
         s.resumes = c.resumes
         s.remoteCompactions = options.jobRunner.remoteJobs
         s.compactionFallbacks = options.jobRunner.fallbacks
-        s.lostCompactionJobs = c.lostJobs
+        s.lostJobs = c.lostJobs
+        s.remoteFlushes = options.jobRunner.remoteFlushes
+        s.flushFallbacks = options.jobRunner.flushFallbacks
         return s
     }
 

@@ -88,3 +88,69 @@ final class TableWriter {
         try? fileSystem.remove(path)
     }
 }
+
+/// A flush fed entry by entry, as a worker gets them over the wire: the table is created at
+/// start, each entry is checked (a whole internal key, after the previous one) and added, and
+/// `finish` syncs it. Entries from the wire are not trusted: a key out of order or too short is
+/// refused, not asserted.
+///
+/// Thread-safety: one caller at a time.
+public final class FlushStream {
+    public let spec: FlushJobSpec
+    private let writer: TableWriter
+    private var previous = KeyBuffer()
+    private var entryCount: UInt64 = 0
+    private let started = monotonicNanos()
+    private var done = false
+
+    /// Creates the output table (exclusive create).
+    /// - Throws: `invalid` naming each problem of a spec that cannot run; the file system's errors.
+    public init(spec: FlushJobSpec, fileSystem: any FileSystem) throws {
+        let problems = spec.problems()
+        guard problems.isEmpty else {
+            throw MoraineError(.invalid, "flush job \(spec.jobID) refused: " + problems.joined(separator: "; "))
+        }
+        self.spec = spec
+        writer = TableWriter(
+            path: joinPath(spec.directory, DatabaseFile.table(spec.outputNumber).name), number: spec.outputNumber,
+            fileSystem: fileSystem, options: spec.tableOptions)
+        try writer.open()
+    }
+
+    /// Adds one entry.
+    /// - Throws: `invalid` for a key shorter than an internal key's tag or not after the previous
+    ///   one; the file system's errors. The stream is unusable after a throw: abandon it.
+    public func add(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) throws {
+        guard key.count >= internalKeyTagBytes else {
+            throw MoraineError(.invalid, "flush job \(spec.jobID): entry \(entryCount) has a key of \(key.count) bytes, not an internal key")
+        }
+        if entryCount > 0 && compareInternalKeys(previous.bytes, key) >= 0 {
+            throw MoraineError(.invalid, "flush job \(spec.jobID): entry \(entryCount) is not after the one before it")
+        }
+        try writer.builder!.add(key: key, value: value)
+        previous.set(key)
+        entryCount += 1
+    }
+
+    /// Syncs and closes the table; with no entries, removes it.
+    public func finish() throws -> FlushJobResult {
+        precondition(!done, "a flush stream finished twice")
+        done = true
+        var result = FlushJobResult(jobID: spec.jobID)
+        result.entries = entryCount
+        if entryCount == 0 {
+            writer.abandon()
+        } else {
+            result.output = try writer.finish()
+        }
+        result.wallNanos = monotonicNanos() - started
+        return result
+    }
+
+    /// Removes the partly written table (best effort).
+    public func abandon() {
+        guard !done else { return }
+        done = true
+        writer.abandon()
+    }
+}

@@ -1,5 +1,6 @@
-// Where the engine runs its compaction jobs: a `JobRunner` takes a `CompactionJobSpec` (the job
-// as a value, MoraineFormat) and returns its `CompactionJobResult`; `LocalJobRunner` runs it on the
+// Where the engine runs its flush and compaction jobs: a `JobRunner` takes a `CompactionJobSpec`
+// (the job as a value, MoraineFormat) and returns its `CompactionJobResult`, or a `FlushJobSpec`
+// with the memtable's entries and returns a `FlushJobResult`; `LocalJobRunner` runs it on the
 // calling thread, a worker's runner elsewhere. Whoever ran it, the engine checks the result
 // against the spec before it installs it (Engine+Background). A runner that loses sight of a job
 // it handed off throws `JobLost`: the engine then runs the compaction again under a new
@@ -24,12 +25,31 @@ public protocol JobRunner: Sendable {
     /// disjoint tables side by side (bounded by its background threads). Read under the
     /// engine's mutex: must not block.
     var parallelism: Int { get }
+
+    /// Writes `source` (a memtable's entries, in key order) to the one table `spec` names, with
+    /// the file system's files.
+    /// - Throws: the job's failure (its output removed), or `JobLost` when it ran elsewhere and
+    ///   its end was not seen.
+    func runFlush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult
+    /// Whether flushes may leave this process: their output numbers are then reserved in the
+    /// manifest like a compaction's.
+    var flushesElsewhere: Bool { get }
+    /// Flushes run elsewhere, and flushes run here because elsewhere could not take them.
+    var remoteFlushes: Int { get }
+    var flushFallbacks: Int { get }
 }
 
 extension JobRunner {
     public var remoteJobs: Int { 0 }
     public var fallbacks: Int { 0 }
     public var parallelism: Int { 1 }
+    public var flushesElsewhere: Bool { false }
+    public var remoteFlushes: Int { 0 }
+    public var flushFallbacks: Int { 0 }
+
+    public func runFlush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult {
+        try LocalJobRunner.flush(spec, source: source, fileSystem: fileSystem)
+    }
 }
 
 /// A job handed to someone else whose end nobody saw: the worker died, hung, or went silent.
@@ -47,7 +67,7 @@ public struct JobLost: Error, CustomStringConvertible {
         self.outputsMayAppearForNanos = outputsMayAppearForNanos
     }
 
-    public var description: String { "compaction job \(jobID) lost: \(reason)" }
+    public var description: String { "job \(jobID) lost: \(reason)" }
 }
 
 /// Runs jobs on the calling thread.
@@ -56,5 +76,18 @@ public struct LocalJobRunner: JobRunner {
 
     public func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
         try CompactionJob(spec: spec, fileSystem: fileSystem).run()
+    }
+
+    /// The flush of `source` on the calling thread (no checks of the source's order: it is a
+    /// memtable of this process).
+    public static func flush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult {
+        let started = monotonicNanos()
+        var result = FlushJobResult(jobID: spec.jobID)
+        result.output = try FlushJob(
+            source: source, fileNumber: spec.outputNumber, directory: spec.directory, fileSystem: fileSystem,
+            tableOptions: spec.tableOptions
+        ).run()
+        result.wallNanos = monotonicNanos() - started
+        return result
     }
 }

@@ -96,6 +96,9 @@ public struct WireReader {
         Array(try take(Int(try u32(field)), field))
     }
 
+    /// Bytes not read yet.
+    public var remainingCount: Int { bytes.count - offset }
+
     /// Throws unless every byte was read.
     public func finish() throws(TransportError) {
         guard offset == bytes.count else {

@@ -28,10 +28,10 @@ import Synchronization
 public final class CompactionWorker: Sendable {
     /// Where jobs find their files: the storage node's endpoint is looked up per job, so a node
     /// restarted on another endpoint is found.
-    private let storage: @Sendable () throws(TransportError) -> Endpoint
-    private let key: ClusterKey
+    let storage: @Sendable () throws(TransportError) -> Endpoint
+    let key: ClusterKey
     /// Options of the file system each job writes through.
-    private let fileSystemOptions: RemoteFileSystem.Options
+    let fileSystemOptions: RemoteFileSystem.Options
     public let slots: Int
     /// How long an outcome waits for its sender before it is dropped.
     public let unfetchedRetentionNanos: Int64
@@ -45,8 +45,10 @@ public final class CompactionWorker: Sendable {
 
     private struct State {
         var jobs: [CompactionJobName: Job] = [:]
+        /// Flushes holding a slot: nil while one starts.
+        var flushes: [CompactionJobName: FlushSession?] = [:]
         var finished: UInt64 = 0
-        var running: Int { jobs.values.count { $0.outcome == nil } }
+        var running: Int { jobs.values.count { $0.outcome == nil } + flushes.count }
     }
 
     private let state = Mutex<State>(State())
@@ -98,15 +100,20 @@ public final class CompactionWorker: Sendable {
                 return .failure(error)
             }
         }
+        registerFlush(in: &router)
     }
 
     /// Jobs running (with their progress) and finished.
     public var status: WorkerStatusReply {
         dropUnfetched()
         return state.withLock { state in
-            let jobs = state.jobs.filter { $0.value.outcome == nil }.map {
-                WorkerJobStatus(jobID: $0.key.jobID, directory: $0.key.directory, bytesDone: $0.value.control.bytesDone)
-            }
+            let jobs =
+                state.jobs.filter { $0.value.outcome == nil }.map {
+                    WorkerJobStatus(jobID: $0.key.jobID, directory: $0.key.directory, bytesDone: $0.value.control.bytesDone)
+                }
+                + state.flushes.map {
+                    WorkerJobStatus(jobID: $0.key.jobID, directory: $0.key.directory, bytesDone: $0.value?.bytesReceived ?? 0)
+                }
             return WorkerStatusReply(
                 slots: UInt32(slots), running: UInt32(jobs.count), finished: state.finished,
                 jobs: jobs.sorted { ($0.directory, $0.jobID) < ($1.directory, $1.jobID) })
@@ -127,10 +134,10 @@ public final class CompactionWorker: Sendable {
         let control = JobControl(deadlineUnixNanos: spec.deadlineUnixNanos)
         let refusal = state.withLock { state -> TransportError? in
             guard state.running < slots else {
-                return TransportError(.busy, "all \(slots) compaction slots of this worker are running jobs")
+                return TransportError(.busy, "all \(slots) slots of this worker are running jobs")
             }
-            guard state.jobs[name] == nil else {
-                return TransportError(.invalid, "compaction job \(spec.jobID) of \(spec.directory) is here already")
+            guard state.jobs[name] == nil, state.flushes[name] == nil else {
+                return TransportError(.invalid, "job \(spec.jobID) of \(spec.directory) is here already")
             }
             state.jobs[name] = Job(spec: spec, control: control)
             return nil
@@ -182,6 +189,10 @@ public final class CompactionWorker: Sendable {
     /// finished one whose outcome nobody fetched at once (its outputs removed).
     /// - Throws: `notFound` when this worker does not have the job.
     func cancel(_ name: CompactionJobName) throws(TransportError) {
+        if cancelFlush(name) {
+            SystemLog.info("flush job \(name.jobID) of \(name.directory): cancelled by its sender")
+            return
+        }
         let job = state.withLock { state -> Job? in
             guard let job = state.jobs[name] else { return nil }
             if job.outcome != nil { state.jobs[name] = nil }
@@ -193,8 +204,47 @@ public final class CompactionWorker: Sendable {
         if case .done(let result) = job.outcome { removeOutputs(of: result, spec: job.spec) }
     }
 
-    /// Drops outcomes nobody fetched in time, removing the outputs of results.
-    private func dropUnfetched() {
+    /// Takes a slot for flush `name` (its session is set once its table exists).
+    /// - Throws: `busy` when every slot is taken; `invalid` for a job this worker already has.
+    func takeSlot(for name: CompactionJobName, kind: String) throws(TransportError) {
+        let refusal = state.withLock { state -> TransportError? in
+            guard state.running < slots else { return TransportError(.busy, "all \(slots) slots of this worker are running jobs") }
+            guard state.jobs[name] == nil, state.flushes[name] == nil else {
+                return TransportError(.invalid, "\(kind) job \(name.jobID) of \(name.directory) is here already")
+            }
+            state.flushes[name] = .some(nil)
+            return nil
+        }
+        if let refusal { throw refusal }
+    }
+
+    func releaseSlot(for name: CompactionJobName, finished: Bool) { removeFlush(name, finished: finished) }
+
+    func setFlush(_ session: FlushSession, for name: CompactionJobName) { state.withLock { $0.flushes[name] = session } }
+
+    /// The flush `name`, started.
+    /// - Throws: `notFound` when this worker does not have it.
+    func flushSession(_ name: CompactionJobName) throws(TransportError) -> FlushSession {
+        guard let session = state.withLock({ $0.flushes[name] ?? nil }) else {
+            throw TransportError(.notFound, "no flush job \(name.jobID) of \(name.directory) is here")
+        }
+        return session
+    }
+
+    func flushSessions() -> [(CompactionJobName, FlushSession)] {
+        state.withLock { $0.flushes.compactMap { name, session in session.map { (name, $0) } } }
+    }
+
+    func removeFlush(_ name: CompactionJobName, finished: Bool) {
+        state.withLock {
+            if $0.flushes.removeValue(forKey: name) != nil && finished { $0.finished += 1 }
+        }
+    }
+
+    /// Drops outcomes nobody fetched in time, removing the outputs of results, and flushes
+    /// nobody feeds.
+    func dropUnfetched() {
+        dropStaleFlushes()
         let now = monotonicNanos()
         let dropped = state.withLock { state -> [Job] in
             let stale = state.jobs.filter { $0.value.outcome != nil && now - $0.value.finishedAt > unfetchedRetentionNanos }

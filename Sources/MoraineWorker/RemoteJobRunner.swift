@@ -41,31 +41,50 @@ public final class RemoteJobRunner: JobRunner {
         public init() {}
     }
 
-    /// The workers, tried in turn from a rotating start.
+    /// The compaction workers, tried in turn from a rotating start.
     private let workers: @Sendable () -> [Endpoint]
-    private let key: ClusterKey
+    /// The flush workers, the same way.
+    let flushWorkers: @Sendable () -> [Endpoint]
+    let key: ClusterKey
     public let timing: Timing
-    private let limits: TransportLimits
+    let limits: TransportLimits
     private let next = Atomic<Int>(0)
+    private let nextFlush = Atomic<Int>(0)
     private let remoteCount = Atomic<Int>(0)
     private let fallbackCount = Atomic<Int>(0)
     private let lostCount = Atomic<Int>(0)
+    private let remoteFlushCount = Atomic<Int>(0)
+    private let flushFallbackCount = Atomic<Int>(0)
     /// Each worker's slots, as its last accepted job told (by endpoint); a worker that cannot be
     /// reached drops out.
     private let slots = Mutex<[String: Int]>([:])
     private let local = LocalJobRunner()
 
-    /// A runner for the workers `workers` lists (asked at every job, so a restarted worker's new
-    /// endpoint is found).
+    /// A runner for the compaction workers `workers` lists and the flush workers `flushWorkers`
+    /// lists (each asked at every job, so a restarted worker's new endpoint is found; with no
+    /// flush worker, flushes run here and count as nothing).
     public init(
         key: ClusterKey, timing: Timing = Timing(), limits: TransportLimits = TransportLimits(),
-        workers: @escaping @Sendable () -> [Endpoint]
+        flushWorkers: @escaping @Sendable () -> [Endpoint] = { [] }, workers: @escaping @Sendable () -> [Endpoint]
     ) {
         self.key = key
         self.timing = timing
         self.limits = limits
+        self.flushWorkers = flushWorkers
         self.workers = workers
     }
+
+    /// Flushes a worker ran.
+    public var remoteFlushes: Int { remoteFlushCount.load(ordering: .relaxed) }
+    /// Flushes run here although the cluster lists flush workers (none could take them).
+    public var flushFallbacks: Int { flushFallbackCount.load(ordering: .relaxed) }
+
+    func nextFlushWorker() -> Int { nextFlush.wrappingAdd(1, ordering: .relaxed).oldValue }
+    func countRemoteFlush() { remoteFlushCount.add(1, ordering: .relaxed) }
+    func countFlushFallback() -> Int {
+        flushWorkers().isEmpty ? 0 : flushFallbackCount.add(1, ordering: .relaxed).newValue
+    }
+    func countLostJob() { lostCount.add(1, ordering: .relaxed) }
 
     /// Jobs a worker ran.
     public var remoteJobs: Int { remoteCount.load(ordering: .relaxed) }

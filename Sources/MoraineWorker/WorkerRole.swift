@@ -1,4 +1,5 @@
-// A compaction worker as a process: pin to a NUMA node (before any thread starts), load the
+// A flush or compaction worker as a process (the same server: it takes both kinds of job, and the
+// role name says which jobs the cluster sends it): pin to a NUMA node (before any thread starts), load the
 // cluster key, listen on one endpoint, print it, and serve until SIGTERM, SIGINT or SIGHUP; then
 // stop accepting, let the jobs in flight finish, and return. Jobs find the storage node through
 // the cluster's run directory, read at every job. The same `CompactionWorker` serves in-process in
@@ -17,6 +18,8 @@ public struct WorkerRoleConfiguration: Sendable {
     public var slots: Int
     public var numaNode: Int?
     public var link: LinkEmulation = .none
+    /// The role's name, for its log lines: "flush" or "compaction".
+    public var role = "compaction"
 
     public init(runDirectory: String, endpoint: Endpoint, clusterKeyPath: String, slots: Int, numaNode: Int? = nil) {
         self.runDirectory = runDirectory
@@ -27,7 +30,7 @@ public struct WorkerRoleConfiguration: Sendable {
     }
 }
 
-/// Runs a compaction worker in this process.
+/// Runs a flush or compaction worker in this process.
 public enum WorkerRole {
     /// Serves until a stopping signal. Call from the main thread before any other thread
     /// exists. `announce` gets the endpoint once the worker listens.
@@ -43,7 +46,7 @@ public enum WorkerRole {
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: worker.router())
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
-        SystemLog.info("compaction worker: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
+        SystemLog.info("\(configuration.role) worker: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
         server.close()
     }
 }

@@ -34,6 +34,7 @@ struct ClusterCommandTests {
         #expect(status.status == 0, "status: \(status.out) \(status.err)")
         #expect(status.out.contains { $0.hasPrefix("storage-0") && $0.contains(" up ") && $0.contains("shm") })
         #expect(status.out.contains { $0.hasPrefix("compaction-0") && $0.contains(" up ") && $0.contains("0/1 0") }, "\(status.out)")
+        #expect(status.out.contains { $0.hasPrefix("flush-0") && $0.contains(" up ") && $0.contains("0/1 0") }, "\(status.out)")
         #expect(try runMoraineCLI(["put", "--cluster", run.path, "--db", "demo", "hello", "world"]).status == 0)
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
         #expect(FileManager.default.fileExists(atPath: run.file("data/demo/CURRENT")))
@@ -75,22 +76,23 @@ struct ClusterCommandTests {
         #expect(missing.status == 1 && missing.err.contains("no such file"), "\(missing.err)")
         let supervisor = ClusterControl.supervisor(RunDirectory(run.path))
         #expect(supervisor != nil)
-        // Compactions of a --cluster command run on the compaction worker.
+        // Flushes and compactions of a --cluster command run on the workers.
         let script = (0..<3).map { pass in (0..<400).map { "put k\($0) pass\(pass)\n" }.joined() + "flush\n" }.joined() + "compact\nstats\n"
         let shell = try runMoraineCLI(["shell", "--cluster", run.path, "--db", "compacted"], input: script)
         let stats = shell.out.last ?? ""
         #expect(shell.status == 0 && stats.contains("\"compaction_fallbacks\":0"), "\(stats) \(shell.err)")
         #expect(!stats.contains("\"remote_compactions\":0"), "no compaction ran on the worker: \(stats)")
+        #expect(stats.contains("\"flush_fallbacks\":0") && !stats.contains("\"remote_flushes\":0"), "no flush ran on the worker: \(stats)")
         let worked = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(worked.out.contains { $0.hasPrefix("compaction-0") && $0.contains("0/1 ") && !$0.contains("0/1 0 ") }, "\(worked.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "compacted", "k7"]).out == ["pass2"])
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
         let first = try RunDirectory(run.path).roles()
-        #expect(first.map(\.role).sorted() == ["compaction", "storage"])
+        #expect(first.map(\.role).sorted() == ["compaction", "flush", "storage"])
         for role in first { kill(role.pid, SIGKILL) }
         #expect(eventually(seconds: 10) {
             let now = (try? RunDirectory(run.path).roles()) ?? []
-            return now.count == 2 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
+            return now.count == 3 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
         })
         #expect(eventually(seconds: 10) { (try? runMoraineCLI(["status", "--run-dir", run.path]).status) == 0 })
         let after = try runMoraineCLI(["status", "--run-dir", run.path])
@@ -123,7 +125,7 @@ struct ClusterCommandTests {
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         #expect(eventually(seconds: 20) { FileManager.default.fileExists(atPath: run.file("ready")) })
         let roles = Self.pids(run)
-        #expect(roles.count == 2 && roles.allSatisfy(Self.alive))
+        #expect(roles.count == 3 && roles.allSatisfy(Self.alive))
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)

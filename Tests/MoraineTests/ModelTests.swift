@@ -62,7 +62,7 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
-        // The same, every compaction on a worker (its result checked before install); over
+        // The same, every flush and compaction on a worker (its result checked before install); over
         // shared memory with small levels and four background threads, so compactions of
         // disjoint tables run side by side on the worker's two slots.
         ModelConfiguration(name: "worker-shm", storage: .sharedMemory, worker: true) { o in
@@ -105,7 +105,10 @@ struct ModelRun {
         if configuration.worker, let node {
             let worker = try TestWorker(for: node)
             self.worker = worker
-            runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing) { [worker.endpoint] }
+            // The same worker takes the flushes too: every flush and compaction is remote.
+            runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing, flushWorkers: { [worker.endpoint] }) {
+                [worker.endpoint]
+            }
         } else {
             worker = nil
             runner = nil

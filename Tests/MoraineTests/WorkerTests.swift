@@ -5,7 +5,7 @@
 // the storage node and writes nothing.
 import Foundation
 import Moraine
-import MoraineEngine
+@testable import MoraineEngine
 import MoraineFormat
 import MoraineMessages
 import MoraineStorage
@@ -225,5 +225,104 @@ struct WorkerTests {
         let reopened = try Database(path: "parallel", options: options)
         defer { try? reopened.close() }
         for (key, value) in expected.prefix(2000) { #expect(try reopened.get(Array(key.utf8)) == value, "\(key), seed \(seed)") }
+    }
+
+    @Test("flushes stream to a flush worker that builds the table; with none answering they run here, counted", arguments: Carrier.servers)
+    func remoteFlushes(carrier: Carrier) throws {
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let worker = try TestWorker(for: node)
+        let runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing, flushWorkers: { [worker.endpoint] }) { [] }
+        var options = Self.options(node, runner)
+        options.writeBufferSize = 256 << 10
+        let db = try Database(path: "flushed", options: options)
+        defer { try? db.close() }
+        let seed = SeededRandom.testSeed(carrier.description)
+        var random = SeededRandom(seed: seed)
+        var expected: [String: [UInt8]] = [:]
+        // Values past a chunk's size, and many small ones: chunks of several entries and of one.
+        for i in 0..<3000 {
+            let value = random.bytes(i % 500 == 0 ? 700_000 : Int.random(in: 1...300, using: &random))
+            try db.put(Array("k\(i)".utf8), value)
+            expected["k\(i)"] = value
+        }
+        try db.delete(Array("k5".utf8))
+        expected["k5"] = nil
+        try db.flush()
+        #expect(runner.remoteFlushes > 0 && runner.flushFallbacks == 0, "\(runner.remoteFlushes) remote, \(runner.flushFallbacks) here")
+        #expect(try db.stats().remoteFlushes == runner.remoteFlushes)
+        #expect(worker.worker.status.finished >= UInt64(runner.remoteFlushes))
+        #expect(db.engine.versions.pendingReservations.isEmpty, "a flush left its reservation")
+        // The worker goes away: flushes run here, counted.
+        worker.stop()
+        try db.put(Array("late".utf8), [1])
+        try db.flush()
+        #expect(runner.flushFallbacks >= 1)
+        expected["late"] = [1]
+        for (key, value) in expected { #expect(try db.get(Array(key.utf8)) == value, "\(key), seed \(seed)") }
+        #expect(try db.get(Array("k5".utf8)) == nil)
+        try db.close()
+        options.jobRunner = LocalJobRunner()
+        let reopened = try Database(path: "flushed", options: options)
+        defer { try? reopened.close() }
+        for (key, value) in expected { #expect(try reopened.get(Array(key.utf8)) == value, "\(key), seed \(seed)") }
+    }
+
+    @Test("a flush worker refuses chunks out of order, keys out of order, bad bytes and unknown jobs, leaving no table")
+    func badFlushes() throws {
+        let node = try StorageTestNode(.sharedMemory)
+        defer { node.remove() }
+        let worker = try TestWorker(for: node)
+        try node.remote.createDirectory("bad")
+        let client = try worker.endpoint.connect(key: node.key)
+        defer { client.close() }
+        func start(_ id: UInt64) throws -> CompactionJobName {
+            let spec = FlushJobSpec(jobID: id, directory: "bad", epoch: 0, outputNumber: 100 + id, tableOptions: TableOptions())
+            _ = try client.call(WorkerOpcode.flushStart, FlushJobRequest(spec: spec).encoded(), timeoutNanos: 5_000_000_000)
+            return CompactionJobName(jobID: id, directory: "bad")
+        }
+        func chunk(_ name: CompactionJobName, _ index: UInt32, _ keys: [(String, UInt64)]) -> [UInt8] {
+            var builder = FlushEntries.Builder(name: name, chunk: index, capacity: 256)
+            for (user, sequence) in keys {
+                let key = makeInternalKey(Array(user.utf8), sequence, .value)
+                key.withUnsafeBytes { k in [UInt8(1)].withUnsafeBytes { v in builder.append(key: k, value: v) } }
+            }
+            return builder.finished()
+        }
+        func refusal(_ bytes: [UInt8]) -> TransportError? {
+            #expect(throws: TransportError.self) { try client.call(WorkerOpcode.flushAppend, bytes, timeoutNanos: 5_000_000_000) }
+        }
+        // A chunk out of order.
+        let first = try start(1)
+        let skipped = refusal(chunk(first, 1, [("a", 1)]))
+        #expect(skipped?.code == .invalid && skipped?.message.contains("chunk 1 came, chunk 0 was next") == true, "\(String(describing: skipped))")
+        // Keys out of order.
+        let second = try start(2)
+        let unsorted = refusal(chunk(second, 0, [("b", 1), ("a", 2)]))
+        #expect(unsorted?.code == .invalid && unsorted?.message.contains("not after the one before") == true, "\(String(describing: unsorted))")
+        // A count that lies, and a length past the end.
+        let third = try start(3)
+        var lying = chunk(third, 0, [("a", 1)])
+        lying.removeLast()
+        #expect(refusal(lying)?.code == .malformed)
+        // A job the worker does not have (the first three were abandoned by their errors).
+        for name in [first, second, third] {
+            let gone = #expect(throws: TransportError.self) {
+                try client.call(WorkerOpcode.flushFinish, name.encoded(), timeoutNanos: 5_000_000_000)
+            }
+            #expect(gone?.code == .notFound)
+        }
+        #expect(worker.worker.status.running == 0, "a refused flush kept its slot")
+        #expect(try node.remote.children(of: "bad").filter { $0.hasSuffix(".sst") }.isEmpty, "a refused flush left its table")
+        // The worker goes on: a good flush after the bad ones.
+        let good = try start(4)
+        _ = try client.call(WorkerOpcode.flushAppend, chunk(good, 0, [("a", 2), ("a", 1), ("b", 3)]), timeoutNanos: 5_000_000_000)
+        guard case .bytes(let bytes) = try client.call(WorkerOpcode.flushFinish, good.encoded(), timeoutNanos: 5_000_000_000) else {
+            Issue.record("finish answered a reference")
+            return
+        }
+        let result = try FlushJobReply.decode(bytes).result
+        #expect(result.entries == 3 && result.output?.number == 104)
+        #expect(try node.remote.children(of: "bad").filter { $0.hasSuffix(".sst") } == [DatabaseFile.table(104).name])
     }
 }
