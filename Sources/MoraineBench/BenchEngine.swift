@@ -58,11 +58,37 @@ public protocol BenchEngine: AnyObject, Sendable {
     /// Block-cache misses so far (nil: not counted), reported beside storage requests: a read
     /// should cost one request per block it misses.
     var blockCacheMisses: Int? { get }
+    /// The engine's background-work counters so far (nil: not counted): what the runner reports
+    /// beside a workload's CPU time.
+    var backgroundCounters: BackgroundCounters? { get }
+}
+
+/// Background work an engine did, cumulative: compaction bytes and time, write stalls, and the
+/// jobs that ran on workers.
+public struct BackgroundCounters: Sendable {
+    public var compactionBytes = 0
+    public var compactionMicros = 0
+    public var stallMicros = 0
+    public var remoteJobs = 0
+
+    public init() {}
+
+    /// What happened between two readings (nil unless both exist).
+    static func delta(from before: BackgroundCounters?, to after: BackgroundCounters?) -> BackgroundCounters? {
+        guard let before, let after else { return nil }
+        var delta = BackgroundCounters()
+        delta.compactionBytes = after.compactionBytes - before.compactionBytes
+        delta.compactionMicros = after.compactionMicros - before.compactionMicros
+        delta.stallMicros = after.stallMicros - before.stallMicros
+        delta.remoteJobs = after.remoteJobs - before.remoteJobs
+        return delta
+    }
 }
 
 extension BenchEngine {
     public var storageRequests: Int? { nil }
     public var blockCacheMisses: Int? { nil }
+    public var backgroundCounters: BackgroundCounters? { nil }
 }
 
 /// An iterator of a database under test; used by one thread.

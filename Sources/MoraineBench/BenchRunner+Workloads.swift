@@ -241,6 +241,8 @@ extension BenchRunner {
         defer { display.finish() }
         let requestsBefore = engine.storageRequests
         let missesBefore = requestsBefore == nil ? nil : engine.blockCacheMisses
+        let backgroundBefore = engine.backgroundCounters
+        let cpuBefore = processCPUSeconds()
         let start = nowNanos()
         let workers = (0..<threadCount).map { thread in
             Worker {
@@ -261,6 +263,8 @@ extension BenchRunner {
             p50Micros: Double(merged.histogram.valueAtPercentile(50)) / 1000,
             p99Micros: Double(merged.histogram.valueAtPercentile(99)) / 1000,
             p999Micros: Double(merged.histogram.valueAtPercentile(99.9)) / 1000)
+        result.cpuSeconds = processCPUSeconds() - cpuBefore
+        result.background = BackgroundCounters.delta(from: backgroundBefore, to: engine.backgroundCounters)
         if let before = requestsBefore, let after = engine.storageRequests {
             result.storageRequestsPerOp = Double(after - before) / Double(max(merged.ops, 1))
             if let missesBefore, let missesAfter = engine.blockCacheMisses {

@@ -59,6 +59,8 @@ extension BenchRunner {
         let collected = YCSBCollector()
         let engine = engines[name]!
         let seed = UInt64(flags.seed) &* 31  // the same sequence for every engine
+        let backgroundBefore = engine.backgroundCounters
+        let cpuBefore = processCPUSeconds()
         let start = nowNanos()
         let workers = (0..<flags.threads).map { thread in
             Worker { [self] in
@@ -82,6 +84,8 @@ extension BenchRunner {
                 p99Micros: Double(h.valueAtPercentile(99)) / 1000, p999Micros: Double(h.valueAtPercentile(99.9)) / 1000)
         }
         var results = [result(phase, total, merged.counts.reduce(0, +), found: merged.found)]
+        results[0].cpuSeconds = processCPUSeconds() - cpuBefore
+        results[0].background = BackgroundCounters.delta(from: backgroundBefore, to: engine.backgroundCounters)
         for op in YCSBOperation.allCases where merged.counts[op.rawValue] > 0 {
             results.append(
                 result("\(phase).\(op.label)", merged.histograms[op.rawValue], merged.counts[op.rawValue], found: nil))

@@ -27,6 +27,21 @@ public struct BenchResult: Sendable {
     public var storageRequestsPerOp: Double? = nil
     /// Block-cache misses per operation, reported with storage requests.
     public var blockCacheMissesPerOp: Double? = nil
+    /// CPU time this process spent during the workload (every thread: foreground and background).
+    public var cpuSeconds: Double = 0
+    /// The engine's background work during the workload, when it counts it.
+    public var background: BackgroundCounters? = nil
+
+    /// The line after `line`: CPU time, and the engine's background work when counted.
+    public var costLine: String {
+        var text = "  \(engine) \(benchmark): cpu \(fixed(cpuSeconds, 2)) s in this process"
+        if let background {
+            text += "; write stalls \(fixed(Double(background.stallMicros) / 1e6, 2)) s"
+            text += "; compaction \(background.compactionBytes / 1_048_576) MiB in \(fixed(Double(background.compactionMicros) / 1e6, 2)) s"
+            text += "; jobs on workers \(background.remoteJobs)"
+        }
+        return text
+    }
 
     public var opsPerSecond: Double { Double(ops) / max(seconds, 1e-9) }
     public var microsPerOp: Double { seconds * 1e6 * Double(threads) / Double(max(ops, 1)) }
@@ -64,6 +79,13 @@ func fixed(_ value: Double, _ decimals: Int, width: Int = 0) -> String {
 }
 
 func nowNanos() -> UInt64 { UInt64(monotonicNanos()) }
+
+/// User and system CPU time of this process so far, every thread.
+public func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
 
 /// Peak resident set size of this process in bytes (VmHWM).
 public func peakResidentBytes() -> Int {
@@ -169,6 +191,8 @@ public final class BenchRunner: @unchecked Sendable {
                 for result in phaseResults {
                     results.append(result)
                     print(result.line)
+                    // A YCSB phase's per-operation rows share their total's costs.
+                    if result.cpuSeconds > 0 || result.background != nil { print(result.costLine) }
                 }
                 if flags.statistics, let text = engines[name]?.statistics {
                     print(text.split(separator: "\n").map { "  \(name) stats: \($0)" }.joined(separator: "\n"))
@@ -195,6 +219,11 @@ public final class BenchRunner: @unchecked Sendable {
                 + (r.found.map { "\"found\":\($0)," } ?? "")
                 + (r.storageRequestsPerOp.map { "\"storage_requests_per_op\":\(fixed($0, 4))," } ?? "")
                 + (r.blockCacheMissesPerOp.map { "\"block_cache_misses_per_op\":\(fixed($0, 4))," } ?? "")
+                + "\"cpu_seconds\":\(fixed(r.cpuSeconds, 3)),"
+                + (r.background.map {
+                    "\"stall_micros\":\($0.stallMicros),\"compaction_bytes\":\($0.compactionBytes),"
+                        + "\"compaction_micros\":\($0.compactionMicros),\"remote_jobs\":\($0.remoteJobs),"
+                } ?? "")
                 + "\"options\":\(flags.optionsJSON)}"
         }
         let file = try PosixFileSystem.shared.createWritable(path)

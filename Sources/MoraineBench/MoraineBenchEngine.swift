@@ -9,20 +9,26 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     let name: String
     let fileSystem: (any FileSystem)?
     let storageRequests: (@Sendable () -> Int)?
+    let jobRunner: (any JobRunner)?
 
     /// Embedded Moraine, engine "moraine".
     public init() {
         name = "moraine"
         fileSystem = nil
         storageRequests = nil
+        jobRunner = nil
     }
 
     /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
-    /// `storageRequests` counts the requests sent to the node so far.
-    public init(name: String, fileSystem: any FileSystem, storageRequests: @escaping @Sendable () -> Int) {
+    /// `storageRequests` counts the requests sent to the node so far; with `jobRunner`, its
+    /// flushes and compactions run there (a cluster's workers).
+    public init(
+        name: String, fileSystem: any FileSystem, jobRunner: (any JobRunner)? = nil, storageRequests: @escaping @Sendable () -> Int
+    ) {
         self.name = name
         self.fileSystem = fileSystem
         self.storageRequests = storageRequests
+        self.jobRunner = jobRunner
     }
 
     public var engineNames: [String] { [name] }
@@ -69,6 +75,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
+        if let jobRunner { options.jobRunner = jobRunner }
         if let fileSystem {
             options.fileSystem = fileSystem
         } else if let name = c.ioBackend, let backend = IOBackend(name: name) {
@@ -93,6 +100,15 @@ final class MoraineBenchEngine: BenchEngine {
 
     var storageRequests: Int? { requestCount?() }
     var blockCacheMisses: Int? { database.stats().blockCacheMisses }
+    var backgroundCounters: BackgroundCounters? {
+        let stats = database.stats()
+        var counters = BackgroundCounters()
+        counters.compactionBytes = stats.compactionBytesRead + stats.compactionBytesWritten
+        counters.compactionMicros = stats.compactionMicros
+        counters.stallMicros = stats.stallMicros
+        counters.remoteJobs = stats.remoteCompactions + stats.remoteFlushes
+        return counters
+    }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
         try database.engine.put(key: key, value: value, options: writeOptions)

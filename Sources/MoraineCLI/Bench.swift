@@ -30,7 +30,8 @@ struct Bench: ParsableCommand {
         @Option(
             help: """
                 Keep the database's files on the storage node of the cluster running in this run directory \
-                (database <last component of --db>-cluster).
+                (database <last component of --db>-cluster), and run its flushes and compactions on the cluster's \
+                workers when it has any.
                 """)
         var cluster: String?
     }
@@ -58,9 +59,12 @@ struct Bench: ParsableCommand {
                     throw ValidationError("--engine cluster needs --cluster RUNDIR (the run directory of moraine up)")
                 }
                 let remote = try DatabaseOptions.remoteFileSystem(cluster: cluster)
+                let runner = try DatabaseOptions.jobRunner(cluster: cluster)
                 factories.append(
-                    MoraineBenchFactory(name: "cluster", fileSystem: remote, storageRequests: { remote.requestCount }))
-                print("cluster: files on the storage node at \(remote.endpoint) (run directory \(cluster))")
+                    MoraineBenchFactory(name: "cluster", fileSystem: remote, jobRunner: runner, storageRequests: { remote.requestCount }))
+                print(
+                    "cluster: files on the storage node at \(remote.endpoint) (run directory \(cluster)); "
+                        + (runner == nil ? "flushes and compactions in this process" : "flushes and compactions on the cluster's workers"))
             }
             let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
             try runner.run()
