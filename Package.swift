@@ -60,7 +60,10 @@ let package = Package(
         // Compaction workers, and the job runner that sends them jobs.
         .target(
             name: "MoraineWorker",
-            dependencies: ["MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]
+            dependencies: [
+                "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineMessages", "MoraineStorage", "MoraineSystem",
+                "MoraineTransport",
+            ]
         ),
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),

@@ -132,7 +132,7 @@ struct NumaCommand: ParsableCommand {
 }
 
 extension String {
-    fileprivate func padded(_ width: Int) -> String {
+    func padded(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }

@@ -23,6 +23,14 @@ public func wallClockNanos() -> Int64 {
     return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
 
+/// CPU time of the calling thread in nanoseconds (CLOCK_THREAD_CPUTIME_ID): what one thread's
+/// work cost, whatever else the process does meanwhile.
+public func threadCPUNanos() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
 /// Sleeps at least `nanos` nanoseconds (resumed after a signal). Non-positive: returns at once.
 public func sleepNanos(_ nanos: Int64) {
     guard nanos > 0 else { return }

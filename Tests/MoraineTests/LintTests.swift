@@ -21,8 +21,8 @@ struct LintTests {
         "MoraineMessages": ["MoraineFormat", "MoraineSystem", "MoraineTransport"],
         "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
         "MoraineWorker": [
-            "MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport",
-            "Synchronization",
+            "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineMessages", "MoraineStorage", "MoraineSystem",
+            "MoraineTransport", "Synchronization",
         ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
         "MoraineCLI": [
