@@ -74,8 +74,7 @@ extension CompactionWorker {
         }
         try takeSlot(for: name, kind: "flush")
         do {
-            let files = RemoteFileSystem(endpoint: try storage(), key: key, options: fileSystemOptions)
-            files.write(spec.directory, asEpoch: spec.epoch)
+            let files = try fileSystem(for: spec.directory, epoch: spec.epoch)
             let stream = try FlushStream(spec: spec, fileSystem: files)
             setFlush(FlushSession(stream: stream), for: name)
         } catch {

@@ -52,6 +52,10 @@ public final class CompactionWorker: Sendable {
     }
 
     private let state = Mutex<State>(State())
+    /// File systems reaching the storage node, one per endpoint, database and epoch, kept between
+    /// jobs so a job does not pay for a new connection and cold caches (at most `fileSystemsMax`).
+    private let fileSystems = Mutex<[String: RemoteFileSystem]>([:])
+    private static let fileSystemsMax = 16
 
     /// A worker whose jobs reach the storage node `storage` names, with `key`.
     /// - Precondition: `slots` is at least 1.
@@ -160,8 +164,7 @@ public final class CompactionWorker: Sendable {
     /// Runs `spec` to its outcome.
     private func run(_ spec: CompactionJobSpec, control: JobControl) -> CompactionPollReply.State {
         do {
-            let files = RemoteFileSystem(endpoint: try storage(), key: key, options: fileSystemOptions)
-            files.write(spec.directory, asEpoch: spec.epoch)
+            let files = try fileSystem(for: spec.directory, epoch: spec.epoch)
             return .done(try CompactionJob(spec: spec, fileSystem: files, control: control).run())
         } catch let error as MoraineError {
             return .failed(error.kind, error.message)
@@ -260,11 +263,25 @@ public final class CompactionWorker: Sendable {
         }
     }
 
+    /// The file system a job of `directory` under `epoch` writes through: its mutations carry
+    /// the epoch, so the storage node fences them as it would the owner's.
+    /// - Throws: when the run directory names no storage node.
+    func fileSystem(for directory: String, epoch: UInt64) throws(TransportError) -> RemoteFileSystem {
+        let endpoint = try storage()
+        let name = "\(endpoint)#\(directory)#\(epoch)"
+        return fileSystems.withLock { cache in
+            if let files = cache[name] { return files }
+            if cache.count >= Self.fileSystemsMax { cache.removeAll() }
+            let files = RemoteFileSystem(endpoint: endpoint, key: key, options: fileSystemOptions)
+            files.write(directory, asEpoch: epoch)
+            cache[name] = files
+            return files
+        }
+    }
+
     /// Best effort: a storage node that cannot be reached now leaves them to the owner's sweep.
     private func removeOutputs(of result: CompactionJobResult, spec: CompactionJobSpec) {
-        guard let endpoint = try? storage() else { return }
-        let files = RemoteFileSystem(endpoint: endpoint, key: key, options: fileSystemOptions)
-        files.write(spec.directory, asEpoch: spec.epoch)
+        guard let files = try? fileSystem(for: spec.directory, epoch: spec.epoch) else { return }
         for output in result.outputs where spec.outputFileNumbers.contains(output.number) {
             try? files.remove(joinPath(spec.directory, DatabaseFile.table(output.number).name))
         }

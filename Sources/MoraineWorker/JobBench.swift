@@ -87,7 +87,7 @@ public struct JobBench {
         try writeWAL(entries, to: walPath)
         rows.append(try measure("flush", "from the WAL (read, decode, insert, build)", bytes: entries.bytes) {
             let replayed = MemTable(capacityBytes: self.capacity(entries), logNumber: 2)
-            let reader = LogReader(bytes: try files.readAll(walPath), name: walPath)
+            let reader = try LogReader(file: try files.openRandomAccess(walPath), name: walPath)
             while let record = try reader.nextRecord() {
                 let batch = try WriteBatch(decoding: record, origin: walPath)
                 var sequence = batch.sequence
@@ -121,7 +121,14 @@ public struct JobBench {
         for table in [older, newer] {
             let name = DatabaseFile.table(table.number).name
             let target = try local.createNew(joinPath(scratch, name), hint: .bulk)
-            try target.append(try files.readAll(joinPath(directory, name)))
+            let source = try files.openRandomAccess(joinPath(directory, name))
+            var offset: UInt64 = 0
+            while offset < source.size {
+                var piece = [UInt8](repeating: 0, count: Int(min(4 << 20, source.size - offset)))
+                try piece.withUnsafeMutableBytes { try source.read(at: offset, into: $0) }
+                try target.append(piece)
+                offset += UInt64(piece.count)
+            }
             try target.sync()
             try target.close()
         }

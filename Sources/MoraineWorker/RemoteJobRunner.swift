@@ -131,9 +131,9 @@ public final class RemoteJobRunner: JobRunner {
         case notStarted(String)
     }
 
-    /// Starts `spec` on one worker and polls it until it ends: every few milliseconds at first,
-    /// backing off to `progressIntervalNanos`, so a short job is collected soon after it ends and
-    /// a long one costs a request a second.
+    /// Starts `spec` on one worker and polls it until it ends: every millisecond at first, then
+    /// every 1/32 of the job's age up to `progressIntervalNanos`, so a job is collected within
+    /// about 3% of its length after it ends and a long one costs a request a second.
     /// - Throws: the worker's error for a job it took, as a MoraineError; `JobLost` when the
     ///   worker went away (its endpoint refuses connections, or it forgot the job: it restarted),
     ///   the job stalled, or the deadline passed while the worker had it.
@@ -163,10 +163,11 @@ public final class RemoteJobRunner: JobRunner {
                 throw MoraineError(error.moraineError.kind, "compaction job \(spec.jobID) refused by worker \(endpoint): \(error.message)")
             }
         }
-        var pauseNanos: Int64 = 1_000_000
+        let started = monotonicNanos()
         while true {
-            sleepNanos(pauseNanos)
-            pauseNanos = min(2 * pauseNanos, timing.progressIntervalNanos)
+            // A poll every 1/32 of the time the job has run so far (1 ms at least, at most the
+            // progress interval): the end of a job is seen within about 3% of its length.
+            sleepNanos(min(max((monotonicNanos() - started) / 32, 1_000_000), timing.progressIntervalNanos))
             switch watch.poll() {
             case .running:
                 continue
