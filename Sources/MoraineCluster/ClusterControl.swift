@@ -93,6 +93,10 @@ public enum ClusterControl {
                     pad(role.numaNode.map(String.init) ?? "-", 5), pad(role.endpoint.carrier, 8), pad(stored, 11), pad(free, 11),
                     pad(jobs, 13), role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
                 ].joined(separator: " "))
+            // Then each job it runs, and how far it has got.
+            for job in role.jobs?.jobs ?? [] {
+                lines.append("  job \(job.jobID) of \(job.directory): \(bytes(job.bytesDone)) done")
+            }
         }
         return lines.joined(separator: "\n")
     }

@@ -62,6 +62,7 @@ public struct CompactionJob {
             throw MoraineError(.invalid, "compaction job \(spec.jobID) refused: " + problems.joined(separator: "; "))
         }
         let started = monotonicNanos()
+        let cpuStarted = threadCPUNanos()
         var result = CompactionJobResult(jobID: spec.jobID)
         var children: [any InternalIterator] = []
         var nextNumber = spec.outputFileNumbers.lowerBound
@@ -152,6 +153,7 @@ public struct CompactionJob {
             throw error
         }
         result.wallNanos = monotonicNanos() - started
+        result.cpuNanos = threadCPUNanos() - cpuStarted
         return result
     }
 }

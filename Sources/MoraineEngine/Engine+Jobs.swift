@@ -102,7 +102,7 @@ extension Engine {
                 reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: 0)
                 throw error
             }
-            let problems = job.problems(in: result)
+            let problems = job.problems(in: result) + storedSizeProblems(result.outputs, within: job.outputFileNumbers)
             guard problems.isEmpty else {
                 // Whoever ran it, a result that does not fit its spec is never installed: the
                 // outputs it names in range go now, the rest of the range with the sweep.
@@ -114,8 +114,26 @@ extension Engine {
                     .corruption, "compaction job \(job.jobID) returned a result that does not fit its spec: "
                         + problems.joined(separator: "; "))
             }
+            counters.update { $0.jobCPUMicros += Int(result.cpuNanos / 1000) }
             return (job, result)
         }
+    }
+
+    /// Outputs whose size on the file system is not what the result says (each looked up;
+    /// only those inside `range`: others are refused by the spec's own check).
+    func storedSizeProblems(_ outputs: [TableFileInfo], within range: Range<UInt64>) -> [String] {
+        var found: [String] = []
+        for output in outputs where range.contains(output.number) {
+            do {
+                let stored = try fileSystem.fileSize(path(.table(output.number)))
+                if stored != output.sizeBytes {
+                    found.append("output table \(output.number) is \(stored) bytes as stored, the result says \(output.sizeBytes)")
+                }
+            } catch {
+                found.append("output table \(output.number) cannot be looked up as stored: \(asMoraineError(error).message)")
+            }
+        }
+        return found
     }
 
     /// The value a job runner gets for `spec`: inputs with their levels, the snapshot and deeper
@@ -183,13 +201,14 @@ extension Engine {
                 if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
                 throw error
             }
-            let problems = spec.problems(in: result)
+            let problems = spec.problems(in: result) + storedSizeProblems(result.output.map { [$0] } ?? [], within: number..<number + 1)
             guard problems.isEmpty else {
                 try? fileSystem.remove(path(.table(number)))
                 if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
                 throw MoraineError(
                     .corruption, "flush job \(spec.jobID) returned a result that does not fit its spec: " + problems.joined(separator: "; "))
             }
+            counters.update { $0.jobCPUMicros += Int(result.cpuNanos / 1000) }
             return (spec, result, reserved)
         }
     }

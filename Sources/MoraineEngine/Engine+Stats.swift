@@ -57,6 +57,8 @@ public struct EngineStats: Sendable {
     /// Flushes a worker ran, and flushes run here because no flush worker could take them.
     public var remoteFlushes = 0
     public var flushFallbacks = 0
+    /// CPU time of flush and compaction jobs, wherever they ran (workers report theirs).
+    public var jobCPUMicros = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -81,6 +83,7 @@ public struct EngineStats: Sendable {
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
             ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
             ("lost_jobs", lostJobs), ("remote_flushes", remoteFlushes), ("flush_fallbacks", flushFallbacks),
+            ("job_cpu_micros", jobCPUMicros),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -166,6 +169,7 @@ extension Engine {
         s.lostJobs = c.lostJobs
         s.remoteFlushes = options.jobRunner.remoteFlushes
         s.flushFallbacks = options.jobRunner.flushFallbacks
+        s.jobCPUMicros = c.jobCPUMicros
         return s
     }
 

@@ -355,6 +355,8 @@ struct CounterValues: Sendable {
     var resumes = 0
     /// Compaction jobs given up on mid-way (their worker died, hung or passed the deadline).
     var lostJobs = 0
+    /// CPU time of flush and compaction jobs, wherever they ran (a worker's results say theirs).
+    var jobCPUMicros = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

@@ -101,6 +101,7 @@ public final class FlushStream {
     private var previous = KeyBuffer()
     private var entryCount: UInt64 = 0
     private let started = monotonicNanos()
+    private var cpuNanos: Int64 = 0
     private var done = false
 
     /// Creates the output table (exclusive create).
@@ -132,10 +133,15 @@ public final class FlushStream {
         entryCount += 1
     }
 
+    /// Counts `nanos` of CPU time spent feeding the stream (a caller times its chunks: timing
+    /// each entry would cost more than the entry).
+    public func addCPU(_ nanos: Int64) { cpuNanos += nanos }
+
     /// Syncs and closes the table; with no entries, removes it.
     public func finish() throws -> FlushJobResult {
         precondition(!done, "a flush stream finished twice")
         done = true
+        let cpuStarted = threadCPUNanos()
         var result = FlushJobResult(jobID: spec.jobID)
         result.entries = entryCount
         if entryCount == 0 {
@@ -144,6 +150,7 @@ public final class FlushStream {
             result.output = try writer.finish()
         }
         result.wallNanos = monotonicNanos() - started
+        result.cpuNanos = cpuNanos + threadCPUNanos() - cpuStarted
         return result
     }
 

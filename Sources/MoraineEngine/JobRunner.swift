@@ -82,12 +82,14 @@ public struct LocalJobRunner: JobRunner {
     /// memtable of this process).
     public static func flush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult {
         let started = monotonicNanos()
+        let cpuStarted = threadCPUNanos()
         var result = FlushJobResult(jobID: spec.jobID)
         result.output = try FlushJob(
             source: source, fileNumber: spec.outputNumber, directory: spec.directory, fileSystem: fileSystem,
             tableOptions: spec.tableOptions
         ).run()
         result.wallNanos = monotonicNanos() - started
+        result.cpuNanos = threadCPUNanos() - cpuStarted
         return result
     }
 }

@@ -188,6 +188,8 @@ public struct CompactionJobResult: Sendable, Equatable {
     public var entriesDropped: UInt64 = 0
     /// Time the job took, on the clock of whoever ran it.
     public var wallNanos: Int64 = 0
+    /// CPU time the job's thread spent, wherever it ran.
+    public var cpuNanos: Int64 = 0
 
     public init(jobID: UInt64) { self.jobID = jobID }
 }

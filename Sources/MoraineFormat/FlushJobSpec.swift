@@ -70,6 +70,8 @@ public struct FlushJobResult: Sendable, Equatable {
     public var entries: UInt64 = 0
     /// Time the job took, on the clock of whoever ran it.
     public var wallNanos: Int64 = 0
+    /// CPU time spent building the table, wherever it was built.
+    public var cpuNanos: Int64 = 0
 
     public init(jobID: UInt64) { self.jobID = jobID }
 }

@@ -63,6 +63,7 @@ public struct FlushJobReply: WireMessage {
         result.output?.encode(into: &writer)
         writer.u64(result.entries)
         writer.u64(UInt64(max(0, result.wallNanos)))
+        writer.u64(UInt64(max(0, result.cpuNanos)))
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -70,6 +71,7 @@ public struct FlushJobReply: WireMessage {
         if try reader.bool("has output") { result.output = try TableFileInfo(from: &reader) }
         result.entries = try reader.u64("entries")
         result.wallNanos = Int64(clamping: try reader.u64("wall time"))
+        result.cpuNanos = Int64(clamping: try reader.u64("cpu time"))
     }
 }
 

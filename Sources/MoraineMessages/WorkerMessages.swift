@@ -193,6 +193,7 @@ public struct CompactionJobReply: WireMessage {
         writer.u64(result.bytesWritten)
         writer.u64(result.entriesDropped)
         writer.u64(UInt64(max(0, result.wallNanos)))
+        writer.u64(UInt64(max(0, result.cpuNanos)))
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -206,6 +207,7 @@ public struct CompactionJobReply: WireMessage {
         result.bytesWritten = try reader.u64("bytes written")
         result.entriesDropped = try reader.u64("entries dropped")
         result.wallNanos = Int64(clamping: try reader.u64("wall time"))
+        result.cpuNanos = Int64(clamping: try reader.u64("cpu time"))
     }
 }
 

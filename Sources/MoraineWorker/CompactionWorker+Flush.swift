@@ -98,9 +98,11 @@ extension CompactionWorker {
                 throw TransportError(.invalid, "flush job \(header.name.jobID): chunk \(header.chunk) came, chunk \(session.nextChunk) was next")
             }
             try checkDeadline(session.stream.spec)
+            let cpuStarted = threadCPUNanos()
             try FlushEntries.forEachEntry(in: bytes, from: header.entriesOffset, count: header.count) { key, value in
                 try session.stream.add(key: key, value: value)
             }
+            session.stream.addCPU(threadCPUNanos() - cpuStarted)
             session.nextChunk += 1
             session.bytesReceived += UInt64(bytes.count)
             session.touchedNanos = monotonicNanos()

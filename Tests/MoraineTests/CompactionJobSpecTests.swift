@@ -202,6 +202,7 @@ struct CompactionJobSpecTests {
         let whole = Self.spec(dir, inputs, outputs: 300..<400, target: 16 << 10)
         let result = try CompactionJob(spec: whole, fileSystem: PosixFileSystem.shared, control: full).run()
         #expect(full.bytesDone > 0 && !result.outputs.isEmpty)
+        #expect(result.cpuNanos > 0 && result.cpuNanos <= result.wallNanos + 1_000_000, "cpu \(result.cpuNanos) wall \(result.wallNanos)")
     }
 
     /// The POSIX file system, calling `onCreate` with the path of every file created new.
@@ -234,10 +235,12 @@ struct CompactionJobSpecTests {
         let lock = NSLock()
         var specs: [CompactionJobSpec] = []
         var tamper = false
+        var tamperSize = false
         func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
             lock.withLock { specs.append(spec) }
             var result = try LocalJobRunner().runCompaction(spec, fileSystem: fileSystem)
             if lock.withLock({ tamper }), !result.outputs.isEmpty { result.outputs[0].number = spec.outputFileNumbers.upperBound }
+            if lock.withLock({ tamperSize }), !result.outputs.isEmpty { result.outputs[0].sizeBytes += 1 }
             return result
         }
     }
@@ -276,6 +279,14 @@ struct CompactionJobSpecTests {
         for i in 0..<3000 { try db.put(Array(String(format: "k%05d", i).utf8), [1]) }
         let failure = #expect(throws: MoraineError.self) { try db.compactRange() }
         #expect(failure?.message.contains("does not fit its spec") == true, "\(String(describing: failure))")
+        // A result whose sizes are not what the files hold: refused the same way.
+        runner.lock.withLock {
+            runner.tamper = false
+            runner.tamperSize = true
+        }
+        try db.put(Array("k00001".utf8), [1])  // the failed compaction's error is cleared by a write
+        let sized = #expect(throws: MoraineError.self) { try db.compactRange() }
+        #expect(sized?.message.contains("as stored, the result says") == true, "\(String(describing: sized))")
         try? db.close()
         var reopen = options
         reopen.jobRunner = LocalJobRunner()
