@@ -68,6 +68,14 @@ let package = Package(
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
+        // The Redis-protocol front end (`moraine serve`).
+        .target(
+            name: "MoraineRESP",
+            dependencies: [
+                "Moraine", "MoraineSystem", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "MoraineBench",
             dependencies: [
@@ -88,7 +96,7 @@ let package = Package(
             name: "MoraineCLI",
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-                "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
+                "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -101,7 +109,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
-                "MoraineWorker",
+                "MoraineWorker", "MoraineRESP",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

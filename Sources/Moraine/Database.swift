@@ -90,6 +90,8 @@ public final class Database: Sendable {
         try engine.compactRange(begin: begin, end: end, bottommost: bottommost)
     }
     public func stats() -> EngineStats { engine.stats() }
+    /// About how many keys the database holds (see `Engine.estimatedKeyCount`).
+    public func estimatedKeyCount() -> Int { engine.estimatedKeyCount() }
     /// Stops starting flushes and compactions and waits for running ones (RocksDB's
     /// PauseBackgroundWork); writes wait once the memtables are full. Undo with
     /// `continueBackgroundWork`.

@@ -20,7 +20,7 @@ struct MoraineCommand: ParsableCommand {
         subcommands: [
             Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, Stats.self, Repair.self, SST.self,
             Manifest.self, WAL.self, Bench.self, IOBenchCommand.self, NumaCommand.self, TransportBenchCommand.self,
-            NodeCommand.self, Up.self, Status.self, Down.self, JobBenchCommand.self,
+            NodeCommand.self, Up.self, Status.self, Down.self, JobBenchCommand.self, ServeCommand.self,
         ])
 
     /// Parses and runs a command. A usage error (an unknown flag, a missing argument, a value

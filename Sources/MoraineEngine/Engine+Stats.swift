@@ -174,6 +174,19 @@ extension Engine {
     }
 
     /// Every table of the current version as (level, file record), for tools.
+    /// About how many keys the database holds (RocksDB's estimate-num-keys): the memtables'
+    /// entries plus the tables' entries, less twice their deletions (a tombstone and what it
+    /// hides). Overwritten keys count once per version not yet compacted away: an estimate.
+    public func estimatedKeyCount() -> Int {
+        let current = currentSuperVersion()
+        var count = current.mem.entryCount + current.imms.reduce(0) { $0 + $1.entryCount }
+        for file in current.version.levels.joined() {
+            guard let properties = try? tableCache.reader(file.number).properties else { continue }
+            count += Int(properties.entryCount) - 2 * Int(properties.deletionCount)
+        }
+        return max(0, count)
+    }
+
     public func liveFiles() -> [(level: Int, file: TableFileInfo)] {
         versions.current.levels.enumerated().flatMap { level, files in files.map { (level, $0.info) } }
     }

@@ -25,9 +25,10 @@ struct LintTests {
             "MoraineTransport", "Synchronization",
         ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
+        "MoraineRESP": ["Moraine", "MoraineSystem", "NIOCore", "NIOPosix", "Synchronization"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
-            "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
+            "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -38,7 +39,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
-        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker",
+        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

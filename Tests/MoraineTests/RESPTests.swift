@@ -1,0 +1,203 @@
+// The Redis-protocol front end: the parser on whole, split and broken requests; the commands
+// against an in-process service (SET's options, atomic INCR under threads, SCAN across a
+// compaction, AUTH); and `moraine serve` as a process driven by the real clients — redis-cli
+// (commands and --pipe), redis-benchmark, and redis-py in a randomized oracle test with pipelined
+// batches (seeded: MORAINE_SEED replays it) — plus raw sockets for malformed requests.
+import Foundation
+import Moraine
+@testable import MoraineRESP
+import MoraineSystem
+import MoraineTestSupport
+import Testing
+
+@Suite("RESP parser")
+struct RESPParserTests {
+    func parse(_ text: String, limits: RESPLimits = RESPLimits()) throws -> (commands: [[String]], consumed: Int) {
+        var parser = RESPParser(limits: limits)
+        let bytes = Array(text.utf8)
+        let (commands, consumed) = try bytes.withUnsafeBytes { raw throws(RESPProtocolError) in try parser.parse(raw) }
+        return (commands.map { $0.map { String(decoding: $0, as: UTF8.self) } }, consumed)
+    }
+
+    @Test("multibulk and inline requests, pipelined, with quotes and empty lines")
+    func requests() throws {
+        let (commands, consumed) = try parse("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\nPING\r\n\r\nset \"a b\" \"c\\\"d\"\n")
+        #expect(commands == [["GET", "k"], ["SET", "k", ""], ["PING"], ["set", "a b", "c\"d"]])
+        #expect(consumed == Array("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\nPING\r\n\r\nset \"a b\" \"c\\\"d\"\n".utf8).count)
+    }
+
+    @Test("a request split at every byte is framed once it is whole, and only then")
+    func splitRequests() throws {
+        let request = Array("*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$11\r\nhello world\r\n".utf8)
+        var parser = RESPParser()
+        var pending: [UInt8] = []
+        var framed: [[[UInt8]]] = []
+        for byte in request {
+            pending.append(byte)
+            let (commands, consumed) = try pending.withUnsafeBytes { raw throws(RESPProtocolError) in try parser.parse(raw) }
+            pending.removeFirst(consumed)
+            framed += commands
+            if framed.isEmpty { #expect(consumed == 0) }
+        }
+        #expect(framed == [[Array("SET".utf8), Array("hello".utf8), Array("hello world".utf8)]])
+        #expect(pending.isEmpty)
+    }
+
+    @Test("broken requests and requests past a limit are protocol errors naming what is wrong")
+    func brokenRequests() throws {
+        var small = RESPLimits()
+        small.bulkBytesMax = 16
+        small.argumentsMax = 4
+        small.inlineBytesMax = 32
+        let cases: [(String, String)] = [
+            ("*x\r\n", "invalid multibulk length"), ("*5\r\n", "invalid multibulk length"), ("*1\r\n+GET\r\n", "expected '$'"),
+            ("*1\r\n$99\r\n", "invalid bulk length"), ("*1\r\n$-2\r\n", "invalid bulk length"),
+            ("*1\r\n$3\r\nGETxx", "not followed by CRLF"), (String(repeating: "a", count: 40), "too big inline request"),
+            ("set \"a\n", "unbalanced quotes"),
+        ]
+        for (request, expected) in cases {
+            let error = #expect(throws: RESPProtocolError.self) { try parse(request, limits: small) }
+            #expect(error?.message.contains(expected) == true, "\(request.debugDescription): \(String(describing: error))")
+        }
+    }
+}
+
+@Suite("RESP commands")
+struct RESPCommandTests {
+    static func service(_ dir: TempDir, password: String? = nil) throws -> (RESPService, Database) {
+        var options = Options()
+        options.createIfMissing = true
+        options.writeBufferSize = 64 << 10
+        let db = try Database(path: dir.path, options: options)
+        var settings = RESPService.Settings()
+        settings.password = password
+        return (RESPService(database: db, settings: settings), db)
+    }
+
+    static func run(_ service: RESPService, _ session: RESPSession, _ words: String...) -> RESPReply {
+        service.execute(words.map { Array($0.utf8) }, session: session)
+    }
+
+    @Test("SET with NX, XX and GET; GET, DEL, EXISTS, MGET, MSET, INCR; errors in Redis's words")
+    func strings() throws {
+        let dir = TempDir("moraine-resp")
+        defer { dir.remove() }
+        let (service, db) = try Self.service(dir)
+        defer { try? db.close() }
+        let s = service.open(address: "test")!
+        #expect(Self.run(service, s, "SET", "k", "1") == .ok)
+        #expect(Self.run(service, s, "SET", "k", "2", "NX") == .null)
+        #expect(Self.run(service, s, "SET", "new", "x", "XX") == .null)
+        #expect(Self.run(service, s, "SET", "k", "3", "XX", "GET") == .bulk("1"))
+        #expect(Self.run(service, s, "SET", "k", "4", "NX", "XX") == .error("ERR syntax error"))
+        if case .error(let message) = Self.run(service, s, "SET", "k", "4", "EX", "10") {
+            #expect(message.contains("no TTL"))
+        } else {
+            Issue.record("SET EX was not refused")
+        }
+        #expect(Self.run(service, s, "GET", "k") == .bulk("3"))
+        #expect(Self.run(service, s, "MSET", "a", "1", "b", "2") == .ok)
+        #expect(Self.run(service, s, "MSET", "a", "1", "b") == .error("ERR wrong number of arguments for 'mset' command"))
+        #expect(Self.run(service, s, "MGET", "a", "nope", "b") == .array([.bulk("1"), .null, .bulk("2")]))
+        #expect(Self.run(service, s, "EXISTS", "a", "a", "nope") == .integer(2))
+        #expect(Self.run(service, s, "DEL", "a", "nope", "a") == .integer(1))
+        #expect(Self.run(service, s, "GET", "a") == .null)
+        #expect(Self.run(service, s, "INCR", "n") == .integer(1))
+        #expect(Self.run(service, s, "INCRBY", "n", "41") == .integer(42))
+        #expect(Self.run(service, s, "DECRBY", "n", "2") == .integer(40))
+        #expect(Self.run(service, s, "INCR", "k") == .integer(4))
+        #expect(Self.run(service, s, "SET", "text", "abc") == .ok)
+        #expect(Self.run(service, s, "INCR", "text") == .error("ERR value is not an integer or out of range"))
+        #expect(Self.run(service, s, "SET", "big", String(Int.max)) == .ok)
+        #expect(Self.run(service, s, "INCR", "big") == .error("ERR increment or decrement would overflow"))
+        #expect(Self.run(service, s, "GET") == .error("ERR wrong number of arguments for 'get' command"))
+        if case .error(let message) = Self.run(service, s, "NOPE", "x") {
+            #expect(message.hasPrefix("ERR unknown command 'NOPE'"))
+        } else {
+            Issue.record("an unknown command was not refused")
+        }
+        #expect(Self.run(service, s, "SELECT", "0") == .ok && Self.run(service, s, "SELECT", "1") == .error("ERR DB index is out of range"))
+        #expect(Self.run(service, s, "FLUSHDB").description.contains("disabled"))
+        #expect(Self.run(service, s, "PING") == .simple("PONG") && Self.run(service, s, "ECHO", "hi") == .bulk("hi"))
+        // An oversized key is the engine's error, and the session goes on.
+        if case .error(let message) = service.execute([Array("SET".utf8), [UInt8](repeating: 1, count: 70_000), [1]], session: s) {
+            #expect(message.contains("exceeds the limit"))
+        } else {
+            Issue.record("an oversized key was taken")
+        }
+        #expect(Self.run(service, s, "GET", "k") == .bulk("4"))
+    }
+
+    @Test("INCR from many threads at once loses no increment")
+    func atomicIncrements() throws {
+        let dir = TempDir("moraine-resp-incr")
+        defer { dir.remove() }
+        let (service, db) = try Self.service(dir)
+        defer { try? db.close() }
+        let threads = 8
+        let each = 500
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            let session = service.open(address: "t")!
+            for i in 0..<each {
+                _ = Self.run(service, session, "INCR", "counter")
+                if i % 50 == 0 { _ = Self.run(service, session, "SET", "other", "\(i)") }
+            }
+        }
+        let session = service.open(address: "check")!
+        #expect(Self.run(service, session, "GET", "counter") == .bulk(String(threads * each)))
+    }
+
+    @Test("SCAN returns every key exactly once across a flush and a compaction, with MATCH and COUNT")
+    func scanAcrossCompaction() throws {
+        let dir = TempDir("moraine-resp-scan")
+        defer { dir.remove() }
+        let (service, db) = try Self.service(dir)
+        defer { try? db.close() }
+        let s = service.open(address: "scan")!
+        for i in 0..<3000 { _ = Self.run(service, s, "SET", String(format: "key:%05d", i), "v\(i)") }
+        for i in 0..<200 { _ = Self.run(service, s, "SET", "other:\(i)", "x") }
+        var seen: [String] = []
+        var cursor = "0"
+        var rounds = 0
+        repeat {
+            guard case .array(let parts?) = Self.run(service, s, "SCAN", cursor, "MATCH", "key:*", "COUNT", "97"),
+                case .bulk(let next?) = parts[0], case .array(let keys?) = parts[1]
+            else {
+                Issue.record("SCAN answered in the wrong shape")
+                return
+            }
+            for case .bulk(let key?) in keys { seen.append(String(decoding: key, as: UTF8.self)) }
+            cursor = String(decoding: next, as: UTF8.self)
+            rounds += 1
+            // Mid-scan, the tree changes under the cursor.
+            if rounds == 5 { try db.flush() }
+            if rounds == 10 { try db.compactRange() }
+        } while cursor != "0" && rounds < 1000
+        #expect(seen.count == 3000 && Set(seen).count == 3000, "\(seen.count) keys, \(Set(seen).count) distinct")
+        #expect(Self.run(service, s, "SCAN", "123456789") == .error("ERR invalid cursor (this server does not know cursor 123456789)"))
+        #expect(RESPService.glob(Array("k[a-c]?\\*".utf8), matches: Array("kbx*".utf8)))
+        #expect(!RESPService.glob(Array("k[^a-c]*".utf8), matches: Array("kb".utf8)))
+    }
+
+    @Test("with a password, every command but AUTH, HELLO and QUIT waits for AUTH; a wrong one is WRONGPASS")
+    func auth() throws {
+        let dir = TempDir("moraine-resp-auth")
+        defer { dir.remove() }
+        let (service, db) = try Self.service(dir, password: "s3cret")
+        defer { try? db.close() }
+        let s = service.open(address: "auth")!
+        #expect(Self.run(service, s, "GET", "k") == .error("NOAUTH Authentication required."))
+        #expect(Self.run(service, s, "AUTH", "wrong") == .error("WRONGPASS invalid username-password pair or user is disabled."))
+        #expect(Self.run(service, s, "AUTH", "s3cret") == .ok)
+        #expect(Self.run(service, s, "GET", "k") == .null)
+        #expect(Self.run(service, s, "AUTH", "default", "s3cret") == .ok)
+    }
+}
+
+extension RESPReply: CustomStringConvertible {
+    public var description: String {
+        var out: [UInt8] = []
+        encode(into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+}
