@@ -66,9 +66,15 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("pmem_path"), help: "Region file for --durability pmem (default: under /dev/shm).")
     var pmemPath: String?
 
+    @Option(name: .customLong("cache_size"), help: "Block cache size in bytes (cache_size; default 8 MiB).")
+    var cacheSize: Int?
+
     func validate() throws {
         if let writeBufferSize, writeBufferSize < 4096 || writeBufferSize > 1 << 30 {
             throw ValidationError("--write_buffer_size must be 4096…1073741824 bytes, not \(writeBufferSize)")
+        }
+        if let cacheSize, cacheSize < 0 || cacheSize > 1 << 40 {
+            throw ValidationError("--cache_size must be 0…1099511627776 bytes, not \(cacheSize)")
         }
     }
 
@@ -87,6 +93,7 @@ struct DatabaseOptions: ParsableArguments {
             options.durability = mode
         }
         options.pmemPath = pmemPath
+        if let cacheSize { options.blockCacheSize = cacheSize }
         if let cluster {
             options.fileSystem = try Self.remoteFileSystem(cluster: cluster)
             if let runner = try Self.jobRunner(cluster: cluster) {

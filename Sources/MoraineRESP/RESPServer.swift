@@ -63,6 +63,7 @@ public final class RESPServer: @unchecked Sendable {
         self.group = group
         self.pool = pool
         self.port = channel.localAddress?.port ?? port
+        service.boundPort.store(self.port, ordering: .relaxed)
     }
 
     deinit { close() }

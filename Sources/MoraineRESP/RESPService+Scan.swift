@@ -133,7 +133,7 @@ extension RESPService {
             "server",
             [
                 ("redis_version", Self.redisVersion), ("redis_mode", "standalone"), ("server_name", "moraine"),
-                ("process_id", String(getpid())), ("tcp_port", String(settings.port)), ("uptime_in_seconds", String(uptimeSeconds)),
+                ("process_id", String(getpid())), ("tcp_port", String(boundPort.load(ordering: .relaxed))), ("uptime_in_seconds", String(uptimeSeconds)),
             ])
         section("clients", [("connected_clients", String(connectedClients)), ("maxclients", String(settings.clientsMax))])
         section(

@@ -44,8 +44,6 @@ public final class RESPService: Sendable {
         public var flushEnabled = false
         /// The most connections at once.
         public var clientsMax = 10_000
-        /// The port, for INFO.
-        public var port = 0
 
         public init() {}
     }
@@ -61,6 +59,8 @@ public final class RESPService: Sendable {
     private let commandsProcessed = Atomic<Int>(0)
     private let connectionsReceived = Atomic<Int>(0)
     private let startedNanos = monotonicNanos()
+    /// The port the server bound (INFO's tcp_port).
+    let boundPort = Atomic<Int>(0)
 
     public init(database: Database, settings: Settings = Settings(), shutdown: @escaping @Sendable () -> Void = {}) {
         self.database = database
@@ -90,14 +90,65 @@ public final class RESPService: Sendable {
 
     // MARK: Executing
 
-    /// Runs `commands` in order for `session` and returns their replies' bytes.
+    /// Runs `commands` in order for `session` and returns their replies' bytes. A run of plain
+    /// SETs (a pipeline's) is written as one batch, and a run of GETs read with one multiGet:
+    /// the same replies, at a fraction of the cost (one group commit, one batched read).
     public func execute(_ commands: [[[UInt8]]], session: RESPSession) -> [UInt8] {
         var out: [UInt8] = []
-        for arguments in commands {
-            execute(arguments, session: session).encode(into: &out)
+        var index = 0
+        while index < commands.count {
+            let run = session.authenticated ? Self.run(in: commands, from: index) : nil
+            if let run, run.count > 1 {
+                for reply in execute(run.kind, Array(commands[index..<index + run.count]), session: session) { reply.encode(into: &out) }
+                index += run.count
+                continue
+            }
+            execute(commands[index], session: session).encode(into: &out)
+            index += 1
             if session.closeAfterReply { break }
         }
         return out
+    }
+
+    enum RunKind { case set, get }
+
+    /// The run of plain SETs or GETs starting at `index`, if any.
+    static func run(in commands: [[[UInt8]]], from index: Int) -> (kind: RunKind, count: Int)? {
+        func kind(_ command: [[UInt8]]) -> RunKind? {
+            guard let name = command.first, name.count == 3 else { return nil }
+            let lower = name.map { $0 | 0x20 }
+            if command.count == 3 && lower == Array("set".utf8) { return .set }
+            if command.count == 2 && lower == Array("get".utf8) { return .get }
+            return nil
+        }
+        guard let first = kind(commands[index]) else { return nil }
+        var end = index + 1
+        while end < commands.count && kind(commands[end]) == first { end += 1 }
+        return (first, end - index)
+    }
+
+    /// A run of plain SETs as one write batch, or of GETs as one multiGet.
+    private func execute(_ kind: RunKind, _ commands: [[[UInt8]]], session: RESPSession) -> [RESPReply] {
+        commandsProcessed.add(commands.count, ordering: .relaxed)
+        session.lastCommand = kind == .set ? "set" : "get"
+        session.lastActiveNanos = monotonicNanos()
+        do {
+            switch kind {
+            case .set:
+                try locking(commands.map { $0[1] }) {
+                    var batch = WriteBatch()
+                    for command in commands { batch.put(command[1], command[2]) }
+                    try database.write(batch)
+                }
+                return Array(repeating: .ok, count: commands.count)
+            case .get:
+                return try database.multiGet(commands.map { $0[1] }).map { .bulk($0) }
+            }
+        } catch {
+            // One command's error (an oversized key, say) must not answer for the others: run
+            // them one by one, each with its own reply.
+            return commands.map { execute($0, session: session) }
+        }
     }
 
     /// Runs one command.
