@@ -1,7 +1,10 @@
 // The RESP front end's network side, on SwiftNIO: each connection's bytes are framed by a
-// RESPParser; the commands framed from one read run as one batch on a thread pool (the database's
-// calls block: a write waits for its group commit, a read may wait for the disk), and the batch's
-// replies go out in one write, in order. A connection runs one batch at a time, so its commands
+// RESPParser; the commands framed from one read run as one batch, and the batch's replies go out
+// in one write, in order. A batch that writes runs on a thread pool (a write waits for its group
+// commit); a batch of reads only runs on the connection's event loop (one event loop per core):
+// the hop to the pool and back cost more than the reads (BENCHMARKS.md, "Redis front end"), at
+// the price of a read that misses the block cache holding up the other connections of its loop
+// for the disk read. A connection runs one batch at a time, so its commands
 // run in the order sent (pipelining keeps its meaning); while a batch runs, further bytes wait, and
 // past `pendingBytesMax` of them the connection stops reading until the batch is done, so a client
 // cannot make the server hold more than one bounded request and a bounded backlog.
@@ -32,7 +35,7 @@ public final class RESPServer: @unchecked Sendable {
     /// Binds `host:port` and starts serving `service`.
     /// - Throws: `unavailable` when the address cannot be bound.
     public init(
-        host: String = "127.0.0.1", port: Int, service: RESPService, limits: RESPLimits = RESPLimits(), eventLoopThreads: Int = 1,
+        host: String = "127.0.0.1", port: Int, service: RESPService, limits: RESPLimits = RESPLimits(), eventLoopThreads: Int = System.coreCount,
         poolThreads: Int = 16
     ) throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopThreads)
@@ -165,7 +168,14 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         running = true
         let service = self.service
         let loop = context.eventLoop
-        pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }.whenComplete { [self] result in
+        // A batch of reads only runs here on the event loop: no hop to the pool and back (two
+        // wake-ups across CPUs). Reads block only on a block-cache miss; writes wait for their
+        // group commit, so they always go to the pool.
+        let work: EventLoopFuture<[UInt8]> =
+            final == nil && RESPService.readsOnly(batch)
+            ? loop.makeSucceededFuture(service.execute(batch, session: session))
+            : pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
+        work.whenComplete { [self] result in
             running = false
             var out = (try? result.get()) ?? []
             if case .failure = result { RESPReply.error("ERR the server is stopping").encode(into: &out) }

@@ -112,6 +112,15 @@ public final class RESPService: Sendable {
 
     enum RunKind { case set, get }
 
+    /// Whether every command of `commands` only reads (GET, MGET, EXISTS, PING, ECHO).
+    static func readsOnly(_ commands: [[[UInt8]]]) -> Bool {
+        commands.allSatisfy { command in
+            guard let name = command.first, name.count <= 6 else { return false }
+            let lower = String(decoding: name.map { $0 | 0x20 }, as: UTF8.self)
+            return lower == "get" || lower == "mget" || lower == "exists" || lower == "ping" || lower == "echo"
+        }
+    }
+
     /// The run of plain SETs or GETs starting at `index`, if any.
     static func run(in commands: [[[UInt8]]], from index: Int) -> (kind: RunKind, count: Int)? {
         func kind(_ command: [[UInt8]]) -> RunKind? {
