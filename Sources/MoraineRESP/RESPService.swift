@@ -90,9 +90,11 @@ public final class RESPService: Sendable {
 
     // MARK: Executing
 
-    /// Runs `commands` in order for `session` and returns their replies' bytes. A run of plain
-    /// SETs (a pipeline's) is written as one batch, and a run of GETs read with one multiGet:
-    /// the same replies, at a fraction of the cost (one group commit, one batched read).
+    /// Runs `commands` in order for `session` and returns their replies' bytes. A pipeline's run
+    /// of writes (SET, MSET, INCR and friends, DEL) is applied as one write batch, holding every
+    /// key's stripe, its reads seeing the run's own earlier writes; a run of GETs is read with one
+    /// multiGet. The replies are the same as one command at a time, at the cost of one group commit
+    /// and one batched read.
     public func execute(_ commands: [[[UInt8]]], session: RESPSession) -> [UInt8] {
         var out: [UInt8] = []
         var index = 0
@@ -110,7 +112,7 @@ public final class RESPService: Sendable {
         return out
     }
 
-    enum RunKind { case set, get }
+    enum RunKind { case writes, get }
 
     /// Whether every command of `commands` only reads (GET, MGET, EXISTS, PING, ECHO).
     static func readsOnly(_ commands: [[[UInt8]]]) -> Bool {
@@ -121,41 +123,52 @@ public final class RESPService: Sendable {
         }
     }
 
-    /// The run of plain SETs or GETs starting at `index`, if any.
-    static func run(in commands: [[[UInt8]]], from index: Int) -> (kind: RunKind, count: Int)? {
-        func kind(_ command: [[UInt8]]) -> RunKind? {
-            guard let name = command.first, name.count == 3 else { return nil }
-            let lower = name.map { $0 | 0x20 }
-            if command.count == 3 && lower == Array("set".utf8) { return .set }
-            if command.count == 2 && lower == Array("get".utf8) { return .get }
-            return nil
+    /// What a command is to a run: a write the run can batch, a GET, or neither.
+    static func runKind(_ command: [[UInt8]]) -> RunKind? {
+        guard let name = command.first, name.count <= 6 else { return nil }
+        switch String(decoding: name.map { $0 | 0x20 }, as: UTF8.self) {
+        case "get" where command.count == 2: return .get
+        case "set" where command.count == 3: return .writes
+        case "mset" where command.count >= 3 && command.count % 2 == 1: return .writes
+        case "incr" where command.count == 2, "decr" where command.count == 2: return .writes
+        case "incrby" where command.count == 3, "decrby" where command.count == 3: return .writes
+        case "del" where command.count >= 2: return .writes
+        default: return nil
         }
-        guard let first = kind(commands[index]) else { return nil }
+    }
+
+    /// The run of batchable writes, or of GETs, starting at `index`, if any.
+    static func run(in commands: [[[UInt8]]], from index: Int) -> (kind: RunKind, count: Int)? {
+        guard let first = runKind(commands[index]) else { return nil }
         var end = index + 1
-        while end < commands.count && kind(commands[end]) == first { end += 1 }
+        while end < commands.count && runKind(commands[end]) == first { end += 1 }
         return (first, end - index)
     }
 
-    /// A run of plain SETs as one write batch, or of GETs as one multiGet.
+    /// A run of writes as one write batch, or of GETs as one multiGet.
     private func execute(_ kind: RunKind, _ commands: [[[UInt8]]], session: RESPSession) -> [RESPReply] {
         commandsProcessed.add(commands.count, ordering: .relaxed)
-        session.lastCommand = kind == .set ? "set" : "get"
+        session.lastCommand = String(decoding: commands.last![0], as: UTF8.self).lowercased()
         session.lastActiveNanos = monotonicNanos()
         do {
             switch kind {
-            case .set:
-                try locking(commands.map { $0[1] }) {
-                    var batch = WriteBatch()
-                    for command in commands { batch.put(command[1], command[2]) }
-                    try database.write(batch)
+            case .writes:
+                let keys = commands.flatMap { command -> [[UInt8]] in
+                    let name = String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self)
+                    return name == "mset" ? stride(from: 1, to: command.count, by: 2).map { command[$0] } : name == "del" ? Array(command.dropFirst()) : [command[1]]
                 }
-                return Array(repeating: .ok, count: commands.count)
+                return try locking(keys) {
+                    var run = WriteRun(database: database)
+                    let replies = commands.map { run.apply($0) }
+                    if !run.batch.isEmpty { try database.write(run.batch) }
+                    return replies
+                }
             case .get:
                 return try database.multiGet(commands.map { $0[1] }).map { .bulk($0) }
             }
         } catch {
             // One command's error (an oversized key, say) must not answer for the others: run
-            // them one by one, each with its own reply.
+            // them one by one (nothing of the batch was written), each with its own reply.
             return commands.map { execute($0, session: session) }
         }
     }
@@ -221,6 +234,66 @@ public final class RESPService: Sendable {
     }
 
     func newCursor(after key: [UInt8]) -> UInt64 { cursors.withLock { $0.add(key) } }
+}
+
+/// A run of writes being gathered into one batch: each command's reply, computed against the
+/// database as the run's earlier commands left it (`overlay`: a key's value, or nil once deleted).
+/// Precondition: the caller holds every touched key's stripe.
+struct WriteRun {
+    let database: Database
+    var batch = WriteBatch()
+    var overlay: [[UInt8]: [UInt8]?] = [:]
+
+    init(database: Database) { self.database = database }
+
+    mutating func current(_ key: [UInt8]) throws -> [UInt8]? {
+        if let value = overlay[key] { return value }
+        return try database.get(key)
+    }
+
+    mutating func put(_ key: [UInt8], _ value: [UInt8]) {
+        batch.put(key, value)
+        overlay[key] = .some(value)
+    }
+
+    /// One command's reply; a command that fails (a value that is not an integer) writes
+    /// nothing and answers its error, as it would alone.
+    mutating func apply(_ command: [[UInt8]]) -> RESPReply {
+        do {
+            switch String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self) {
+            case "set":
+                put(command[1], command[2])
+                return .ok
+            case "mset":
+                for i in stride(from: 1, to: command.count, by: 2) { put(command[i], command[i + 1]) }
+                return .ok
+            case "del":
+                var existed = 0
+                for key in Set(command.dropFirst()) where try current(key) != nil {
+                    existed += 1
+                    batch.delete(key)
+                    overlay[key] = .some(nil)
+                }
+                return .integer(existed)
+            case let name:
+                var amount = name.hasPrefix("incr") ? 1 : -1
+                if command.count == 3 {
+                    let given = try RESPService.integer(command[2])
+                    if name == "decrby" && given == Int.min { throw RESPCommandError("ERR decrement would overflow") }
+                    amount = name == "incrby" ? given : -given
+                }
+                let value = try current(command[1]).map { try RESPService.integer($0) } ?? 0
+                let (sum, overflow) = value.addingReportingOverflow(amount)
+                if overflow { throw RESPCommandError("ERR increment or decrement would overflow") }
+                put(command[1], Array(String(sum).utf8))
+                return .integer(sum)
+            }
+        } catch let error as RESPCommandError {
+            return .error(error.message)
+        } catch {
+            return .error("ERR \(error)")
+        }
+    }
 }
 
 /// An error reply a command chose (with its Redis prefix, e.g. "ERR …" or "WRONGPASS …").

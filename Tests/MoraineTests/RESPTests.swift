@@ -128,6 +128,54 @@ struct RESPCommandTests {
         #expect(Self.run(service, s, "GET", "k") == .bulk("4"))
     }
 
+    @Test("a pipeline's runs of writes and reads answer exactly as the same commands one at a time")
+    func coalescedRuns() throws {
+        let seed = SeededRandom.testSeed()
+        var random = SeededRandom(seed: seed)
+        let left = TempDir("moraine-resp-runs-a")
+        let right = TempDir("moraine-resp-runs-b")
+        defer {
+            left.remove()
+            right.remove()
+        }
+        let (batched, db1) = try Self.service(left)
+        let (single, db2) = try Self.service(right)
+        defer {
+            try? db1.close()
+            try? db2.close()
+        }
+        let s1 = batched.open(address: "a")!
+        let s2 = single.open(address: "b")!
+        let keys = (0..<12).map { "k\($0)" }
+        func word(_ text: String) -> [UInt8] { Array(text.utf8) }
+        for round in 0..<200 {
+            var pipeline: [[[UInt8]]] = []
+            for _ in 0..<Int.random(in: 1...24, using: &random) {
+                let key = word(keys[Int.random(in: 0..<keys.count, using: &random)])
+                let other = word(keys[Int.random(in: 0..<keys.count, using: &random)])
+                switch Int.random(in: 0..<9, using: &random) {
+                case 0: pipeline.append([word("SET"), key, word("\(Int.random(in: -5...5, using: &random))")])
+                case 1: pipeline.append([word("SET"), key, word("text")])
+                case 2: pipeline.append([word("INCR"), key])
+                case 3: pipeline.append([word("INCRBY"), key, word(Bool.random(using: &random) ? "7" : "x")])
+                case 4: pipeline.append([word("DECRBY"), key, word("\(Int.random(in: 0...3, using: &random))")])
+                case 5: pipeline.append([word("DEL"), key, other, key])
+                case 6: pipeline.append([word("MSET"), key, word("1"), other, word("2")])
+                case 7: pipeline.append([word("GET"), key])
+                default: pipeline.append([word("MGET"), key, other])
+                }
+            }
+            let together = batched.execute(pipeline, session: s1)
+            var apart: [UInt8] = []
+            for command in pipeline { single.execute(command, session: s2).encode(into: &apart) }
+            guard together == apart else {
+                Issue.record("round \(round), seed \(seed): \(String(decoding: together, as: UTF8.self)) != \(String(decoding: apart, as: UTF8.self))")
+                return
+            }
+        }
+        for key in keys { #expect(try db1.get(word(key)) == db2.get(word(key)), "\(key), seed \(seed)") }
+    }
+
     @Test("INCR from many threads at once loses no increment")
     func atomicIncrements() throws {
         let dir = TempDir("moraine-resp-incr")
