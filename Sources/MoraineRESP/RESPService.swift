@@ -155,7 +155,11 @@ public final class RESPService: Sendable {
             case .writes:
                 let keys = commands.flatMap { command -> [[UInt8]] in
                     let name = String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self)
-                    return name == "mset" ? stride(from: 1, to: command.count, by: 2).map { command[$0] } : name == "del" ? Array(command.dropFirst()) : [command[1]]
+                    switch name {
+                    case "mset": return stride(from: 1, to: command.count, by: 2).map { command[$0] }
+                    case "del": return Array(command.dropFirst())
+                    default: return [command[1]]
+                    }
                 }
                 return try locking(keys) {
                     var run = WriteRun(database: database)
