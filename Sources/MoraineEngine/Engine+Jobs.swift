@@ -89,13 +89,7 @@ extension Engine {
             do {
                 result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
             } catch let error as JobLost {
-                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
-                counters.update { $0.lostJobs += 1 }
-                sweepAbandonedOutputs(force: true)
-                lost.append(error.description)
-                if lost.count > Self.lostJobRetries {
-                    throw MoraineError(.unavailable, "compaction gave up after \(lost.count) lost jobs: " + lost.joined(separator: "; "))
-                }
+                try abandonLost(error, outputs: job.outputFileNumbers, what: "compaction", lost: &lost)
                 continue
             } catch {
                 // The job removed its outputs, or could not (a storage outage): one sweep.
@@ -162,6 +156,19 @@ extension Engine {
             targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
     }
 
+    /// Gives up on a lost job: its range is swept until its outputs can no longer appear, and
+    /// the loss is counted and remembered in `lost`.
+    /// - Throws: `unavailable` naming every loss once more than `lostJobRetries` happened.
+    private func abandonLost(_ error: JobLost, outputs: Range<UInt64>, what: String, lost: inout [String]) throws {
+        reservations.abandon(outputs, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
+        counters.update { $0.lostJobs += 1 }
+        sweepAbandonedOutputs(force: true)
+        lost.append(error.description)
+        if lost.count > Self.lostJobRetries {
+            throw MoraineError(.unavailable, "\(what) gave up after \(lost.count) lost jobs: " + lost.joined(separator: "; "))
+        }
+    }
+
     /// Reserves `count` output numbers and records them in the manifest (synced) before a job
     /// that writes them leaves.
     func reserveOutputs(_ count: UInt64) throws -> Range<UInt64> {
@@ -189,13 +196,7 @@ extension Engine {
             do {
                 result = try options.jobRunner.runFlush(spec, source: imm.makeIterator(), fileSystem: fileSystem)
             } catch let error as JobLost {
-                reservations.abandon(number..<number + 1, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
-                counters.update { $0.lostJobs += 1 }
-                sweepAbandonedOutputs(force: true)
-                lost.append(error.description)
-                if lost.count > Self.lostJobRetries {
-                    throw MoraineError(.unavailable, "flush gave up after \(lost.count) lost jobs: " + lost.joined(separator: "; "))
-                }
+                try abandonLost(error, outputs: number..<number + 1, what: "flush", lost: &lost)
                 continue
             } catch {
                 if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }

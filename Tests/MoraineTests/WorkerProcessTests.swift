@@ -154,25 +154,47 @@ struct WorkerProcessTests {
         }
     }
 
-    @Test("SIGKILL of a worker mid-job: the compaction runs again here, what the dead job wrote is swept, and jobs return once it is back")
-    func killWorker() throws {
-        let node = try StorageNodeProcess(.sharedMemory)
-        let worker = try WorkerProcess(for: node)
-        let endpoint = worker.endpoint!
-        let runner = RemoteJobRunner(key: try ClusterKey.load(path: RunDirectory(node.run.path).keyPath), timing: TestWorker.timing) {
-            [endpoint]
-        }
-        let db = try Database(path: "killed", options: Self.options(node, runner))
-        defer { try? db.close() }
-        var random = SplitMix64(seed: SeededRandom.testSeed())
+    /// A storage node and a compaction worker as processes, and a database of three overlapping
+    /// passes (not compacted yet) whose compactions go to the worker.
+    struct Loaded {
+        let node: StorageNodeProcess
+        let worker: WorkerProcess
+        let runner: RemoteJobRunner
+        let db: Database
+        var random: SplitMix64
         var expected: [Int: [UInt8]] = [:]
-        for pass in 0..<3 { try Self.writePass(db, pass: pass, random: &random, into: &expected) }
-        let wait = Self.compactInBackground(db)
-        guard worker.awaitRunningJob() else {
+
+        init(_ name: String) throws {
+            node = try StorageNodeProcess(.sharedMemory)
+            worker = try WorkerProcess(for: node)
+            let endpoint = worker.endpoint!
+            runner = RemoteJobRunner(key: try ClusterKey.load(path: RunDirectory(node.run.path).keyPath), timing: TestWorker.timing) {
+                [endpoint]
+            }
+            db = try Database(path: name, options: WorkerProcessTests.options(node, runner))
+            random = SplitMix64(seed: SeededRandom.testSeed(name))
+            for pass in 0..<3 { try WorkerProcessTests.writePass(db, pass: pass, random: &random, into: &expected) }
+        }
+    }
+
+    /// Starts a full compaction in the background and waits for its job to show on the worker;
+    /// nil (with the issue recorded) when none shows.
+    static func compactionOnWorker(_ loaded: Loaded) -> (() -> Result<Void, Error>?)? {
+        let wait = compactInBackground(loaded.db)
+        guard loaded.worker.awaitRunningJob() else {
             _ = wait()
             Issue.record("no compaction job showed on the worker: the test proves nothing")
-            return
+            return nil
         }
+        return wait
+    }
+
+    @Test("SIGKILL of a worker mid-job: the compaction runs again here, what the dead job wrote is swept, and jobs return once it is back")
+    func killWorker() throws {
+        var loaded = try Loaded("killed")
+        let (node, worker, runner, db) = (loaded.node, loaded.worker, loaded.runner, loaded.db)
+        defer { try? db.close() }
+        guard let wait = Self.compactionOnWorker(loaded) else { return }
         worker.kill()
         guard case .success? = wait() else {
             Issue.record("the compaction did not complete after its worker was killed: \(String(describing: wait()))")
@@ -180,7 +202,7 @@ struct WorkerProcessTests {
         }
         let stats = try db.stats()
         #expect(stats.lostJobs >= 1 && runner.fallbacks >= 1, "lost \(stats.lostJobs), fallbacks \(runner.fallbacks)")
-        try Self.expectAll(db, expected)
+        try Self.expectAll(db, loaded.expected)
         // The dead job's range is swept once writes it sent before it died can no longer land.
         var stray: Set<UInt64>? = []
         let swept = eventually(seconds: 15) {
@@ -193,31 +215,18 @@ struct WorkerProcessTests {
         // Back: the next compaction goes to it.
         try worker.start()
         let remote = runner.remoteJobs
-        try Self.writePass(db, pass: 3, random: &random, into: &expected)
+        try Self.writePass(db, pass: 3, random: &loaded.random, into: &loaded.expected)
         try db.compactRange()
         #expect(runner.remoteJobs > remote)
-        try Self.expectAll(db, expected)
+        try Self.expectAll(db, loaded.expected)
     }
 
     @Test("SIGSTOP of a worker mid-job: given up after the stall timeout and run here; continued, the zombie is cancelled and leaves nothing")
     func stopWorker() throws {
-        let node = try StorageNodeProcess(.sharedMemory)
-        let worker = try WorkerProcess(for: node)
-        let endpoint = worker.endpoint!
-        let runner = RemoteJobRunner(key: try ClusterKey.load(path: RunDirectory(node.run.path).keyPath), timing: TestWorker.timing) {
-            [endpoint]
-        }
-        let db = try Database(path: "zombie", options: Self.options(node, runner))
+        let loaded = try Loaded("zombie")
+        let (node, worker, runner, db, expected) = (loaded.node, loaded.worker, loaded.runner, loaded.db, loaded.expected)
         defer { try? db.close() }
-        var random = SplitMix64(seed: SeededRandom.testSeed())
-        var expected: [Int: [UInt8]] = [:]
-        for pass in 0..<3 { try Self.writePass(db, pass: pass, random: &random, into: &expected) }
-        let wait = Self.compactInBackground(db)
-        guard worker.awaitRunningJob() else {
-            _ = wait()
-            Issue.record("no compaction job showed on the worker: the test proves nothing")
-            return
-        }
+        guard let wait = Self.compactionOnWorker(loaded) else { return }
         worker.signal(SIGSTOP)
         let stopped = monotonicNanos()
         let outcome = wait()
