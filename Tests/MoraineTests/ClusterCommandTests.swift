@@ -3,7 +3,7 @@
 // with SIGKILL, and leaves no process behind after `down`; a foreground `up` stops cleanly on
 // SIGTERM; topologies the machine cannot run are refused at start with the problem named.
 import Foundation
-import MoraineCluster
+@testable import MoraineCluster
 import MoraineMessages
 import MoraineSystem
 import Testing
@@ -130,6 +130,19 @@ struct ClusterCommandTests {
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
         #expect(!roles.contains(where: Self.alive), "a role outlived its supervisor")
+    }
+
+    @Test("status shows a worker's jobs: running/slots and finished, then a line per running job with its progress")
+    func statusJobLines() throws {
+        var worker = RoleStatus(
+            kind: "compaction", index: 0, pid: 42, restarts: 0, startedUnix: 0, numaNode: nil,
+            endpoint: .sharedMemory(socketPath: "/tmp/w.sock"))
+        worker.answering = true
+        worker.jobs = WorkerStatusReply(
+            slots: 2, running: 1, finished: 7, jobs: [WorkerJobStatus(jobID: 12, directory: "owned", bytesDone: 3 << 20)])
+        let lines = ClusterControl.table([worker], supervisor: nil).split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.hasPrefix("compaction-0") && $0.contains("1/2 7") }, "\(lines)")
+        #expect(lines.contains { $0 == "  job 12 of owned: \(ClusterControl.bytes(3 << 20)) done" }, "\(lines)")
     }
 
     @Test("topologies this machine cannot run are refused at start, naming the problem")
