@@ -192,8 +192,8 @@ extension Engine {
             counters.update { $0.trivialMoves += 1 }
             return
         }
-        let (job, result) = try runJob(for: spec)
-        edit.releasedReservations = [job.outputFileNumbers.lowerBound]
+        let (job, result, reserved) = try runJob(for: spec)
+        if reserved { edit.releasedReservations = [job.outputFileNumbers.lowerBound] }
         for output in result.outputs { edit.newFiles.append((spec.outputLevel, output)) }
         // If the install fails, the outputs stay: the manifest may already name them. The next
         // open deletes whichever tables no manifest references.

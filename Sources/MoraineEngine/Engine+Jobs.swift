@@ -1,8 +1,9 @@
-// Flush and compaction jobs as the engine dispatches them (a flush reserves its one number only
-// when it may leave this process): each gets output numbers reserved in the manifest
-// before it leaves (so no later number collides with its outputs, whatever crashes, and the next
-// open deletes what an unfinished job left), runs through the options' JobRunner, and is installed
-// only if its result fits its spec; the install releases the reservation.
+// Flush and compaction jobs as the engine dispatches them: each gets output numbers reserved; when
+// the job may leave this process the reservation is written to the manifest before it leaves (so
+// no later number collides with its outputs, whatever crashes, and the next open deletes what an
+// unfinished job left; a job here dies with its process, and the open's planner deals with its
+// debris, so it costs no manifest write). The job runs through the options' JobRunner, is
+// installed only if its result fits its spec, and the install releases the reservation.
 //
 // A job whose runner lost sight of it (`JobLost`: its worker died, hung or passed the deadline)
 // is run again under a new reservation, and its own range is *abandoned*: outputs may still appear
@@ -21,8 +22,9 @@ import Synchronization
 /// waiting for the next manifest edit.
 final class ReservationBook: Sendable {
     private struct State {
-        /// Abandoned ranges, with the monotonic time until which outputs may still appear.
-        var abandoned: [(range: Range<UInt64>, untilNanos: Int64)] = []
+        /// Abandoned ranges, with the monotonic time until which outputs may still appear, and
+        /// whether the manifest holds their reservation (then closing one releases it).
+        var abandoned: [(range: Range<UInt64>, untilNanos: Int64, persisted: Bool)] = []
         var lastSweepNanos: Int64 = 0
         /// First numbers of reservations to release in the next edit.
         var releases: [UInt64] = []
@@ -32,8 +34,8 @@ final class ReservationBook: Sendable {
     /// Sweeps of a range still open for outputs are at most this often (each lists the directory).
     static let sweepIntervalNanos: Int64 = 1_000_000_000
 
-    func abandon(_ range: Range<UInt64>, outputsMayAppearForNanos: Int64) {
-        state.withLock { $0.abandoned.append((range, monotonicNanos() + max(0, outputsMayAppearForNanos))) }
+    func abandon(_ range: Range<UInt64>, persisted: Bool, outputsMayAppearForNanos: Int64) {
+        state.withLock { $0.abandoned.append((range, monotonicNanos() + max(0, outputsMayAppearForNanos), persisted)) }
     }
 
     func release(_ range: Range<UInt64>) { state.withLock { $0.releases.append(range.lowerBound) } }
@@ -61,11 +63,11 @@ final class ReservationBook: Sendable {
         }
     }
 
-    /// Forgets closed ranges and queues their releases.
+    /// Forgets closed ranges and queues the releases of those the manifest holds.
     func close(_ ranges: [Range<UInt64>]) {
         state.withLock { state in
+            state.releases += state.abandoned.filter { ranges.contains($0.range) && $0.persisted }.map(\.range.lowerBound)
             state.abandoned.removeAll { entry in ranges.contains(entry.range) }
-            state.releases += ranges.map(\.lowerBound)
         }
     }
 
@@ -81,19 +83,20 @@ extension Engine {
     /// re-dispatching a lost job under a new reservation.
     /// - Throws: the job's failure; `unavailable` after `lostJobRetries` lost jobs;
     ///   `corruption` for a result that does not fit its spec (never installed).
-    func runJob(for spec: CompactionSpec) throws -> (job: CompactionJobSpec, result: CompactionJobResult) {
+    func runJob(for spec: CompactionSpec) throws -> (job: CompactionJobSpec, result: CompactionJobResult, reserved: Bool) {
         var lost: [String] = []
         while true {
-            let job = try makeJobSpec(spec)
+            let reserved = options.jobRunner.compactsElsewhere
+            let job = try makeJobSpec(spec, persisting: reserved)
             let result: CompactionJobResult
             do {
                 result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
             } catch let error as JobLost {
-                try abandonLost(error, outputs: job.outputFileNumbers, what: "compaction", lost: &lost)
+                try abandonLost(error, outputs: job.outputFileNumbers, persisted: reserved, what: "compaction", lost: &lost)
                 continue
             } catch {
                 // The job removed its outputs, or could not (a storage outage): one sweep.
-                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: 0)
+                reservations.abandon(job.outputFileNumbers, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw error
             }
             let problems = job.problems(in: result) + storedSizeProblems(result.outputs, within: job.outputFileNumbers)
@@ -103,13 +106,13 @@ extension Engine {
                 for output in result.outputs where job.outputFileNumbers.contains(output.number) {
                     try? fileSystem.remove(path(.table(output.number)))
                 }
-                reservations.abandon(job.outputFileNumbers, outputsMayAppearForNanos: 0)
+                reservations.abandon(job.outputFileNumbers, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw MoraineError(
                     .corruption, "compaction job \(job.jobID) returned a result that does not fit its spec: "
                         + problems.joined(separator: "; "))
             }
             counters.update { $0.jobCPUMicros += Int(result.cpuNanos / 1000) }
-            return (job, result)
+            return (job, result, reserved)
         }
     }
 
@@ -131,10 +134,10 @@ extension Engine {
     }
 
     /// The value a job runner gets for `spec`: inputs with their levels, the snapshot and deeper
-    /// levels as of now, and output numbers reserved from the version set and recorded in the
-    /// manifest before the job leaves (burned if unused).
+    /// levels as of now, and output numbers reserved from the version set (burned if unused) and,
+    /// when `persisting`, recorded in the manifest before the job leaves.
     /// - Throws: the manifest write's failure.
-    func makeJobSpec(_ spec: CompactionSpec) throws -> CompactionJobSpec {
+    func makeJobSpec(_ spec: CompactionSpec, persisting: Bool) throws -> CompactionJobSpec {
         let version = versions.current
         var deeper: [[UserKeyRange]] = []
         if spec.outputLevel + 1 < version.levels.count {
@@ -148,7 +151,7 @@ extension Engine {
         let target = UInt64(options.targetFileSizeBase)
         let count = CompactionJobSpec.outputNumbersToReserve(
             inputBytes: inputs.reduce(0) { $0 + $1.info.sizeBytes }, targetFileSizeBytes: target)
-        let outputs = try reserveOutputs(count)
+        let outputs = persisting ? try reserveOutputs(count) : versions.reserveFileNumbers(count)
         return CompactionJobSpec(
             jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0, inputs: inputs,
             outputLevel: spec.outputLevel, levelCount: version.levels.count,
@@ -159,8 +162,8 @@ extension Engine {
     /// Gives up on a lost job: its range is swept until its outputs can no longer appear, and
     /// the loss is counted and remembered in `lost`.
     /// - Throws: `unavailable` naming every loss once more than `lostJobRetries` happened.
-    private func abandonLost(_ error: JobLost, outputs: Range<UInt64>, what: String, lost: inout [String]) throws {
-        reservations.abandon(outputs, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
+    private func abandonLost(_ error: JobLost, outputs: Range<UInt64>, persisted: Bool, what: String, lost: inout [String]) throws {
+        reservations.abandon(outputs, persisted: persisted, outputsMayAppearForNanos: error.outputsMayAppearForNanos)
         counters.update { $0.lostJobs += 1 }
         sweepAbandonedOutputs(force: true)
         lost.append(error.description)
@@ -196,16 +199,16 @@ extension Engine {
             do {
                 result = try options.jobRunner.runFlush(spec, source: imm.makeIterator(), fileSystem: fileSystem)
             } catch let error as JobLost {
-                try abandonLost(error, outputs: number..<number + 1, what: "flush", lost: &lost)
+                try abandonLost(error, outputs: number..<number + 1, persisted: reserved, what: "flush", lost: &lost)
                 continue
             } catch {
-                if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
+                reservations.abandon(number..<number + 1, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw error
             }
             let problems = spec.problems(in: result) + storedSizeProblems(result.output.map { [$0] } ?? [], within: number..<number + 1)
             guard problems.isEmpty else {
                 try? fileSystem.remove(path(.table(number)))
-                if reserved { reservations.abandon(number..<number + 1, outputsMayAppearForNanos: 0) }
+                reservations.abandon(number..<number + 1, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw MoraineError(
                     .corruption, "flush job \(spec.jobID) returned a result that does not fit its spec: " + problems.joined(separator: "; "))
             }

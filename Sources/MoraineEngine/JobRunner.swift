@@ -31,9 +31,11 @@ public protocol JobRunner: Sendable {
     /// - Throws: the job's failure (its output removed), or `JobLost` when it ran elsewhere and
     ///   its end was not seen.
     func runFlush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult
-    /// Whether flushes may leave this process: their output numbers are then reserved in the
-    /// manifest like a compaction's.
+    /// Whether flushes, and compactions, may leave this process: their output numbers are then
+    /// reserved in the manifest before they leave (a job here dies with the process, and the
+    /// open's planner deals with what it left, so it costs no manifest write).
     var flushesElsewhere: Bool { get }
+    var compactsElsewhere: Bool { get }
     /// Flushes run elsewhere, and flushes run here because elsewhere could not take them.
     var remoteFlushes: Int { get }
     var flushFallbacks: Int { get }
@@ -44,6 +46,7 @@ extension JobRunner {
     public var fallbacks: Int { 0 }
     public var parallelism: Int { 1 }
     public var flushesElsewhere: Bool { false }
+    public var compactsElsewhere: Bool { false }
     public var remoteFlushes: Int { 0 }
     public var flushFallbacks: Int { 0 }
 

@@ -86,6 +86,8 @@ public final class RemoteJobRunner: JobRunner {
     }
     func countLostJob() { lostCount.add(1, ordering: .relaxed) }
 
+    public var compactsElsewhere: Bool { !workers().isEmpty }
+
     /// Jobs a worker ran.
     public var remoteJobs: Int { remoteCount.load(ordering: .relaxed) }
     /// Jobs run here because no worker could take them.

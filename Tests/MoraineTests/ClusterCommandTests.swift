@@ -117,8 +117,7 @@ struct ClusterCommandTests {
         let run = TempDir("moraine-up-fg")
         defer { run.remove() }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-        process.arguments = ["up", "--run-dir", run.path]
+        launchDyingWithTests(process, moraineExecutablePath(), ["up", "--run-dir", run.path])
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()

@@ -368,6 +368,8 @@ struct CompactionJobSpecTests {
         let image: String
         let lock = NSLock()
         var outputs: [UInt64] = []
+        /// As a worker's runner: the reservation goes to the manifest first.
+        var compactsElsewhere: Bool { true }
         init(source: String, image: String) {
             self.source = source
             self.image = image

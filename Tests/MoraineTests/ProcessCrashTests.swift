@@ -23,6 +23,15 @@ func moraineExecutablePath() -> String {
 }
 
 /// A running `moraine shell` with line-at-a-time I/O over raw pipe descriptors.
+/// Makes `process` run `executable` with `arguments` so that it dies with this test process
+/// (`setpriv --pdeathsig KILL`, from util-linux): a test run that crashes before its fixtures'
+/// deinits leaves no role or server running. (The signal fires when the thread that started the
+/// child exits; the test runner's threads live as long as the run.)
+func launchDyingWithTests(_ process: Process, _ executable: String, _ arguments: [String]) {
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    process.arguments = ["--pdeathsig", "KILL", "--", executable] + arguments
+}
+
 final class ShellProcess {
     let process = Process()
     private let input = Pipe()
@@ -31,8 +40,7 @@ final class ShellProcess {
 
     init(arguments: [String], environment: [String: String] = [:]) throws {
         signal(SIGPIPE, SIG_IGN)
-        process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-        process.arguments = arguments
+        launchDyingWithTests(process, moraineExecutablePath(), arguments)
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }

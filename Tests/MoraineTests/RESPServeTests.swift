@@ -16,8 +16,8 @@ final class ServeProcess {
     private(set) var port = 0
 
     init(extra: [String] = []) throws {
-        process.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-        process.arguments = ["serve", "--db", directory.file("db"), "--listen", "127.0.0.1:0"] + extra
+        launchDyingWithTests(
+            process, moraineExecutablePath(), ["serve", "--db", directory.file("db"), "--listen", "127.0.0.1:0"] + extra)
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice

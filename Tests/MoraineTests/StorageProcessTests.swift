@@ -48,16 +48,15 @@ final class StorageNodeProcess {
         let errors = Pipe()
         if let diskBytes {
             // The sh becomes the node (exec), so the child's pid is the node's.
-            child.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-            child.arguments =
+            launchDyingWithTests(
+                child, "/usr/bin/unshare",
                 (getuid() == 0 ? ["-m"] : ["-r", "-m"]) + [
                     "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=\(diskBytes) moraine-full \"$1\" && shift && exec \"$@\"",
                     "sh", run.file("data"), moraineExecutablePath(),
-                ] + node
+                ] + node)
             child.standardError = errors
         } else {
-            child.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-            child.arguments = node
+            launchDyingWithTests(child, moraineExecutablePath(), node)
             child.standardError = FileHandle(forWritingAtPath: "/dev/null")
         }
         let output = Pipe()

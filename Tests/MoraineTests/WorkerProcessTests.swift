@@ -35,10 +35,9 @@ final class WorkerProcess: @unchecked Sendable {
 
     func start() throws {
         let child = Process()
-        child.executableURL = URL(fileURLWithPath: moraineExecutablePath())
-        child.arguments = [
-            "node", "--role", role, "--cluster", node.run.path, "--listen", "shm:" + node.run.file("\(role).sock"),
-        ]
+        launchDyingWithTests(
+            child, moraineExecutablePath(),
+            ["node", "--role", role, "--cluster", node.run.path, "--listen", "shm:" + node.run.file("\(role).sock")])
         child.standardError = FileHandle.nullDevice
         let output = Pipe()
         child.standardOutput = output
