@@ -6,7 +6,8 @@
 //   MoraineSystem → MoraineTransport (protocol, shared-memory and TCP carriers; the only NIO user)
 //   MoraineTransport → MoraineMessages (the roles' message codecs) → one target per role:
 //   MoraineStorage (the storage node, and the remote file system that reaches it),
-//   MoraineWorker (compaction workers, and the job runner that reaches them)
+//   MoraineWorker (compaction workers, and the job runner that reaches them),
+//   MoraineMemory (the memory node, and the memtable-arena provider that reaches it)
 // MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
 // MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
 import PackageDescription
@@ -65,6 +66,11 @@ let package = Package(
                 "MoraineTransport",
             ]
         ),
+        // The memory node (a region of memtable arenas), and the arena provider that reaches it.
+        .target(
+            name: "MoraineMemory",
+            dependencies: ["MoraineEngine", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport"]
+        ),
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),
         .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
@@ -97,7 +103,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
                 "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MoraineMemory", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(
@@ -109,7 +115,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
-                "MoraineWorker", "MoraineRESP",
+                "MoraineWorker", "MoraineRESP", "MoraineMemory",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

@@ -2,6 +2,7 @@
 // tools. Thin: all behaviour lives in the libraries.
 import ArgumentParser
 import Moraine
+import MoraineMemory
 import MoraineMessages
 import MoraineStorage
 import MoraineSystem
@@ -95,7 +96,9 @@ struct DatabaseOptions: ParsableArguments {
         options.pmemPath = pmemPath
         if let cacheSize { options.blockCacheSize = cacheSize }
         if let cluster {
-            options.fileSystem = try Self.remoteFileSystem(cluster: cluster)
+            let fileSystem = try Self.remoteFileSystem(cluster: cluster)
+            options.fileSystem = fileSystem
+            options.memtableRegion = try Self.memoryNode(cluster: cluster, fileSystem: fileSystem)
             if let runner = try Self.jobRunner(cluster: cluster) {
                 options.jobRunner = runner
                 // Room for compactions side by side on the workers, and a thread for flushes.
@@ -117,6 +120,21 @@ struct DatabaseOptions: ParsableArguments {
             }
             return RemoteJobRunner(key: key, flushWorkers: flushWorkers) {
                 ((try? run.roles()) ?? []).filter { $0.role == "compaction" }.map(\.endpoint)
+            }
+        } catch {
+            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
+        }
+    }
+
+    /// The arenas of the cluster's memory node, when it runs one: memtables live there with
+    /// `--durability pmem` (and arenas an earlier owner left are re-attached in any mode).
+    static func memoryNode(cluster: String, fileSystem: RemoteFileSystem) throws -> MemoryNodeArenas? {
+        let run = RunDirectory(cluster)
+        do throws(TransportError) {
+            guard try run.roles().contains(where: { $0.role == "memory" }) else { return nil }
+            let key = try ClusterKey.load(path: run.keyPath)
+            return MemoryNodeArenas(key: key, epoch: { fileSystem.leaseEpoch(of: $0) }) { () throws(TransportError) -> Endpoint in
+                try run.endpoint(of: "memory")
             }
         } catch {
             throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")

@@ -1,7 +1,8 @@
 // `moraine node --role R …`: runs one role of a cluster in this process. Only parses arguments;
 // the role itself is a library (MoraineStorage for the storage node, MoraineWorker for a
-// flush or compaction worker).
+// flush or compaction worker, MoraineMemory for the memory node).
 import ArgumentParser
+import MoraineMemory
 import MoraineMessages
 import MoraineStorage
 import MoraineSystem
@@ -15,17 +16,23 @@ import MoraineWorker
 struct NodeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run one role of a cluster: --role storage, flush or compaction (more roles come with later releases).",
+        abstract: "Run one role of a cluster: --role storage, memory, flush or compaction (more roles come with later releases).",
         discussion: """
             Prints the endpoint it listens on as its first line of standard output, then serves until \
             SIGTERM, SIGINT or SIGHUP (it finishes the requests in flight and exits 0) or SIGKILL.
             """)
 
-    @Option(help: "The role to run: storage, flush or compaction.") var role: String
+    @Option(help: "The role to run: storage, memory, flush or compaction.") var role: String
     @Option(help: "Storage: the directory that holds the databases' files (it must exist).") var data: String?
     @Option(help: "Flush, compaction: the cluster's run directory (its endpoints file names the storage node).")
     var cluster: String?
     @Option(help: "Flush, compaction: jobs run at once at most.") var slots: Int = 1
+    @Option(help: "Memory: the region file (on a DAX mount for real persistent memory; else e.g. under /dev/shm).")
+    var region: String?
+    @Option(name: .customLong("region-size"), help: "Memory: bytes of a new region (an existing one must match).")
+    var regionSize: Int?
+    @Option(name: .customLong("arena-size"), help: "Memory: bytes of one memtable arena (default 66 MiB; a multiple of 4096).")
+    var arenaSize: Int = MemoryRole.defaultArenaBytes
     @Option(
         help: """
             Where to listen: shm:PATH (a Unix socket, then shared memory) or tcp:HOST:PORT (port 0: any). \
@@ -47,8 +54,20 @@ struct NodeCommand: ParsableCommand {
         case "compaction", "flush":
             guard cluster != nil else { throw ValidationError("--role \(role) needs --cluster RUNDIR") }
             guard (1...1024).contains(slots) else { throw ValidationError("--slots must be 1…1024, not \(slots)") }
+        case "memory":
+            guard region != nil else { throw ValidationError("--role memory needs --region PATH") }
+            guard let regionSize else { throw ValidationError("--role memory needs --region-size BYTES") }
+            guard cluster != nil || (listen != nil && clusterKey != nil) else {
+                throw ValidationError("--role memory needs --cluster RUNDIR, or --listen and --cluster-key")
+            }
+            guard arenaSize >= 128 << 10, arenaSize % 4096 == 0, arenaSize <= 1 << 31 else {
+                throw ValidationError("--arena-size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(arenaSize)")
+            }
+            guard regionSize >= arenaSize + 4096, regionSize <= 1 << 44 else {
+                throw ValidationError("--region-size must hold at least one arena and its header (\(arenaSize + 4096) bytes), not \(regionSize)")
+            }
         default:
-            throw ValidationError("--role \(role) is not known; this release runs: storage, flush, compaction")
+            throw ValidationError("--role \(role) is not known; this release runs: storage, memory, flush, compaction")
         }
         if let listen {
             do {
@@ -78,6 +97,15 @@ struct NodeCommand: ParsableCommand {
             configuration.link = link
             configuration.role = role
             return try WorkerRole.run(configuration, announce: announce)
+        }
+        if role == "memory" {
+            let run = RunDirectory(cluster ?? "")
+            let endpoint = try listen.map { try Endpoint(parsing: $0) } ?? .sharedMemory(socketPath: run.path + "/memory-\(getpid()).sock")
+            var configuration = MemoryRoleConfiguration(
+                regionPath: region ?? "", regionBytes: regionSize ?? 0, arenaBytes: arenaSize, endpoint: endpoint,
+                clusterKeyPath: clusterKey ?? run.keyPath, numaNode: numaNode)
+            configuration.link = link
+            return try MemoryRole.run(configuration, announce: announce)
         }
         var configuration = StorageRoleConfiguration(
             dataDirectory: data ?? "", endpoint: try Endpoint(parsing: listen ?? ""), clusterKeyPath: clusterKey ?? "",

@@ -150,6 +150,7 @@ extension Engine {
             retiredLogs.removeFirst()
         }
         pmemRegion.map { releaseObsoleteArenas(in: $0) }
+        releaseObsoleteRegionArenas()
         guard let names = try? fileSystem.children(of: path) else { return }
         for name in names {
             if case .log(let n) = DatabaseFile(name: name), n < keep, n != logFileNumber {

@@ -38,12 +38,19 @@ extension Engine {
                     "table \(path(.table(file.number))) named by the manifest is missing")
             }
         }
-        var sources: [(number: UInt64, arena: PmemArena?)] = logs.map { ($0, nil) }
+        var sources: [(number: UInt64, arena: PmemArena?, attached: MemTable?)] = logs.map { ($0, nil, nil) }
         let replayRegion = pmemRegion ?? leftoverRegion
         for arena in replayRegion?.allocatedArenas() ?? [] where arena.tag >= versions.logNumber {
-            sources.append((arena.tag, arena))
+            sources.append((arena.tag, arena, nil))
         }
+        for table in try attachRegionMemtables() { sources.append((table.logNumber, nil, table)) }
         sources.sort { $0.number < $1.number }
+        // Memtables re-attached from a memory node's region stay as they are (immutable, flushed
+        // in the background) unless logs must be replayed too: then everything goes to L0 in
+        // log order, as the replayed logs do.
+        let attached = sources.compactMap(\.attached)
+        let keepAttached = !attached.isEmpty && attached.count == sources.count
+        let attachedReach = attached.map(\.ceiling).max() ?? 0
         if let newest = sources.last { versions.markFileNumberUsed(newest.number) }
         var replay = Replay(engine: self)
         // The WAL replayed last and how far its whole records reach, for the next WAL's
@@ -52,7 +59,10 @@ extension Engine {
         // WALs after a broken chain: not replayed, and never deleted by an open.
         var unreplayedLogs = Set<UInt64>()
         replaying: for (position, source) in sources.enumerated() {
-            if let arena = source.arena, let replayRegion {
+            if let table = source.attached {
+                if !keepAttached { try replay.flushAttached(table) }
+                previousWAL = nil
+            } else if let arena = source.arena, let replayRegion {
                 let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
                 var reader = try PmemLogReader(region: replayRegion, arena: arena)
                 while let record = try reader.nextRecord() { try replay.apply(Array(record), origin: origin) }
@@ -83,11 +93,13 @@ extension Engine {
             }
         }
         var edit = try replay.finish()
-        lastSequence.store(replay.maxSequence, ordering: .releasing)
-        allocatedSequence = replay.maxSequence
+        let recoveredSequence = max(replay.maxSequence, attachedReach)
+        lastSequence.store(recoveredSequence, ordering: .releasing)
+        allocatedSequence = recoveredSequence
         let cleanup: [(name: String, fate: FileFate)]
         do {
-            cleanup = try planCleanup(names: names, lastReplayed: replay.lastReplayed, unreplayedLogs: unreplayedLogs)
+            cleanup = try planCleanup(
+                names: names, lastReplayed: max(replay.lastReplayed, attachedReach), unreplayedLogs: unreplayedLogs)
         } catch {
             // Refused: take back the tables this replay wrote, so a refused open leaves the
             // directory as it found it.
@@ -108,8 +120,16 @@ extension Engine {
         // needs a spare arena at open). A crash in between leaves nothing to replay.
         let logNumber = versions.newFileNumber()
         logFileNumber = logNumber
-        mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: logNumber, pool: memtableArenas)
-        edit.logNumber = logNumber
+        mem = try makeMemTable(number: logNumber, neededBytes: 0)
+        // Re-attached memtables are live until flushed: the log number stays at the oldest.
+        edit.logNumber = keepAttached ? attached[0].logNumber : logNumber
+        if keepAttached {
+            imms = attached
+            counters.update { $0.reattachedMemtables = attached.count }
+            SystemLog.info(
+                "\(path): re-attached \(attached.count) memtable\(attached.count == 1 ? "" : "s") "
+                    + "(\(attached.map(\.entryCount).reduce(0, +)) entries, up to sequence \(attachedReach)) from the memory node's region")
+        }
         // The jobs the last owner had in flight are over: their outputs go with the cleanup.
         edit.releasedReservations = versions.pendingReservations.keys.sorted()
         // Start a new manifest on every open: the old one may end in a torn record.
@@ -117,8 +137,25 @@ extension Engine {
         try install(edit)
         try carryOut(cleanup)
         (pmemRegion ?? leftoverRegion).map { releaseObsoleteArenas(in: $0) }
-        log = try makeCommitLog(number: logNumber)
+        releaseObsoleteRegionArenas()
+        if regionMemtables == nil { log = try makeCommitLog(number: logNumber) }
         mutex.withLock { installSuperVersion() }
+    }
+
+    /// Takes over the arenas the database's earlier owners left at the memory node (fencing
+    /// them) and re-attaches the memtables of those the manifest still needs; the others are
+    /// given back. Nothing when no memory node holds the memtables, or for a read-only open.
+    private func attachRegionMemtables() throws -> [MemTable] {
+        guard let provider = options.memtableRegion, !options.readOnly else { return [] }
+        var tables: [MemTable] = []
+        for grant in try provider.adopt(database: path) {
+            heldArenas[grant.logNumber] = grant
+            guard grant.logNumber >= versions.logNumber else { continue }  // flushed; given back below
+            let name = "\(provider.description) arena \(grant.index) (log \(grant.logNumber))"
+            tables.append(try MemTable.attach(grant.arena, logNumber: grant.logNumber, name: name))
+            versions.markFileNumberUsed(grant.logNumber)
+        }
+        return tables
     }
 
     /// Why the WAL at `path`, whose first record is `predecessor`, must not be replayed after
@@ -173,6 +210,15 @@ extension Engine {
                 seq += 1
             }
             maxSequence = max(maxSequence, seq - 1)
+        }
+
+        /// Writes a re-attached memtable to L0 in its turn among the logs.
+        mutating func flushAttached(_ attached: MemTable) throws {
+            try retire(table)
+            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
+            if let info = try engine.flushReplayed(attached) { edit.newFiles.append((0, info)) }
+            maxSequence = max(maxSequence, attached.ceiling)
+            lastReplayed = max(lastReplayed, attached.ceiling)
         }
 
         mutating func finish() throws -> VersionEdit {

@@ -59,6 +59,10 @@ public struct EngineStats: Sendable {
     public var flushFallbacks = 0
     /// CPU time of flush and compaction jobs, wherever they ran (workers report theirs).
     public var jobCPUMicros = 0
+    /// Memtables the last open re-attached from a memory node's region (no log replayed for
+    /// them), and region arenas held now.
+    public var reattachedMemtables = 0
+    public var regionArenas = 0
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -83,7 +87,7 @@ public struct EngineStats: Sendable {
             ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
             ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
             ("lost_jobs", lostJobs), ("remote_flushes", remoteFlushes), ("flush_fallbacks", flushFallbacks),
-            ("job_cpu_micros", jobCPUMicros),
+            ("job_cpu_micros", jobCPUMicros), ("reattached_memtables", reattachedMemtables), ("region_arenas", regionArenas),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -131,6 +135,7 @@ extension Engine {
         mutex.withLock {
             s.memtableBytes = mem.memoryUsageBytes
             s.immutableMemtables = imms.count
+            s.regionArenas = heldArenas.count
             s.backgroundError = backgroundError?.description
         }
         s.lastSequence = lastSequence.load(ordering: .acquiring)
@@ -170,6 +175,7 @@ extension Engine {
         s.remoteFlushes = options.jobRunner.remoteFlushes
         s.flushFallbacks = options.jobRunner.flushFallbacks
         s.jobCPUMicros = c.jobCPUMicros
+        s.reattachedMemtables = c.reattachedMemtables
         return s
     }
 

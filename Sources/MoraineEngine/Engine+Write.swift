@@ -34,6 +34,13 @@ extension Engine {
                 .invalid,
                 "write batch of \(batch.sizeBytes) bytes exceeds a persistent-memory arena (\(pmemRegion.layout.arenaBytes) bytes)")
         }
+        if let provider = regionMemtables, !writeOptions.disableWAL,
+            batch.sizeBytes + batch.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0) + (4 << 10)
+                > provider.arenaBytes - RegionArenaLayout.headerBytes
+        {
+            throw MoraineError(
+                .invalid, "write batch of \(batch.sizeBytes) bytes exceeds a memtable arena of \(provider.description) (\(provider.arenaBytes) bytes)")
+        }
         if batch.isEmpty { return }
         try enqueue(Writer(batch: batch, options: writeOptions))
     }
@@ -136,10 +143,17 @@ extension Engine {
                 inWAL = true
                 try commitLog.append(combined.rep, sync: sync)
             }
+            if memtable.isInRegion && memtable.isFenced { throw fencedInRegion() }
             var seq = first
             try combined.forEach { type, key, value in
                 memtable.add(sequence: seq, type: type, key: key, value: value)
                 seq += 1
+            }
+            if memtable.isInRegion {
+                // The region is the log: the group is durable once committed there, and only
+                // acknowledged if no newer owner took the arena meanwhile.
+                try memtable.commit(sequence: seq - 1)
+                if memtable.isFenced { throw fencedInRegion() }
             }
         } catch {
             failure = error
@@ -229,8 +243,58 @@ extension Engine {
                 mutex.wait(seconds: 1)
                 continue
             }
-            try switchMemtable(neededBytes: neededBytes)
+            do {
+                try switchMemtable(neededBytes: neededBytes)
+            } catch let error as MoraineError where error.kind == .busy && regionMemtables != nil {
+                // Every arena of the memory node holds an unflushed memtable: wait for a flush.
+                counters.update { $0.stallStops += 1 }
+                if stalledSince == nil { stalledSince = monotonicNanos() }
+                mutex.broadcast()
+                mutex.wait(seconds: 1)
+                continue
+            }
             force = false
+        }
+    }
+
+    /// The error of a write into an arena another owner has adopted.
+    func fencedInRegion() -> MoraineError {
+        MoraineError(.fenced, "database \(path): a newer owner adopted this memtable's arena at the memory node; this process stops writing")
+    }
+
+    /// A memtable for log `number`: in an arena granted by the memory node when memtables live
+    /// there, else in private memory. Precondition: `mutex` held.
+    /// - Throws: `busy` when the memory node has no free arena, `unavailable` when it cannot be
+    ///   reached.
+    func makeMemTable(number: UInt64, neededBytes: Int) throws -> MemTable {
+        guard let provider = regionMemtables else {
+            return MemTable(capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas)
+        }
+        let grant = try provider.allocate(database: path, logNumber: number)
+        do {
+            let table = try MemTable.inRegion(grant.arena, logNumber: number)
+            heldArenas[number] = grant
+            return table
+        } catch {
+            try? provider.release(database: path, grant)
+            throw error
+        }
+    }
+
+    /// Gives back the region arenas of memtables the manifest has moved past (their flush is
+    /// durable). Best effort: one not given back now is tried again later, or by the next open.
+    /// Precondition: `mutex` held (or recovery, single-threaded).
+    func releaseObsoleteRegionArenas() {
+        guard let provider = options.memtableRegion else { return }
+        for number in heldArenas.keys.sorted() where number < versions.logNumber && number != logFileNumber {
+            guard let grant = heldArenas[number] else { continue }
+            do {
+                try provider.release(database: path, grant)
+                heldArenas[number] = nil
+            } catch {
+                SystemLog.info("could not give back \(provider.description) arena \(grant.index) (log \(number)): \(error)")
+                return
+            }
         }
     }
 
@@ -249,6 +313,16 @@ extension Engine {
             throw error
         }
         let number = versions.newFileNumber()
+        if regionMemtables != nil {
+            // The region is the log: a new arena, no WAL.
+            let table = try makeMemTable(number: number, neededBytes: neededBytes)
+            logFileNumber = number
+            imms.append(mem)
+            mem = table
+            installSuperVersion()
+            mutex.broadcast()
+            return
+        }
         let fresh: CommitLog
         do {
             fresh = try makeCommitLog(number: number, predecessor: predecessor)

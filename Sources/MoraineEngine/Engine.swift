@@ -79,6 +79,13 @@ public final class Engine: @unchecked Sendable {
     var retiredLogs: [CommitLog] = []
     /// The persistent-memory region of `pmem` durability (nil for `wal`).
     let pmemRegion: PmemRegion?
+    /// Where new memtables are made when they live in a memory node's region (`pmem`
+    /// durability with `Options.memtableRegion`); nil: private memory.
+    var regionMemtables: (any MemtableArenaProvider)? {
+        options.durability == .pmem && !options.readOnly ? options.memtableRegion : nil
+    }
+    /// Region arenas this engine holds, by memtable log number (given back once flushed).
+    var heldArenas: [UInt64: MemtableArenaGrant] = [:]
     /// A region left by `pmem` durability, found when opening in `wal` mode: its logs are
     /// replayed and its arenas freed by recovery, then it is dropped.
     var leftoverRegion: PmemRegion? = nil
@@ -148,7 +155,8 @@ public final class Engine: @unchecked Sendable {
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         let region: PmemRegion?
         do {
-            region = options.durability == .pmem ? try openRegion(options: options, directory: path) : nil
+            region =
+                options.durability == .pmem && options.memtableRegion == nil ? try openRegion(options: options, directory: path) : nil
         } catch {
             lock.unlock()
             throw error
@@ -357,6 +365,7 @@ struct CounterValues: Sendable {
     var lostJobs = 0
     /// CPU time of flush and compaction jobs, wherever they ran (a worker's results say theirs).
     var jobCPUMicros = 0
+    var reattachedMemtables = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

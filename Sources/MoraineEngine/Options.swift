@@ -80,6 +80,10 @@ public struct Options: Sendable {
     /// The persistent-memory region for `pmem` durability; nil: a file in /dev/shm named after
     /// the database (`Options.defaultPmemPath(for:)`).
     public var pmemPath: String? = nil
+    /// A memory node's arenas for the memtables (MemtableArenas.swift). With `pmem` durability
+    /// the memtables are written there in place and the region is the log; the embedded region
+    /// (`pmemPath`) is then not used. An open also re-attaches the arenas an earlier owner left.
+    public var memtableRegion: (any MemtableArenaProvider)? = nil
     /// Arenas in a new region; nil: max_write_buffer_number + 2.
     public var pmemArenaCount: Int? = nil
     /// The NUMA node a new region's pages are bound to; nil: no binding.

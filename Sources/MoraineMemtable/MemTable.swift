@@ -9,6 +9,10 @@
 // Thread-safety: one writer at a time (the engine's write leader), any number of concurrent
 // readers without locks. A new node is fully written before a release-store of the link that
 // publishes it; readers follow links with acquire loads, so they see whole nodes or none.
+//
+// The arena is private anonymous memory, or (MemTable+Region.swift) an arena of a shared,
+// persistent region (a memory node's), where the memtable also keeps its state in the arena's
+// header so that another process can read or re-attach it.
 import Atomics
 import MoraineFormat
 import MoraineSystem
@@ -29,21 +33,26 @@ public final class MemTable: @unchecked Sendable {
     public static let maxHeight = 12
     static let headerBytes = 12
 
-    private let base: UnsafeMutableRawPointer
+    let base: UnsafeMutableRawPointer
     /// Bytes reserved for the arena (virtual; pages are touched only as used).
     public let capacityBytes: Int
+    /// The shared region the arena is in (nil: private memory), and what persisting there needs.
+    let placement: RegionPlacement?
+    /// Entries with a newer sequence are invisible (an attached memtable's committed sequence:
+    /// anything newer was never acknowledged). `maxSequenceNumber` for a memtable of one's own.
+    public let ceiling: SequenceNumber
     // The writer-only fields skip Swift's dynamic exclusivity checks: the single-writer rule
     // above already guarantees exclusive access, and the checks cost ~4% of a put (profiled).
-    @exclusivity(unchecked) private var used: Int
-    private let usedPublished = ManagedAtomic<Int>(0)
-    private let currentHeight = ManagedAtomic<Int>(1)
+    @exclusivity(unchecked) var used: Int
+    let usedPublished = ManagedAtomic<Int>(0)
+    let currentHeight = ManagedAtomic<Int>(1)
     @exclusivity(unchecked) private var randomState: UInt64
-    @exclusivity(unchecked) private var entries = 0
+    @exclusivity(unchecked) var entries = 0
     /// The WAL file holding this memtable's writes (0 when no WAL is written).
     public let logNumber: UInt64
     /// Sequence range of entries, for flush metadata.
-    @exclusivity(unchecked) public private(set) var smallestSequence: SequenceNumber = maxSequenceNumber
-    @exclusivity(unchecked) public private(set) var largestSequence: SequenceNumber = 0
+    @exclusivity(unchecked) public internal(set) var smallestSequence: SequenceNumber = maxSequenceNumber
+    @exclusivity(unchecked) public internal(set) var largestSequence: SequenceNumber = 0
 
     /// Where the arena goes when this memtable is freed (nil: unmapped).
     private let pool: MemTableArenaPool?
@@ -64,6 +73,8 @@ public final class MemTable: @unchecked Sendable {
             self.capacityBytes = capacity
         }
         self.pool = pool
+        self.placement = nil
+        self.ceiling = maxSequenceNumber
         self.logNumber = logNumber
         randomState = seed | 1
         // The head node: full height, empty key, no successors. (Every other node is written
@@ -74,7 +85,24 @@ public final class MemTable: @unchecked Sendable {
         usedPublished.store(used, ordering: .relaxed)
     }
 
+    /// A memtable over an arena someone else owns (a region's): nothing is allocated or
+    /// initialized here; MemTable+Region.swift sets up or checks the arena.
+    init(
+        base: UnsafeMutableRawPointer, capacityBytes: Int, placement: RegionPlacement, logNumber: UInt64, ceiling: SequenceNumber,
+        seed: UInt64
+    ) {
+        self.base = base
+        self.capacityBytes = capacityBytes
+        self.placement = placement
+        self.pool = nil
+        self.logNumber = logNumber
+        self.ceiling = ceiling
+        randomState = seed | 1
+        used = Self.headerBytes + 4 * Self.maxHeight
+    }
+
     deinit {
+        guard placement == nil else { return }
         if pool?.giveBack(base: base, capacity: capacityBytes) != true { munmap(base, capacityBytes) }
     }
 
@@ -95,16 +123,16 @@ public final class MemTable: @unchecked Sendable {
 
     // MARK: Node access
 
-    @inline(__always) private func keyLength(_ node: UInt32) -> Int {
+    @inline(__always) func keyLength(_ node: UInt32) -> Int {
         Int(base.load(fromByteOffset: Int(node), as: UInt32.self))
     }
-    @inline(__always) private func valueLength(_ node: UInt32) -> Int {
+    @inline(__always) func valueLength(_ node: UInt32) -> Int {
         Int(base.load(fromByteOffset: Int(node) + 4, as: UInt32.self))
     }
-    @inline(__always) private func height(_ node: UInt32) -> Int {
+    @inline(__always) func height(_ node: UInt32) -> Int {
         Int(base.load(fromByteOffset: Int(node) + 8, as: UInt8.self))
     }
-    @inline(__always) private func link(_ node: UInt32, _ level: Int) -> UnsafeAtomic<UInt32> {
+    @inline(__always) func link(_ node: UInt32, _ level: Int) -> UnsafeAtomic<UInt32> {
         let p = (base + Int(node) + Self.headerBytes + 4 * level)
             .assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
         return UnsafeAtomic(at: p)
@@ -188,6 +216,7 @@ public final class MemTable: @unchecked Sendable {
         sequence: SequenceNumber, type: ValueType, key userKey: UnsafeRawBufferPointer,
         value: UnsafeRawBufferPointer
     ) {
+        precondition(ceiling == maxSequenceNumber, "an attached memtable is read-only")
         let h = randomHeight()
         let internalLength = userKey.count + internalKeyTagBytes
         let nodeBytes = (Self.headerBytes + 4 * h + internalLength + value.count + 3) & ~3
@@ -216,10 +245,13 @@ public final class MemTable: @unchecked Sendable {
                 // levels and simply drop a level: safe.
                 currentHeight.store(h, ordering: .relaxed)
             }
-            for level in 0..<h {
-                link(node, level).store(next(previous[level], level), ordering: .relaxed)
-                link(previous[level], level).store(node, ordering: .releasing)
-            }
+            // The node is whole (its own links too) before any link to it is stored: then a
+            // crash anywhere leaves a valid list, and in a region the node can be persisted
+            // before it is reachable.
+            for level in 0..<h { link(node, level).store(next(previous[level], level), ordering: .relaxed) }
+            if let placement { placement.wrote(node: node, bytes: nodeBytes) }
+            for level in 0..<h { link(previous[level], level).store(node, ordering: .releasing) }
+            if let placement { placement.linked(predecessor: previous[0]) }
         }
         entries += 1
         smallestSequence = min(smallestSequence, sequence)
@@ -228,8 +260,9 @@ public final class MemTable: @unchecked Sendable {
     }
 
     /// Looks up the newest entry for `userKey` with sequence <= `sequence`.
-    public func get(_ userKey: UnsafeRawBufferPointer, sequence: SequenceNumber) -> LookupResult {
-        withUnsafeTemporaryAllocation(byteCount: userKey.count + internalKeyTagBytes, alignment: 8) { lookup in
+    public func get(_ userKey: UnsafeRawBufferPointer, sequence requested: SequenceNumber) -> LookupResult {
+        let sequence = min(requested, ceiling)
+        return withUnsafeTemporaryAllocation(byteCount: userKey.count + internalKeyTagBytes, alignment: 8) { lookup in
             if userKey.count > 0 {
                 lookup.baseAddress!.copyMemory(from: userKey.baseAddress!, byteCount: userKey.count)
             }
@@ -262,11 +295,36 @@ public final class MemTableIterator: InternalIterator {
     public var value: UnsafeRawBufferPointer { table.value(node) }
     public var valueOwner: AnyObject? { table }
 
-    public func seekToFirst() { node = table.next(0, 0) }
-    public func seekToLast() { node = table.findLast() }
-    public func seek(_ target: UnsafeRawBufferPointer) { node = table.findGreaterOrEqual(target, previous: nil) }
-    public func next() { node = table.next(node, 0) }
-    public func prev() { node = table.findLessThan(table.key(node)) }
+    public func seekToFirst() {
+        node = table.next(0, 0)
+        skipInvisibleForward()
+    }
+    public func seekToLast() {
+        node = table.findLast()
+        skipInvisibleBackward()
+    }
+    public func seek(_ target: UnsafeRawBufferPointer) {
+        node = table.findGreaterOrEqual(target, previous: nil)
+        skipInvisibleForward()
+    }
+    public func next() {
+        node = table.next(node, 0)
+        skipInvisibleForward()
+    }
+    public func prev() {
+        node = table.findLessThan(table.key(node))
+        skipInvisibleBackward()
+    }
+
+    /// Steps over entries past the table's ceiling (only an attached memtable has them).
+    @inline(__always) private func skipInvisibleForward() {
+        guard table.ceiling != maxSequenceNumber else { return }
+        while node != 0 && MoraineFormat.sequence(table.key(node)) > table.ceiling { node = table.next(node, 0) }
+    }
+    @inline(__always) private func skipInvisibleBackward() {
+        guard table.ceiling != maxSequenceNumber else { return }
+        while node != 0 && MoraineFormat.sequence(table.key(node)) > table.ceiling { node = table.findLessThan(table.key(node)) }
+    }
 }
 
 /// Arenas of freed memtables, kept for the next ones. A fresh arena's pages fault in (and are

@@ -337,12 +337,16 @@ public struct StorageRename: WireMessage {
     public var source: String
     public var target: String
     public var epoch: UInt64
+    /// The target's directory: `database` itself, or another directory under the same lease
+    /// root (a file set aside into `DATABASE/lost`). Sent only when it differs (a trailing field).
+    public var targetDatabase: String
 
-    public init(database: String, source: String, target: String, epoch: UInt64) {
+    public init(database: String, source: String, target: String, epoch: UInt64, targetDatabase: String? = nil) {
         self.database = database
         self.source = source
         self.target = target
         self.epoch = epoch
+        self.targetDatabase = targetDatabase ?? database
     }
 
     public func encode(into writer: inout WireWriter) {
@@ -350,6 +354,7 @@ public struct StorageRename: WireMessage {
         writer.string(source)
         writer.string(target)
         writer.u64(epoch)
+        if targetDatabase != database { writer.string(targetDatabase) }
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -357,6 +362,7 @@ public struct StorageRename: WireMessage {
         source = try reader.string("source")
         target = try reader.string("target")
         epoch = try reader.u64("epoch")
+        targetDatabase = reader.remainingCount > 0 ? try reader.string("target database") : database
     }
 }
 

@@ -279,10 +279,11 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
     public func rename(_ source: String, to target: String) throws {
         let from = try file(source)
         let to = try file(target)
-        guard from.database == to.database else {
+        guard from.database.split(separator: "/").first == to.database.split(separator: "/").first else {
             throw MoraineError(.invalid, "rename \(source) -> \(target): a storage node renames inside one database")
         }
-        let request = StorageRename(database: from.database, source: from.name, target: to.name, epoch: epoch(of: from.database))
+        let request = StorageRename(
+            database: from.database, source: from.name, target: to.name, epoch: epoch(of: from.database), targetDatabase: to.database)
         do throws(MoraineError) {
             _ = try call(StorageOpcode.rename, request)
         } catch {

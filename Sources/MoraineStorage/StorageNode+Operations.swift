@@ -346,17 +346,21 @@ extension StorageNode {
 
     func rename(_ request: StorageRename) throws(TransportError) -> Payload {
         let root = try StorageName.checkDatabase(request.database)
+        guard try StorageName.checkDatabase(request.targetDatabase) == root else {
+            throw TransportError(
+                .invalid, "rename from \(request.database) into \(request.targetDatabase): both must be under one database")
+        }
         try StorageName.checkFile(request.source)
         try StorageName.checkFile(request.target)
         try leases.checkMutation(root, epoch: request.epoch)
         let source = StorageFile(database: request.database, name: request.source)
-        let target = StorageFile(database: request.database, name: request.target)
+        let target = StorageFile(database: request.targetDatabase, name: request.target)
         forget(source)
         forget(target)
-        let directory = dataDirectory + "/" + request.database
+        let directories = Set([request.database, request.targetDatabase]).sorted().map { dataDirectory + "/" + $0 }
         try perform {
             try files.rename(path(source), to: path(target))
-            try files.syncDirectory(directory)
+            for directory in directories { try files.syncDirectory(directory) }
         }
         return .bytes([])
     }

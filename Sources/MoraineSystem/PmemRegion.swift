@@ -50,15 +50,36 @@ public final class PmemRegion: @unchecked Sendable {
 
     /// Maps `path`, creating it with `sizeBytes` when missing (an existing file keeps its size).
     /// - Throws: `.io` naming libpmem's message.
-    static func map(path: String, sizeBytes: Int, create: Bool) throws -> (UnsafeMutableRawPointer, Int, Bool) {
+    static func map(path: String, sizeBytes: Int, create: Bool, sparse: Bool = false) throws -> (UnsafeMutableRawPointer, Int, Bool) {
         var mappedBytes = 0
         var isPmem: Int32 = 0
-        let flags: Int32 = create ? Int32(PMEM_FILE_CREATE) : 0
+        let flags: Int32 = create ? Int32(PMEM_FILE_CREATE) | (sparse ? Int32(PMEM_FILE_SPARSE) : 0) : 0
         guard let pointer = pmem_map_file(path, create ? sizeBytes : 0, flags, 0o600, &mappedBytes, &isPmem) else {
             let reason = String(cString: pmem_errormsg())
             throw MoraineError(errno == ENOSPC ? .noSpace : .io, "pmem_map_file \(path): \(reason)")
         }
         return (pointer, mappedBytes, isPmem != 0)
+    }
+
+    /// Maps the file at `path` as it is, or creates it with `sizeBytes` (sparse: pages are
+    /// allocated as they are first touched) when `create` and it does not exist, for a region
+    /// whose layout the caller keeps itself (a memory node's); `layout` is then meaningless.
+    /// - Throws: `.notFound` for a missing file not to be created, `.io`/`.noSpace` naming
+    ///   libpmem's message, or the mbind failure.
+    public static func mapping(
+        path: String, sizeBytes: Int, create: Bool, numaNode: Int? = nil, tracer: PersistenceTracer? = nil
+    ) throws -> PmemRegion {
+        let exists = access(path, F_OK) == 0
+        if !exists && !create { throw MoraineError(.notFound, "no region file at \(path)") }
+        let (base, mapped, isPmem) = try map(path: path, sizeBytes: sizeBytes, create: !exists, sparse: true)
+        let region = PmemRegion(
+            path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer,
+            layout: PmemLayout(arenaBytes: 4096, arenaCount: 1), numaNode: numaNode)
+        if let numaNode {
+            let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
+            if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }
+        }
+        return region
     }
 
     /// What a write persisted in this region survives, in one sentence for start-up logs.
@@ -89,6 +110,14 @@ public final class PmemRegion: @unchecked Sendable {
         precondition(offset & 7 == 0 && offset >= 0 && offset + 8 <= sizeBytes, "unaligned or outside word store")
         (base + offset).storeBytes(of: value.littleEndian, as: UInt64.self)
         if let tracer { withUnsafeBytes(of: value.littleEndian) { tracer.recordStore(offset: offset, bytes: $0) } }
+    }
+
+    /// Tells the tracer (if any) about bytes stored at [offset, offset+length) directly through
+    /// `base` (a structure written in place, such as a region memtable).
+    @inline(__always)
+    public func noteStore(_ offset: Int, _ length: Int) {
+        guard let tracer else { return }
+        tracer.recordStore(offset: offset, bytes: bytes(offset, length))
     }
 
     /// Reads an 8-byte word at an 8-aligned `offset`.

@@ -24,11 +24,15 @@ struct LintTests {
             "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineMessages", "MoraineStorage", "MoraineSystem",
             "MoraineTransport", "Synchronization",
         ],
+        "MoraineMemory": [
+            "MoraineEngine", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization",
+        ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
         "MoraineRESP": ["Moraine", "MoraineSystem", "NIOCore", "NIOPosix", "Synchronization"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
             "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
+            "MoraineMemory",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -39,7 +43,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
-        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
+        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP", "MoraineMemory",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

@@ -164,6 +164,31 @@ struct StorageNodeTests {
         #expect(Self.code(lease(StorageOpcode.leaseAcquire, owner: "C", epoch: 0)) == .busy)
     }
 
+    @Test("a rename moves a file into a subdirectory of its database (lost/), never into another database")
+    func renameIntoSubdirectory() throws {
+        let node = try StorageTestNode(.sharedMemory)
+        defer { node.remove() }
+        let files = node.remote
+        try files.createDirectory("db")
+        try files.createDirectory("other")
+        let writable = try files.createNew("db/000007.sst", hint: .bulk)
+        try writable.append([1, 2, 3])
+        try writable.sync()
+        try writable.close()
+        try files.createDirectory("db/lost")
+        try files.rename("db/000007.sst", to: "db/lost/000007.sst")
+        #expect(try files.readAll("db/lost/000007.sst") == [1, 2, 3])
+        #expect(try !files.exists("db/000007.sst"))
+        #expect(FileManager.default.fileExists(atPath: node.dataDirectory.file("db/lost/000007.sst")))
+        #expect(throws: MoraineError.self) { try files.rename("db/lost/000007.sst", to: "other/000007.sst") }
+        // The node refuses it too, whatever a client sends.
+        let client = try Self.connect(node)
+        defer { client.close() }
+        let across = StorageRename(database: "db/lost", source: "000007.sst", target: "x", epoch: files.leaseEpoch(of: "db"), targetDatabase: "other")
+        #expect(Self.code(Self.call(client, StorageOpcode.rename, across)) == .invalid)
+        #expect(try files.readAll("db/lost/000007.sst") == [1, 2, 3])
+    }
+
     @Test("malformed storage messages get an error each; the node keeps serving", arguments: Carrier.servers)
     func fuzz(carrier: Carrier) throws {
         let node = try StorageTestNode(carrier)

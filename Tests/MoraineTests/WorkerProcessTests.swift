@@ -34,22 +34,8 @@ final class WorkerProcess: @unchecked Sendable {
     }
 
     func start() throws {
-        let child = Process()
-        launchDyingWithTests(
-            child, moraineExecutablePath(),
-            ["node", "--role", role, "--cluster", node.run.path, "--listen", "shm:" + node.run.file("\(role).sock")])
-        child.standardError = FileHandle.nullDevice
-        let output = Pipe()
-        child.standardOutput = output
-        try child.run()
-        process = child
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1, byte != 10 { line.append(byte) }
-        endpoint = try Endpoint(parsing: String(decoding: line, as: UTF8.self))
-        let run = RunDirectory(node.run.path)
-        let others = try run.roles().filter { $0.role != role }
-        try run.write(others + [RunDirectory.Role(role: role, index: 0, pid: child.processIdentifier, endpoint: endpoint!)])
+        (process, endpoint) = try launchRole(
+            role, run: node.run.path, ["--cluster", node.run.path, "--listen", "shm:" + node.run.file("\(role).sock")])
     }
 
     func signal(_ number: Int32) {
@@ -80,6 +66,25 @@ final class WorkerProcess: @unchecked Sendable {
     }
 
     deinit { kill() }
+}
+
+/// Starts `moraine node --role ROLE ARGUMENTS…`, reads the endpoint it prints, and lists it as the
+/// run directory's one `role` (replacing an earlier one).
+func launchRole(_ role: String, run path: String, _ arguments: [String]) throws -> (Process, Endpoint) {
+    let child = Process()
+    launchDyingWithTests(child, moraineExecutablePath(), ["node", "--role", role] + arguments)
+    child.standardError = FileHandle.nullDevice
+    let output = Pipe()
+    child.standardOutput = output
+    try child.run()
+    var line: [UInt8] = []
+    var byte: UInt8 = 0
+    while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1, byte != 10 { line.append(byte) }
+    let endpoint = try Endpoint(parsing: String(decoding: line, as: UTF8.self))
+    let run = RunDirectory(path)
+    let others = try run.roles().filter { $0.role != role }
+    try run.write(others + [RunDirectory.Role(role: role, index: 0, pid: child.processIdentifier, endpoint: endpoint)])
+    return (child, endpoint)
 }
 
 @Suite("Compaction worker processes", .serialized)

@@ -1,0 +1,172 @@
+// The memory node: the only allocator of its region's arenas. Arenas are granted one memtable at a
+// time, tagged with the database and the owner's epoch; a database's newest epoch is the only one
+// that may take, give back or adopt its arenas (an older one is `fenced`), and adopting moves
+// every arena of the database to the new epoch, which a stalled old owner sees in the arena
+// itself and stops writing. The newest epoch per database is rebuilt from the table at start, so
+// a restarted node fences as before. Peers on the same box map the region by its path and write
+// their memtables in place: a write costs no request here, a new arena does.
+//
+// Thread-safety: any thread may call in; one mutex guards the table.
+import MoraineMessages
+import MoraineSystem
+import MoraineTransport
+import Synchronization
+
+/// Serves a region's arenas.
+public final class MemoryNode: Sendable {
+    private struct State: ~Copyable {
+        let region: MemoryRegion
+        /// The newest epoch seen per database id.
+        var epochs: [UInt64: UInt64] = [:]
+    }
+
+    private let state: Mutex<State>
+    public let region: MemoryRegion
+
+    /// Serves `region`, whose table says which epochs are current.
+    public init(region: MemoryRegion) {
+        self.region = region
+        var epochs: [UInt64: UInt64] = [:]
+        for entry in region.entries() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
+        state = Mutex(State(region: region, epochs: epochs))
+    }
+
+    /// A router that serves the memory node's protocol.
+    public func router() -> RequestRouter {
+        var router = RequestRouter()
+        register(in: &router)
+        return router
+    }
+
+    /// Registers the memory opcodes in `router`.
+    public func register(in router: inout RequestRouter) {
+        router.register(MemoryOpcode.regionInfo) { [self] _ in .success(.bytes(info.encoded())) }
+        router.register(MemoryOpcode.status) { [self] _ in .success(.bytes(status.encoded())) }
+        router.register(MemoryOpcode.adopt) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(try adopt(.decode(request.payload)).encoded()))
+            } catch {
+                return .failure(error)
+            }
+        }
+        router.register(MemoryOpcode.allocate) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(try allocate(.decode(request.payload)).encoded()))
+            } catch {
+                return .failure(error)
+            }
+        }
+        router.register(MemoryOpcode.release) { [self] request in
+            do throws(TransportError) {
+                try release(.decode(request.payload))
+                return .success(.bytes([]))
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
+    public var info: MemoryRegionInfo {
+        let free = state.withLock { $0.region.freeArenaCount }
+        return MemoryRegionInfo(
+            path: region.path, layoutVersion: MemoryRegionLayout.version, regionBytes: UInt64(region.layout.regionBytes),
+            arenaBytes: UInt64(region.layout.arenaBytes), arenaCount: UInt32(region.layout.arenaCount), freeArenas: UInt32(free),
+            isPersistentMemory: region.mapping.isPersistentMemory)
+    }
+
+    public var status: MemoryStatusReply {
+        state.withLock { state in
+            var held: [UInt64: UInt32] = [:]
+            for entry in state.region.entries() { held[entry.database, default: 0] += 1 }
+            let holders = held.keys.sorted().map {
+                MemoryStatusReply.Holder(database: $0, epoch: state.epochs[$0] ?? 0, arenas: held[$0] ?? 0)
+            }
+            return MemoryStatusReply(
+                arenaCount: UInt32(state.region.layout.arenaCount), freeArenas: UInt32(state.region.freeArenaCount), holders: holders)
+        }
+    }
+
+    /// Refuses an epoch older than the database's newest.
+    private static func checkEpoch(_ epoch: UInt64, of database: String, id: UInt64, in state: borrowing State) throws(TransportError) {
+        if let newest = state.epochs[id], epoch < newest {
+            throw TransportError(.fenced, "database \(database): epoch \(epoch) is older than its owner's \(newest) at the memory node")
+        }
+    }
+
+    /// Moves the database's arenas to `request.epoch` and lists them.
+    public func adopt(_ request: MemoryAdopt) throws(TransportError) -> MemoryArenaList {
+        let id = MemoryDatabaseID.of(request.database)
+        return try state.withLock { state throws(TransportError) -> MemoryArenaList in
+            try Self.checkEpoch(request.epoch, of: request.database, id: id, in: state)
+            state.epochs[id] = request.epoch
+            var arenas: [MemoryArena] = []
+            for entry in state.region.entries() where entry.database == id {
+                if entry.epoch != request.epoch {
+                    do {
+                        try state.region.adopt(entry.index, epoch: request.epoch)
+                    } catch {
+                        throw TransportError(.io, "adopting arena \(entry.index) of \(request.database): \(error)")
+                    }
+                }
+                arenas.append(MemoryArena(index: UInt32(entry.index), tag: entry.tag))
+            }
+            return MemoryArenaList(arenas: arenas)
+        }
+    }
+
+    /// Grants a free arena.
+    /// - Throws: `fenced` for an old epoch, `busy` when none is free, `invalid` for tag 0.
+    public func allocate(_ request: MemoryAllocate) throws(TransportError) -> MemoryArenaGrant {
+        guard request.tag != 0 else { throw TransportError(.invalid, "arena tags are nonzero") }
+        let id = MemoryDatabaseID.of(request.database)
+        return try state.withLock { state throws(TransportError) -> MemoryArenaGrant in
+            try Self.checkEpoch(request.epoch, of: request.database, id: id, in: state)
+            if state.epochs[id] != request.epoch {
+                // A new owner takes the old one's arenas first (adopt), so the old one is fenced in them.
+                guard !state.region.entries().contains(where: { $0.database == id }) else {
+                    throw TransportError(
+                        .invalid, "database \(request.database) holds arenas of epoch \(state.epochs[id] ?? 0): adopt them before asking for more")
+                }
+                state.epochs[id] = request.epoch
+            }
+            let granted: MemoryRegionEntry?
+            do {
+                granted = try state.region.grant(database: id, epoch: request.epoch, tag: request.tag)
+            } catch {
+                throw TransportError(.io, "granting an arena to \(request.database): \(error)")
+            }
+            guard let granted else {
+                throw TransportError(
+                    .busy, "every one of the \(state.region.layout.arenaCount) arenas of \(state.region.path) holds an unflushed memtable")
+            }
+            return MemoryArenaGrant(index: UInt32(granted.index))
+        }
+    }
+
+    /// Frees an arena its owner is done with (its memtable's flush is durable).
+    /// - Throws: `fenced` for an old epoch; `invalid` for an arena that is not the database's
+    ///   with that tag.
+    public func release(_ request: MemoryRelease) throws(TransportError) {
+        let id = MemoryDatabaseID.of(request.database)
+        try state.withLock { state throws(TransportError) in
+            try Self.checkEpoch(request.epoch, of: request.database, id: id, in: state)
+            let index = Int(request.arena.index)
+            guard index < state.region.layout.arenaCount else {
+                throw TransportError(.invalid, "arena \(index) is past the region's \(state.region.layout.arenaCount)")
+            }
+            let entry = state.region.entry(index)
+            guard entry.tag == request.arena.tag, entry.database == id else {
+                throw TransportError(
+                    .invalid, "arena \(index) is not \(request.database)'s for tag \(request.arena.tag) (it holds tag \(entry.tag))")
+            }
+            guard entry.epoch <= request.epoch else {
+                throw TransportError(.fenced, "arena \(index) belongs to epoch \(entry.epoch), not \(request.epoch)")
+            }
+            do {
+                try state.region.release(index)
+            } catch {
+                throw TransportError(.io, "releasing arena \(index): \(error)")
+            }
+        }
+    }
+}

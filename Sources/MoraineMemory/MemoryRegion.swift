@@ -1,0 +1,212 @@
+// The memory node's region: a header, a table of arenas, and the arenas themselves, each holding
+// one compute node's memtable (MemTable+Region.swift owns an arena's inside). docs/MEMORY.md has
+// the byte map:
+//   header   magic "MORMEMN1", layout version, header bytes, region bytes, arena bytes, arena count
+//   table    at 64, one 32-byte entry per arena: tag (0: free; else the memtable's log number, the
+//            word that publishes the entry), database id, owner epoch, reserved
+//   arenas   from `header bytes` on, `arena bytes` each; an arena's first 32 bytes repeat its
+//            entry (magic "MORMEMT1", tag, database id, epoch), so a reader that maps the region
+//            can tell whose arena it is without asking
+// The memory node is the only writer of the header, the table and an arena's first 32 bytes.
+// Crash consistency (8-byte stores are the only atomic unit):
+// - format: every field and the zeroed table, persisted, then the magic, persisted;
+// - grant: the arena's header (its skiplist format word zeroed, so nothing of a former tenant
+//   can be re-attached) is persisted, then the entry's database and epoch, then its tag;
+//   a crash before the tag leaves the arena free;
+// - adopt: the entry's epoch, then the arena's copy, each persisted;
+// - release: the tag is zeroed and persisted.
+// Open checks the geometry against what was asked (a region of another layout or size is
+// refused with what differs) and every allocated entry against its arena's header.
+// Thread-safety: not thread-safe; MemoryNode calls it under its lock.
+import MoraineMemtable
+import MoraineSystem
+
+/// The geometry of a memory node's region.
+public struct MemoryRegionLayout: Sendable, Equatable {
+    public static let magic: UInt64 = 0x314E_4D45_4D52_4F4D  // "MORMEMN1"
+    public static let arenaMagic: UInt64 = 0x3154_4D45_4D52_4F4D  // "MORMEMT1"
+    public static let version: UInt32 = 1
+    static let tableOffset = 64
+    static let entryBytes = 32
+
+    public let arenaBytes: Int
+    public let arenaCount: Int
+
+    public init(arenaBytes: Int, arenaCount: Int) {
+        self.arenaBytes = arenaBytes
+        self.arenaCount = arenaCount
+    }
+
+    /// The most arenas of `arenaBytes` a region of `regionBytes` holds.
+    public init(regionBytes: Int, arenaBytes: Int) {
+        var count = max(0, regionBytes / arenaBytes)
+        while count > 0 && Self.headerBytes(arenaCount: count) + count * arenaBytes > regionBytes { count -= 1 }
+        self.init(arenaBytes: arenaBytes, arenaCount: count)
+    }
+
+    static func headerBytes(arenaCount: Int) -> Int { (tableOffset + entryBytes * arenaCount + 4095) & ~4095 }
+    public var headerBytes: Int { Self.headerBytes(arenaCount: arenaCount) }
+    public var regionBytes: Int { headerBytes + arenaBytes * arenaCount }
+    public func arenaOffset(_ index: Int) -> Int { headerBytes + index * arenaBytes }
+    func entryOffset(_ index: Int) -> Int { Self.tableOffset + Self.entryBytes * index }
+}
+
+/// One arena's table entry.
+public struct MemoryRegionEntry: Sendable, Equatable {
+    public var index: Int
+    public var tag: UInt64
+    public var database: UInt64
+    public var epoch: UInt64
+}
+
+/// A memory node's mapped region and its arena table.
+public final class MemoryRegion: @unchecked Sendable {
+    public let mapping: PmemRegion
+    public let layout: MemoryRegionLayout
+    public var path: String { mapping.path }
+
+    private init(mapping: PmemRegion, layout: MemoryRegionLayout) {
+        self.mapping = mapping
+        self.layout = layout
+    }
+
+    /// Opens the region at `path`, creating and formatting it with `layout` when the file does
+    /// not exist (or was never completely formatted).
+    /// - Throws: `.invalid` for a region of another layout version or geometry (naming what
+    ///   differs) or a file that is not a region; `.corruption` for a damaged table.
+    public static func open(
+        path: String, layout: MemoryRegionLayout, numaNode: Int? = nil, tracer: PersistenceTracer? = nil
+    ) throws -> MemoryRegion {
+        guard layout.arenaCount > 0, layout.arenaBytes >= 128 << 10, layout.arenaBytes % 4096 == 0,
+            layout.arenaBytes <= 1 << 31
+        else {
+            throw MoraineError(
+                .invalid, "a memory region needs arenas of 128 KiB…2 GiB in whole pages and at least one of them "
+                    + "(asked: \(layout.arenaCount) arenas of \(layout.arenaBytes) bytes)")
+        }
+        let mapping = try PmemRegion.mapping(path: path, sizeBytes: layout.regionBytes, create: true, numaNode: numaNode, tracer: tracer)
+        let region = MemoryRegion(mapping: mapping, layout: layout)
+        if mapping.sizeBytes >= 8 && mapping.loadWord(at: 0) == MemoryRegionLayout.magic {
+            try region.checkHeader()
+            try region.checkTable()
+        } else {
+            if mapping.sizeBytes >= 8 && mapping.loadWord(at: 0) != 0 {
+                throw MoraineError(.invalid, "\(path) is not a memory region (its first word is not the region magic); refusing to format it")
+            }
+            guard mapping.sizeBytes >= layout.regionBytes else {
+                throw MoraineError(
+                    .invalid, "\(path) holds \(mapping.sizeBytes) bytes and no memory-region header; a new region needs \(layout.regionBytes)")
+            }
+            try region.format()
+        }
+        return region
+    }
+
+    private func checkHeader() throws {
+        let versionWord = mapping.loadWord(at: 8)
+        let version = UInt32(truncatingIfNeeded: versionWord)
+        let headerBytes = Int(versionWord >> 32)
+        let regionBytes = Int(truncatingIfNeeded: mapping.loadWord(at: 16))
+        let arenaBytes = Int(truncatingIfNeeded: mapping.loadWord(at: 24))
+        let arenaCount = Int(truncatingIfNeeded: mapping.loadWord(at: 32))
+        guard version == MemoryRegionLayout.version else {
+            throw MoraineError(.invalid, "\(path): memory region layout version \(version); this build reads \(MemoryRegionLayout.version)")
+        }
+        var differences: [String] = []
+        if arenaBytes != layout.arenaBytes { differences.append("arenas of \(arenaBytes) bytes, not \(layout.arenaBytes)") }
+        if arenaCount != layout.arenaCount { differences.append("\(arenaCount) arenas, not \(layout.arenaCount)") }
+        if headerBytes != layout.headerBytes || regionBytes != layout.regionBytes {
+            differences.append("\(regionBytes) region bytes with a \(headerBytes)-byte header, not \(layout.regionBytes) and \(layout.headerBytes)")
+        }
+        guard differences.isEmpty else {
+            throw MoraineError(
+                .invalid, "\(path) is a memory region of another geometry: " + differences.joined(separator: ", ")
+                    + " (start the node with the region's own --region-size and --arena-size, or another --region)")
+        }
+        guard mapping.sizeBytes >= regionBytes else {
+            throw MoraineError.corruption("the region header says \(regionBytes) bytes; the file holds \(mapping.sizeBytes)", file: path)
+        }
+    }
+
+    private func format() throws {
+        mapping.storeWord(UInt64(MemoryRegionLayout.version) | UInt64(layout.headerBytes) << 32, at: 8)
+        mapping.storeWord(UInt64(layout.regionBytes), at: 16)
+        mapping.storeWord(UInt64(layout.arenaBytes), at: 24)
+        mapping.storeWord(UInt64(layout.arenaCount), at: 32)
+        for index in 0..<layout.arenaCount {
+            for word in 0..<4 { mapping.storeWord(0, at: layout.entryOffset(index) + 8 * word) }
+        }
+        try mapping.persist(0, layout.headerBytes)
+        mapping.storeWord(MemoryRegionLayout.magic, at: 0)
+        try mapping.persist(0, 8)
+    }
+
+    private func checkTable() throws {
+        for entry in entries() {
+            let arena = layout.arenaOffset(entry.index)
+            let magic = mapping.loadWord(at: arena + RegionArenaLayout.magicOffset)
+            let tag = mapping.loadWord(at: arena + RegionArenaLayout.tagOffset)
+            let database = mapping.loadWord(at: arena + RegionArenaLayout.databaseOffset)
+            guard magic == MemoryRegionLayout.arenaMagic, tag == entry.tag, database == entry.database else {
+                throw MoraineError.corruption(
+                    "arena \(entry.index) is granted to database \(entry.database) for tag \(entry.tag), but its header says "
+                        + "database \(database), tag \(tag) (magic \(magic == MemoryRegionLayout.arenaMagic ? "ok" : "bad"))",
+                    file: path)
+            }
+        }
+    }
+
+    /// The entry of arena `index`.
+    public func entry(_ index: Int) -> MemoryRegionEntry {
+        let offset = layout.entryOffset(index)
+        return MemoryRegionEntry(
+            index: index, tag: mapping.loadWord(at: offset), database: mapping.loadWord(at: offset + 8),
+            epoch: mapping.loadWord(at: offset + 16))
+    }
+
+    /// Every granted arena, in table order.
+    public func entries() -> [MemoryRegionEntry] {
+        (0..<layout.arenaCount).map(entry).filter { $0.tag != 0 }
+    }
+
+    public var freeArenaCount: Int { (0..<layout.arenaCount).count { mapping.loadWord(at: layout.entryOffset($0)) == 0 } }
+
+    /// Grants a free arena to `database` under `epoch` for `tag` (nonzero); durable on return.
+    /// - Returns: nil when every arena is granted.
+    public func grant(database: UInt64, epoch: UInt64, tag: UInt64) throws -> MemoryRegionEntry? {
+        precondition(tag != 0, "arena tags are nonzero")
+        guard let index = (0..<layout.arenaCount).first(where: { mapping.loadWord(at: layout.entryOffset($0)) == 0 }) else {
+            return nil
+        }
+        let arena = layout.arenaOffset(index)
+        mapping.storeWord(MemoryRegionLayout.arenaMagic, at: arena + RegionArenaLayout.magicOffset)
+        mapping.storeWord(tag, at: arena + RegionArenaLayout.tagOffset)
+        mapping.storeWord(database, at: arena + RegionArenaLayout.databaseOffset)
+        mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
+        for word in stride(from: 32, to: RegionArenaLayout.headerBytes, by: 8) { mapping.storeWord(0, at: arena + word) }
+        try mapping.persist(arena, RegionArenaLayout.headerBytes)
+        let entry = layout.entryOffset(index)
+        mapping.storeWord(database, at: entry + 8)
+        mapping.storeWord(epoch, at: entry + 16)
+        try mapping.persist(entry + 8, 16)
+        mapping.storeWord(tag, at: entry)
+        try mapping.persist(entry, 8)
+        return MemoryRegionEntry(index: index, tag: tag, database: database, epoch: epoch)
+    }
+
+    /// Moves arena `index` to `epoch` (a new owner of the same database); durable on return.
+    public func adopt(_ index: Int, epoch: UInt64) throws {
+        let entry = layout.entryOffset(index)
+        mapping.storeWord(epoch, at: entry + 16)
+        try mapping.persist(entry + 16, 8)
+        let arena = layout.arenaOffset(index)
+        mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
+        try mapping.persist(arena + RegionArenaLayout.epochOffset, 8)
+    }
+
+    /// Frees arena `index`; durable on return.
+    public func release(_ index: Int) throws {
+        mapping.storeWord(0, at: layout.entryOffset(index))
+        try mapping.persist(layout.entryOffset(index), 8)
+    }
+}

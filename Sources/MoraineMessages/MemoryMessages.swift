@@ -1,0 +1,254 @@
+// The memory node's protocol: a compute node learns where the region is (so it can map it on the
+// same box), adopts the arenas its database's previous owners left (fencing them), and is granted
+// and gives back arenas one memtable at a time. docs/MEMORY.md has the byte layouts; every count
+// is bounded before anything is allocated for it.
+//
+// Value types; no shared state.
+import MoraineSystem
+import MoraineTransport
+
+/// The memory node's opcodes (0x50–0x5F).
+public enum MemoryOpcode {
+    /// Where the region is and its geometry: empty → `MemoryRegionInfo`.
+    public static let regionInfo: UInt8 = 0x50
+    /// Take over a database's arenas with a newer epoch: `MemoryAdopt` → `MemoryArenaList`.
+    public static let adopt: UInt8 = 0x51
+    /// A free arena for one memtable: `MemoryAllocate` → `MemoryArenaGrant` (`busy`: none free).
+    public static let allocate: UInt8 = 0x52
+    /// Give an arena back: `MemoryRelease` → empty.
+    public static let release: UInt8 = 0x53
+    /// Arenas in use, per database: empty → `MemoryStatusReply`.
+    public static let status: UInt8 = 0x54
+}
+
+/// A database's id in the region: FNV-1a (64-bit) of its name, the same in every process.
+public enum MemoryDatabaseID {
+    public static func of(_ name: String) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        return hash == 0 ? 1 : hash
+    }
+}
+
+/// The region a memory node owns.
+public struct MemoryRegionInfo: WireMessage, Equatable {
+    public static let wireName = "memory region info"
+    /// The region file (mapped by peers on the same box).
+    public var path: String
+    public var layoutVersion: UInt32
+    public var regionBytes: UInt64
+    public var arenaBytes: UInt64
+    public var arenaCount: UInt32
+    public var freeArenas: UInt32
+    /// Real persistent memory (pmem_is_pmem) or an emulation that persists with msync.
+    public var isPersistentMemory: Bool
+
+    public init(
+        path: String, layoutVersion: UInt32, regionBytes: UInt64, arenaBytes: UInt64, arenaCount: UInt32, freeArenas: UInt32,
+        isPersistentMemory: Bool
+    ) {
+        self.path = path
+        self.layoutVersion = layoutVersion
+        self.regionBytes = regionBytes
+        self.arenaBytes = arenaBytes
+        self.arenaCount = arenaCount
+        self.freeArenas = freeArenas
+        self.isPersistentMemory = isPersistentMemory
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(path)
+        writer.u32(layoutVersion)
+        writer.u64(regionBytes)
+        writer.u64(arenaBytes)
+        writer.u32(arenaCount)
+        writer.u32(freeArenas)
+        writer.bool(isPersistentMemory)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        path = try reader.string("region path")
+        layoutVersion = try reader.u32("layout version")
+        regionBytes = try reader.u64("region bytes")
+        arenaBytes = try reader.u64("arena bytes")
+        arenaCount = try reader.u32("arena count")
+        freeArenas = try reader.u32("free arenas")
+        isPersistentMemory = try reader.bool("persistent memory")
+    }
+}
+
+/// A database and the epoch of the owner asking.
+public struct MemoryAdopt: WireMessage, Equatable {
+    public static let wireName = "memory adopt request"
+    public var database: String
+    public var epoch: UInt64
+
+    public init(database: String, epoch: UInt64) {
+        self.database = database
+        self.epoch = epoch
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u64(epoch)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        epoch = try reader.u64("epoch")
+    }
+}
+
+/// One arena held by a database: its index in the region and its tag (the memtable's log number).
+public struct MemoryArena: Sendable, Equatable {
+    public var index: UInt32
+    public var tag: UInt64
+
+    public init(index: UInt32, tag: UInt64) {
+        self.index = index
+        self.tag = tag
+    }
+}
+
+/// The arenas a database holds, now under the adopting owner's epoch.
+public struct MemoryArenaList: WireMessage, Equatable {
+    public static let wireName = "memory arena list"
+    /// A region has at most this many arenas.
+    public static let arenasMax = 1 << 20
+    public var arenas: [MemoryArena]
+
+    public init(arenas: [MemoryArena]) { self.arenas = arenas }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u32(UInt32(arenas.count))
+        for arena in arenas {
+            writer.u32(arena.index)
+            writer.u64(arena.tag)
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        let count = Int(try reader.u32("arena count"))
+        guard count <= Self.arenasMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) arenas") }
+        arenas = []
+        for _ in 0..<count { arenas.append(MemoryArena(index: try reader.u32("arena index"), tag: try reader.u64("arena tag"))) }
+    }
+}
+
+/// A request for an arena, tagged with the memtable's log number.
+public struct MemoryAllocate: WireMessage, Equatable {
+    public static let wireName = "memory allocate request"
+    public var database: String
+    public var epoch: UInt64
+    public var tag: UInt64
+
+    public init(database: String, epoch: UInt64, tag: UInt64) {
+        self.database = database
+        self.epoch = epoch
+        self.tag = tag
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u64(epoch)
+        writer.u64(tag)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        epoch = try reader.u64("epoch")
+        tag = try reader.u64("tag")
+    }
+}
+
+/// The arena granted.
+public struct MemoryArenaGrant: WireMessage, Equatable {
+    public static let wireName = "memory arena grant"
+    public var index: UInt32
+
+    public init(index: UInt32) { self.index = index }
+
+    public func encode(into writer: inout WireWriter) { writer.u32(index) }
+
+    public init(from reader: inout WireReader) throws(TransportError) { index = try reader.u32("arena index") }
+}
+
+/// An arena given back by its owner.
+public struct MemoryRelease: WireMessage, Equatable {
+    public static let wireName = "memory release request"
+    public var database: String
+    public var epoch: UInt64
+    public var arena: MemoryArena
+
+    public init(database: String, epoch: UInt64, arena: MemoryArena) {
+        self.database = database
+        self.epoch = epoch
+        self.arena = arena
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u64(epoch)
+        writer.u32(arena.index)
+        writer.u64(arena.tag)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        epoch = try reader.u64("epoch")
+        arena = MemoryArena(index: try reader.u32("arena index"), tag: try reader.u64("arena tag"))
+    }
+}
+
+/// How full the region is, per database (by id).
+public struct MemoryStatusReply: WireMessage, Equatable {
+    public static let wireName = "memory status reply"
+    /// One database's share.
+    public struct Holder: Sendable, Equatable {
+        public var database: UInt64
+        public var epoch: UInt64
+        public var arenas: UInt32
+
+        public init(database: UInt64, epoch: UInt64, arenas: UInt32) {
+            self.database = database
+            self.epoch = epoch
+            self.arenas = arenas
+        }
+    }
+
+    public var arenaCount: UInt32
+    public var freeArenas: UInt32
+    public var holders: [Holder]
+
+    public init(arenaCount: UInt32, freeArenas: UInt32, holders: [Holder]) {
+        self.arenaCount = arenaCount
+        self.freeArenas = freeArenas
+        self.holders = holders
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u32(arenaCount)
+        writer.u32(freeArenas)
+        writer.u32(UInt32(holders.count))
+        for holder in holders {
+            writer.u64(holder.database)
+            writer.u64(holder.epoch)
+            writer.u32(holder.arenas)
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        arenaCount = try reader.u32("arena count")
+        freeArenas = try reader.u32("free arenas")
+        let count = Int(try reader.u32("holder count"))
+        guard count <= MemoryArenaList.arenasMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) holders") }
+        holders = []
+        for _ in 0..<count {
+            holders.append(
+                Holder(database: try reader.u64("database id"), epoch: try reader.u64("epoch"), arenas: try reader.u32("arenas")))
+        }
+    }
+}
