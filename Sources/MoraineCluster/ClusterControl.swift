@@ -27,6 +27,8 @@ public struct RoleStatus: Sendable {
     public var capacity: StorageCapacityReply? = nil
     /// A worker's jobs: running, slots, finished.
     public var jobs: WorkerStatusReply? = nil
+    /// A memory node's arenas: held per database, free.
+    public var arenas: MemoryStatusReply? = nil
     public var problem: String? = nil
 }
 
@@ -62,6 +64,7 @@ public enum ClusterControl {
                     switch try RoleProbe.ask(role.kind, at: endpoint, key: key, timeoutNanos: 1_000_000_000) {
                     case .storage(let capacity): role.capacity = capacity
                     case .worker(let status): role.jobs = status
+                    case .memory(let status): role.arenas = status
                     }
                     role.answering = true
                 } catch {
@@ -85,7 +88,9 @@ public enum ClusterControl {
             let stored = role.capacity.map { bytes($0.bytesUsed) } ?? "-"
             let free = role.capacity.map { bytes($0.bytesFree) } ?? "-"
             // A worker's jobs: running/slots, then how many it finished.
-            let jobs = role.jobs.map { "\($0.running)/\($0.slots) \($0.finished)" } ?? "-"
+            let jobs =
+                role.jobs.map { "\($0.running)/\($0.slots) \($0.finished)" }
+                ?? role.arenas.map { "\($0.arenaCount - $0.freeArenas)/\($0.arenaCount) arenas" } ?? "-"
             lines.append(
                 [
                     pad("\(role.kind)-\(role.index)", 13), pad(role.pid > 0 ? String(role.pid) : "-", 8),

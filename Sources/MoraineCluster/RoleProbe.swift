@@ -1,5 +1,5 @@
 // Asking a role whether it answers, in the words of its own protocol: a storage node for its
-// capacity, a flush or compaction worker for its status. Used by the supervisor (is a started role up?)
+// capacity, a flush or compaction worker for its status, a memory node for its arenas. Used by the supervisor (is a started role up?)
 // and by `moraine status`.
 import MoraineMessages
 import MoraineStorage
@@ -10,23 +10,39 @@ import MoraineTransport
 public enum RoleAnswer: Sendable {
     case storage(StorageCapacityReply)
     case worker(WorkerStatusReply)
+    case memory(MemoryStatusReply)
 }
 
 enum RoleProbe {
     /// Asks the `kind` role at `endpoint`, waiting at most `timeoutNanos`.
     /// - Throws: why it did not answer.
     static func ask(_ kind: String, at endpoint: Endpoint, key: ClusterKey, timeoutNanos: Int64) throws(MoraineError) -> RoleAnswer {
-        switch kind {
-        case "compaction", "flush":
+        func status(_ opcode: UInt8) throws(MoraineError) -> [UInt8] {
             var limits = TransportLimits()
             limits.handshakeNanos = min(limits.handshakeNanos, timeoutNanos)
             do throws(TransportError) {
                 let client = try endpoint.connect(key: key, limits: limits)
                 defer { client.close() }
-                guard case .bytes(let bytes) = try client.call(WorkerOpcode.status, .bytes([]), timeoutNanos: timeoutNanos) else {
+                guard case .bytes(let bytes) = try client.call(opcode, .bytes([]), timeoutNanos: timeoutNanos) else {
                     throw TransportError(.malformed, "a reference reply to a status request")
                 }
+                return bytes
+            } catch {
+                throw error.moraineError
+            }
+        }
+        switch kind {
+        case "compaction", "flush":
+            let bytes = try status(WorkerOpcode.status)
+            do throws(TransportError) {
                 return .worker(try WorkerStatusReply.decode(bytes))
+            } catch {
+                throw error.moraineError
+            }
+        case "memory":
+            let bytes = try status(MemoryOpcode.status)
+            do throws(TransportError) {
+                return .memory(try MemoryStatusReply.decode(bytes))
             } catch {
                 throw error.moraineError
             }

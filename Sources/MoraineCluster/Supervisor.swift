@@ -3,7 +3,8 @@
 // restarted on the same endpoint with backoff (100 ms, doubling to 5 s; back to 100 ms after a
 // minute up), and the event is logged. SIGTERM, SIGINT or SIGHUP stop the cluster: SIGTERM to
 // every role, SIGKILL after the grace period, then the run directory's endpoints and state are
-// removed (the key, the data and the logs stay).
+// removed (the key, the data and the logs stay; so does a memory node's region that still holds
+// a memtable arena).
 //
 // Run directory files written here (besides RunDirectory's `cluster.key` and `endpoints`):
 //   supervisor.pid   the supervisor's pid, while it runs
@@ -30,6 +31,9 @@ public final class Supervisor {
         let index: Int
         let numaNode: Int?
         let data: String?
+        /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
+        /// file (removed when the cluster stops with no arena held).
+        var region: (path: String, bytes: Int, arenaBytes: Int, isDefault: Bool)? = nil
         var endpoint: Endpoint
         let linkDelayNanos: Int64
         var pid: Int32 = 0
@@ -79,11 +83,24 @@ public final class Supervisor {
                     let base = path.hasPrefix("/") ? path : run.path + "/" + path
                     return spec.count == 1 ? base : base + "/\(index)"
                 }
-                instances.append(
-                    Instance(kind: spec.kind, index: index, numaNode: spec.numaNode, data: data, endpoint: endpoint,
-                             linkDelayNanos: spec.linkDelayNanos))
+                var instance = Instance(
+                    kind: spec.kind, index: index, numaNode: spec.numaNode, data: data, endpoint: endpoint,
+                    linkDelayNanos: spec.linkDelayNanos)
+                if spec.kind == "memory" {
+                    let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
+                    instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.region == nil)
+                }
+                instances.append(instance)
             }
         }
+    }
+
+    /// A memory node's default region: in /dev/shm (memory, so an msync costs nothing), named
+    /// after the run directory; in the run directory where /dev/shm is missing.
+    public static func defaultRegion(run: RunDirectory, index: Int) -> String {
+        let name = String(run.path.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "_" })
+        guard access("/dev/shm", W_OK | X_OK) == 0 else { return run.path + "/memory-\(index).region" }
+        return "/dev/shm/moraine-\(name)-memory-\(index).region"
     }
 
     // MARK: Start
@@ -153,6 +170,9 @@ public final class Supervisor {
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
         if instance.kind == "compaction" || instance.kind == "flush" { arguments += ["--cluster", run.path] }
+        if let region = instance.region {
+            arguments += ["--region", region.path, "--region-size", String(region.bytes), "--arena-size", String(region.arenaBytes)]
+        }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         let log = run.path + "/logs/\(instance.name).log"
@@ -251,6 +271,19 @@ public final class Supervisor {
     /// Stops every role: SIGTERM, then SIGKILL after the grace period; removes the run
     /// directory's endpoints, state, ready and supervisor.pid.
     public func stop() {
+        // A default region that holds no arena (no database's memtable) goes with the cluster;
+        // one that does holds acknowledged writes, and stays for the next `moraine up`.
+        var emptyRegions: [String] = []
+        for instance in instances where instance.pid > 0 && instance.region?.isDefault == true {
+            if let key, case .memory(let status)? = try? RoleProbe.ask("memory", at: instance.endpoint, key: key, timeoutNanos: 1_000_000_000) {
+                if status.holders.isEmpty {
+                    emptyRegions.append(instance.region!.path)
+                } else {
+                    log("\(instance.name): region \(instance.region!.path) keeps \(status.arenaCount - status.freeArenas) unflushed memtable arenas")
+                }
+            }
+        }
+        defer { for path in emptyRegions { try? PosixFileSystem.shared.remove(path) } }
         let running = instances.filter { $0.pid > 0 }.map(\.pid)
         for pid in running { kill(pid, SIGTERM) }
         let deadline = monotonicNanos() + Self.graceNanos

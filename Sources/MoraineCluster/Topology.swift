@@ -4,12 +4,15 @@
 //
 //   # comments, blank lines
 //   [[role]]
-//   kind = "storage"      # the role: storage, flush or compaction (later releases add memory, compute)
+//   kind = "storage"      # the role: storage, memory, flush or compaction (a later release adds compute)
 //   count = 1             # how many (default 1)
 //   numa_node = 0         # pin to this NUMA node (default: none)
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
 //   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
 //   data = "data"         # storage: the data directory (relative to the run directory; default data)
+//   region = "/dev/shm/x" # memory: the region file (default /dev/shm/moraine-<run dir>-memory-N.region)
+//   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
+//   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
 // Value types; no shared state.
@@ -26,6 +29,9 @@ public struct Topology: Sendable, Equatable {
         public var port = 0
         public var data: String? = nil
         public var linkDelayNanos: Int64 = 0
+        public var region: String? = nil
+        public var regionBytes = 1 << 30
+        public var arenaBytes = 66 << 20
 
         public init(kind: String) { self.kind = kind }
     }
@@ -35,14 +41,14 @@ public struct Topology: Sendable, Equatable {
     public init(roles: [RoleSpec]) { self.roles = roles }
 
     /// The roles this release can run.
-    public static let knownKinds: Set<String> = ["storage", "flush", "compaction"]
+    public static let knownKinds: Set<String> = ["storage", "memory", "flush", "compaction"]
 
-    /// What `moraine up` starts with no topology: one storage node, one flush worker and one
-    /// compaction worker, over shared memory. Later releases add their roles here.
+    /// What `moraine up` starts with no topology: one storage node, one memory node, one flush
+    /// worker and one compaction worker, over shared memory. Later releases add their roles here.
     public static let `default` = Topology(roles: {
         var storage = RoleSpec(kind: "storage")
         storage.data = "data"
-        return [storage, RoleSpec(kind: "flush"), RoleSpec(kind: "compaction")]
+        return [storage, RoleSpec(kind: "memory"), RoleSpec(kind: "flush"), RoleSpec(kind: "compaction")]
     }())
 
     /// Parses the TOML subset described at the top of the file.
@@ -91,6 +97,17 @@ public struct Topology: Sendable, Equatable {
                 throw MoraineError(.invalid, "\(at): link_delay_ns must be 0…1000000000, not \(role.linkDelayNanos)")
             }
             if let node = role.numaNode, node < 0 { throw MoraineError(.invalid, "\(at): numa_node must be 0 or more") }
+            if role.kind == "memory" {
+                guard role.arenaBytes >= 128 << 10, role.arenaBytes % 4096 == 0, role.arenaBytes <= 1 << 31 else {
+                    throw MoraineError(.invalid, "\(at): arena_size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(role.arenaBytes)")
+                }
+                guard role.regionBytes >= role.arenaBytes + 4096, role.regionBytes <= 1 << 44 else {
+                    throw MoraineError(.invalid, "\(at): region_size must hold one arena and the header, not \(role.regionBytes)")
+                }
+                if role.count > 1, let region = role.region, !region.isEmpty {
+                    throw MoraineError(.invalid, "\(at): \(role.count) memory nodes cannot share the region \(region); leave region unset")
+                }
+            }
         }
     }
 
@@ -114,9 +131,13 @@ public struct Topology: Sendable, Equatable {
         case "port": role.port = try integer()
         case "data": role.data = try text()
         case "link_delay_ns": role.linkDelayNanos = Int64(try integer())
+        case "region": role.region = try text()
+        case "region_size": role.regionBytes = try integer()
+        case "arena_size": role.arenaBytes = try integer()
         default:
             throw MoraineError(
-                .invalid, "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns)")
+                .invalid,
+                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, arena_size)")
         }
     }
 

@@ -50,7 +50,7 @@ extension Engine {
         // log order, as the replayed logs do.
         let attached = sources.compactMap(\.attached)
         let keepAttached = !attached.isEmpty && attached.count == sources.count
-        let attachedReach = attached.map(\.ceiling).max() ?? 0
+        let attachedReach = attached.map(\.committedSequence).max() ?? 0
         if let newest = sources.last { versions.markFileNumberUsed(newest.number) }
         var replay = Replay(engine: self)
         // The WAL replayed last and how far its whole records reach, for the next WAL's
@@ -60,7 +60,11 @@ extension Engine {
         var unreplayedLogs = Set<UInt64>()
         replaying: for (position, source) in sources.enumerated() {
             if let table = source.attached {
-                if !keepAttached { try replay.flushAttached(table) }
+                if options.readOnly {
+                    replay.keep(table)
+                } else if !keepAttached {
+                    try replay.flushAttached(table)
+                }
                 previousWAL = nil
             } else if let arena = source.arena, let replayRegion {
                 let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
@@ -146,8 +150,16 @@ extension Engine {
     /// them) and re-attaches the memtables of those the manifest still needs; the others are
     /// given back. Nothing when no memory node holds the memtables, or for a read-only open.
     private func attachRegionMemtables() throws -> [MemTable] {
-        guard let provider = options.memtableRegion, !options.readOnly else { return [] }
+        guard let provider = options.memtableRegion else { return [] }
         var tables: [MemTable] = []
+        if options.readOnly {
+            // Not ours: a private copy of what the owner has committed, taken without fencing it.
+            for grant in try provider.list(database: path) where grant.logNumber >= versions.logNumber {
+                let name = "\(provider.description) arena \(grant.index) (log \(grant.logNumber))"
+                tables.append(try MemTable.copyCommitted(grant.arena, logNumber: grant.logNumber, name: name))
+            }
+            return tables
+        }
         for grant in try provider.adopt(database: path) {
             heldArenas[grant.logNumber] = grant
             guard grant.logNumber >= versions.logNumber else { continue }  // flushed; given back below
@@ -212,13 +224,22 @@ extension Engine {
             maxSequence = max(maxSequence, seq - 1)
         }
 
+        /// Keeps a re-attached memtable in its turn among the logs (a read-only open).
+        mutating func keep(_ attached: MemTable) {
+            if !table.isEmpty { kept.append(table) }
+            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
+            if !attached.isEmpty { kept.append(attached) }
+            maxSequence = max(maxSequence, attached.committedSequence)
+            lastReplayed = max(lastReplayed, attached.committedSequence)
+        }
+
         /// Writes a re-attached memtable to L0 in its turn among the logs.
         mutating func flushAttached(_ attached: MemTable) throws {
             try retire(table)
             table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
             if let info = try engine.flushReplayed(attached) { edit.newFiles.append((0, info)) }
-            maxSequence = max(maxSequence, attached.ceiling)
-            lastReplayed = max(lastReplayed, attached.ceiling)
+            maxSequence = max(maxSequence, attached.committedSequence)
+            lastReplayed = max(lastReplayed, attached.committedSequence)
         }
 
         mutating func finish() throws -> VersionEdit {

@@ -29,6 +29,9 @@ public protocol MemtableArenaProvider: AnyObject, Sendable {
     /// after this owner's lease is held. Called once per open.
     /// - Throws: `fenced` when a newer owner exists, `unavailable` when the node cannot be reached.
     func adopt(database: String) throws -> [MemtableArenaGrant]
+    /// The arenas `database` holds, for a reader that owns nothing (a read-only open): no epoch
+    /// changes, nothing is fenced.
+    func list(database: String) throws -> [MemtableArenaGrant]
     /// A fresh arena for the memtable of `logNumber`.
     /// - Throws: `busy` when every arena holds an unflushed memtable (wait for a flush),
     ///   `unavailable` when the node cannot be reached, `fenced` for a superseded owner.

@@ -49,6 +49,13 @@ public final class MemoryNode: Sendable {
                 return .failure(error)
             }
         }
+        router.register(MemoryOpcode.list) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(try list(.decode(request.payload)).encoded()))
+            } catch {
+                return .failure(error)
+            }
+        }
         router.register(MemoryOpcode.allocate) { [self] request in
             do throws(TransportError) {
                 return .success(.bytes(try allocate(.decode(request.payload)).encoded()))
@@ -111,6 +118,15 @@ public final class MemoryNode: Sendable {
                 arenas.append(MemoryArena(index: UInt32(entry.index), tag: entry.tag))
             }
             return MemoryArenaList(arenas: arenas)
+        }
+    }
+
+    /// The database's arenas, changing nothing.
+    public func list(_ request: MemoryAdopt) throws(TransportError) -> MemoryArenaList {
+        let id = MemoryDatabaseID.of(request.database)
+        return state.withLock { state in
+            MemoryArenaList(
+                arenas: state.region.entries().filter { $0.database == id }.map { MemoryArena(index: UInt32($0.index), tag: $0.tag) })
         }
     }
 

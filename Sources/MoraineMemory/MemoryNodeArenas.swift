@@ -57,6 +57,14 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         }
     }
 
+    public func list(database: String) throws -> [MemtableArenaGrant] {
+        let list = try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded()))
+        let (region, layout) = try mapped()
+        return try list.arenas.map { arena in
+            try grant(index: Int(arena.index), tag: arena.tag, epoch: 0, region: region, layout: layout)
+        }
+    }
+
     public func allocate(database: String, logNumber: UInt64) throws -> MemtableArenaGrant {
         let epoch = epoch(database)
         let (region, layout) = try mapped()

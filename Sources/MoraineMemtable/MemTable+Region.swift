@@ -141,6 +141,10 @@ extension MemTable {
     /// Test-only: see `RegionPlacement.skipsDataPersistForTesting`.
     func skipDataPersistForTesting() { placement?.skipsDataPersistForTesting = true }
 
+    /// The last sequence this memtable holds committed: its ceiling when attached in place, else
+    /// its newest entry's.
+    public var committedSequence: SequenceNumber { ceiling == maxSequenceNumber ? largestSequence : ceiling }
+
     /// Whether the arena is in a region (its writes are persisted by `commit`).
     public var isInRegion: Bool { placement != nil }
 
@@ -202,39 +206,22 @@ extension MemTable {
     /// after another in the order they were written.
     /// - Throws: `.corruption` naming the arena and what is wrong, when neither works.
     public static func attach(_ arena: MemTableRegionArena, logNumber: UInt64, name: String) throws -> MemTable {
-        let region = arena.region
-        func word(_ offset: Int) -> UInt64 { region.loadWord(at: arena.offset + offset) }
-        func corrupt(_ why: String) -> MoraineError { MoraineError.corruption("memtable arena: \(why)", file: name) }
-        let capacity = arena.bytes - RegionArenaLayout.headerBytes
-        let generation = word(RegionArenaLayout.generationOffset)
-        if generation == 0 {
+        guard let state = try committedState(arena, name: name) else {
             // Granted, but no commit was ever published (a crash inside `inRegion`): nothing
             // was acknowledged. (The memory node zeroes the generation when it grants an arena.)
             return MemTable(capacityBytes: 64 << 10, logNumber: logNumber)
         }
-        guard word(RegionArenaLayout.formatOffset) == RegionArenaLayout.format else {
-            throw corrupt("commit generation \(generation) but no skiplist format word")
-        }
-        guard word(RegionArenaLayout.capacityOffset) == UInt64(capacity) else {
-            throw corrupt("skiplist capacity \(word(RegionArenaLayout.capacityOffset)), the arena holds \(capacity)")
-        }
-        let head = headerBytes + 4 * maxHeight
-        let slot = RegionArenaLayout.slotOffset(generation)
-        let used = word(slot + RegionArenaLayout.usedWord)
-        let ceiling = word(slot + RegionArenaLayout.sequenceWord)
-        let committedEntries = word(slot + RegionArenaLayout.entriesWord)
-        guard used >= UInt64(head), used <= UInt64(capacity), committedEntries <= used / 16 else {
-            throw corrupt("committed size \(used) outside \(head)...\(capacity), or \(committedEntries) entries in it")
-        }
+        let (used, ceiling, committedEntries) = (state.used, state.ceiling, state.entries)
+        let capacity = arena.bytes - RegionArenaLayout.headerBytes
         let table = MemTable(
-            base: region.base + arena.offset + RegionArenaLayout.headerBytes, capacityBytes: capacity,
+            base: arena.region.base + arena.offset + RegionArenaLayout.headerBytes, capacityBytes: capacity,
             placement: RegionPlacement(arena: arena), logNumber: logNumber, ceiling: ceiling, seed: 1)
         let problem: String
         do {
             let walk = try table.checkLinks(capacity: capacity, name: name)
-            if walk.visible == Int(committedEntries) {
-                table.used = Int(used)
-                table.usedPublished.store(Int(used), ordering: .relaxed)
+            if walk.visible == committedEntries {
+                table.used = used
+                table.usedPublished.store(used, ordering: .relaxed)
                 table.currentHeight.store(walk.tallest, ordering: .relaxed)
                 table.entries = walk.visible
                 table.smallestSequence = walk.smallest
@@ -246,7 +233,59 @@ extension MemTable {
             problem = error.message
         }
         SystemLog.info("\(name): \(problem); rebuilding the memtable from its committed nodes")
-        return try table.rebuildFromNodes(used: Int(used), committedEntries: Int(committedEntries), logNumber: logNumber, name: name)
+        return try table.rebuildFromNodes(used: used, committedEntries: committedEntries, logNumber: logNumber, name: name)
+    }
+
+    /// A private copy of the entries another process has committed in `arena` so far, for a
+    /// reader that does not own it (a read-only open): the owner may go on writing, or flush
+    /// and give the arena back, meanwhile. The nodes are read one after another with every bound
+    /// checked, never through links; an arena given to another memtable under the copy is
+    /// detected by its tag.
+    /// - Throws: `.corruption` naming the arena when the copy is not whole.
+    public static func copyCommitted(_ arena: MemTableRegionArena, logNumber: UInt64, name: String) throws -> MemTable {
+        let tagOffset = arena.offset + RegionArenaLayout.tagOffset
+        let tag = arena.region.loadWord(at: tagOffset)
+        guard let state = try committedState(arena, name: name) else { return MemTable(capacityBytes: 64 << 10, logNumber: logNumber) }
+        let view = MemTable(
+            base: arena.region.base + arena.offset + RegionArenaLayout.headerBytes, capacityBytes: arena.bytes - RegionArenaLayout.headerBytes,
+            placement: RegionPlacement(arena: arena), logNumber: logNumber, ceiling: state.ceiling, seed: 1)
+        let copy = try view.rebuildFromNodes(used: state.used, committedEntries: state.entries, logNumber: logNumber, name: name)
+        guard arena.region.loadWord(at: tagOffset) == tag, tag == logNumber else {
+            throw MoraineError.corruption("memtable arena: given to another memtable while it was read", file: name)
+        }
+        return copy
+    }
+
+    /// The committed state of `arena` (nil: never committed), read consistently: the generation
+    /// is read before and after its slot, and the read is repeated while a commit moves it.
+    /// - Throws: `.corruption` for a state that cannot be the arena's.
+    private static func committedState(_ arena: MemTableRegionArena, name: String) throws -> (used: Int, ceiling: SequenceNumber, entries: Int)? {
+        let region = arena.region
+        func word(_ offset: Int) -> UInt64 { region.loadWord(at: arena.offset + offset) }
+        func corrupt(_ why: String) -> MoraineError { MoraineError.corruption("memtable arena: \(why)", file: name) }
+        let capacity = arena.bytes - RegionArenaLayout.headerBytes
+        for _ in 0..<1000 {
+            let generation = word(RegionArenaLayout.generationOffset)
+            if generation == 0 { return nil }
+            guard word(RegionArenaLayout.formatOffset) == RegionArenaLayout.format else {
+                throw corrupt("commit generation \(generation) but no skiplist format word")
+            }
+            guard word(RegionArenaLayout.capacityOffset) == UInt64(capacity) else {
+                throw corrupt("skiplist capacity \(word(RegionArenaLayout.capacityOffset)), the arena holds \(capacity)")
+            }
+            let slot = RegionArenaLayout.slotOffset(generation)
+            let used = word(slot + RegionArenaLayout.usedWord)
+            let ceiling = word(slot + RegionArenaLayout.sequenceWord)
+            let entries = word(slot + RegionArenaLayout.entriesWord)
+            atomicMemoryFence(ordering: .acquiring)
+            guard word(RegionArenaLayout.generationOffset) == generation else { continue }
+            let head = UInt64(headerBytes + 4 * maxHeight)
+            guard used >= head, used <= UInt64(capacity), entries <= used / 16 else {
+                throw corrupt("committed size \(used) outside \(head)...\(capacity), or \(entries) entries in it")
+            }
+            return (Int(used), ceiling, Int(entries))
+        }
+        throw corrupt("its commit generation kept moving while it was read")
     }
 
     /// Walks every level from the head: nodes inside the area and whole, tall enough for the

@@ -19,6 +19,9 @@ public enum MemoryOpcode {
     public static let release: UInt8 = 0x53
     /// Arenas in use, per database: empty → `MemoryStatusReply`.
     public static let status: UInt8 = 0x54
+    /// A database's arenas, for a reader that owns nothing (no epoch changes): `MemoryAdopt`
+    /// (its epoch ignored) → `MemoryArenaList`.
+    public static let list: UInt8 = 0x55
 }
 
 /// A database's id in the region: FNV-1a (64-bit) of its name, the same in every process.

@@ -23,9 +23,11 @@ struct ClusterCommandTests {
     @Test("up --detach, then --cluster commands, a SIGKILLed role restarted, then down leaves nothing running")
     func detachedCluster() throws {
         let run = TempDir("moraine-up")
+        let region = Supervisor.defaultRegion(run: RunDirectory(run.path), index: 0)
         defer {
             _ = try? runMoraineCLI(["down", "--run-dir", run.path])
             run.remove()
+            try? PosixFileSystem.shared.remove(region)
         }
         let up = try runMoraineCLI(["up", "--run-dir", run.path, "--detach"])
         #expect(up.status == 0, "up: \(up.err)")
@@ -38,6 +40,16 @@ struct ClusterCommandTests {
         #expect(try runMoraineCLI(["put", "--cluster", run.path, "--db", "demo", "hello", "world"]).status == 0)
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
         #expect(FileManager.default.fileExists(atPath: run.file("data/demo/CURRENT")))
+        // With --durability pmem the memtable lives in the memory node's region (no WAL): it is
+        // still there after the shell exits, and an open in the default mode re-attaches it.
+        let pmem = try runMoraineCLI(
+            ["shell", "--cluster", run.path, "--db", "inregion", "--durability", "pmem"], input: "put k1 in-region\nput k2 also\n")
+        #expect(pmem.status == 0 && pmem.out == ["OK", "OK"], "\(pmem.out) \(pmem.err)")
+        #expect(FileManager.default.fileExists(atPath: region))
+        #expect(try PosixFileSystem.shared.children(of: run.file("data/inregion")).allSatisfy { !$0.hasSuffix(".log") })
+        let held = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(held.out.contains { $0.hasPrefix("memory-0") && $0.contains(" up ") && $0.contains("1/15 arenas") }, "\(held.out)")
+        #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "inregion", "k1"]).out == ["in-region"])
         // bench --cluster runs beside embedded Moraine in one run; both find the same keys, and
         // the cluster's rows count storage requests. A second run starts from a destroyed database.
         let benchDirectory = TempDir("moraine-up-bench")
@@ -88,11 +100,11 @@ struct ClusterCommandTests {
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "compacted", "k7"]).out == ["pass2"])
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
         let first = try RunDirectory(run.path).roles()
-        #expect(first.map(\.role).sorted() == ["compaction", "flush", "storage"])
+        #expect(first.map(\.role).sorted() == ["compaction", "flush", "memory", "storage"])
         for role in first { kill(role.pid, SIGKILL) }
         #expect(eventually(seconds: 10) {
             let now = (try? RunDirectory(run.path).roles()) ?? []
-            return now.count == 3 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
+            return now.count == 4 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
         })
         #expect(eventually(seconds: 10) { (try? runMoraineCLI(["status", "--run-dir", run.path]).status) == 0 })
         let after = try runMoraineCLI(["status", "--run-dir", run.path])
@@ -124,11 +136,16 @@ struct ClusterCommandTests {
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         #expect(eventually(seconds: 20) { FileManager.default.fileExists(atPath: run.file("ready")) })
         let roles = Self.pids(run)
-        #expect(roles.count == 3 && roles.allSatisfy(Self.alive))
+        #expect(roles.count == 4 && roles.allSatisfy(Self.alive))
+        let region = Supervisor.defaultRegion(run: RunDirectory(run.path), index: 0)
+        #expect(FileManager.default.fileExists(atPath: region))
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
         #expect(!roles.contains(where: Self.alive), "a role outlived its supervisor")
+        // The region held no database's memtable: it goes with the cluster.
+        #expect(!FileManager.default.fileExists(atPath: region), "an empty default region was left behind")
+        try? PosixFileSystem.shared.remove(region)
     }
 
     @Test("status shows a worker's jobs: running/slots and finished, then a line per running job with its progress")

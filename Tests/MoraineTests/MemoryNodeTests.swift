@@ -352,6 +352,28 @@ struct MemoryNodeTests {
         #expect(wrong == 0)
     }
 
+    @Test("a read-only open copies what the live owner committed in its arenas, and fences nobody")
+    func readOnlyCopies() throws {
+        let memory = try MemoryTestNode()
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        let db = try Database(path: path, options: Self.options(memory.arenas(epoch: 1)))
+        defer { try? db.close() }
+        db.engine.pauseBackgroundWork()
+        for i in 0..<500 { try db.put(Self.key(i), Array("v\(i)".utf8)) }
+        var options = Self.options(memory.arenas(epoch: 1))
+        options.readOnly = true
+        options.createIfMissing = false
+        let reader = try Database(path: path, options: options)
+        for i in stride(from: 0, to: 500, by: 7) { #expect(try reader.get(Self.key(i)) == Array("v\(i)".utf8)) }
+        try reader.close()
+        // The owner was not fenced: it writes on.
+        try db.put(Self.key(9999), Array("after".utf8))
+        #expect(try db.get(Self.key(9999)) == Array("after".utf8))
+        db.engine.continueBackgroundWork()
+    }
+
     @Test("an owner whose arena a newer owner adopted stops with fenced instead of acknowledging")
     func staleOwnerFenced() throws {
         let memory = try MemoryTestNode()
@@ -375,7 +397,7 @@ struct MemoryNodeTests {
         let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 4)
         let client = try memory.endpoint.connect(key: memory.key)
         defer { client.close() }
-        let opcodes = [MemoryOpcode.regionInfo, MemoryOpcode.adopt, MemoryOpcode.allocate, MemoryOpcode.release, MemoryOpcode.status, 0x55]
+        let opcodes = [MemoryOpcode.regionInfo, MemoryOpcode.adopt, MemoryOpcode.allocate, MemoryOpcode.release, MemoryOpcode.status, MemoryOpcode.list, 0x5F]
         let valid = [
             MemoryAdopt(database: "fuzz", epoch: 3).encoded(), MemoryAllocate(database: "fuzz", epoch: 3, tag: 9).encoded(),
             MemoryRelease(database: "fuzz", epoch: 3, arena: MemoryArena(index: 0, tag: 9)).encoded(),

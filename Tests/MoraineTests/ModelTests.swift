@@ -6,7 +6,10 @@
 // length (default 1500 per configuration).
 import Glibc
 import Moraine
+import MoraineMemory
+import MoraineMessages
 import MoraineTestSupport
+import MoraineTransport
 import MoraineWorker
 import Testing
 
@@ -16,6 +19,9 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
     var storage: Carrier? = nil
     /// Whether compactions run on a compaction worker (in this process, over the same carrier).
     var worker = false
+    /// Whether the memtables live in the region of a memory node (in this process), `pmem`
+    /// durability through it: every reopen is a new owner that re-attaches them.
+    var memory = false
     let options: @Sendable (inout Options) -> Void
     var description: String { name }
 
@@ -77,6 +83,14 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 8 << 10
             o.level0FileNumCompactionTrigger = 2
         },
+        // Memtables written in place in a memory node's arenas of 128 KiB (files on a storage node
+        // over shared memory); memtables switch at 16 KiB.
+        ModelConfiguration(name: "memory-node", storage: .sharedMemory, memory: true) { o in
+            o.durability = .pmem
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 16 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
     ]
 }
 
@@ -96,6 +110,8 @@ struct ModelRun {
     /// The compaction worker, and the runner that sends it jobs, for the configurations that use one.
     let worker: TestWorker?
     let runner: RemoteJobRunner?
+    /// The memory node, for the configuration that uses one.
+    let memory: MemoryTestNode?
 
     init(seed: UInt64, configuration: ModelConfiguration) throws {
         self.seed = seed
@@ -113,15 +129,25 @@ struct ModelRun {
             worker = nil
             runner = nil
         }
+        memory = configuration.memory ? try MemoryTestNode(arenaBytes: 128 << 10, arenaCount: 16) : nil
         self.directory = node == nil ? makeTemporaryDirectory("moraine-model") : "model"
-        database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner))
+        database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
     }
 
-    static func options(_ configuration: ModelConfiguration, node: StorageTestNode?, runner: RemoteJobRunner? = nil) -> Options {
+    static func options(
+        _ configuration: ModelConfiguration, node: StorageTestNode?, runner: RemoteJobRunner? = nil, memory: MemoryTestNode? = nil
+    ) -> Options {
         var options = Options()
         options.createIfMissing = true
         if let node { options.fileSystem = node.remote }
         if let runner { options.jobRunner = runner }
+        if let memory, let node {
+            let files = node.remote
+            let endpoint = memory.endpoint
+            options.memtableRegion = MemoryNodeArenas(key: memory.key, epoch: { files.leaseEpoch(of: $0) }) {
+                () throws(TransportError) -> Endpoint in endpoint
+            }
+        }
         configuration.options(&options)
         return options
     }
@@ -139,6 +165,10 @@ struct ModelRun {
                 // The compactions really ran on the worker, and none fell back.
                 #expect(runner.remoteJobs > 0 && runner.fallbacks == 0, "\(runner.remoteJobs) remote, \(runner.fallbacks) local")
                 worker?.stop()
+            }
+            if let memory {
+                // The memtables really lived in the region.
+                #expect(memory.node.status.holders.first.map { $0.arenas > 0 } == true, "no arena held in the region")
             }
             if let node {
                 // The files really lived on the node.
@@ -214,7 +244,7 @@ struct ModelRun {
         case .reopen:
             snapshots.removeAll()
             try database.close()
-            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner))
+            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
             try checkEverything(oracle, snapshot: nil)
         }
     }
