@@ -10,6 +10,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     let fileSystem: (any FileSystem)?
     let storageRequests: (@Sendable () -> Int)?
     let jobRunner: (any JobRunner)?
+    /// Memtables in a memory node's region, `pmem` durability through it.
+    let memtableRegion: (any MemtableArenaProvider)?
 
     /// Embedded Moraine, engine "moraine".
     public init() {
@@ -17,6 +19,17 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         fileSystem = nil
         storageRequests = nil
         jobRunner = nil
+        memtableRegion = nil
+    }
+
+    /// Moraine with its files here and its memtables in the arenas `memtableRegion` grants (a
+    /// memory node's), durability `pmem` through it whatever --durability says: engine `name`.
+    public init(name: String, memtableRegion: any MemtableArenaProvider) {
+        self.name = name
+        fileSystem = nil
+        storageRequests = nil
+        jobRunner = nil
+        self.memtableRegion = memtableRegion
     }
 
     /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
@@ -29,6 +42,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         self.fileSystem = fileSystem
         self.storageRequests = storageRequests
         self.jobRunner = jobRunner
+        memtableRegion = nil
     }
 
     public var engineNames: [String] { [name] }
@@ -47,8 +61,9 @@ public struct MoraineBenchFactory: BenchEngineFactory {
             return
         }
         PosixFileSystem.shared.removeTree(path)
-        // A fresh database starts with a fresh persistent-memory region too.
-        if c.durability == "pmem" { PosixFileSystem.shared.removeTree(c.pmemPath ?? Options.defaultPmemPath(for: path)) }
+        // A fresh database starts with a fresh persistent-memory region too (a memory node's
+        // arenas of a removed database are adopted and given back by the next open).
+        if c.durability == "pmem" && memtableRegion == nil { PosixFileSystem.shared.removeTree(c.pmemPath ?? Options.defaultPmemPath(for: path)) }
         try PosixFileSystem.shared.createDirectory(path)
     }
 
@@ -76,6 +91,10 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }
+        if let memtableRegion {
+            options.memtableRegion = memtableRegion
+            options.durability = .pmem
+        }
         if let fileSystem {
             options.fileSystem = fileSystem
         } else if let name = c.ioBackend, let backend = IOBackend(name: name) {

@@ -4,8 +4,11 @@
 import ArgumentParser
 import Foundation
 import MoraineBench
+import MoraineMemory
+import MoraineMessages
 import MoraineStorage
 import MoraineSystem
+import MoraineTransport
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,7 +27,8 @@ struct Bench: ParsableCommand {
         @Option(
             help: """
                 Engines, comma-separated, run alternately: moraine (embedded), cluster (files on the storage node of \
-                --cluster; the default with --cluster). RocksDB runs come from bench/'s moraine-bench.
+                --cluster; the default with --cluster), memory (files here, memtables in the arenas of --cluster's \
+                memory node, durability pmem through it). RocksDB runs come from bench/'s moraine-bench.
                 """)
         var engine: String?
         @Option(
@@ -65,6 +69,18 @@ struct Bench: ParsableCommand {
                 print(
                     "cluster: files on the storage node at \(remote.endpoint) (run directory \(cluster)); "
                         + (runner == nil ? "flushes and compactions in this process" : "flushes and compactions on the cluster's workers"))
+            }
+            if names.contains("memory") {
+                guard let cluster = parsed.cluster else {
+                    throw ValidationError("--engine memory needs --cluster RUNDIR (the run directory of moraine up, with a memory node)")
+                }
+                let run = RunDirectory(cluster)
+                let key = try ClusterKey.load(path: run.keyPath)
+                let arenas = MemoryNodeArenas(key: key, epoch: { _ in 0 }) { () throws(TransportError) -> Endpoint in
+                    try run.endpoint(of: "memory")
+                }
+                factories.append(MoraineBenchFactory(name: "memory", memtableRegion: arenas))
+                print("memory: files here, memtables in the region of the memory node of \(cluster), durability pmem through it")
             }
             let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
             try runner.run()

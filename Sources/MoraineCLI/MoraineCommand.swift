@@ -21,7 +21,8 @@ struct MoraineCommand: ParsableCommand {
         subcommands: [
             Demo.self, Put.self, Get.self, Del.self, Scan.self, Shell.self, Stats.self, Repair.self, SST.self,
             Manifest.self, WAL.self, Bench.self, IOBenchCommand.self, NumaCommand.self, TransportBenchCommand.self,
-            NodeCommand.self, Up.self, Status.self, Down.self, JobBenchCommand.self, ServeCommand.self,
+            NodeCommand.self, Up.self, Status.self, Down.self, JobBenchCommand.self, ServeCommand.self, Destroy.self,
+            MemoryBenchCommand.self,
         ])
 
     /// Parses and runs a command. A usage error (an unknown flag, a missing argument, a value
@@ -225,6 +226,17 @@ struct Get: ParsableCommand {
             throw ExitCode(1)
         }
         print(TokenCodec.encode(value))
+    }
+}
+
+struct Destroy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove a database: its files (on the storage node with --cluster) and its memory-node arenas.")
+    @OptionGroup var database: DatabaseOptions
+
+    func run() throws {
+        let removed = try reporting { try Database.destroy(path: database.db, options: try database.makeOptions(create: false)) }
+        print("removed \(removed) file(s) and arena(s) of \(database.db)")
     }
 }
 

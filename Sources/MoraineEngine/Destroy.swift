@@ -11,15 +11,16 @@ import MoraineSystem
 #endif
 
 extension Engine {
-    /// Removes the database in `path`; returns the number of files removed. A missing
-    /// directory is nothing to do. With `.pmem` durability, the region file goes too.
+    /// Removes the database in `path`; returns the number of files (and memory-node arenas)
+    /// removed. A missing directory is nothing to do. With `.pmem` durability, the region file
+    /// goes too; with `Options.memtableRegion`, the database's arenas are given back.
     /// - Throws: `.busy` when the database is open (its lock or lease is held), and what the
     ///   file system throws (a storage node that does not answer is `unavailable`, never
     ///   taken for an empty directory).
     @discardableResult
     public static func destroy(path: String, options: Options = Options()) throws -> Int {
         let fs = options.fileSystem
-        guard try fs.exists(path) else { return 0 }
+        guard try fs.exists(path) else { return try releaseRegionArenas(path: path, options: options) }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         defer { lock.unlock() }
         var removed = 0
@@ -41,10 +42,21 @@ extension Engine {
             removed += 1
         }
         try fs.syncDirectory(path)
-        if options.durability == .pmem {
+        if options.memtableRegion != nil {
+            removed += try releaseRegionArenas(path: path, options: options)
+        } else if options.durability == .pmem {
             let region = options.pmemPath ?? Options.defaultPmemPath(for: path)
             if unlink(region) == 0 { removed += 1 }
         }
         return removed
+    }
+
+    /// Gives back the memory node's arenas of the database (taken over first, so an owner that
+    /// is somehow still writing is fenced); returns how many.
+    private static func releaseRegionArenas(path: String, options: Options) throws -> Int {
+        guard let provider = options.memtableRegion else { return 0 }
+        let grants = try provider.adopt(database: path)
+        for grant in grants { try provider.release(database: path, grant) }
+        return grants.count
     }
 }

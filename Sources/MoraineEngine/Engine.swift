@@ -169,6 +169,12 @@ public final class Engine: @unchecked Sendable {
                 engine.leftoverRegion = try openLeftoverRegion(options: options, directory: path)
             }
             if !existing {
+                if let provider = options.memtableRegion, case let leftover = try provider.list(database: path), !leftover.isEmpty {
+                    throw MoraineError(
+                        .invalid,
+                        "\(provider.description) holds \(leftover.count) memtable arena(s) of an earlier database named \(path); "
+                            + "destroy it (moraine destroy with the same --cluster) to give them back, or use another name")
+                }
                 if let region, !region.allocatedArenas().isEmpty {
                     throw MoraineError(
                         .invalid,

@@ -374,6 +374,33 @@ struct MemoryNodeTests {
         db.engine.continueBackgroundWork()
     }
 
+    @Test("a new database refuses arenas an earlier one of its name left; destroy gives them back")
+    func leftoverArenas() throws {
+        let memory = try MemoryTestNode()
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        do {
+            let db = try Database(path: path, options: Self.options(memory.arenas()))
+            try db.put(Self.key(1), Array("acknowledged".utf8))
+            try db.close()
+        }
+        // The directory is removed behind the database's back: its memtable is still in the region.
+        removeTree(path)
+        do {
+            _ = try Database(path: path, options: Self.options(memory.arenas(epoch: 2)))
+            Issue.record("a new database took over another's memtable arenas")
+        } catch let error as MoraineError {
+            #expect(error.kind == .invalid && error.message.contains("arena"), "\(error)")
+        }
+        #expect(memory.node.status.holders.first?.arenas == 1)
+        #expect(try Database.destroy(path: path, options: Self.options(memory.arenas(epoch: 3))) == 1)
+        #expect(memory.node.status.holders.isEmpty)
+        let fresh = try Database(path: path, options: Self.options(memory.arenas(epoch: 4)))
+        #expect(try fresh.get(Self.key(1)) == nil)
+        try fresh.close()
+    }
+
     @Test("an owner whose arena a newer owner adopted stops with fenced instead of acknowledging")
     func staleOwnerFenced() throws {
         let memory = try MemoryTestNode()
