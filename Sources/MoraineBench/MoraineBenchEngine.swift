@@ -60,6 +60,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
             try Database.destroy(path: path, options: options(c))
             return
         }
+        // The memory node's arenas of the old database go back with it.
+        if memtableRegion != nil { try Database.destroy(path: path, options: options(c)) }
         PosixFileSystem.shared.removeTree(path)
         // A fresh database starts with a fresh persistent-memory region too (a memory node's
         // arenas of a removed database are adopted and given back by the next open).

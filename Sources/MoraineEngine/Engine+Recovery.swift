@@ -152,6 +152,7 @@ extension Engine {
     private func attachRegionMemtables() throws -> [MemTable] {
         guard let provider = options.memtableRegion else { return [] }
         var tables: [MemTable] = []
+        let path = path
         if options.readOnly {
             // Not ours: a private copy of what the owner has committed, taken without fencing it.
             for grant in try provider.list(database: path) where grant.logNumber >= versions.logNumber {
@@ -160,12 +161,20 @@ extension Engine {
             }
             return tables
         }
+        var live: [MemtableArenaGrant] = []
         for grant in try provider.adopt(database: path) {
             heldArenas[grant.logNumber] = grant
             guard grant.logNumber >= versions.logNumber else { continue }  // flushed; given back below
-            let name = "\(provider.description) arena \(grant.index) (log \(grant.logNumber))"
-            tables.append(try MemTable.attach(grant.arena, logNumber: grant.logNumber, name: name))
+            live.append(grant)
             versions.markFileNumberUsed(grant.logNumber)
+        }
+        // Each arena's check walks its whole skiplist: one thread per arena, as many as the
+        // background jobs may use.
+        let description = provider.description
+        let grants = live
+        tables = try parallelMap(grants.count, threads: options.maxBackgroundJobs) { i in
+            let grant = grants[i]
+            return try MemTable.attach(grant.arena, logNumber: grant.logNumber, name: "\(description) arena \(grant.index) (log \(grant.logNumber))")
         }
         return tables
     }

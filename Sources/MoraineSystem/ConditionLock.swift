@@ -111,3 +111,44 @@ public func startThreadIfPossible(name: String, _ body: @escaping @Sendable () -
     pthread_detach(thread)
     return true
 }
+
+/// `body(0..<count)`, the items spread over up to `threads` threads (this one included); the
+/// results in order. An item that throws makes the whole call throw (the first error, by index).
+public func parallelMap<T: Sendable>(
+    _ count: Int, threads: Int, _ body: @escaping @Sendable (Int) throws -> T
+) throws -> [T] {
+    let results = ParallelResults<T>(count)
+    let work: @Sendable () -> Void = {
+        while true {
+            let index: Int = results.lock.withLock {
+                defer { results.next += 1 }
+                return results.next
+            }
+            guard index < count else { break }
+            let outcome = Result { try body(index) }
+            results.lock.withLock { results.values[index] = outcome }
+        }
+        results.lock.withLock {
+            results.running -= 1
+            results.lock.broadcast()
+        }
+    }
+    let helpers = max(0, min(threads, count) - 1)
+    results.lock.withLock { results.running = 1 }
+    for i in 0..<helpers {
+        results.lock.withLock { results.running += 1 }
+        if !startThreadIfPossible(name: "moraine-par\(i)", work) { results.lock.withLock { results.running -= 1 } }
+    }
+    work()
+    results.lock.withLock { while results.running > 0 { results.lock.wait() } }
+    return try results.values.map { try $0!.get() }
+}
+
+/// The shared state of one `parallelMap`.
+private final class ParallelResults<T>: @unchecked Sendable {
+    let lock = ConditionLock()
+    var values: [Result<T, any Error>?]
+    var next = 0
+    var running = 0
+    init(_ count: Int) { values = Array(repeating: nil, count: count) }
+}

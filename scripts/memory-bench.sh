@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The memory node's benchmark (BENCHMARKS.md, "Memory node"), in one run on one machine:
+#  1. memtable placement: fillrandom, overwrite and memtable-resident readrandom with the memtable
+#     written in place in the memory node's region (`--engine memory`, pmem durability through it)
+#     against embedded Moraine with `--durability pmem` (its own region) and with the WAL (memtable
+#     in local memory), alternating workload by workload in one `moraine bench` process;
+#  2. recovery: reopening with two full 64 MiB memtables unflushed, re-attached from the region
+#     against replayed from the WAL (`moraine memory-bench`).
+# Prints Markdown tables of medians. Usage:
+#   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=3
+num=200000
+megabytes=128
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --num) num=$2; shift 2 ;;
+    --megabytes) megabytes=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+swift build -c release --product moraine >/dev/null
+moraine=$PWD/.build/release/moraine
+out=${out:-$(mktemp -d)}
+mkdir -p "$out"
+work=$(mktemp -d)
+run_dir=$work/run
+cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+"$moraine" up --run-dir "$run_dir" --detach >/dev/null
+# 200,000 writes of 16-byte keys and 100-byte values, twice (fill, overwrite), stay in one 64 MiB
+# memtable: every read is a memtable read.
+common=(--cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$num" --value_size 100
+  --write_buffer_size 67108864 --benchmarks fillrandom,overwrite,readrandom)
+for run in $(seq 1 "$runs"); do
+  echo "== placement run $run" >&2
+  "$moraine" bench "${common[@]}" --durability pmem --json "$out/placement-pmem-run$run.json" >&2
+  "$moraine" bench "${common[@]}" --durability wal --json "$out/placement-wal-run$run.json" >&2
+done
+echo "== recovery" >&2
+"$moraine" memory-bench --cluster "$run_dir" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" | tee "$out/recovery.txt" >&2
+python3 scripts/memory_bench_table.py "$out"

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Markdown tables from scripts/memory-bench.sh's files: per workload, the median over runs of
+the memory-node engine's throughput as a ratio to embedded Moraine with pmem durability and with
+the WAL in the same run, and the recovery line of `moraine memory-bench`.
+Usage: memory_bench_table.py DIR"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+
+def main(directory):
+    ratios = defaultdict(list)  # (workload, baseline) -> [memory / baseline]
+    ops = defaultdict(list)  # (workload, engine) -> [ops/s]
+    workloads = []
+    for path in sorted(glob.glob(os.path.join(directory, "placement-*-run*.json"))):
+        baseline = "pmem" if "-pmem-" in os.path.basename(path) else "wal"
+        rows = json.load(open(path))
+        by_engine = defaultdict(dict)
+        for row in rows:
+            by_engine[row["engine"]][row["benchmark"]] = row
+        for name, memory in by_engine["memory"].items():
+            embedded = by_engine["moraine"].get(name)
+            if embedded is None:
+                continue
+            if name not in workloads:
+                workloads.append(name)
+            ratios[(name, baseline)].append(memory["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
+            ops[(name, "memory-" + baseline)].append(memory["ops_per_sec"])
+            ops[(name, "embedded-" + baseline)].append(embedded["ops_per_sec"])
+    runs = max((len(v) for v in ratios.values()), default=0)
+    print(f"Medians of {runs} run(s).\n")
+    print("| workload | memory node (ops/s) | embedded pmem (ops/s) | memory node / embedded pmem | embedded WAL (ops/s) | memory node / embedded WAL |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in workloads:
+        def med(key):
+            values = ops.get(key)
+            return f"{statistics.median(values):,.0f}" if values else ""
+        def ratio(baseline):
+            values = ratios.get((name, baseline))
+            return f"{statistics.median(values):.2f}" if values else ""
+        print(f"| {name} | {med((name, 'memory-pmem'))} | {med((name, 'embedded-pmem'))} | {ratio('pmem')} "
+              f"| {med((name, 'embedded-wal'))} | {ratio('wal')} |")
+    recovery = os.path.join(directory, "recovery.txt")
+    if os.path.exists(recovery):
+        for line in open(recovery):
+            if line.startswith("median reopen") or line.startswith("memory-bench:"):
+                print("\n" + line.strip())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
