@@ -69,7 +69,10 @@ let package = Package(
         // The memory node (a region of memtable arenas), and the arena provider that reaches it.
         .target(
             name: "MoraineMemory",
-            dependencies: ["MoraineEngine", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport"]
+            dependencies: [
+                "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
         ),
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),

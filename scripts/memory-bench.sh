@@ -5,20 +5,30 @@
 #     against embedded Moraine with `--durability pmem` (its own region) and with the WAL (memtable
 #     in local memory), alternating workload by workload in one `moraine bench` process;
 #  2. recovery: reopening with two full 64 MiB memtables unflushed, re-attached from the region
-#     against replayed from the WAL (`moraine memory-bench`).
+#     against replayed from the WAL (`moraine memory-bench`);
+#  3. the shared block cache: readrandom and YCSB-B over --cache_nums keys of 100-byte values, an
+#     8 MiB local cache over the memory node's 256 MiB shared cache against embedded Moraine with
+#     8 MiB and with 264 MiB (--embedded_cache_size), alternating in one `moraine bench` process.
 # Prints Markdown tables of medians. Usage:
-#   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--out DIR]
+#   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
+#                                [--skip placement,recovery,cache] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
 num=200000
 megabytes=128
+cache_nums=1000000,5000000
+cache_runs=3
+skip=""
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --num) num=$2; shift 2 ;;
     --megabytes) megabytes=$2; shift 2 ;;
+    --cache_nums) cache_nums=$2; shift 2 ;;
+    --cache_runs) cache_runs=$2; shift 2 ;;
+    --skip) skip=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -36,11 +46,27 @@ trap cleanup EXIT
 # memtable: every read is a memtable read.
 common=(--cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$num" --value_size 100
   --write_buffer_size 67108864 --benchmarks fillrandom,overwrite,readrandom)
-for run in $(seq 1 "$runs"); do
-  echo "== placement run $run" >&2
-  "$moraine" bench "${common[@]}" --durability pmem --json "$out/placement-pmem-run$run.json" >&2
-  "$moraine" bench "${common[@]}" --durability wal --json "$out/placement-wal-run$run.json" >&2
-done
-echo "== recovery" >&2
-"$moraine" memory-bench --cluster "$run_dir" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" | tee "$out/recovery.txt" >&2
+if [[ ",$skip," != *",placement,"* ]]; then
+  for run in $(seq 1 "$runs"); do
+    echo "== placement run $run" >&2
+    "$moraine" bench "${common[@]}" --durability pmem --json "$out/placement-pmem-run$run.json" >&2
+    "$moraine" bench "${common[@]}" --durability wal --json "$out/placement-wal-run$run.json" >&2
+  done
+fi
+if [[ ",$skip," != *",recovery,"* ]]; then
+  echo "== recovery" >&2
+  "$moraine" memory-bench --cluster "$run_dir" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" | tee "$out/recovery.txt" >&2
+fi
+if [[ ",$skip," != *",cache,"* ]]; then
+  for keys in ${cache_nums//,/ }; do
+    for run in $(seq 1 "$cache_runs"); do
+      for peer in 8388608 276824064; do
+        echo "== cache $keys keys, embedded cache $peer, run $run" >&2
+        "$moraine" bench --cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$keys" --value_size 100 \
+          --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" \
+          --benchmarks fillrandom,readrandom,ycsb_load,ycsbb --json "$out/cache-$keys-$peer-run$run.json" >&2
+      done
+    done
+  done
+fi
 python3 scripts/memory_bench_table.py "$out"

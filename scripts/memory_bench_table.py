@@ -44,11 +44,55 @@ def main(directory):
             return f"{statistics.median(values):.2f}" if values else ""
         print(f"| {name} | {med((name, 'memory-pmem'))} | {med((name, 'embedded-pmem'))} | {ratio('pmem')} "
               f"| {med((name, 'embedded-wal'))} | {ratio('wal')} |")
+    cache_table(directory)
     recovery = os.path.join(directory, "recovery.txt")
     if os.path.exists(recovery):
         for line in open(recovery):
             if line.startswith("median reopen") or line.startswith("memory-bench:"):
                 print("\n" + line.strip())
+
+
+def cache_table(directory):
+    """readrandom and YCSB-B: the memory engine (8 MiB local + the shared cache) against embedded
+    Moraine with 8 MiB and with 264 MiB, per key count."""
+    ratios = defaultdict(list)  # (keys, workload, peer) -> [memory / embedded]
+    ops = defaultdict(list)
+    hits = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(directory, "cache-*-run*.json"))):
+        match = re.match(r"cache-(\d+)-(\d+)-run\d+\.json", os.path.basename(path))
+        if not match:
+            continue
+        keys, peer = int(match.group(1)), int(match.group(2))
+        by_engine = defaultdict(dict)
+        for row in json.load(open(path)):
+            by_engine[row["engine"]][row["benchmark"]] = row
+        for name in ("readrandom", "ycsbb"):
+            memory = by_engine["memory"].get(name)
+            embedded = by_engine["moraine"].get(name)
+            if memory is None or embedded is None:
+                continue
+            ratios[(keys, name, peer)].append(memory["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
+            ops[(keys, name, "memory")].append(memory["ops_per_sec"])
+            ops[(keys, name, peer)].append(embedded["ops_per_sec"])
+    if not ratios:
+        return
+    runs = max(len(v) for v in ratios.values())
+    print(f"\nShared block cache, medians of {runs} run(s):\n")
+    print("| keys | workload | 8 MiB + 256 MiB shared (ops/s) | embedded 8 MiB (ops/s) | ratio | embedded 264 MiB (ops/s) | ratio |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for keys in sorted({k for k, _, _ in ratios}):
+        for name in ("readrandom", "ycsbb"):
+            def med(key):
+                values = ops.get(key)
+                return f"{statistics.median(values):,.0f}" if values else ""
+            small, large = 8388608, 276824064
+            print(f"| {keys:,} | {name} | {med((keys, name, 'memory'))} | {med((keys, name, small))} "
+                  f"| {fmt_ratio(ratios.get((keys, name, small)))} "
+                  f"| {med((keys, name, large))} | {fmt_ratio(ratios.get((keys, name, large)))} |")
+
+
+def fmt_ratio(values):
+    return f"{statistics.median(values):.2f}" if values else ""
 
 
 if __name__ == "__main__":

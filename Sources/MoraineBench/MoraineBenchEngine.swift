@@ -12,24 +12,36 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     let jobRunner: (any JobRunner)?
     /// Memtables in a memory node's region, `pmem` durability through it.
     let memtableRegion: (any MemtableArenaProvider)?
+    /// A second block-cache tier for the database at a path (a memory node's shared cache).
+    let secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)?
+    /// The block cache's size, whatever --cache_size says (nil: --cache_size).
+    let cacheSizeBytes: Int?
 
-    /// Embedded Moraine, engine "moraine".
-    public init() {
+    /// Embedded Moraine, engine "moraine"; with `cacheSizeBytes`, its block cache is that big
+    /// whatever --cache_size says (a peer for a tiered cache).
+    public init(cacheSizeBytes: Int? = nil) {
         name = "moraine"
         fileSystem = nil
         storageRequests = nil
         jobRunner = nil
         memtableRegion = nil
+        secondaryCache = nil
+        self.cacheSizeBytes = cacheSizeBytes
     }
 
     /// Moraine with its files here and its memtables in the arenas `memtableRegion` grants (a
-    /// memory node's), durability `pmem` through it whatever --durability says: engine `name`.
-    public init(name: String, memtableRegion: any MemtableArenaProvider) {
+    /// memory node's), durability `pmem` through it whatever --durability says, and a second
+    /// block-cache tier from `secondaryCache`: engine `name`.
+    public init(
+        name: String, memtableRegion: any MemtableArenaProvider, secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
+    ) {
         self.name = name
         fileSystem = nil
         storageRequests = nil
         jobRunner = nil
         self.memtableRegion = memtableRegion
+        self.secondaryCache = secondaryCache
+        cacheSizeBytes = nil
     }
 
     /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
@@ -43,6 +55,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         self.storageRequests = storageRequests
         self.jobRunner = jobRunner
         memtableRegion = nil
+        secondaryCache = nil
+        cacheSizeBytes = nil
     }
 
     public var engineNames: [String] { [name] }
@@ -70,8 +84,10 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     }
 
     public func open(_ name: String, path: String, configuration c: BenchConfiguration) throws -> any BenchEngine {
-        MoraineBenchEngine(
-            name: name, database: try Database(path: path, options: options(c)),
+        var options = options(c)
+        options.secondaryBlockCache = secondaryCache?(path)
+        return MoraineBenchEngine(
+            name: name, database: try Database(path: path, options: options),
             writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL), storageRequests: storageRequests)
     }
 
@@ -88,7 +104,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.maxBackgroundJobs = c.maxBackgroundJobs
         options.blockSize = c.blockSizeBytes
         options.bloomBitsPerKey = c.bloomBitsPerKey
-        options.blockCacheSize = c.cacheSizeBytes
+        options.blockCacheSize = cacheSizeBytes ?? c.cacheSizeBytes
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath

@@ -38,10 +38,14 @@ struct Bench: ParsableCommand {
                 workers when it has any.
                 """)
         var cluster: String?
+        @Option(
+            name: .customLong("embedded_cache_size"),
+            help: "The embedded engine's block cache in bytes, whatever --cache_size says (to compare with a tiered cache).")
+        var embeddedCacheSize: Int?
     }
 
     func run() throws {
-        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine", "cluster"])
+        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine", "cluster", "embedded_cache_size"])
         if normalized.contains(where: { ["--help", "-h", "-help"].contains($0) }) {
             // The options part of the help (its own usage line would name the wrapper type).
             let help = Arguments.helpMessage(columns: 100)
@@ -57,7 +61,7 @@ struct Bench: ParsableCommand {
         }
         try reporting {
             let names = (parsed.engine ?? (parsed.cluster == nil ? "moraine" : "cluster")).split(separator: ",").map(String.init)
-            var factories: [any BenchEngineFactory] = [MoraineBenchFactory()]
+            var factories: [any BenchEngineFactory] = [MoraineBenchFactory(cacheSizeBytes: parsed.embeddedCacheSize)]
             if names.contains("cluster") {
                 guard let cluster = parsed.cluster else {
                     throw ValidationError("--engine cluster needs --cluster RUNDIR (the run directory of moraine up)")
@@ -79,8 +83,11 @@ struct Bench: ParsableCommand {
                 let arenas = MemoryNodeArenas(key: key, epoch: { _ in 0 }) { () throws(TransportError) -> Endpoint in
                     try run.endpoint(of: "memory")
                 }
-                factories.append(MoraineBenchFactory(name: "memory", memtableRegion: arenas))
-                print("memory: files here, memtables in the region of the memory node of \(cluster), durability pmem through it")
+                factories.append(
+                    MoraineBenchFactory(name: "memory", memtableRegion: arenas) { MemoryNodeBlockCache(database: $0, arenas: arenas) })
+                print(
+                    "memory: files here, memtables in the region of the memory node of \(cluster) (durability pmem through it), "
+                        + "its shared block cache under --cache_size")
             }
             let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
             try runner.run()

@@ -99,7 +99,11 @@ struct DatabaseOptions: ParsableArguments {
         if let cluster {
             let fileSystem = try Self.remoteFileSystem(cluster: cluster)
             options.fileSystem = fileSystem
-            options.memtableRegion = try Self.memoryNode(cluster: cluster, fileSystem: fileSystem)
+            if let memory = try Self.memoryNode(cluster: cluster, fileSystem: fileSystem) {
+                options.memtableRegion = memory
+                // The node's shared block cache, under this process's own (--cache_size).
+                options.secondaryBlockCache = MemoryNodeBlockCache(database: db, arenas: memory)
+            }
             if let runner = try Self.jobRunner(cluster: cluster) {
                 options.jobRunner = runner
                 // Room for compactions side by side on the workers, and a thread for flushes.

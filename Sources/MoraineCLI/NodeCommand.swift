@@ -33,6 +33,10 @@ struct NodeCommand: ParsableCommand {
     var regionSize: Int?
     @Option(name: .customLong("arena-size"), help: "Memory: bytes of one memtable arena (default 66 MiB; a multiple of 4096).")
     var arenaSize: Int = MemoryRole.defaultArenaBytes
+    @Option(name: .customLong("cache-size"), help: "Memory: bytes of the region for the shared block cache (default 0: none).")
+    var cacheSize = 0
+    @Option(name: .customLong("cache-slot-size"), help: "Memory: bytes of one cache slot (the largest block it holds, plus 64).")
+    var cacheSlotSize = SharedCacheLayout.defaultSlotBytes
     @Option(
         help: """
             Where to listen: shm:PATH (a Unix socket, then shared memory) or tcp:HOST:PORT (port 0: any). \
@@ -62,6 +66,12 @@ struct NodeCommand: ParsableCommand {
             }
             guard arenaSize >= 128 << 10, arenaSize % 4096 == 0, arenaSize <= 1 << 31 else {
                 throw ValidationError("--arena-size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(arenaSize)")
+            }
+            guard cacheSlotSize >= 1024, cacheSlotSize % 64 == 0, cacheSlotSize <= 1 << 20 else {
+                throw ValidationError("--cache-slot-size must be 1024…1048576 in multiples of 64, not \(cacheSlotSize)")
+            }
+            guard cacheSize >= 0, cacheSize <= regionSize - arenaSize - 4096 else {
+                throw ValidationError("--cache-size must leave room for an arena in --region-size, not \(cacheSize)")
             }
             guard regionSize >= arenaSize + 4096, regionSize <= 1 << 44 else {
                 throw ValidationError("--region-size must hold at least one arena and its header (\(arenaSize + 4096) bytes), not \(regionSize)")
@@ -105,6 +115,8 @@ struct NodeCommand: ParsableCommand {
                 regionPath: region ?? "", regionBytes: regionSize ?? 0, arenaBytes: arenaSize, endpoint: endpoint,
                 clusterKeyPath: clusterKey ?? run.keyPath, numaNode: numaNode)
             configuration.link = link
+            configuration.cacheBytes = cacheSize
+            configuration.slotBytes = cacheSlotSize
             return try MemoryRole.run(configuration, announce: announce)
         }
         var configuration = StorageRoleConfiguration(

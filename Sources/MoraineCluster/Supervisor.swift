@@ -33,7 +33,7 @@ public final class Supervisor {
         let data: String?
         /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
         /// file (removed when the cluster stops with no arena held).
-        var region: (path: String, bytes: Int, arenaBytes: Int, isDefault: Bool)? = nil
+        var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
         var endpoint: Endpoint
         let linkDelayNanos: Int64
         var pid: Int32 = 0
@@ -88,7 +88,7 @@ public final class Supervisor {
                     linkDelayNanos: spec.linkDelayNanos)
                 if spec.kind == "memory" {
                     let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
-                    instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.region == nil)
+                    instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.cacheBytes, spec.region == nil)
                 }
                 instances.append(instance)
             }
@@ -171,7 +171,10 @@ public final class Supervisor {
         if let data = instance.data { arguments += ["--data", data] }
         if instance.kind == "compaction" || instance.kind == "flush" { arguments += ["--cluster", run.path] }
         if let region = instance.region {
-            arguments += ["--region", region.path, "--region-size", String(region.bytes), "--arena-size", String(region.arenaBytes)]
+            arguments += [
+                "--region", region.path, "--region-size", String(region.bytes), "--arena-size", String(region.arenaBytes), "--cache-size",
+                String(region.cacheBytes),
+            ]
         }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }

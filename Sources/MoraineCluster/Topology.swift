@@ -13,6 +13,7 @@
 //   region = "/dev/shm/x" # memory: the region file (default /dev/shm/moraine-<run dir>-memory-N.region)
 //   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
+//   cache_size = 268435456 # memory: bytes of the region for the shared block cache (default 256 MiB)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
 // Value types; no shared state.
@@ -32,6 +33,7 @@ public struct Topology: Sendable, Equatable {
         public var region: String? = nil
         public var regionBytes = 1 << 30
         public var arenaBytes = 66 << 20
+        public var cacheBytes = 256 << 20
 
         public init(kind: String) { self.kind = kind }
     }
@@ -101,6 +103,9 @@ public struct Topology: Sendable, Equatable {
                 guard role.arenaBytes >= 128 << 10, role.arenaBytes % 4096 == 0, role.arenaBytes <= 1 << 31 else {
                     throw MoraineError(.invalid, "\(at): arena_size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(role.arenaBytes)")
                 }
+                guard role.cacheBytes >= 0, role.cacheBytes <= role.regionBytes - role.arenaBytes - 4096 else {
+                    throw MoraineError(.invalid, "\(at): cache_size must leave room for an arena in region_size, not \(role.cacheBytes)")
+                }
                 guard role.regionBytes >= role.arenaBytes + 4096, role.regionBytes <= 1 << 44 else {
                     throw MoraineError(.invalid, "\(at): region_size must hold one arena and the header, not \(role.regionBytes)")
                 }
@@ -134,10 +139,11 @@ public struct Topology: Sendable, Equatable {
         case "region": role.region = try text()
         case "region_size": role.regionBytes = try integer()
         case "arena_size": role.arenaBytes = try integer()
+        case "cache_size": role.cacheBytes = try integer()
         default:
             throw MoraineError(
                 .invalid,
-                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, arena_size)")
+                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, arena_size, cache_size)")
         }
     }
 

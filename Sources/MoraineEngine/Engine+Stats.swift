@@ -63,6 +63,8 @@ public struct EngineStats: Sendable {
     /// them), and region arenas held now.
     public var reattachedMemtables = 0
     public var regionArenas = 0
+    /// The second block-cache tier's counters (zero without one).
+    public var secondaryCache = SecondaryCacheCounters()
     public var backgroundError: String? = nil
 
     /// One line of JSON.
@@ -88,6 +90,9 @@ public struct EngineStats: Sendable {
             ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
             ("lost_jobs", lostJobs), ("remote_flushes", remoteFlushes), ("flush_fallbacks", flushFallbacks),
             ("job_cpu_micros", jobCPUMicros), ("reattached_memtables", reattachedMemtables), ("region_arenas", regionArenas),
+            ("secondary_cache_hits", secondaryCache.hits), ("secondary_cache_misses", secondaryCache.misses),
+            ("secondary_cache_corrupt", secondaryCache.corrupt), ("secondary_cache_inserts", secondaryCache.inserts),
+            ("secondary_cache_dropped", secondaryCache.dropped),
         ]
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
@@ -176,6 +181,7 @@ extension Engine {
         s.flushFallbacks = options.jobRunner.flushFallbacks
         s.jobCPUMicros = c.jobCPUMicros
         s.reattachedMemtables = c.reattachedMemtables
+        if let secondary = options.secondaryBlockCache { s.secondaryCache = secondary.counters }
         return s
     }
 

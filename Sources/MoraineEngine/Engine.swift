@@ -118,7 +118,8 @@ public final class Engine: @unchecked Sendable {
         self.fileLock = lock
         self.blockCache = options.blockCacheSize > 0 ? BlockCache(capacityBytes: options.blockCacheSize) : nil
         self.tableCache = TableCache(
-            directory: path, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles)
+            directory: path, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles,
+            secondary: options.secondaryBlockCache)
         self.versions = VersionSet(directory: path, options: options, sink: obsolete)
         self.memtableArenas = MemTableArenaPool(limit: 1, maxCapacity: options.writeBufferSize + (2 << 20))
         self.mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: 0)
@@ -186,6 +187,9 @@ public final class Engine: @unchecked Sendable {
                 for name in try fs.children(of: path) {
                     if case .manifest(let number) = DatabaseFile(name: name) { engine.versions.markFileNumberUsed(number) }
                 }
+                // A new database reuses file numbers an earlier one of its name had: nothing the
+                // second tier holds for that name can be its.
+                try options.secondaryBlockCache?.invalidateAll()
                 try engine.versions.writeNewManifest(lastSequence: 0)
             }
             try engine.recover()

@@ -84,6 +84,10 @@ public struct Options: Sendable {
     /// the memtables are written there in place and the region is the log; the embedded region
     /// (`pmemPath`) is then not used. An open also re-attaches the arenas an earlier owner left.
     public var memtableRegion: (any MemtableArenaProvider)? = nil
+    /// A second block-cache tier under the block cache (a memory node's shared cache): blocks
+    /// missing from the block cache are looked up there before the file is read, and blocks
+    /// read from the file are offered to it. Advisory; nil: none.
+    public var secondaryBlockCache: (any SecondaryBlockCache)? = nil
     /// Arenas in a new region; nil: max_write_buffer_number + 2.
     public var pmemArenaCount: Int? = nil
     /// The NUMA node a new region's pages are bound to; nil: no binding.

@@ -13,11 +13,16 @@ final class TableCache: @unchecked Sendable {
     private let directory: String
     private let fileSystem: any FileSystem
     let blockCache: BlockCache?
+    let secondary: (any SecondaryBlockCache)?
 
-    init(directory: String, fileSystem: any FileSystem, blockCache: BlockCache?, capacity: Int) {
+    init(
+        directory: String, fileSystem: any FileSystem, blockCache: BlockCache?, capacity: Int,
+        secondary: (any SecondaryBlockCache)? = nil
+    ) {
         self.directory = directory
         self.fileSystem = fileSystem
         self.blockCache = blockCache
+        self.secondary = secondary
         self.capacity = max(capacity, 16)
     }
 
@@ -26,7 +31,8 @@ final class TableCache: @unchecked Sendable {
     func reader(_ number: UInt64) throws -> TableReader {
         if let reader = lock.withLock({ readers[number] }) { return reader }
         let path = joinPath(directory, DatabaseFile.table(number).name)
-        let reader = try TableReader(file: try fileSystem.openRandomAccess(path), name: path, cache: blockCache)
+        let reader = try TableReader(
+            file: try fileSystem.openRandomAccess(path), name: path, cache: blockCache, secondary: secondary, fileNumber: number)
         return lock.withLock {
             if let existing = readers[number] { return existing }
             readers[number] = reader

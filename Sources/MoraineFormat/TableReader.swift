@@ -16,14 +16,23 @@ public final class TableReader: @unchecked Sendable {
     private let indexSearch: IndexSearch?
     private let filter: UnsafeRawBufferPointer?
     private let cache: BlockCache?
+    /// The second tier, and this table's file number there.
+    private let secondary: (any SecondaryBlockCache)?
+    private let fileNumber: UInt64
 
     /// Opens and validates a table.
+    /// - Parameter secondary: a second block-cache tier, which knows this table as `fileNumber`.
     /// - Throws: `.corruption` naming the file when the footer, index, filter or properties fail
     ///   their checks.
-    public init(file: any RandomAccessFile, name: String, cache: BlockCache?) throws {
+    public init(
+        file: any RandomAccessFile, name: String, cache: BlockCache?, secondary: (any SecondaryBlockCache)? = nil,
+        fileNumber: UInt64 = 0
+    ) throws {
         self.file = file
         self.name = name
         self.cache = cache
+        self.secondary = secondary
+        self.fileNumber = fileNumber
         self.tableID = BlockCache.newTableID()
         let size = file.size
         self.fileSizeBytes = size
@@ -153,8 +162,24 @@ public final class TableReader: @unchecked Sendable {
     public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true, readahead: Readahead? = nil) throws -> Block {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
+        if let block = try secondaryBlock(handle) {
+            if fillCache, let cache { cache.insert(key, block) }
+            return block
+        }
         let block: Block
         if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
+            if fillCache { secondary?.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw)) }
+            let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
+            block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
+        } else if let secondary, fillCache {
+            let raw = try Self.allocateRawBlock(handle, name: name, what: "data block")
+            do {
+                try file.readExactly(at: handle.offset, into: raw, name: name)
+            } catch {
+                raw.deallocate()
+                throw error
+            }
+            secondary.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw))
             let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
             block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
         } else {
@@ -162,6 +187,23 @@ public final class TableReader: @unchecked Sendable {
         }
         if fillCache, let cache { cache.insert(key, block) }
         return block
+    }
+
+    /// The data block at `handle` from the second tier, checked like one read from the file;
+    /// nil when the tier does not hold it, or holds it damaged (then the file is read).
+    private func secondaryBlock(_ handle: BlockHandle) throws -> Block? {
+        guard let secondary else { return nil }
+        let raw = try Self.allocateRawBlock(handle, name: name, what: "data block")
+        guard secondary.lookup(file: fileNumber, offset: handle.offset, into: raw) else {
+            raw.deallocate()
+            return nil
+        }
+        do {
+            let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
+            return try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
+        } catch let error as MoraineError where error.kind == .corruption {
+            return nil  // not what the table holds there (the tier's CRC passed a stale block): read the file
+        }
     }
 
     /// Whether the bloom filter admits `userKey` (true when there is no filter).
@@ -202,7 +244,11 @@ public final class TableReader: @unchecked Sendable {
 
     /// The cached data block at `handle`, if the cache holds it.
     public func cachedDataBlock(_ handle: BlockHandle) -> Block? {
-        cache?.lookup(BlockCacheKey(tableID: tableID, offset: handle.offset))
+        let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
+        if let block = cache?.lookup(key) { return block }
+        guard let block = try? secondaryBlock(handle) else { return nil }
+        cache?.insert(key, block)
+        return block
     }
 
     /// A buffer to read the data block at `handle` into (payload and trailer); pass it to
@@ -215,6 +261,7 @@ public final class TableReader: @unchecked Sendable {
     /// Takes ownership of `raw`.
     /// - Throws: `.corruption` naming the file and offset.
     public func dataBlock(fromRead raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, fillCache: Bool) throws -> Block {
+        if fillCache { secondary?.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw)) }
         let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
         let block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
         if fillCache, let cache { cache.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }

@@ -18,6 +18,9 @@ public final class MemoryNode: Sendable {
         let region: MemoryRegion
         /// The newest epoch seen per database id.
         var epochs: [UInt64: UInt64] = [:]
+        /// The shared cache's CLOCK hand per set.
+        var hands: [UInt8] = []
+        var cacheInserts: UInt64 = 0
     }
 
     private let state: Mutex<State>
@@ -28,7 +31,10 @@ public final class MemoryNode: Sendable {
         self.region = region
         var epochs: [UInt64: UInt64] = [:]
         for entry in region.entries() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
-        state = Mutex(State(region: region, epochs: epochs))
+        // Slots a crash left half written are emptied; the others are whole (and CRC-checked by readers).
+        let cache = region.layout.cache
+        _ = region.mapping.sharedCacheClear(cache, database: 0)
+        state = Mutex(State(region: region, epochs: epochs, hands: Array(repeating: 0, count: cache.sets)))
     }
 
     /// A router that serves the memory node's protocol.
@@ -56,6 +62,22 @@ public final class MemoryNode: Sendable {
                 return .failure(error)
             }
         }
+        router.register(MemoryOpcode.cacheInsert) { [self] request in
+            do throws(TransportError) {
+                cacheInsert(try .decode(request.payload))
+                return .success(.bytes([]))
+            } catch {
+                return .failure(error)
+            }
+        }
+        router.register(MemoryOpcode.cacheForget) { [self] request in
+            do throws(TransportError) {
+                _ = cacheForget(try MemoryAdopt.decode(request.payload).database)
+                return .success(.bytes([]))
+            } catch {
+                return .failure(error)
+            }
+        }
         router.register(MemoryOpcode.allocate) { [self] request in
             do throws(TransportError) {
                 return .success(.bytes(try allocate(.decode(request.payload)).encoded()))
@@ -78,7 +100,8 @@ public final class MemoryNode: Sendable {
         return MemoryRegionInfo(
             path: region.path, layoutVersion: MemoryRegionLayout.version, regionBytes: UInt64(region.layout.regionBytes),
             arenaBytes: UInt64(region.layout.arenaBytes), arenaCount: UInt32(region.layout.arenaCount), freeArenas: UInt32(free),
-            isPersistentMemory: region.mapping.isPersistentMemory)
+            isPersistentMemory: region.mapping.isPersistentMemory, cacheSlots: UInt64(region.layout.cacheSlots),
+            slotBytes: UInt32(region.layout.slotBytes))
     }
 
     public var status: MemoryStatusReply {
@@ -119,6 +142,29 @@ public final class MemoryNode: Sendable {
             }
             return MemoryArenaList(arenas: arenas)
         }
+    }
+
+    /// Stores blocks in the shared cache (each in its set, evicting by CLOCK there).
+    public func cacheInsert(_ request: MemoryCacheInsert) {
+        let id = MemoryDatabaseID.of(request.database)
+        let cache = region.layout.cache
+        guard cache.sets > 0 else { return }
+        state.withLock { state in
+            for block in request.blocks {
+                let set = cache.set(database: id, file: block.file, offset: block.offset)
+                block.bytes.withUnsafeBytes {
+                    state.region.mapping.sharedCacheInsert(
+                        cache, hand: &state.hands[set], database: id, file: block.file, offset: block.offset, bytes: $0)
+                }
+                state.cacheInserts += 1
+            }
+        }
+    }
+
+    /// Forgets every cached block of `database`; returns how many slots were emptied.
+    public func cacheForget(_ database: String) -> Int {
+        let id = MemoryDatabaseID.of(database)
+        return state.withLock { state in state.region.mapping.sharedCacheClear(state.region.layout.cache, database: id) }
     }
 
     /// The database's arenas, changing nothing.

@@ -21,8 +21,8 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         var info: MemoryRegionInfo? = nil
     }
 
-    private let endpoint: @Sendable () throws(TransportError) -> Endpoint
-    private let key: ClusterKey
+    let endpoint: @Sendable () throws(TransportError) -> Endpoint
+    let key: ClusterKey
     private let epoch: @Sendable (String) -> UInt64
     private let state = Mutex(State())
     /// How long one request may take.
@@ -96,16 +96,23 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
             arena: MemTableRegionArena(region: region, offset: offset, bytes: layout.arenaBytes, epoch: epoch), index: index, logNumber: tag)
     }
 
+    /// The region's geometry as `info` describes it.
+    private static func layout(_ info: MemoryRegionInfo) -> MemoryRegionLayout {
+        MemoryRegionLayout(
+            arenaBytes: Int(info.arenaBytes), arenaCount: Int(info.arenaCount), cacheSlots: Int(info.cacheSlots),
+            slotBytes: Int(info.slotBytes))
+    }
+
     /// The region, mapped on first use and checked against the node's description of it.
-    private func mapped() throws -> (PmemRegion, MemoryRegionLayout) {
+    func mapped() throws -> (PmemRegion, MemoryRegionLayout) {
         if let ready = state.withLock({ state in state.region.map { ($0, state.info!) } }) {
-            return (ready.0, MemoryRegionLayout(arenaBytes: Int(ready.1.arenaBytes), arenaCount: Int(ready.1.arenaCount)))
+            return (ready.0, Self.layout(ready.1))
         }
         let info = try MemoryRegionInfo.decode(try call(MemoryOpcode.regionInfo, []))
         guard info.layoutVersion == MemoryRegionLayout.version else {
             throw MoraineError(.invalid, "the memory node's region has layout version \(info.layoutVersion); this build reads \(MemoryRegionLayout.version)")
         }
-        let layout = MemoryRegionLayout(arenaBytes: Int(info.arenaBytes), arenaCount: Int(info.arenaCount))
+        let layout = Self.layout(info)
         let region: PmemRegion
         do {
             region = try PmemRegion.mapping(path: info.path, sizeBytes: 0, create: false)
@@ -115,7 +122,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         }
         guard region.sizeBytes >= layout.regionBytes, layout.regionBytes == Int(info.regionBytes),
             region.loadWord(at: 0) == MemoryRegionLayout.magic, Int(region.loadWord(at: 24)) == layout.arenaBytes,
-            Int(region.loadWord(at: 32)) == layout.arenaCount
+            Int(region.loadWord(at: 32)) == layout.arenaCount, Int(region.loadWord(at: 40)) == layout.cacheSlots
         else {
             throw MoraineError(
                 .invalid, "\(info.path) (\(region.sizeBytes) bytes) is not the region the memory node describes "

@@ -1,12 +1,14 @@
 // The memory node's region: a header, a table of arenas, and the arenas themselves, each holding
 // one compute node's memtable (MemTable+Region.swift owns an arena's inside). docs/MEMORY.md has
 // the byte map:
-//   header   magic "MORMEMN1", layout version, header bytes, region bytes, arena bytes, arena count
+//   header   magic "MORMEMN1", layout version, header bytes, region bytes, arena bytes, arena count,
+//            cache slots, slot bytes
 //   table    at 64, one 32-byte entry per arena: tag (0: free; else the memtable's log number, the
 //            word that publishes the entry), database id, owner epoch, reserved
 //   arenas   from `header bytes` on, `arena bytes` each; an arena's first 32 bytes repeat its
 //            entry (magic "MORMEMT1", tag, database id, epoch), so a reader that maps the region
 //            can tell whose arena it is without asking
+//   cache    after the arenas: the shared block cache's slots (SharedCache.swift)
 // The memory node is the only writer of the header, the table and an arena's first 32 bytes.
 // Crash consistency (8-byte stores are the only atomic unit):
 // - format: every field and the zeroed table, persisted, then the magic, persisted;
@@ -31,23 +33,34 @@ public struct MemoryRegionLayout: Sendable, Equatable {
 
     public let arenaBytes: Int
     public let arenaCount: Int
+    /// The shared block cache after the arenas: `cacheSlots` slots of `slotBytes` (0: none).
+    public let cacheSlots: Int
+    public let slotBytes: Int
 
-    public init(arenaBytes: Int, arenaCount: Int) {
+    public init(arenaBytes: Int, arenaCount: Int, cacheSlots: Int = 0, slotBytes: Int = SharedCacheLayout.defaultSlotBytes) {
         self.arenaBytes = arenaBytes
         self.arenaCount = arenaCount
+        self.cacheSlots = cacheSlots
+        self.slotBytes = slotBytes
     }
 
-    /// The most arenas of `arenaBytes` a region of `regionBytes` holds.
-    public init(regionBytes: Int, arenaBytes: Int) {
-        var count = max(0, regionBytes / arenaBytes)
-        while count > 0 && Self.headerBytes(arenaCount: count) + count * arenaBytes > regionBytes { count -= 1 }
-        self.init(arenaBytes: arenaBytes, arenaCount: count)
+    /// The most arenas of `arenaBytes` a region of `regionBytes` holds beside a cache of
+    /// `cacheBytes` (whole sets of slots).
+    public init(regionBytes: Int, arenaBytes: Int, cacheBytes: Int = 0, slotBytes: Int = SharedCacheLayout.defaultSlotBytes) {
+        let slots = cacheBytes / slotBytes / SharedCacheLayout.ways * SharedCacheLayout.ways
+        let room = regionBytes - slots * slotBytes
+        var count = max(0, room / arenaBytes)
+        while count > 0 && Self.headerBytes(arenaCount: count) + count * arenaBytes > room { count -= 1 }
+        self.init(arenaBytes: arenaBytes, arenaCount: count, cacheSlots: slots, slotBytes: slotBytes)
     }
 
     static func headerBytes(arenaCount: Int) -> Int { (tableOffset + entryBytes * arenaCount + 4095) & ~4095 }
     public var headerBytes: Int { Self.headerBytes(arenaCount: arenaCount) }
-    public var regionBytes: Int { headerBytes + arenaBytes * arenaCount }
+    public var regionBytes: Int { cacheOffset + cacheSlots * slotBytes }
     public func arenaOffset(_ index: Int) -> Int { headerBytes + index * arenaBytes }
+    /// Where the shared block cache starts.
+    public var cacheOffset: Int { headerBytes + arenaBytes * arenaCount }
+    public var cache: SharedCacheLayout { SharedCacheLayout(offset: cacheOffset, slots: cacheSlots, slotBytes: slotBytes) }
     func entryOffset(_ index: Int) -> Int { Self.tableOffset + Self.entryBytes * index }
 }
 
@@ -112,9 +125,14 @@ public final class MemoryRegion: @unchecked Sendable {
         guard version == MemoryRegionLayout.version else {
             throw MoraineError(.invalid, "\(path): memory region layout version \(version); this build reads \(MemoryRegionLayout.version)")
         }
+        let cacheSlots = Int(truncatingIfNeeded: mapping.loadWord(at: 40))
+        let slotBytes = Int(truncatingIfNeeded: mapping.loadWord(at: 48))
         var differences: [String] = []
         if arenaBytes != layout.arenaBytes { differences.append("arenas of \(arenaBytes) bytes, not \(layout.arenaBytes)") }
         if arenaCount != layout.arenaCount { differences.append("\(arenaCount) arenas, not \(layout.arenaCount)") }
+        if cacheSlots != layout.cacheSlots || (cacheSlots > 0 && slotBytes != layout.slotBytes) {
+            differences.append("a cache of \(cacheSlots) slots of \(slotBytes) bytes, not \(layout.cacheSlots) of \(layout.slotBytes)")
+        }
         if headerBytes != layout.headerBytes || regionBytes != layout.regionBytes {
             differences.append("\(regionBytes) region bytes with a \(headerBytes)-byte header, not \(layout.regionBytes) and \(layout.headerBytes)")
         }
@@ -133,6 +151,8 @@ public final class MemoryRegion: @unchecked Sendable {
         mapping.storeWord(UInt64(layout.regionBytes), at: 16)
         mapping.storeWord(UInt64(layout.arenaBytes), at: 24)
         mapping.storeWord(UInt64(layout.arenaCount), at: 32)
+        mapping.storeWord(UInt64(layout.cacheSlots), at: 40)
+        mapping.storeWord(UInt64(layout.slotBytes), at: 48)
         for index in 0..<layout.arenaCount {
             for word in 0..<4 { mapping.storeWord(0, at: layout.entryOffset(index) + 8 * word) }
         }

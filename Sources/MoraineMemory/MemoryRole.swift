@@ -11,6 +11,9 @@ public struct MemoryRoleConfiguration: Sendable {
     public var regionPath: String
     public var regionBytes: Int
     public var arenaBytes: Int
+    /// Bytes of the region for the shared block cache, in slots of `slotBytes` (0: none).
+    public var cacheBytes = 0
+    public var slotBytes = SharedCacheLayout.defaultSlotBytes
     public var endpoint: Endpoint
     public var clusterKeyPath: String
     public var numaNode: Int?
@@ -38,12 +41,15 @@ public enum MemoryRole {
         TerminationSignals.block()
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
-        let layout = MemoryRegionLayout(regionBytes: configuration.regionBytes, arenaBytes: configuration.arenaBytes)
+        let layout = MemoryRegionLayout(
+            regionBytes: configuration.regionBytes, arenaBytes: configuration.arenaBytes, cacheBytes: configuration.cacheBytes,
+            slotBytes: configuration.slotBytes)
         let region = try MemoryRegion.open(path: configuration.regionPath, layout: layout, numaNode: configuration.numaNode)
         let node = MemoryNode(region: region)
         let held = region.entries()
         SystemLog.info(
-            "memory node: region \(region.path), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB, \(held.count) held"
+            "memory node: region \(region.path), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB, \(held.count) held, "
+                + "a shared block cache of \(layout.cacheSlots) slots of \(layout.slotBytes) bytes"
                 + (configuration.numaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.mapping.durabilityDescription)")
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: node.router())
         announce(server.endpoint)

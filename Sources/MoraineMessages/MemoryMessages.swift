@@ -22,6 +22,64 @@ public enum MemoryOpcode {
     /// A database's arenas, for a reader that owns nothing (no epoch changes): `MemoryAdopt`
     /// (its epoch ignored) → `MemoryArenaList`.
     public static let list: UInt8 = 0x55
+    /// Blocks read from a storage node, for the shared cache: `MemoryCacheInsert` → empty.
+    public static let cacheInsert: UInt8 = 0x56
+    /// Forget every cached block of a database: `MemoryAdopt` (its epoch ignored) → empty.
+    public static let cacheForget: UInt8 = 0x57
+}
+
+/// Blocks for the shared cache, of one database.
+public struct MemoryCacheInsert: WireMessage, Equatable {
+    public static let wireName = "memory cache insert"
+    /// The most blocks, and the most bytes of one block, a request carries.
+    public static let blocksMax = 1024
+    public static let blockBytesMax = 1 << 20
+
+    public struct Block: Sendable, Equatable {
+        public var file: UInt64
+        public var offset: UInt64
+        public var bytes: [UInt8]
+
+        public init(file: UInt64, offset: UInt64, bytes: [UInt8]) {
+            self.file = file
+            self.offset = offset
+            self.bytes = bytes
+        }
+    }
+
+    public var database: String
+    public var blocks: [Block]
+
+    public init(database: String, blocks: [Block]) {
+        self.database = database
+        self.blocks = blocks
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u32(UInt32(blocks.count))
+        for block in blocks {
+            writer.u64(block.file)
+            writer.u64(block.offset)
+            writer.data(block.bytes)
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        let count = Int(try reader.u32("block count"))
+        guard count <= Self.blocksMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) blocks pass \(Self.blocksMax)") }
+        blocks = []
+        for _ in 0..<count {
+            let file = try reader.u64("file")
+            let offset = try reader.u64("offset")
+            let bytes = try reader.data("block")
+            guard bytes.count <= Self.blockBytesMax else {
+                throw TransportError(.malformed, "\(Self.wireName): a block of \(bytes.count) bytes")
+            }
+            blocks.append(Block(file: file, offset: offset, bytes: bytes))
+        }
+    }
 }
 
 /// A database's id in the region: FNV-1a (64-bit) of its name, the same in every process.
@@ -48,10 +106,13 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
     public var freeArenas: UInt32
     /// Real persistent memory (pmem_is_pmem) or an emulation that persists with msync.
     public var isPersistentMemory: Bool
+    /// The shared block cache's slots (0: none) and their bytes.
+    public var cacheSlots: UInt64
+    public var slotBytes: UInt32
 
     public init(
         path: String, layoutVersion: UInt32, regionBytes: UInt64, arenaBytes: UInt64, arenaCount: UInt32, freeArenas: UInt32,
-        isPersistentMemory: Bool
+        isPersistentMemory: Bool, cacheSlots: UInt64 = 0, slotBytes: UInt32 = 0
     ) {
         self.path = path
         self.layoutVersion = layoutVersion
@@ -60,6 +121,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         self.arenaCount = arenaCount
         self.freeArenas = freeArenas
         self.isPersistentMemory = isPersistentMemory
+        self.cacheSlots = cacheSlots
+        self.slotBytes = slotBytes
     }
 
     public func encode(into writer: inout WireWriter) {
@@ -70,6 +133,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         writer.u32(arenaCount)
         writer.u32(freeArenas)
         writer.bool(isPersistentMemory)
+        writer.u64(cacheSlots)
+        writer.u32(slotBytes)
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -80,6 +145,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         arenaCount = try reader.u32("arena count")
         freeArenas = try reader.u32("free arenas")
         isPersistentMemory = try reader.bool("persistent memory")
+        cacheSlots = try reader.u64("cache slots")
+        slotBytes = try reader.u32("slot bytes")
     }
 }
 

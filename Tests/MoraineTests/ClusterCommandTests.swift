@@ -48,7 +48,7 @@ struct ClusterCommandTests {
         #expect(FileManager.default.fileExists(atPath: region))
         #expect(try PosixFileSystem.shared.children(of: run.file("data/inregion")).allSatisfy { !$0.hasSuffix(".log") })
         let held = try runMoraineCLI(["status", "--run-dir", run.path])
-        #expect(held.out.contains { $0.hasPrefix("memory-0") && $0.contains(" up ") && $0.contains("1/15 arenas") }, "\(held.out)")
+        #expect(held.out.contains { $0.hasPrefix("memory-0") && $0.contains(" up ") && $0.contains("1/11 arenas") }, "\(held.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "inregion", "k1"]).out == ["in-region"])
         // bench --cluster runs beside embedded Moraine in one run; both find the same keys, and
         // the cluster's rows count storage requests. A second run starts from a destroyed database.

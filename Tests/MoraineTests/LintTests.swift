@@ -25,7 +25,8 @@ struct LintTests {
             "MoraineTransport", "Synchronization",
         ],
         "MoraineMemory": [
-            "MoraineEngine", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization",
+            "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineMessages", "MoraineSystem", "MoraineTransport",
+            "Synchronization", "Atomics",
         ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
         "MoraineRESP": ["Moraine", "MoraineSystem", "NIOCore", "NIOPosix", "Synchronization"],
