@@ -6,9 +6,11 @@
 #     in local memory), alternating workload by workload in one `moraine bench` process;
 #  2. recovery: reopening with two full 64 MiB memtables unflushed, re-attached from the region
 #     against replayed from the WAL (`moraine memory-bench`);
-#  3. the shared block cache: readrandom and YCSB-B over --cache_nums keys of 100-byte values, an
-#     8 MiB local cache over the memory node's 256 MiB shared cache against embedded Moraine with
-#     8 MiB and with 264 MiB (--embedded_cache_size), alternating in one `moraine bench` process.
+#  3. the shared block cache: readrandom and YCSB-B over --cache_nums keys of 100-byte values, a
+#     compute node (`--engine cluster`: files on the storage node) with an 8 MiB cache of its own
+#     over the memory node's 256 MiB shared cache, against embedded Moraine with 8 MiB and with
+#     264 MiB (--embedded_cache_size), alternating in one `moraine bench` process; and the same
+#     compute node on a cluster whose memory node has no shared cache, against embedded 8 MiB.
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
 #                                [--skip placement,recovery,cache] [--out DIR]
@@ -40,6 +42,14 @@ mkdir -p "$out"
 work=$(mktemp -d)
 run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
+plain_dir=$work/plain
+cleanup() {
+  "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true
+  "$moraine" down --run-dir "$plain_dir" >/dev/null 2>&1 || true
+  rm -rf "$work"
+  # The regions and embedded pmem logs of this run (named after its directories) go too.
+  rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
+}
 trap cleanup EXIT
 "$moraine" up --run-dir "$run_dir" --detach >/dev/null
 # 200,000 writes of 16-byte keys and 100-byte values, twice (fill, overwrite), stay in one 64 MiB
@@ -58,13 +68,29 @@ if [[ ",$skip," != *",recovery,"* ]]; then
   "$moraine" memory-bench --cluster "$run_dir" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" | tee "$out/recovery.txt" >&2
 fi
 if [[ ",$skip," != *",cache,"* ]]; then
+  # The same cluster without a shared cache: what the compute node gets from its storage node alone.
+  cat > "$work/plain.toml" <<TOML
+[[role]]
+kind = "storage"
+[[role]]
+kind = "memory"
+cache_size = 0
+[[role]]
+kind = "flush"
+[[role]]
+kind = "compaction"
+TOML
+  "$moraine" up --topology "$work/plain.toml" --run-dir "$plain_dir" --detach >/dev/null
   for keys in ${cache_nums//,/ }; do
     for run in $(seq 1 "$cache_runs"); do
-      for peer in 8388608 276824064; do
-        echo "== cache $keys keys, embedded cache $peer, run $run" >&2
-        "$moraine" bench --cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$keys" --value_size 100 \
+      for setup in shared-8388608 shared-276824064 plain-8388608; do
+        peer=${setup#*-}
+        cluster=$run_dir
+        [ "${setup%%-*}" = plain ] && cluster=$plain_dir
+        echo "== cache $keys keys, $setup, run $run" >&2
+        "$moraine" bench --cluster "$cluster" --engine cluster,moraine --db "$work/db" --num "$keys" --value_size 100 \
           --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" \
-          --benchmarks fillrandom,readrandom,ycsb_load,ycsbb --json "$out/cache-$keys-$peer-run$run.json" >&2
+          --benchmarks fillrandom,readrandom,ycsb_load,ycsbb --json "$out/cache-$keys-$setup-run$run.json" >&2
       done
     done
   done

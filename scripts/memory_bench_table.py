@@ -53,42 +53,54 @@ def main(directory):
 
 
 def cache_table(directory):
-    """readrandom and YCSB-B: the memory engine (8 MiB local + the shared cache) against embedded
-    Moraine with 8 MiB and with 264 MiB, per key count."""
-    ratios = defaultdict(list)  # (keys, workload, peer) -> [memory / embedded]
-    ops = defaultdict(list)
-    hits = defaultdict(list)
+    """readrandom and YCSB-B: the compute node (files on the storage node, an 8 MiB cache of its
+    own) over the shared cache against embedded Moraine with 8 MiB and with 264 MiB, and without
+    the shared cache against embedded with 8 MiB; per key count."""
+    ratios = defaultdict(list)  # (keys, workload, setup) -> [cluster / embedded]
+    ops = defaultdict(list)  # (keys, workload, engine label) -> [ops/s]
+    hits = defaultdict(list)  # (keys, workload) -> [shared-cache hit rate]
     for path in sorted(glob.glob(os.path.join(directory, "cache-*-run*.json"))):
-        match = re.match(r"cache-(\d+)-(\d+)-run\d+\.json", os.path.basename(path))
+        match = re.match(r"cache-(\d+)-(shared|plain)-(\d+)-run\d+\.json", os.path.basename(path))
         if not match:
             continue
-        keys, peer = int(match.group(1)), int(match.group(2))
+        keys, kind, peer = int(match.group(1)), match.group(2), int(match.group(3))
+        setup = f"{kind}-{peer}"
         by_engine = defaultdict(dict)
         for row in json.load(open(path)):
             by_engine[row["engine"]][row["benchmark"]] = row
         for name in ("readrandom", "ycsbb"):
-            memory = by_engine["memory"].get(name)
+            cluster = by_engine["cluster"].get(name)
             embedded = by_engine["moraine"].get(name)
-            if memory is None or embedded is None:
+            if cluster is None or embedded is None:
                 continue
-            ratios[(keys, name, peer)].append(memory["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
-            ops[(keys, name, "memory")].append(memory["ops_per_sec"])
-            ops[(keys, name, peer)].append(embedded["ops_per_sec"])
+            ratios[(keys, name, setup)].append(cluster["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
+            ops[(keys, name, "cluster-" + kind)].append(cluster["ops_per_sec"])
+            ops[(keys, name, f"embedded-{peer}")].append(embedded["ops_per_sec"])
     if not ratios:
         return
     runs = max(len(v) for v in ratios.values())
+    small, large = 8388608, 276824064
     print(f"\nShared block cache, medians of {runs} run(s):\n")
-    print("| keys | workload | 8 MiB + 256 MiB shared (ops/s) | embedded 8 MiB (ops/s) | ratio | embedded 264 MiB (ops/s) | ratio |")
+    print("| keys | workload | compute 8 MiB + 256 MiB shared (ops/s) | / embedded 8 MiB | / embedded 264 MiB "
+          "| compute 8 MiB, no shared cache (ops/s) | / embedded 8 MiB |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for keys in sorted({k for k, _, _ in ratios}):
         for name in ("readrandom", "ycsbb"):
             def med(key):
                 values = ops.get(key)
                 return f"{statistics.median(values):,.0f}" if values else ""
-            small, large = 8388608, 276824064
-            print(f"| {keys:,} | {name} | {med((keys, name, 'memory'))} | {med((keys, name, small))} "
-                  f"| {fmt_ratio(ratios.get((keys, name, small)))} "
-                  f"| {med((keys, name, large))} | {fmt_ratio(ratios.get((keys, name, large)))} |")
+            print(f"| {keys:,} | {name} | {med((keys, name, 'cluster-shared'))} "
+                  f"| {fmt_ratio(ratios.get((keys, name, f'shared-{small}')))} "
+                  f"| {fmt_ratio(ratios.get((keys, name, f'shared-{large}')))} "
+                  f"| {med((keys, name, 'cluster-plain'))} | {fmt_ratio(ratios.get((keys, name, f'plain-{small}')))} |")
+    print(f"\nEmbedded peers (ops/s): " + ", ".join(
+        f"{keys:,} {name} {label}: {med_value(ops.get((keys, name, f'embedded-{peer}')))}"
+        for keys in sorted({k for k, _, _ in ratios}) for name in ("readrandom", "ycsbb")
+        for label, peer in (("8 MiB", small), ("264 MiB", large))))
+
+
+def med_value(values):
+    return f"{statistics.median(values):,.0f}" if values else "-"
 
 
 def fmt_ratio(values):

@@ -70,6 +70,9 @@ public struct BackgroundCounters: Sendable {
     public var compactionMicros = 0
     public var stallMicros = 0
     public var remoteJobs = 0
+    /// Lookups in a second block-cache tier that hit and that missed (zero without one).
+    public var secondaryHits = 0
+    public var secondaryMisses = 0
 
     public init() {}
 
@@ -81,6 +84,8 @@ public struct BackgroundCounters: Sendable {
         delta.compactionMicros = after.compactionMicros - before.compactionMicros
         delta.stallMicros = after.stallMicros - before.stallMicros
         delta.remoteJobs = after.remoteJobs - before.remoteJobs
+        delta.secondaryHits = after.secondaryHits - before.secondaryHits
+        delta.secondaryMisses = after.secondaryMisses - before.secondaryMisses
         return delta
     }
 }

@@ -39,6 +39,10 @@ public struct BenchResult: Sendable {
             text += "; write stalls \(fixed(Double(background.stallMicros) / 1e6, 2)) s"
             text += "; compaction \(background.compactionBytes / 1_048_576) MiB in \(fixed(Double(background.compactionMicros) / 1e6, 2)) s"
             text += "; jobs on workers \(background.remoteJobs)"
+            let lookups = background.secondaryHits + background.secondaryMisses
+            if lookups > 0 {
+                text += "; shared cache hits \(background.secondaryHits) of \(lookups) (\(fixed(100 * Double(background.secondaryHits) / Double(lookups), 1))%)"
+            }
         }
         return text
     }

@@ -48,14 +48,15 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     /// `storageRequests` counts the requests sent to the node so far; with `jobRunner`, its
     /// flushes and compactions run there (a cluster's workers).
     public init(
-        name: String, fileSystem: any FileSystem, jobRunner: (any JobRunner)? = nil, storageRequests: @escaping @Sendable () -> Int
+        name: String, fileSystem: any FileSystem, jobRunner: (any JobRunner)? = nil,
+        secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil, storageRequests: @escaping @Sendable () -> Int
     ) {
         self.name = name
         self.fileSystem = fileSystem
         self.storageRequests = storageRequests
         self.jobRunner = jobRunner
         memtableRegion = nil
-        secondaryCache = nil
+        self.secondaryCache = secondaryCache
         cacheSizeBytes = nil
     }
 
@@ -144,6 +145,8 @@ final class MoraineBenchEngine: BenchEngine {
         counters.compactionMicros = stats.compactionMicros
         counters.stallMicros = stats.stallMicros
         counters.remoteJobs = stats.remoteCompactions + stats.remoteFlushes
+        counters.secondaryHits = stats.secondaryCache.hits
+        counters.secondaryMisses = stats.secondaryCache.misses
         return counters
     }
 

@@ -3,6 +3,7 @@
 // `moraine-bench` in bench/ (its own package, so Moraine never needs RocksDB).
 import ArgumentParser
 import Foundation
+import Moraine
 import MoraineBench
 import MoraineMemory
 import MoraineMessages
@@ -68,11 +69,16 @@ struct Bench: ParsableCommand {
                 }
                 let remote = try DatabaseOptions.remoteFileSystem(cluster: cluster)
                 let runner = try DatabaseOptions.jobRunner(cluster: cluster)
+                // The memory node's shared block cache under the engine's own, as `--cluster` commands have it.
+                let memory = try DatabaseOptions.memoryNode(cluster: cluster, fileSystem: remote)
+                let shared = Self.sharedCache(memory)
                 factories.append(
-                    MoraineBenchFactory(name: "cluster", fileSystem: remote, jobRunner: runner, storageRequests: { remote.requestCount }))
+                    MoraineBenchFactory(
+                        name: "cluster", fileSystem: remote, jobRunner: runner, secondaryCache: shared, storageRequests: { remote.requestCount }))
                 print(
                     "cluster: files on the storage node at \(remote.endpoint) (run directory \(cluster)); "
-                        + (runner == nil ? "flushes and compactions in this process" : "flushes and compactions on the cluster's workers"))
+                        + (runner == nil ? "flushes and compactions in this process" : "flushes and compactions on the cluster's workers")
+                        + (memory == nil ? "" : "; the memory node's shared block cache under --cache_size"))
             }
             if names.contains("memory") {
                 guard let cluster = parsed.cluster else {
@@ -83,8 +89,7 @@ struct Bench: ParsableCommand {
                 let arenas = MemoryNodeArenas(key: key, epoch: { _ in 0 }) { () throws(TransportError) -> Endpoint in
                     try run.endpoint(of: "memory")
                 }
-                factories.append(
-                    MoraineBenchFactory(name: "memory", memtableRegion: arenas) { MemoryNodeBlockCache(database: $0, arenas: arenas) })
+                factories.append(MoraineBenchFactory(name: "memory", memtableRegion: arenas, secondaryCache: Self.sharedCache(arenas)))
                 print(
                     "memory: files here, memtables in the region of the memory node of \(cluster) (durability pmem through it), "
                         + "its shared block cache under --cache_size")
@@ -92,6 +97,14 @@ struct Bench: ParsableCommand {
             let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
             try runner.run()
         }
+    }
+}
+
+extension Bench {
+    /// The memory node's shared block cache for each database path, when the cluster runs one.
+    static func sharedCache(_ memory: MemoryNodeArenas?) -> (@Sendable (String) -> any SecondaryBlockCache)? {
+        guard let memory else { return nil }
+        return { path in MemoryNodeBlockCache(database: path, arenas: memory) }
     }
 }
 

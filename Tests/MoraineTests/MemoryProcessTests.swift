@@ -27,10 +27,13 @@ final class MemoryNodeProcess: @unchecked Sendable {
     private(set) var endpoint: Endpoint?
     var regionPath: String { node.run.file("region") }
 
-    init(for node: StorageNodeProcess, regionBytes: Int = 16 << 20, arenaBytes: Int = 1 << 20) throws {
+    let cacheBytes: Int
+
+    init(for node: StorageNodeProcess, regionBytes: Int = 16 << 20, arenaBytes: Int = 1 << 20, cacheBytes: Int = 0) throws {
         self.node = node
         self.regionBytes = regionBytes
         self.arenaBytes = arenaBytes
+        self.cacheBytes = cacheBytes
         try start()
     }
 
@@ -39,7 +42,7 @@ final class MemoryNodeProcess: @unchecked Sendable {
             "memory", run: node.run.path,
             [
                 "--cluster", node.run.path, "--listen", "shm:" + node.run.file("memory.sock"), "--region", regionPath,
-                "--region-size", "\(regionBytes)", "--arena-size", "\(arenaBytes)",
+                "--region-size", "\(regionBytes)", "--arena-size", "\(arenaBytes)", "--cache-size", "\(cacheBytes)",
             ])
     }
 
@@ -150,6 +153,58 @@ struct MemoryProcessTests {
         // The re-attached memtables flush in the background, and their arenas go back.
         try db.flush()
         #expect(eventually(seconds: 20) { memory.status()?.holders.first?.arenas == 1 }, "flushed arenas were not given back")
+    }
+
+    @Test("two compute processes, two databases, one region and one shared cache: both SIGKILLed, each reopens with its own writes only")
+    func twoComputeNodes() throws {
+        let node = try StorageNodeProcess(.sharedMemory)
+        let memory = try MemoryNodeProcess(for: node, regionBytes: 24 << 20, cacheBytes: 4 << 20)
+        var random = SplitMix64(seed: SeededRandom.testSeed())
+        var acknowledged: [String: [String: String]] = [:]
+        var shells: [String: ShellProcess] = [:]
+        defer { for shell in shells.values { shell.kill() } }
+        for name in ["left", "right"] {
+            shells[name] = try ShellProcess(
+                arguments: ["shell", "--cluster", node.run.path, "--db", name, "--durability", "pmem", "--write_buffer_size", "262144",
+                            "--cache_size", "65536"])
+        }
+        // Interleaved writes, each database its own keys and values; then reads, which go through
+        // both processes' small caches to the shared one.
+        for round in 0..<6 {
+            for name in ["left", "right"] {
+                var written: [String: String] = acknowledged[name] ?? [:]
+                guard Self.write(shells[name]!, batches: 10, perBatch: 100, from: round * 1000, random: &random, into: &written) else {
+                    Issue.record("\(name) stopped acknowledging writes")
+                    return
+                }
+                acknowledged[name] = written
+            }
+        }
+        for name in ["left", "right"] {
+            #expect(shells[name]!.send("flush"))
+            #expect(shells[name]!.readLine() == "OK")
+            for (key, value) in acknowledged[name]!.prefix(300) {
+                #expect(shells[name]!.send("get \(key)"))
+                #expect(shells[name]!.readLine() == value)
+            }
+        }
+        #expect(memory.status()?.holders.count == 2, "the two databases do not both hold arenas in the one region")
+        for name in ["left", "right"] {
+            shells[name]!.kill()
+            shells[name]!.wait()
+        }
+        for name in ["left", "right"] {
+            guard let db = try Self.reopen(node, name) else {
+                Issue.record("the killed compute node's lease never lapsed")
+                return
+            }
+            defer { try? db.close() }
+            var wrong = 0
+            for (key, value) in acknowledged[name]! where try db.get(Array(key.utf8)) != Array(value.utf8) { wrong += 1 }
+            #expect(wrong == 0, "\(name): \(wrong) of \(acknowledged[name]!.count) acknowledged writes read back wrong")
+            // The other database's keys are its own: "left" and "right" wrote the same key names.
+            #expect(try db.get(Array("k0".utf8)) == Array(acknowledged[name]!["k0"]!.utf8))
+        }
     }
 
     @Test("SIGKILL of the memory node under writes: granted arenas take writes, a new arena waits for the restarted node, nothing is lost")
