@@ -32,6 +32,17 @@ def main(directory):
             ops[(name, "memory-" + baseline)].append(memory["ops_per_sec"])
             ops[(name, "embedded-" + baseline)].append(embedded["ops_per_sec"])
     runs = max((len(v) for v in ratios.values()), default=0)
+    if workloads:
+        placement_table(workloads, runs, ratios, ops)
+    cache_table(directory)
+    recovery = os.path.join(directory, "recovery.txt")
+    if os.path.exists(recovery):
+        for line in open(recovery):
+            if line.startswith("median reopen") or line.startswith("memory-bench:"):
+                print("\n" + line.strip())
+
+
+def placement_table(workloads, runs, ratios, ops):
     print(f"Medians of {runs} run(s).\n")
     print("| workload | memory node (ops/s) | embedded pmem (ops/s) | memory node / embedded pmem | embedded WAL (ops/s) | memory node / embedded WAL |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -44,12 +55,6 @@ def main(directory):
             return f"{statistics.median(values):.2f}" if values else ""
         print(f"| {name} | {med((name, 'memory-pmem'))} | {med((name, 'embedded-pmem'))} | {ratio('pmem')} "
               f"| {med((name, 'embedded-wal'))} | {ratio('wal')} |")
-    cache_table(directory)
-    recovery = os.path.join(directory, "recovery.txt")
-    if os.path.exists(recovery):
-        for line in open(recovery):
-            if line.startswith("median reopen") or line.startswith("memory-bench:"):
-                print("\n" + line.strip())
 
 
 def cache_table(directory):
@@ -67,7 +72,7 @@ def cache_table(directory):
         setup = f"{kind}-{peer}"
         by_engine = defaultdict(dict)
         for row in json.load(open(path)):
-            by_engine[row["engine"]][row["benchmark"]] = row
+            by_engine[row["engine"]][row["benchmark"]] = row  # a workload run twice: the second (warm) pass
         for name in ("readrandom", "ycsbb"):
             cluster = by_engine["cluster"].get(name)
             embedded = by_engine["moraine"].get(name)

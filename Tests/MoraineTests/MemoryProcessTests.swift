@@ -4,8 +4,9 @@
 // re-attaches them, replaying nothing, and has every acknowledged write), on both persistence
 // paths (msync, and cache-line flushes forced with PMEM_IS_PMEM_FORCE=1); and the memory node is
 // SIGKILLed under a write load (writes into granted arenas go on, a write that needs a new arena
-// fails with `unavailable` until the node is back, nothing acknowledged is lost). Values come from
-// a printed seed (MORAINE_SEED replays it).
+// fails with `unavailable` until the node is back, nothing acknowledged is lost); and two compute
+// processes with two databases share one region and one shared cache, both killed, each reopening
+// with exactly its own writes. Values come from a printed seed (MORAINE_SEED replays it).
 import Foundation
 import Moraine
 @testable import MoraineEngine
