@@ -1,9 +1,10 @@
-// A second tier under the block cache (RocksDB calls it a secondary cache): blocks as they are
-// stored in the table (payload and trailer, compressed or not), keyed by table file number and
-// offset within one database, so the key means the same in every process. A table reader asks it
-// after a miss in its own block cache and offers it what it reads from the file. It is advisory:
-// a miss, a damaged slot or an unreachable tier only means reading the file, and every block that
-// comes from it is still checked against the table's own CRC.
+// A second tier under the block cache (RocksDB calls it a secondary cache): decoded data blocks
+// (decompressed, their table CRC checked by the process that read them from the file), keyed by
+// table file number and offset within one database, so the key means the same in every process.
+// A table reader asks it after a miss in its own block cache and offers it what it reads from the
+// file. It is advisory: a miss, a damaged entry or an unreachable tier only means reading the
+// file; the tier checks its own CRC of every block it returns, and the block's restart array is
+// checked again when it is parsed.
 //
 // Implemented by the memory node's shared cache (MoraineMemory); thread-safe.
 
@@ -22,10 +23,10 @@ public struct SecondaryCacheCounters: Sendable, Equatable {
 
 /// A second block-cache tier for one database's tables.
 public protocol SecondaryBlockCache: Sendable {
-    /// Copies the block at `offset` of table `file` into `buffer` (exactly `buffer.count` bytes:
-    /// payload and trailer) when the tier holds it intact.
-    func lookup(file: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool
-    /// Offers a block just read from the file (copied; may be dropped).
+    /// The decoded block at `offset` of table `file`, in a buffer the caller owns (allocated with
+    /// `UnsafeMutableRawBufferPointer.allocate`), when the tier holds it intact.
+    func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer?
+    /// Offers a decoded block just read from the file (copied; may be dropped).
     func insert(file: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer)
     /// Forgets every block of this database (a new database of the same name reuses file numbers).
     func invalidateAll() throws

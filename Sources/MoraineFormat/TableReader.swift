@@ -162,48 +162,29 @@ public final class TableReader: @unchecked Sendable {
     public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true, readahead: Readahead? = nil) throws -> Block {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
-        if let block = try secondaryBlock(handle) {
+        if let block = secondaryBlock(handle) {
             if fillCache, let cache { cache.insert(key, block) }
             return block
         }
         let block: Block
         if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
-            if fillCache { secondary?.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw)) }
-            let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
-            block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
-        } else if let secondary, fillCache {
-            let raw = try Self.allocateRawBlock(handle, name: name, what: "data block")
-            do {
-                try file.readExactly(at: handle.offset, into: raw, name: name)
-            } catch {
-                raw.deallocate()
-                throw error
-            }
-            secondary.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw))
             let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
             block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
         } else {
             block = try Self.readBlock(file: file, handle: handle, name: name, what: "data block")
         }
-        if fillCache, let cache { cache.insert(key, block) }
+        if fillCache {
+            cache?.insert(key, block)
+            secondary?.insert(file: fileNumber, offset: handle.offset, bytes: block.bytes)
+        }
         return block
     }
 
-    /// The data block at `handle` from the second tier, checked like one read from the file;
-    /// nil when the tier does not hold it, or holds it damaged (then the file is read).
-    private func secondaryBlock(_ handle: BlockHandle) throws -> Block? {
-        guard let secondary else { return nil }
-        let raw = try Self.allocateRawBlock(handle, name: name, what: "data block")
-        guard secondary.lookup(file: fileNumber, offset: handle.offset, into: raw) else {
-            raw.deallocate()
-            return nil
-        }
-        do {
-            let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
-            return try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
-        } catch let error as MoraineError where error.kind == .corruption {
-            return nil  // not what the table holds there (the tier's CRC passed a stale block): read the file
-        }
+    /// The data block at `handle` from the second tier; nil when the tier does not hold it, or
+    /// holds something that is not a block (then the file is read).
+    private func secondaryBlock(_ handle: BlockHandle) -> Block? {
+        guard let secondary, let contents = secondary.lookup(file: fileNumber, offset: handle.offset) else { return nil }
+        return try? Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
     }
 
     /// Whether the bloom filter admits `userKey` (true when there is no filter).
@@ -246,7 +227,7 @@ public final class TableReader: @unchecked Sendable {
     public func cachedDataBlock(_ handle: BlockHandle) -> Block? {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let block = cache?.lookup(key) { return block }
-        guard let block = try? secondaryBlock(handle) else { return nil }
+        guard let block = secondaryBlock(handle) else { return nil }
         cache?.insert(key, block)
         return block
     }
@@ -261,10 +242,12 @@ public final class TableReader: @unchecked Sendable {
     /// Takes ownership of `raw`.
     /// - Throws: `.corruption` naming the file and offset.
     public func dataBlock(fromRead raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, fillCache: Bool) throws -> Block {
-        if fillCache { secondary?.insert(file: fileNumber, offset: handle.offset, bytes: UnsafeRawBufferPointer(raw)) }
         let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
         let block = try Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name))
-        if fillCache, let cache { cache.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }
+        if fillCache {
+            cache?.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block)
+            secondary?.insert(file: fileNumber, offset: handle.offset, bytes: block.bytes)
+        }
         return block
     }
 

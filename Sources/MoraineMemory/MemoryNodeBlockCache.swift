@@ -41,6 +41,9 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
 
     public var counters: SecondaryCacheCounters { tally.withLock { $0 } }
 
+    /// The largest block a slot holds, once the region is mapped.
+    private func slotPayloadMax() -> Int? { cache().map { $0.1.payloadMax } }
+
     /// The mapped region and its cache layout; nil (counted as a miss) while it cannot be mapped.
     private func cache() -> (PmemRegion, SharedCacheLayout)? {
         if disabled.load(ordering: .relaxed) { return nil }
@@ -54,27 +57,31 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         }
     }
 
-    public func lookup(file: UInt64, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    public func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer? {
         guard let (region, layout) = cache() else {
             tally.withLock { $0.misses += 1 }
-            return false
+            return nil
         }
-        switch region.sharedCacheLookup(layout, database: databaseID, file: file, offset: offset, into: buffer) {
+        let (found, block) = region.sharedCacheLookup(layout, database: databaseID, file: file, offset: offset)
+        switch found {
         case .hit:
             tally.withLock { $0.hits += 1 }
-            return true
         case .miss:
             tally.withLock { $0.misses += 1 }
-            return false
         case .damaged:
             tally.withLock { $0.corrupt += 1 }
             SystemLog.info("shared cache: the block at \(offset) of table \(file) of \(database) failed its CRC in the region; read from the file")
-            return false
         }
+        return block
     }
 
     public func insert(file: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer) {
         if disabled.load(ordering: .relaxed) { return }
+        // A block larger than a slot never fits: not worth a request.
+        if let payloadMax = slotPayloadMax(), bytes.count > payloadMax {
+            tally.withLock { $0.dropped += 1 }
+            return
+        }
         let startSender = queue.withLock { () -> Bool? in
             guard pendingBytes + bytes.count <= Self.pendingBytesMax else { return nil }
             pending.append(MemoryCacheInsert.Block(file: file, offset: offset, bytes: Array(bytes)))

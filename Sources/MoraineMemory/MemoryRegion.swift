@@ -47,8 +47,9 @@ public struct MemoryRegionLayout: Sendable, Equatable {
     /// The most arenas of `arenaBytes` a region of `regionBytes` holds beside a cache of
     /// `cacheBytes` (whole sets of slots).
     public init(regionBytes: Int, arenaBytes: Int, cacheBytes: Int = 0, slotBytes: Int = SharedCacheLayout.defaultSlotBytes) {
-        let slots = cacheBytes / slotBytes / SharedCacheLayout.ways * SharedCacheLayout.ways
-        let room = regionBytes - slots * slotBytes
+        let sets = cacheBytes / (64 + SharedCacheLayout.ways * slotBytes)
+        let slots = sets * SharedCacheLayout.ways
+        let room = regionBytes - sets * (64 + SharedCacheLayout.ways * slotBytes)
         var count = max(0, room / arenaBytes)
         while count > 0 && Self.headerBytes(arenaCount: count) + count * arenaBytes > room { count -= 1 }
         self.init(arenaBytes: arenaBytes, arenaCount: count, cacheSlots: slots, slotBytes: slotBytes)
@@ -56,7 +57,7 @@ public struct MemoryRegionLayout: Sendable, Equatable {
 
     static func headerBytes(arenaCount: Int) -> Int { (tableOffset + entryBytes * arenaCount + 4095) & ~4095 }
     public var headerBytes: Int { Self.headerBytes(arenaCount: arenaCount) }
-    public var regionBytes: Int { cacheOffset + cacheSlots * slotBytes }
+    public var regionBytes: Int { cacheOffset + cache.bytes }
     public func arenaOffset(_ index: Int) -> Int { headerBytes + index * arenaBytes }
     /// Where the shared block cache starts.
     public var cacheOffset: Int { headerBytes + arenaBytes * arenaCount }

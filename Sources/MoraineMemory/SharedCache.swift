@@ -1,25 +1,29 @@
 // The shared block cache in a memory node's region (docs/MEMORY.md has the byte map): after the
-// arenas, `slots` slots of `slotBytes`, grouped in sets of `ways`; a block's set follows from its
+// arenas, sets of `ways` slots of `slotBytes`, each set led by a 64-byte tag line (one 8-byte tag
+// per way: a hash of the key it holds, 0 when empty, a hint only). A block's set follows from its
 // key (database id, table file number, offset), the same in every process. A slot:
 //    0 version (odd while the memory node writes the slot; only ever grows)
 //    8 database id (0: empty), 16 file number, 24 offset, 32 length | CRC32C of the payload << 32,
 //   40 referenced (set by readers, cleared by the node's CLOCK hand), 48..63 reserved, 64.. payload
-// The memory node is the only writer of a slot's key and payload (inserts come to it by request,
-// and it evicts by CLOCK within the set). A reader on the same box copies a block out in place and
-// trusts nothing: the version must be even and the same before and after the copy, the key must
-// match, and the copy must match its CRC; otherwise it is a miss (or, for a CRC mismatch, counted
-// as a damaged slot), never a wrong block. Not persistent: a restarted node clears the slots a
-// crash left half written.
+// The payload is the block decoded (decompressed, its table CRC checked by the process that read
+// it from the file), so a hit costs a copy and a CRC, no decompression.
+// The memory node is the only writer of a slot's key, payload and tag (inserts come to it by
+// request, and it evicts by CLOCK within the set). A reader on the same box reads the tag line,
+// then copies a candidate block out in place and trusts nothing: the version must be even and the
+// same before and after the copy, the key must match, and the copy must match its CRC; otherwise
+// it is a miss (or, for a CRC mismatch, counted as a damaged slot), never a wrong block. Not
+// persistent: a restarted node clears the slots a crash left half written.
 //
 // Thread-safety: readers any thread; the writer functions are called under the node's lock.
 import Atomics
 import MoraineSystem
 
-/// Where the shared cache's slots are in a region.
+/// Where the shared cache's sets are in a region.
 public struct SharedCacheLayout: Sendable, Equatable {
     public static let ways = 8
     public static let defaultSlotBytes = 4608
     static let slotHeaderBytes = 64
+    static let tagLineBytes = 64
     static let databaseWord = 8
     static let fileWord = 16
     static let offsetWord = 24
@@ -33,18 +37,25 @@ public struct SharedCacheLayout: Sendable, Equatable {
     public var sets: Int { slots / Self.ways }
     /// The largest block a slot holds.
     public var payloadMax: Int { slotBytes - Self.slotHeaderBytes }
+    /// Bytes of one set: its tag line and its slots.
+    var setBytes: Int { Self.tagLineBytes + Self.ways * slotBytes }
+    /// Bytes of the whole cache.
+    public var bytes: Int { sets * setBytes }
 
-    /// The set of a block.
-    func set(database: UInt64, file: UInt64, offset block: UInt64) -> Int {
+    /// A key's hash: its set, and (never 0) its tag.
+    func hash(database: UInt64, file: UInt64, offset block: UInt64) -> (set: Int, tag: UInt64) {
         var h = database ^ (file &* 0x9e37_79b9_7f4a_7c15)
         h ^= block &* 0xc2b2_ae3d_27d4_eb4f
         h ^= h >> 29
         h = h &* 0xbf58_476d_1ce4_e5b9
         h ^= h >> 32
-        return Int(truncatingIfNeeded: h % UInt64(max(sets, 1)))
+        return (Int(truncatingIfNeeded: h % UInt64(max(sets, 1))), (h >> 16) | 1)
     }
 
-    func slotOffset(set: Int, way: Int) -> Int { offset + (set * Self.ways + way) * slotBytes }
+    func set(database: UInt64, file: UInt64, offset block: UInt64) -> Int { hash(database: database, file: file, offset: block).set }
+
+    func tagOffset(set: Int, way: Int) -> Int { offset + set * setBytes + 8 * way }
+    func slotOffset(set: Int, way: Int) -> Int { offset + set * setBytes + Self.tagLineBytes + way * slotBytes }
 }
 
 /// What a lookup found.
@@ -60,14 +71,14 @@ extension PmemRegion {
         UnsafeAtomic(at: (base + offset).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
     }
 
-    /// Copies the block (database, file, offset) of exactly `buffer.count` bytes out of the
-    /// shared cache, in place, checked as the header says.
+    /// The block (database, file, offset) copied out of the shared cache in place, checked as
+    /// the header says; an owned buffer on a hit.
     func sharedCacheLookup(
-        _ layout: SharedCacheLayout, database: UInt64, file: UInt64, offset block: UInt64, into buffer: UnsafeMutableRawBufferPointer
-    ) -> SharedCacheLookup {
-        guard layout.sets > 0, buffer.count > 0, buffer.count <= layout.payloadMax else { return .miss }
-        let set = layout.set(database: database, file: file, offset: block)
-        for way in 0..<SharedCacheLayout.ways {
+        _ layout: SharedCacheLayout, database: UInt64, file: UInt64, offset block: UInt64
+    ) -> (SharedCacheLookup, UnsafeMutableRawBufferPointer?) {
+        guard layout.sets > 0 else { return (.miss, nil) }
+        let (set, tag) = layout.hash(database: database, file: file, offset: block)
+        for way in 0..<SharedCacheLayout.ways where atomicWord(layout.tagOffset(set: set, way: way)).load(ordering: .relaxed) == tag {
             let slot = layout.slotOffset(set: set, way: way)
             for _ in 0..<3 {
                 let before = atomicWord(slot).load(ordering: .acquiring)
@@ -77,18 +88,24 @@ extension PmemRegion {
                     loadWord(at: slot + SharedCacheLayout.offsetWord) == block
                 else { break }
                 let lengthWord = loadWord(at: slot + SharedCacheLayout.lengthWord)
-                guard Int(lengthWord & 0xffff_ffff) == buffer.count else { break }
-                buffer.baseAddress!.copyMemory(from: base + slot + SharedCacheLayout.slotHeaderBytes, byteCount: buffer.count)
+                let length = Int(lengthWord & 0xffff_ffff)
+                guard length > 0, length <= layout.payloadMax else { break }
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 8)
+                buffer.baseAddress!.copyMemory(from: base + slot + SharedCacheLayout.slotHeaderBytes, byteCount: length)
                 atomicMemoryFence(ordering: .acquiring)
-                guard atomicWord(slot).load(ordering: .relaxed) == before else { continue }  // rewritten under the copy
+                guard atomicWord(slot).load(ordering: .relaxed) == before else {  // rewritten under the copy
+                    buffer.deallocate()
+                    continue
+                }
                 guard CRC32C.checksum(UnsafeRawBufferPointer(buffer)) == UInt32(truncatingIfNeeded: lengthWord >> 32) else {
-                    return .damaged
+                    buffer.deallocate()
+                    return (.damaged, nil)
                 }
                 atomicWord(slot + SharedCacheLayout.referencedWord).store(1, ordering: .relaxed)
-                return .hit
+                return (.hit, buffer)
             }
         }
-        return .miss
+        return (.miss, nil)
     }
 
     /// Stores a block in its set: in the slot that has it, else an empty one, else the one the
@@ -121,12 +138,19 @@ extension PmemRegion {
                 referenced.store(0, ordering: .relaxed)
             }
         }
-        let slot = layout.slotOffset(set: set, way: victim ?? Int(hand))
-        writeSlot(slot, database: database, file: file, offset: block, bytes: bytes)
+        let way = victim ?? Int(hand)
+        writeSlot(layout, set: set, way: way, database: database, file: file, offset: block, bytes: bytes)
     }
 
-    /// Rewrites one slot under its version word (odd while written).
-    func writeSlot(_ slot: Int, database: UInt64, file: UInt64, offset block: UInt64, bytes: UnsafeRawBufferPointer) {
+    /// Rewrites one slot under its version word (odd while written), its tag cleared meanwhile
+    /// and set after.
+    func writeSlot(
+        _ layout: SharedCacheLayout, set: Int, way: Int, database: UInt64, file: UInt64, offset block: UInt64,
+        bytes: UnsafeRawBufferPointer
+    ) {
+        let slot = layout.slotOffset(set: set, way: way)
+        let tag = atomicWord(layout.tagOffset(set: set, way: way))
+        tag.store(0, ordering: .relaxed)
         let version = atomicWord(slot)
         let before = version.load(ordering: .relaxed)
         let odd = before & 1 == 1 ? before &+ 2 : before &+ 1
@@ -142,18 +166,21 @@ extension PmemRegion {
         (base + slot + SharedCacheLayout.lengthWord).storeBytes(of: UInt64(bytes.count) | UInt64(crc) << 32, as: UInt64.self)
         atomicWord(slot + SharedCacheLayout.referencedWord).store(0, ordering: .relaxed)
         version.store(odd &+ 1, ordering: .releasing)
+        if database != 0 { tag.store(layout.hash(database: database, file: file, offset: block).tag, ordering: .releasing) }
     }
 
     /// Empties every slot of `database` (0: every slot a crash left half written). Writer only.
     func sharedCacheClear(_ layout: SharedCacheLayout, database: UInt64) -> Int {
         var cleared = 0
-        for index in 0..<(layout.sets * SharedCacheLayout.ways) {
-            let slot = layout.offset + index * layout.slotBytes
-            let halfWritten = atomicWord(slot).load(ordering: .relaxed) & 1 == 1
-            let holder = loadWord(at: slot + SharedCacheLayout.databaseWord)
-            if (database == 0 && halfWritten) || (database != 0 && holder == database) {
-                writeSlot(slot, database: 0, file: 0, offset: 0, bytes: UnsafeRawBufferPointer(start: nil, count: 0))
-                cleared += 1
+        for set in 0..<layout.sets {
+            for way in 0..<SharedCacheLayout.ways {
+                let slot = layout.slotOffset(set: set, way: way)
+                let halfWritten = atomicWord(slot).load(ordering: .relaxed) & 1 == 1
+                let holder = loadWord(at: slot + SharedCacheLayout.databaseWord)
+                if (database == 0 && halfWritten) || (database != 0 && holder == database) {
+                    writeSlot(layout, set: set, way: way, database: 0, file: 0, offset: 0, bytes: UnsafeRawBufferPointer(start: nil, count: 0))
+                    cleared += 1
+                }
             }
         }
         return cleared

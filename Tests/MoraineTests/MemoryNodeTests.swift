@@ -421,7 +421,7 @@ struct MemoryNodeTests {
     static func cachedSlots(_ memory: MemoryTestNode, database: String) -> [Int] {
         let cache = memory.layout.cache
         let id = MemoryDatabaseID.of(database)
-        return (0..<cache.slots).map { cache.offset + $0 * cache.slotBytes }.filter {
+        return (0..<cache.slots).map { cache.slotOffset(set: $0 / SharedCacheLayout.ways, way: $0 % SharedCacheLayout.ways) }.filter {
             memory.node.region.mapping.loadWord(at: $0 + SharedCacheLayout.databaseWord) == id
         }
     }

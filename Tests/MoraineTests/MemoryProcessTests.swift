@@ -6,7 +6,8 @@
 // SIGKILLed under a write load (writes into granted arenas go on, a write that needs a new arena
 // fails with `unavailable` until the node is back, nothing acknowledged is lost); and two compute
 // processes with two databases share one region and one shared cache, both killed, each reopening
-// with exactly its own writes. Values come from a printed seed (MORAINE_SEED replays it).
+// with exactly its own writes; and the memory node is SIGKILLed under a read load through its
+// shared cache (every read still answers right). Values come from a printed seed (MORAINE_SEED replays it).
 import Foundation
 import Moraine
 @testable import MoraineEngine
@@ -206,6 +207,43 @@ struct MemoryProcessTests {
             // The other database's keys are its own: "left" and "right" wrote the same key names.
             #expect(try db.get(Array("k0".utf8)) == Array(acknowledged[name]!["k0"]!.utf8))
         }
+    }
+
+    @Test("SIGKILL of the memory node under a read load: every read answers right, through the shared cache, then without it, then with it again")
+    func killMemoryNodeUnderReads() throws {
+        let node = try StorageNodeProcess(.sharedMemory)
+        let memory = try MemoryNodeProcess(for: node, regionBytes: 24 << 20, cacheBytes: 8 << 20)
+        let shell = try ShellProcess(arguments: ["shell", "--cluster", node.run.path, "--db", "reads", "--cache_size", "65536"])
+        defer { shell.kill() }
+        var random = SplitMix64(seed: SeededRandom.testSeed())
+        var written: [String: String] = [:]
+        guard Self.write(shell, batches: 30, perBatch: 100, from: 0, random: &random, into: &written) else {
+            Issue.record("the shell stopped acknowledging writes")
+            return
+        }
+        #expect(shell.send("flush"))
+        #expect(shell.readLine() == "OK")
+        let keys = written.keys.sorted()
+        func readAll(_ pass: String) -> Int {
+            var wrong = 0
+            for key in keys {
+                guard shell.send("get \(key)"), shell.readLine() == written[key] else {
+                    wrong += 1
+                    continue
+                }
+            }
+            #expect(wrong == 0, "\(pass): \(wrong) of \(keys.count) reads answered wrong")
+            return wrong
+        }
+        _ = readAll("cold")
+        _ = readAll("warm")
+        #expect(shell.send("stats"))
+        let warm = shell.readLine() ?? ""
+        #expect(!warm.contains("\"secondary_cache_hits\":0,"), "no read came from the shared cache: \(warm)")
+        memory.kill()
+        _ = readAll("memory node killed")
+        try memory.start()
+        _ = readAll("memory node restarted")
     }
 
     @Test("SIGKILL of the memory node under writes: granted arenas take writes, a new arena waits for the restarted node, nothing is lost")
