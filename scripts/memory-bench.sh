@@ -13,9 +13,12 @@
 #     compute node on a cluster whose memory node has no shared cache, against embedded 8 MiB.
 #     Each read workload runs twice and the second pass counts (a warm cache, as db_bench's
 #     warm-up does: the first pass fills the shared cache, which a fill does not).
+#  4. sharing: two compute processes at once, one database of --share_big keys and one of
+#     --share_small, reading through one 256 MiB shared cache against each through a private
+#     128 MiB one (two more clusters); hit rates and throughput per database.
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
-#                                [--skip placement,recovery,cache] [--out DIR]
+#                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
@@ -23,6 +26,8 @@ num=200000
 megabytes=128
 cache_nums=1000000,5000000
 cache_runs=3
+share_big=1200000
+share_small=400000
 skip=""
 out=""
 while [ $# -gt 0 ]; do
@@ -33,6 +38,8 @@ while [ $# -gt 0 ]; do
     --cache_nums) cache_nums=$2; shift 2 ;;
     --cache_runs) cache_runs=$2; shift 2 ;;
     --skip) skip=$2; shift 2 ;;
+    --share_big) share_big=$2; shift 2 ;;
+    --share_small) share_small=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -46,8 +53,7 @@ run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
 plain_dir=$work/plain
 cleanup() {
-  "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true
-  "$moraine" down --run-dir "$plain_dir" >/dev/null 2>&1 || true
+  for dir in "$run_dir" "$plain_dir" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   # The regions and embedded pmem logs of this run (named after its directories) go too.
   rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
@@ -96,5 +102,29 @@ TOML
       done
     done
   done
+fi
+if [[ ",$skip," != *",sharing,"* ]]; then
+  cat > "$work/half.toml" <<TOML
+[[role]]
+kind = "storage"
+[[role]]
+kind = "memory"
+cache_size = 134217728
+[[role]]
+kind = "flush"
+[[role]]
+kind = "compaction"
+TOML
+  "$moraine" up --topology "$work/half.toml" --run-dir "$work/half1" --detach >/dev/null
+  "$moraine" up --topology "$work/half.toml" --run-dir "$work/half2" --detach >/dev/null
+  share() {  # share SETUP CLUSTER KEYS NAME
+    "$moraine" bench --cluster "$2" --engine cluster --db "$work/share-$4" --num "$3" --value_size 100 --reads 500000 \
+      --cache_size 8388608 --benchmarks fillrandom,readrandom,readrandom --json "$out/share-$1-$4.json" > "$out/share-$1-$4.txt" 2>&1
+  }
+  echo "== sharing: one 256 MiB cache" >&2
+  share shared "$run_dir" "$share_big" big & share shared "$run_dir" "$share_small" small & wait
+  echo "== sharing: a private 128 MiB cache each" >&2
+  share private "$work/half1" "$share_big" big & share private "$work/half2" "$share_small" small & wait
+  grep -h "shared cache hits" "$out"/share-*.txt | awk 'NR % 2 == 0' >&2 || true
 fi
 python3 scripts/memory_bench_table.py "$out"

@@ -35,6 +35,7 @@ def main(directory):
     if workloads:
         placement_table(workloads, runs, ratios, ops)
     cache_table(directory)
+    sharing_table(directory)
     recovery = os.path.join(directory, "recovery.txt")
     if os.path.exists(recovery):
         for line in open(recovery):
@@ -106,6 +107,29 @@ def cache_table(directory):
 
 def med_value(values):
     return f"{statistics.median(values):,.0f}" if values else "-"
+
+
+def sharing_table(directory):
+    """Two compute processes at once: one shared cache against a private half each."""
+    rows = []
+    for setup in ("shared", "private"):
+        for name in ("big", "small"):
+            path = os.path.join(directory, f"share-{setup}-{name}.json")
+            if not os.path.exists(path):
+                continue
+            reads = [r for r in json.load(open(path)) if r["benchmark"] == "readrandom"]
+            hits = [line for line in open(os.path.join(directory, f"share-{setup}-{name}.txt")) if "shared cache hits" in line]
+            rate = re.search(r"\(([\d.]+)%\)", hits[-1]).group(1) + "%" if hits else ""
+            keys = reads[-1]["options"].get("num", "") if reads else ""
+            rows.append((setup, name, keys, reads[-1]["ops_per_sec"] if reads else 0, rate))
+    if not rows:
+        return
+    print("\nTwo compute processes at once (one run; the second readrandom pass):\n")
+    print("| cache | database | keys | readrandom (ops/s) | shared-cache hit rate |")
+    print("|---|---|---:|---:|---:|")
+    for setup, name, keys, ops, rate in rows:
+        label = "one 256 MiB shared" if setup == "shared" else "a private 128 MiB each"
+        print(f"| {label} | {name} | {keys} | {ops:,.0f} | {rate} |")
 
 
 def fmt_ratio(values):

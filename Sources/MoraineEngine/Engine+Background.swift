@@ -86,6 +86,8 @@ extension Engine {
     private func runFlush(_ imm: MemTable) {
         // After this flush, the oldest memtable still unflushed decides which WALs are needed.
         let nextLog = imms.count > 1 ? imms[1].logNumber : mem.logNumber
+        // A memtable in a memory node's region: a worker on the same box may read it there.
+        let arena = imm.isInRegion ? heldArenas[imm.logNumber] : nil
         mutex.unlock()
         let started = monotonicNanos()
         defer {
@@ -94,7 +96,7 @@ extension Engine {
         }
         var failure: MoraineError? = nil
         do {
-            let (spec, result, reserved) = try runFlushJob(imm)
+            let (spec, result, reserved) = try runFlushJob(imm, arena: arena)
             var edit = VersionEdit()
             edit.logNumber = nextLog
             if reserved { edit.releasedReservations = [spec.outputNumber] }

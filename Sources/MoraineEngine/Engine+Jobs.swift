@@ -187,14 +187,20 @@ extension Engine {
     /// its number reserved in the manifest (`reserved`: the install must release it).
     /// - Throws: the job's failure; `unavailable` after `lostJobRetries` lost jobs;
     ///   `corruption` for a result that does not fit its spec (never installed).
-    func runFlushJob(_ imm: MemTable) throws -> (spec: FlushJobSpec, result: FlushJobResult, reserved: Bool) {
+    func runFlushJob(_ imm: MemTable, arena: MemtableArenaGrant? = nil) throws -> (spec: FlushJobSpec, result: FlushJobResult, reserved: Bool) {
         var lost: [String] = []
         while true {
             let reserved = options.jobRunner.flushesElsewhere
             let number = reserved ? try reserveOutputs(1).lowerBound : versions.newFileNumber()
-            let spec = FlushJobSpec(
+            var spec = FlushJobSpec(
                 jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0,
                 outputNumber: number, tableOptions: options.tableOptions)
+            if let arena {
+                // The worker reads the committed entries there (the arena's own state says which).
+                spec.arena = FlushArenaReference(
+                    regionPath: arena.arena.region.path, offset: UInt64(arena.arena.offset), bytes: UInt64(arena.arena.bytes),
+                    logNumber: arena.logNumber)
+            }
             let result: FlushJobResult
             do {
                 result = try options.jobRunner.runFlush(spec, source: imm.makeIterator(), fileSystem: fileSystem)

@@ -22,6 +22,9 @@ public struct FlushJobSpec: Sendable, Equatable {
     /// Wall-clock nanoseconds after which the job must not start, take entries, nor finish (0:
     /// no deadline).
     public var deadlineUnixNanos: Int64 = 0
+    /// Where the memtable lies in a memory node's region, when it does: a worker on the same box
+    /// reads it there in place instead of receiving its entries.
+    public var arena: FlushArenaReference? = nil
 
     public init(jobID: UInt64, directory: String, epoch: UInt64, outputNumber: UInt64, tableOptions: TableOptions) {
         self.jobID = jobID
@@ -74,4 +77,20 @@ public struct FlushJobResult: Sendable, Equatable {
     public var cpuNanos: Int64 = 0
 
     public init(jobID: UInt64) { self.jobID = jobID }
+}
+
+/// A memtable's arena in a memory node's region: the region file, the arena's offset and bytes
+/// in it, and the memtable's log number (the arena's tag).
+public struct FlushArenaReference: Sendable, Equatable {
+    public var regionPath: String
+    public var offset: UInt64
+    public var bytes: UInt64
+    public var logNumber: UInt64
+
+    public init(regionPath: String, offset: UInt64, bytes: UInt64, logNumber: UInt64) {
+        self.regionPath = regionPath
+        self.offset = offset
+        self.bytes = bytes
+        self.logNumber = logNumber
+    }
 }

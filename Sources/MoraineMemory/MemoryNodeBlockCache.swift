@@ -5,6 +5,7 @@
 // While the node is down, the slots already in the region still serve lookups.
 //
 // Thread-safety: lookups from any thread; the insert queue behind one lock.
+import Atomics
 import MoraineFormat
 import MoraineMessages
 import MoraineSystem
@@ -44,13 +45,27 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     /// The largest block a slot holds, once the region is mapped.
     private func slotPayloadMax() -> Int? { cache().map { $0.1.payloadMax } }
 
+    /// The region and its cache, once mapped (read without a lock on every lookup).
+    private final class Mapped: @unchecked Sendable {
+        let region: PmemRegion
+        let layout: SharedCacheLayout
+
+        init(region: PmemRegion, layout: SharedCacheLayout) {
+            self.region = region
+            self.layout = layout
+        }
+    }
+    private let mapping = ManagedAtomicLazyReference<Mapped>()
+
     /// The mapped region and its cache layout; nil (counted as a miss) while it cannot be mapped.
     private func cache() -> (PmemRegion, SharedCacheLayout)? {
         if disabled.load(ordering: .relaxed) { return nil }
+        if let mapped = mapping.load() { return mapped.layout.sets > 0 ? (mapped.region, mapped.layout) : nil }
         if monotonicNanos() < retryMappingAt.load(ordering: .relaxed) { return nil }
         do {
             let (region, layout) = try arenas.mapped()
-            return layout.cacheSlots > 0 ? (region, layout.cache) : nil
+            let mapped = mapping.storeIfNilThenLoad(Mapped(region: region, layout: layout.cache))
+            return mapped.layout.sets > 0 ? (mapped.region, mapped.layout) : nil
         } catch {
             retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
             return nil

@@ -256,6 +256,52 @@ extension MemTable {
         return copy
     }
 
+    /// Calls `body` with every committed entry of `arena`, in key order, read in place by a
+    /// level-0 walk that checks every offset, length and the key order before using it, for a
+    /// reader in another process (a flush worker). Reads nothing outside the arena, whatever the
+    /// arena holds (even a memtable given to another owner under the walk).
+    /// - Returns: the entries passed to `body`.
+    /// - Throws: `.corruption` naming the arena when the walk does not find exactly the committed
+    ///   entries; what `body` throws.
+    public static func forEachCommitted(
+        _ arena: MemTableRegionArena, name: String, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Int {
+        func corrupt(_ why: String) -> MoraineError { MoraineError.corruption("memtable arena: \(why)", file: name) }
+        guard let state = try committedState(arena, name: name) else { return 0 }
+        let capacity = arena.bytes - RegionArenaLayout.headerBytes
+        let view = MemTable(
+            base: arena.region.base + arena.offset + RegionArenaLayout.headerBytes, capacityBytes: capacity,
+            placement: RegionPlacement(arena: arena), logNumber: 0, ceiling: state.ceiling, seed: 1)
+        let head = headerBytes + 4 * maxHeight
+        var node: UInt32 = 0
+        var visited = 0
+        var count = 0
+        while true {
+            let next = view.link(node, 0).load(ordering: .acquiring)
+            if next == 0 { break }
+            visited += 1
+            let offset = Int(next)
+            guard visited <= capacity / (headerBytes + 4 + internalKeyTagBytes) + 1, offset >= head, offset & 3 == 0,
+                offset + headerBytes + 4 <= capacity
+            else { throw corrupt("level 0 link to \(offset) after \(visited) nodes") }
+            let nodeHeight = view.height(next)
+            let keyBytes = view.keyLength(next)
+            guard nodeHeight >= 1, nodeHeight <= maxHeight, keyBytes >= internalKeyTagBytes,
+                offset + headerBytes + 4 * nodeHeight + keyBytes + view.valueLength(next) <= capacity
+            else { throw corrupt("node at \(offset): height \(nodeHeight), key \(keyBytes) bytes, overruns the arena") }
+            if node != 0 && compareInternalKeys(view.key(node), view.key(next)) >= 0 {
+                throw corrupt("level 0 keys out of order at node \(offset)")
+            }
+            if MoraineFormat.sequence(view.key(next)) <= state.ceiling {
+                try body(view.key(next), view.value(next))
+                count += 1
+            }
+            node = next
+        }
+        guard count == state.entries else { throw corrupt("level 0 reaches \(count) of its \(state.entries) committed entries") }
+        return count
+    }
+
     /// The committed state of `arena` (nil: never committed), read consistently: the generation
     /// is read before and after its slot, and the read is repeated while a commit moves it.
     /// - Throws: `.corruption` for a state that cannot be the arena's.

@@ -15,6 +15,10 @@ extension WorkerOpcode {
     public static let flushAppend: UInt8 = 0x45
     /// Finish a flush: `CompactionJobName` → `FlushJobReply` (the table synced).
     public static let flushFinish: UInt8 = 0x46
+    /// A whole flush of a memtable the worker reads in place in a memory node's region (same box):
+    /// `FlushJobRequest` with its arena → `FlushJobReply`; `notFound` when the worker cannot read
+    /// the arena whole (the sender then streams the entries).
+    public static let flushArena: UInt8 = 0x47
 }
 
 /// A flush job for a worker: its spec.
@@ -34,6 +38,12 @@ public struct FlushJobRequest: WireMessage {
         writer.u32(UInt32(clamping: spec.tableOptions.bloomBitsPerKey))
         writer.u8(spec.tableOptions.compression == .lz4 ? 1 : 0)
         writer.u64(UInt64(bitPattern: spec.deadlineUnixNanos))
+        if let arena = spec.arena {
+            writer.string(arena.regionPath)
+            writer.u64(arena.offset)
+            writer.u64(arena.bytes)
+            writer.u64(arena.logNumber)
+        }
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -47,6 +57,11 @@ public struct FlushJobRequest: WireMessage {
             compression: try reader.u8("compression") == 1 ? .lz4 : .none)
         spec = FlushJobSpec(jobID: jobID, directory: directory, epoch: epoch, outputNumber: number, tableOptions: options)
         spec.deadlineUnixNanos = Int64(bitPattern: try reader.u64("deadline"))
+        if reader.remainingCount > 0 {
+            spec.arena = FlushArenaReference(
+                regionPath: try reader.string("region path"), offset: try reader.u64("arena offset"), bytes: try reader.u64("arena bytes"),
+                logNumber: try reader.u64("arena log number"))
+        }
     }
 }
 

@@ -55,6 +55,8 @@ public final class CompactionWorker: Sendable {
     /// File systems reaching the storage node, one per endpoint, database and epoch, kept between
     /// jobs so a job does not pay for a new connection and cold caches (at most `fileSystemsMax`).
     private let fileSystems = Mutex<[String: RemoteFileSystem]>([:])
+    /// Memory nodes' regions mapped for in-place flushes, by path.
+    let regions = Mutex<[String: PmemRegion]>([:])
     private static let fileSystemsMax = 16
 
     /// A worker whose jobs reach the storage node `storage` names, with `key`.
@@ -105,6 +107,7 @@ public final class CompactionWorker: Sendable {
             }
         }
         registerFlush(in: &router)
+        registerArenaFlush(in: &router)
     }
 
     /// Jobs running (with their progress) and finished.

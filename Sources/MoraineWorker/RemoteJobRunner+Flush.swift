@@ -35,7 +35,21 @@ extension RemoteJobRunner {
             for offset in 0..<endpoints.count {
                 let endpoint = endpoints[(start + offset) % endpoints.count]
                 spec.deadlineUnixNanos = wallClockNanos() + timing.jobTimeoutNanos
-                switch try stream(spec, source: source, to: endpoint) {
+                if spec.arena != nil, case .sharedMemory = endpoint {
+                    // Same box: the worker reads the memtable in the region itself.
+                    switch try flushInPlace(spec, on: endpoint) {
+                    case .done(let result):
+                        countRemoteFlush()
+                        countInPlaceFlush()
+                        return result
+                    case .notStarted(let why):
+                        refusals.append("\(endpoint): \(why)")
+                        if !why.hasPrefix("streamed:") { continue }
+                    }
+                }
+                var streamed = spec
+                streamed.arena = nil
+                switch try stream(streamed, source: source, to: endpoint) {
                 case .done(let result):
                     countRemoteFlush()
                     return result
@@ -125,6 +139,39 @@ extension RemoteJobRunner {
             switch error.code {
             case .timedOut, .unavailable, .closed:
                 throw lostFlush(spec, endpoint, "no answer to finish (\(error.message))", alive: error.code == .timedOut)
+            default: throw MoraineError(error.moraineError.kind, "flush job \(spec.jobID) failed on worker \(endpoint): \(error.message)")
+            }
+        }
+        guard case .bytes(let bytes) = reply, let result = try? FlushJobReply.decode(bytes).result else {
+            throw MoraineError(.corruption, "worker \(endpoint) answered flush job \(spec.jobID) with bytes that do not decode")
+        }
+        return .done(result)
+    }
+
+    /// Asks one worker to flush the memtable from its arena in place (one request; the worker
+    /// answers once the table is written).
+    /// - Returns: `.notStarted` for a busy worker, or one that cannot read the arena (prefixed
+    ///   "streamed:": the caller streams the entries to it instead).
+    /// - Throws: the worker's error, as a MoraineError; `JobLost` when the connection broke or the
+    ///   answer did not come before the job's deadline.
+    private func flushInPlace(_ spec: FlushJobSpec, on endpoint: Endpoint) throws -> FlushOutcome {
+        let client: any TransportClient
+        do {
+            client = try endpoint.connect(key: key, limits: limits)
+        } catch {
+            return .notStarted(error.message)
+        }
+        defer { client.close() }
+        let reply: Payload
+        do {
+            reply = try client.call(
+                WorkerOpcode.flushArena, FlushJobRequest(spec: spec).encoded(), timeoutNanos: max(timing.jobTimeoutNanos, 1_000_000_000))
+        } catch {
+            switch error.code {
+            case .busy: return .notStarted(error.message)
+            case .notFound, .unknownOpcode: return .notStarted("streamed: \(error.message)")
+            case .timedOut, .unavailable, .closed:
+                throw lostFlush(spec, endpoint, "no answer to the in-place flush (\(error.message))", alive: error.code == .timedOut)
             default: throw MoraineError(error.moraineError.kind, "flush job \(spec.jobID) failed on worker \(endpoint): \(error.message)")
             }
         }

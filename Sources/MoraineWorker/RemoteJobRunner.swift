@@ -54,6 +54,7 @@ public final class RemoteJobRunner: JobRunner {
     private let fallbackCount = Atomic<Int>(0)
     private let lostCount = Atomic<Int>(0)
     private let remoteFlushCount = Atomic<Int>(0)
+    private let inPlaceFlushCount = Atomic<Int>(0)
     private let flushFallbackCount = Atomic<Int>(0)
     /// Each worker's slots, as its last accepted job told (by endpoint); a worker that cannot be
     /// reached drops out.
@@ -81,6 +82,9 @@ public final class RemoteJobRunner: JobRunner {
 
     func nextFlushWorker() -> Int { nextFlush.wrappingAdd(1, ordering: .relaxed).oldValue }
     func countRemoteFlush() { remoteFlushCount.add(1, ordering: .relaxed) }
+    func countInPlaceFlush() { inPlaceFlushCount.add(1, ordering: .relaxed) }
+    /// Flushes a worker read in place from a memory node's region (part of `remoteFlushes`).
+    public var inPlaceFlushes: Int { inPlaceFlushCount.load(ordering: .relaxed) }
     func countFlushFallback() -> Int {
         flushWorkers().isEmpty ? 0 : flushFallbackCount.add(1, ordering: .relaxed).newValue
     }

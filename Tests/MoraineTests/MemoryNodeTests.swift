@@ -14,6 +14,7 @@ import MoraineMessages
 import MoraineSystem
 import MoraineTestSupport
 import MoraineTransport
+import MoraineWorker
 import Testing
 
 /// A memory node served in this process on a Unix socket, with its region in a temporary directory.
@@ -498,6 +499,39 @@ struct MemoryNodeTests {
         options.secondaryBlockCache = MemoryNodeBlockCache(database: path, arenas: memory.arenas())
         try Database(path: path, options: options).close()
         #expect(Self.cachedSlots(memory, database: path).isEmpty)
+    }
+
+    @Test("a flush worker on the same box reads a memtable in place in the region; over TCP it gets the entries streamed", arguments: [
+        Carrier.sharedMemory, Carrier.tcp,
+    ])
+    func flushInPlace(carrier: Carrier) throws {
+        let memory = try MemoryTestNode(arenaBytes: 1 << 20, arenaCount: 8)
+        let node = try StorageTestNode(carrier)
+        defer { node.remove() }
+        let worker = try TestWorker(for: node)
+        let runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing, flushWorkers: { [worker.endpoint] }) { [] }
+        var options = Self.options(memory.arenas())
+        let files = node.remote
+        let endpoint = memory.endpoint
+        options.memtableRegion = MemoryNodeArenas(key: memory.key, epoch: { files.leaseEpoch(of: $0) }) {
+            () throws(TransportError) -> Endpoint in endpoint
+        }
+        options.fileSystem = node.remote
+        options.jobRunner = runner
+        let db = try Database(path: "inplace", options: options)
+        defer { try? db.close() }
+        for i in 0..<3000 { try db.put(Self.key(i), Array("value-\(i)".utf8)) }
+        try db.flush()
+        #expect(runner.remoteFlushes >= 1 && runner.flushFallbacks == 0, "\(runner.remoteFlushes) remote, \(runner.flushFallbacks) here")
+        if carrier == .sharedMemory {
+            #expect(runner.inPlaceFlushes == runner.remoteFlushes, "\(runner.inPlaceFlushes) of \(runner.remoteFlushes) read in place")
+        } else {
+            #expect(runner.inPlaceFlushes == 0, "a worker reached over TCP was sent an arena")
+        }
+        #expect(db.stats().levels[0].fileCount >= 1)
+        var wrong = 0
+        for i in stride(from: 0, to: 3000, by: 7) where try db.get(Self.key(i)) != Array("value-\(i)".utf8) { wrong += 1 }
+        #expect(wrong == 0)
     }
 
     @Test("malformed memory-node requests are refused with an error and the node goes on serving")
