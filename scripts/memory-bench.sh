@@ -15,7 +15,8 @@
 #     warm-up does: the first pass fills the shared cache, which a fill does not).
 #  4. sharing: two compute processes at once, one database of --share_big keys and one of
 #     --share_small, reading through one 256 MiB shared cache against each through a private
-#     128 MiB one (two more clusters); hit rates and throughput per database.
+#     128 MiB one (two more clusters); hit rates and throughput per database. Memtables of 4 MiB and
+#     a compaction after the fill, so both databases read from tables.
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
 #                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--out DIR]
@@ -119,7 +120,8 @@ TOML
   "$moraine" up --topology "$work/half.toml" --run-dir "$work/half2" --detach >/dev/null
   share() {  # share SETUP CLUSTER KEYS NAME
     "$moraine" bench --cluster "$2" --engine cluster --db "$work/share-$4" --num "$3" --value_size 100 --reads 500000 \
-      --cache_size 8388608 --benchmarks fillrandom,readrandom,readrandom --json "$out/share-$1-$4.json" > "$out/share-$1-$4.txt" 2>&1
+      --cache_size 8388608 --write_buffer_size 4194304 --benchmarks fillrandom,compact,readrandom,readrandom \
+      --json "$out/share-$1-$4.json" > "$out/share-$1-$4.txt" 2>&1
   }
   echo "== sharing: one 256 MiB cache" >&2
   share shared "$run_dir" "$share_big" big & share shared "$run_dir" "$share_small" small & wait
