@@ -144,7 +144,7 @@ extension Engine {
     }
 
     /// Removes WAL files and frees arenas every memtable has flushed past (the manifest edit
-    /// saying so is durable). Precondition: `mutex` held.
+    /// saying so is durable). Precondition: `mutex` held (released while a memory node is asked).
     func deleteObsoleteLogs() {
         let keep = versions.logNumber
         while let oldest = retiredLogs.first, oldest.number < keep {
@@ -152,7 +152,7 @@ extension Engine {
             retiredLogs.removeFirst()
         }
         pmemRegion.map { releaseObsoleteArenas(in: $0) }
-        releaseObsoleteRegionArenas()
+        releaseObsoleteRegionArenas(unlockingMutex: true)
         guard let names = try? fileSystem.children(of: path) else { return }
         for name in names {
             if case .log(let n) = DatabaseFile(name: name), n < keep, n != logFileNumber {

@@ -283,19 +283,28 @@ extension Engine {
 
     /// Gives back the region arenas of memtables the manifest has moved past (their flush is
     /// durable). Best effort: one not given back now is tried again later, or by the next open.
-    /// Precondition: `mutex` held (or recovery, single-threaded).
-    func releaseObsoleteRegionArenas() {
+    /// Precondition: `mutex` held, or recovery (single-threaded). With `unlockingMutex`, the
+    /// requests go out with the mutex released (a stopped memory node must not hold writers for
+    /// its timeout); the arenas are taken out of `heldArenas` first, so no one else gives them
+    /// back meanwhile, and those not given back are put back.
+    func releaseObsoleteRegionArenas(unlockingMutex: Bool = false) {
         guard let provider = options.memtableRegion else { return }
-        for number in heldArenas.keys.sorted() where number < versions.logNumber && number != logFileNumber {
-            guard let grant = heldArenas[number] else { continue }
+        let obsolete = heldArenas.keys.sorted().filter { $0 < versions.logNumber && $0 != logFileNumber }
+        let grants = obsolete.compactMap { heldArenas.removeValue(forKey: $0) }
+        guard !grants.isEmpty else { return }
+        if unlockingMutex { mutex.unlock() }
+        var kept: ArraySlice<MemtableArenaGrant> = []
+        for (index, grant) in grants.enumerated() {
             do {
                 try provider.release(database: path, grant)
-                heldArenas[number] = nil
             } catch {
-                SystemLog.info("could not give back \(provider.description) arena \(grant.index) (log \(number)): \(error)")
-                return
+                SystemLog.info("could not give back \(provider.description) arena \(grant.index) (log \(grant.logNumber)): \(error)")
+                kept = grants[index...]
+                break
             }
         }
+        if unlockingMutex { mutex.lock() }
+        for grant in kept { heldArenas[grant.logNumber] = grant }
     }
 
     /// Starts a new commit log and memtable; the old memtable joins the flush queue.

@@ -402,6 +402,46 @@ struct MemoryNodeTests {
         try fresh.close()
     }
 
+    /// A memory node that takes `seconds` to answer a release (a stopped node, on demand).
+    final class SlowRelease: MemtableArenaProvider, @unchecked Sendable {
+        let inner: MemoryNodeArenas
+        let seconds: Double
+        init(_ inner: MemoryNodeArenas, seconds: Double) {
+            self.inner = inner
+            self.seconds = seconds
+        }
+        func adopt(database: String) throws -> [MemtableArenaGrant] { try inner.adopt(database: database) }
+        func list(database: String) throws -> [MemtableArenaGrant] { try inner.list(database: database) }
+        func allocate(database: String, logNumber: UInt64) throws -> MemtableArenaGrant {
+            try inner.allocate(database: database, logNumber: logNumber)
+        }
+        func release(database: String, _ grant: MemtableArenaGrant) throws {
+            sleepNanos(Int64(seconds * 1e9))
+            try inner.release(database: database, grant)
+        }
+        var arenaBytes: Int { inner.arenaBytes }
+        var description: String { inner.description }
+    }
+
+    @Test("a memory node slow to take an arena back holds no writer: arenas go back with the engine's mutex released")
+    func slowReleaseHoldsNoWriter() throws {
+        let memory = try MemoryTestNode()
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        var options = Self.options(memory.arenas())
+        options.memtableRegion = SlowRelease(memory.arenas(), seconds: 3)
+        let db = try Database(path: directory.file("db"), options: options)
+        defer { try? db.close() }
+        for i in 0..<200 { try db.put(Self.key(i), Array("v\(i)".utf8)) }
+        let started = monotonicNanos()
+        try db.flush()  // the flushed memtable's arena goes back in the background, slowly
+        for i in 200..<250 { try db.put(Self.key(i), Array("v\(i)".utf8)) }
+        let millis = (monotonicNanos() - started) / 1_000_000
+        #expect(millis < 1_500, "a flush and 50 writes took \(millis) ms while an arena was being given back")
+        #expect(eventually(seconds: 10) { memory.node.status.holders.first?.arenas == 1 }, "the flushed arena never went back")
+        #expect(try db.get(Self.key(240)) == Array("v240".utf8))
+    }
+
     @Test("an owner whose arena a newer owner adopted stops with fenced instead of acknowledging")
     func staleOwnerFenced() throws {
         let memory = try MemoryTestNode()
