@@ -22,7 +22,12 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     private var pending: [MemoryCacheInsert.Block] = []
     private var pendingBytes = 0
     private var senderRunning = false
-    private let tally = Mutex(SecondaryCacheCounters())
+    // Counted on every lookup, from any thread: atomics, not a lock.
+    private let hits = ManagedAtomic<Int>(0)
+    private let misses = ManagedAtomic<Int>(0)
+    private let corrupt = ManagedAtomic<Int>(0)
+    private let inserts = ManagedAtomic<Int>(0)
+    private let dropped = ManagedAtomic<Int>(0)
     /// When the region could not be mapped, not before this (monotonic ns) is it tried again.
     private let retryMappingAt = Atomic<Int64>(0)
     /// Off for good (see `invalidateAll`).
@@ -40,7 +45,15 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         self.arenas = arenas
     }
 
-    public var counters: SecondaryCacheCounters { tally.withLock { $0 } }
+    public var counters: SecondaryCacheCounters {
+        var counters = SecondaryCacheCounters()
+        counters.hits = hits.load(ordering: .relaxed)
+        counters.misses = misses.load(ordering: .relaxed)
+        counters.corrupt = corrupt.load(ordering: .relaxed)
+        counters.inserts = inserts.load(ordering: .relaxed)
+        counters.dropped = dropped.load(ordering: .relaxed)
+        return counters
+    }
 
     /// The largest block a slot holds, once the region is mapped.
     private func slotPayloadMax() -> Int? { cache().map { $0.1.payloadMax } }
@@ -74,17 +87,17 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
 
     public func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer? {
         guard let (region, layout) = cache() else {
-            tally.withLock { $0.misses += 1 }
+            misses.wrappingIncrement(ordering: .relaxed)
             return nil
         }
         let (found, block) = region.sharedCacheLookup(layout, database: databaseID, file: file, offset: offset)
         switch found {
         case .hit:
-            tally.withLock { $0.hits += 1 }
+            hits.wrappingIncrement(ordering: .relaxed)
         case .miss:
-            tally.withLock { $0.misses += 1 }
+            misses.wrappingIncrement(ordering: .relaxed)
         case .damaged:
-            tally.withLock { $0.corrupt += 1 }
+            corrupt.wrappingIncrement(ordering: .relaxed)
             SystemLog.info("shared cache: the block at \(offset) of table \(file) of \(database) failed its CRC in the region; read from the file")
         }
         return block
@@ -94,7 +107,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         if disabled.load(ordering: .relaxed) { return }
         // A block larger than a slot never fits: not worth a request.
         if let payloadMax = slotPayloadMax(), bytes.count > payloadMax {
-            tally.withLock { $0.dropped += 1 }
+            dropped.wrappingIncrement(ordering: .relaxed)
             return
         }
         let startSender = queue.withLock { () -> Bool? in
@@ -107,7 +120,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             return true
         }
         guard let startSender else {
-            tally.withLock { $0.dropped += 1 }
+            dropped.wrappingIncrement(ordering: .relaxed)
             return
         }
         if startSender && !startThreadIfPossible(name: "moraine-cache-insert", { [weak self] in self?.send() }) {
@@ -148,11 +161,11 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
                 if client == nil { client = try arenas.endpoint().connect(key: arenas.key) }
                 _ = try client!.call(
                     MemoryOpcode.cacheInsert, MemoryCacheInsert(database: database, blocks: batch).encoded(), timeoutNanos: 5_000_000_000)
-                tally.withLock { $0.inserts += batch.count }
+                inserts.wrappingIncrement(by: batch.count, ordering: .relaxed)
             } catch {
                 client?.close()
                 client = nil
-                tally.withLock { $0.dropped += batch.count }
+                dropped.wrappingIncrement(by: batch.count, ordering: .relaxed)
                 sleepNanos(100_000_000)
             }
         }
