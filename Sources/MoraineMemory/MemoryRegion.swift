@@ -85,7 +85,8 @@ public final class MemoryRegion: @unchecked Sendable {
     }
 
     /// Opens the region at `path`, creating and formatting it with `layout` when the file does
-    /// not exist (or was never completely formatted).
+    /// not exist (it appears at `path` formatted, so a crash while creating leaves nothing);
+    /// an existing file of zeros big enough for `layout` (a device) is formatted in place.
     /// - Throws: `.invalid` for a region of another layout version or geometry (naming what
     ///   differs) or a file that is not a region; `.corruption` for a damaged table.
     public static func open(
@@ -98,7 +99,10 @@ public final class MemoryRegion: @unchecked Sendable {
                 .invalid, "a memory region needs arenas of 128 KiB…2 GiB in whole pages and at least one of them "
                     + "(asked: \(layout.arenaCount) arenas of \(layout.arenaBytes) bytes)")
         }
-        let mapping = try PmemRegion.mapping(path: path, sizeBytes: layout.regionBytes, create: true, numaNode: numaNode, tracer: tracer)
+        // A region created here arrives formatted, and is checked as any other.
+        let mapping = try PmemRegion.mapping(path: path, sizeBytes: layout.regionBytes, create: true, numaNode: numaNode, tracer: tracer) {
+            try MemoryRegion(mapping: $0, layout: layout).format()
+        }
         let region = MemoryRegion(mapping: mapping, layout: layout)
         if mapping.sizeBytes >= 8 && mapping.loadWord(at: 0) == MemoryRegionLayout.magic {
             try region.checkHeader()

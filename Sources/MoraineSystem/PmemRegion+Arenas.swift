@@ -5,8 +5,11 @@
 //   arenas    fixed-size, each opening with its own 64-byte header: magic "MORARENA", the
 //             owner tag, and one 8-byte word the owner uses as it likes (the log tail)
 // Crash consistency, with 8-byte stores as the only atomic unit:
+// - create: the file is sized and formatted under a temporary name, then linked into place
+//   (PmemRegion.create), so a crash while creating leaves no file, never a headerless one;
 // - format: every field but the magic is written and persisted, then the magic; a region
-//   without its magic is formatted afresh (nothing can be in it yet);
+//   whose first word is still zero is formatted afresh (nothing can be in it yet), one with
+//   another first word is a foreign file and refused;
 // - allocate: the arena header (magic, tag, zeroed word) is persisted first, then the table
 //   word is published and persisted; a crash in between leaves the arena free;
 // - free: the table word is set to 0 and persisted.
@@ -61,7 +64,8 @@ public struct PmemArena: Sendable, Equatable {
 
 extension PmemRegion {
     /// Opens the region at `path`, creating and formatting it with `layout` when it does not
-    /// exist (or was never completely formatted). An existing region keeps its own geometry.
+    /// exist; an existing file of zeros (a device, or a file made for it) big enough for
+    /// `layout` is formatted in place. An existing region keeps its own geometry.
     /// - Parameter numaNode: binds the region's pages to this node when given.
     /// - Parameter formatIfNeeded: false opens only an existing, formatted region.
     /// - Throws: `.corruption` for a damaged header or arena table, `.invalid` for a file that
@@ -71,9 +75,16 @@ extension PmemRegion {
         formatIfNeeded: Bool = true
     ) throws -> PmemRegion {
         precondition(requested.arenaCount > 0 && requested.arenaBytes >= 4096 && requested.arenaBytes % 4096 == 0)
-        let exists = access(path, F_OK) == 0
-        if !exists && !formatIfNeeded { throw MoraineError(.notFound, "no persistent-memory region at \(path)") }
-        let (base, mapped, isPmem) = try map(path: path, sizeBytes: requested.regionBytes, create: !exists)
+        if access(path, F_OK) != 0 {
+            guard formatIfNeeded else { throw MoraineError(.notFound, "no persistent-memory region at \(path)") }
+            if let created = try create(
+                path: path, sizeBytes: requested.regionBytes, sparse: false, numaNode: numaNode, tracer: tracer, layout: requested,
+                prepare: { try $0.format() })
+            {
+                return created
+            }
+        }
+        let (base, mapped, isPmem) = try map(path: path)
         let region = PmemRegion(
             path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer, layout: requested,
             numaNode: numaNode)
@@ -85,9 +96,13 @@ extension PmemRegion {
             region.layout = try region.readLayout()
         } else {
             guard formatIfNeeded else { throw MoraineError(.invalid, "\(path) is not a persistent-memory region") }
+            if mapped >= 8 && region.loadWord(at: 0) != 0 {
+                throw MoraineError(.invalid, "\(path) is not a persistent-memory region (its first word is not the region magic); refusing to format it")
+            }
             guard mapped >= requested.regionBytes else {
                 throw MoraineError(
-                    .invalid, "\(path) holds \(mapped) bytes and no region header; expected a new region of \(requested.regionBytes)")
+                    .invalid, "\(path) holds \(mapped) bytes and no region header; a new region needs \(requested.regionBytes) "
+                        + "(a file this build creates appears whole, so this one came from elsewhere: remove it if nothing uses it)")
             }
             try region.format()
         }

@@ -48,33 +48,97 @@ public final class PmemRegion: @unchecked Sendable {
 
     deinit { pmem_unmap(base, sizeBytes) }
 
-    /// Maps `path`, creating it with `sizeBytes` when missing (an existing file keeps its size).
+    /// Maps the existing file at `path` as it is.
     /// - Throws: `.io` naming libpmem's message.
-    static func map(path: String, sizeBytes: Int, create: Bool, sparse: Bool = false) throws -> (UnsafeMutableRawPointer, Int, Bool) {
+    static func map(path: String) throws -> (UnsafeMutableRawPointer, Int, Bool) {
+        try mapFile(path, sizeBytes: 0, flags: 0)
+    }
+
+    /// Creates a region file that appears at `path` only once `prepare` has formatted it: the
+    /// file is sized and prepared under a temporary name beside `path`, then linked into place.
+    /// A process killed while creating (sizing a large region takes a while) leaves no file
+    /// at `path` — never a short or headerless one the next open would have to refuse.
+    /// - Returns: nil when another process created `path` first (open that one instead).
+    /// - Throws: `.io`/`.noSpace` naming libpmem's message, the mbind failure, or what
+    ///   `prepare` throws.
+    static func create(
+        path: String, sizeBytes: Int, sparse: Bool, numaNode: Int?, tracer: PersistenceTracer?, layout: PmemLayout,
+        prepare: (PmemRegion) throws -> Void
+    ) throws -> PmemRegion? {
+        removeAbandonedCreations(of: path)
+        let temporary = "\(path).creating-\(getpid())"
+        unlink(temporary)
+        defer { unlink(temporary) }
+        let flags = Int32(PMEM_FILE_CREATE) | Int32(PMEM_FILE_EXCL) | (sparse ? Int32(PMEM_FILE_SPARSE) : 0)
+        let (base, mapped, isPmem) = try mapFile(temporary, sizeBytes: sizeBytes, flags: flags)
+        let region = PmemRegion(
+            path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer, layout: layout,
+            numaNode: numaNode)
+        if let numaNode {
+            let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
+            if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }
+        }
+        try prepare(region)
+        guard link(temporary, path) == 0 else {
+            let code = errno
+            if code == EEXIST { return nil }
+            throw posixError("link", path, code)
+        }
+        try? PosixFileSystem.shared.syncDirectory(parentDirectory(of: path))
+        return region
+    }
+
+    private static func mapFile(_ path: String, sizeBytes: Int, flags: Int32) throws -> (UnsafeMutableRawPointer, Int, Bool) {
         var mappedBytes = 0
         var isPmem: Int32 = 0
-        let flags: Int32 = create ? Int32(PMEM_FILE_CREATE) | (sparse ? Int32(PMEM_FILE_SPARSE) : 0) : 0
-        guard let pointer = pmem_map_file(path, create ? sizeBytes : 0, flags, 0o600, &mappedBytes, &isPmem) else {
+        guard let pointer = pmem_map_file(path, sizeBytes, flags, 0o600, &mappedBytes, &isPmem) else {
+            let code = errno
             let reason = String(cString: pmem_errormsg())
-            throw MoraineError(errno == ENOSPC ? .noSpace : .io, "pmem_map_file \(path): \(reason)")
+            throw MoraineError(code == ENOSPC ? .noSpace : .io, "pmem_map_file \(path): \(reason)")
         }
         return (pointer, mappedBytes, isPmem != 0)
+    }
+
+    private static func parentDirectory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    /// Deletes the temporary files of creations whose process is gone (killed mid-creation).
+    private static func removeAbandonedCreations(of path: String) {
+        let directory = parentDirectory(of: path)
+        let prefix = String(path[(path.lastIndex(of: "/").map { path.index(after: $0) } ?? path.startIndex)...]) + ".creating-"
+        guard let entries = try? PosixFileSystem.shared.children(of: directory) else { return }
+        for name in entries where name.hasPrefix(prefix) {
+            guard let pid = pid_t(name.dropFirst(prefix.count)), pid > 0 else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { unlink(directory == "/" ? "/" + name : directory + "/" + name) }
+        }
     }
 
     /// Maps the file at `path` as it is, or creates it with `sizeBytes` (sparse: pages are
     /// allocated as they are first touched) when `create` and it does not exist, for a region
     /// whose layout the caller keeps itself (a memory node's); `layout` is then meaningless.
+    /// A created file appears at `path` only after `prepare` (the caller's format) returns.
     /// - Throws: `.notFound` for a missing file not to be created, `.io`/`.noSpace` naming
-    ///   libpmem's message, or the mbind failure.
+    ///   libpmem's message, the mbind failure, or what `prepare` throws.
     public static func mapping(
-        path: String, sizeBytes: Int, create: Bool, numaNode: Int? = nil, tracer: PersistenceTracer? = nil
+        path: String, sizeBytes: Int, create: Bool, numaNode: Int? = nil, tracer: PersistenceTracer? = nil,
+        prepare: (PmemRegion) throws -> Void = { _ in }
     ) throws -> PmemRegion {
-        let exists = access(path, F_OK) == 0
-        if !exists && !create { throw MoraineError(.notFound, "no region file at \(path)") }
-        let (base, mapped, isPmem) = try map(path: path, sizeBytes: sizeBytes, create: !exists, sparse: true)
+        let placeholder = PmemLayout(arenaBytes: 4096, arenaCount: 1)
+        if access(path, F_OK) != 0 {
+            guard create else { throw MoraineError(.notFound, "no region file at \(path)") }
+            if let region = try Self.create(
+                path: path, sizeBytes: sizeBytes, sparse: true, numaNode: numaNode, tracer: tracer, layout: placeholder,
+                prepare: prepare)
+            {
+                return region
+            }
+        }
+        let (base, mapped, isPmem) = try map(path: path)
         let region = PmemRegion(
             path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer,
-            layout: PmemLayout(arenaBytes: 4096, arenaCount: 1), numaNode: numaNode)
+            layout: placeholder, numaNode: numaNode)
         if let numaNode {
             let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
             if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }

@@ -4,6 +4,7 @@
 // every acknowledged record and no torn one. The same checker must catch a log that leaves out
 // a flush, which a kill-the-process test never could. MORAINE_SEED replays;
 // MORAINE_PMEM_TRACE_ROUNDS sets the number of traced scenarios (default 2).
+import Foundation
 import Glibc
 import MoraineFormat
 import MoraineSystem
@@ -76,6 +77,47 @@ struct PmemTests {
         close(fd)
         let refused = #expect(throws: MoraineError.self) { _ = try PmemRegion.open(path: foreign, layout: Self.layout) }
         #expect(refused?.kind == .invalid)
+    }
+
+    @Test("a region appears whole: an abandoned creation is cleaned up, a short or foreign file is refused, never formatted")
+    func creationIsAtomic() throws {
+        let path = temporaryRegionPath("create")
+        // The temporary file of a creation whose process died (a reaped child's pid).
+        let child = try Process.run(URL(fileURLWithPath: "/bin/true"), arguments: [])
+        child.waitUntilExit()
+        let abandoned = "\(path).creating-\(child.processIdentifier)"
+        let fd = open(abandoned, O_CREAT | O_WRONLY, 0o600)
+        #expect(ftruncate(fd, 12288) == 0)
+        close(fd)
+        defer { unlink(path) }
+        do {
+            let region = try PmemRegion.open(path: path, layout: Self.layout)
+            #expect(region.sizeBytes == Self.layout.regionBytes)
+            #expect(region.freeArenaCount == 3)
+        }
+        #expect(access(abandoned, F_OK) != 0, "the abandoned creation's file is removed")
+        // A short file of zeros from elsewhere: refused, left alone.
+        let short = temporaryRegionPath("short")
+        defer { unlink(short) }
+        let shortFD = open(short, O_CREAT | O_WRONLY, 0o600)
+        #expect(ftruncate(shortFD, 4096) == 0)
+        close(shortFD)
+        let refusedShort = #expect(throws: MoraineError.self) { _ = try PmemRegion.open(path: short, layout: Self.layout) }
+        #expect(refusedShort?.kind == .invalid && refusedShort?.message.contains("no region header") == true)
+        // A full-size file whose first word is not zero and not the magic: never formatted.
+        let foreign = temporaryRegionPath("foreign-full")
+        defer { unlink(foreign) }
+        let foreignFD = open(foreign, O_CREAT | O_WRONLY, 0o600)
+        let bytes = [UInt8](repeating: 0x41, count: Self.layout.regionBytes)
+        #expect(bytes.withUnsafeBytes { write(foreignFD, $0.baseAddress, $0.count) } == bytes.count)
+        close(foreignFD)
+        let refusedForeign = #expect(throws: MoraineError.self) { _ = try PmemRegion.open(path: foreign, layout: Self.layout) }
+        #expect(refusedForeign?.message.contains("not a persistent-memory region") == true)
+        var first: UInt8 = 0
+        let check = open(foreign, O_RDONLY)
+        _ = read(check, &first, 1)
+        close(check)
+        #expect(first == 0x41, "the foreign file is untouched")
     }
 
     /// What a traced scenario did, with trace positions.

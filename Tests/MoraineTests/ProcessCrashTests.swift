@@ -182,3 +182,50 @@ struct ProcessCrashTests {
         #expect(totalAcks > rounds, "the child acknowledged too few writes to test anything")
     }
 }
+
+@Suite("SIGKILL while creating a region")
+struct RegionCreationKillTests {
+    /// A child opening a new `pmem` database sizes its region (hundreds of MiB on tmpfs) before
+    /// anything is written. Killed at a random moment of its start-up, it must leave nothing the
+    /// next open refuses: no region file at all, or a whole, formatted one. The reopen asks for
+    /// bigger arenas than the child did, as a restart with a larger write buffer would: a region
+    /// file left sized but not formatted would then be too small to format, and refused.
+    @Test("a process killed while creating its pmem region leaves nothing the next open refuses")
+    func killDuringCreation() throws {
+        let rounds = SeededRandom.environmentInt("MORAINE_KILL_ROUNDS", default: 8)
+        let seed = SeededRandom.testSeed("rounds \(rounds)")
+        var rng = SeededRandom(seed: seed)
+        var caughtCreating = 0
+        for round in 0..<rounds {
+            let directory = makeTemporaryDirectory("moraine-create-kill")
+            let regionPath = Options.defaultPmemPath(for: directory)
+            defer {
+                removeTree(directory)
+                unlink(regionPath)
+            }
+            let shell = try ShellProcess(arguments: ["shell", "--db", directory, "--sync", "--durability", "pmem"])
+            usleep(UInt32.random(in: 0...150_000, using: &rng))
+            shell.kill()
+            shell.wait()
+            let leftovers = try regionCreationLeftovers(of: regionPath)
+            if !leftovers.isEmpty { caughtCreating += 1 }
+            var options = Options()
+            options.durability = .pmem
+            options.createIfMissing = true
+            options.writeBufferSize = 80 << 20
+            let database = try Database(path: directory, options: options)
+            try database.put(Array("k".utf8), Array("v\(round)".utf8))
+            #expect(try database.get(Array("k".utf8)) == Array("v\(round)".utf8))
+            try database.close()
+            #expect(try regionCreationLeftovers(of: regionPath).isEmpty, "round \(round) (MORAINE_SEED=\(seed))")
+        }
+        print("region creation kills: \(rounds) rounds, \(caughtCreating) killed while the region was being sized")
+    }
+
+    /// The temporary files of region creations beside `regionPath`.
+    func regionCreationLeftovers(of regionPath: String) throws -> [String] {
+        let url = URL(fileURLWithPath: regionPath)
+        let prefix = url.lastPathComponent + ".creating-"
+        return try FileManager.default.contentsOfDirectory(atPath: url.deletingLastPathComponent().path).filter { $0.hasPrefix(prefix) }
+    }
+}
