@@ -76,7 +76,17 @@ let package = Package(
         ),
         // `moraine up`, `status`, `down`: the one-box cluster's supervisor.
         .target(name: "MoraineCluster", dependencies: ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"]),
-        .target(name: "Moraine", dependencies: ["MoraineEngine", "MoraineFormat", "MoraineSystem"]),
+        .target(
+            name: "MoraineCompute",
+            dependencies: [
+                "MoraineEngine", "MoraineFormat", "MoraineMemory", "MoraineMessages", "MoraineStorage", "MoraineSystem",
+                "MoraineTransport", "MoraineWorker",
+            ]
+        ),
+        .target(
+            name: "Moraine",
+            dependencies: ["MoraineCompute", "MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineSystem", "MoraineTransport"]
+        ),
         // The Redis-protocol front end (`moraine serve`).
         .target(
             name: "MoraineRESP",
@@ -106,7 +116,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
                 "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-                "MoraineMemory", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MoraineMemory", "MoraineCompute", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(
@@ -118,7 +128,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
-                "MoraineWorker", "MoraineRESP", "MoraineMemory",
+                "MoraineWorker", "MoraineRESP", "MoraineMemory", "MoraineCompute",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

@@ -151,7 +151,7 @@ final class MoraineBenchEngine: BenchEngine {
     }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
-        try database.engine.put(key: key, value: value, options: writeOptions)
+        try database.put(key: key, value: value, options: writeOptions)
     }
 
     func delete(_ key: UnsafeRawBufferPointer) throws {
@@ -168,14 +168,14 @@ final class MoraineBenchEngine: BenchEngine {
     }
 
     func get(_ key: UnsafeRawBufferPointer) throws -> Int? {
-        try database.engine.get(key: key)?.count
+        try database.get(key: key)?.count
     }
 
     func multiGet(_ keys: UnsafeRawBufferPointer, keySize: Int, count: Int) throws -> (found: Int, valueBytes: Int) {
         let batch = (0..<count).map { Array(UnsafeRawBufferPointer(rebasing: keys[$0 * keySize..<($0 + 1) * keySize])) }
         var found = 0
         var bytes = 0
-        for value in try database.engine.multiGet(batch) {
+        for value in try database.multiGet(batch) {
             if let value {
                 found += 1
                 bytes += value.count
@@ -188,14 +188,14 @@ final class MoraineBenchEngine: BenchEngine {
     func compactAll() throws { try database.compactRange() }
     func close() throws { try database.close() }
     var statistics: String? {
-        let stats = database.engine.stats()
+        let stats = database.stats()
         return stats.shape + "\n" + stats.json
     }
 }
 
 final class MoraineBenchCursor: BenchCursor {
-    let iterator: DBIterator
-    init(_ iterator: DBIterator) { self.iterator = iterator }
+    let iterator: DatabaseIterator
+    init(_ iterator: DatabaseIterator) { self.iterator = iterator }
     var isValid: Bool { iterator.isValid }
     func seekToFirst() throws { try iterator.seekToFirst() }
     func seekToLast() throws { try iterator.seekToLast() }

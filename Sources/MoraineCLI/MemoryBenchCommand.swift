@@ -75,7 +75,7 @@ struct MemoryBenchCommand: ParsableCommand {
         var sample: [([UInt8], [UInt8])] = []
         do {
             let database = try Database(path: path, options: options)
-            database.engine.pauseBackgroundWork()
+            try database.pauseBackgroundWork()
             var batch = WriteBatch()
             for i in 0..<count {
                 var keyBytes = [UInt8](repeating: 0, count: 16)

@@ -2,6 +2,7 @@
 // tools. Thin: all behaviour lives in the libraries.
 import ArgumentParser
 import Moraine
+import MoraineCompute
 import MoraineMemory
 import MoraineMessages
 import MoraineStorage
@@ -50,11 +51,21 @@ struct MoraineCommand: ParsableCommand {
 
 /// Options shared by commands that open a database.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "Database directory (with --cluster: the database's name on the storage node).")
+    @Option(help: "Database directory (with --cluster: the database's name on the storage node; with --connect: on the compute node).")
     var db: String
 
     @Option(help: "Keep the database's files on the storage node of the cluster running in this run directory.")
     var cluster: String?
+
+    @Option(
+        help: """
+            Use the database on a compute node: a cluster's run directory (it runs one) or the node's endpoint \
+            (shm:PATH or tcp:HOST:PORT, with --cluster-key). The node opens it with its own options.
+            """)
+    var connect: String?
+
+    @Option(name: .customLong("cluster-key"), help: "With --connect ENDPOINT: the cluster key file.")
+    var clusterKey: String?
 
     @Option(name: .customLong("write_buffer_size"), help: "Memtable size in bytes (write_buffer_size).")
     var writeBufferSize: Int?
@@ -72,6 +83,7 @@ struct DatabaseOptions: ParsableArguments {
     var cacheSize: Int?
 
     func validate() throws {
+        if connect != nil && cluster != nil { throw ValidationError("--connect and --cluster exclude each other") }
         if let writeBufferSize, writeBufferSize < 4096 || writeBufferSize > 1 << 30 {
             throw ValidationError("--write_buffer_size must be 4096…1073741824 bytes, not \(writeBufferSize)")
         }
@@ -97,78 +109,32 @@ struct DatabaseOptions: ParsableArguments {
         options.pmemPath = pmemPath
         if let cacheSize { options.blockCacheSize = cacheSize }
         if let cluster {
-            let fileSystem = try Self.remoteFileSystem(cluster: cluster)
-            options.fileSystem = fileSystem
-            if let memory = try Self.memoryNode(cluster: cluster, fileSystem: fileSystem) {
-                options.memtableRegion = memory
-                // The node's shared block cache, under this process's own (--cache_size).
-                options.secondaryBlockCache = MemoryNodeBlockCache(database: db, arenas: memory)
-            }
-            if let runner = try Self.jobRunner(cluster: cluster) {
-                options.jobRunner = runner
-                // Room for compactions side by side on the workers, and a thread for flushes.
-                options.maxBackgroundJobs = max(options.maxBackgroundJobs, 4)
-            }
+            options = try ClusterAttachment.options(options, database: db, runDirectory: cluster, owner: Self.owner)
         }
         return options
     }
 
-    /// Flushes and compactions on the cluster's flush and compaction workers (here when none can
-    /// take one), or nil when it runs no worker. The workers are looked up at every job, so a restarted one is found.
-    static func jobRunner(cluster: String) throws -> RemoteJobRunner? {
-        let run = RunDirectory(cluster)
-        do throws(TransportError) {
-            guard try run.roles().contains(where: { $0.role == "compaction" || $0.role == "flush" }) else { return nil }
-            let key = try ClusterKey.load(path: run.keyPath)
-            let flushWorkers: @Sendable () -> [Endpoint] = {
-                ((try? run.roles()) ?? []).filter { $0.role == "flush" }.map(\.endpoint)
-            }
-            return RemoteJobRunner(key: key, flushWorkers: flushWorkers) {
-                ((try? run.roles()) ?? []).filter { $0.role == "compaction" }.map(\.endpoint)
-            }
-        } catch {
-            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
-        }
-    }
+    static var owner: String { "moraine \(CommandLine.arguments.dropFirst().first ?? "") pid \(getpid())" }
 
-    /// The arenas of the cluster's memory node, when it runs one: memtables live there with
-    /// `--durability pmem` (and arenas an earlier owner left are re-attached in any mode).
+    static func jobRunner(cluster: String) throws -> RemoteJobRunner? { try ClusterAttachment.jobRunner(runDirectory: cluster) }
+
     static func memoryNode(cluster: String, fileSystem: RemoteFileSystem) throws -> MemoryNodeArenas? {
-        let run = RunDirectory(cluster)
-        do throws(TransportError) {
-            guard try run.roles().contains(where: { $0.role == "memory" }) else { return nil }
-            let key = try ClusterKey.load(path: run.keyPath)
-            return MemoryNodeArenas(key: key, epoch: { fileSystem.leaseEpoch(of: $0) }) { () throws(TransportError) -> Endpoint in
-                try run.endpoint(of: "memory")
-            }
-        } catch {
-            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
-        }
+        try ClusterAttachment.memoryNode(runDirectory: cluster, fileSystem: fileSystem)
     }
 
-    /// The file system of a cluster's storage node, from its run directory.
     static func remoteFileSystem(cluster: String) throws -> RemoteFileSystem {
-        let run = RunDirectory(cluster)
-        do throws(TransportError) {
-            guard let storage = try run.roles().first(where: { $0.role == "storage" }) else {
-                throw TransportError(.notFound, "the cluster in \(run.path) lists no storage node")
-            }
-            let key = try ClusterKey.load(path: run.keyPath)
-            var options = RemoteFileSystem.Options()
-            options.owner = "moraine \(CommandLine.arguments.dropFirst().first ?? "") pid \(getpid())"
-            if storage.linkDelayNanos > 0 { options.link = LinkEmulation(delay: .fixed(nanos: storage.linkDelayNanos)) }
-            return RemoteFileSystem(endpoint: storage.endpoint, key: key, options: options)
-        } catch {
-            throw MoraineError(error.moraineError.kind, "--cluster \(cluster): \(error.message)")
-        }
+        try ClusterAttachment.remoteFileSystem(runDirectory: cluster, owner: owner)
     }
 
     func open() throws -> Database {
-        try Database(path: db, options: try makeOptions())
+        if let connect { return try Database(connect: connect, database: db, clusterKey: clusterKey, options: try makeOptions()) }
+        return try Database(path: db, options: try makeOptions())
     }
 
-    /// Opens the database read-only: inspecting never changes it.
+    /// Opens the database read-only: inspecting never changes it. (Connected, the compute node
+    /// has it open for writing; the command itself only reads.)
     func openReadOnly() throws -> Database {
+        if let connect { return try Database(connect: connect, database: db, clusterKey: clusterKey, options: try makeOptions(create: false)) }
         var options = try makeOptions(create: false)
         options.readOnly = true
         return try Database(path: db, options: options)

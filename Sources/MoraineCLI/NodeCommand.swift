@@ -2,6 +2,8 @@
 // the role itself is a library (MoraineStorage for the storage node, MoraineWorker for a
 // flush or compaction worker, MoraineMemory for the memory node).
 import ArgumentParser
+import Moraine
+import MoraineCompute
 import MoraineMemory
 import MoraineMessages
 import MoraineStorage
@@ -16,16 +18,23 @@ import MoraineWorker
 struct NodeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run one role of a cluster: --role storage, memory, flush or compaction (more roles come with later releases).",
+        abstract: "Run one role of a cluster: --role compute, storage, memory, flush or compaction.",
         discussion: """
             Prints the endpoint it listens on as its first line of standard output, then serves until \
             SIGTERM, SIGINT or SIGHUP (it finishes the requests in flight and exits 0) or SIGKILL.
             """)
 
-    @Option(help: "The role to run: storage, memory, flush or compaction.") var role: String
-    @Option(help: "Storage: the directory that holds the databases' files (it must exist).") var data: String?
-    @Option(help: "Flush, compaction: the cluster's run directory (its endpoints file names the storage node).")
+    @Option(help: "The role to run: compute, storage, memory, flush or compaction.") var role: String
+    @Option(help: "Storage: the directory that holds the databases' files (it must exist). Compute without --cluster: the databases' parent directory.")
+    var data: String?
+    @Option(help: "Compute, flush, compaction, memory: the cluster's run directory (its endpoints file names the other roles).")
     var cluster: String?
+    @Option(help: "Compute: where the databases' writes become durable: wal (default) or pmem (memtables in the memory node's region).")
+    var durability: String?
+    @Option(name: .customLong("write_buffer_size"), help: "Compute: memtable size in bytes.") var writeBufferSize: Int?
+    @Option(name: .customLong("cache_size"), help: "Compute: block cache bytes per database (default 8 MiB).") var blockCacheSize: Int?
+    @Option(name: .customLong("session-ttl-ms"), help: "Compute: how long a client's snapshots and iterators outlive its last request.")
+    var sessionTTLMillis: UInt32 = 10_000
     @Option(help: "Flush, compaction: jobs run at once at most.") var slots: Int = 1
     @Option(help: "Memory: the region file (on a DAX mount for real persistent memory; else e.g. under /dev/shm).")
     var region: String?
@@ -55,6 +64,18 @@ struct NodeCommand: ParsableCommand {
             guard data != nil else { throw ValidationError("--role storage needs --data DIR") }
             guard listen != nil else { throw ValidationError("--role storage needs --listen shm:PATH|tcp:HOST:PORT") }
             guard clusterKey != nil else { throw ValidationError("--role storage needs --cluster-key FILE") }
+        case "compute":
+            guard cluster != nil || data != nil else { throw ValidationError("--role compute needs --cluster RUNDIR or --data DIR") }
+            guard cluster != nil || (listen != nil && clusterKey != nil) else {
+                throw ValidationError("--role compute without --cluster needs --listen and --cluster-key")
+            }
+            if let durability, Durability(rawValue: durability) == nil { throw ValidationError("--durability must be wal or pmem") }
+            if let writeBufferSize, writeBufferSize < 4096 || writeBufferSize > 1 << 30 {
+                throw ValidationError("--write_buffer_size must be 4096…1073741824 bytes, not \(writeBufferSize)")
+            }
+            guard (100...3_600_000).contains(sessionTTLMillis) else {
+                throw ValidationError("--session-ttl-ms must be 100…3600000, not \(sessionTTLMillis)")
+            }
         case "compaction", "flush":
             guard cluster != nil else { throw ValidationError("--role \(role) needs --cluster RUNDIR") }
             guard (1...1024).contains(slots) else { throw ValidationError("--slots must be 1…1024, not \(slots)") }
@@ -77,7 +98,7 @@ struct NodeCommand: ParsableCommand {
                 throw ValidationError("--region-size must hold at least one arena and its header (\(arenaSize + 4096) bytes), not \(regionSize)")
             }
         default:
-            throw ValidationError("--role \(role) is not known; this release runs: storage, memory, flush, compaction")
+            throw ValidationError("--role \(role) is not known; this release runs: compute, storage, memory, flush, compaction")
         }
         if let listen {
             do {
@@ -97,6 +118,22 @@ struct NodeCommand: ParsableCommand {
         let announce = { (endpoint: Endpoint) in
             print(endpoint.description)
             fflush(nil)
+        }
+        if role == "compute" {
+            let run = cluster.map { RunDirectory($0) }
+            let endpoint = try listen.map { try Endpoint(parsing: $0) } ?? .sharedMemory(socketPath: (run?.path ?? ".") + "/compute-\(getpid()).sock")
+            var configuration = ComputeRoleConfiguration(
+                runDirectory: run?.path, dataDirectory: data, endpoint: endpoint, clusterKeyPath: clusterKey ?? run?.keyPath ?? "",
+                numaNode: numaNode)
+            configuration.link = link
+            configuration.sessionTTLMillis = sessionTTLMillis
+            var options = Options()
+            options.createIfMissing = true
+            if let durability { options.durability = Durability(rawValue: durability) ?? .wal }
+            if let writeBufferSize { options.writeBufferSize = writeBufferSize }
+            if let blockCacheSize { options.blockCacheSize = blockCacheSize }
+            configuration.options = options
+            return try ComputeRole.run(configuration, announce: announce)
         }
         if role == "compaction" || role == "flush" {
             let run = RunDirectory(cluster ?? "")

@@ -9,6 +9,13 @@ public struct LevelStats: Sendable, Equatable {
     public var sizeBytes: UInt64
     /// Compaction score (≥ 1 means due); 0 for the last level.
     public var score: Double
+
+    public init(level: Int, fileCount: Int, sizeBytes: UInt64, score: Double) {
+        self.level = level
+        self.fileCount = fileCount
+        self.sizeBytes = sizeBytes
+        self.score = score
+    }
 }
 
 /// The engine's state and counters.
@@ -67,6 +74,30 @@ public struct EngineStats: Sendable {
     public var secondaryCache = SecondaryCacheCounters()
     public var backgroundError: String? = nil
 
+    public init() {}
+
+    /// The counters by their names in `json` (and on the compute node's wire), in that order.
+    public static let counters: [(name: String, field: WritableKeyPath<EngineStats, Int> & Sendable)] = [
+        ("memtable_bytes", \.memtableBytes), ("immutable_memtables", \.immutableMemtables),
+        ("live_snapshots", \.liveSnapshots), ("open_tables", \.openTables),
+        ("pinned_index_filter_bytes", \.pinnedIndexAndFilterBytes),
+        ("block_cache_capacity", \.blockCacheCapacityBytes), ("block_cache_usage", \.blockCacheUsageBytes),
+        ("block_cache_hits", \.blockCacheHits), ("block_cache_misses", \.blockCacheMisses), ("flushes", \.flushes),
+        ("compactions", \.compactions), ("trivial_moves", \.trivialMoves),
+        ("compaction_bytes_read", \.compactionBytesRead), ("compaction_bytes_written", \.compactionBytesWritten),
+        ("flush_bytes_written", \.flushBytesWritten), ("entries_dropped", \.entriesDropped), ("writes", \.writes),
+        ("write_groups", \.writeGroups), ("wal_syncs", \.walSyncs), ("wal_bytes", \.walBytes),
+        ("stall_slowdowns", \.stallSlowdowns), ("stall_stops", \.stallStops), ("stall_micros", \.stallMicros),
+        ("flush_micros", \.flushMicros), ("compaction_micros", \.compactionMicros), ("manifest_rolls", \.manifestRolls),
+        ("multiget_batches", \.multiGetBatches), ("multiget_block_reads", \.multiGetBlockReads), ("resumes", \.resumes),
+        ("remote_compactions", \.remoteCompactions), ("compaction_fallbacks", \.compactionFallbacks),
+        ("lost_jobs", \.lostJobs), ("remote_flushes", \.remoteFlushes), ("flush_fallbacks", \.flushFallbacks),
+        ("job_cpu_micros", \.jobCPUMicros), ("reattached_memtables", \.reattachedMemtables), ("region_arenas", \.regionArenas),
+        ("secondary_cache_hits", \.secondaryCache.hits), ("secondary_cache_misses", \.secondaryCache.misses),
+        ("secondary_cache_corrupt", \.secondaryCache.corrupt), ("secondary_cache_inserts", \.secondaryCache.inserts),
+        ("secondary_cache_dropped", \.secondaryCache.dropped),
+    ]
+
     /// One line of JSON.
     public var json: String {
         var fields: [String] = []
@@ -74,26 +105,8 @@ public struct EngineStats: Sendable {
             "{\"level\":\($0.level),\"files\":\($0.fileCount),\"bytes\":\($0.sizeBytes),\"score\":\(String(format2: $0.score))}"
         }
         fields.append("\"levels\":[\(levelJSON.joined(separator: ","))]")
-        let numbers: [(String, Int)] = [
-            ("memtable_bytes", memtableBytes), ("immutable_memtables", immutableMemtables),
-            ("last_sequence", Int(lastSequence)), ("live_snapshots", liveSnapshots), ("open_tables", openTables),
-            ("pinned_index_filter_bytes", pinnedIndexAndFilterBytes),
-            ("block_cache_capacity", blockCacheCapacityBytes), ("block_cache_usage", blockCacheUsageBytes),
-            ("block_cache_hits", blockCacheHits), ("block_cache_misses", blockCacheMisses), ("flushes", flushes),
-            ("compactions", compactions), ("trivial_moves", trivialMoves),
-            ("compaction_bytes_read", compactionBytesRead), ("compaction_bytes_written", compactionBytesWritten),
-            ("flush_bytes_written", flushBytesWritten), ("entries_dropped", entriesDropped), ("writes", writes),
-            ("write_groups", writeGroups), ("wal_syncs", walSyncs), ("wal_bytes", walBytes),
-            ("stall_slowdowns", stallSlowdowns), ("stall_stops", stallStops), ("stall_micros", stallMicros),
-            ("flush_micros", flushMicros), ("compaction_micros", compactionMicros), ("manifest_rolls", manifestRolls),
-            ("multiget_batches", multiGetBatches), ("multiget_block_reads", multiGetBlockReads), ("resumes", resumes),
-            ("remote_compactions", remoteCompactions), ("compaction_fallbacks", compactionFallbacks),
-            ("lost_jobs", lostJobs), ("remote_flushes", remoteFlushes), ("flush_fallbacks", flushFallbacks),
-            ("job_cpu_micros", jobCPUMicros), ("reattached_memtables", reattachedMemtables), ("region_arenas", regionArenas),
-            ("secondary_cache_hits", secondaryCache.hits), ("secondary_cache_misses", secondaryCache.misses),
-            ("secondary_cache_corrupt", secondaryCache.corrupt), ("secondary_cache_inserts", secondaryCache.inserts),
-            ("secondary_cache_dropped", secondaryCache.dropped),
-        ]
+        fields.append("\"last_sequence\":\(lastSequence)")
+        let numbers = Self.counters.map { ($0.name, self[keyPath: $0.field]) }
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
         if let backgroundError {
             let escaped = backgroundError.replacingAll("\\", "\\\\").replacingAll("\"", "\\\"")

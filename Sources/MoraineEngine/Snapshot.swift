@@ -12,20 +12,39 @@ import MoraineSystem
 import Synchronization
 
 /// A consistent point-in-time view. Released by `Database.releaseSnapshot` or when dropped.
+/// An engine's own snapshot pins its sequence in the engine; a connected database's snapshot is
+/// a lease the compute node holds for the client's session (`leaseID`), given back on release.
+/// A snapshot reads only through the database that took it.
 public final class Snapshot: Sendable {
     public let sequence: SequenceNumber
-    private let list: SnapshotList
+    /// The compute node's id for a connected database's snapshot; 0 for an engine's own.
+    public let leaseID: UInt64
+    private let list: SnapshotList?
+    private let onRelease: (@Sendable () -> Void)?
 
     private let released = Atomic<Bool>(false)
 
     init(sequence: SequenceNumber, list: SnapshotList) {
         self.sequence = sequence
         self.list = list
+        leaseID = 0
+        onRelease = nil
+    }
+
+    /// A snapshot held elsewhere under `leaseID`; `onRelease` gives the lease back (once).
+    public init(leaseID: UInt64, sequence: SequenceNumber, onRelease: @escaping @Sendable () -> Void) {
+        self.sequence = sequence
+        self.leaseID = leaseID
+        list = nil
+        self.onRelease = onRelease
     }
 
     /// Stops pinning the sequence; later compactions may drop what only it needed. Idempotent.
-    func release() {
-        if !released.exchange(true, ordering: .acquiringAndReleasing) { list.remove(sequence) }
+    public func release() {
+        if !released.exchange(true, ordering: .acquiringAndReleasing) {
+            list?.remove(sequence)
+            onRelease?()
+        }
     }
 
     deinit { release() }

@@ -352,12 +352,12 @@ struct CompactionJobSpecTests {
         for i in stride(from: 0, to: 3000, by: 89) {
             #expect(try db.get(Array(String(format: "k%05d", i).utf8)) == [UInt8](repeating: UInt8((i + 1) & 0xFF), count: 100))
         }
-        let live = Set(db.engine.liveFiles().map(\.file.number))
+        let live = Set(db.engine!.liveFiles().map(\.file.number))
         #expect(try Self.tableNumbers(in: dir.path) == live, "the lost job's outputs stayed")
         // The next edit releases every reservation: the installed job's and the swept one's.
         try db.put(Array("after".utf8), [1])
         try db.flush()
-        #expect(db.engine.versions.pendingReservations.isEmpty, "still reserved: \(db.engine.versions.pendingReservations)")
+        #expect(db.engine!.versions.pendingReservations.isEmpty, "still reserved: \(db.engine!.versions.pendingReservations)")
     }
 
     /// Runs each job here, and copies the database directory as it stands once the job's outputs
@@ -410,9 +410,9 @@ struct CompactionJobSpecTests {
         let crashed = try Database(path: image.path, options: reopen)
         defer { try? crashed.close() }
         #expect(!FileManager.default.fileExists(atPath: image.file(DatabaseDirectory.lostDirectoryName)), "the open set something aside")
-        #expect(try Self.tableNumbers(in: image.path) == Set(crashed.engine.liveFiles().map(\.file.number)))
+        #expect(try Self.tableNumbers(in: image.path) == Set(crashed.engine!.liveFiles().map(\.file.number)))
         #expect(Set(outputs).isDisjoint(with: try Self.tableNumbers(in: image.path)))
-        #expect(crashed.engine.versions.pendingReservations.isEmpty)
+        #expect(crashed.engine!.versions.pendingReservations.isEmpty)
         for i in stride(from: 0, to: 3000, by: 89) {
             #expect(try crashed.get(Array(String(format: "k%05d", i).utf8)) == [UInt8](repeating: UInt8((i + 1) & 0xFF), count: 100))
         }

@@ -415,7 +415,7 @@ struct ConcurrencyStressTests {
             do {
                 let before = run.logs.map(\.lastAcknowledged)
                 let useSnapshot = rng.below(3) != 0
-                let snapshot = useSnapshot ? database.snapshot() : nil
+                let snapshot = try useSnapshot ? database.snapshot() : nil
                 let (pairs, mirrored) = try scanBothWays(database, snapshot: snapshot)
                 scans += 1
                 let label = useSnapshot ? "snapshot \(snapshot!.sequence) scan" : "iterator scan"
@@ -484,9 +484,9 @@ struct ConcurrencyStressTests {
                         begin: StressOperation.keyBytes(writer: writer, key: min(a, b)),
                         end: StressOperation.keyBytes(writer: writer, key: max(a, b)))
                 case 4:
-                    database.pauseBackgroundWork()
+                    try database.pauseBackgroundWork()
                     usleep(UInt32(1_000 + rng.below(20_000)))
-                    database.continueBackgroundWork()
+                    try database.continueBackgroundWork()
                     run.count("pauses")
                 case 5: _ = database.stats()
                 default: usleep(UInt32(1_000 + rng.below(5_000)))
@@ -518,7 +518,7 @@ struct ConcurrencyStressTests {
                 #expect(got == value, "\(label): \(hex(keyBytes)) holds \(got?.count ?? -1) bytes; seed \(run.seed)")
             }
         }
-        let (pairs, _) = try Self.scanBothWays(database, snapshot: database.snapshot())
+        let (pairs, _) = try Self.scanBothWays(database, snapshot: try database.snapshot())
         let sorted = expected.sorted { $0.0.lexicographicallyPrecedes($1.0) }
         #expect(
             pairs.count == sorted.count && zip(pairs, sorted).allSatisfy { $0 == $1 },

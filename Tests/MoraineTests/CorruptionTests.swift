@@ -195,7 +195,7 @@ struct CorruptionTests {
         defer { dir.remove() }
         let db = try Database(path: dir.path, options: Self.options())
         for i in 0..<40 { try db.put(Self.key(i), Self.value(i)) }
-        db.pauseBackgroundWork()  // keep the older WAL: no flush may make it obsolete
+        try db.pauseBackgroundWork()  // keep the older WAL: no flush may make it obsolete
         try db.flush(wait: false)
         for i in 40..<80 { try db.put(Self.key(i), Self.value(i)) }
         #expect(db.stats().immutableMemtables == 1)

@@ -34,7 +34,7 @@ struct EngineTests {
             removeTree(directory)
         }
         for i in 0..<2000 { try db.put(key(i), Array("old\(i)".utf8)) }
-        let snapshot = db.snapshot()
+        let snapshot = try db.snapshot()
         for i in 0..<2000 where i % 2 == 0 { try db.delete(key(i)) }
         for i in 0..<2000 where i % 2 == 1 { try db.put(key(i), Array("new\(i)".utf8)) }
         try db.compactRange()
@@ -42,14 +42,14 @@ struct EngineTests {
             #expect(try db.get(key(i), options: ReadOptions(snapshot: snapshot)) == Array("old\(i)".utf8))
             #expect(try db.get(key(i)) == (i % 2 == 0 ? nil : Array("new\(i)".utf8)))
         }
-        let entriesWithSnapshot = db.engine.liveFiles().count
+        let entriesWithSnapshot = db.engine!.liveFiles().count
         #expect(entriesWithSnapshot > 0)
         db.releaseSnapshot(snapshot)
         try db.compactRange()
         // With no snapshot, only the 1000 live keys remain, and no tombstone survives at the bottom.
         var entries: UInt64 = 0
         var deletions: UInt64 = 0
-        for (_, file) in db.engine.liveFiles() {
+        for (_, file) in db.engine!.liveFiles() {
             let reader = try TableReaderProbe.open(directory: directory, number: file.number)
             entries += reader.entryCount
             deletions += reader.deletionCount
@@ -67,22 +67,22 @@ struct EngineTests {
         }
         for i in 0..<2000 { try db.put(key(i), Array(repeating: 3, count: 40)) }
         try db.compactRange()
-        let settled = Set(db.engine.liveFiles().map(\.1.number))
+        let settled = Set(db.engine!.liveFiles().map(\.1.number))
         // Everything is in the deepest level and holds no tombstone: nothing to do.
         try db.compactRange()
-        #expect(Set(db.engine.liveFiles().map(\.1.number)) == settled, "a second compactRange rewrote the deepest level")
+        #expect(Set(db.engine!.liveFiles().map(\.1.number)) == settled, "a second compactRange rewrote the deepest level")
         // Forced, it is rewritten anyway (new file numbers, same contents).
         try db.compactRange(bottommost: .force)
-        let forced = Set(db.engine.liveFiles().map(\.1.number))
+        let forced = Set(db.engine!.liveFiles().map(\.1.number))
         #expect(forced.isDisjoint(with: settled))
         #expect(try db.get(key(1234)) == Array(repeating: 3, count: 40))
         // A tombstone kept in the deepest level for a snapshot stays with .skip, goes by default.
-        let snapshot = db.snapshot()
+        let snapshot = try db.snapshot()
         try db.delete(key(7))
         try db.compactRange()
         db.releaseSnapshot(snapshot)
         func deletions() throws -> UInt64 {
-            try db.engine.liveFiles().reduce(0) { $0 + (try TableReaderProbe.open(directory: directory, number: $1.1.number).deletionCount) }
+            try db.engine!.liveFiles().reduce(0) { $0 + (try TableReaderProbe.open(directory: directory, number: $1.1.number).deletionCount) }
         }
         #expect(try deletions() == 1)
         try db.compactRange(bottommost: .skip)
@@ -105,7 +105,7 @@ struct EngineTests {
         var snapshot: Snapshot? = nil
         for v in 0..<2000 {
             try db.put(key(20), Array("v\(v)".utf8))
-            if v == 999 { snapshot = db.snapshot() }
+            if v == 999 { snapshot = try db.snapshot() }
             if v < 300 { try db.put(key(30), Array("w\(v)".utf8)) }
         }
         try db.delete(key(30))
@@ -162,7 +162,7 @@ struct EngineTests {
         try db.flush()
         let before = try tableFiles(directory)
         #expect(!before.isEmpty)
-        var iterator: DBIterator? = try db.makeIterator()
+        var iterator: DatabaseIterator? = try db.makeIterator()
         try db.compactRange()
         let during = try tableFiles(directory)
         #expect(before.isSubset(of: during), "a file an iterator holds was deleted")

@@ -79,7 +79,7 @@ struct FaultInjectionTests {
         defer { db.remove() }
         #expect(db.fill(0..<40, sync: true) == nil)  // durable
         #expect(db.fill(40..<80) == nil)  // acknowledged, not synced: may be lost with the page cache
-        db.database.pauseBackgroundWork()  // the switched memtable stays unflushed, its WAL retired
+        try db.database.pauseBackgroundWork()  // the switched memtable stays unflushed, its WAL retired
         try db.database.flush(wait: false)
         #expect(db.database.stats().immutableMemtables == 1)
         let fault = Fault.syncError(dropUnsynced: true)
@@ -88,7 +88,7 @@ struct FaultInjectionTests {
         expectInjected(after, fault, naming: ["fdatasync", ".log"], "sync write after the switch")
         #expect(db.fileSystem.injectedCount == 1, "injected: \(db.fileSystem.injectedFaults)")
         expectInjected(db.put("k-later", "refused", sync: true), fault, naming: ["read-only"], "write after the failed sync")
-        db.database.continueBackgroundWork()
+        try db.database.continueBackgroundWork()
 
         // Close without another flush, so what survives is what the WAL holds.
         db.fileSystem.disarm()
@@ -124,7 +124,7 @@ struct FaultInjectionTests {
         #expect(problems.isEmpty, "\(problems.prefix(5))")
         // The failed table was removed, or the reopen collected it: every table is live.
         let tables = Set(try db.fileSystem.children(of: db.directory).filter { $0.hasSuffix(".sst") })
-        let live = Set(db.database.engine.liveFiles().map { DatabaseFile.table($0.file.number).name })
+        let live = Set(db.database.engine!.liveFiles().map { DatabaseFile.table($0.file.number).name })
         #expect(tables == live, "\(c): tables on disk \(tables.sorted()) but live \(live.sorted())")
     }
 
@@ -192,11 +192,11 @@ struct FaultInjectionTests {
             #expect(db.fill(round * 100..<round * 100 + 300, tag: "r\(round)") == nil)
             try db.database.flush()
         }
-        let before = db.database.engine.liveFiles().map(\.file.number)
+        let before = db.database.engine!.liveFiles().map(\.file.number)
         db.fileSystem.arm(.readError, on: .table, trigger: .after(5))
         expectInjected(moraineError { try db.database.compactRange() }, .readError, naming: [".sst"], "compactRange")
         #expect(db.fileSystem.injectedCount == 1, "injected: \(db.fileSystem.injectedFaults)")
-        #expect(db.database.engine.liveFiles().map(\.file.number) == before, "a failed compaction changed the tree")
+        #expect(db.database.engine!.liveFiles().map(\.file.number) == before, "a failed compaction changed the tree")
         db.checkGets("after a failed compaction")
         try db.database.compactRange()
         #expect(try Oracle(contentsOf: db.database) == db.expected.acknowledged)

@@ -16,7 +16,11 @@ struct LintTests {
         "MoraineFormat": ["MoraineSystem", "Synchronization"],
         "MoraineMemtable": ["MoraineFormat", "MoraineSystem", "Atomics"],
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
-        "Moraine": ["MoraineEngine", "MoraineFormat", "MoraineSystem"],
+        "Moraine": ["MoraineCompute", "MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineSystem", "MoraineTransport"],
+        "MoraineCompute": [
+            "MoraineEngine", "MoraineFormat", "MoraineMemory", "MoraineMessages", "MoraineStorage", "MoraineSystem",
+            "MoraineTransport", "MoraineWorker", "Synchronization",
+        ],
         "MoraineTransport": ["MoraineSystem", "Crypto", "NIOCore", "NIOPosix", "NIOSSL", "Synchronization"],
         "MoraineMessages": ["MoraineFormat", "MoraineSystem", "MoraineTransport"],
         "MoraineStorage": ["MoraineMessages", "MoraineSystem", "MoraineTransport", "Synchronization"],
@@ -33,7 +37,7 @@ struct LintTests {
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
             "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-            "MoraineMemory",
+            "MoraineMemory", "MoraineCompute",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -44,7 +48,7 @@ struct LintTests {
     static let foundationAllowed: Set<String> = ["MoraineCLI"]
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
-        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP", "MoraineMemory",
+        "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP", "MoraineMemory", "MoraineCompute",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {

@@ -327,7 +327,7 @@ struct MemoryNodeTests {
             options.maxWriteBufferNumber = 6
             let db = try Database(path: path, options: options)
             // No flush meanwhile: the memtables pile up in the region, as a busy flusher leaves them.
-            db.engine.pauseBackgroundWork()
+            db.engine!.pauseBackgroundWork()
             for i in 0..<6000 {
                 let value = Array("value-\(i)-".utf8) + [UInt8](repeating: UInt8(i & 0xff), count: 60)
                 try db.put(Self.key(i), value)
@@ -343,7 +343,7 @@ struct MemoryNodeTests {
         #expect(held >= 2)
         let reopened = try Database(path: path, options: Self.options(memory.arenas(epoch: 2)))
         defer { try? reopened.close() }
-        #expect(reopened.engine.stats().reattachedMemtables == held, "the open did not re-attach every arena it held")
+        #expect(reopened.engine!.stats().reattachedMemtables == held, "the open did not re-attach every arena it held")
         var wrong = 0
         for (i, value) in expected where try reopened.get(Self.key(i)) != value { wrong += 1 }
         #expect(wrong == 0, "\(wrong) of \(expected.count) writes read back wrong after the re-attach")
@@ -361,7 +361,7 @@ struct MemoryNodeTests {
         let path = directory.file("db")
         let db = try Database(path: path, options: Self.options(memory.arenas(epoch: 1)))
         defer { try? db.close() }
-        db.engine.pauseBackgroundWork()
+        db.engine!.pauseBackgroundWork()
         for i in 0..<500 { try db.put(Self.key(i), Array("v\(i)".utf8)) }
         var options = Self.options(memory.arenas(epoch: 1))
         options.readOnly = true
@@ -372,7 +372,7 @@ struct MemoryNodeTests {
         // The owner was not fenced: it writes on.
         try db.put(Self.key(9999), Array("after".utf8))
         #expect(try db.get(Self.key(9999)) == Array("after".utf8))
-        db.engine.continueBackgroundWork()
+        db.engine!.continueBackgroundWork()
     }
 
     @Test("a new database refuses arenas an earlier one of its name left; destroy gives them back")

@@ -147,7 +147,7 @@ struct MemoryProcessTests {
             return
         }
         defer { try? db.close() }
-        #expect(db.engine.stats().reattachedMemtables >= 1, "the open re-attached no memtable")
+        #expect(db.engine!.stats().reattachedMemtables >= 1, "the open re-attached no memtable")
         #expect((try node.fileSystem().children(of: "inregion")).allSatisfy { !$0.hasSuffix(".log") }, "a WAL was written")
         var wrong = 0
         for (key, value) in acknowledged where try db.get(Array(key.utf8)) != Array(value.utf8) { wrong += 1 }

@@ -22,6 +22,9 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
     /// Whether the memtables live in the region of a memory node (in this process), `pmem`
     /// durability through it: every reopen is a new owner that re-attaches them.
     var memory = false
+    /// Whether the database runs on a compute node (in this process) that a thin client reaches
+    /// over this carrier: every reopen restarts the node.
+    var compute: Carrier? = nil
     let options: @Sendable (inout Options) -> Void
     var description: String { name }
 
@@ -91,6 +94,18 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
+        // A thin client of a compute node, over each carrier; the node's engine has small memtables
+        // and levels, so flushes and compactions run under the client's iterators and snapshots.
+        ModelConfiguration(name: "compute-node-shm", compute: .sharedMemory) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 16 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
+        ModelConfiguration(name: "compute-node-tcp", compute: .tcp) { o in
+            o.writeBufferSize = 16 << 10
+            o.targetFileSizeBase = 8 << 10
+            o.level0FileNumCompactionTrigger = 2
+        },
     ]
 }
 
@@ -112,6 +127,8 @@ struct ModelRun {
     let runner: RemoteJobRunner?
     /// The memory node, for the configuration that uses one.
     let memory: MemoryTestNode?
+    /// The compute node, for the configurations that use one.
+    let compute: ComputeTestNode?
 
     init(seed: UInt64, configuration: ModelConfiguration) throws {
         self.seed = seed
@@ -131,7 +148,12 @@ struct ModelRun {
         }
         memory = configuration.memory ? try MemoryTestNode(arenaBytes: 128 << 10, arenaCount: 16) : nil
         self.directory = node == nil ? makeTemporaryDirectory("moraine-model") : "model"
-        database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+        compute = try configuration.compute.map { try ComputeTestNode($0, configure: configuration.options) }
+        if let compute {
+            database = try compute.connect("model")
+        } else {
+            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+        }
     }
 
     static func options(
@@ -165,6 +187,11 @@ struct ModelRun {
                 // The compactions really ran on the worker, and none fell back.
                 #expect(runner.remoteJobs > 0 && runner.fallbacks == 0, "\(runner.remoteJobs) remote, \(runner.fallbacks) local")
                 worker?.stop()
+            }
+            if let compute {
+                // The database really ran on the node, and the client's leases all went back.
+                #expect(compute.node.openDatabases["model"] != nil, "the compute node has no database open")
+                #expect(compute.eventually { compute.node.leaseCounts.snapshots + compute.node.leaseCounts.iterators == 0 }, "leases left")
             }
             if let memory {
                 // The memtables really lived in the region.
@@ -217,7 +244,7 @@ struct ModelRun {
         case .walk(let walk):
             try checkIteratorWalk(walk, oracle, snapshot: nil)
         case .takeSnapshot:
-            snapshots.append(database.snapshot())
+            snapshots.append(try database.snapshot())
         case .readSnapshot(let index, let key, let keys, let walk):
             let snapshot = snapshots[index]
             let state = generator.snapshotStates[index]
@@ -244,7 +271,12 @@ struct ModelRun {
         case .reopen:
             snapshots.removeAll()
             try database.close()
-            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+            if let compute {
+                try compute.restart()
+                database = try compute.connect("model", create: false)
+            } else {
+                database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+            }
             try checkEverything(oracle, snapshot: nil)
         }
     }

@@ -25,7 +25,7 @@ struct ReadmeExampleTests {
         batch.delete(Array("apple".utf8))
         try db.write(batch)
 
-        let snapshot = db.snapshot()  // reads as of now, whatever comes later
+        let snapshot = try db.snapshot()  // reads as of now, whatever comes later
         try db.put("peach", "orange")
         let it = try db.makeIterator(
             options: ReadOptions(snapshot: snapshot, lowerBound: Array("a".utf8), upperBound: Array("q".utf8)))

@@ -50,9 +50,9 @@ struct RecoverySafetyTests {
             $0.writeBufferSize = 64 << 10
             $0.maxWriteBufferNumber = 8
         })
-        db.pauseBackgroundWork()
+        try db.pauseBackgroundWork()
         try fill(db, 0..<5000)  // about 1,000 keys per memtable: five memtables, one WAL each
-        db.continueBackgroundWork()
+        try db.continueBackgroundWork()
         try db.close()
         // close() flushes nothing here, so every WAL since the manifest's log number is live.
         let logs = dir.names().filter { $0.hasSuffix(".log") }

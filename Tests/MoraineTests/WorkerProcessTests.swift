@@ -136,7 +136,7 @@ struct WorkerProcessTests {
 
     /// Table files on the storage node beyond the live version's (nil: none).
     static func strayTables(_ db: Database, _ node: StorageNodeProcess, _ database: String) throws -> Set<UInt64>? {
-        let live = Set(db.engine.liveFiles().map(\.file.number))
+        let live = Set(db.engine!.liveFiles().map(\.file.number))
         var onNode = Set<UInt64>()
         for name in try node.fileSystem().children(of: database) {
             if case .table(let n) = DatabaseFile(name: name) { onNode.insert(n) }
@@ -303,7 +303,7 @@ struct WorkerProcessTests {
         }
         guard let db else { Issue.record("the lease of a killed compute node was never given up"); return }
         defer { try? db.close() }
-        #expect(db.engine.versions.pendingReservations.isEmpty, "the open kept \(db.engine.versions.pendingReservations)")
+        #expect(db.engine!.versions.pendingReservations.isEmpty, "the open kept \(db.engine!.versions.pendingReservations)")
         // The job may still be finishing on the worker when the open runs: its last writes are
         // fenced, and whatever it created before is an orphan of the open's (now released)
         // reservation, so only a table created after the open could stay; none may.

@@ -138,7 +138,7 @@ struct WorkerTests {
         }
         let staleEpoch = node.remote.leaseEpoch(of: "owned")
         #expect(staleEpoch > 0)
-        let tables = first.engine.liveFiles()
+        let tables = first.engine!.liveFiles()
         try first.close()
         // A second owner takes the lease: a higher epoch.
         let second = try Database(path: "owned", options: options)
@@ -252,7 +252,7 @@ struct WorkerTests {
         #expect(runner.remoteFlushes > 0 && runner.flushFallbacks == 0, "\(runner.remoteFlushes) remote, \(runner.flushFallbacks) here")
         #expect(try db.stats().remoteFlushes == runner.remoteFlushes)
         #expect(worker.worker.status.finished >= UInt64(runner.remoteFlushes))
-        #expect(db.engine.versions.pendingReservations.isEmpty, "a flush left its reservation")
+        #expect(db.engine!.versions.pendingReservations.isEmpty, "a flush left its reservation")
         // The worker goes away: flushes run here, counted.
         worker.stop()
         try db.put(Array("late".utf8), [1])

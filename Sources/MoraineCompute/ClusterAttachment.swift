@@ -1,0 +1,93 @@
+// Compute in this process, every other role remote: the options that put a database's files on
+// the storage node of a cluster's run directory, its memtables (with `pmem` durability) and
+// second-tier block cache on the memory node, and its flushes and compactions on the workers —
+// each only when the cluster runs that role. `--cluster RUNDIR`, `Database(path:cluster:)` and
+// the compute node all open databases through here.
+//
+// Value types; no shared state.
+import MoraineEngine
+import MoraineMemory
+import MoraineMessages
+import MoraineStorage
+import MoraineSystem
+import MoraineTransport
+import MoraineWorker
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Wires a cluster's roles into a database's options.
+public enum ClusterAttachment {
+    /// `options` with the cluster in `runDirectory` wired in for the database `name`.
+    /// - Parameter owner: who holds the database's lease, as the storage node shows it.
+    /// - Throws: `.notFound` when the run directory lists no storage node, the key's error, …,
+    ///   each naming the run directory.
+    public static func options(_ base: Options, database name: String, runDirectory: String, owner: String) throws -> Options {
+        var options = base
+        let fileSystem = try remoteFileSystem(runDirectory: runDirectory, owner: owner)
+        options.fileSystem = fileSystem
+        if let memory = try memoryNode(runDirectory: runDirectory, fileSystem: fileSystem) {
+            options.memtableRegion = memory
+            // The node's shared block cache, under this process's own.
+            options.secondaryBlockCache = MemoryNodeBlockCache(database: name, arenas: memory)
+        }
+        if let runner = try jobRunner(runDirectory: runDirectory) {
+            options.jobRunner = runner
+            // Room for compactions side by side on the workers, and a thread for flushes.
+            options.maxBackgroundJobs = max(options.maxBackgroundJobs, 4)
+        }
+        return options
+    }
+
+    /// Flushes and compactions on the cluster's flush and compaction workers (here when none can
+    /// take one), or nil when it runs no worker. The workers are looked up at every job, so a
+    /// restarted one is found.
+    public static func jobRunner(runDirectory: String) throws -> RemoteJobRunner? {
+        let run = RunDirectory(runDirectory)
+        do throws(TransportError) {
+            guard try run.roles().contains(where: { $0.role == "compaction" || $0.role == "flush" }) else { return nil }
+            let key = try ClusterKey.load(path: run.keyPath)
+            let flushWorkers: @Sendable () -> [Endpoint] = {
+                ((try? run.roles()) ?? []).filter { $0.role == "flush" }.map(\.endpoint)
+            }
+            return RemoteJobRunner(key: key, flushWorkers: flushWorkers) {
+                ((try? run.roles()) ?? []).filter { $0.role == "compaction" }.map(\.endpoint)
+            }
+        } catch {
+            throw MoraineError(error.moraineError.kind, "cluster \(runDirectory): \(error.message)")
+        }
+    }
+
+    /// The arenas of the cluster's memory node, when it runs one: memtables live there with
+    /// `pmem` durability (and arenas an earlier owner left are re-attached in any mode).
+    public static func memoryNode(runDirectory: String, fileSystem: RemoteFileSystem) throws -> MemoryNodeArenas? {
+        let run = RunDirectory(runDirectory)
+        do throws(TransportError) {
+            guard try run.roles().contains(where: { $0.role == "memory" }) else { return nil }
+            let key = try ClusterKey.load(path: run.keyPath)
+            return MemoryNodeArenas(key: key, epoch: { fileSystem.leaseEpoch(of: $0) }) { () throws(TransportError) -> Endpoint in
+                try run.endpoint(of: "memory")
+            }
+        } catch {
+            throw MoraineError(error.moraineError.kind, "cluster \(runDirectory): \(error.message)")
+        }
+    }
+
+    /// The file system of a cluster's storage node, from its run directory.
+    public static func remoteFileSystem(runDirectory: String, owner: String) throws -> RemoteFileSystem {
+        let run = RunDirectory(runDirectory)
+        do throws(TransportError) {
+            guard let storage = try run.roles().first(where: { $0.role == "storage" }) else {
+                throw TransportError(.notFound, "the cluster in \(run.path) lists no storage node")
+            }
+            let key = try ClusterKey.load(path: run.keyPath)
+            var options = RemoteFileSystem.Options()
+            options.owner = owner
+            if storage.linkDelayNanos > 0 { options.link = LinkEmulation(delay: .fixed(nanos: storage.linkDelayNanos)) }
+            return RemoteFileSystem(endpoint: storage.endpoint, key: key, options: options)
+        } catch {
+            throw MoraineError(error.moraineError.kind, "cluster \(runDirectory): \(error.message)")
+        }
+    }
+}
