@@ -64,7 +64,8 @@ struct Up: ParsableCommand {
     private func printSummary(_ run: RunDirectory) {
         print("moraine: cluster up in \(run.path)")
         for role in (try? run.roles()) ?? [] { print("  \(role.role)-\(role.index)  pid \(role.pid)  \(role.endpoint)") }
-        print("  try: moraine shell --cluster \(run.path) --db demo      stop: moraine down --run-dir \(run.path)")
+        let tryCommand = (try? run.roles())?.contains { $0.role == "compute" } == true ? "--connect" : "--cluster"
+        print("  try: moraine shell \(tryCommand) \(run.path) --db demo      stop: moraine down --run-dir \(run.path)")
         fflush(nil)
     }
 

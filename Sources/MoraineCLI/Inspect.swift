@@ -11,9 +11,13 @@ struct Demo: ParsableCommand {
     @Option(help: "Database directory (with --cluster: its name on the storage node).") var db = "./data"
     @Option(help: "Keys to write.") var keys = 200_000
     @Option(help: "Keep the files on the storage node of the cluster running in this run directory.") var cluster: String?
+    @Option(help: "Run the demo through the compute node of the cluster in this run directory (or at this endpoint).")
+    var connect: String?
+    @Option(name: .customLong("cluster-key"), help: "With --connect ENDPOINT: the cluster key file.") var clusterKey: String?
 
     func validate() throws {
         if keys < 1 || keys > 100_000_000 { throw ValidationError("--keys must be 1…100000000, not \(keys)") }
+        if connect != nil && cluster != nil { throw ValidationError("--connect and --cluster exclude each other") }
     }
 
     func run() throws {
@@ -30,8 +34,10 @@ struct Demo: ParsableCommand {
                     options.maxBackgroundJobs = 4
                 }
             }
-            let database = try Database(path: db, options: options)
-            print("opened \(db)")
+            let database =
+                try connect.map { try Database(connect: $0, database: db, clusterKey: clusterKey, options: options) }
+                ?? Database(path: db, options: options)
+            print(connect.map { "opened \(db) on the compute node of \($0)" } ?? "opened \(db)")
             let start = monotonicSeconds()
             var batch = WriteBatch()
             for i in 0..<keys {

@@ -29,6 +29,8 @@ public struct RoleStatus: Sendable {
     public var jobs: WorkerStatusReply? = nil
     /// A memory node's arenas: held per database, free.
     public var arenas: MemoryStatusReply? = nil
+    /// A compute node's databases and sessions.
+    public var compute: ComputeStatusReply? = nil
     public var problem: String? = nil
 }
 
@@ -65,6 +67,7 @@ public enum ClusterControl {
                     case .storage(let capacity): role.capacity = capacity
                     case .worker(let status): role.jobs = status
                     case .memory(let status): role.arenas = status
+                    case .compute(let status): role.compute = status
                     }
                     role.answering = true
                 } catch {
@@ -90,7 +93,8 @@ public enum ClusterControl {
             // A worker's jobs: running/slots, then how many it finished.
             let jobs =
                 role.jobs.map { "\($0.running)/\($0.slots) \($0.finished)" }
-                ?? role.arenas.map { "\($0.arenaCount - $0.freeArenas)/\($0.arenaCount) arenas" } ?? "-"
+                ?? role.arenas.map { "\($0.arenaCount - $0.freeArenas)/\($0.arenaCount) arenas" }
+                ?? role.compute.map { "\($0.databases.count) db \($0.sessions) sess" } ?? "-"
             lines.append(
                 [
                     pad("\(role.kind)-\(role.index)", 13), pad(role.pid > 0 ? String(role.pid) : "-", 8),
@@ -101,6 +105,22 @@ public enum ClusterControl {
             // Then each job it runs, and how far it has got.
             for job in role.jobs?.jobs ?? [] {
                 lines.append("  job \(job.jobID) of \(job.directory): \(bytes(job.bytesDone)) done")
+            }
+            // A compute node's databases with their LSM shape, and its clients' leases.
+            if let compute = role.compute {
+                for database in compute.databases {
+                    let levels = database.levelFiles.enumerated().filter { $0.element > 0 || $0.offset == 0 }.map {
+                        "L\($0.offset) \($0.element) (\(bytes(database.levelBytes[$0.offset])))"
+                    }
+                    lines.append(
+                        "  database \(database.name): sequence \(database.lastSequence), memtable \(bytes(database.memtableBytes)), "
+                            + levels.joined(separator: ", "))
+                }
+                if compute.sessions > 0 || compute.expiredLeases > 0 {
+                    lines.append(
+                        "  sessions \(compute.sessions): \(compute.snapshots) snapshots, \(compute.iterators) iterators held; "
+                            + "\(compute.expiredLeases) leases lapsed")
+                }
             }
         }
         return lines.joined(separator: "\n")

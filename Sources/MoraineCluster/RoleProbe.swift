@@ -1,6 +1,7 @@
 // Asking a role whether it answers, in the words of its own protocol: a storage node for its
-// capacity, a flush or compaction worker for its status, a memory node for its arenas. Used by the supervisor (is a started role up?)
-// and by `moraine status`.
+// capacity, a flush or compaction worker for its status, a memory node for its arenas, a compute
+// node for its databases and sessions. Used by the supervisor (is a started role up?) and by
+// `moraine status`.
 import MoraineMessages
 import MoraineStorage
 import MoraineSystem
@@ -11,6 +12,7 @@ public enum RoleAnswer: Sendable {
     case storage(StorageCapacityReply)
     case worker(WorkerStatusReply)
     case memory(MemoryStatusReply)
+    case compute(ComputeStatusReply)
 }
 
 enum RoleProbe {
@@ -36,6 +38,13 @@ enum RoleProbe {
             let bytes = try status(WorkerOpcode.status)
             do throws(TransportError) {
                 return .worker(try WorkerStatusReply.decode(bytes))
+            } catch {
+                throw error.moraineError
+            }
+        case "compute":
+            let bytes = try status(ComputeOpcode.status)
+            do throws(TransportError) {
+                return .compute(try ComputeStatusReply.decode(bytes))
             } catch {
                 throw error.moraineError
             }

@@ -34,6 +34,8 @@ public final class Supervisor {
         /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
         /// file (removed when the cluster stops with no arena held).
         var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
+        /// A compute node's durability mode, when the topology names one.
+        var durability: String? = nil
         var endpoint: Endpoint
         let linkDelayNanos: Int64
         var pid: Int32 = 0
@@ -86,6 +88,7 @@ public final class Supervisor {
                 var instance = Instance(
                     kind: spec.kind, index: index, numaNode: spec.numaNode, data: data, endpoint: endpoint,
                     linkDelayNanos: spec.linkDelayNanos)
+                instance.durability = spec.durability
                 if spec.kind == "memory" {
                     let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
                     instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.cacheBytes, spec.region == nil)
@@ -169,13 +172,14 @@ public final class Supervisor {
         var instance = instances[index]
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
-        if instance.kind == "compaction" || instance.kind == "flush" { arguments += ["--cluster", run.path] }
+        if instance.kind == "compaction" || instance.kind == "flush" || instance.kind == "compute" { arguments += ["--cluster", run.path] }
         if let region = instance.region {
             arguments += [
                 "--region", region.path, "--region-size", String(region.bytes), "--arena-size", String(region.arenaBytes), "--cache-size",
                 String(region.cacheBytes),
             ]
         }
+        if let durability = instance.durability { arguments += ["--durability", durability] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         let log = run.path + "/logs/\(instance.name).log"

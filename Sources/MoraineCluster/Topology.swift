@@ -4,7 +4,7 @@
 //
 //   # comments, blank lines
 //   [[role]]
-//   kind = "storage"      # the role: storage, memory, flush or compaction (a later release adds compute)
+//   kind = "storage"      # the role: compute, storage, memory, flush or compaction
 //   count = 1             # how many (default 1)
 //   numa_node = 0         # pin to this NUMA node (default: none)
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
@@ -14,6 +14,7 @@
 //   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
 //   cache_size = 268435456 # memory: bytes of the region for the shared block cache (default 256 MiB)
+//   durability = "wal"    # compute: wal (default) or pmem (memtables in the memory node's region)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
 // Value types; no shared state.
@@ -34,6 +35,8 @@ public struct Topology: Sendable, Equatable {
         public var regionBytes = 1 << 30
         public var arenaBytes = 66 << 20
         public var cacheBytes = 256 << 20
+        /// Compute: where its databases' writes become durable (wal, or pmem in the memory node's region).
+        public var durability: String? = nil
 
         public init(kind: String) { self.kind = kind }
     }
@@ -43,14 +46,14 @@ public struct Topology: Sendable, Equatable {
     public init(roles: [RoleSpec]) { self.roles = roles }
 
     /// The roles this release can run.
-    public static let knownKinds: Set<String> = ["storage", "memory", "flush", "compaction"]
+    public static let knownKinds: Set<String> = ["compute", "storage", "memory", "flush", "compaction"]
 
     /// What `moraine up` starts with no topology: one storage node, one memory node, one flush
-    /// worker and one compaction worker, over shared memory. Later releases add their roles here.
+    /// worker, one compaction worker and one compute node, over shared memory.
     public static let `default` = Topology(roles: {
         var storage = RoleSpec(kind: "storage")
         storage.data = "data"
-        return [storage, RoleSpec(kind: "memory"), RoleSpec(kind: "flush"), RoleSpec(kind: "compaction")]
+        return [storage, RoleSpec(kind: "memory"), RoleSpec(kind: "flush"), RoleSpec(kind: "compaction"), RoleSpec(kind: "compute")]
     }())
 
     /// Parses the TOML subset described at the top of the file.
@@ -99,6 +102,12 @@ public struct Topology: Sendable, Equatable {
                 throw MoraineError(.invalid, "\(at): link_delay_ns must be 0…1000000000, not \(role.linkDelayNanos)")
             }
             if let node = role.numaNode, node < 0 { throw MoraineError(.invalid, "\(at): numa_node must be 0 or more") }
+            if let durability = role.durability {
+                guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): durability applies to compute nodes only") }
+                guard durability == "wal" || durability == "pmem" else {
+                    throw MoraineError(.invalid, "\(at): durability must be wal or pmem, not \(durability)")
+                }
+            }
             if role.kind == "memory" {
                 guard role.arenaBytes >= 128 << 10, role.arenaBytes % 4096 == 0, role.arenaBytes <= 1 << 31 else {
                     throw MoraineError(.invalid, "\(at): arena_size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(role.arenaBytes)")
@@ -140,10 +149,12 @@ public struct Topology: Sendable, Equatable {
         case "region_size": role.regionBytes = try integer()
         case "arena_size": role.arenaBytes = try integer()
         case "cache_size": role.cacheBytes = try integer()
+        case "durability": role.durability = try text()
         default:
             throw MoraineError(
                 .invalid,
-                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, arena_size, cache_size)")
+                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, "
+                    + "arena_size, cache_size, durability)")
         }
     }
 

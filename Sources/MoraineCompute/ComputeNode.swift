@@ -320,7 +320,26 @@ public final class ComputeNode: @unchecked Sendable {
                 return []
             }
         }
+        router.register(ComputeOpcode.status) { [self] _ in
+            .success(.bytes(status().encoded()))
+        }
         return router
+    }
+
+    /// The node's databases with their shape, and its sessions' leases.
+    public func status() -> ComputeStatusReply {
+        let open = lock.withLock { databases }
+        let counts = leaseCounts
+        let expired = lock.withLock { expiredLeases }
+        let list = open.sorted { $0.key < $1.key }.map { name, engine in
+            let stats = engine.stats()
+            return ComputeStatusReply.Database(
+                name: name, lastSequence: stats.lastSequence, memtableBytes: UInt64(max(0, stats.memtableBytes)),
+                levelFiles: stats.levels.map { UInt32($0.fileCount) }, levelBytes: stats.levels.map(\.sizeBytes))
+        }
+        return ComputeStatusReply(
+            databases: list, sessions: UInt32(counts.sessions), snapshots: UInt32(counts.snapshots), iterators: UInt32(counts.iterators),
+            expiredLeases: UInt64(expired))
     }
 
     private func answer<M: WireMessage>(

@@ -36,6 +36,8 @@ public enum ComputeOpcode {
     public static let endSession: UInt8 = 0x6B
     /// Pause (true) or continue (false) flushes and compactions: `ComputeBackgroundWork` → empty.
     public static let backgroundWork: UInt8 = 0x6C
+    /// The node's databases and sessions, for `moraine status`: empty → `ComputeStatusReply`.
+    public static let status: UInt8 = 0x6D
 }
 
 /// What opens every compute request: whose session, which database.
@@ -478,5 +480,83 @@ public struct ComputeStats: WireMessage, Equatable {
         }
         estimatedKeys = try reader.u64("estimated keys")
         backgroundError = try reader.bool("has background error") ? try reader.string("background error") : nil
+    }
+}
+
+/// What a compute node holds: its open databases with their shape, and its clients' sessions.
+public struct ComputeStatusReply: WireMessage, Equatable {
+    public static let wireName = "compute status"
+
+    public struct Database: Sendable, Equatable {
+        public var name: String
+        public var lastSequence: UInt64
+        public var memtableBytes: UInt64
+        /// Table files and bytes per level, L0 first.
+        public var levelFiles: [UInt32]
+        public var levelBytes: [UInt64]
+
+        public init(name: String, lastSequence: UInt64, memtableBytes: UInt64, levelFiles: [UInt32], levelBytes: [UInt64]) {
+            self.name = name
+            self.lastSequence = lastSequence
+            self.memtableBytes = memtableBytes
+            self.levelFiles = levelFiles
+            self.levelBytes = levelBytes
+        }
+    }
+
+    public var databases: [Database]
+    public var sessions: UInt32
+    public var snapshots: UInt32
+    public var iterators: UInt32
+    public var expiredLeases: UInt64
+
+    public init(databases: [Database], sessions: UInt32, snapshots: UInt32, iterators: UInt32, expiredLeases: UInt64) {
+        self.databases = databases
+        self.sessions = sessions
+        self.snapshots = snapshots
+        self.iterators = iterators
+        self.expiredLeases = expiredLeases
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u32(UInt32(databases.count))
+        for database in databases {
+            writer.string(database.name)
+            writer.u64(database.lastSequence)
+            writer.u64(database.memtableBytes)
+            writer.u32(UInt32(database.levelFiles.count))
+            for (files, bytes) in zip(database.levelFiles, database.levelBytes) {
+                writer.u32(files)
+                writer.u64(bytes)
+            }
+        }
+        writer.u32(sessions)
+        writer.u32(snapshots)
+        writer.u32(iterators)
+        writer.u64(expiredLeases)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        let count = Int(try reader.u32("database count"))
+        guard count <= 65536 else { throw TransportError(.malformed, "\(Self.wireName): \(count) databases") }
+        databases = []
+        for _ in 0..<count {
+            let name = try reader.string("name")
+            let sequence = try reader.u64("last sequence")
+            let memtable = try reader.u64("memtable bytes")
+            let levels = Int(try reader.u32("level count"))
+            guard levels <= 64 else { throw TransportError(.malformed, "\(Self.wireName): \(levels) levels") }
+            var files: [UInt32] = []
+            var bytes: [UInt64] = []
+            for _ in 0..<levels {
+                files.append(try reader.u32("files"))
+                bytes.append(try reader.u64("bytes"))
+            }
+            databases.append(Database(name: name, lastSequence: sequence, memtableBytes: memtable, levelFiles: files, levelBytes: bytes))
+        }
+        sessions = try reader.u32("sessions")
+        snapshots = try reader.u32("snapshots")
+        iterators = try reader.u32("iterators")
+        expiredLeases = try reader.u64("expired leases")
     }
 }

@@ -98,19 +98,29 @@ struct ClusterCommandTests {
         let worked = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(worked.out.contains { $0.hasPrefix("compaction-0") && $0.contains("0/1 ") && !$0.contains("0/1 0 ") }, "\(worked.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "compacted", "k7"]).out == ["pass2"])
+        // Through the compute node: a thin client per command, the database on the storage node.
+        #expect(try runMoraineCLI(["put", "--connect", run.path, "--db", "served", "city", "lyon"]).status == 0)
+        #expect(try runMoraineCLI(["get", "--connect", run.path, "--db", "served", "city"]).out == ["lyon"])
+        let served = try runMoraineCLI(["shell", "--connect", run.path, "--db", "served"], input: "put a 1\nput b 2\nscan - - 10\nflush\nstats\n")
+        #expect(served.status == 0 && served.out.contains("a 1") && served.out.contains("city lyon"), "\(served.out) \(served.err)")
+        #expect(FileManager.default.fileExists(atPath: run.file("data/served/CURRENT")), "the compute node's database is not on the storage node")
+        let computeStatus = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(computeStatus.out.contains { $0.hasPrefix("compute-0") && $0.contains(" up ") }, "\(computeStatus.out)")
+        #expect(computeStatus.out.contains { $0.contains("database served: sequence 3") }, "\(computeStatus.out)")
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
         let first = try RunDirectory(run.path).roles()
-        #expect(first.map(\.role).sorted() == ["compaction", "flush", "memory", "storage"])
+        #expect(first.map(\.role).sorted() == ["compaction", "compute", "flush", "memory", "storage"])
         for role in first { kill(role.pid, SIGKILL) }
         #expect(eventually(seconds: 10) {
             let now = (try? RunDirectory(run.path).roles()) ?? []
-            return now.count == 4 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
+            return now.count == 5 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
         })
         #expect(eventually(seconds: 10) { (try? runMoraineCLI(["status", "--run-dir", run.path]).status) == 0 })
         let after = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(after.out.contains { $0.hasPrefix("storage-0") && $0.contains(" 1 ") }, "\(after.out)")
         #expect(after.out.contains { $0.hasPrefix("compaction-0") && $0.contains(" up ") && $0.contains(" 1 ") }, "\(after.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
+        #expect(try runMoraineCLI(["get", "--connect", run.path, "--db", "served", "b"]).out == ["2"])
         #expect(String(decoding: try PosixFileSystem.shared.readAll(run.file("logs/supervisor.log")), as: UTF8.self)
             .contains("killed by signal 9"))
         // A second up in the same run directory is refused.
@@ -136,7 +146,7 @@ struct ClusterCommandTests {
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         #expect(eventually(seconds: 20) { FileManager.default.fileExists(atPath: run.file("ready")) })
         let roles = Self.pids(run)
-        #expect(roles.count == 4 && roles.allSatisfy(Self.alive))
+        #expect(roles.count == 5 && roles.allSatisfy(Self.alive))
         let region = Supervisor.defaultRegion(run: RunDirectory(run.path), index: 0)
         #expect(FileManager.default.fileExists(atPath: region))
         kill(process.processIdentifier, SIGTERM)
