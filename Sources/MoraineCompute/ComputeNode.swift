@@ -158,8 +158,15 @@ public final class ComputeNode: @unchecked Sendable {
             if errorIfExists { throw TransportError(.invalid, "database \(name) is open already (it exists)") }
             return engine
         }
+        var path: String
+        var options: Options
         do {
-            var (path, options) = try configuration.open(name)
+            (path, options) = try configuration.open(name)
+        } catch {
+            // The cluster's roles as the run directory lists them: one restarting is not listed.
+            throw TransportError(.unavailable, "database \(name) cannot open yet: \(error)")
+        }
+        do {
             options.createIfMissing = create
             options.errorIfExists = errorIfExists
             let engine = try Engine.open(path: path, options: options)
@@ -176,6 +183,10 @@ public final class ComputeNode: @unchecked Sendable {
             return engine
         } catch let error as TransportError {
             throw error
+        } catch let error as MoraineError where error.kind == .busy || error.kind == .unavailable {
+            // Another owner's lease (a predecessor killed before it let go, until it expires) or
+            // an unreachable role: the database is not available yet, and a retry will find it.
+            throw TransportError(.unavailable, "database \(name) cannot open yet: \(error.message)")
         } catch let error as MoraineError {
             throw TransportError(error)
         } catch {

@@ -134,7 +134,10 @@ extension Engine {
             edit.releasedReservations += releases
             let before = versions.manifestCount
             do {
-                _ = try versions.logAndApply(edit, lastSequence: lastSequence.load(ordering: .acquiring))
+                // The last sequence recorded covers the new tables' entries even if a group
+                // that wrote some of them has not published its sequence yet.
+                let newest = edit.newFiles.map(\.file.largestSequence).max() ?? 0
+                _ = try versions.logAndApply(edit, lastSequence: max(lastSequence.load(ordering: .acquiring), newest))
             } catch {
                 reservations.putBack(releases)
                 throw error

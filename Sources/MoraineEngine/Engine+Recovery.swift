@@ -97,7 +97,14 @@ extension Engine {
             }
         }
         var edit = try replay.finish()
-        let recoveredSequence = max(replay.maxSequence, attachedReach)
+        // No sequence at or below one a table already holds may be handed out again: a reused
+        // sequence would sort a new write below the older entry of its key in an iterator's merge
+        // (a get, reading the memtable first, would still see it — the chaos test found the two
+        // disagreeing after a compute node's restart). The manifest's last sequence covers
+        // every table in the normal order of things; the tables' own largest sequences bound it
+        // whatever that order was.
+        let tablesReach = versions.current.levels.joined().map(\.info.largestSequence).max() ?? 0
+        let recoveredSequence = max(replay.maxSequence, attachedReach, tablesReach)
         lastSequence.store(recoveredSequence, ordering: .releasing)
         allocatedSequence = recoveredSequence
         let cleanup: [(name: String, fate: FileFate)]

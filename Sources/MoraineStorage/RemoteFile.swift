@@ -17,7 +17,9 @@ import Synchronization
 /// the ring of a connection this file keeps (its lane), and the node's acknowledgement is reaped
 /// later — at the next flush, once too much is in flight, at sync and at close. The node serves
 /// every request a client published even after the client died (SharedMemoryServer), so
-/// published bytes are in its hands, as the durability contract asks of a non-sync write. Bytes
+/// published bytes are in its hands, as the durability contract asks of a non-sync write — if
+/// the node is alive: a publish is checked against the lane's socket (one poll), and onto a lane
+/// whose node has gone the flush instead waits for a live node's answer through the pool. Bytes
 /// stay held here until acknowledged; a lane that breaks is given up and they are sent again
 /// through the pool at the offset they start at (the node recognises bytes it already has). An
 /// error the node reports for a published append is thrown by the file's next call. Over TCP
@@ -133,6 +135,11 @@ final class RemoteWritableFile: WritableFile {
                 guard let response else { break }
                 try acknowledge(response, end: oldest.end)
             }
+            // Published is in the node's hands only if a node will drain the ring: one that had
+            // died (and is restarting) will not, and a write acknowledged on that would rest on
+            // this process alone until the node is back. Then the bytes go through the pool,
+            // waiting for the node's answer.
+            if client.serverHasGone { throw TransportError(.unavailable, "the storage node's end of the lane hung up") }
             return true
         } catch is TransportError {
             // The lane broke (or timed out): what it did not acknowledge is settled through the pool.

@@ -96,6 +96,10 @@ public final class SharedMemoryClient: TransportClient {
         return payload
     }
 
+    /// Whether the server's end of the socket has hung up (it exited or was killed): a request
+    /// published now would sit in a ring no process drains. One poll(2), no waiting.
+    public var serverHasGone: Bool { socket.peerHasHungUp() }
+
     public func send(opcode: UInt8, payload: Payload) throws(TransportError) -> UInt64 {
         if let failure { throw failure }
         guard pending.count < limits.inFlightMax else {
