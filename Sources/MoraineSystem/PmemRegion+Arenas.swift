@@ -84,14 +84,8 @@ extension PmemRegion {
                 return created
             }
         }
-        let (base, mapped, isPmem) = try map(path: path)
-        let region = PmemRegion(
-            path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer, layout: requested,
-            numaNode: numaNode)
-        if let numaNode {
-            let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
-            if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }
-        }
+        let region = try bound(path: path, try map(path: path), tracer: tracer, layout: requested, numaNode: numaNode)
+        let mapped = region.sizeBytes
         if mapped >= 8 && region.loadWord(at: 0) == PmemLayout.magic {
             region.layout = try region.readLayout()
         } else {

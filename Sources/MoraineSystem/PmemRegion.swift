@@ -70,14 +70,7 @@ public final class PmemRegion: @unchecked Sendable {
         unlink(temporary)
         defer { unlink(temporary) }
         let flags = Int32(PMEM_FILE_CREATE) | Int32(PMEM_FILE_EXCL) | (sparse ? Int32(PMEM_FILE_SPARSE) : 0)
-        let (base, mapped, isPmem) = try mapFile(temporary, sizeBytes: sizeBytes, flags: flags)
-        let region = PmemRegion(
-            path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer, layout: layout,
-            numaNode: numaNode)
-        if let numaNode {
-            let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
-            if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }
-        }
+        let region = try bound(path: path, try mapFile(temporary, sizeBytes: sizeBytes, flags: flags), tracer: tracer, layout: layout, numaNode: numaNode)
         try prepare(region)
         guard link(temporary, path) == 0 else {
             let code = errno
@@ -135,12 +128,20 @@ public final class PmemRegion: @unchecked Sendable {
                 return region
             }
         }
-        let (base, mapped, isPmem) = try map(path: path)
+        return try bound(path: path, try map(path: path), tracer: tracer, layout: placeholder, numaNode: numaNode)
+    }
+
+    /// The region over a mapping of `path`, its pages bound to `numaNode` when given.
+    /// - Throws: the mbind failure, naming the node.
+    static func bound(
+        path: String, _ mapping: (base: UnsafeMutableRawPointer, bytes: Int, isPmem: Bool), tracer: PersistenceTracer?, layout: PmemLayout,
+        numaNode: Int?
+    ) throws -> PmemRegion {
         let region = PmemRegion(
-            path: path, base: base, sizeBytes: mapped, isPersistentMemory: isPmem, tracer: tracer,
-            layout: placeholder, numaNode: numaNode)
+            path: path, base: mapping.base, sizeBytes: mapping.bytes, isPersistentMemory: mapping.isPmem, tracer: tracer, layout: layout,
+            numaNode: numaNode)
         if let numaNode {
-            let code = NUMATopology.bindMemory(base, length: mapped, node: numaNode)
+            let code = NUMATopology.bindMemory(mapping.base, length: mapping.bytes, node: numaNode)
             if code != 0 { throw posixError("mbind to NUMA node \(numaNode)", path, code) }
         }
         return region
