@@ -35,9 +35,10 @@ struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a one-box cluster and supervise it (Ctrl-C or SIGTERM stops it).",
         discussion: """
-            With no topology: one storage node over shared memory. The run directory (--run-dir, else \
-            $MORAINE_RUN_DIR, else /tmp/moraine-run-UID) gets the cluster key, the endpoints file and the logs; \
-            database commands reach the cluster with --cluster RUNDIR.
+            With no topology: a compute node, a storage node, a memory node, a flush and a compaction worker, \
+            over shared memory. The run directory (--run-dir, else $MORAINE_RUN_DIR, else /tmp/moraine-run-UID) \
+            gets the cluster key, the endpoints file and the logs; database commands reach the cluster with \
+            --connect RUNDIR (through the compute node) or --cluster RUNDIR (the engine in the command's process).
             """)
 
     @Option(help: "The topology file (TOML: [[role]] tables; docs/CLUSTER.md).") var topology: String?

@@ -161,10 +161,7 @@ public struct ComputeValues: WireMessage, Equatable {
 
     public func encode(into writer: inout WireWriter) {
         writer.u32(UInt32(values.count))
-        for value in values {
-            writer.bool(value != nil)
-            if let value { writer.data(value) }
-        }
+        for value in values { writer.optionalData(value) }
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -174,7 +171,7 @@ public struct ComputeValues: WireMessage, Equatable {
         }
         values = []
         values.reserveCapacity(count)
-        for _ in 0..<count { values.append(try reader.bool("found") ? try reader.data("value") : nil) }
+        for _ in 0..<count { values.append(try reader.optionalData("value")) }
     }
 }
 
@@ -245,17 +242,15 @@ public struct ComputeIteratorOpen: WireMessage, Equatable {
     public func encode(into writer: inout WireWriter) {
         header.encode(into: &writer)
         writer.u64(snapshot)
-        writer.bool(lowerBound != nil)
-        if let lowerBound { writer.data(lowerBound) }
-        writer.bool(upperBound != nil)
-        if let upperBound { writer.data(upperBound) }
+        writer.optionalData(lowerBound)
+        writer.optionalData(upperBound)
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
         header = try ComputeHeader(from: &reader)
         snapshot = try reader.u64("snapshot")
-        lowerBound = try reader.bool("has lower bound") ? try reader.data("lower bound") : nil
-        upperBound = try reader.bool("has upper bound") ? try reader.data("upper bound") : nil
+        lowerBound = try reader.optionalData("lower bound")
+        upperBound = try reader.optionalData("upper bound")
     }
 }
 
@@ -374,17 +369,15 @@ public struct ComputeCompactRange: WireMessage, Equatable {
 
     public func encode(into writer: inout WireWriter) {
         header.encode(into: &writer)
-        writer.bool(begin != nil)
-        if let begin { writer.data(begin) }
-        writer.bool(end != nil)
-        if let end { writer.data(end) }
+        writer.optionalData(begin)
+        writer.optionalData(end)
         writer.u8(bottommost)
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
         header = try ComputeHeader(from: &reader)
-        begin = try reader.bool("has begin") ? try reader.data("begin") : nil
-        end = try reader.bool("has end") ? try reader.data("end") : nil
+        begin = try reader.optionalData("begin")
+        end = try reader.optionalData("end")
         bottommost = try reader.u8("bottommost")
         guard bottommost <= 2 else { throw TransportError(.malformed, "\(Self.wireName): bottommost \(bottommost) is not 0…2") }
     }

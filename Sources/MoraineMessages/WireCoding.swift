@@ -34,6 +34,12 @@ public struct WireWriter {
     }
 
     public mutating func data(_ value: [UInt8]) { value.withUnsafeBytes { data($0) } }
+
+    /// A byte string that may be absent: a presence flag, then the bytes.
+    public mutating func optionalData(_ value: [UInt8]?) {
+        bool(value != nil)
+        if let value { data(value) }
+    }
 }
 
 /// Reads fields from a received payload, checking each against what is left.
@@ -94,6 +100,11 @@ public struct WireReader {
 
     public mutating func data(_ field: String) throws(TransportError) -> [UInt8] {
         Array(try take(Int(try u32(field)), field))
+    }
+
+    /// A byte string written by `WireWriter.optionalData`.
+    public mutating func optionalData(_ field: String) throws(TransportError) -> [UInt8]? {
+        try bool("has \(field)") ? try data(field) : nil
     }
 
     /// Bytes not read yet.
