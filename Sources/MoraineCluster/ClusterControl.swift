@@ -31,6 +31,8 @@ public struct RoleStatus: Sendable {
     public var arenas: MemoryStatusReply? = nil
     /// A compute node's databases and sessions.
     public var compute: ComputeStatusReply? = nil
+    /// Where the process runs, as the kernel reports it (nil when it is down).
+    public var placement: ProcessPlacement? = nil
     public var problem: String? = nil
 }
 
@@ -62,6 +64,7 @@ public enum ClusterControl {
                 kind: String(fields[0]), index: index, pid: pid, restarts: restarts, startedUnix: started,
                 numaNode: numa < 0 ? nil : numa, endpoint: endpoint)
             if pid > 0 && ChildProcess.isAlive(pid), let key {
+                role.placement = ProcessPlacement.read(pid: pid)
                 do {
                     switch try RoleProbe.ask(role.kind, at: endpoint, key: key, timeoutNanos: 1_000_000_000) {
                     case .storage(let capacity): role.capacity = capacity
@@ -84,6 +87,7 @@ public enum ClusterControl {
     /// The status as a table, one line per role.
     public static func table(_ roles: [RoleStatus], supervisor: Int32?) -> String {
         let now = time(nil)
+        let machine = NUMATopology.current()
         var lines = ["supervisor: " + (supervisor.map { "pid \($0)" } ?? "not running")]
         lines.append("ROLE          PID      STATE  RESTARTS  UPTIME    NUMA  CARRIER  STORED      FREE        JOBS          ENDPOINT")
         for role in roles {
@@ -102,6 +106,10 @@ public enum ClusterControl {
                     pad(role.numaNode.map(String.init) ?? "-", 5), pad(role.endpoint.carrier, 8), pad(stored, 11), pad(free, 11),
                     pad(jobs, 13), role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
                 ].joined(separator: " "))
+            // Where it runs, read back from the kernel, and whether that is where it was placed.
+            if let placement = role.placement {
+                lines.append("  placement: \(placement.summary)\(placementCheck(role, placement, machine))")
+            }
             // Then each job it runs, and how far it has got.
             for job in role.jobs?.jobs ?? [] {
                 lines.append("  job \(job.jobID) of \(job.directory): \(bytes(job.bytesDone)) done")
@@ -147,6 +155,17 @@ public enum ClusterControl {
         }
         for name in ["endpoints", "state", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
         return killed
+    }
+
+    /// Empty when the kernel's report matches the planned node; otherwise what differs.
+    static func placementCheck(_ role: RoleStatus, _ placement: ProcessPlacement, _ machine: NUMATopology) -> String {
+        guard let planned = role.numaNode, let node = machine.nodes.first(where: { $0.id == planned }) else { return "" }
+        var problems: [String] = []
+        if Set(placement.cpus) != Set(node.cpus) || !placement.threadsAgree { problems.append("CPUs are not node \(planned)'s") }
+        if machine.isNUMAAvailable, let policy = placement.memoryPolicy, policy != "bind:\(planned)" {
+            problems.append("memory is not bound to node \(planned)")
+        }
+        return problems.isEmpty ? " (as placed on node \(planned))" : " (MISPLACED: \(problems.joined(separator: "; ")))"
     }
 
     static func pad(_ text: String, _ width: Int) -> String {

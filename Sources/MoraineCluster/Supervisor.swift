@@ -70,12 +70,10 @@ public final class Supervisor {
         self.run = run
         self.executable = executable
         instances = []
-        let machine = NUMATopology.current()
+        var placement = try Placement.plan(topology, machine: NUMATopology.current())[...]
         for spec in topology.roles {
-            if let node = spec.numaNode, !machine.nodes.contains(where: { $0.id == node }) {
-                throw MoraineError(.invalid, "the topology pins \(spec.kind) to NUMA node \(node), which this machine lacks (\(machine))")
-            }
             for index in 0..<spec.count {
+                let assignment = placement.removeFirst()
                 let endpoint: Endpoint =
                     spec.carrier == "tcp"
                     ? .tcp(host: "127.0.0.1", port: spec.port == 0 ? 0 : spec.port + index)
@@ -86,7 +84,7 @@ public final class Supervisor {
                     return spec.count == 1 ? base : base + "/\(index)"
                 }
                 var instance = Instance(
-                    kind: spec.kind, index: index, numaNode: spec.numaNode, data: data, endpoint: endpoint,
+                    kind: spec.kind, index: index, numaNode: assignment.node, data: data, endpoint: endpoint,
                     linkDelayNanos: spec.linkDelayNanos)
                 instance.durability = spec.durability
                 if spec.kind == "memory" {

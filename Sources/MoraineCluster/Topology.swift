@@ -6,7 +6,7 @@
 //   [[role]]
 //   kind = "storage"      # the role: compute, storage, memory, flush or compaction
 //   count = 1             # how many (default 1)
-//   numa_node = 0         # pin to this NUMA node (default: none)
+//   numa_node = 0         # pin to this NUMA node; "none": not pinned; "auto" (default): Placement.swift
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
 //   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
 //   data = "data"         # storage: the data directory (relative to the run directory; default data)
@@ -23,10 +23,20 @@ import MoraineSystem
 /// The roles of a one-box cluster.
 public struct Topology: Sendable, Equatable {
     /// One `[[role]]` table.
+    /// Where a role asks to run.
+    public enum NUMAChoice: Sendable, Equatable {
+        /// Placement's rule for the kind (Placement.swift).
+        case auto
+        /// Not pinned: every CPU, the default memory policy.
+        case unpinned
+        /// Pinned to this node, CPUs and memory.
+        case node(Int)
+    }
+
     public struct RoleSpec: Sendable, Equatable {
         public var kind: String
         public var count = 1
-        public var numaNode: Int? = nil
+        public var numa = NUMAChoice.auto
         public var carrier = "shm"
         public var port = 0
         public var data: String? = nil
@@ -101,7 +111,7 @@ public struct Topology: Sendable, Equatable {
             guard role.linkDelayNanos >= 0, role.linkDelayNanos <= 1_000_000_000 else {
                 throw MoraineError(.invalid, "\(at): link_delay_ns must be 0…1000000000, not \(role.linkDelayNanos)")
             }
-            if let node = role.numaNode, node < 0 { throw MoraineError(.invalid, "\(at): numa_node must be 0 or more") }
+            if case .node(let node) = role.numa, node < 0 { throw MoraineError(.invalid, "\(at): numa_node must be 0 or more") }
             if let durability = role.durability {
                 guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): durability applies to compute nodes only") }
                 guard durability == "wal" || durability == "pmem" else {
@@ -140,7 +150,16 @@ public struct Topology: Sendable, Equatable {
         switch key {
         case "kind": role.kind = try text()
         case "count": role.count = try integer()
-        case "numa_node": role.numaNode = try integer()
+        case "numa_node":
+            if value.hasPrefix("\"") {
+                switch try text() {
+                case "auto": role.numa = .auto
+                case "none": role.numa = .unpinned
+                case let other: throw MoraineError(.invalid, "\(at): numa_node must be a node number, \"auto\" or \"none\", not \(other)")
+                }
+            } else {
+                role.numa = .node(try integer())
+            }
         case "carrier": role.carrier = try text()
         case "port": role.port = try integer()
         case "data": role.data = try text()

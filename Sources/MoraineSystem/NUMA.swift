@@ -18,6 +18,13 @@ public struct NUMANode: Sendable, Equatable {
     /// Total and free memory in bytes (nil when the kernel does not say).
     public let memoryBytes: Int?
     public let freeMemoryBytes: Int?
+
+    public init(id: Int, cpus: [Int], memoryBytes: Int? = nil, freeMemoryBytes: Int? = nil) {
+        self.id = id
+        self.cpus = cpus
+        self.memoryBytes = memoryBytes
+        self.freeMemoryBytes = freeMemoryBytes
+    }
 }
 
 /// The machine's NUMA topology.
@@ -25,6 +32,12 @@ public struct NUMATopology: Sendable {
     public let nodes: [NUMANode]
     /// False when the kernel has no NUMA support (the topology is then one synthetic node).
     public let isNUMAAvailable: Bool
+
+    /// A described machine (placement is planned, and tested, against descriptions).
+    public init(nodes: [NUMANode], isNUMAAvailable: Bool = true) {
+        self.nodes = nodes
+        self.isNUMAAvailable = isNUMAAvailable
+    }
 
     /// Reads the topology from libnuma.
     public static func current() -> NUMATopology {
@@ -59,7 +72,8 @@ public struct NUMATopology: Sendable {
         return ([header] + lines).joined(separator: "; ")
     }
 
-    static func ranges(_ cpus: [Int]) -> String {
+    /// CPU numbers as the kernel's list format writes them (0-3,8).
+    public static func ranges(_ cpus: [Int]) -> String {
         var parts: [String] = []
         var index = 0
         while index < cpus.count {
