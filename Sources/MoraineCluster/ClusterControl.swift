@@ -123,6 +123,9 @@ public enum ClusterControl {
                     lines.append(
                         "  database \(database.name): sequence \(database.lastSequence), memtable \(bytes(database.memtableBytes)), "
                             + levels.joined(separator: ", "))
+                    lines.append(
+                        "    cache hits: block \(rate(database.blockCacheHits, database.blockCacheMisses)), "
+                            + "shared (memory node) \(rate(database.sharedCacheHits, database.sharedCacheMisses))")
                 }
                 if compute.sessions > 0 || compute.expiredLeases > 0 {
                     lines.append(
@@ -166,6 +169,14 @@ public enum ClusterControl {
             problems.append("memory is not bound to node \(planned)")
         }
         return problems.isEmpty ? " (as placed on node \(planned))" : " (MISPLACED: \(problems.joined(separator: "; ")))"
+    }
+
+    /// "95.2% of 1234 lookups", or "no lookups".
+    static func rate(_ hits: UInt64, _ misses: UInt64) -> String {
+        let total = hits + misses
+        guard total > 0 else { return "no lookups" }
+        let tenths = hits * 1000 / total
+        return "\(tenths / 10).\(tenths % 10)% of \(total)"
     }
 
     static func pad(_ text: String, _ width: Int) -> String {

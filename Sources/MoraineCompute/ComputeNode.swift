@@ -344,9 +344,14 @@ public final class ComputeNode: @unchecked Sendable {
         let expired = lock.withLock { expiredLeases }
         let list = open.sorted { $0.key < $1.key }.map { name, engine in
             let stats = engine.stats()
-            return ComputeStatusReply.Database(
+            var database = ComputeStatusReply.Database(
                 name: name, lastSequence: stats.lastSequence, memtableBytes: UInt64(max(0, stats.memtableBytes)),
                 levelFiles: stats.levels.map { UInt32($0.fileCount) }, levelBytes: stats.levels.map(\.sizeBytes))
+            database.blockCacheHits = UInt64(max(0, stats.blockCacheHits))
+            database.blockCacheMisses = UInt64(max(0, stats.blockCacheMisses))
+            database.sharedCacheHits = UInt64(max(0, stats.secondaryCache.hits))
+            database.sharedCacheMisses = UInt64(max(0, stats.secondaryCache.misses))
+            return database
         }
         return ComputeStatusReply(
             databases: list, sessions: UInt32(counts.sessions), snapshots: UInt32(counts.snapshots), iterators: UInt32(counts.iterators),

@@ -487,6 +487,12 @@ public struct ComputeStatusReply: WireMessage, Equatable {
         /// Table files and bytes per level, L0 first.
         public var levelFiles: [UInt32]
         public var levelBytes: [UInt64]
+        /// Block lookups per cache tier: the compute node's own block cache, then the shared
+        /// cache in the memory node's region (second tier; zero without one).
+        public var blockCacheHits: UInt64 = 0
+        public var blockCacheMisses: UInt64 = 0
+        public var sharedCacheHits: UInt64 = 0
+        public var sharedCacheMisses: UInt64 = 0
 
         public init(name: String, lastSequence: UInt64, memtableBytes: UInt64, levelFiles: [UInt32], levelBytes: [UInt64]) {
             self.name = name
@@ -522,6 +528,9 @@ public struct ComputeStatusReply: WireMessage, Equatable {
                 writer.u32(files)
                 writer.u64(bytes)
             }
+            for count in [database.blockCacheHits, database.blockCacheMisses, database.sharedCacheHits, database.sharedCacheMisses] {
+                writer.u64(count)
+            }
         }
         writer.u32(sessions)
         writer.u32(snapshots)
@@ -545,7 +554,12 @@ public struct ComputeStatusReply: WireMessage, Equatable {
                 files.append(try reader.u32("files"))
                 bytes.append(try reader.u64("bytes"))
             }
-            databases.append(Database(name: name, lastSequence: sequence, memtableBytes: memtable, levelFiles: files, levelBytes: bytes))
+            var database = Database(name: name, lastSequence: sequence, memtableBytes: memtable, levelFiles: files, levelBytes: bytes)
+            database.blockCacheHits = try reader.u64("block cache hits")
+            database.blockCacheMisses = try reader.u64("block cache misses")
+            database.sharedCacheHits = try reader.u64("shared cache hits")
+            database.sharedCacheMisses = try reader.u64("shared cache misses")
+            databases.append(database)
         }
         sessions = try reader.u32("sessions")
         snapshots = try reader.u32("snapshots")

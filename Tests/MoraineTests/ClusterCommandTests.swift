@@ -104,12 +104,17 @@ struct ClusterCommandTests {
         // Through the compute node: a thin client per command, the database on the storage node.
         #expect(try runMoraineCLI(["put", "--connect", run.path, "--db", "served", "city", "lyon"]).status == 0)
         #expect(try runMoraineCLI(["get", "--connect", run.path, "--db", "served", "city"]).out == ["lyon"])
-        let served = try runMoraineCLI(["shell", "--connect", run.path, "--db", "served"], input: "put a 1\nput b 2\nscan - - 10\nflush\nstats\n")
+        let served = try runMoraineCLI(["shell", "--connect", run.path, "--db", "served"], input: "put a 1\nput b 2\nscan - - 10\nflush\nget b\nstats\n")
         #expect(served.status == 0 && served.out.contains("a 1") && served.out.contains("city lyon"), "\(served.out) \(served.err)")
         #expect(FileManager.default.fileExists(atPath: run.file("data/served/CURRENT")), "the compute node's database is not on the storage node")
         let computeStatus = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(computeStatus.out.contains { $0.hasPrefix("compute-0") && $0.contains(" up ") }, "\(computeStatus.out)")
         #expect(computeStatus.out.contains { $0.contains("database served: sequence 3") }, "\(computeStatus.out)")
+        // The get after the flush looked the table's blocks up in the caches, and status counts it per tier.
+        #expect(
+            computeStatus.out.contains { $0.hasPrefix("    cache hits: block ") && !$0.hasPrefix("    cache hits: block no lookups") },
+            "\(computeStatus.out)")
+        #expect(computeStatus.out.contains { $0.contains(", shared (memory node) ") }, "\(computeStatus.out)")
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
         let first = try RunDirectory(run.path).roles()
         #expect(first.map(\.role).sorted() == ["compaction", "compute", "flush", "memory", "storage"])
