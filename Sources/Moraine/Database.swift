@@ -75,6 +75,34 @@ public final class Database: Sendable {
         connect target: String, database name: String, clusterKey: String? = nil, options: Options = Options(),
         settings: ComputeClient.Settings = ComputeClient.Settings()
     ) throws {
+        let (endpoint, key) = try Self.computeNode(target, clusterKey: clusterKey)
+        backend = .remote(
+            try ComputeClient(
+                endpoint: endpoint, key: key, database: name, createIfMissing: options.createIfMissing, errorIfExists: options.errorIfExists,
+                settings: settings))
+    }
+
+    /// Removes the database `name` of the cluster running in `runDirectory` (its files on the
+    /// storage node, its arenas on the memory node), as `destroy(path:options:)` does embedded.
+    @discardableResult
+    public static func destroy(path name: String, cluster runDirectory: String, options: Options = Options()) throws -> Int {
+        let options = try ClusterAttachment.options(options, database: name, runDirectory: runDirectory, owner: "a Moraine application")
+        return try Engine.destroy(path: name, options: options)
+    }
+
+    /// Removes the database `name` of a compute node (RocksDB's DestroyDB through the node):
+    /// `target` as for `init(connect:)`. Returns how many files were removed (0 when there was
+    /// no such database).
+    /// - Throws: `.busy` while another client holds a snapshot or an iterator of it,
+    ///   `.unavailable` when the node does not answer.
+    @discardableResult
+    public static func destroy(connect target: String, database name: String, clusterKey: String? = nil) throws -> Int {
+        let (endpoint, key) = try computeNode(target, clusterKey: clusterKey)
+        return try ComputeClient.destroy(endpoint: endpoint, key: key, database: name)
+    }
+
+    /// The compute node's endpoint and the cluster key for `--connect TARGET`.
+    private static func computeNode(_ target: String, clusterKey: String?) throws -> (Endpoint, ClusterKey) {
         let endpoint: Endpoint
         let keyPath: String
         if target.hasPrefix("shm:") || target.hasPrefix("tcp:") {
@@ -100,10 +128,7 @@ public final class Database: Sendable {
         } catch {
             throw MoraineError(error.moraineError.kind, "--connect \(target): \(error.message)")
         }
-        backend = .remote(
-            try ComputeClient(
-                endpoint: endpoint, key: key, database: name, createIfMissing: options.createIfMissing, errorIfExists: options.errorIfExists,
-                settings: settings))
+        return (endpoint, key)
     }
 
     /// Closes the database (embedded) or ends the session with the compute node (connected).

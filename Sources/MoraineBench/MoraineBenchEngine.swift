@@ -1,4 +1,5 @@
-// Moraine as a BenchEngine: the embedded Database configured from BenchConfiguration.
+// Moraine as a BenchEngine: a Database configured from BenchConfiguration — embedded, with its
+// files on a storage node, its memtables on a memory node, or a thin client of a compute node.
 // Thread-safe because Database is.
 import Moraine
 import MoraineSystem
@@ -16,6 +17,12 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     let secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)?
     /// The block cache's size, whatever --cache_size says (nil: --cache_size).
     let cacheSizeBytes: Int?
+    /// A compute node to connect to (`--connect`: a run directory or an endpoint, and the key's
+    /// file for an endpoint): the database runs there, this process is its thin client.
+    let connect: (target: String, clusterKey: String?)?
+    /// The run directory of a cluster whose roles this process uses with the engine here
+    /// (`Database(path:cluster:)`, compute in the application).
+    let cluster: String?
 
     /// Embedded Moraine, engine "moraine"; with `cacheSizeBytes`, its block cache is that big
     /// whatever --cache_size says (a peer for a tiered cache).
@@ -27,6 +34,37 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         memtableRegion = nil
         secondaryCache = nil
         self.cacheSizeBytes = cacheSizeBytes
+        connect = nil
+        cluster = nil
+    }
+
+    /// A thin client of a compute node (`target` a run directory, or an endpoint with
+    /// `clusterKey`): engine `name`. The node opens the database with its own options (its
+    /// cache, write buffer and durability are the cluster's, not --cache_size's).
+    public init(name: String, connect target: String, clusterKey: String?) {
+        self.name = name
+        fileSystem = nil
+        storageRequests = nil
+        jobRunner = nil
+        memtableRegion = nil
+        secondaryCache = nil
+        cacheSizeBytes = nil
+        connect = (target, clusterKey)
+        cluster = nil
+    }
+
+    /// Compute in the application: the engine here, with the cluster's storage node, memory
+    /// node and workers wired in as `Database(path:cluster:)` wires them: engine `name`.
+    public init(name: String, cluster runDirectory: String) {
+        self.name = name
+        fileSystem = nil
+        storageRequests = nil
+        jobRunner = nil
+        memtableRegion = nil
+        secondaryCache = nil
+        cacheSizeBytes = nil
+        connect = nil
+        cluster = runDirectory
     }
 
     /// Moraine with its files here and its memtables in the arenas `memtableRegion` grants (a
@@ -42,6 +80,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         self.memtableRegion = memtableRegion
         self.secondaryCache = secondaryCache
         cacheSizeBytes = nil
+        connect = nil
+        cluster = nil
     }
 
     /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
@@ -58,6 +98,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         memtableRegion = nil
         self.secondaryCache = secondaryCache
         cacheSizeBytes = nil
+        connect = nil
+        cluster = nil
     }
 
     public var engineNames: [String] { [name] }
@@ -65,12 +107,20 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     /// On a storage node a database is a flat name: the run directory's last component and
     /// the engine's name (`/tmp/moraine-bench` gives `moraine-bench-cluster`).
     public func databasePath(_ name: String, base: String) -> String {
-        guard fileSystem != nil else { return base + "/" + name }
+        guard fileSystem != nil || connect != nil || cluster != nil else { return base + "/" + name }
         let last = base.split(separator: "/").last.map(String.init) ?? "moraine-bench"
         return last + "-" + name
     }
 
     public func removeDatabase(_ name: String, path: String, configuration c: BenchConfiguration) throws {
+        if let connect {
+            try Database.destroy(connect: connect.target, database: path, clusterKey: connect.clusterKey)
+            return
+        }
+        if let cluster {
+            try Database.destroy(path: path, cluster: cluster, options: options(c))
+            return
+        }
         if fileSystem != nil {
             try Database.destroy(path: path, options: options(c))
             return
@@ -86,6 +136,16 @@ public struct MoraineBenchFactory: BenchEngineFactory {
 
     public func open(_ name: String, path: String, configuration c: BenchConfiguration) throws -> any BenchEngine {
         var options = options(c)
+        if let connect {
+            return MoraineBenchEngine(
+                name: name, database: try Database(connect: connect.target, database: path, clusterKey: connect.clusterKey, options: options),
+                writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL), storageRequests: nil)
+        }
+        if let cluster {
+            return MoraineBenchEngine(
+                name: name, database: try Database(path: path, cluster: cluster, options: options),
+                writeOptions: WriteOptions(sync: c.sync, disableWAL: c.disableWAL), storageRequests: nil)
+        }
         options.secondaryBlockCache = secondaryCache?(path)
         return MoraineBenchEngine(
             name: name, database: try Database(path: path, options: options),

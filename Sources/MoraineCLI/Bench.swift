@@ -29,7 +29,9 @@ struct Bench: ParsableCommand {
             help: """
                 Engines, comma-separated, run alternately: moraine (embedded), cluster (files on the storage node of \
                 --cluster; the default with --cluster), memory (files here, memtables in the arenas of --cluster's \
-                memory node, durability pmem through it). RocksDB runs come from bench/'s moraine-bench.
+                memory node, durability pmem through it), application (the engine here with every role of --cluster \
+                wired in, as Database(path:cluster:)), connect (a thin client of --connect's compute node; the default \
+                with --connect). RocksDB runs come from bench/'s moraine-bench.
                 """)
         var engine: String?
         @Option(
@@ -39,6 +41,10 @@ struct Bench: ParsableCommand {
                 workers when it has any.
                 """)
         var cluster: String?
+        @Option(help: "A compute node to run the connect engine against: the run directory of moraine up, or shm:PATH or tcp:HOST:PORT.")
+        var connect: String?
+        @Option(name: .customLong("cluster-key"), help: "With --connect ENDPOINT: the cluster key's file.")
+        var clusterKey: String?
         @Option(
             name: .customLong("embedded_cache_size"),
             help: "The embedded engine's block cache in bytes, whatever --cache_size says (to compare with a tiered cache).")
@@ -46,7 +52,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine", "cluster", "embedded_cache_size"])
+        let normalized = BenchFlags.normalizing(arguments, extraNames: ["engine", "cluster", "connect", "cluster-key", "embedded_cache_size"])
         if normalized.contains(where: { ["--help", "-h", "-help"].contains($0) }) {
             // The options part of the help (its own usage line would name the wrapper type).
             let help = Arguments.helpMessage(columns: 100)
@@ -61,8 +67,22 @@ struct Bench: ParsableCommand {
             throw ValidationError(Arguments.message(for: error))
         }
         try reporting {
-            let names = (parsed.engine ?? (parsed.cluster == nil ? "moraine" : "cluster")).split(separator: ",").map(String.init)
+            let defaultEngine = parsed.connect != nil ? "connect" : parsed.cluster != nil ? "cluster" : "moraine"
+            let names = (parsed.engine ?? defaultEngine).split(separator: ",").map(String.init)
+            let known: Set<String> = ["moraine", "cluster", "memory", "application", "connect"]
+            if let unknown = names.first(where: { !known.contains($0) }) {
+                throw ValidationError("--engine \(unknown) is not one of \(known.sorted().joined(separator: ", ")) (rocksdb runs in bench/'s moraine-bench)")
+            }
             var factories: [any BenchEngineFactory] = [MoraineBenchFactory(cacheSizeBytes: parsed.embeddedCacheSize)]
+            if names.contains("application") {
+                guard let cluster = parsed.cluster else { throw ValidationError("--engine application needs --cluster RUNDIR") }
+                factories.append(MoraineBenchFactory(name: "application", cluster: cluster))
+            }
+            if names.contains("connect") {
+                guard let target = parsed.connect else { throw ValidationError("--engine connect needs --connect RUNDIR|ENDPOINT") }
+                factories.append(MoraineBenchFactory(name: "connect", connect: target, clusterKey: parsed.clusterKey))
+                print("connect: a thin client of the compute node of \(target); the node's own options (cache, write buffer, durability)")
+            }
             if names.contains("cluster") {
                 guard let cluster = parsed.cluster else {
                     throw ValidationError("--engine cluster needs --cluster RUNDIR (the run directory of moraine up)")

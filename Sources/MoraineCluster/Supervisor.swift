@@ -36,6 +36,8 @@ public final class Supervisor {
         var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
         /// A compute node's durability mode, when the topology names one.
         var durability: String? = nil
+        /// A compute node's block cache per database, when the topology names one.
+        var blockCacheBytes: Int? = nil
         var endpoint: Endpoint
         let linkDelayNanos: Int64
         var pid: Int32 = 0
@@ -87,6 +89,7 @@ public final class Supervisor {
                     kind: spec.kind, index: index, numaNode: assignment.node, data: data, endpoint: endpoint,
                     linkDelayNanos: spec.linkDelayNanos)
                 instance.durability = spec.durability
+                instance.blockCacheBytes = spec.blockCacheBytes
                 if spec.kind == "memory" {
                     let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
                     instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.cacheBytes, spec.region == nil)
@@ -178,6 +181,7 @@ public final class Supervisor {
             ]
         }
         if let durability = instance.durability { arguments += ["--durability", durability] }
+        if let bytes = instance.blockCacheBytes { arguments += ["--cache_size", String(bytes)] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         let log = run.path + "/logs/\(instance.name).log"

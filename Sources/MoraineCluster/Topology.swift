@@ -15,6 +15,7 @@
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
 //   cache_size = 268435456 # memory: bytes of the region for the shared block cache (default 256 MiB)
 //   durability = "wal"    # compute: wal (default) or pmem (memtables in the memory node's region)
+//   block_cache_size = 8388608  # compute: each database's own block cache in bytes (default 8 MiB)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
 // Value types; no shared state.
@@ -47,6 +48,8 @@ public struct Topology: Sendable, Equatable {
         public var cacheBytes = 256 << 20
         /// Compute: where its databases' writes become durable (wal, or pmem in the memory node's region).
         public var durability: String? = nil
+        /// Compute: each database's block cache in bytes (nil: the node's default).
+        public var blockCacheBytes: Int? = nil
 
         public init(kind: String) { self.kind = kind }
     }
@@ -118,6 +121,10 @@ public struct Topology: Sendable, Equatable {
                     throw MoraineError(.invalid, "\(at): durability must be wal or pmem, not \(durability)")
                 }
             }
+            if let bytes = role.blockCacheBytes {
+                guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): block_cache_size applies to compute nodes only") }
+                guard bytes >= 0, bytes <= 1 << 40 else { throw MoraineError(.invalid, "\(at): block_cache_size must be 0…1 TiB, not \(bytes)") }
+            }
             if role.kind == "memory" {
                 guard role.arenaBytes >= 128 << 10, role.arenaBytes % 4096 == 0, role.arenaBytes <= 1 << 31 else {
                     throw MoraineError(.invalid, "\(at): arena_size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(role.arenaBytes)")
@@ -169,11 +176,12 @@ public struct Topology: Sendable, Equatable {
         case "arena_size": role.arenaBytes = try integer()
         case "cache_size": role.cacheBytes = try integer()
         case "durability": role.durability = try text()
+        case "block_cache_size": role.blockCacheBytes = try integer()
         default:
             throw MoraineError(
                 .invalid,
                 "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, "
-                    + "arena_size, cache_size, durability)")
+                    + "arena_size, cache_size, durability, block_cache_size)")
         }
     }
 

@@ -105,6 +105,39 @@ public final class ComputeClient: @unchecked Sendable {
         _ = try? call(ComputeOpcode.release, ComputeLeaseRelease(header: header, id: id))
     }
 
+    /// Closes the database `database` on the node at `endpoint` and removes its files (the node
+    /// refuses with `busy` while a session holds a snapshot or an iterator of it). Returns how
+    /// many files were removed: 0 when there was no such database.
+    public static func destroy(endpoint: Endpoint, key: ClusterKey, database: String) throws(MoraineError) -> Int {
+        let connection: any TransportClient
+        do {
+            connection = try endpoint.connect(key: key)
+        } catch {
+            throw MoraineError(error.code == .authenticationFailed ? .invalid : .unavailable, "compute node \(endpoint): \(error.message)")
+        }
+        defer { connection.close() }
+        var generator = SystemRandomNumberGenerator()
+        let header = ComputeHeader(session: UInt64.random(in: 1...UInt64.max, using: &generator), database: database)
+        let response: Response
+        do {
+            let id = try connection.send(opcode: ComputeOpcode.destroy, payload: .bytes(header.encoded()))
+            response = try connection.receive(requestID: id, timeoutNanos: nil)
+        } catch {
+            throw MoraineError(.unavailable, "compute node \(endpoint): \(error.message)")
+        }
+        switch response.result {
+        case .success(.bytes(let bytes)):
+            var reader = WireReader(bytes, what: "compute destroy reply")
+            do {
+                return Int(try reader.u64("files removed"))
+            } catch {
+                throw MoraineError(.corruption, "compute node \(endpoint): \(error.message)")
+            }
+        case .success: throw MoraineError(.corruption, "compute node \(endpoint): a reference where bytes were expected")
+        case .failure(let error): throw error.moraineError
+        }
+    }
+
     // MARK: calls
 
     private func connection() throws(MoraineError) -> any TransportClient {

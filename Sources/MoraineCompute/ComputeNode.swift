@@ -194,6 +194,45 @@ public final class ComputeNode: @unchecked Sendable {
         }
     }
 
+    /// Closes database `name` (when open) and removes its files; returns how many.
+    /// - Throws: `.busy` while another session holds a snapshot or an iterator of it, then what
+    ///   `Engine.destroy` throws. Sessions that later name it find it missing (`notFound`).
+    func destroy(_ name: String, session: UInt64) throws(TransportError) -> Int {
+        try Self.checkName(name)
+        openLock.lock()
+        defer { openLock.unlock() }
+        let engine = try lock.withLock { () throws(TransportError) -> Engine? in
+            if stopped { throw TransportError(.unavailable, "the compute node is stopping") }
+            let engine = databases[name]
+            let holders = sessions.filter { id, held in
+                id != session
+                    && (held.iterators.values.contains { $0.database == name } || held.snapshots.values.contains { $0.engine === engine })
+            }
+            guard holders.isEmpty else {
+                throw TransportError(.busy, "database \(name) cannot be destroyed: \(holders.count) other session(s) hold snapshots or iterators of it")
+            }
+            if let own = sessions[session] {
+                let mine = own.snapshots.filter { $0.value.engine === engine }
+                for id in mine.keys { sessions[session]!.snapshots.removeValue(forKey: id) }
+                for lease in mine.values { lease.engine.releaseSnapshot(lease.snapshot) }
+                sessions[session]!.iterators = own.iterators.filter { $0.value.database != name }
+            }
+            databases.removeValue(forKey: name)
+            return engine
+        }
+        do {
+            try engine?.close()
+            let (path, options) = try configuration.open(name)
+            let removed = try Engine.destroy(path: path, options: options)
+            SystemLog.info("compute node: destroyed database \(name) (\(removed) files)")
+            return removed
+        } catch let error as MoraineError {
+            throw TransportError(error)
+        } catch {
+            throw TransportError(.internalError, "destroying \(name): \(error)")
+        }
+    }
+
     // MARK: sessions
 
     /// Refreshes the session's lease time; creates the session when new.
@@ -329,6 +368,13 @@ public final class ComputeNode: @unchecked Sendable {
                 let engine = try database(message.header.database)
                 if message.pause { engine.pauseBackgroundWork() } else { engine.continueBackgroundWork() }
                 return []
+            }
+        }
+        router.register(ComputeOpcode.destroy) { [self] request in
+            answer(request, ComputeHeader.self) { (header) throws(TransportError) in
+                var writer = WireWriter()
+                writer.u64(UInt64(try destroy(header.database, session: header.session)))
+                return writer.bytes
             }
         }
         router.register(ComputeOpcode.status) { [self] _ in

@@ -38,6 +38,8 @@ public enum ComputeOpcode {
     public static let backgroundWork: UInt8 = 0x6C
     /// The node's databases and sessions, for `moraine status`: empty → `ComputeStatusReply`.
     public static let status: UInt8 = 0x6D
+    /// Close the database and remove its files (RocksDB's DestroyDB): `ComputeHeader` → u64 files removed.
+    public static let destroy: UInt8 = 0x6E
 }
 
 /// What opens every compute request: whose session, which database.

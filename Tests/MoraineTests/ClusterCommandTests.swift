@@ -53,14 +53,15 @@ struct ClusterCommandTests {
         let held = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(held.out.contains { $0.hasPrefix("memory-0") && $0.contains(" up ") && $0.contains("1/11 arenas") }, "\(held.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "inregion", "k1"]).out == ["in-region"])
-        // bench --cluster runs beside embedded Moraine in one run; both find the same keys, and
-        // the cluster's rows count storage requests. A second run starts from a destroyed database.
+        // bench --cluster and --connect run beside embedded Moraine in one run; all find the same
+        // keys, and the cluster's rows count storage requests. A second run starts from destroyed
+        // databases (on the storage node, and on the compute node through its destroy request).
         let benchDirectory = TempDir("moraine-up-bench")
         defer { benchDirectory.remove() }
         for _ in 0..<2 {
             let bench = try runMoraineCLI([
-                "bench", "--cluster", run.path, "--engine", "cluster,moraine", "--num", "3000", "--db", benchDirectory.path,
-                "--benchmarks", "fillrandom,readrandom,multireadrandom",
+                "bench", "--cluster", run.path, "--connect", run.path, "--engine", "cluster,moraine,application,connect", "--num", "3000",
+                "--db", benchDirectory.path, "--benchmarks", "fillrandom,readrandom,multireadrandom,seekrandom",
             ])
             #expect(bench.status == 0, "bench: \(bench.err)")
             // "(2590 of 3000 found)" of an engine's line for a workload.
@@ -72,10 +73,18 @@ struct ClusterCommandTests {
             }
             #expect(found("cluster", "readrandom") != nil && found("cluster", "readrandom") == found("moraine", "readrandom"))
             #expect(found("cluster", "multireadrandom") == found("moraine", "multireadrandom"))
-            #expect(bench.out.filter { $0.hasPrefix("cluster ") && $0.contains("storage requests/op") }.count == 3, "\(bench.out)")
-            #expect(bench.out.contains { $0.contains("cluster/moraine throughput ratio") })
+            // Compute in the application and through the compute node find what embedded finds.
+            for engine in ["application", "connect"] {
+                for workload in ["readrandom", "multireadrandom", "seekrandom"] {
+                    #expect(found(engine, workload) != nil && found(engine, workload) == found("moraine", workload), "\(engine) \(workload)")
+                }
+            }
+            #expect(bench.out.filter { $0.hasPrefix("cluster ") && $0.contains("storage requests/op") }.count == 4, "\(bench.out)")
         }
-        #expect(FileManager.default.fileExists(atPath: run.file("data/\(benchDirectory.path.split(separator: "/").last!)-cluster/CURRENT")))
+        let benchName = benchDirectory.path.split(separator: "/").last!
+        for engine in ["cluster", "application", "connect"] {
+            #expect(FileManager.default.fileExists(atPath: run.file("data/\(benchName)-\(engine)/CURRENT")), "\(engine)'s database is not on the storage node")
+        }
         // The dump commands read a database's files on the node, named DATABASE/NAME.
         #expect(try runMoraineCLI(["demo", "--cluster", run.path, "--db", "dumped", "--keys", "2000"]).status == 0)
         let names = try PosixFileSystem.shared.children(of: run.file("data/dumped"))

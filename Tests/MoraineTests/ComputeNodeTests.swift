@@ -239,6 +239,35 @@ struct ComputeNodeTests {
         #expect(try db.get("a") == "1" && db.get("b") == "2")
         try db.close()
     }
+
+    @Test("destroy through the node removes a database's files, refused while another client holds a snapshot of it")
+    func destroyThroughTheNode() throws {
+        let compute = try ComputeTestNode(.sharedMemory)
+        defer { compute.stop() }
+        let target = compute.endpoint.description
+        let db = try compute.connect("doomed")
+        for i in 0..<200 { try db.put("k\(i)", "v\(i)") }
+        try db.flush()
+        let holder = try compute.connect("doomed")
+        let snapshot = try holder.snapshot()
+        let busy = #expect(throws: MoraineError.self) { try Database.destroy(connect: target, database: "doomed", clusterKey: compute.keyPath) }
+        #expect(busy?.kind == .busy, "\(String(describing: busy))")
+        #expect(try db.get("k7") == "v7", "a refused destroy left the database as it was")
+        try snapshot.release()
+        try holder.close()
+        let removed = try Database.destroy(connect: target, database: "doomed", clusterKey: compute.keyPath)
+        #expect(removed >= 3, "a table, a log, a manifest and CURRENT at least: \(removed)")
+        #expect(!FileManager.default.fileExists(atPath: compute.directory.file("data/doomed/CURRENT")))
+        // The old handle's database is gone: a clear error naming it, not an empty database made anew.
+        let gone = #expect(throws: MoraineError.self) { _ = try db.get("k7") }
+        #expect(gone?.kind == .invalid && gone?.message.contains("no CURRENT") == true, "\(String(describing: gone))")
+        // Made again, it is empty; destroying what does not exist removes nothing.
+        let fresh = try compute.connect("doomed")
+        #expect(try fresh.get("k7") == nil)
+        try fresh.close()
+        #expect(try Database.destroy(connect: target, database: "never-made", clusterKey: compute.keyPath) == 0)
+        try db.close()
+    }
 }
 
 extension Result {
