@@ -114,6 +114,7 @@ struct Status: ParsableCommand {
         let run = runDirectory(runDir)
         let roles = try reporting { try ClusterControl.status(run) }
         print(ClusterControl.table(roles, supervisor: ClusterControl.supervisor(run)))
+        for line in ClusterControl.links(run) { print(line) }
         if roles.contains(where: { !$0.answering }) { throw ExitCode(1) }
     }
 }

@@ -57,6 +57,35 @@ struct NodeCommand: ParsableCommand {
     @Option(name: .customLong("numa-node"), help: "Pin the process and its memory to this NUMA node.") var numaNode: Int?
     @Option(name: .customLong("link-delay-ns"), help: "One-way delay to inject on this node's server (link emulation).")
     var linkDelayNanos: Int64 = 0
+    @Option(
+        name: .customLong("peer-link"),
+        help: """
+            KIND:DELAY_NS[:BYTES_PER_SEC], repeatable: the emulated link with peers of that role (compute, storage, memory, \
+            flush, compaction, client), in both directions, in place of --link-delay-ns for them.
+            """)
+    var peerLinks: [String] = []
+
+    /// `--peer-link` as links per peer label.
+    /// - Throws: a ValidationError naming the entry that does not parse.
+    static func parsePeerLinks(_ entries: [String]) throws -> [String: LinkEmulation] {
+        var links: [String: LinkEmulation] = [:]
+        for entry in entries {
+            let parts = entry.split(separator: ":", omittingEmptySubsequences: false)
+            let kinds: Set<String> = ["compute", "storage", "memory", "flush", "compaction", "client"]
+            guard (2...3).contains(parts.count), kinds.contains(String(parts[0])), let delay = Int64(parts[1]),
+                (0...1_000_000_000).contains(delay)
+            else {
+                throw ValidationError("--peer-link \(entry): expected KIND:DELAY_NS[:BYTES_PER_SEC] with KIND one of \(kinds.sorted().joined(separator: ", "))")
+            }
+            var bandwidth: Int64? = nil
+            if parts.count == 3 {
+                guard let bytes = Int64(parts[2]), bytes > 0 else { throw ValidationError("--peer-link \(entry): bandwidth must be a positive byte rate") }
+                bandwidth = bytes
+            }
+            links[String(parts[0])] = LinkEmulation(delay: delay > 0 ? .fixed(nanos: delay) : nil, bandwidthBytesPerSecond: bandwidth)
+        }
+        return links
+    }
 
     func validate() throws {
         switch role {
@@ -111,10 +140,14 @@ struct NodeCommand: ParsableCommand {
         guard (0...1_000_000_000).contains(linkDelayNanos) else {
             throw ValidationError("--link-delay-ns must be 0…1000000000, not \(linkDelayNanos)")
         }
+        _ = try Self.parsePeerLinks(peerLinks)
     }
 
     func run() throws {
         let link = linkDelayNanos > 0 ? LinkEmulation(delay: .fixed(nanos: linkDelayNanos)) : LinkEmulation.none
+        let peerLinks = try Self.parsePeerLinks(peerLinks)
+        // Every connection this process makes presents its role, so its peers apply their pair's link.
+        TransportIdentity.label = role
         let announce = { (endpoint: Endpoint) in
             print(endpoint.description)
             fflush(nil)
@@ -126,6 +159,7 @@ struct NodeCommand: ParsableCommand {
                 runDirectory: run?.path, dataDirectory: data, endpoint: endpoint, clusterKeyPath: clusterKey ?? run?.keyPath ?? "",
                 numaNode: numaNode)
             configuration.link = link
+            configuration.peerLinks = peerLinks
             configuration.sessionTTLMillis = sessionTTLMillis
             var options = Options()
             options.createIfMissing = true
@@ -142,6 +176,7 @@ struct NodeCommand: ParsableCommand {
                 runDirectory: run.path, endpoint: endpoint, clusterKeyPath: clusterKey ?? run.keyPath, slots: slots,
                 numaNode: numaNode)
             configuration.link = link
+            configuration.peerLinks = peerLinks
             configuration.role = role
             return try WorkerRole.run(configuration, announce: announce)
         }
@@ -152,6 +187,7 @@ struct NodeCommand: ParsableCommand {
                 regionPath: region ?? "", regionBytes: regionSize ?? 0, arenaBytes: arenaSize, endpoint: endpoint,
                 clusterKeyPath: clusterKey ?? run.keyPath, numaNode: numaNode)
             configuration.link = link
+            configuration.peerLinks = peerLinks
             configuration.cacheBytes = cacheSize
             configuration.slotBytes = cacheSlotSize
             return try MemoryRole.run(configuration, announce: announce)
@@ -160,6 +196,7 @@ struct NodeCommand: ParsableCommand {
             dataDirectory: data ?? "", endpoint: try Endpoint(parsing: listen ?? ""), clusterKeyPath: clusterKey ?? "",
             numaNode: numaNode)
         configuration.link = link
+        configuration.peerLinks = peerLinks
         try StorageRole.run(configuration, announce: announce)
     }
 }

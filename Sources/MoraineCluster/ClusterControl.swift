@@ -137,6 +137,28 @@ public enum ClusterControl {
         return lines.joined(separator: "\n")
     }
 
+    /// The emulated links of the cluster in `run`, one line each: a role's delay with every
+    /// peer (its `link_delay_ns`), then each pair of the topology's [[link]] tables. Empty
+    /// when no link is emulated.
+    public static func links(_ run: RunDirectory) -> [String] {
+        var lines: [String] = []
+        for role in (try? run.roles()) ?? [] where role.linkDelayNanos > 0 {
+            lines.append("link: \(role.role)-\(role.index) with every peer: \(delay(role.linkDelayNanos)) each way")
+        }
+        let text = (try? PosixFileSystem.shared.readAll(run.path + "/links")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 4, let nanos = Int64(fields[2]), let bandwidth = Int64(fields[3]) else { continue }
+            let cap = bandwidth > 0 ? ", \(bytes(UInt64(bandwidth)))/s" : ""
+            lines.append("link: \(fields[0]) <-> \(fields[1]): \(delay(nanos)) each way\(cap)")
+        }
+        return lines
+    }
+
+    static func delay(_ nanos: Int64) -> String {
+        nanos >= 1000 ? "\(nanos / 1000).\(nanos % 1000 / 100) µs" : "\(nanos) ns"
+    }
+
     /// Stops the cluster of `run`: SIGTERM to its supervisor, then, after the grace period and a
     /// margin, SIGKILL to the supervisor and to every role the state file lists.
     /// Returns the pids that had to be killed.
@@ -156,7 +178,7 @@ public enum ClusterControl {
             kill(pid, SIGKILL)
             killed.append(pid)
         }
-        for name in ["endpoints", "state", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+        for name in ["endpoints", "state", "links", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
         return killed
     }
 

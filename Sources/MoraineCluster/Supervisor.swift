@@ -10,6 +10,7 @@
 //   supervisor.pid   the supervisor's pid, while it runs
 //   state            one line per role: ROLE INDEX PID RESTARTS STARTED_UNIX NUMA ENDPOINT
 //                    (NUMA -1: not pinned; PID 0: down, restarting)
+//   links            one line per [[link]] of the topology: KIND KIND DELAY_NS BANDWIDTH
 //   ready            written once every role answered (what `--detach` waits for)
 //   logs/ROLE-N.log  each role's standard error; logs/supervisor.log for a detached supervisor
 //
@@ -40,6 +41,8 @@ public final class Supervisor {
         var blockCacheBytes: Int? = nil
         var endpoint: Endpoint
         let linkDelayNanos: Int64
+        /// The links of the topology's [[link]] tables that end at this kind, by the other kind.
+        var peerLinks: [String: LinkEmulation] = [:]
         var pid: Int32 = 0
         var restarts = 0
         var startedUnix = 0
@@ -61,6 +64,8 @@ public final class Supervisor {
 
     public let run: RunDirectory
     let executable: String
+    /// The topology's [[link]] tables, written to the run directory's `links` for status.
+    let links: [Topology.LinkSpec]
     var instances: [Instance]
     private var key: ClusterKey?
 
@@ -71,6 +76,7 @@ public final class Supervisor {
         try topology.check()
         self.run = run
         self.executable = executable
+        links = topology.links
         instances = []
         var placement = try Placement.plan(topology, machine: NUMATopology.current())[...]
         for spec in topology.roles {
@@ -90,6 +96,7 @@ public final class Supervisor {
                     linkDelayNanos: spec.linkDelayNanos)
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
+                instance.peerLinks = topology.peerLinks(of: spec.kind)
                 if spec.kind == "memory" {
                     let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
                     instance.region = (path, spec.regionBytes, spec.arenaBytes, spec.cacheBytes, spec.region == nil)
@@ -184,6 +191,9 @@ public final class Supervisor {
         if let bytes = instance.blockCacheBytes { arguments += ["--cache_size", String(bytes)] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
+        for (peer, link) in instance.peerLinks.sorted(by: { $0.key < $1.key }) {
+            arguments += ["--peer-link", "\(peer):\(link.meanDelayNanos)" + (link.bandwidthBytesPerSecond.map { ":\($0)" } ?? "")]
+        }
         let log = run.path + "/logs/\(instance.name).log"
         let child = try ChildProcess.spawn(executable, arguments, captureOutput: true, errorLog: log)
         defer { close(child.output) }
@@ -311,7 +321,7 @@ public final class Supervisor {
             waitpid(pid, &status, 0)
         }
         for index in instances.indices { instances[index].pid = 0 }
-        for name in ["endpoints", "state", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+        for name in ["endpoints", "state", "links", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
     }
 
     // MARK: Files
@@ -329,6 +339,7 @@ public final class Supervisor {
             "\($0.kind) \($0.index) \($0.pid) \($0.restarts) \($0.startedUnix) \($0.numaNode ?? -1) \($0.endpoint)\n"
         }
         try writeFile(run.path + "/state", lines.joined())
+        try writeFile(run.path + "/links", links.map { "\($0.kinds[0]) \($0.kinds[1]) \($0.delayNanos) \($0.bandwidthBytesPerSecond)\n" }.joined())
     }
 
     private func writeFile(_ path: String, _ text: String) throws(MoraineError) {

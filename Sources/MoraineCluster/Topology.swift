@@ -18,8 +18,14 @@
 //   block_cache_size = 8388608  # compute: each database's own block cache in bytes (default 8 MiB)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //
+//   [[link]]              # the emulated link between two kinds of role, both directions
+//   between = "compute memory"
+//   delay_ns = 2000       # one-way delay (default 0)
+//   bandwidth = 0         # bytes per second (default 0: no cap)
+//
 // Value types; no shared state.
 import MoraineSystem
+import MoraineTransport
 
 /// The roles of a one-box cluster.
 public struct Topology: Sendable, Equatable {
@@ -54,9 +60,47 @@ public struct Topology: Sendable, Equatable {
         public init(kind: String) { self.kind = kind }
     }
 
-    public var roles: [RoleSpec]
+    /// One `[[link]]` table: the emulated link between two kinds of role (either may be
+    /// `client`, a process that is no role), replacing their servers' `link_delay_ns` for it.
+    public struct LinkSpec: Sendable, Equatable {
+        public var kinds: [String] = []
+        public var delayNanos: Int64 = 0
+        public var bandwidthBytesPerSecond: Int64 = 0
 
-    public init(roles: [RoleSpec]) { self.roles = roles }
+        public init(between first: String, _ second: String, delayNanos: Int64, bandwidthBytesPerSecond: Int64 = 0) {
+            kinds = [first, second]
+            self.delayNanos = delayNanos
+            self.bandwidthBytesPerSecond = bandwidthBytesPerSecond
+        }
+
+        init() {}
+
+        /// The emulation a server applies to a peer of this pair.
+        public var emulation: LinkEmulation {
+            LinkEmulation(
+                delay: delayNanos > 0 ? .fixed(nanos: delayNanos) : nil,
+                bandwidthBytesPerSecond: bandwidthBytesPerSecond > 0 ? bandwidthBytesPerSecond : nil)
+        }
+    }
+
+    public var roles: [RoleSpec]
+    public var links: [LinkSpec] = []
+
+    public init(roles: [RoleSpec], links: [LinkSpec] = []) {
+        self.roles = roles
+        self.links = links
+    }
+
+    /// The links of a kind of role: the other end's kind (`client` for plain clients) and the
+    /// link, as `moraine node --peer-link` takes them.
+    public func peerLinks(of kind: String) -> [String: LinkEmulation] {
+        var result: [String: LinkEmulation] = [:]
+        for link in links where link.kinds.contains(kind) {
+            let other = link.kinds[0] == kind ? link.kinds[1] : link.kinds[0]
+            result[other] = link.emulation
+        }
+        return result
+    }
 
     /// The roles this release can run.
     public static let knownKinds: Set<String> = ["compute", "storage", "memory", "flush", "compaction"]
@@ -73,30 +117,61 @@ public struct Topology: Sendable, Equatable {
     /// - Throws: `.invalid` naming the line and what is wrong with it.
     public init(parsing text: String, name: String = "topology") throws(MoraineError) {
         var roles: [RoleSpec] = []
+        var links: [LinkSpec] = []
+        var inLink = false
         for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = Self.stripComment(String(rawLine)).trimmed
             let at = "\(name) line \(number + 1)"
             if line.isEmpty { continue }
             if line == "[[role]]" {
                 roles.append(RoleSpec(kind: ""))
+                inLink = false
+                continue
+            }
+            if line == "[[link]]" {
+                links.append(LinkSpec())
+                inLink = true
                 continue
             }
             if line.hasPrefix("[") {
-                throw MoraineError(.invalid, "\(at): only [[role]] tables are known, not \(line)")
+                throw MoraineError(.invalid, "\(at): only [[role]] and [[link]] tables are known, not \(line)")
             }
             guard let equals = line.firstIndex(of: "=") else { throw MoraineError(.invalid, "\(at): expected key = value") }
             let key = String(line[..<equals]).trimmed
             let value = String(line[line.index(after: equals)...]).trimmed
+            if inLink {
+                try Self.assign(key, value, to: &links[links.count - 1], at: at)
+                continue
+            }
             guard !roles.isEmpty else { throw MoraineError(.invalid, "\(at): \(key) outside a [[role]] table") }
             try Self.assign(key, value, to: &roles[roles.count - 1], at: at)
         }
         self.roles = roles
+        self.links = links
         try check()
     }
 
-    /// Checks what can be checked without the machine: kinds, counts, carriers, ports.
+    /// Checks what can be checked without the machine: kinds, counts, carriers, ports, links.
     public func check() throws(MoraineError) {
         guard !roles.isEmpty else { throw MoraineError(.invalid, "the topology names no role") }
+        var pairs = Set<[String]>()
+        for (index, link) in links.enumerated() {
+            let at = "link \(index + 1)"
+            let kinds = Self.knownKinds.union(["client"])
+            guard link.kinds.count == 2, link.kinds.allSatisfy({ kinds.contains($0) }) else {
+                throw MoraineError(
+                    .invalid, "\(at): between must name two of \(kinds.sorted().joined(separator: ", ")), not '\(link.kinds.joined(separator: " "))'")
+            }
+            guard pairs.insert(link.kinds.sorted()).inserted else {
+                throw MoraineError(.invalid, "\(at): a second link between \(link.kinds[0]) and \(link.kinds[1])")
+            }
+            guard (0...1_000_000_000).contains(link.delayNanos) else {
+                throw MoraineError(.invalid, "\(at): delay_ns must be 0…1000000000, not \(link.delayNanos)")
+            }
+            guard link.bandwidthBytesPerSecond >= 0 else {
+                throw MoraineError(.invalid, "\(at): bandwidth must be 0 (no cap) or a byte rate, not \(link.bandwidthBytesPerSecond)")
+            }
+        }
         for (index, role) in roles.enumerated() {
             let at = "role \(index + 1) (\(role.kind.isEmpty ? "no kind" : role.kind))"
             guard !role.kind.isEmpty else { throw MoraineError(.invalid, "\(at): kind is missing") }
@@ -139,6 +214,23 @@ public struct Topology: Sendable, Equatable {
                     throw MoraineError(.invalid, "\(at): \(role.count) memory nodes cannot share the region \(region); leave region unset")
                 }
             }
+        }
+    }
+
+    private static func assign(_ key: String, _ value: String, to link: inout LinkSpec, at: String) throws(MoraineError) {
+        switch key {
+        case "between":
+            guard value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") else {
+                throw MoraineError(.invalid, "\(at): between must be a quoted string of two kinds, not \(value)")
+            }
+            link.kinds = value.dropFirst().dropLast().split(separator: " ").map(String.init)
+        case "delay_ns", "bandwidth":
+            guard let number = Int64(value.replacingUnderscores) else {
+                throw MoraineError(.invalid, "\(at): \(key) must be an integer, not \(value)")
+            }
+            if key == "delay_ns" { link.delayNanos = number } else { link.bandwidthBytesPerSecond = number }
+        default:
+            throw MoraineError(.invalid, "\(at): unknown key \(key) in a [[link]] table (known: between, delay_ns, bandwidth)")
         }
     }
 

@@ -25,6 +25,9 @@ public enum ClusterAttachment {
     ///   each naming the run directory.
     public static func options(_ base: Options, database name: String, runDirectory: String, owner: String) throws -> Options {
         var options = base
+        // This process runs a database's engine: on the cluster's links it is a compute node
+        // (its peers apply their compute link to it), unless it already said what it is.
+        if TransportIdentity.label == nil { TransportIdentity.label = "compute" }
         let fileSystem = try remoteFileSystem(runDirectory: runDirectory, owner: owner)
         options.fileSystem = fileSystem
         if let memory = try memoryNode(runDirectory: runDirectory, fileSystem: fileSystem) {

@@ -22,6 +22,8 @@ public struct ComputeRoleConfiguration: Sendable {
     public var clusterKeyPath: String
     public var numaNode: Int?
     public var link: LinkEmulation = .none
+    /// The link per peer role (by the label its connections present), in place of `link`.
+    public var peerLinks: [String: LinkEmulation] = [:]
     /// The options every database opens with (durability, write buffer, cache, …).
     public var options = Options()
     public var sessionTTLMillis: UInt32 = 10_000
@@ -61,7 +63,7 @@ public enum ComputeRole {
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
         let node = ComputeNode(configuration: configuration.nodeConfiguration)
-        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: node.router())
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         SystemLog.info(
             "compute node: serving databases "
                 + (configuration.runDirectory.map { "of the cluster in \($0)" } ?? "under \(configuration.dataDirectory ?? ".")")

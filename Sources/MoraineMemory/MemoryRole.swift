@@ -18,6 +18,8 @@ public struct MemoryRoleConfiguration: Sendable {
     public var clusterKeyPath: String
     public var numaNode: Int?
     public var link: LinkEmulation = .none
+    /// The link per peer role (by the label its connections present), in place of `link`.
+    public var peerLinks: [String: LinkEmulation] = [:]
 
     public init(regionPath: String, regionBytes: Int, arenaBytes: Int, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.regionPath = regionPath
@@ -51,7 +53,7 @@ public enum MemoryRole {
             "memory node: region \(region.path), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB, \(held.count) held, "
                 + "a shared block cache of \(layout.cacheSlots) slots of \(layout.slotBytes) bytes"
                 + (configuration.numaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.mapping.durabilityDescription)")
-        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: node.router())
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("memory node: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")

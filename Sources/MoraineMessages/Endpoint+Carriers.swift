@@ -29,15 +29,18 @@ extension Endpoint {
         }
     }
 
-    /// Serves `router` on this endpoint.
+    /// Serves `router` on this endpoint; `link` is emulated with every client, or the entry
+    /// of `peerLinks` for the role label a client presents (one link per pair of roles).
     /// - Throws: why it cannot listen there (a socket path in use, a port taken, …).
-    public func serve(key: ClusterKey, link: LinkEmulation = .none, router: RequestRouter) throws(TransportError) -> EndpointServer {
+    public func serve(
+        key: ClusterKey, link: LinkEmulation = .none, peerLinks: [String: LinkEmulation] = [:], router: RequestRouter
+    ) throws(TransportError) -> EndpointServer {
         switch self {
         case .sharedMemory(let path):
-            let server = try SharedMemoryServer(socketPath: path, key: key, link: link, router: router)
+            let server = try SharedMemoryServer(socketPath: path, key: key, link: link, peerLinks: peerLinks, router: router)
             return EndpointServer(endpoint: self, stop: { server.close() })
         case .tcp(let host, let port):
-            let server = try TCPServer(host: host, port: port, key: key, link: link, router: router)
+            let server = try TCPServer(host: host, port: port, key: key, link: link, peerLinks: peerLinks, router: router)
             return EndpointServer(endpoint: .tcp(host: host, port: server.port), stop: { server.close() })
         }
     }

@@ -17,6 +17,8 @@ public struct StorageRoleConfiguration: Sendable {
     public var clusterKeyPath: String
     public var numaNode: Int?
     public var link: LinkEmulation = .none
+    /// The link per peer role (by the label its connections present), in place of `link`.
+    public var peerLinks: [String: LinkEmulation] = [:]
 
     public init(dataDirectory: String, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.dataDirectory = dataDirectory
@@ -37,7 +39,7 @@ public enum StorageRole {
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
         let node = try StorageNode(dataDirectory: configuration.dataDirectory)
-        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: node.router())
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("storage: \(TerminationSignals.name(signal)): stopping the node on \(server.endpoint)")

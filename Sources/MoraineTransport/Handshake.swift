@@ -2,8 +2,15 @@
 //
 //   client → hello:     min version u8, max version u8, client nonce (32 bytes)
 //   server → challenge: chosen version u8, server nonce (32), HMAC(key, "moraine server" ‖ Nc ‖ Ns)
-//   client → proof:     HMAC(key, "moraine client" ‖ Ns ‖ Nc)
-//   server → welcome:   empty
+//   client → proof:     HMAC(key, "moraine client" ‖ Ns ‖ Nc ‖ label), then the label (0–32 bytes)
+//   server → welcome:   empty, or the link the client is to emulate on what it receives:
+//                       delay ns u64, bandwidth bytes/s u64 (0: no cap)
+//
+// The label names the client's role ("compute", "memory", …; empty for a plain client) so that
+// a server can give each pair of roles its own emulated link (LinkEmulation, `peerLinks`): the
+// server delays what it receives from that client, and its welcome tells the client to delay
+// what it receives back, so both directions of the pair's link are emulated from one setting
+// on the server. The label is inside the MAC, so it cannot be changed in flight.
 //
 // Both nonces are fresh random bytes per connection, so a recorded proof is worthless on any
 // other connection (the server's nonce differs), and a recorded challenge is worthless to a
@@ -12,6 +19,7 @@
 //
 // These are pure state machines over payload bytes; the carriers move the frames.
 import Crypto
+import Synchronization
 
 /// Protocol versions this build speaks.
 public enum ProtocolVersion {
@@ -24,6 +32,8 @@ enum Handshake {
     static let macBytes = 32
     static let helloBytes = 2 + nonceBytes
     static let challengeBytes = 1 + nonceBytes + macBytes
+    /// The longest role label a proof may carry.
+    static let labelBytesMax = 32
     /// The handshake's frames are small; anything bigger before authentication is refused.
     static let framePayloadLimit = 256
 
@@ -49,14 +59,65 @@ enum Handshake {
     }
 }
 
+extension Handshake {
+    /// The welcome's payload: empty for no emulation, else the link's fixed delay and bandwidth.
+    static func welcome(_ link: LinkEmulation) -> [UInt8] {
+        guard link.isActive else { return [] }
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: UInt64(link.meanDelayNanos).littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt64(link.bandwidthBytesPerSecond ?? 0).littleEndian) { bytes.append(contentsOf: $0) }
+        return bytes
+    }
+
+    /// The link a welcome asks the client to emulate.
+    /// - Throws: `.malformed` for a payload of another shape or a delay over a second.
+    static func link(fromWelcome payload: [UInt8]) throws(TransportError) -> LinkEmulation {
+        if payload.isEmpty { return .none }
+        guard payload.count == 16 else { throw TransportError(.malformed, "welcome of \(payload.count) bytes, expected 0 or 16") }
+        let delay = payload.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        let bandwidth = payload.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+        guard delay <= 1_000_000_000, bandwidth <= UInt64(Int64.max) else {
+            throw TransportError(.malformed, "welcome asks for a delay of \(delay) ns and \(bandwidth) bytes/s")
+        }
+        return LinkEmulation(delay: delay > 0 ? .fixed(nanos: Int64(delay)) : nil, bandwidthBytesPerSecond: bandwidth > 0 ? Int64(bandwidth) : nil)
+    }
+
+    /// Whether a label is one a proof may carry: 0–32 bytes of a–z, 0–9, '-', '_'.
+    static func isValidLabel(_ label: [UInt8]) -> Bool {
+        label.count <= labelBytesMax && label.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F }
+    }
+}
+
+/// Who this process is on the cluster's links: the role label its connections present (a role
+/// process sets it once at start, before it connects anywhere; nil for a plain client).
+public enum TransportIdentity {
+    private static let storage = Mutex<String?>(nil)
+
+    /// The label new connections present by default.
+    /// - Precondition: 0–32 bytes of a–z, 0–9, '-' or '_' (a role's kind).
+    public static var label: String? {
+        get { storage.withLock { $0 } }
+        set {
+            precondition(Handshake.isValidLabel(Array((newValue ?? "").utf8)), "a transport label is 0–32 bytes of a-z, 0-9, '-', '_'")
+            storage.withLock { $0 = newValue }
+        }
+    }
+}
+
 /// The client's side of the handshake.
 struct ClientHandshake {
     let key: ClusterKey
     let nonce = Handshake.freshNonce()
+    /// The role label the proof carries (see TransportIdentity).
+    let label: [UInt8]
     private(set) var serverNonce: [UInt8] = []
     private(set) var version: UInt8 = 0
 
-    init(key: ClusterKey) { self.key = key }
+    init(key: ClusterKey, label: String? = TransportIdentity.label) {
+        self.key = key
+        let bytes = Array((label ?? "").utf8)
+        self.label = Handshake.isValidLabel(bytes) ? bytes : []  // TransportIdentity checks what it is given
+    }
 
     /// The hello payload.
     func hello() -> [UInt8] { [ProtocolVersion.minimum, ProtocolVersion.maximum] + nonce }
@@ -79,7 +140,7 @@ struct ClientHandshake {
         }
         serverNonce = theirs
         version = chosen
-        return Handshake.mac(key, label: "moraine client", theirs, nonce)
+        return Handshake.mac(key, label: "moraine client", theirs, nonce + label) + label
     }
 }
 
@@ -113,13 +174,19 @@ struct ServerHandshake {
         return [version] + nonce + Handshake.mac(key, label: "moraine server", clientNonce, nonce)
     }
 
-    /// Checks the client's proof.
+    /// Checks the client's proof; returns the role label it carries ("" for none).
     /// - Throws: `.authenticationFailed`.
-    func verify(proof payload: [UInt8]) throws(TransportError) {
+    @discardableResult
+    func verify(proof payload: [UInt8]) throws(TransportError) -> String {
         guard !clientNonce.isEmpty else { throw TransportError(.malformed, "proof before hello") }
-        let expected = Handshake.mac(key, label: "moraine client", nonce, clientNonce)
-        guard Handshake.constantTimeEqual(expected, payload[...]) else {
+        let label = Array(payload.dropFirst(Handshake.macBytes))
+        guard payload.count >= Handshake.macBytes, Handshake.isValidLabel(label) else {
             throw TransportError(.authenticationFailed, "the client could not prove it holds the cluster key")
         }
+        let expected = Handshake.mac(key, label: "moraine client", nonce, clientNonce + label)
+        guard Handshake.constantTimeEqual(expected, payload[..<Handshake.macBytes]) else {
+            throw TransportError(.authenticationFailed, "the client could not prove it holds the cluster key")
+        }
+        return String(decoding: label, as: UTF8.self)
     }
 }

@@ -18,6 +18,8 @@ public struct WorkerRoleConfiguration: Sendable {
     public var slots: Int
     public var numaNode: Int?
     public var link: LinkEmulation = .none
+    /// The link per peer role (by the label its connections present), in place of `link`.
+    public var peerLinks: [String: LinkEmulation] = [:]
     /// The role's name, for its log lines: "flush" or "compaction".
     public var role = "compaction"
 
@@ -43,7 +45,7 @@ public enum WorkerRole {
         let worker = CompactionWorker(slots: configuration.slots, key: key) { () throws(TransportError) -> Endpoint in
             try run.endpoint(of: "storage")
         }
-        let server = try configuration.endpoint.serve(key: key, link: configuration.link, router: worker.router())
+        let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: worker.router())
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("\(configuration.role) worker: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")

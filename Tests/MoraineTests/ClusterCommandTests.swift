@@ -6,6 +6,7 @@ import Foundation
 @testable import MoraineCluster
 import MoraineMessages
 import MoraineSystem
+import MoraineTransport
 import Testing
 
 #if canImport(Glibc)
@@ -211,6 +212,11 @@ struct ClusterCommandTests {
             ("[[role]]\nkind = \"storage\"\ndata = \"/dev/null/data\"\n", "data directory /dev/null/data"),
             ("[[role]]\nkind = \"storage\"\ncolour = \"blue\"\n", "unknown key colour"),
             ("[[role]]\nkind = \"storage\"\ncarrier = \"pigeon\"\n", "carrier must be shm or tcp"),
+            ("[[role]]\nkind = \"storage\"\n[[link]]\nbetween = \"storage moon\"\n", "between must name two of"),
+            ("[[role]]\nkind = \"storage\"\n[[link]]\nbetween = \"storage client\"\ndelay_ns = -1\n", "delay_ns must be"),
+            ("[[role]]\nkind = \"storage\"\n[[link]]\nbetween = \"storage client\"\ncolour = 1\n", "unknown key colour in a [[link]]"),
+            ("[[link]]\nbetween = \"a b\"\n", "the topology names no role"),
+            ("[[role]]\nkind = \"storage\"\n[[link]]\nbetween = \"storage client\"\n[[link]]\nbetween = \"client storage\"\n", "a second link"),
         ]
         for (index, (text, expected)) in cases.enumerated() {
             let file = run.file("topology-\(index).toml")
@@ -220,6 +226,49 @@ struct ClusterCommandTests {
             #expect(result.err.contains(expected), "\(text): \(result.err)")
             #expect(!FileManager.default.fileExists(atPath: run.file("run-\(index)/endpoints")))
         }
+    }
+
+    @Test("[[link]] tables: each role gets its pairs' links, status lists them, and the cluster works through them")
+    func pairLinks() throws {
+        let text = """
+            [[role]]
+            kind = "storage"
+            [[role]]
+            kind = "compute"
+            link_delay_ns = 1000
+            [[link]]
+            between = "client compute"
+            delay_ns = 5000
+            bandwidth = 1_000_000_000
+            [[link]]
+            between = "compute storage"
+            delay_ns = 3000
+            """
+        let topology = try Topology(parsing: text)
+        #expect(topology.peerLinks(of: "compute") == [
+            "client": LinkEmulation(delay: .fixed(nanos: 5000), bandwidthBytesPerSecond: 1_000_000_000),
+            "storage": LinkEmulation(delay: .fixed(nanos: 3000)),
+        ])
+        #expect(topology.peerLinks(of: "storage") == ["compute": LinkEmulation(delay: .fixed(nanos: 3000))])
+        #expect(topology.peerLinks(of: "memory").isEmpty)
+        let run = TempDir("moraine-up-links")
+        defer {
+            _ = try? runMoraineCLI(["down", "--run-dir", run.path])
+            run.remove()
+        }
+        try text.write(toFile: run.file("topology.toml"), atomically: true, encoding: .utf8)
+        let up = try runMoraineCLI(["up", "--run-dir", run.file("run"), "--topology", run.file("topology.toml"), "--detach"])
+        #expect(up.status == 0, "\(up.err)")
+        let status = try runMoraineCLI(["status", "--run-dir", run.file("run")])
+        #expect(status.out.contains("link: compute-0 with every peer: 1.0 µs each way"), "\(status.out)")
+        #expect(status.out.contains("link: client <-> compute: 5.0 µs each way, 953.6 MiB/s"), "\(status.out)")
+        #expect(status.out.contains("link: compute <-> storage: 3.0 µs each way"), "\(status.out)")
+        // The compute node was started with its pairs' links (read back from the kernel).
+        let compute = try #require(try RunDirectory(run.file("run")).roles().first { $0.role == "compute" })
+        let arguments = (try? String(contentsOfFile: "/proc/\(compute.pid)/cmdline", encoding: .utf8))?.split(separator: "\0").map(String.init) ?? []
+        #expect(arguments.contains("client:5000:1000000000") && arguments.contains("storage:3000"), "\(arguments)")
+        #expect(try runMoraineCLI(["put", "--connect", run.file("run"), "--db", "linked", "k", "v"]).status == 0)
+        #expect(try runMoraineCLI(["get", "--connect", run.file("run"), "--db", "linked", "k"]).out == ["v"])
     }
 
     @Test("a topology of two storage nodes over TCP starts, and each answers")

@@ -3,6 +3,7 @@
 // never delivered before the emulated link allows) and order; upper bounds are only loose
 // sanity checks, since the machine's own scheduling adds to every delay.
 import MoraineSystem
+import MoraineTestSupport
 @testable import MoraineTransport
 import Testing
 
@@ -85,5 +86,74 @@ struct TransportLinkTests {
         let floor = Int64(2 * (1 << 20)) * 1_000_000_000 / 8_000_000
         #expect(elapsed >= floor, "\(carrier): \(elapsed) ns for 2 MiB over 8 MB/s (at least \(floor))")
         #expect(elapsed < floor * 4, "\(carrier): \(elapsed) ns is far above the cap's pace")
+    }
+
+    @Test("a role label rides in the proof under the MAC; a changed label fails the handshake")
+    func labelInProof() throws {
+        let key = try ClusterKey(bytes: [UInt8](repeating: 5, count: 32))
+        var client = ClientHandshake(key: key, label: "compute")
+        var server = ServerHandshake(key: key)
+        let challenge = try server.challenge(hello: client.hello())
+        let proof = try client.answer(challenge: challenge)
+        #expect(try server.verify(proof: proof) == "compute")
+        let forged = Array(proof.prefix(Handshake.macBytes)) + Array("memory".utf8)
+        #expect(throws: TransportError.self) { try server.verify(proof: forged) }
+        #expect(throws: TransportError.self) { try server.verify(proof: Array(proof.prefix(Handshake.macBytes)) + [0x41]) }
+        // No label: the proof is the bare MAC, as before labels existed.
+        var plain = ClientHandshake(key: key, label: nil)
+        var other = ServerHandshake(key: key)
+        let otherChallenge = try other.challenge(hello: plain.hello())
+        let bare = try plain.answer(challenge: otherChallenge)
+        #expect(bare.count == Handshake.macBytes)
+        #expect(try other.verify(proof: bare) == "")
+        // The welcome carries the link both ways of the pair emulate.
+        let link = LinkEmulation(delay: .fixed(nanos: 2_000), bandwidthBytesPerSecond: 1 << 30)
+        #expect(try Handshake.link(fromWelcome: Handshake.welcome(link)) == link)
+        #expect(try Handshake.link(fromWelcome: []) == .none)
+        #expect(throws: TransportError.self) { try Handshake.link(fromWelcome: [1, 2, 3]) }
+    }
+
+    @Test("each pair of roles gets its own link: the server's entry for the client's label, both ways", arguments: Carrier.allCases)
+    func peerLinks(carrier: Carrier) throws {
+        let key = try ClusterKey(bytes: [UInt8](repeating: 9, count: 32))
+        let oneWay: Int64 = 20_000_000
+        var router = RequestRouter()
+        router.register(TestOp.echo) { _ in .success(.bytes([7])) }
+        let peerLinks = ["compute": LinkEmulation(delay: .fixed(nanos: oneWay))]
+        let directory = TempDir("moraine-peer-links")
+        defer { directory.remove() }
+        var stop: () -> Void = {}
+        var port = 0
+        switch carrier {
+        case .sharedMemory:
+            let server = try SharedMemoryServer(socketPath: directory.file("s.sock"), key: key, peerLinks: peerLinks, router: router)
+            stop = { server.close() }
+        case .tcp, .tcpDirect:
+            let server = try TCPServer(port: 0, key: key, peerLinks: peerLinks, router: router)
+            port = server.port
+            stop = { server.close() }
+        }
+        defer { stop() }
+        func fastestRoundTrip(label: String?) throws -> Int64 {
+            let client: any TransportClient =
+                switch carrier {
+                case .sharedMemory: try SharedMemoryClient(socketPath: directory.file("s.sock"), key: key, label: label)
+                case .tcp, .tcpDirect: try DirectTCPClient(port: port, key: key, label: label)
+                }
+            defer { client.close() }
+            var fastest = Int64.max
+            for _ in 0..<5 {
+                let started = monotonicNanos()
+                _ = try client.call(TestOp.echo, [1])
+                fastest = min(fastest, monotonicNanos() - started)
+            }
+            return fastest
+        }
+        let compute = try fastestRoundTrip(label: "compute")
+        #expect(compute >= 2 * oneWay, "\(carrier): the compute pair's round trip of \(compute) ns beat its two 20 ms legs")
+        let memory = try fastestRoundTrip(label: "memory")
+        #expect(memory < oneWay, "\(carrier): a peer with no link of its own waited \(memory) ns")
+        let plain = try fastestRoundTrip(label: nil)
+        #expect(plain < oneWay, "\(carrier): a plain client waited \(plain) ns")
     }
 }

@@ -31,13 +31,14 @@ public final class SharedMemoryClient: TransportClient {
     public var inFlightCount: Int { pending.count }
 
     /// Connects, authenticates both ways, and attaches the rings. `link` emulates the link
-    /// responses travel over (LinkEmulation).
+    /// responses travel over (LinkEmulation); without one, the server's welcome says which.
+    /// `label` is the role this process presents (TransportIdentity).
     /// - Throws: `.unavailable` when no server listens, `.timedOut` when one accepted but did not
     ///   finish the handshake within `limits.handshakeNanos`, `.authenticationFailed` when either
     ///   side lacks the key, `.unsupportedVersion` when no version is shared.
     public init(
         socketPath: String, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        ringCapacity: Int = SharedMemoryClient.defaultRingCapacity, link: LinkEmulation = .none
+        ringCapacity: Int = SharedMemoryClient.defaultRingCapacity, link: LinkEmulation = .none, label: String? = TransportIdentity.label
     ) throws(TransportError) {
         try limits.check()
         try SharedConnectionLayout.validate(capacity: ringCapacity, limits: limits)
@@ -47,13 +48,14 @@ public final class SharedMemoryClient: TransportClient {
             throw TransportError(.unavailable, error.message)
         }
         socket.setReceiveTimeout(nanos: limits.handshakeNanos)
-        var handshake = ClientHandshake(key: key)
+        var handshake = ClientHandshake(key: key, label: label)
+        var welcome = LinkEmulation.none
         let started = monotonicNanos()
         do {
             try socket.sendFrame(opcode: Opcode.hello, payload: handshake.hello())
             let challenge = try Self.expect(Opcode.challenge, on: socket)
             try socket.sendFrame(opcode: Opcode.proof, payload: try handshake.answer(challenge: challenge))
-            _ = try Self.expect(Opcode.welcome, on: socket)
+            welcome = try Handshake.link(fromWelcome: try Self.expect(Opcode.welcome, on: socket))
         } catch where error.code == .unavailable && monotonicNanos() - started >= limits.handshakeNanos {
             // A server that accepted but did not answer (stopped, or stuck) is not a server that
             // is gone: say so, as the TCP carrier does.
@@ -80,7 +82,9 @@ public final class SharedMemoryClient: TransportClient {
         requests = FrameProducer(ring: rings.requests)
         responses = FrameConsumer(ring: rings.responses, limits: limits)
         assembler = MessageAssembler(limits: limits)
-        delayed = link.isActive ? DelayLine(link) : nil
+        // The caller's emulation, else the one the server's welcome asks for (its pair's link).
+        let emulation = link.isActive ? link : welcome
+        delayed = emulation.isActive ? DelayLine(emulation) : nil
         self.limits = limits
     }
 

@@ -33,6 +33,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
     private let budget: MessageBudget
     private let allowedUser: UInt32
     private let link: LinkEmulation
+    private let peerLinks: [String: LinkEmulation]
     private let state = ConditionLock()
     private var sockets: [ObjectIdentifier: UnixSocket] = [:]
     /// When each connection still in its handshake must have finished it.
@@ -43,13 +44,17 @@ public final class SharedMemoryServer: @unchecked Sendable {
     /// Starts listening at `socketPath`.
     /// - Parameters:
     ///   - allowedUser: the only user id whose processes may connect (default: ours).
-    ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
+    ///   - link: the emulated link requests travel over (LinkEmulation), none by default; the
+    ///     welcome asks the client to emulate it on responses too.
+    ///   - peerLinks: the link for clients presenting a role label (TransportIdentity), in
+    ///     place of `link`: one emulated link per pair of roles.
     ///   - budget: the bytes of half-joined messages this server's connections may hold,
     ///     shared with every server given the same budget (by default, the whole process).
     /// - Throws: when the socket cannot be created.
     public init(
         socketPath: String, key: ClusterKey, limits asked: TransportLimits = TransportLimits(),
-        allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, budget: MessageBudget = .process,
+        allowedUser: UInt32 = getuid(), link: LinkEmulation = .none, peerLinks: [String: LinkEmulation] = [:],
+        budget: MessageBudget = .process,
         router: RequestRouter
     ) throws(TransportError) {
         try asked.check()
@@ -71,6 +76,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         self.budget = budget
         self.allowedUser = allowedUser
         self.link = link
+        self.peerLinks = peerLinks
         state.withLock { threads += 2 }
         startThread(name: "shm-accept") { [self] in acceptLoop() }
         startThread(name: "shm-watchdog") { [self] in watchHandshakes() }
@@ -201,9 +207,10 @@ public final class SharedMemoryServer: @unchecked Sendable {
         let memory: SharedMemory
         let capacity: Int
         let version: UInt8
+        let emulation: LinkEmulation
         let deadline = monotonicNanos() + limits.handshakeNanos
         do {
-            version = try authenticate(socket, ticket: ticket)
+            (version, emulation) = try authenticate(socket, ticket: ticket)
             (memory, capacity) = try attach(socket)
         } catch {
             let late = monotonicNanos() >= deadline
@@ -218,7 +225,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
             responses: FrameProducer(ring: rings.responses),
             session: ServerSession(limits: limits, version: version, router: router, budget: budget),
             chunkBytes: limits.chunkBytes,
-            link: link)
+            link: emulation)
         let stillWanted = { [self] in !isStopped && !socket.peerHasHungUp() }
         do {
             try connection.run(stillWanted: stillWanted, closing: { [self] in isStopped })
@@ -230,7 +237,9 @@ public final class SharedMemoryServer: @unchecked Sendable {
     }
 
     /// Runs the server side of the handshake; returns the negotiated version.
-    private func authenticate(_ socket: UnixSocket, ticket: ConnectionAdmission.Ticket) throws(TransportError) -> UInt8 {
+    /// Runs the handshake; returns the version and the link this client's connection emulates
+    /// (its label's entry in `peerLinks`, else `link`).
+    private func authenticate(_ socket: UnixSocket, ticket: ConnectionAdmission.Ticket) throws(TransportError) -> (UInt8, LinkEmulation) {
         var handshake = ServerHandshake(key: key)
         var attempts = 0
         while true {
@@ -256,10 +265,11 @@ public final class SharedMemoryServer: @unchecked Sendable {
         guard header.opcode == Opcode.proof else {
             throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
         }
-        try handshake.verify(proof: payload)  // refuse() answers a failure, as on TCP
+        let label = try handshake.verify(proof: payload)  // refuse() answers a failure, as on TCP
         try admission.authenticate(ticket)  // refuse() answers busy, as on TCP
-        try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: [])
-        return handshake.version
+        let emulation = peerLinks[label.isEmpty ? "client" : label] ?? link
+        try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: Handshake.welcome(emulation))
+        return (handshake.version, emulation)
     }
 
     /// Receives the memfd holding the rings and maps it.

@@ -29,6 +29,10 @@ public final class DirectTCPClient: TransportClient {
     private let regions: SharedRegionTable?
     private let reconnect: ReconnectPolicy
     private let link: LinkEmulation
+    /// The role label this client presents (TransportIdentity).
+    private let label: String?
+    /// The link in use: `link`, else the one the server's welcome asked for.
+    private var emulation = LinkEmulation.none
     private var stream: TCPStream? = nil
     private var input = InputBuffer()
     private var assembler: MessageAssembler
@@ -49,13 +53,16 @@ public final class DirectTCPClient: TransportClient {
 
     public var inFlightCount: Int { pending.count }
 
-    /// Connects and authenticates both ways. `link` emulates the link responses travel over.
+    /// Connects and authenticates both ways. `link` emulates the link responses travel over;
+    /// without one, the server's welcome says which. `label` is the role this process presents.
     /// - Throws: `.unavailable` when nothing listens, `.authenticationFailed` when either side
     ///   lacks the key, `.invalid` for limits that do not fit together.
     public init(
         host: String = "127.0.0.1", port: Int, key: ClusterKey, limits: TransportLimits = TransportLimits(),
-        regions: SharedRegionTable? = nil, reconnect: ReconnectPolicy = ReconnectPolicy(), link: LinkEmulation = .none
+        regions: SharedRegionTable? = nil, reconnect: ReconnectPolicy = ReconnectPolicy(), link: LinkEmulation = .none,
+        label: String? = TransportIdentity.label
     ) throws(TransportError) {
+        self.label = label
         self.host = host
         self.port = port
         self.key = key
@@ -77,11 +84,13 @@ public final class DirectTCPClient: TransportClient {
             host: host, port: port, timeoutNanos: limits.handshakeNanos, keepaliveIdleSeconds: limits.keepaliveIdleSeconds)
         input = InputBuffer()
         assembler = MessageAssembler(limits: limits)
-        delayed = link.isActive ? DelayLine(link) : nil
         self.stream = stream
         failure = nil
         do {
-            version = try handshake(deadline: monotonicNanos() + limits.handshakeNanos)
+            let welcome: LinkEmulation
+            (version, welcome) = try handshake(deadline: monotonicNanos() + limits.handshakeNanos)
+            emulation = link.isActive ? link : welcome
+            delayed = emulation.isActive ? DelayLine(emulation) : nil
         } catch {
             stream.close()
             self.stream = nil
@@ -91,8 +100,8 @@ public final class DirectTCPClient: TransportClient {
     }
 
     /// Hello, challenge, proof, welcome; before the welcome frames are limited to 256 bytes.
-    private func handshake(deadline: Int64) throws(TransportError) -> UInt8 {
-        var handshake = ClientHandshake(key: key)
+    private func handshake(deadline: Int64) throws(TransportError) -> (UInt8, LinkEmulation) {
+        var handshake = ClientHandshake(key: key, label: label)
         try writeFrame(opcode: Opcode.hello, payload: handshake.hello(), version: ProtocolVersion.maximum, deadline: deadline)
         var answered = false
         while true {
@@ -108,7 +117,7 @@ public final class DirectTCPClient: TransportClient {
                 guard answered else {
                     throw TransportError(.authenticationFailed, "the server welcomed us before proving it holds the key")
                 }
-                return handshake.version
+                return (handshake.version, try Handshake.link(fromWelcome: payload))
             default:
                 throw TransportError(.malformed, "unexpected opcode 0x\(String(header.opcode, radix: 16)) in the handshake")
             }
@@ -312,7 +321,7 @@ public final class DirectTCPClient: TransportClient {
         // What was read from the old connection (perhaps the bad frame that ended it) goes too.
         input = InputBuffer()
         assembler = MessageAssembler(limits: limits)
-        delayed = link.isActive ? DelayLine(link) : nil
+        delayed = emulation.isActive ? DelayLine(emulation) : nil
     }
 
     public func close() {

@@ -40,14 +40,17 @@ public final class TCPServer: @unchecked Sendable {
     ///   - host: the address to bind; 127.0.0.1 unless the operator asks for another.
     ///   - regions: where references in replies are resolved; TCP always sends the bytes.
     ///   - tls: TLS settings, or nil for plain TCP.
-    ///   - link: the emulated link requests travel over (LinkEmulation), none by default.
+    ///   - link: the emulated link requests travel over (LinkEmulation), none by default; the
+    ///     welcome asks the client to emulate it on responses too.
+    ///   - peerLinks: the link for clients presenting a role label (TransportIdentity), in
+    ///     place of `link`: one emulated link per pair of roles.
     ///   - budget: the bytes of half-joined messages this server's connections may hold,
     ///     shared with every server given the same budget (by default, the whole process).
     /// - Throws: `.unavailable` when the address cannot be bound.
     public init(
         host: String = "127.0.0.1", port: Int, key: ClusterKey, limits asked: TransportLimits = TransportLimits(),
         regions: SharedRegionTable? = nil, tls: TransportTLS? = nil, eventLoopThreads: Int = 1,
-        link: LinkEmulation = .none, budget: MessageBudget = .process, router: RequestRouter
+        link: LinkEmulation = .none, peerLinks: [String: LinkEmulation] = [:], budget: MessageBudget = .process, router: RequestRouter
     ) throws(TransportError) {
         try asked.check()
         let (limits, note) = asked.fitted(toDescriptors: DescriptorLimit.raised.soft)
@@ -85,10 +88,9 @@ public final class TCPServer: @unchecked Sendable {
                     let limit = FrameLimit(Handshake.framePayloadLimit)
                     if let tlsContext { try tlsContext.addServerHandler(to: channel) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
-                    if link.isActive { try channel.pipeline.syncOperations.addHandler(LinkEmulationHandler(link)) }
                     try channel.pipeline.syncOperations.addHandler(
                         ServerConnectionHandler(
-                            key: key, limits: limits, limit: limit, regions: regions, router: router,
+                            key: key, limits: limits, limit: limit, regions: regions, router: router, link: link, peerLinks: peerLinks,
                             connections: connections, admission: admission, refusals: refusals, budget: budget))
                 }
             }
@@ -187,11 +189,18 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     /// Flushing earlier costs throughput: 256 KiB took 16 × 64 KiB echoes from 11K to 7.5K ops/s.
     private static let flushBytes = TCPServer.writeHighMark
 
+    /// The emulated link for clients without a label of `peerLinks`, and the links per label.
+    private let link: LinkEmulation
+    private let peerLinks: [String: LinkEmulation]
+
     init(
         key: ClusterKey, limits: TransportLimits, limit: FrameLimit, regions: SharedRegionTable?, router: RequestRouter,
-        connections: ConnectionSet, admission: ConnectionAdmission, refusals: LogThrottle, budget: MessageBudget
+        link: LinkEmulation, peerLinks: [String: LinkEmulation], connections: ConnectionSet, admission: ConnectionAdmission,
+        refusals: LogThrottle, budget: MessageBudget
     ) {
         state = .awaitingHello(ServerHandshake(key: key), attempts: 0)
+        self.link = link
+        self.peerLinks = peerLinks
         self.limits = limits
         self.limit = limit
         self.regions = regions
@@ -304,12 +313,24 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             guard header.opcode == Opcode.proof else {
                 throw TransportError(.authenticationFailed, "expected a proof, got opcode 0x\(String(header.opcode, radix: 16))")
             }
-            try handshake.verify(proof: frame.payload)
+            let label = try handshake.verify(proof: frame.payload)
             try admission.authenticate(ticket)
             handshakeTimer?.cancel()
             limit.bytes = limits.framePayloadBytesMax
+            // Frames from now on pass through this client's emulated link (its pair's, by label).
+            let emulation = peerLinks[label.isEmpty ? "client" : label] ?? link
+            if emulation.isActive {
+                do {
+                    try context.pipeline.syncOperations.addHandler(LinkEmulationHandler(emulation), position: .before(self))
+                } catch {
+                    throw TransportError(.internalError, "cannot emulate the link of \(peer): \(error)")
+                }
+            }
             state = .ready(ServerSession(limits: limits, version: handshake.version, router: router, budget: budget))
-            send(Opcode.welcome, [.response], header.requestID, [], version: handshake.version)
+            send(Opcode.welcome, [.response], header.requestID, Handshake.welcome(emulation), version: handshake.version)
+            // The link's handler now before this one holds read-completes back until it delivers
+            // frames, so this read's completion (which would flush the welcome) never comes here.
+            if emulation.isActive { flush(context) }
         case .ready(var session):
             guard !header.flags.contains(.reference) else {
                 // A reference names memory on this machine; a remote peer has no business there.
