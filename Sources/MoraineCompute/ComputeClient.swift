@@ -27,7 +27,7 @@ public final class ComputeClient: @unchecked Sendable {
         /// Injected delay on this client's link (emulation of distance to the compute node).
         public var link: LinkEmulation = .none
         /// Entries the first step of an iterator fetches; later steps double it up to 1024.
-        public var iteratorBatch: UInt32 = 16
+        public var iteratorBatch: UInt32 = 2
 
         public init() {}
     }
