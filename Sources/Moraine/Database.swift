@@ -258,6 +258,16 @@ public final class Database: Sendable {
         }
     }
 
+    /// Waits until no flush or compaction runs or is due (RocksDB's WaitForCompact); false
+    /// when `timeoutNanos` passed first, background work is paused, or it failed. Connected,
+    /// answers true at once: the compute node's background work is its own.
+    public func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool {
+        switch backend {
+        case .engine(let engine): engine.waitForBackgroundIdle(timeoutNanos: timeoutNanos)
+        case .remote: true
+        }
+    }
+
     /// The tree's shape and counters. Connected, a node that does not answer gives empty
     /// statistics whose `backgroundError` says why (`fetchStats` throws instead).
     public func stats() -> EngineStats {

@@ -61,6 +61,9 @@ public protocol BenchEngine: AnyObject, Sendable {
     /// The engine's background-work counters so far (nil: not counted): what the runner reports
     /// beside a workload's CPU time.
     var backgroundCounters: BackgroundCounters? { get }
+    /// Waits until no flush or compaction runs or is due; false when `timeoutNanos` passed
+    /// first (or the engine cannot tell: a client of a compute node answers true at once).
+    func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool
 }
 
 /// Background work an engine did, cumulative: compaction bytes and time, write stalls, and the
@@ -94,6 +97,7 @@ extension BenchEngine {
     public var storageRequests: Int? { nil }
     public var blockCacheMisses: Int? { nil }
     public var backgroundCounters: BackgroundCounters? { nil }
+    public func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool { true }
 }
 
 /// An iterator of a database under test; used by one thread.

@@ -62,6 +62,15 @@ public struct BenchFlags: ParsableArguments, Sendable {
         name: .customLong("histogram"), help: "Accepted for db_bench's command lines: percentiles are always printed. \(BenchFlags.booleanHelp)",
         transform: BenchFlags.boolean)
     public var histogram = false
+    @Option(
+        name: .customLong("settle"),
+        help: """
+            With several engines: before one runs a workload, wait (up to 120 s) until the others have no flush or \
+            compaction running or due, so their background work does not share the cores the measured one runs on. \
+            \(BenchFlags.booleanHelp)
+            """,
+        transform: BenchFlags.boolean)
+    public var settle = true
     @Option(name: .customLong("records"), help: "YCSB records loaded by ycsb_load (-1: --num).") public var records = -1
     @Option(name: .customLong("operations"), help: "YCSB operations per run phase (-1: --reads).")
     public var operations = -1
@@ -110,7 +119,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
             ("level0_file_num_compaction_trigger", "\(level0FileNumCompactionTrigger)"),
             ("target_file_size_base", "\(targetFileSizeBase)"), ("max_bytes_for_level_base", "\(maxBytesForLevelBase)"),
             ("max_background_jobs", "\(maxBackgroundJobs)"), ("seed", "\(seed)"),
-            ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"),
+            ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"), ("settle", settle ? "1" : "0"),
             ("records", "\(records < 0 ? num : records)"), ("operations", "\(operations < 0 ? readCount : operations)"),
             ("batch_size", "\(batchSize)"),
         ]

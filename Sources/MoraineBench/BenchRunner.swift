@@ -184,6 +184,7 @@ public final class BenchRunner: @unchecked Sendable {
             let savedInserted = inserted.load(ordering: .relaxed)
             let savedSeedThreads = seedThreadsUsed
             for name in order {
+                if flags.settle && engineNames.count > 1 { settle(except: name) }
                 // Every engine starts a YCSB phase from the same record count, and every
                 // workload from the same seeds.
                 inserted.store(savedInserted, ordering: .relaxed)
@@ -212,6 +213,20 @@ public final class BenchRunner: @unchecked Sendable {
         engines = [:]
         print("peak RSS: \(peakResidentBytes() / 1_048_576) MiB")
         if let path = flags.json { try writeJSON(path) }
+    }
+
+    /// Waits until every engine but `name` has no background work running or due (each up to
+    /// 120 s), so the engine measured next has the cores to itself; says so when one did not settle.
+    func settle(except name: String) {
+        for other in engineNames where other != name {
+            guard let engine = engines[other] else { continue }
+            let started = monotonicNanos()
+            if !engine.waitForBackgroundIdle(timeoutNanos: 120_000_000_000) {
+                print("  \(other) did not settle within 120 s (its background work goes on beside \(name))")
+            } else if monotonicNanos() - started > 1_000_000_000 {
+                print("  waited \(fixed(Double(monotonicNanos() - started) / 1e9, 1)) s for \(other)'s background work before \(name)")
+            }
+        }
     }
 
     func writeJSON(_ path: String) throws {

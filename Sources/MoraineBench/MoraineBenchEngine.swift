@@ -245,6 +245,7 @@ final class MoraineBenchEngine: BenchEngine {
     }
 
     func makeCursor() throws -> any BenchCursor { MoraineBenchCursor(try database.makeIterator()) }
+    func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool { database.waitForBackgroundIdle(timeoutNanos: timeoutNanos) }
     func compactAll() throws { try database.compactRange() }
     func close() throws { try database.close() }
     var statistics: String? {

@@ -36,8 +36,9 @@ struct Up: ParsableCommand {
         abstract: "Start a one-box cluster and supervise it (Ctrl-C or SIGTERM stops it).",
         discussion: """
             With no topology: a compute node, a storage node, a memory node, a flush and a compaction worker, \
-            over shared memory, each pinned to a NUMA node (numa_node "auto": compute alone on the first node, memory \
-            and flush on the second, storage on the third, compaction on the fourth, wrapping onto fewer). The run directory (--run-dir, else $MORAINE_RUN_DIR, else /tmp/moraine-run-UID) \
+            over shared memory, each pinned to a NUMA node (numa_node "auto": compute alone on the first node, \
+            memory and flush on the second, storage on the third, compaction on the fourth, wrapping onto fewer). \
+            The run directory (--run-dir, else $MORAINE_RUN_DIR, else /tmp/moraine-run-UID) \
             gets the cluster key, the endpoints file and the logs; database commands reach the cluster with \
             --connect RUNDIR (through the compute node) or --cluster RUNDIR (the engine in the command's process).
             """)

@@ -51,6 +51,27 @@ extension Engine {
         mutex.unlock()
     }
 
+    /// Waits until no flush or compaction runs or is due (RocksDB's WaitForCompact): every
+    /// immutable memtable flushed, no compaction running, and the picker finding nothing to do.
+    /// Returns false when `timeoutNanos` passed first, or background work is paused, failed or
+    /// shutting down (it would never become idle by itself then).
+    public func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool {
+        let deadline = monotonicNanos() + timeoutNanos
+        mutex.lock()
+        defer { mutex.unlock() }
+        while true {
+            if backgroundError != nil || backgroundPauses > 0 || shuttingDown { return false }
+            let due =
+                !options.disableAutoCompactions
+                && CompactionPicker.pick(
+                    version: versions.current, options: options, pointers: versions.compactPointers, running: runningCompactions) != nil
+            if !flushRunning && imms.isEmpty && runningCompactions.count == 0 && !manualCompaction && !due { return true }
+            let left = deadline - monotonicNanos()
+            if left <= 0 { return false }
+            mutex.wait(seconds: min(Double(left) / 1e9, 0.05))
+        }
+    }
+
     /// How many automatic compactions may run at once: as many as the job runner can take
     /// (one, in this process), leaving a background thread free for flushes.
     var compactionLimit: Int {

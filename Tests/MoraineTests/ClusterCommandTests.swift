@@ -253,7 +253,7 @@ struct ClusterCommandTests {
         #expect(topology.peerLinks(of: "memory").isEmpty)
         let run = TempDir("moraine-up-links")
         defer {
-            _ = try? runMoraineCLI(["down", "--run-dir", run.path])
+            _ = try? runMoraineCLI(["down", "--run-dir", run.file("run")])
             run.remove()
         }
         try text.write(toFile: run.file("topology.toml"), atomically: true, encoding: .utf8)

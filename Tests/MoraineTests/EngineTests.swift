@@ -200,6 +200,34 @@ struct EngineTests {
         #expect(try db.get(key(12345)) == Array(repeating: 1, count: 40))
     }
 
+    @Test("waitForBackgroundIdle returns once nothing is flushing, compacting or due; false while paused")
+    func backgroundIdle() throws {
+        let (db, directory) = try openTemporary {
+            $0.writeBufferSize = 64 << 10
+            $0.level0FileNumCompactionTrigger = 2
+            $0.targetFileSizeBase = 64 << 10
+            $0.maxBytesForLevelBase = 256 << 10
+        }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        var generator = SplitMix64(seed: testSeed("background idle"))
+        for _ in 0..<30000 { try db.put(key(Int.random(in: 0..<100_000, using: &generator)), Array(repeating: 7, count: 60)) }
+        #expect(db.waitForBackgroundIdle(timeoutNanos: 60_000_000_000), "still busy after 60 s: \(db.stats().shape)")
+        // Idle means settled: no memtable waiting, and L0 under the compaction trigger.
+        let settled = db.stats()
+        #expect(settled.immutableMemtables == 0, "\(settled.shape)")
+        #expect(settled.levels[0].fileCount < 2, "\(settled.shape)")
+        #expect(settled.compactions > 0, "no compaction ran: \(settled.shape)")
+        // Paused, background work never finishes by itself: the wait says so at once.
+        try db.pauseBackgroundWork()
+        let started = monotonicNanos()
+        #expect(!db.waitForBackgroundIdle(timeoutNanos: 10_000_000_000))
+        #expect(monotonicNanos() - started < 5_000_000_000)
+        try db.continueBackgroundWork()
+    }
+
     @Test("disjoint L0 files move to L1 together without a rewrite; overlapping ones are merged")
     func level0TrivialMove() throws {
         for overlapping in [false, true] {

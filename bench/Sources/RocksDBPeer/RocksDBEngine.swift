@@ -215,6 +215,30 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         rocksdb_compact_range(db, nil, 0, nil, 0)
     }
 
+    /// Polls RocksDB's own counters (running and pending flushes and compactions) until all are
+    /// zero, as `moraine-bench --settle` asks of every engine not being measured.
+    public func waitForBackgroundIdle(timeoutNanos: Int64) -> Bool {
+        guard !closed.load(ordering: .acquiring) else { return true }
+        func monotonicNanos() -> Int64 {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+        }
+        let deadline = monotonicNanos() + timeoutNanos
+        let names = [
+            "rocksdb.num-running-compactions", "rocksdb.num-running-flushes", "rocksdb.compaction-pending", "rocksdb.mem-table-flush-pending",
+        ]
+        while true {
+            let busy = names.contains { name in
+                var value: UInt64 = 0
+                return rocksdb_property_int(db, name, &value) == 0 && value > 0
+            }
+            if !busy { return true }
+            if monotonicNanos() >= deadline { return false }
+            usleep(10_000)
+        }
+    }
+
     /// The tree's shape ("rocksdb.levelstats") and the write-stall counts from "rocksdb.stats".
     public var statistics: String? {
         guard !closed.load(ordering: .acquiring) else { return nil }
