@@ -8,34 +8,27 @@ import MoraineSystem
 /// node) ones whose files live on a cluster's storage node.
 public struct MoraineBenchFactory: BenchEngineFactory {
     let name: String
-    let fileSystem: (any FileSystem)?
-    let storageRequests: (@Sendable () -> Int)?
-    let jobRunner: (any JobRunner)?
+    var fileSystem: (any FileSystem)? = nil
+    var storageRequests: (@Sendable () -> Int)? = nil
+    var jobRunner: (any JobRunner)? = nil
     /// Memtables in a memory node's region, `pmem` durability through it.
-    let memtableRegion: (any MemtableArenaProvider)?
+    var memtableRegion: (any MemtableArenaProvider)? = nil
     /// A second block-cache tier for the database at a path (a memory node's shared cache).
-    let secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)?
+    var secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
     /// The block cache's size, whatever --cache_size says (nil: --cache_size).
-    let cacheSizeBytes: Int?
+    var cacheSizeBytes: Int? = nil
     /// A compute node to connect to (`--connect`: a run directory or an endpoint, and the key's
     /// file for an endpoint): the database runs there, this process is its thin client.
-    let connect: (target: String, clusterKey: String?)?
+    var connect: (target: String, clusterKey: String?)? = nil
     /// The run directory of a cluster whose roles this process uses with the engine here
     /// (`Database(path:cluster:)`, compute in the application).
-    let cluster: String?
+    var cluster: String? = nil
 
     /// Embedded Moraine, engine "moraine"; with `cacheSizeBytes`, its block cache is that big
     /// whatever --cache_size says (a peer for a tiered cache).
     public init(cacheSizeBytes: Int? = nil) {
         name = "moraine"
-        fileSystem = nil
-        storageRequests = nil
-        jobRunner = nil
-        memtableRegion = nil
-        secondaryCache = nil
         self.cacheSizeBytes = cacheSizeBytes
-        connect = nil
-        cluster = nil
     }
 
     /// A thin client of a compute node (`target` a run directory, or an endpoint with
@@ -43,27 +36,13 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     /// cache, write buffer and durability are the cluster's, not --cache_size's).
     public init(name: String, connect target: String, clusterKey: String?) {
         self.name = name
-        fileSystem = nil
-        storageRequests = nil
-        jobRunner = nil
-        memtableRegion = nil
-        secondaryCache = nil
-        cacheSizeBytes = nil
         connect = (target, clusterKey)
-        cluster = nil
     }
 
     /// Compute in the application: the engine here, with the cluster's storage node, memory
     /// node and workers wired in as `Database(path:cluster:)` wires them: engine `name`.
     public init(name: String, cluster runDirectory: String) {
         self.name = name
-        fileSystem = nil
-        storageRequests = nil
-        jobRunner = nil
-        memtableRegion = nil
-        secondaryCache = nil
-        cacheSizeBytes = nil
-        connect = nil
         cluster = runDirectory
     }
 
@@ -74,14 +53,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         name: String, memtableRegion: any MemtableArenaProvider, secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
     ) {
         self.name = name
-        fileSystem = nil
-        storageRequests = nil
-        jobRunner = nil
         self.memtableRegion = memtableRegion
         self.secondaryCache = secondaryCache
-        cacheSizeBytes = nil
-        connect = nil
-        cluster = nil
     }
 
     /// Moraine whose files live behind `fileSystem` (a storage node's), engine `name`;
@@ -95,11 +68,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         self.fileSystem = fileSystem
         self.storageRequests = storageRequests
         self.jobRunner = jobRunner
-        memtableRegion = nil
         self.secondaryCache = secondaryCache
-        cacheSizeBytes = nil
-        connect = nil
-        cluster = nil
     }
 
     public var engineNames: [String] { [name] }
