@@ -197,11 +197,22 @@ public final class PosixFileSystem: FileSystem {
         if fsync(fd) != 0 { throw posixError("fsync", directory) }
     }
 
+    /// Takes the lock at once, or refuses with `busy`. A lock just released can still be held
+    /// for an instant by a copy of its descriptor in a child this process is starting (another
+    /// thread's fork, before the exec closes it), so a busy lock is tried a few more times over
+    /// about 50 ms before the refusal: CI saw a reopen in one test refused while a parallel test
+    /// spawned a process.
     public func lock(_ path: String) throws -> any FileLock {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw posixError("open", path) }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        var attempt = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
+            if code == EWOULDBLOCK && attempt < 5 {
+                attempt += 1
+                usleep(10_000)
+                continue
+            }
             Glibc.close(fd)
             if code == EWOULDBLOCK {
                 throw MoraineError(
