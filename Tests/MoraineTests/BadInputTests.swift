@@ -1,7 +1,11 @@
 // Bad input and misuse through the public Database API: the documented limits, opening the
 // wrong directory, opening twice, and using a closed handle.
 import Foundation
+import Glibc
 import Moraine
+import MoraineSystem
+import MoraineTestSupport
+import Synchronization
 import Testing
 
 @Suite("BadInput")
@@ -122,6 +126,28 @@ struct BadInputTests {
         let db = try Database(path: dir.path, options: Self.options())
         #expect(try db.get("k") == "v")
         try db.close()
+    }
+
+    @Test("a lock held an instant longer (a child's copy of the descriptor before its exec) is waited for; one held on is busy")
+    func lockHeldAnInstant() throws {
+        let dir = TempDir("moraine-lock-instant")
+        defer { dir.remove() }
+        let path = dir.file("LOCK")
+        // Another open file description holding the flock, as a child being started holds one.
+        let holder = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        try #require(holder >= 0 && flock(holder, LOCK_EX | LOCK_NB) == 0)
+        let released = Mutex(false)
+        startThread(name: "lock-release") {
+            usleep(15_000)
+            close(holder)
+            released.withLock { $0 = true }
+        }
+        let lock = try PosixFileSystem.shared.lock(path)
+        #expect(released.withLock { $0 }, "the lock was taken while another description held it")
+        // Held on (here by the lock just taken, through a second description): busy.
+        let error = moraineError { _ = try PosixFileSystem.shared.lock(path) }
+        #expect(error?.kind == .busy && error?.message.contains("locked") == true, "\(String(describing: error))")
+        lock.unlock()
     }
 
     @Test func secondOpenWhileOpenIsBusy() throws {
