@@ -3,6 +3,7 @@
 // flush or compaction worker, MoraineMemory for the memory node).
 import ArgumentParser
 import Moraine
+import MoraineCluster
 import MoraineCompute
 import MoraineMemory
 import MoraineMessages
@@ -71,7 +72,7 @@ struct NodeCommand: ParsableCommand {
         var links: [String: LinkEmulation] = [:]
         for entry in entries {
             let parts = entry.split(separator: ":", omittingEmptySubsequences: false)
-            let kinds: Set<String> = ["compute", "storage", "memory", "flush", "compaction", "client"]
+            let kinds = Topology.linkKinds
             guard (2...3).contains(parts.count), kinds.contains(String(parts[0])), let delay = Int64(parts[1]),
                 (0...1_000_000_000).contains(delay)
             else {

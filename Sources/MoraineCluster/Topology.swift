@@ -105,6 +105,9 @@ public struct Topology: Sendable, Equatable {
     /// The roles this release can run.
     public static let knownKinds: Set<String> = ["compute", "storage", "memory", "flush", "compaction"]
 
+    /// What a `[[link]]` (and `moraine node --peer-link`) may name: a role, or `client`.
+    public static let linkKinds = knownKinds.union(["client"])
+
     /// What `moraine up` starts with no topology: one storage node, one memory node, one flush
     /// worker, one compaction worker and one compute node, over shared memory.
     public static let `default` = Topology(roles: {
@@ -157,7 +160,7 @@ public struct Topology: Sendable, Equatable {
         var pairs = Set<[String]>()
         for (index, link) in links.enumerated() {
             let at = "link \(index + 1)"
-            let kinds = Self.knownKinds.union(["client"])
+            let kinds = Self.linkKinds
             guard link.kinds.count == 2, link.kinds.allSatisfy({ kinds.contains($0) }) else {
                 throw MoraineError(
                     .invalid, "\(at): between must name two of \(kinds.sorted().joined(separator: ", ")), not '\(link.kinds.joined(separator: " "))'")

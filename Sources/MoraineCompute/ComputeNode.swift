@@ -196,7 +196,8 @@ public final class ComputeNode: @unchecked Sendable {
 
     /// Closes database `name` (when open) and removes its files; returns how many.
     /// - Throws: `.busy` while another session holds a snapshot or an iterator of it, then what
-    ///   `Engine.destroy` throws. Sessions that later name it find it missing (`notFound`).
+    ///   `Engine.destroy` throws. Sessions that later name it are refused as opening a database
+    ///   that does not exist (`invalid`, "no CURRENT file"), never given an empty one.
     func destroy(_ name: String, session: UInt64) throws(TransportError) -> Int {
         try Self.checkName(name)
         openLock.lock()

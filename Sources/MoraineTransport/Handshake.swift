@@ -60,7 +60,8 @@ enum Handshake {
 }
 
 extension Handshake {
-    /// The welcome's payload: empty for no emulation, else the link's fixed delay and bandwidth.
+    /// The welcome's payload: empty for no emulation, else the link's delay and bandwidth (a
+    /// delay drawn from a distribution is sent as its mean; role links are fixed delays).
     static func welcome(_ link: LinkEmulation) -> [UInt8] {
         guard link.isActive else { return [] }
         var bytes: [UInt8] = []
@@ -80,6 +81,12 @@ extension Handshake {
             throw TransportError(.malformed, "welcome asks for a delay of \(delay) ns and \(bandwidth) bytes/s")
         }
         return LinkEmulation(delay: delay > 0 ? .fixed(nanos: Int64(delay)) : nil, bandwidthBytesPerSecond: bandwidth > 0 ? Int64(bandwidth) : nil)
+    }
+
+    /// The link a server emulates with a client of `label`: its pair's entry in `peerLinks`
+    /// (a client with no label is `client`), else the server's `link` for every peer.
+    static func link(forLabel label: String, peerLinks: [String: LinkEmulation], otherwise link: LinkEmulation) -> LinkEmulation {
+        peerLinks[label.isEmpty ? "client" : label] ?? link
     }
 
     /// Whether a label is one a proof may carry: 0–32 bytes of a–z, 0–9, '-', '_'.

@@ -236,8 +236,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         withExtendedLifetime(memory) {}
     }
 
-    /// Runs the server side of the handshake; returns the negotiated version.
-    /// Runs the handshake; returns the version and the link this client's connection emulates
+    /// Runs the server side of the handshake; returns the version and the link this client's connection emulates
     /// (its label's entry in `peerLinks`, else `link`).
     private func authenticate(_ socket: UnixSocket, ticket: ConnectionAdmission.Ticket) throws(TransportError) -> (UInt8, LinkEmulation) {
         var handshake = ServerHandshake(key: key)
@@ -267,7 +266,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
         }
         let label = try handshake.verify(proof: payload)  // refuse() answers a failure, as on TCP
         try admission.authenticate(ticket)  // refuse() answers busy, as on TCP
-        let emulation = peerLinks[label.isEmpty ? "client" : label] ?? link
+        let emulation = Handshake.link(forLabel: label, peerLinks: peerLinks, otherwise: link)
         try socket.sendFrame(opcode: Opcode.welcome, flags: .response, requestID: header.requestID, payload: Handshake.welcome(emulation))
         return (handshake.version, emulation)
     }

@@ -318,7 +318,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             handshakeTimer?.cancel()
             limit.bytes = limits.framePayloadBytesMax
             // Frames from now on pass through this client's emulated link (its pair's, by label).
-            let emulation = peerLinks[label.isEmpty ? "client" : label] ?? link
+            let emulation = Handshake.link(forLabel: label, peerLinks: peerLinks, otherwise: link)
             if emulation.isActive {
                 do {
                     try context.pipeline.syncOperations.addHandler(LinkEmulationHandler(emulation), position: .before(self))
