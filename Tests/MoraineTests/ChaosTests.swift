@@ -118,7 +118,9 @@ struct ChaosTests {
         var outageStart: Int64? = nil
         var longestOutage: Int64 = 0
         var step = 0
-        let deadline = monotonicNanos() + Int64(killsWanted) * 6_000_000_000 + 60_000_000_000
+        // A bound, not a target: a kill comes every 4–5 s alone, slower when several clusters share
+        // the cores (scripts/chaos-long.sh).
+        let deadline = monotonicNanos() + Int64(killsWanted) * 10_000_000_000 + 60_000_000_000
 
         func failed(_ error: any Error, _ what: String) {
             let moraine = error as? MoraineError
