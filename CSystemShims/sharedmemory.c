@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -13,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "CSystemShims.h"
+
+int CSystemShims_yield(void) { return sched_yield(); }
 
 int CSystemShims_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_nanos) {
     struct timespec timeout = {.tv_sec = timeout_nanos / 1000000000, .tv_nsec = timeout_nanos % 1000000000};

@@ -30,8 +30,8 @@ done
 mkdir -p "$out"
 swift build --build-tests
 # The test binary directly: `swift test` holds a lock on .build, so two cannot run at once.
-binary=$(find .build/debug -maxdepth 1 -name '*PackageTests.xctest' | head -1)
-[ -x "$binary" ] || { echo "no test binary under .build/debug" >&2; exit 1; }
+binary=$(swift build --show-bin-path)/MorainePackageTests.xctest
+[ -x "$binary" ] || { echo "no test binary at $binary" >&2; exit 1; }
 echo "$clusters clusters x $kills kills, seeds $seed..$((seed + clusters - 1)), commit $(git rev-parse --short HEAD), logs in $out"
 start=$(date +%s)
 pids=()

@@ -107,6 +107,8 @@ static inline void CSystemShims_cpu_relax(void) {
     __asm__ __volatile__("yield");
 #endif
 }
+/// Gives the calling thread's CPU to another runnable thread, if any (sched_yield).
+int CSystemShims_yield(void);
 /// Sleeps while `*word == expected`, at most `timeout_nanos` (shared, not private, futex: the
 /// word may be in a mapping of another process). Returns 0 when woken, else an errno (EAGAIN:
 /// the word had changed; ETIMEDOUT; EINTR).
