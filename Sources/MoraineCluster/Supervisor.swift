@@ -68,6 +68,8 @@ public final class Supervisor {
     let links: [Topology.LinkSpec]
     var instances: [Instance]
     private var key: ClusterKey?
+    /// Where each role runs, as planned from the topology and this machine.
+    private let plan: [Placement.Assignment]
 
     /// Plans the cluster and checks it against this machine before anything starts.
     /// - Throws: `.invalid` naming what is wrong: a NUMA node the machine lacks, a port in use,
@@ -78,7 +80,9 @@ public final class Supervisor {
         self.executable = executable
         links = topology.links
         instances = []
-        var placement = try Placement.plan(topology, machine: NUMATopology.current())[...]
+        let plan = try Placement.plan(topology, machine: NUMATopology.current())
+        self.plan = plan
+        var placement = plan[...]
         for spec in topology.roles {
             for index in 0..<spec.count {
                 let assignment = placement.removeFirst()
@@ -121,6 +125,7 @@ public final class Supervisor {
     /// - Throws: the first problem, after stopping what was started.
     public func start() throws(MoraineError) {
         try prepare()
+        for line in Placement.describe(plan).split(separator: "\n") { log("placement: \(line)") }
         do throws(MoraineError) {
             for index in instances.indices { try launch(index, waitNanos: Self.startTimeoutNanos) }
         } catch {
@@ -327,11 +332,13 @@ public final class Supervisor {
     // MARK: Files
 
     private func writeState() throws(MoraineError) {
-        let up = instances.filter { $0.pid > 0 }.map {
+        // Every role, a restarting one too (pid 0): a role missing from the file would read as a
+        // cluster without it (an open would go on without its memory node, say), not as one down.
+        let roles = instances.map {
             RunDirectory.Role(role: $0.kind, index: $0.index, pid: $0.pid, endpoint: $0.endpoint, linkDelayNanos: $0.linkDelayNanos)
         }
         do throws(TransportError) {
-            try run.write(up)
+            try run.write(roles)
         } catch {
             throw error.moraineError
         }

@@ -64,18 +64,22 @@ public final class ComputeClient: @unchecked Sendable {
 
     deinit { close() }
 
-    /// Ends the session (the compute node releases its leases) and hangs up. Idempotent.
+    /// Ends the session (the compute node releases its leases) and hangs up. Idempotent. A
+    /// client holding a lease tells the node even when no pooled connection is left (they all
+    /// failed, or other threads hold them): its snapshots would otherwise pin old versions until
+    /// the lease expires.
     public func close() {
-        let connections: [any TransportClient]? = lock.withLock {
+        let state: (connections: [any TransportClient], leases: Int)? = lock.withLock {
             if closed { return nil }
             closed = true
             lock.broadcast()
             defer { idle = [] }
-            return idle
+            return (idle, liveLeases)
         }
-        guard let connections else { return }
-        if let connection = connections.first {
+        guard let (connections, leases) = state else { return }
+        if leases > 0, let connection = connections.first ?? (try? endpoint.connect(key: key, link: settings.link)) {
             _ = try? connection.call(ComputeOpcode.endSession, header.encoded(), timeoutNanos: 2_000_000_000)
+            if connections.isEmpty { connection.close() }
         }
         for connection in connections { connection.close() }
     }

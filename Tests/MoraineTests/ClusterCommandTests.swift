@@ -19,7 +19,7 @@ struct ClusterCommandTests {
         ((try? RunDirectory(run.path).roles()) ?? []).map(\.pid)
     }
 
-    static func alive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+    static func alive(_ pid: Int32) -> Bool { pid > 0 && kill(pid, 0) == 0 }
 
     @Test("up --detach, then --cluster commands, a SIGKILLed role restarted, then down leaves nothing running")
     func detachedCluster() throws {
@@ -42,6 +42,9 @@ struct ClusterCommandTests {
         // the node is this machine's plan, node 0 on a one-node machine).
         let placements = status.out.filter { $0.hasPrefix("  placement: cpus ") }
         #expect(placements.count == 5 && placements.allSatisfy { $0.contains("(as placed on node ") && !$0.contains("MISPLACED") }, "\(status.out)")
+        // The supervisor's log says where it placed each role.
+        let supervisorLog = (try? String(contentsOfFile: run.file("logs/supervisor.log"), encoding: .utf8)) ?? ""
+        #expect(supervisorLog.contains("placement: compute-0: node ") || supervisorLog.contains("placement: compute-0: not pinned"), "\(supervisorLog)")
         #expect(try runMoraineCLI(["put", "--cluster", run.path, "--db", "demo", "hello", "world"]).status == 0)
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "demo", "hello"]).out == ["world"])
         #expect(FileManager.default.fileExists(atPath: run.file("data/demo/CURRENT")))
@@ -129,11 +132,19 @@ struct ClusterCommandTests {
         // A role killed with SIGKILL comes back on the same endpoint; the data is still there.
         let first = try RunDirectory(run.path).roles()
         #expect(first.map(\.role).sorted() == ["compaction", "compute", "flush", "memory", "storage"])
+        // While they restart, the endpoints file lists every one of them (pid 0 for one down): a
+        // role missing from it would read as a cluster without that role.
         for role in first { kill(role.pid, SIGKILL) }
+        var listings: Set<Int> = []
+        var sawDown = false
         #expect(eventually(seconds: 10) {
             let now = (try? RunDirectory(run.path).roles()) ?? []
-            return now.count == 5 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid != $1.pid }
+            listings.insert(now.count)
+            sawDown = sawDown || now.contains { $0.pid == 0 }
+            usleep(1000)
+            return now.count == 5 && zip(now, first).allSatisfy { $0.role == $1.role && $0.pid > 0 && $0.pid != $1.pid }
         })
+        #expect(listings == [5] && sawDown, "listed \(listings.sorted()) roles; saw one down: \(sawDown)")
         #expect(eventually(seconds: 10) { (try? runMoraineCLI(["status", "--run-dir", run.path]).status) == 0 })
         let after = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(after.out.contains { $0.hasPrefix("storage-0") && $0.contains(" 1 ") }, "\(after.out)")

@@ -199,6 +199,28 @@ struct ComputeNodeTests {
         #expect(compute.eventually { compute.node.leaseCounts.snapshots == 0 && compute.node.leaseCounts.iterators == 0 })
     }
 
+    @Test("closing a client whose every connection is busy still ends its session on the node")
+    func closeWithEveryConnectionBusy() throws {
+        let compute = try ComputeTestNode(.sharedMemory)
+        // A slow link (100 ms each way), so a read holds the client's only connection a while.
+        var settings = ComputeClient.Settings()
+        settings.link = LinkEmulation(delay: .fixed(nanos: 100_000_000))
+        let db = try compute.connect("busy", settings: settings)
+        try db.put("k", "v")
+        let snapshot = try db.snapshot()
+        #expect(compute.node.leaseCounts.sessions == 1 && compute.node.leaseCounts.snapshots == 1)
+        let reader = Thread { _ = try? db.get("k") }
+        reader.start()
+        usleep(50_000)  // the read has taken the pooled connection and waits on the link
+        try db.close()
+        // Ended at once (through a new connection), not left to lapse after the lease time.
+        #expect(compute.node.leaseCounts.sessions == 0 && compute.node.leaseCounts.snapshots == 0)
+        let deadline = monotonicNanos() + 5_000_000_000
+        while !reader.isFinished && monotonicNanos() < deadline { usleep(10_000) }
+        #expect(reader.isFinished)
+        withExtendedLifetime(snapshot) {}
+    }
+
     @Test("garbage, bad names, missing databases and wrong keys are refused alone; a restarted node is found again")
     func refusalsAndRestart() throws {
         let compute = try ComputeTestNode(.tcp)
