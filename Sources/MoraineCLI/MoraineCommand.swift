@@ -271,14 +271,17 @@ struct Shell: ParsableCommand {
     }
 
     func run() throws {
+        // Before any thread starts, so that only the shell's own signal thread takes them.
+        TerminationSignals.block()
         try reporting {
             if let numaNode { try NUMATopology.pinCurrentThread(toNode: numaNode) }
             let topology = NUMATopology.current().description
             if let numaNode { SystemLog.info(topology + "; pinned to node \(numaNode)") } else { SystemLog.debug(topology) }
         }
         let db = try reporting { try database.open() }
-        ShellSession(database: db, writeOptions: WriteOptions(sync: sync)).run()
-        try reporting { try db.close() }
+        let session = ShellSession(database: db, writeOptions: WriteOptions(sync: sync))
+        session.stopOnSignal()
+        if let error = session.run() { try reporting { throw error } }
     }
 }
 

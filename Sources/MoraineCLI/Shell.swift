@@ -2,6 +2,7 @@
 // with its pairs and then END). Errors answer `ERR <reason>` and the shell goes on. Output is
 // written unbuffered, so a line printed is a line acknowledged. Grammar in README.md.
 import Moraine
+import MoraineSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -10,6 +11,8 @@ import Moraine
 struct ShellSession {
     let database: Database
     let writeOptions: WriteOptions
+    /// Held while a command runs; a stop (end of input or a signal) takes it for good.
+    let gate = ConditionLock()
 
     /// Writes one line to stdout at once.
     static func emit(_ line: String) {
@@ -37,9 +40,12 @@ struct ShellSession {
         return readLine(strippingNewline: true)
     }
 
-    func run() {
+    /// Answers commands until the end of the input, then closes the database (and returns the
+    /// close's error, if any).
+    func run() -> (any Error)? {
         while let line = Self.nextLine() {
             let tokens = line.split(separator: " ", omittingEmptySubsequences: false)
+            gate.lock()
             do {
                 try execute(tokens)
             } catch let error as MoraineError {
@@ -47,6 +53,36 @@ struct ShellSession {
             } catch {
                 Self.emit("ERR \(error)")
             }
+            gate.unlock()
+        }
+        return stop()
+    }
+
+    /// Stops at a SIGTERM, SIGINT or SIGHUP (blocked by the caller before the database started
+    /// any thread): the command in flight finishes and is answered, no other starts, the
+    /// database closes cleanly (a `disableWAL` memtable is flushed), and the process exits 0 —
+    /// 1 if the close failed.
+    func stopOnSignal() {
+        let session = self
+        startThread(name: "shell-signals") {
+            let signal = TerminationSignals.wait()
+            SystemLog.info("shell: \(TerminationSignals.name(signal)): stopping")
+            if let error = session.stop() {
+                printError("error: \(error)")
+                exit(1)
+            }
+            exit(0)
+        }
+    }
+
+    /// Takes the gate for good and closes the database.
+    private func stop() -> (any Error)? {
+        gate.lock()
+        do {
+            try database.close()
+            return nil
+        } catch {
+            return error
         }
     }
 

@@ -32,7 +32,9 @@ func launchDyingWithTests(_ process: Process, _ executable: String, _ arguments:
     process.arguments = ["--pdeathsig", "KILL", "--", executable] + arguments
 }
 
-final class ShellProcess {
+// Sendable so one thread can feed the input (`send`, `closeInput`) while another reads answers
+// (`readLine`): each side touches only its own pipe and state.
+final class ShellProcess: @unchecked Sendable {
     let process = Process()
     private let input = Pipe()
     private let output = Pipe()

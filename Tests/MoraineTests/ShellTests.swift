@@ -1,6 +1,9 @@
 // The `moraine shell` contract other tools drive: exact answers, token encoding both ways,
 // atomic batches, errors that keep the shell going; and the inspection commands.
 import Foundation
+import Moraine
+import MoraineFormat
+import MoraineSystem
 import MoraineTestSupport
 import Testing
 
@@ -82,6 +85,45 @@ struct ShellTests {
         #expect(levels?.count == 7)
         #expect(levels?.first?["files"] as? Int == 1)
         #expect(object?["flushes"] as? Int == 1)
+    }
+
+    @Test("SIGTERM under load: the shell answers what it took, closes cleanly and exits 0; a reopen has every acknowledged write and no log to replay")
+    func sigtermUnderLoad() throws {
+        let directory = makeTemporaryDirectory("moraine-shell-term")
+        defer { removeTree(directory) }
+        let shell = try ShellProcess(arguments: ["shell", "--db", directory, "--write_buffer_size", "262144"])
+        defer { shell.kill() }
+        let total = 50_000
+        let writer = Thread {
+            for i in 0..<total where !shell.send("put k\(i) v\(i)") { break }
+            shell.closeInput()
+        }
+        writer.start()
+        var acknowledged = 0
+        var answers: [String] = []
+        let deadline = monotonicNanos() + 60_000_000_000
+        while monotonicNanos() < deadline, let line = shell.readLine() {
+            if line == "OK" { acknowledged += 1 } else { answers.append(line) }
+            if acknowledged == 2000 { _ = kill(shell.pid, SIGTERM) }
+        }
+        shell.wait()
+        #expect(shell.process.terminationStatus == 0, "exit status \(shell.process.terminationStatus)")
+        #expect(answers.isEmpty, "\(answers.prefix(3))")
+        #expect(acknowledged >= 2000 && acknowledged < total, "\(acknowledged) of \(total) acknowledged: the stop did not come under load")
+        // A clean close leaves every log ending on a whole record: the reopen replays the log, but
+        // has no torn tail to drop (what a kill mid-write would leave).
+        let logs = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".log") }
+        #expect(!logs.isEmpty)
+        for log in logs {
+            let bytes = Array(FileManager.default.contents(atPath: directory + "/" + log) ?? Data())
+            let reader = LogReader(bytes: bytes, name: log, strictTail: true)
+            var records = 0
+            while try reader.nextRecord() != nil { records += 1 }
+            #expect(reader.droppedTailBytes == 0 && reader.validEndOffset == bytes.count, "\(log): \(records) records, then a torn tail")
+        }
+        let db = try Database(path: directory)
+        defer { try? db.close() }
+        for i in 0..<acknowledged { #expect(try db.get("k\(i)") == "v\(i)", "k\(i) acknowledged, then lost") }
     }
 
     @Test("single-operation commands, sst dump and manifest dump")
