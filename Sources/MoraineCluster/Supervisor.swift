@@ -56,6 +56,8 @@ public final class Supervisor {
     static let backoffMinNanos: Int64 = 100_000_000
     static let backoffMaxNanos: Int64 = 5_000_000_000
     /// Up this long, a role's backoff starts from the minimum again.
+    /// The order `stop` stops roles in, one group at a time.
+    static let stopOrder: [Set<String>] = [["compute"], ["flush", "compaction"], ["memory"], ["storage"]]
     static let steadyNanos: Int64 = 60_000_000_000
     /// How long a role may take to print its endpoint and answer.
     static let startTimeoutNanos: Int64 = 20_000_000_000
@@ -308,16 +310,25 @@ public final class Supervisor {
             }
         }
         defer { for path in emptyRegions { try? PosixFileSystem.shared.remove(path) } }
-        let running = instances.filter { $0.pid > 0 }.map(\.pid)
-        for pid in running { kill(pid, SIGTERM) }
+        // Clients before their servers: the compute node first (it finishes the flushes and
+        // compactions it has on the workers and closes its databases while they and the storage
+        // node still answer), then the workers, the memory node, the storage node. Stopped all at
+        // once, a compaction finishing on a worker after the storage node left was lost, and its
+        // outputs stayed on the storage node as tables no version names (the chaos long run).
         let deadline = monotonicNanos() + Self.graceNanos
-        var left = Set(running)
-        while !left.isEmpty && monotonicNanos() < deadline {
-            for pid in left {
-                var status: Int32 = 0
-                if waitpid(pid, &status, WNOHANG) == pid { left.remove(pid) }
+        var left = Set<Int32>()
+        let named = Self.stopOrder.reduce(into: Set<String>()) { $0.formUnion($1) }
+        for tier in Self.stopOrder + [Set(instances.map(\.kind)).subtracting(named)] {
+            let running = instances.filter { $0.pid > 0 && tier.contains($0.kind) }.map(\.pid)
+            for pid in running { kill(pid, SIGTERM) }
+            left.formUnion(running)
+            while !left.isEmpty && monotonicNanos() < deadline {
+                for pid in left {
+                    var status: Int32 = 0
+                    if waitpid(pid, &status, WNOHANG) == pid { left.remove(pid) }
+                }
+                if !left.isEmpty { sleepNanos(20_000_000) }
             }
-            if !left.isEmpty { sleepNanos(20_000_000) }
         }
         for pid in left {
             log("pid \(pid) did not stop within \(Self.graceNanos / 1_000_000_000) s of SIGTERM: SIGKILL")

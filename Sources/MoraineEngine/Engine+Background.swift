@@ -129,6 +129,10 @@ extension Engine {
                 }
             }
             try install(edit)
+            let output = result.output.map { "L0 #\($0.number) (\(EventLog.bytes($0.sizeBytes)))" } ?? "nothing (every entry deleted)"
+            event(
+                "flush: memtable of log \(imm.logNumber) (\(imm.entryCount) entries, \(EventLog.bytes(imm.memoryUsageBytes))) -> \(output) "
+                    + "in \((monotonicNanos() - started) / 1_000_000) ms" + (arena != nil ? ", read from the memory node's region" : ""))
         } catch {
             failure = asMoraineError(error)
         }
@@ -217,6 +221,7 @@ extension Engine {
             for file in spec.inputs { edit.newFiles.append((spec.outputLevel, file.info)) }
             try install(edit)
             counters.update { $0.trivialMoves += 1 }
+            event("compaction: moved \(spec.inputs.map { "#\($0.number)" }.joined(separator: ",")) from L\(spec.inputLevel) to L\(spec.outputLevel)")
             return
         }
         let (job, result, reserved) = try runJob(for: spec)
@@ -225,6 +230,13 @@ extension Engine {
         // If the install fails, the outputs stay: the manifest may already name them. The next
         // open deletes whichever tables no manifest references.
         try install(edit)
+        let inputs =
+            "L\(spec.inputLevel) " + spec.inputs.map { "#\($0.number)" }.joined(separator: ",")
+            + (spec.outputLevelInputs.isEmpty ? "" : " + L\(spec.outputLevel) " + spec.outputLevelInputs.map { "#\($0.number)" }.joined(separator: ","))
+        event(
+            "compaction: \(inputs) -> L\(spec.outputLevel) \(result.outputs.map { "#\($0.number)" }.joined(separator: ","))"
+                + "\(result.outputs.isEmpty ? "(nothing)" : ""): read \(EventLog.bytes(result.bytesRead)), wrote \(EventLog.bytes(result.bytesWritten)), "
+                + "dropped \(result.entriesDropped) entries")
         counters.update {
             $0.compactions += 1
             $0.compactionBytesRead += Int(result.bytesRead)

@@ -60,6 +60,7 @@ extension Engine {
         var unreplayedLogs = Set<UInt64>()
         replaying: for (position, source) in sources.enumerated() {
             if let table = source.attached {
+                event("recovery: memtable of log \(table.logNumber) re-attached from the memory node (\(table.entryCount) entries)")
                 if options.readOnly {
                     replay.keep(table)
                 } else if !keepAttached {
@@ -69,13 +70,19 @@ extension Engine {
             } else if let arena = source.arena, let replayRegion {
                 let origin = "\(replayRegion.path) arena \(arena.index) (log \(arena.tag))"
                 var reader = try PmemLogReader(region: replayRegion, arena: arena)
-                while let record = try reader.nextRecord() { try replay.apply(Array(record), origin: origin) }
+                var records = 0
+                while let record = try reader.nextRecord() {
+                    try replay.apply(Array(record), origin: origin)
+                    records += 1
+                }
+                event("recovery: replayed \(origin): \(records) records")
                 previousWAL = nil
             } else {
                 let logPath = path(.log(source.number))
                 let reader = try LogReader(
                     file: try fileSystem.openRandomAccess(logPath), name: logPath, mode: options.walRecoveryMode)
                 var first = true
+                var records = 0
                 while let record = try reader.nextRecord() {
                     defer { first = false }
                     if first, let predecessor = WALPredecessor(decoding: record) {
@@ -86,14 +93,20 @@ extension Engine {
                             // consistent prefix of the writes. This WAL and later ones are set
                             // aside, not deleted.
                             SystemLog.info("\(gap); replay stops there")
+                            event("recovery: \(gap); replay stops there, this log and later ones set aside")
                             unreplayedLogs = Set(sources[position...].filter { $0.arena == nil }.map(\.number))
                             break replaying
                         }
                         continue
                     }
                     try replay.apply(record, origin: logPath)
+                    records += 1
                 }
                 previousWAL = (source.number, UInt64(reader.validEndOffset))
+                var damage: [String] = []
+                if reader.droppedTailBytes > 0 { damage.append("dropped a torn tail of \(reader.droppedTailBytes) bytes (a write cut short)") }
+                if reader.skippedBytes > 0 { damage.append("skipped \(reader.skippedBytes) damaged bytes (wal_recovery_mode skip)") }
+                event("recovery: replayed \(logPath): \(records) records" + (damage.isEmpty ? "" : "; " + damage.joined(separator: "; ")))
             }
         }
         var edit = try replay.finish()
@@ -380,6 +393,7 @@ extension Engine {
                 try fileSystem.rename(
                     path(name), to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
                 SystemLog.info("\(path(name)) \(why): moved to \(lost)/")
+                event("recovery: \(name) \(why): moved to \(lost)/")
             }
             try fileSystem.syncDirectory(lost)
             try fileSystem.syncDirectory(path)

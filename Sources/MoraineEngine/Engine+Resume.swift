@@ -48,6 +48,7 @@ extension Engine {
             backgroundErrorRetryable = false
             backgroundError = MoraineError(failure.kind, "\(what) failed, database is read-only until reopened: \(failure.message)")
         }
+        event("background error: \(backgroundError!.message)")
     }
 
     /// Settles a pending group and clears a retryable background error. Called by the write
@@ -97,6 +98,7 @@ extension Engine {
         backgroundErrorRetryable = false
         counters.update { $0.resumes += 1 }
         SystemLog.info("engine: \(path): the storage answers again; writes resume")
+        event("the storage answers again; writes resume")
         mutex.broadcast()
     }
 }

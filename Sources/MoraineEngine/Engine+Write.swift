@@ -184,10 +184,20 @@ extension Engine {
         var force = initialForce
         var allowDelay = !force
         var stalledSince: Int64? = nil
+        // Why writes stopped, for the LOG (slowdowns, one per write, are only counted).
+        var stopReason: String? = nil
+        func stopping(_ reason: String) {
+            if stalledSince == nil { stalledSince = monotonicNanos() }
+            if stopReason == nil {
+                stopReason = reason
+                event("write stall: writes wait for \(reason)")
+            }
+        }
         defer {
             if let stalledSince {
                 let micros = Int((monotonicNanos() - stalledSince) / 1000)
                 counters.update { $0.stallMicros += micros }
+                if stopReason != nil { event("write stall over after \(micros / 1000) ms") }
             }
         }
         while true {
@@ -223,7 +233,7 @@ extension Engine {
             }
             if imms.count >= options.maxWriteBufferNumber - 1 {
                 counters.update { $0.stallStops += 1 }
-                if stalledSince == nil { stalledSince = monotonicNanos() }
+                stopping("a flush: \(imms.count) immutable memtables (max_write_buffer_number \(options.maxWriteBufferNumber))")
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue
@@ -231,14 +241,14 @@ extension Engine {
             if let pmemRegion, pmemRegion.freeArenaCount == 0 {
                 // Every arena holds a memtable that is not flushed yet: wait for a flush.
                 counters.update { $0.stallStops += 1 }
-                if stalledSince == nil { stalledSince = monotonicNanos() }
+                stopping("a flush: every arena of the persistent-memory region holds an unflushed memtable")
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue
             }
             if level0Files >= options.level0StopWritesTrigger {
                 counters.update { $0.stallStops += 1 }
-                if stalledSince == nil { stalledSince = monotonicNanos() }
+                stopping("compaction: \(level0Files) L0 files (level0_stop_writes_trigger \(options.level0StopWritesTrigger))")
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue
@@ -248,7 +258,7 @@ extension Engine {
             } catch let error as MoraineError where error.kind == .busy && regionMemtables != nil {
                 // Every arena of the memory node holds an unflushed memtable: wait for a flush.
                 counters.update { $0.stallStops += 1 }
-                if stalledSince == nil { stalledSince = monotonicNanos() }
+                stopping("a flush: every arena the memory node grants holds an unflushed memtable")
                 mutex.broadcast()
                 mutex.wait(seconds: 1)
                 continue

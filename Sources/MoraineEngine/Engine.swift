@@ -59,7 +59,13 @@ public final class Engine: @unchecked Sendable {
     let obsolete = ObsoleteFiles()
     let lastSequence = Atomic<UInt64>(0)
     /// Numbers the compaction jobs this engine dispatches.
-    let nextJobID = Atomic<UInt64>(1)
+    /// Job ids start at the open's wall-clock time in milliseconds, so a job of this open never
+    /// takes the id of one an earlier open of the database left on a worker (a compute node
+    /// restarted by its supervisor asked a worker for "job 1" while the worker still held the
+    /// last incarnation's job 1: refused, the database went read-only; found by the chaos long
+    /// run). Ids of two opens could meet only if the first ran more jobs than milliseconds passed
+    /// between the two.
+    let nextJobID = Atomic<UInt64>(UInt64(max(1, wallClockNanos() / 1_000_000)))
     /// Job reservations to sweep and release (Engine+Jobs).
     let reservations = ReservationBook()
     private let superVersionLock = Mutex<SuperVersion?>(nil)
@@ -107,6 +113,11 @@ public final class Engine: @unchecked Sendable {
     var compactionRunning: Bool { runningCompactions.count > 0 || manualCompaction }
     var backgroundThreads = 0
     var unloggedWrites = false
+    /// The database's LOG (nil for a read-only open, or when it could not be started).
+    var eventLog: EventLog? = nil
+
+    /// One line in the database's LOG.
+    func event(_ line: @autoclosure () -> String) { eventLog?.write(line()) }
     private var fileLock: (any FileLock)?
 
     private init(path: String, options: Options, lock: (any FileLock)?, pmemRegion: PmemRegion?) {
@@ -163,6 +174,8 @@ public final class Engine: @unchecked Sendable {
             throw error
         }
         let engine = Engine(path: path, options: options, lock: lock, pmemRegion: region)
+        engine.eventLog = EventLog(directory: path, fileSystem: fs)
+        engine.event("open \(path): \(engine.describeOptions())")
         do {
             // Decided again under the lock: another process may have created it meanwhile.
             let existing = try DatabaseDirectory.inspect(path, fileSystem: fs) == .existing
@@ -198,10 +211,12 @@ public final class Engine: @unchecked Sendable {
                 engine.leftoverRegion = nil
             }
         } catch {
+            engine.eventLog?.close("open failed: \(error)")
             engine.versions.close()
             lock.unlock()
             throw error
         }
+        engine.event("opened: last sequence \(engine.lastSequence.load(ordering: .acquiring)); \(engine.describeShape())")
         engine.startBackgroundThreads()
         return engine
     }
@@ -320,6 +335,7 @@ public final class Engine: @unchecked Sendable {
         mutex.unlock()
         versions.close()
         purgeObsoleteFiles()
+        eventLog?.close(firstError.map { "closed, with an error: \($0)" } ?? "closed cleanly")
         fileLock?.unlock()
         fileLock = nil
         if let firstError { throw firstError }

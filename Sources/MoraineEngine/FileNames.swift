@@ -9,6 +9,9 @@ public enum DatabaseFile: Equatable, Sendable {
     case current
     case lock
     case temporary(UInt64)
+    /// The event log (`LOG`), and an earlier one moved aside at an open (`LOG.old.MICROS`).
+    case infoLog
+    case oldInfoLog(UInt64)
 
     /// The file's name inside the database directory.
     public var name: String {
@@ -19,6 +22,8 @@ public enum DatabaseFile: Equatable, Sendable {
         case .current: "CURRENT"
         case .lock: "LOCK"
         case .temporary(let n): Self.padded(n) + ".dbtmp"
+        case .infoLog: "LOG"
+        case .oldInfoLog(let micros): "LOG.old.\(micros)"
         }
     }
 
@@ -31,6 +36,8 @@ public enum DatabaseFile: Equatable, Sendable {
     public init?(name: String) {
         if name == "CURRENT" { self = .current; return }
         if name == "LOCK" { self = .lock; return }
+        if name == "LOG" { self = .infoLog; return }
+        if name.hasPrefix("LOG.old."), let micros = UInt64(name.dropFirst(8)) { self = .oldInfoLog(micros); return }
         if name.hasPrefix("MANIFEST-"), let n = UInt64(name.dropFirst(9)) { self = .manifest(n); return }
         for (suffix, make) in [
             (".log", DatabaseFile.log), (".sst", DatabaseFile.table), (".dbtmp", DatabaseFile.temporary),
