@@ -9,7 +9,8 @@
 #
 # Cluster i runs with MORAINE_SEED=S+i (S defaults to the time), so any one of them replays alone:
 #   MORAINE_SEED=<its seed> MORAINE_CHAOS_KILLS=<K> swift test --disable-xctest --filter ChaosTests
-# The logs stay in DIR (default: a new directory under /tmp); the summary sums kills per role,
+# The logs stay in DIR (default: a new directory under /tmp), each cluster's roles' logs in
+# DIR/roles-i (MORAINE_CHAOS_LOGS); the summary sums kills per role,
 # operations, writes, keys and reads checked and errors, and gives the longest outage of all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ echo "$clusters clusters x $kills kills, seeds $seed..$((seed + clusters - 1)), 
 start=$(date +%s)
 pids=()
 for i in $(seq 0 $((clusters - 1))); do
-  MORAINE_SEED=$((seed + i)) MORAINE_CHAOS_KILLS=$kills \
+  MORAINE_SEED=$((seed + i)) MORAINE_CHAOS_KILLS=$kills MORAINE_CHAOS_LOGS="$out/roles-$i" \
     "$binary" --testing-library swift-testing --filter ChaosTests >"$out/cluster-$i.log" 2>&1 &
   pids+=($!)
   sleep 2  # staggered, so the clusters do not start (and kill) in step

@@ -9,7 +9,8 @@
 // `notFound`). Checked after: every acknowledged write reads back; every role answers; after a
 // clean stop, no table file on the storage node lies outside the live version. Prints the kills
 // per role, writes checked, errors seen and the longest outage. MORAINE_SEED replays the choices;
-// MORAINE_CHAOS_KILLS sets the number of kills (default 50; docs/TESTING.md has the long run).
+// MORAINE_CHAOS_KILLS sets the number of kills (default 50; docs/TESTING.md has the long run);
+// MORAINE_CHAOS_LOGS, a directory to keep the roles' logs in.
 import Foundation
 import Moraine
 import MoraineCluster
@@ -51,6 +52,11 @@ struct ChaosTests {
         defer {
             _ = try? runMoraineCLI(["down", "--run-dir", run.path])
             try? PosixFileSystem.shared.remove(region)
+            // MORAINE_CHAOS_LOGS keeps every role's log of the run (scripts/chaos-long.sh sets it).
+            if let keep = ProcessInfo.processInfo.environment["MORAINE_CHAOS_LOGS"] {
+                try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+                try? FileManager.default.copyItem(atPath: run.file("logs"), toPath: keep + "/logs-\(seed)")
+            }
             run.remove()
         }
         // The default roles, with a smaller region and a compute node whose memtables switch often.
