@@ -82,6 +82,11 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .customLong("cache_size"), help: "Block cache size in bytes (cache_size; default 8 MiB).")
     var cacheSize: Int?
 
+    @Option(
+        name: .customLong("options_file"),
+        help: "Start from the options in this OPTIONS file (one a database wrote, say); the flags above override it.")
+    var optionsFile: String?
+
     func validate() throws {
         if connect != nil && cluster != nil { throw ValidationError("--connect and --cluster exclude each other") }
         if let writeBufferSize, writeBufferSize < 4096 || writeBufferSize > 1 << 30 {
@@ -94,6 +99,15 @@ struct DatabaseOptions: ParsableArguments {
 
     func makeOptions(create: Bool = true) throws -> Options {
         var options = Options()
+        if let optionsFile {
+            let text: String
+            do {
+                text = String(decoding: try PosixFileSystem.shared.readAll(optionsFile), as: UTF8.self)
+            } catch {
+                throw MoraineError(.notFound, "cannot read --options_file \(optionsFile): \(error)")
+            }
+            try OptionsFile.apply(text, to: &options, name: optionsFile)
+        }
         options.createIfMissing = create
         if let writeBufferSize { options.writeBufferSize = writeBufferSize }
         if let compression {

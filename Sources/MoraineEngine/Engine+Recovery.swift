@@ -27,7 +27,7 @@ extension Engine {
             // A file numbered past the manifest's next file number (an unfinished job's output)
             // must not be overwritten by a file this open writes: its fate is decided below.
             switch DatabaseFile(name: name) {
-            case .table(let n), .log(let n), .manifest(let n), .temporary(let n): versions.markFileNumberUsed(n)
+            case .table(let n), .log(let n), .manifest(let n), .temporary(let n), .options(let n): versions.markFileNumberUsed(n)
             default: break
             }
         }

@@ -211,11 +211,14 @@ public final class Engine: @unchecked Sendable {
                 engine.leftoverRegion = nil
             }
         } catch {
-            engine.eventLog?.close("open failed: \(error)")
+            // The LOG never started: a refused open leaves the directory as it found it.
+            engine.eventLog = nil
             engine.versions.close()
             lock.unlock()
             throw error
         }
+        engine.eventLog?.start()
+        engine.writeOptionsFile()
         engine.event("opened: last sequence \(engine.lastSequence.load(ordering: .acquiring)); \(engine.describeShape())")
         engine.startBackgroundThreads()
         return engine

@@ -28,14 +28,27 @@ final class EventLog: @unchecked Sendable {
     private var dropped = 0
     private var closing = false
     private var writerDone = false
-    /// Written by the writer thread only.
-    private let file: any WritableFile
+    /// Set by `start`, then written by the writer thread only.
+    private var file: (any WritableFile)? = nil
     let path: String
 
-    /// Starts a new LOG in `directory`, moving the previous one aside; nil when even that fails
-    /// (the database opens without one).
-    init?(directory: String, fileSystem: any FileSystem) {
+    private let fileSystem: any FileSystem
+    private let directory: String
+    private var started = false
+    private var disabled = false
+
+    /// A LOG for `directory`. Lines written before `start` wait in memory: an open that is
+    /// refused leaves the directory as it found it, LOG included.
+    init(directory: String, fileSystem: any FileSystem) {
+        self.directory = directory
+        self.fileSystem = fileSystem
         path = joinPath(directory, DatabaseFile.infoLog.name)
+    }
+
+    /// Moves the previous LOG aside (keeping the newest `keptOldLogs`), creates the new one and
+    /// starts writing, the lines queued so far first. A failure leaves the database without a
+    /// LOG (reported once through the process log).
+    func start() {
         do {
             if try fileSystem.exists(path) {
                 var now = timespec()
@@ -47,10 +60,18 @@ final class EventLog: @unchecked Sendable {
                 if case .oldInfoLog(let stamp) = DatabaseFile(name: name) { stamp } else { nil }
             }.sorted()
             for stamp in old.dropLast(Self.keptOldLogs) { try? fileSystem.remove(joinPath(directory, DatabaseFile.oldInfoLog(stamp).name)) }
-            file = try fileSystem.createWritable(path)
+            let file = try fileSystem.createWritable(path)
+            lock.withLock {
+                self.file = file
+                started = true
+            }
         } catch {
-            SystemLog.info("\(path): cannot start the LOG (\(error)); the database opens without one")
-            return nil
+            SystemLog.info("\(path): cannot start the LOG (\(error)); the database runs without one")
+            lock.withLock {
+                disabled = true
+                pending = []
+            }
+            return
         }
         // The writer is a thread of its own: a line costs its caller no I/O (the engine writes
         // some under its mutex, and a storage node may be slow to answer).
@@ -61,7 +82,7 @@ final class EventLog: @unchecked Sendable {
     func write(_ event: String) {
         let line = Self.stamp() + " " + event + "\n"
         lock.withLock {
-            guard !closing else { return }
+            guard !closing && !disabled else { return }
             if pending.count >= Self.pendingMax {
                 dropped += 1
                 return
@@ -74,6 +95,7 @@ final class EventLog: @unchecked Sendable {
     /// Queues a last line, waits (up to `timeoutSeconds`) for every line to be written, and closes.
     func close(_ event: String, timeoutSeconds: Double = 5) {
         write(event)
+        guard lock.withLock({ started }) else { return }
         let deadline = monotonicNanos() + Int64(timeoutSeconds * 1e9)
         lock.withLock {
             closing = true
@@ -95,7 +117,7 @@ final class EventLog: @unchecked Sendable {
             }
             var text = lines.joined()
             if lost > 0 { text += Self.stamp() + " (\(lost) lines dropped: the LOG could not keep up)\n" }
-            if !text.isEmpty && !failed {
+            if !text.isEmpty && !failed, let file {
                 do {
                     try Array(text.utf8).withUnsafeBytes { try file.append($0) }
                     try file.flush()
@@ -105,7 +127,7 @@ final class EventLog: @unchecked Sendable {
                 }
             }
             if done || (closing && lines.isEmpty) {
-                try? file.close()
+                try? file?.close()
                 lock.withLock {
                     writerDone = true
                     lock.broadcast()

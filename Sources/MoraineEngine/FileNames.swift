@@ -12,6 +12,8 @@ public enum DatabaseFile: Equatable, Sendable {
     /// The event log (`LOG`), and an earlier one moved aside at an open (`LOG.old.MICROS`).
     case infoLog
     case oldInfoLog(UInt64)
+    /// The options in force at an open (`OPTIONS-NNNNNN`).
+    case options(UInt64)
 
     /// The file's name inside the database directory.
     public var name: String {
@@ -24,6 +26,7 @@ public enum DatabaseFile: Equatable, Sendable {
         case .temporary(let n): Self.padded(n) + ".dbtmp"
         case .infoLog: "LOG"
         case .oldInfoLog(let micros): "LOG.old.\(micros)"
+        case .options(let n): "OPTIONS-" + Self.padded(n)
         }
     }
 
@@ -39,6 +42,7 @@ public enum DatabaseFile: Equatable, Sendable {
         if name == "LOG" { self = .infoLog; return }
         if name.hasPrefix("LOG.old."), let micros = UInt64(name.dropFirst(8)) { self = .oldInfoLog(micros); return }
         if name.hasPrefix("MANIFEST-"), let n = UInt64(name.dropFirst(9)) { self = .manifest(n); return }
+        if name.hasPrefix("OPTIONS-"), let n = UInt64(name.dropFirst(8)) { self = .options(n); return }
         for (suffix, make) in [
             (".log", DatabaseFile.log), (".sst", DatabaseFile.table), (".dbtmp", DatabaseFile.temporary),
         ] {

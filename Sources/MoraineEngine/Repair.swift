@@ -108,6 +108,7 @@ final class Repairer {
             case .table(let n): tableNumbers.append(n); nextNumber = max(nextNumber, n + 1)
             case .log(let n): logNumbers.append(n); nextNumber = max(nextNumber, n + 1)
             case .manifest(let n), .temporary(let n): oldFiles.append(name); nextNumber = max(nextNumber, n + 1)
+            case .options(let n): nextNumber = max(nextNumber, n + 1)
             default: break
             }
         }
