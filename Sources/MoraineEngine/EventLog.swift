@@ -162,21 +162,11 @@ final class EventLog: @unchecked Sendable {
 }
 
 extension Engine {
-    /// The options in force, in RocksDB's names, for the LOG's open line.
+    /// The options in force, as the OPTIONS file names and writes them, for the LOG's open line.
     func describeOptions() -> String {
-        let o = options
-        var parts = [
-            "write_buffer_size=\(o.writeBufferSize)", "max_write_buffer_number=\(o.maxWriteBufferNumber)",
-            "level0_file_num_compaction_trigger=\(o.level0FileNumCompactionTrigger)",
-            "level0_slowdown_writes_trigger=\(o.level0SlowdownWritesTrigger)", "level0_stop_writes_trigger=\(o.level0StopWritesTrigger)",
-            "target_file_size_base=\(o.targetFileSizeBase)", "max_bytes_for_level_base=\(o.maxBytesForLevelBase)",
-            "max_bytes_for_level_multiplier=\(o.maxBytesForLevelMultiplier)", "block_size=\(o.blockSize)",
-            "bloom_bits_per_key=\(o.bloomBitsPerKey)", "block_cache_size=\(o.blockCacheSize)", "compression=\(o.compression.rawValue)",
-            "max_background_jobs=\(o.maxBackgroundJobs)", "disable_auto_compactions=\(o.disableAutoCompactions)",
-            "wal_recovery_mode=\(o.walRecoveryMode.rawValue)", "durability=\(o.durability.rawValue)",
-        ]
-        if o.memtableRegion != nil { parts.append("memtables in a memory node's region") }
-        if o.secondaryBlockCache != nil { parts.append("second-tier block cache on a memory node") }
+        var parts = OptionsFile.fields.map { "\($0.name)=\($0.field.get(options))" }
+        if options.memtableRegion != nil { parts.append("memtables in a memory node's region") }
+        if options.secondaryBlockCache != nil { parts.append("second-tier block cache on a memory node") }
         return parts.joined(separator: " ")
     }
 

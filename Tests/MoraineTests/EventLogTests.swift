@@ -37,7 +37,8 @@ struct EventLogTests {
         // Every line starts with the local time: "2026/12/06-16:55:01.123456 ".
         let stamped = #/^\d{4}/\d{2}/\d{2}-\d{2}:\d{2}:\d{2}\.\d{6} /#
         #expect(!first.isEmpty && first.allSatisfy { $0.prefixMatch(of: stamped) != nil }, "\(first.prefix(3))")
-        #expect(first.first?.contains("open \(directory.path): write_buffer_size=65536 ") == true, "\(first.first ?? "")")
+        let open = first.first ?? ""
+        #expect(open.contains(" open \(directory.path): max_background_jobs=") && open.contains(" write_buffer_size=65536 "), "\(open)")
         #expect(first.contains { $0.contains(" opened: last sequence 0; no tables") }, "\(first.prefix(3))")
         #expect(first.contains { $0.contains(" flush: memtable of log ") && $0.contains(" -> L0 #") }, "no flush in \(first)")
         #expect(
