@@ -8,6 +8,7 @@
 //   MoraineStorage (the storage node, and the remote file system that reaches it),
 //   MoraineWorker (compaction workers, and the job runner that reaches them),
 //   MoraineMemory (the memory node, and the memtable-arena provider that reaches it)
+// MoraineMetrics serves /metrics (swift-prometheus) from samples every layer reads at scrape time.
 // MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
 // MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
 import PackageDescription
@@ -26,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(
@@ -87,11 +90,20 @@ let package = Package(
             name: "Moraine",
             dependencies: ["MoraineCompute", "MoraineEngine", "MoraineFormat", "MoraineMessages", "MoraineSystem", "MoraineTransport"]
         ),
+        // `/metrics` over HTTP: samples from every layer, in Prometheus' text format.
+        .target(
+            name: "MoraineMetrics",
+            dependencies: [
+                "MoraineSystem", .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // The Redis-protocol front end (`moraine serve`).
         .target(
             name: "MoraineRESP",
             dependencies: [
-                "Moraine", "MoraineSystem", .product(name: "NIOCore", package: "swift-nio"),
+                "Moraine", "MoraineSystem", .product(name: "CoreMetrics", package: "swift-metrics"), .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -116,7 +128,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
                 "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-                "MoraineMemory", "MoraineCompute", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "MoraineMemory", "MoraineCompute", "MoraineMetrics", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(
@@ -128,7 +140,7 @@ let package = Package(
             dependencies: [
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineMemtable", "MoraineSystem",
                 "MoraineTestSupport", "MoraineCLI", "MoraineTransport", "MoraineMessages", "MoraineStorage", "MoraineCluster",
-                "MoraineWorker", "MoraineRESP", "MoraineMemory", "MoraineCompute",
+                "MoraineWorker", "MoraineRESP", "MoraineMemory", "MoraineCompute", "MoraineMetrics",
             ],
             exclude: ["Fixtures"]  // TLS test certificate, read by path
         ),

@@ -52,6 +52,12 @@ public final class Database: Sendable {
         backend = .engine(try Engine.open(path: path, options: options))
     }
 
+    /// A handle on an engine this process opened another way (a compute node's database, served
+    /// by its Redis front end too). The engine's owner closes it; `close()` here closes it as well.
+    public init(hosting engine: Engine) {
+        backend = .engine(engine)
+    }
+
     /// Opens the database `name` of the cluster running in `runDirectory`, with the engine in
     /// this process: its files on the cluster's storage node, its memtables (with `pmem`
     /// durability) and second-tier block cache on the memory node, flushes and compactions on

@@ -7,6 +7,7 @@ import MoraineCluster
 import MoraineCompute
 import MoraineMemory
 import MoraineMessages
+import MoraineRESP
 import MoraineStorage
 import MoraineSystem
 import MoraineTransport
@@ -65,6 +66,16 @@ struct NodeCommand: ParsableCommand {
             flush, compaction, client), in both directions, in place of --link-delay-ns for them.
             """)
     var peerLinks: [String] = []
+    @Option(
+        help: """
+            Compute: serve a database over the Redis protocol at HOST:PORT too (port 0: any); the node prints \
+            `resp HOST:PORT` after its endpoint.
+            """)
+    var resp: String?
+    @Option(name: .customLong("resp-db"), help: "Compute with --resp: the database the Redis front end serves (created if missing).")
+    var respDatabase = "default"
+    @OptionGroup(title: "Compute with --resp") var respOptions: RESPFrontEndOptions
+    @OptionGroup var metrics: MetricsOptions
 
     /// `--peer-link` as links per peer label.
     /// - Throws: a ValidationError naming the entry that does not parse.
@@ -137,6 +148,10 @@ struct NodeCommand: ParsableCommand {
                 throw ValidationError("--listen: \(error.message)")
             }
         }
+        if let resp {
+            guard role == "compute" else { throw ValidationError("--resp applies to --role compute only") }
+            _ = try RESPFrontEndOptions.address(resp, flag: "--resp")
+        }
         if let numaNode, numaNode < 0 { throw ValidationError("--numa-node must be 0 or more, not \(numaNode)") }
         guard (0...1_000_000_000).contains(linkDelayNanos) else {
             throw ValidationError("--link-delay-ns must be 0…1000000000, not \(linkDelayNanos)")
@@ -149,8 +164,10 @@ struct NodeCommand: ParsableCommand {
         let peerLinks = try Self.parsePeerLinks(peerLinks)
         // Every connection this process makes presents its role, so its peers apply their pair's link.
         TransportIdentity.label = role
+        let exported = try metrics.exporter()
         let announce = { (endpoint: Endpoint) in
             print(endpoint.description)
+            if let exported { print(exported.announcement) }
             fflush(nil)
         }
         if role == "compute" {
@@ -161,6 +178,7 @@ struct NodeCommand: ParsableCommand {
                 numaNode: numaNode)
             configuration.link = link
             configuration.peerLinks = peerLinks
+            configuration.metrics = exported?.hook
             configuration.sessionTTLMillis = sessionTTLMillis
             var options = Options()
             options.createIfMissing = true
@@ -168,7 +186,28 @@ struct NodeCommand: ParsableCommand {
             if let writeBufferSize { options.writeBufferSize = writeBufferSize }
             if let blockCacheSize { options.blockCacheSize = blockCacheSize }
             configuration.options = options
-            return try ComputeRole.run(configuration, announce: announce)
+            guard let resp else { return try ComputeRole.run(configuration, announce: announce) }
+            // The Redis front end: one database of the node, beside its transport clients.
+            let (host, port) = try RESPFrontEndOptions.address(resp, flag: "--resp")
+            let settings = try respOptions.settings()
+            let name = respDatabase
+            var boundPort = 0
+            return try ComputeRole.run(configuration) { node in
+                let service = RESPService(resolving: { Database(hosting: try node.hostedDatabase(name)) }, settings: settings) {
+                    kill(getpid(), SIGTERM)
+                }
+                let server = try RESPServer(host: host, port: port, service: service)
+                boundPort = server.port
+                exported?.exporter.add { [service] in service.metricSamples() }
+                // Open it now if the cluster lets us (a command retries when it does not).
+                service.resolveNow()
+                return { server.close() }
+            } announce: { endpoint in
+                print(endpoint.description)
+                print("resp \(host):\(boundPort)")
+                if let exported { print(exported.announcement) }
+                fflush(nil)
+            }
         }
         if role == "compaction" || role == "flush" {
             let run = RunDirectory(cluster ?? "")
@@ -178,6 +217,7 @@ struct NodeCommand: ParsableCommand {
                 numaNode: numaNode)
             configuration.link = link
             configuration.peerLinks = peerLinks
+            configuration.metrics = exported?.hook
             configuration.role = role
             return try WorkerRole.run(configuration, announce: announce)
         }
@@ -189,6 +229,7 @@ struct NodeCommand: ParsableCommand {
                 clusterKeyPath: clusterKey ?? run.keyPath, numaNode: numaNode)
             configuration.link = link
             configuration.peerLinks = peerLinks
+            configuration.metrics = exported?.hook
             configuration.cacheBytes = cacheSize
             configuration.slotBytes = cacheSlotSize
             return try MemoryRole.run(configuration, announce: announce)
@@ -198,6 +239,7 @@ struct NodeCommand: ParsableCommand {
             numaNode: numaNode)
         configuration.link = link
         configuration.peerLinks = peerLinks
+        configuration.metrics = exported?.hook
         try StorageRole.run(configuration, announce: announce)
     }
 }

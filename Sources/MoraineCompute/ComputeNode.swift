@@ -64,6 +64,8 @@ public final class ComputeNode: @unchecked Sendable {
     private let lock = ConditionLock()
     private let openLock = ConditionLock()
     private var databases: [String: Engine] = [:]
+    /// Databases a front end in this process serves (the Redis one): never destroyed by a client.
+    private var pinned: Set<String> = []
     private var sessions: [UInt64: Session] = [:]
     private var nextLease: UInt64 = 1
     private var stopped = false
@@ -194,6 +196,20 @@ public final class ComputeNode: @unchecked Sendable {
         }
     }
 
+    /// The database `name`, opened (and created when missing) for a front end in this process —
+    /// the node's Redis front end — that serves it beside the node's own clients. A client cannot
+    /// destroy it while the node runs.
+    /// - Throws: `.unavailable` while it cannot open yet (a role of the cluster restarting, a
+    ///   predecessor's lease not yet lapsed; ask again), then what opening it throws.
+    public func hostedDatabase(_ name: String) throws(MoraineError) -> Engine {
+        lock.withLock { _ = pinned.insert(name) }
+        do {
+            return try database(name, create: true)
+        } catch {
+            throw error.moraineError
+        }
+    }
+
     /// Closes database `name` (when open) and removes its files; returns how many.
     /// - Throws: `.busy` while another session holds a snapshot or an iterator of it, then what
     ///   `Engine.destroy` throws. Sessions that later name it are refused as opening a database
@@ -204,6 +220,9 @@ public final class ComputeNode: @unchecked Sendable {
         defer { openLock.unlock() }
         let engine = try lock.withLock { () throws(TransportError) -> Engine? in
             if stopped { throw TransportError(.unavailable, "the compute node is stopping") }
+            guard !pinned.contains(name) else {
+                throw TransportError(.busy, "database \(name) cannot be destroyed: this node serves it over the Redis protocol")
+            }
             let engine = databases[name]
             let holders = sessions.filter { id, held in
                 id != session
@@ -403,6 +422,23 @@ public final class ComputeNode: @unchecked Sendable {
         return ComputeStatusReply(
             databases: list, sessions: UInt32(counts.sessions), snapshots: UInt32(counts.snapshots), iterators: UInt32(counts.iterators),
             expiredLeases: UInt64(expired))
+    }
+
+    /// The node's metrics, read at scrape time: each open database's (labelled `db`), the
+    /// sessions and leases its clients hold, and this process's I/O and transport traffic.
+    public func metricSamples() -> [MetricSample] {
+        let open = lock.withLock { databases }
+        let counts = leaseCounts
+        let expired = lock.withLock { expiredLeases }
+        var samples: [MetricSample] = [
+            .gauge("moraine_compute_databases", "Databases the compute node has open", open.count),
+            .gauge("moraine_compute_sessions", "Client sessions holding snapshots or iterators", counts.sessions),
+            .gauge("moraine_compute_snapshot_leases", "Snapshots clients hold", counts.snapshots),
+            .gauge("moraine_compute_iterator_leases", "Iterators clients hold", counts.iterators),
+            .counter("moraine_compute_expired_leases_total", "Leases released because their client's session lapsed", expired),
+        ]
+        for (name, engine) in open.sorted(by: { $0.key < $1.key }) { samples += engine.stats().metricSamples(database: name) }
+        return samples + IOStatistics.samples() + TransportMetrics.samples()
     }
 
     private func answer<M: WireMessage>(

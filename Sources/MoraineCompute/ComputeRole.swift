@@ -24,6 +24,8 @@ public struct ComputeRoleConfiguration: Sendable {
     public var link: LinkEmulation = .none
     /// The link per peer role (by the label its connections present), in place of `link`.
     public var peerLinks: [String: LinkEmulation] = [:]
+    /// Exports the role's metrics (`--metrics`); nil: none.
+    public var metrics: MetricsHook? = nil
     /// The options every database opens with (durability, write buffer, cache, …).
     public var options = Options()
     public var sessionTTLMillis: UInt32 = 10_000
@@ -56,21 +58,45 @@ public struct ComputeRoleConfiguration: Sendable {
 /// Runs a compute node in this process.
 public enum ComputeRole {
     /// Serves until a stopping signal. Call from the main thread before any other thread
-    /// exists. `announce` gets the endpoint once the node listens.
+    /// exists. `frontEnd` starts what else serves the node's databases (its Redis front end)
+    /// before the node announces itself, and returns how to stop it (called before the node
+    /// closes its databases). `announce` gets the endpoint once the node listens.
     /// - Throws: a configuration the node cannot start with, named.
-    public static func run(_ configuration: ComputeRoleConfiguration, announce: (Endpoint) -> Void) throws {
+    public static func run(
+        _ configuration: ComputeRoleConfiguration, frontEnd: (ComputeNode) throws -> (() -> Void)? = { _ in nil },
+        announce: (Endpoint) -> Void
+    ) throws {
         TerminationSignals.block()
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
         let node = ComputeNode(configuration: configuration.nodeConfiguration)
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
+        let stopFrontEnd: (() -> Void)?
+        do {
+            stopFrontEnd = try frontEnd(node)
+        } catch {
+            server.close()
+            try? node.close()
+            throw error
+        }
         SystemLog.info(
             "compute node: serving databases "
                 + (configuration.runDirectory.map { "of the cluster in \($0)" } ?? "under \(configuration.dataDirectory ?? ".")")
                 + " on \(server.endpoint)")
+        let stopMetrics: (@Sendable () -> Void)?
+        do {
+            stopMetrics = try configuration.metrics?({ [node] in node.metricSamples() })
+        } catch {
+            stopFrontEnd?()
+            server.close()
+            try? node.close()
+            throw error
+        }
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("compute node: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
+        stopFrontEnd?()
+        stopMetrics?()
         server.close()
         try node.close()
     }

@@ -20,6 +20,8 @@ public struct MemoryRoleConfiguration: Sendable {
     public var link: LinkEmulation = .none
     /// The link per peer role (by the label its connections present), in place of `link`.
     public var peerLinks: [String: LinkEmulation] = [:]
+    /// Exports the role's metrics (`--metrics`); nil: none.
+    public var metrics: MetricsHook? = nil
 
     public init(regionPath: String, regionBytes: Int, arenaBytes: Int, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.regionPath = regionPath
@@ -54,9 +56,17 @@ public enum MemoryRole {
                 + "a shared block cache of \(layout.cacheSlots) slots of \(layout.slotBytes) bytes"
                 + (configuration.numaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.mapping.durabilityDescription)")
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
+        let stopMetrics: (@Sendable () -> Void)?
+        do {
+            stopMetrics = try configuration.metrics?({ [node] in node.metricSamples() })
+        } catch {
+            server.close()
+            throw error
+        }
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("memory node: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
+        stopMetrics?()
         server.close()
     }
 }

@@ -97,7 +97,7 @@ extension RESPService {
             try service.scan(args)
         },
         "dbsize": Command(arity: 1, group: "server", summary: "An estimate of the number of keys (Moraine counts versions not yet compacted).") {
-            service, _, _ in .integer(service.database.estimatedKeyCount())
+            service, _, _ in .integer(try service.database.estimatedKeyCount())
         },
         "info": Command(arity: -1, group: "server", summary: "Server, clients, memory, stats, keyspace and moraine sections.") {
             service, args, _ in .bulk(service.info(sections: args.map { String(decoding: $0, as: UTF8.self).lowercased() }))

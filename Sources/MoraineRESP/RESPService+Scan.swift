@@ -121,7 +121,9 @@ extension RESPService {
     /// INFO's text for `sections` (none, "all" or "everything": every section).
     func info(sections: [String]) -> String {
         let all = sections.isEmpty || sections.contains("all") || sections.contains("everything") || sections.contains("default")
-        let stats = database.stats()
+        // Before the database answers, its sections show zeros.
+        let database = try? self.database
+        let stats = database?.stats() ?? EngineStats()
         var text = ""
         func section(_ name: String, _ lines: [(String, String)]) {
             guard all || sections.contains(name) else { return }
@@ -149,7 +151,7 @@ extension RESPService {
                 ("total_connections_received", String(totalConnections)), ("total_commands_processed", String(totalCommands)),
                 ("keyspace_hits", String(stats.blockCacheHits)), ("keyspace_misses", String(stats.blockCacheMisses)),
             ])
-        section("keyspace", [("db0", "keys=\(database.estimatedKeyCount()),expires=0,avg_ttl=0")])
+        section("keyspace", [("db0", "keys=\(database?.estimatedKeyCount() ?? 0),expires=0,avg_ttl=0")])
         var shape: [(String, String)] = stats.levels.map { ("level\($0.level)", "files=\($0.fileCount),bytes=\($0.sizeBytes),score=\($0.score)") }
         shape += [
             ("flushes", String(stats.flushes)), ("compactions", String(stats.compactions)), ("writes", String(stats.writes)),

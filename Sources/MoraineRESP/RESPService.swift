@@ -12,6 +12,7 @@
 //
 // Thread-safety: `execute` may run on any thread, for many sessions at once; a session's commands
 // run one batch at a time (the server sees to it).
+import CoreMetrics
 import Moraine
 import MoraineSystem
 import Synchronization
@@ -48,11 +49,16 @@ public final class RESPService: Sendable {
         public init() {}
     }
 
-    let database: Database
+    /// The database, once `resolve` found it (a compute node's database may not open at once:
+    /// a role of its cluster can still be restarting).
+    private let resolved: Mutex<Database?>
+    private let resolve: @Sendable () throws -> Database
     public let settings: Settings
     /// Asked to stop the server (SHUTDOWN).
     let shutdown: @Sendable () -> Void
     private let stripes: [ConditionLock]
+    /// Commands run, per command, through swift-metrics (no-ops until a process bootstraps it).
+    private let commandCounters: [String: CoreMetrics.Counter]
     private let sessions = Mutex<[UInt64: RESPSession]>([:])
     private let nextSession = Atomic<UInt64>(1)
     private let cursors = Mutex<CursorTable>(CursorTable())
@@ -63,10 +69,53 @@ public final class RESPService: Sendable {
     let boundPort = Atomic<Int>(0)
 
     public init(database: Database, settings: Settings = Settings(), shutdown: @escaping @Sendable () -> Void = {}) {
-        self.database = database
+        resolved = Mutex(database)
+        resolve = { database }
         self.settings = settings
         self.shutdown = shutdown
         stripes = (0..<256).map { _ in ConditionLock() }
+        commandCounters = Self.makeCommandCounters()
+    }
+
+    /// Serves the database `resolve` returns, asked again at each command until it answers: a
+    /// command before then gets `-ERR` with what `resolve` threw (the compute node's front end,
+    /// whose database opens once its cluster's roles answer).
+    public init(resolving resolve: @escaping @Sendable () throws -> Database, settings: Settings = Settings(), shutdown: @escaping @Sendable () -> Void = {}) {
+        resolved = Mutex(nil)
+        self.resolve = resolve
+        self.settings = settings
+        self.shutdown = shutdown
+        stripes = (0..<256).map { _ in ConditionLock() }
+        commandCounters = Self.makeCommandCounters()
+    }
+
+    /// Asks for the database now (a front end opens it at start when its cluster lets it);
+    /// whether it answered. Commands ask again until it does.
+    @discardableResult
+    public func resolveNow() -> Bool { (try? database) != nil }
+
+    /// The database served.
+    /// - Throws: what `resolve` throws until it returns one.
+    var database: Database {
+        get throws {
+            if let database = resolved.withLock({ $0 }) { return database }
+            let database = try resolve()
+            resolved.withLock { $0 = $0 ?? database }
+            return database
+        }
+    }
+
+    private static func makeCommandCounters() -> [String: CoreMetrics.Counter] {
+        Dictionary(uniqueKeysWithValues: commands.keys.map { ($0, CoreMetrics.Counter(label: "moraine_resp_commands_total", dimensions: [("command", $0)])) })
+    }
+
+    /// The front end's own metrics (the database's come from its stats).
+    public func metricSamples() -> [MetricSample] {
+        [
+            .gauge("moraine_resp_connected_clients", "Redis-protocol connections open", connectedClients),
+            .counter("moraine_resp_connections_total", "Redis-protocol connections accepted", totalConnections),
+            .counter("moraine_resp_commands_processed_total", "Redis commands run, every command", totalCommands),
+        ]
     }
 
     // MARK: Sessions
@@ -148,6 +197,11 @@ public final class RESPService: Sendable {
     /// A run of writes as one write batch, or of GETs as one multiGet.
     private func execute(_ kind: RunKind, _ commands: [[[UInt8]]], session: RESPSession) -> [RESPReply] {
         commandsProcessed.add(commands.count, ordering: .relaxed)
+        if kind == .get {
+            commandCounters["get"]?.increment(by: commands.count)
+        } else {
+            for command in commands { commandCounters[String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self)]?.increment() }
+        }
         session.lastCommand = String(decoding: commands.last![0], as: UTF8.self).lowercased()
         session.lastActiveNanos = monotonicNanos()
         do {
@@ -161,6 +215,7 @@ public final class RESPService: Sendable {
                     default: return [command[1]]
                     }
                 }
+                let database = try self.database
                 return try locking(keys) {
                     var run = WriteRun(database: database)
                     let replies = commands.map { run.apply($0) }
@@ -187,6 +242,7 @@ public final class RESPService: Sendable {
         if !session.authenticated && !["auth", "quit", "hello"].contains(name) {
             return .error("NOAUTH Authentication required.")
         }
+        commandCounters[name]?.increment()
         guard let command = Self.commands[name] else {
             let shown = arguments.dropFirst().prefix(8).map { "'\(String(decoding: $0.prefix(128), as: UTF8.self))' " }.joined()
             return .error("ERR unknown command '\(String(decoding: first.prefix(128), as: UTF8.self))', with args beginning with: \(shown)")

@@ -45,6 +45,17 @@ final class LeaseTable: Sendable {
         }
     }
 
+    /// Each database root this node has seen since it started: its newest epoch, and whether a
+    /// lease on it runs now.
+    func epochs() -> [(root: String, epoch: UInt64, leased: Bool)] {
+        let now = clock()
+        return state.withLock { state in
+            state.epochs.sorted { $0.key < $1.key }.map { root, epoch in
+                (root, epoch, state.leases[root].map { $0.expiresNanos > now } ?? false)
+            }
+        }
+    }
+
     /// Grants the lease of `root` to `owner`, with a new epoch.
     /// - Throws: `.busy` while another owner's lease runs; `.io` when the epoch cannot be persisted.
     func acquire(_ root: String, owner: String, ttlMillis: UInt32) throws(TransportError) -> UInt64 {

@@ -19,6 +19,8 @@ public struct StorageRoleConfiguration: Sendable {
     public var link: LinkEmulation = .none
     /// The link per peer role (by the label its connections present), in place of `link`.
     public var peerLinks: [String: LinkEmulation] = [:]
+    /// Exports the role's metrics (`--metrics`); nil: none.
+    public var metrics: MetricsHook? = nil
 
     public init(dataDirectory: String, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.dataDirectory = dataDirectory
@@ -40,9 +42,17 @@ public enum StorageRole {
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
         let node = try StorageNode(dataDirectory: configuration.dataDirectory)
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
+        let stopMetrics: (@Sendable () -> Void)?
+        do {
+            stopMetrics = try configuration.metrics?({ [node] in node.metricSamples() })
+        } catch {
+            server.close()
+            throw error
+        }
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("storage: \(TerminationSignals.name(signal)): stopping the node on \(server.endpoint)")
+        stopMetrics?()
         server.close()
     }
 }

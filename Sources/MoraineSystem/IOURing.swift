@@ -81,6 +81,8 @@ final class IOURing {
             rounds += 1
             let queued = queueRound(requests, &remaining, giveUp: rounds > IOQueue.maxRounds)
             if queued == 0 { continue }
+            IOStatistics.inFlight.add(queued, ordering: .relaxed)
+            defer { IOStatistics.inFlight.subtract(queued, ordering: .relaxed) }
             let failure = submitAndWait(queued)
             if failure != 0 {
                 failQueued(requests, code: failure, &remaining)
@@ -157,6 +159,8 @@ final class IOURing {
                 return -rc
             }
             submitted += Int(rc)
+            IOStatistics.submissions.add(1, ordering: .relaxed)
+            IOStatistics.operations.add(Int(rc), ordering: .relaxed)
         }
         return 0
     }
@@ -220,6 +224,8 @@ final class IOURing {
             guard let entry = io_uring_get_sqe(ring) else { preconditionFailure("ring full with \(inFlight) in flight") }
             prepare(entry, slots[slot]!, index: slot)
             inFlight += 1
+            IOStatistics.operations.add(1, ordering: .relaxed)
+            IOStatistics.inFlight.add(1, ordering: .relaxed)
         }
         for slot in 0..<depth {
             guard let request = next(slot) else { break }
@@ -227,7 +233,10 @@ final class IOURing {
             queue(slot)
         }
         while inFlight > 0 {
-            if broken { return }
+            if broken {
+                IOStatistics.inFlight.subtract(inFlight, ordering: .relaxed)
+                return
+            }
             // Waking for every completion costs a context switch per read, and on a small
             // machine the woken thread competes with the interrupt work that completes the next
             // reads. Waiting for a quarter of what is in flight keeps three quarters at the
@@ -236,8 +245,10 @@ final class IOURing {
             let want = UInt32(max(1, inFlight / Self.streamReapFraction))
             var rc = io_uring_submit_and_wait(ring, want)
             while rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { rc = io_uring_submit_and_wait(ring, want) }
+            IOStatistics.submissions.add(1, ordering: .relaxed)
             if rc < 0 {
                 broken = true
+                IOStatistics.inFlight.subtract(inFlight, ordering: .relaxed)
                 for slot in 0..<depth where slots[slot] != nil {
                     slots[slot]!.errorNumber = -rc
                     completed(slot, slots[slot]!)
@@ -250,6 +261,7 @@ final class IOURing {
                 let result = cqe.pointee.res
                 io_uring_cqe_seen(ring, cqe)
                 inFlight -= 1
+                IOStatistics.inFlight.subtract(1, ordering: .relaxed)
                 if result < 0 {
                     if result != -EINTR && result != -EAGAIN {
                         slots[slot]!.errorNumber = -result

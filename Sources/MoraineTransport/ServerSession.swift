@@ -1,6 +1,7 @@
 // What a server does with each frame after the handshake, the same on both carriers: check the
 // version, answer pings, stop at goodbye, refuse transport opcodes that have no business here,
 // join chunks, and run the router. The carrier writes the replies its own way.
+import MoraineSystem
 
 /// The per-connection request logic of a server.
 struct ServerSession {
@@ -46,7 +47,14 @@ struct ServerSession {
             guard let message = try assembler.add(header, payload: payload) else { return .none }
             switch message.payload {
             case .success(let body):
-                return .reply(router.handle(Request(opcode: message.opcode, requestID: message.requestID, payload: body)))
+                let started = monotonicNanos()
+                let result = router.handle(Request(opcode: message.opcode, requestID: message.requestID, payload: body))
+                if case .failure = result {
+                    TransportStatistics.recordServed(message.opcode, nanos: monotonicNanos() - started, failed: true)
+                } else {
+                    TransportStatistics.recordServed(message.opcode, nanos: monotonicNanos() - started, failed: false)
+                }
+                return .reply(result)
             case .failure:
                 return .reply(.failure(TransportError(.malformed, "a request cannot be an error")))
             }

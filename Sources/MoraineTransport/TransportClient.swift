@@ -1,6 +1,7 @@
 // The caller's side of a connection, the same for both carriers: send requests without waiting
 // (many in flight), receive responses as they come, or `call` for one request and its answer.
 // A client belongs to one thread at a time, like a file handle: open one per thread that talks.
+import MoraineSystem
 
 /// A connection to one server.
 public protocol TransportClient: AnyObject {
@@ -26,8 +27,16 @@ public protocol TransportClient: AnyObject {
 extension TransportClient {
     /// Sends one request and waits for its answer; an error response is thrown.
     public func call(_ opcode: UInt8, _ payload: Payload, timeoutNanos: Int64? = nil) throws(TransportError) -> Payload {
-        let id = try send(opcode: opcode, payload: payload)
-        return try receive(requestID: id, timeoutNanos: timeoutNanos).get()
+        let started = monotonicNanos()
+        do {
+            let id = try send(opcode: opcode, payload: payload)
+            let answer = try receive(requestID: id, timeoutNanos: timeoutNanos).get()
+            TransportStatistics.recordCall(opcode, nanos: monotonicNanos() - started, failed: false)
+            return answer
+        } catch {
+            TransportStatistics.recordCall(opcode, nanos: monotonicNanos() - started, failed: true)
+            throw error
+        }
     }
 
     /// Sends one request of bytes and waits for its answer's bytes.

@@ -20,6 +20,8 @@ public struct WorkerRoleConfiguration: Sendable {
     public var link: LinkEmulation = .none
     /// The link per peer role (by the label its connections present), in place of `link`.
     public var peerLinks: [String: LinkEmulation] = [:]
+    /// Exports the role's metrics (`--metrics`); nil: none.
+    public var metrics: MetricsHook? = nil
     /// The role's name, for its log lines: "flush" or "compaction".
     public var role = "compaction"
 
@@ -46,9 +48,17 @@ public enum WorkerRole {
             try run.endpoint(of: "storage")
         }
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: worker.router())
+        let stopMetrics: (@Sendable () -> Void)?
+        do {
+            stopMetrics = try configuration.metrics?({ [worker] in worker.metricSamples() })
+        } catch {
+            server.close()
+            throw error
+        }
         announce(server.endpoint)
         let signal = TerminationSignals.wait()
         SystemLog.info("\(configuration.role) worker: \(TerminationSignals.name(signal)): stopping on \(server.endpoint)")
+        stopMetrics?()
         server.close()
     }
 }

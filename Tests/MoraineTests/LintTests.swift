@@ -33,11 +33,12 @@ struct LintTests {
             "Synchronization", "Atomics",
         ],
         "MoraineCluster": ["MoraineMessages", "MoraineStorage", "MoraineSystem", "MoraineTransport"],
-        "MoraineRESP": ["Moraine", "MoraineSystem", "NIOCore", "NIOPosix", "Synchronization"],
+        "MoraineRESP": ["Moraine", "MoraineSystem", "CoreMetrics", "NIOCore", "NIOPosix", "Synchronization"],
+        "MoraineMetrics": ["MoraineSystem", "CoreMetrics", "Prometheus", "NIOCore", "NIOHTTP1", "NIOPosix", "Synchronization"],
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
             "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-            "MoraineMemory", "MoraineCompute",
+            "MoraineMemory", "MoraineCompute", "MoraineMetrics", "Synchronization",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],
@@ -49,6 +50,7 @@ struct LintTests {
     static let libraryModules: Set<String> = [
         "MoraineSystem", "MoraineFormat", "MoraineMemtable", "MoraineEngine", "Moraine", "MoraineTransport",
         "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP", "MoraineMemory", "MoraineCompute",
+        "MoraineMetrics",
     ]
 
     static func swiftFiles(under folder: String) -> [URL] {
