@@ -34,6 +34,8 @@ public struct RoleStatus: Sendable {
     /// Where the process runs, as the kernel reports it (nil when it is down).
     public var placement: ProcessPlacement? = nil
     public var problem: String? = nil
+    /// What else it serves: `metrics` (its /metrics address), `resp` (a Redis front end).
+    public var services: [(kind: String, address: String)] = []
 }
 
 public enum ClusterControl {
@@ -52,6 +54,12 @@ public enum ClusterControl {
             throw MoraineError(.notFound, "no cluster runs in \(run.path) (no state file; start one with moraine up)")
         }
         let key = try? ClusterKey.load(path: run.keyPath)
+        var services: [String: [(kind: String, address: String)]] = [:]
+        for line in String(decoding: (try? PosixFileSystem.shared.readAll(run.path + "/services")) ?? [], as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 4 else { continue }
+            services["\(fields[0])-\(fields[1])", default: []].append((String(fields[2]), String(fields[3])))
+        }
         var roles: [RoleStatus] = []
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let fields = line.split(separator: " ", maxSplits: 6)
@@ -63,6 +71,7 @@ public enum ClusterControl {
             var role = RoleStatus(
                 kind: String(fields[0]), index: index, pid: pid, restarts: restarts, startedUnix: started,
                 numaNode: numa < 0 ? nil : numa, endpoint: endpoint)
+            role.services = services["\(role.kind)-\(index)"] ?? []
             if pid > 0 && ChildProcess.isAlive(pid), let key {
                 role.placement = ProcessPlacement.read(pid: pid)
                 do {
@@ -106,6 +115,12 @@ public enum ClusterControl {
                     pad(role.numaNode.map(String.init) ?? "-", 5), pad(role.endpoint.carrier, 8), pad(stored, 11), pad(free, 11),
                     pad(jobs, 13), role.endpoint.description + (role.problem.map { "  (\($0))" } ?? ""),
                 ].joined(separator: " "))
+            if !role.services.isEmpty {
+                lines.append(
+                    "  serves: "
+                        + role.services.map { $0.kind == "metrics" ? "metrics http://\($0.address)/metrics" : "\($0.kind) \($0.address)" }
+                        .joined(separator: ", "))
+            }
             // Where it runs, read back from the kernel, and whether that is where it was placed.
             if let placement = role.placement {
                 lines.append("  placement: \(placement.summary)\(placementCheck(role, placement, machine))")
@@ -178,7 +193,7 @@ public enum ClusterControl {
             kill(pid, SIGKILL)
             killed.append(pid)
         }
-        for name in ["endpoints", "state", "links", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+        for name in ["endpoints", "state", "links", "services", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
         return killed
     }
 

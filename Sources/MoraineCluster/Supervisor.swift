@@ -12,6 +12,8 @@
 //                    (NUMA -1: not pinned; PID 0: down, restarting)
 //   links            one line per [[link]] of the topology: KIND KIND DELAY_NS BANDWIDTH
 //   ready            written once every role answered (what `--detach` waits for)
+//   services         one line per address a role serves besides its endpoint: ROLE INDEX metrics|resp
+//                    HOST:PORT (as the role printed it: the bound port when 0 was asked for)
 //   logs/ROLE-N.log  each role's standard error; logs/supervisor.log for a detached supervisor
 //
 // Thread-safety: one thread (the process's main thread) does all of it; signals are blocked and
@@ -39,6 +41,12 @@ public final class Supervisor {
         var durability: String? = nil
         /// A compute node's block cache per database, when the topology names one.
         var blockCacheBytes: Int? = nil
+        /// Where it serves /metrics, and a compute node's Redis front end (and its database),
+        /// as asked; then as the role announced them.
+        var metrics: String? = nil
+        var resp: String? = nil
+        var respDatabase: String? = nil
+        var services: [(kind: String, address: String)] = []
         var endpoint: Endpoint
         let linkDelayNanos: Int64
         /// The links of the topology's [[link]] tables that end at this kind, by the other kind.
@@ -102,6 +110,9 @@ public final class Supervisor {
                     linkDelayNanos: spec.linkDelayNanos)
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
+                instance.metrics = spec.metrics.map { Topology.RoleSpec.address($0, instance: index) }
+                instance.resp = spec.resp.map { Topology.RoleSpec.address($0, instance: index) }
+                instance.respDatabase = spec.respDatabase
                 instance.peerLinks = topology.peerLinks(of: spec.kind)
                 if spec.kind == "memory" {
                     let path = spec.region.map { $0.hasPrefix("/") ? $0 : run.path + "/" + $0 } ?? Self.defaultRegion(run: run, index: index)
@@ -196,6 +207,8 @@ public final class Supervisor {
         }
         if let durability = instance.durability { arguments += ["--durability", durability] }
         if let bytes = instance.blockCacheBytes { arguments += ["--cache_size", String(bytes)] }
+        if let resp = instance.resp { arguments += ["--resp", resp] + (instance.respDatabase.map { ["--resp-db", $0] } ?? []) }
+        if let metrics = instance.metrics { arguments += ["--metrics", metrics] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }
         if instance.linkDelayNanos > 0 { arguments += ["--link-delay-ns", String(instance.linkDelayNanos)] }
         for (peer, link) in instance.peerLinks.sorted(by: { $0.key < $1.key }) {
@@ -216,6 +229,18 @@ public final class Supervisor {
             throw MoraineError(.unavailable, "\(instance.name) did not start: \(Self.tail(of: log))")
         }
         instance.endpoint = endpoint  // a TCP port 0 is now the port it got
+        // Then a line per other address it serves, in the order `node` prints them.
+        instance.services = []
+        for kind in ["resp", "metrics"] where (kind == "resp" ? instance.resp : instance.metrics) != nil {
+            guard let line = ChildProcess.readLine(child.output, timeoutNanos: waitNanos), line.hasPrefix(kind + " ") else {
+                kill(child.pid, SIGKILL)
+                var status: Int32 = 0
+                waitpid(child.pid, &status, 0)
+                instances[index].pid = 0
+                throw MoraineError(.unavailable, "\(instance.name) did not say where it serves \(kind): \(Self.tail(of: log))")
+            }
+            instance.services.append((kind, String(line.dropFirst(kind.count + 1))))
+        }
         try waitUntilAnswering(instance, deadline: monotonicNanos() + waitNanos)
         instance.startedUnix = time(nil)
         instance.startedNanos = monotonicNanos()
@@ -337,7 +362,7 @@ public final class Supervisor {
             waitpid(pid, &status, 0)
         }
         for index in instances.indices { instances[index].pid = 0 }
-        for name in ["endpoints", "state", "links", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
+        for name in ["endpoints", "state", "links", "services", "ready", "supervisor.pid"] { try? PosixFileSystem.shared.remove(run.path + "/" + name) }
     }
 
     // MARK: Files
@@ -357,6 +382,8 @@ public final class Supervisor {
             "\($0.kind) \($0.index) \($0.pid) \($0.restarts) \($0.startedUnix) \($0.numaNode ?? -1) \($0.endpoint)\n"
         }
         try writeFile(run.path + "/state", lines.joined())
+        let services = instances.flatMap { instance in instance.services.map { "\(instance.kind) \(instance.index) \($0.kind) \($0.address)\n" } }
+        try writeFile(run.path + "/services", services.joined())
         try writeFile(run.path + "/links", links.map { "\($0.kinds[0]) \($0.kinds[1]) \($0.delayNanos) \($0.bandwidthBytesPerSecond)\n" }.joined())
     }
 

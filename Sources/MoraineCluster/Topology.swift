@@ -17,6 +17,9 @@
 //   durability = "wal"    # compute: wal (default) or pmem (memtables in the memory node's region)
 //   block_cache_size = 8388608  # compute: each database's own block cache in bytes (default 8 MiB)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
+//   metrics = "127.0.0.1:9100"  # serve /metrics here (the n-th instance on port + n; port 0: any)
+//   resp = "127.0.0.1:6380"     # compute: serve database `resp_db` over the Redis protocol (port as metrics)
+//   resp_db = "default"   # compute: the database the Redis front end serves (default "default")
 //
 //   [[link]]              # the emulated link between two kinds of role, both directions
 //   between = "compute memory"
@@ -56,6 +59,24 @@ public struct Topology: Sendable, Equatable {
         public var durability: String? = nil
         /// Compute: each database's block cache in bytes (nil: the node's default).
         public var blockCacheBytes: Int? = nil
+        /// Where the role serves /metrics: host and first port (nil: it does not).
+        public var metrics: (host: String, port: Int)? = nil
+        /// Compute: where its Redis front end listens, and the database it serves.
+        public var resp: (host: String, port: Int)? = nil
+        public var respDatabase: String? = nil
+
+        public static func == (a: RoleSpec, b: RoleSpec) -> Bool {
+            a.kind == b.kind && a.count == b.count && a.numa == b.numa && a.carrier == b.carrier && a.port == b.port && a.data == b.data
+                && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
+                && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
+                && a.blockCacheBytes == b.blockCacheBytes && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
+                && a.resp?.host == b.resp?.host && a.resp?.port == b.resp?.port && a.respDatabase == b.respDatabase
+        }
+
+        /// The address instance `index` of this role uses, from a first address.
+        public static func address(_ first: (host: String, port: Int), instance index: Int) -> String {
+            "\(first.host):\(first.port == 0 ? 0 : first.port + index)"
+        }
 
         public init(kind: String) { self.kind = kind }
     }
@@ -199,6 +220,15 @@ public struct Topology: Sendable, Equatable {
                     throw MoraineError(.invalid, "\(at): durability must be wal or pmem, not \(durability)")
                 }
             }
+            for (name, address) in [("metrics", role.metrics), ("resp", role.resp)] {
+                guard let address else { continue }
+                guard !address.host.isEmpty, address.port >= 0, address.port + role.count - 1 <= 65535 else {
+                    throw MoraineError(.invalid, "\(at): \(name) port \(address.port) out of range for \(role.count) instances")
+                }
+            }
+            if role.resp != nil || role.respDatabase != nil {
+                guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): resp and resp_db apply to compute nodes only") }
+            }
             if let bytes = role.blockCacheBytes {
                 guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): block_cache_size applies to compute nodes only") }
                 guard bytes >= 0, bytes <= 1 << 40 else { throw MoraineError(.invalid, "\(at): block_cache_size must be 0…1 TiB, not \(bytes)") }
@@ -272,11 +302,19 @@ public struct Topology: Sendable, Equatable {
         case "cache_size": role.cacheBytes = try integer()
         case "durability": role.durability = try text()
         case "block_cache_size": role.blockCacheBytes = try integer()
+        case "metrics", "resp":
+            let address = try text()
+            guard let colon = address.lastIndex(of: ":"), colon != address.startIndex,
+                let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port)
+            else { throw MoraineError(.invalid, "\(at): \(key) must be \"HOST:PORT\", not \(value)") }
+            let parsed = (host: String(address[..<colon]), port: port)
+            if key == "metrics" { role.metrics = parsed } else { role.resp = parsed }
+        case "resp_db": role.respDatabase = try text()
         default:
             throw MoraineError(
                 .invalid,
                 "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, "
-                    + "arena_size, cache_size, durability, block_cache_size)")
+                    + "arena_size, cache_size, durability, block_cache_size, metrics, resp, resp_db)")
         }
     }
 

@@ -58,7 +58,9 @@ extension EngineStats {
             counter("moraine_resumes_total", "Times writes resumed after the storage could not be reached", resumes),
             .counter("moraine_remote_jobs_total", "Jobs a worker ran", max(0, remoteFlushes), labels: db + [("kind", "flush")]),
             .counter("moraine_remote_jobs_total", "Jobs a worker ran", max(0, remoteCompactions), labels: db + [("kind", "compaction")]),
-            .counter("moraine_job_fallbacks_total", "Jobs run here because no worker could take them", max(0, flushFallbacks), labels: db + [("kind", "flush")]),
+            .counter(
+                "moraine_job_fallbacks_total", "Jobs run here because no worker could take them", max(0, flushFallbacks),
+                labels: db + [("kind", "flush")]),
             .counter(
                 "moraine_job_fallbacks_total", "Jobs run here because no worker could take them", max(0, compactionFallbacks),
                 labels: db + [("kind", "compaction")]),

@@ -1,5 +1,5 @@
 // The transport's per-opcode counts (TransportStatistics) as metric samples, named by what the
-// opcode is: the role that serves it (storage 0x20–0x3F, compaction and flush workers 0x40–0x4F,
+// opcode is: the role that serves it (storage 0x20–0x3F, flush and compaction workers 0x40–0x4F,
 // memory 0x50–0x5F, compute 0x60–0x6F) and its number. Calls this process made are summed per
 // peer role; requests its server answered are kept per opcode.
 import MoraineSystem
@@ -10,8 +10,7 @@ public enum TransportMetrics {
     public static func role(ofOpcode opcode: UInt8) -> String {
         switch opcode {
         case 0x20..<0x40: "storage"
-        case 0x40..<0x44: "compaction"
-        case 0x44..<0x50: "flush"
+        case 0x40..<0x50: "worker"
         case 0x50..<0x60: "memory"
         case 0x60..<0x70: "compute"
         default: "other"
