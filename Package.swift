@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
@@ -38,7 +39,7 @@ let package = Package(
                 .linkedLibrary("uring"), .linkedLibrary("pmem"), .linkedLibrary("numa"), .linkedLibrary("lz4"),
             ]
         ),
-        .target(name: "MoraineSystem", dependencies: ["CSystemShims"]),
+        .target(name: "MoraineSystem", dependencies: ["CSystemShims", .product(name: "Logging", package: "swift-log")]),
         .target(name: "MoraineFormat", dependencies: ["MoraineSystem"]),
         .target(
             name: "MoraineMemtable",
@@ -129,6 +130,7 @@ let package = Package(
                 "Moraine", "MoraineBench", "MoraineEngine", "MoraineFormat", "MoraineSystem", "MoraineTransport",
                 "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
                 "MoraineMemory", "MoraineCompute", "MoraineMetrics", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # The Redis front end's benchmark (BENCHMARKS.md, "Redis front end"): redis-benchmark against
-# redis-server and `moraine serve` on this machine, one after the other, alternating which goes
-# first from run to run: SET, GET, MSET and INCR, unpipelined (-P 1) and pipelined (-P 16), 50
-# clients, 100-byte values, keys drawn from 1M (-r). redis-server runs as Debian ships it but with
-# persistence off (no RDB, no AOF: its default keeps data only in memory between snapshots);
-# `moraine serve` writes its WAL (no fsync per write, as its default) with a 1 GiB block cache so
-# the working set is cached. Prints requests per second per run and the medians' ratios.
-# Usage: bash scripts/resp-bench.sh [--runs N] [--requests N] [--out DIR]
+# redis-server, `moraine serve` and the Redis front end of a one-box cluster's compute node
+# (`moraine up`, every role over shared memory) on this machine, one after the other, rotating
+# which goes first from run to run: SET, GET, MSET and INCR, unpipelined (-P 1) and pipelined
+# (-P 16), 50 clients, 100-byte values, keys drawn from 1M (-r). redis-server runs as Debian ships
+# it but with persistence off (no RDB, no AOF: its default keeps data only in memory between
+# snapshots); `moraine serve` and the compute node write their WAL (no fsync per write, the
+# default; the compute node's on the storage node) with a 1 GiB block cache so the working set is
+# cached. Prints requests per second per run and the medians' ratios to redis-server.
+# Usage: bash scripts/resp-bench.sh [--runs N] [--requests N] [--out DIR] [--no-cluster]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
 requests=500000
 out=""
+cluster=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --no-cluster) cluster=0; shift ;;
     --runs) runs=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -28,23 +32,49 @@ mkdir -p "$out"
 work=$(mktemp -d)
 redis_port=16379
 moraine_port=16380
+compute_port=16381
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  [ "$cluster" = 1 ] && "$moraine" down --run-dir "$work/run" >/dev/null 2>&1 || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize no >/dev/null &
 pids+=($!)
 "$moraine" serve --db "$work/db" --listen "127.0.0.1:$moraine_port" --cache_size 1073741824 > "$work/serve.out" &
 pids+=($!)
+targets="redis moraine"
+if [ "$cluster" = 1 ]; then
+  cat > "$work/topology.toml" <<EOF
+[[role]]
+kind = "storage"
+[[role]]
+kind = "memory"
+[[role]]
+kind = "flush"
+[[role]]
+kind = "compaction"
+[[role]]
+kind = "compute"
+block_cache_size = 1073741824
+resp = "127.0.0.1:$compute_port"
+EOF
+  "$moraine" up --run-dir "$work/run" --topology "$work/topology.toml" --detach >/dev/null
+  targets="redis moraine compute"
+fi
 for _ in $(seq 50); do
   redis-cli -p "$redis_port" PING >/dev/null 2>&1 && redis-cli -p "$moraine_port" PING >/dev/null 2>&1 && break
   sleep 0.2
 done
 for run in $(seq 1 "$runs"); do
-  order="redis moraine"
-  [ $((run % 2)) -eq 0 ] && order="moraine redis"
+  # Rotate the order: each target goes first once every three runs.
+  order=$(echo $targets | tr ' ' '\n' | awk -v r="$run" '{ a[NR] = $0 } END { for (i = 0; i < NR; i++) print a[(i + r - 1) % NR + 1] }')
   for target in $order; do
     port=$redis_port
     [ "$target" = moraine ] && port=$moraine_port
+    [ "$target" = compute ] && port=$compute_port
     for pipeline in 1 16; do
       echo "== $target -P $pipeline run $run" >&2
       redis-benchmark -p "$port" -t set,get,mset,incr -P "$pipeline" -c 50 -d 100 -r 1000000 -n "$requests" --csv \
@@ -62,13 +92,15 @@ for path in glob.glob(os.path.join(sys.argv[1], "*.csv")):
         for row in csv.reader(f):
             if row and row[0] != "test":
                 rps[(row[0].split(" ")[0], pipeline, target)].append(float(row[1]))
-print("| test | pipeline | redis-server req/s | moraine serve req/s | moraine/redis | runs |")
-print("|---|---|---:|---:|---:|---:|")
+print("| test | pipeline | redis-server req/s | moraine serve req/s | serve/redis | compute node req/s | compute/redis | runs |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for test in ["SET", "GET", "MSET", "INCR"]:
     for pipeline in ["P1", "P16"]:
         r, m = rps.get((test, pipeline, "redis"), []), rps.get((test, pipeline, "moraine"), [])
+        c = rps.get((test, pipeline, "compute"), [])
         if r and m:
             a, b = statistics.median(r), statistics.median(m)
-            print(f"| {test} | -{pipeline} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {len(m)} |")
+            cc = f"{statistics.median(c):,.0f} | {statistics.median(c) / a:.2f}" if c else "- | -"
+            print(f"| {test} | -{pipeline} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {cc} | {len(m)} |")
 PY
 echo "CSV in $out" >&2

@@ -1,6 +1,7 @@
 // The `moraine` command: single operations, the line-oriented shell, the demo, and inspection
 // tools. Thin: all behaviour lives in the libraries.
 import ArgumentParser
+import Logging
 import Moraine
 import MoraineCompute
 import MoraineMemory
@@ -35,6 +36,9 @@ struct MoraineCommand: ParsableCommand {
             arguments.remove(at: verbose)
             SystemLog.isDebugEnabled = true
         }
+        // Every process message goes through swift-log; this command writes them as `moraine: …`.
+        let level: Logger.Level = SystemLog.isDebugEnabled ? .debug : .info
+        LoggingSystem.bootstrap { label in MoraineLogHandler(label: label, level: level) }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()

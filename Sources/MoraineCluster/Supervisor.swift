@@ -296,7 +296,7 @@ public final class Supervisor {
             if upNanos > Self.steadyNanos { instance.backoffNanos = Self.backoffMinNanos }
             instance.pid = 0
             instance.restartAtNanos = monotonicNanos() + instance.backoffNanos
-            log("\(instance.name) (pid \(pid)) \(Self.describe(status)) after \(upNanos / 1_000_000) ms; restarting in \(instance.backoffNanos / 1_000_000) ms")
+            warn("\(instance.name) (pid \(pid)) \(Self.describe(status)) after \(upNanos / 1_000_000) ms; restarting in \(instance.backoffNanos / 1_000_000) ms")
             instance.backoffNanos = min(instance.backoffNanos * 2, Self.backoffMaxNanos)
             instances[index] = instance
             changed = true
@@ -308,7 +308,7 @@ public final class Supervisor {
                 try launch(index, waitNanos: Self.startTimeoutNanos)
                 log("\(instances[index].name) restarted as pid \(instances[index].pid) on \(instances[index].endpoint)")
             } catch {
-                log("\(instances[index].name) failed to restart: \(error.message)")
+                warn("\(instances[index].name) failed to restart: \(error.message)")
                 instances[index].restartAtNanos = monotonicNanos() + instances[index].backoffNanos
                 instances[index].backoffNanos = min(instances[index].backoffNanos * 2, Self.backoffMaxNanos)
             }
@@ -356,7 +356,7 @@ public final class Supervisor {
             }
         }
         for pid in left {
-            log("pid \(pid) did not stop within \(Self.graceNanos / 1_000_000_000) s of SIGTERM: SIGKILL")
+            warn("pid \(pid) did not stop within \(Self.graceNanos / 1_000_000_000) s of SIGTERM: SIGKILL")
             kill(pid, SIGKILL)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
@@ -399,6 +399,7 @@ public final class Supervisor {
     }
 
     func log(_ message: String) { SystemLog.info("up: \(message)") }
+    func warn(_ message: String) { SystemLog.warning("up: \(message)") }
 
     static func describe(_ status: Int32) -> String {
         let signal = status & 0x7f

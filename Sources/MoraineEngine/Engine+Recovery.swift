@@ -392,7 +392,7 @@ extension Engine {
             for (name, why) in asides {
                 try fileSystem.rename(
                     path(name), to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
-                SystemLog.info("\(path(name)) \(why): moved to \(lost)/")
+                SystemLog.warning("\(path(name)) \(why): moved to \(lost)/")
                 event("recovery: \(name) \(why): moved to \(lost)/")
             }
             try fileSystem.syncDirectory(lost)

@@ -43,7 +43,7 @@ extension Engine {
             backgroundErrorRetryable = true
             backgroundError = MoraineError(
                 failure.kind, "\(what) failed; writes resume once the storage answers again: \(failure.message)")
-            SystemLog.info("engine: \(path): \(backgroundError!.message)")
+            SystemLog.warning("engine: \(path): \(backgroundError!.message)")
         } else {
             backgroundErrorRetryable = false
             backgroundError = MoraineError(failure.kind, "\(what) failed, database is read-only until reopened: \(failure.message)")

@@ -308,7 +308,7 @@ extension Engine {
             do {
                 try provider.release(database: path, grant)
             } catch {
-                SystemLog.info("could not give back \(provider.description) arena \(grant.index) (log \(grant.logNumber)): \(error)")
+                SystemLog.warning("could not give back \(provider.description) arena \(grant.index) (log \(grant.logNumber)): \(error)")
                 kept = grants[index...]
                 break
             }

@@ -66,7 +66,7 @@ final class EventLog: @unchecked Sendable {
                 started = true
             }
         } catch {
-            SystemLog.info("\(path): cannot start the LOG (\(error)); the database runs without one")
+            SystemLog.warning("\(path): cannot start the LOG (\(error)); the database runs without one")
             lock.withLock {
                 disabled = true
                 pending = []
@@ -123,7 +123,7 @@ final class EventLog: @unchecked Sendable {
                     try file.flush()
                 } catch {
                     failed = true
-                    SystemLog.info("\(path): the LOG could not be written (\(error)); no more lines go to it")
+                    SystemLog.warning("\(path): the LOG could not be written (\(error)); no more lines go to it")
                 }
             }
             if done || (closing && lines.isEmpty) {

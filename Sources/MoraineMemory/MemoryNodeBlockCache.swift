@@ -98,7 +98,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             misses.wrappingIncrement(ordering: .relaxed)
         case .damaged:
             corrupt.wrappingIncrement(ordering: .relaxed)
-            SystemLog.info("shared cache: the block at \(offset) of table \(file) of \(database) failed its CRC in the region; read from the file")
+            SystemLog.warning("shared cache: the block at \(offset) of table \(file) of \(database) failed its CRC in the region; read from the file")
         }
         return block
     }
@@ -138,7 +138,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             _ = try connection.call(MemoryOpcode.cacheForget, MemoryAdopt(database: database, epoch: 0).encoded(), timeoutNanos: 10_000_000_000)
         } catch {
             disabled.store(true, ordering: .relaxed)
-            SystemLog.info("shared cache: could not clear the blocks of an earlier \(database) (\(error.message)); not used by this open")
+            SystemLog.warning("shared cache: could not clear the blocks of an earlier \(database) (\(error.message)); not used by this open")
         }
     }
 

@@ -389,7 +389,7 @@ final class RemoteLease: FileLock, @unchecked Sendable {
             } catch {
                 guard error.kind == .fenced else { continue }  // unreachable: keep trying
                 state.withLock { lost = error }
-                SystemLog.info("storage: lease of database \(database) lost: \(error.message)")
+                SystemLog.warning("storage: lease of database \(database) lost: \(error.message)")
                 return
             }
         }

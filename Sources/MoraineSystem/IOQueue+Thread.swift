@@ -28,7 +28,7 @@ extension IOBackend {
             SystemLog.debug("default I/O backend \(probe.setupDescription)")
             return .ioUring
         } catch {
-            SystemLog.info("io_uring unavailable (\(error.message)\(disabledReason)); default I/O backend pread/pwrite")
+            SystemLog.warning("io_uring unavailable (\(error.message)\(disabledReason)); default I/O backend pread/pwrite")
             return .posix
         }
     }()
@@ -69,7 +69,7 @@ extension IOQueue {
         do throws(MoraineError) {
             queue = try IOQueue(ringDepth: IOBackend.threadRingDepth)
         } catch {
-            SystemLog.info("this thread could not create an io_uring (\(error.message)); it uses pread/pwrite")
+            SystemLog.warning("this thread could not create an io_uring (\(error.message)); it uses pread/pwrite")
             queue = IOQueue()
         }
         pthread_setspecific(threadKey, Unmanaged.passRetained(queue).toOpaque())

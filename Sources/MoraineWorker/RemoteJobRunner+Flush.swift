@@ -61,7 +61,7 @@ extension RemoteJobRunner {
         spec.deadlineUnixNanos = 0
         let count = countFlushFallback()
         if !endpoints.isEmpty && (count == 1 || count.isMultiple(of: 100)) {
-            SystemLog.info("flush job \(spec.jobID) runs locally (fallback \(count)): \(refusals.joined(separator: "; "))")
+            SystemLog.warning("flush job \(spec.jobID) runs locally (fallback \(count)): \(refusals.joined(separator: "; "))")
         }
         return try LocalJobRunner.flush(spec, source: source, fileSystem: fileSystem)
     }

@@ -12,7 +12,7 @@ struct LintTests {
 
     /// Modules each target may import (besides the standard library and the C library).
     static let allowedImports: [String: Set<String>] = [
-        "MoraineSystem": ["CSystemShims", "Synchronization"],
+        "MoraineSystem": ["CSystemShims", "Logging", "Synchronization"],
         "MoraineFormat": ["MoraineSystem", "Synchronization"],
         "MoraineMemtable": ["MoraineFormat", "MoraineSystem", "Atomics"],
         "MoraineEngine": ["MoraineSystem", "MoraineFormat", "MoraineMemtable", "Synchronization"],
@@ -38,7 +38,7 @@ struct LintTests {
         "MoraineCLI": [
             "ArgumentParser", "Moraine", "MoraineBench", "MoraineFormat", "MoraineSystem", "MoraineTransport",
             "MoraineTransportBench", "MoraineMessages", "MoraineStorage", "MoraineCluster", "MoraineWorker", "MoraineRESP",
-            "MoraineMemory", "MoraineCompute", "MoraineMetrics", "Synchronization",
+            "MoraineMemory", "MoraineCompute", "MoraineMetrics", "Logging", "Synchronization",
         ],
         "MoraineTransportBench": ["MoraineSystem", "MoraineTransport", "Atomics", "Histogram"],
         "MoraineTestSupport": ["Moraine", "MoraineSystem", "Synchronization"],

@@ -114,7 +114,7 @@ public final class SharedMemoryServer: @unchecked Sendable {
             do {
                 accepted = try listener.accept()
             } catch {
-                SystemLog.info("transport: accept on \(socketPath) failed: \(error.message)")
+                SystemLog.warning("transport: accept on \(socketPath) failed: \(error.message)")
                 return
             }
             guard let socket = accepted else { return }
