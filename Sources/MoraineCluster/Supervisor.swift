@@ -296,7 +296,8 @@ public final class Supervisor {
             if upNanos > Self.steadyNanos { instance.backoffNanos = Self.backoffMinNanos }
             instance.pid = 0
             instance.restartAtNanos = monotonicNanos() + instance.backoffNanos
-            warn("\(instance.name) (pid \(pid)) \(Self.describe(status)) after \(upNanos / 1_000_000) ms; restarting in \(instance.backoffNanos / 1_000_000) ms")
+            let backoff = instance.backoffNanos / 1_000_000
+            warn("\(instance.name) (pid \(pid)) \(Self.describe(status)) after \(upNanos / 1_000_000) ms; restarting in \(backoff) ms")
             instance.backoffNanos = min(instance.backoffNanos * 2, Self.backoffMaxNanos)
             instances[index] = instance
             changed = true
