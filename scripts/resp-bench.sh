@@ -29,6 +29,7 @@ swift build -c release --product moraine >/dev/null
 moraine=$PWD/.build/release/moraine
 out=${out:-$(mktemp -d)}
 mkdir -p "$out"
+rm -f "$out"/*.csv  # the table is built from every CSV there
 work=$(mktemp -d)
 redis_port=16379
 moraine_port=16380
@@ -68,6 +69,20 @@ for _ in $(seq 50); do
   redis-cli -p "$redis_port" PING >/dev/null 2>&1 && redis-cli -p "$moraine_port" PING >/dev/null 2>&1 && break
   sleep 0.2
 done
+# Waits (at most 120 s) until the machine is idle — at least 90% of the CPU time over a second —
+# so one target's background flushes and compactions (the cluster's on its workers) do not run
+# during the next target's measurement.
+settle() {
+  for _ in $(seq 120); do
+    read -r _ u1 n1 s1 i1 w1 q1 sq1 _ < /proc/stat
+    sleep 1
+    read -r _ u2 n2 s2 i2 w2 q2 sq2 _ < /proc/stat
+    busy=$(( (u2 + n2 + s2 + q2 + sq2) - (u1 + n1 + s1 + q1 + sq1) ))
+    idle=$(( (i2 + w2) - (i1 + w1) ))
+    [ $(( idle * 100 )) -ge $(( (busy + idle) * 90 )) ] && return 0
+  done
+  echo "the machine did not settle within 120 s; measuring anyway" >&2
+}
 for run in $(seq 1 "$runs"); do
   # Rotate the order: each target goes first once every three runs.
   order=$(echo $targets | tr ' ' '\n' | awk -v r="$run" '{ a[NR] = $0 } END { for (i = 0; i < NR; i++) print a[(i + r - 1) % NR + 1] }')
@@ -76,6 +91,7 @@ for run in $(seq 1 "$runs"); do
     [ "$target" = moraine ] && port=$moraine_port
     [ "$target" = compute ] && port=$compute_port
     for pipeline in 1 16; do
+      settle
       echo "== $target -P $pipeline run $run" >&2
       redis-benchmark -p "$port" -t set,get,mset,incr -P "$pipeline" -c 50 -d 100 -r 1000000 -n "$requests" --csv \
         > "$out/$target-P$pipeline-run$run.csv"

@@ -51,7 +51,7 @@ public final class RESPService: Sendable {
 
     /// The database, once `resolve` found it (a compute node's database may not open at once:
     /// a role of its cluster can still be restarting).
-    private let resolved: Mutex<Database?>
+    private let resolved = AtomicLazyReference<Database>()
     private let resolve: @Sendable () throws -> Database
     public let settings: Settings
     /// Asked to stop the server (SHUTDOWN).
@@ -69,19 +69,18 @@ public final class RESPService: Sendable {
     let boundPort = Atomic<Int>(0)
 
     public init(database: Database, settings: Settings = Settings(), shutdown: @escaping @Sendable () -> Void = {}) {
-        resolved = Mutex(database)
         resolve = { database }
         self.settings = settings
         self.shutdown = shutdown
         stripes = (0..<256).map { _ in ConditionLock() }
         commandCounters = Self.makeCommandCounters()
+        _ = resolved.storeIfNil(database)
     }
 
     /// Serves the database `resolve` returns, asked again at each command until it answers: a
     /// command before then gets `-ERR` with what `resolve` threw (the compute node's front end,
     /// whose database opens once its cluster's roles answer).
     public init(resolving resolve: @escaping @Sendable () throws -> Database, settings: Settings = Settings(), shutdown: @escaping @Sendable () -> Void = {}) {
-        resolved = Mutex(nil)
         self.resolve = resolve
         self.settings = settings
         self.shutdown = shutdown
@@ -98,10 +97,8 @@ public final class RESPService: Sendable {
     /// - Throws: what `resolve` throws until it returns one.
     var database: Database {
         get throws {
-            if let database = resolved.withLock({ $0 }) { return database }
-            let database = try resolve()
-            resolved.withLock { $0 = $0 ?? database }
-            return database
+            if let database = resolved.load() { return database }  // one atomic load once resolved
+            return resolved.storeIfNil(try resolve())
         }
     }
 
