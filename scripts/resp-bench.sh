@@ -69,6 +69,13 @@ for _ in $(seq 50); do
   redis-cli -p "$redis_port" PING >/dev/null 2>&1 && redis-cli -p "$moraine_port" PING >/dev/null 2>&1 && break
   sleep 0.2
 done
+# The compute node answers PING before its database is open; DBSIZE answers once it is.
+if [ "$cluster" = 1 ]; then
+  for _ in $(seq 100); do
+    redis-cli -p "$compute_port" DBSIZE 2>/dev/null | grep -qv ERR && break
+    sleep 0.2
+  done
+fi
 # Waits (at most 120 s) until the machine is idle — at least 90% of the CPU time over a second —
 # so one target's background flushes and compactions (the cluster's on its workers) do not run
 # during the next target's measurement.

@@ -43,9 +43,9 @@ final class MetricsEndpoint: Sendable {
     /// Starts the server (once).
     /// - Throws: the address cannot be bound.
     func start() throws {
-        guard server.withLock({ $0 == nil }) else { return }
-        let started = try MetricsServer(host: host, port: port, exporter: exporter)
-        server.withLock { $0 = started }
+        try server.withLock { server in
+            if server == nil { server = try MetricsServer(host: host, port: port, exporter: exporter) }
+        }
     }
 
     /// A role's hook: its source joins the exporter, then the server starts.

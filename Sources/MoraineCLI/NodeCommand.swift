@@ -192,21 +192,25 @@ struct NodeCommand: ParsableCommand {
             let settings = try respOptions.settings()
             let name = respDatabase
             var boundPort = 0
+            var started: RESPService? = nil
             return try ComputeRole.run(configuration) { node in
                 let service = RESPService(resolving: { Database(hosting: try node.hostedDatabase(name)) }, settings: settings) {
                     kill(getpid(), SIGTERM)
                 }
                 let server = try RESPServer(host: host, port: port, service: service)
                 boundPort = server.port
+                started = service
                 exported?.exporter.add { [service] in service.metricSamples() }
-                // Open it now if the cluster lets us (a command retries when it does not).
-                service.resolveNow()
                 return { server.close() }
             } announce: { endpoint in
                 print(endpoint.description)
                 print("resp \(host):\(boundPort)")
                 if let exported { print(exported.announcement) }
                 fflush(nil)
+                // Open the database once the node has announced itself (a recovery may take a
+                // while, and the supervisor waits for the announcement); a command before then,
+                // or while the cluster does not let it open, asks again.
+                if let service = started { startThread(name: "resp-open") { service.resolveNow() } }
             }
         }
         if role == "compaction" || role == "flush" {

@@ -70,17 +70,27 @@ struct ServeCommand: ParsableCommand {
         let (host, port) = try RESPFrontEndOptions.address(listen, flag: "--listen")
         let exported = try metrics.exporter()  // before the service, whose counters swift-metrics makes
         let db = try reporting { try database.open() }
-        let (server, service): (RESPServer, RESPService) = try reporting {
-            // SHUTDOWN asks the main thread to stop, as a signal does.
-            let service = RESPService(database: db, settings: settings) { kill(getpid(), SIGTERM) }
-            let server = try RESPServer(host: host, port: port, service: service)
-            return (server, service)
-        }
+        // SHUTDOWN asks the main thread to stop, as a signal does.
+        let service = RESPService(database: db, settings: settings) { kill(getpid(), SIGTERM) }
+        // Metrics first: an address that cannot be bound stops the start before any client came.
         if let exported {
             let name = database.db.split(separator: "/").last.map(String.init) ?? database.db
             exported.exporter.add { [db] in db.stats().metricSamples(database: name) }
             exported.exporter.add { [service] in service.metricSamples() + IOStatistics.samples() }
-            try reporting { try exported.start() }
+            do {
+                try reporting { try exported.start() }
+            } catch {
+                try? db.close()
+                throw error
+            }
+        }
+        let server: RESPServer
+        do {
+            server = try reporting { try RESPServer(host: host, port: port, service: service) }
+        } catch {
+            exported?.stop()
+            try? db.close()
+            throw error
         }
         print("listening on \(host):\(server.port)")
         if let exported { print(exported.announcement) }

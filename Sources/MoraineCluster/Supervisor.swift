@@ -383,7 +383,10 @@ public final class Supervisor {
             "\($0.kind) \($0.index) \($0.pid) \($0.restarts) \($0.startedUnix) \($0.numaNode ?? -1) \($0.endpoint)\n"
         }
         try writeFile(run.path + "/state", lines.joined())
-        let services = instances.flatMap { instance in instance.services.map { "\(instance.kind) \(instance.index) \($0.kind) \($0.address)\n" } }
+        // A role down (pid 0) serves nothing; its addresses come back with it.
+        let services = instances.filter { $0.pid > 0 }.flatMap { instance in
+            instance.services.map { "\(instance.kind) \(instance.index) \($0.kind) \($0.address)\n" }
+        }
         try writeFile(run.path + "/services", services.joined())
         try writeFile(run.path + "/links", links.map { "\($0.kinds[0]) \($0.kinds[1]) \($0.delayNanos) \($0.bandwidthBytesPerSecond)\n" }.joined())
     }

@@ -10,7 +10,7 @@ extension MemoryNode {
         var samples: [MetricSample] = [
             .gauge("moraine_region_bytes", "Bytes of the memory node's region", info.regionBytes),
             .gauge("moraine_region_arena_bytes", "Bytes of one memtable arena", info.arenaBytes),
-            .gauge("moraine_region_arenas_total", "Memtable arenas the region holds", status.arenaCount),
+            .gauge("moraine_region_arena_count", "Memtable arenas the region holds", status.arenaCount),
             .gauge("moraine_region_arenas_free", "Memtable arenas free", status.freeArenas),
             .gauge("moraine_region_cache_slots", "Slots of the shared block cache in the region", info.cacheSlots),
             .gauge("moraine_region_persistent", "1 when the region is persistent memory (libpmem), 0 when emulated", info.isPersistentMemory ? 1 : 0),

@@ -193,12 +193,6 @@ public final class RESPService: Sendable {
 
     /// A run of writes as one write batch, or of GETs as one multiGet.
     private func execute(_ kind: RunKind, _ commands: [[[UInt8]]], session: RESPSession) -> [RESPReply] {
-        commandsProcessed.add(commands.count, ordering: .relaxed)
-        if kind == .get {
-            commandCounters["get"]?.increment(by: commands.count)
-        } else {
-            for command in commands { commandCounters[String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self)]?.increment() }
-        }
         session.lastCommand = String(decoding: commands.last![0], as: UTF8.self).lowercased()
         session.lastActiveNanos = monotonicNanos()
         do {
@@ -213,19 +207,33 @@ public final class RESPService: Sendable {
                     }
                 }
                 let database = try self.database
-                return try locking(keys) {
+                let replies = try locking(keys) {
                     var run = WriteRun(database: database)
                     let replies = commands.map { run.apply($0) }
                     if !run.batch.isEmpty { try database.write(run.batch) }
                     return replies
                 }
+                counted(commands, kind)
+                return replies
             case .get:
-                return try database.multiGet(commands.map { $0[1] }).map { .bulk($0) }
+                let replies = try database.multiGet(commands.map { $0[1] }).map { RESPReply.bulk($0) }
+                counted(commands, kind)
+                return replies
             }
         } catch {
             // One command's error (an oversized key, say) must not answer for the others: run
             // them one by one (nothing of the batch was written), each with its own reply.
             return commands.map { execute($0, session: session) }
+        }
+    }
+
+    /// Counts a run that succeeded (one that failed runs again command by command, counted then).
+    private func counted(_ commands: [[[UInt8]]], _ kind: RunKind) {
+        commandsProcessed.add(commands.count, ordering: .relaxed)
+        if kind == .get {
+            commandCounters["get"]?.increment(by: commands.count)
+        } else {
+            for command in commands { commandCounters[String(decoding: command[0].map { $0 | 0x20 }, as: UTF8.self)]?.increment() }
         }
     }
 

@@ -37,6 +37,8 @@ public final class StorageNode: Sendable {
     /// Files whose deferred appends are not written yet.
     let deferredSlots = Mutex<[StorageFile: WriterSlot]>([:])
     let readers = Mutex<[StorageFile: ReaderSlot]>([:])
+    /// The last capacity a metrics scrape read, and when (StorageNode+Metrics).
+    let lastCapacity = Mutex<(Int64, StorageCapacityReply)?>(nil)
     /// The same handles by the bytes of a read request that name the file (`read(encoded:)`);
     /// emptied whenever a handle is dropped.
     let wireReaders = Mutex<[WireFileKey: ReaderSlot]>([:])

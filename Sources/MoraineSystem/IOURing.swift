@@ -245,7 +245,7 @@ final class IOURing {
             let want = UInt32(max(1, inFlight / Self.streamReapFraction))
             var rc = io_uring_submit_and_wait(ring, want)
             while rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { rc = io_uring_submit_and_wait(ring, want) }
-            IOStatistics.submissions.add(1, ordering: .relaxed)
+            if rc > 0 { IOStatistics.submissions.add(1, ordering: .relaxed) }  // a wait that submitted something
             if rc < 0 {
                 broken = true
                 IOStatistics.inFlight.subtract(inFlight, ordering: .relaxed)

@@ -8,6 +8,7 @@ import Moraine
 @testable import MoraineRESP
 import MoraineSystem
 import MoraineTestSupport
+import Synchronization
 import Testing
 
 @Suite("RESP parser")
@@ -76,6 +77,43 @@ struct RESPCommandTests {
 
     static func run(_ service: RESPService, _ session: RESPSession, _ words: String...) -> RESPReply {
         service.execute(words.map { Array($0.utf8) }, session: session)
+    }
+
+    @Test("a front end whose database cannot open yet answers -ERR with the reason at every command, then serves it once it opens")
+    func databaseNotYetOpen() throws {
+        let dir = TempDir("moraine-resp")
+        defer { dir.remove() }
+        let (_, db) = try Self.service(dir)
+        defer { try? db.close() }
+        // What a compute node's database does while a role of its cluster restarts.
+        let opens = Mutex(false)
+        let service = RESPService(resolving: {
+            guard opens.withLock({ $0 }) else {
+                throw MoraineError(.unavailable, "database redis cannot open yet: the storage node restarts")
+            }
+            return db
+        })
+        let s = service.open(address: "test")!
+        for words in [["SET", "k", "v"], ["GET", "k"]] {
+            guard case .error(let message) = service.execute(words.map { Array($0.utf8) }, session: s) else {
+                Issue.record("\(words) was answered without a database")
+                continue
+            }
+            #expect(message.hasPrefix("ERR ") && message.contains("cannot open yet"), "\(message)")
+        }
+        // A pipelined run is refused command by command, nothing written.
+        let pipelined = service.execute([["SET", "a", "1"], ["SET", "b", "2"]].map { $0.map { Array($0.utf8) } }, session: s)
+        #expect(String(decoding: pipelined, as: UTF8.self).components(separatedBy: "cannot open yet").count == 3)
+        // INFO still answers, with zeros for the database.
+        guard case .bulk(let info) = Self.run(service, s, "INFO", "keyspace") else { throw MoraineError(.invalid, "INFO did not answer") }
+        #expect(String(decoding: info ?? [], as: UTF8.self).contains("db0:keys=0"))
+        // Once it opens, every command is served, and the failed ones wrote nothing.
+        #expect(!service.resolveNow())
+        opens.withLock { $0 = true }
+        #expect(Self.run(service, s, "SET", "k", "v") == .ok)
+        #expect(Self.run(service, s, "GET", "k") == .bulk("v"))
+        #expect(try db.get(Array("a".utf8)) == nil)
+        #expect(service.totalCommands >= 6)
     }
 
     @Test("SET with NX, XX and GET; GET, DEL, EXISTS, MGET, MSET, INCR; errors in Redis's words")
