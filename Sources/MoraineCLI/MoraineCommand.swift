@@ -87,6 +87,14 @@ struct DatabaseOptions: ParsableArguments {
     var cacheSize: Int?
 
     @Option(
+        help: """
+            Storage tiers for the tables, fastest first: PATH:SIZE[,PATH:SIZE…] (sizes with K, M, G or T; the last tier \
+            may leave its size out: unbounded). Levels fill the fastest tier with room; a tier past its size moves its \
+            coldest tables down. Embedded only.
+            """)
+    var tiers: String?
+
+    @Option(
         name: .customLong("options_file"),
         help: "Start from the options in this OPTIONS file (one a database wrote, say); the flags above override it.")
     var optionsFile: String?
@@ -98,6 +106,12 @@ struct DatabaseOptions: ParsableArguments {
         }
         if let cacheSize, cacheSize < 0 || cacheSize > 1 << 40 {
             throw ValidationError("--cache_size must be 0…1099511627776 bytes, not \(cacheSize)")
+        }
+        if tiers != nil && (connect != nil || cluster != nil) {
+            throw ValidationError("--tiers places an embedded database's tables; with --cluster or --connect the storage node holds them")
+        }
+        if let tiers {
+            do { _ = try StorageTier.parseList(tiers) } catch let error as MoraineError { throw ValidationError("--tiers: \(error.message)") }
         }
     }
 
@@ -126,6 +140,7 @@ struct DatabaseOptions: ParsableArguments {
         }
         options.pmemPath = pmemPath
         if let cacheSize { options.blockCacheSize = cacheSize }
+        if let tiers { options.tiers = try StorageTier.parseList(tiers) }
         if let cluster {
             options = try ClusterAttachment.options(options, database: db, runDirectory: cluster, owner: Self.owner)
         }

@@ -30,8 +30,6 @@ public struct CompactionJob {
     /// Entries merged between two progress reports and cancel checks.
     static let checkIntervalEntries = 4096
 
-    private var directory: String { spec.directory }
-
     /// Whether no deeper level may hold `user`.
     func isBaseLevel(for user: UnsafeRawBufferPointer) -> Bool {
         for ranges in spec.deeperLevelRanges {
@@ -66,8 +64,8 @@ public struct CompactionJob {
         var result = CompactionJobResult(jobID: spec.jobID)
         var children: [any InternalIterator] = []
         var nextNumber = spec.outputFileNumbers.lowerBound
-        for number in spec.inputs.map(\.info.number) {
-            let path = joinPath(directory, DatabaseFile.table(number).name)
+        for input in spec.inputs {
+            let path = spec.tablePath(input.info.number, tier: input.info.tier)
             let reader = try TableReader(file: try fileSystem.openRandomAccess(path), name: path, cache: nil)
             result.bytesRead += reader.fileSizeBytes
             children.append(reader.makeIterator(fillCache: false, readahead: .fixed()))
@@ -124,7 +122,7 @@ public struct CompactionJob {
                         let number = nextNumber
                         nextNumber += 1
                         let w = TableWriter(
-                            path: joinPath(directory, DatabaseFile.table(number).name), number: number,
+                            path: spec.tablePath(number, tier: spec.outputTier), number: number, tier: spec.outputTier,
                             fileSystem: fileSystem, options: spec.tableOptions)
                         try w.open()
                         writer = w
@@ -148,7 +146,7 @@ public struct CompactionJob {
         } catch {
             writer?.abandon()
             for output in result.outputs {
-                try? fileSystem.remove(joinPath(directory, DatabaseFile.table(output.number).name))
+                try? fileSystem.remove(spec.tablePath(output.number, tier: spec.outputTier))
             }
             throw error
         }

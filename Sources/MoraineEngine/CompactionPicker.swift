@@ -45,6 +45,8 @@ struct CompactionSpec {
 struct InFlightCompactions {
     private(set) var files = Set<UInt64>()
     private var outputs: [(level: Int, range: UserKeyRange)] = []
+    /// The table being copied to another tier (Engine+Tiers): no compaction takes it meanwhile.
+    var moving: UInt64? = nil
 
     var count: Int { outputs.count }
 
@@ -63,6 +65,9 @@ struct InFlightCompactions {
     /// Whether `spec` may run beside these: none of its tables is held, and its output range
     /// overlaps none written on the same level.
     func allows(_ spec: CompactionSpec) -> Bool {
+        if let moving, spec.inputs.contains(where: { $0.number == moving }) || spec.outputLevelInputs.contains(where: { $0.number == moving }) {
+            return false
+        }
         if outputs.isEmpty { return true }
         if spec.inputs.contains(where: { files.contains($0.number) }) || spec.outputLevelInputs.contains(where: { files.contains($0.number) }) {
             return false

@@ -1,8 +1,9 @@
 // Destroying a database (RocksDB's DestroyDB): its files go, through the options' file system,
 // so a database on a storage node is destroyed the same way as a local one. Only files the
 // engine names are removed (tables, WALs, manifests, CURRENT and its temporaries, and what
-// recovery set aside in `lost/`); anything else in the directory is left as it was. The
-// database's lock is held meanwhile, so an open database is never destroyed under its owner.
+// recovery set aside in `lost/`), and the tables on each of its storage tiers; anything else in
+// the directory is left as it was. The database's lock is held meanwhile, so an open database is
+// never destroyed under its owner.
 import MoraineFormat
 import MoraineSystem
 
@@ -42,6 +43,23 @@ extension Engine {
             removed += 1
         }
         try fs.syncDirectory(path)
+        // Then the tables on each storage tier (and what recovery set aside there).
+        for tier in options.tiers where trimmedPath(tier.path) != trimmedPath(path) {
+            guard try fs.exists(tier.path) else { continue }
+            let tierLost = joinPath(tier.path, DatabaseDirectory.lostDirectoryName)
+            if try fs.exists(tierLost) {
+                for name in try fs.children(of: tierLost) {
+                    try fs.remove(joinPath(tierLost, name))
+                    removed += 1
+                }
+            }
+            for name in try fs.children(of: tier.path) {
+                guard case .table = DatabaseFile(name: name) else { continue }
+                try fs.remove(joinPath(tier.path, name))
+                removed += 1
+            }
+            try fs.syncDirectory(tier.path)
+        }
         if options.memtableRegion != nil {
             removed += try releaseRegionArenas(path: path, options: options)
         } else if options.durability == .pmem {

@@ -44,6 +44,11 @@ extension Engine {
                 purgeWithoutMutex()
                 continue
             }
+            if backgroundPauses == 0, runTierMoveIfDue() {
+                mutex.broadcast()
+                purgeWithoutMutex()
+                continue
+            }
             mutex.wait()
         }
         backgroundThreads -= 1
@@ -65,7 +70,10 @@ extension Engine {
                 !options.disableAutoCompactions
                 && CompactionPicker.pick(
                     version: versions.current, options: options, pointers: versions.compactPointers, running: runningCompactions) != nil
-            if !flushRunning && imms.isEmpty && runningCompactions.count == 0 && !manualCompaction && !due { return true }
+            let moveDue =
+                tiers.isTiered && runningCompactions.moving == nil && monotonicNanos() >= tierMoveNotBeforeNanos
+                && tiers.pickMove(in: versions.current, held: runningCompactions.files) != nil
+            if !flushRunning && imms.isEmpty && !compactionRunning && !due && !moveDue { return true }
             let left = deadline - monotonicNanos()
             if left <= 0 { return false }
             mutex.wait(seconds: min(Double(left) / 1e9, 0.05))
@@ -150,10 +158,8 @@ extension Engine {
     /// Safe to call without `mutex`.
     func install(_ edit: VersionEdit) throws {
         try installLock.withLock {
-            if !edit.newFiles.isEmpty {
-                // New tables' directory entries must be durable before the manifest names them.
-                try fileSystem.syncDirectory(path)
-            }
+            // New tables' directory entries must be durable before the manifest names them.
+            for tier in Set(edit.newFiles.map(\.file.tier)).sorted() { try fileSystem.syncDirectory(tiers.directories[tier]) }
             var edit = edit
             let releases = reservations.takeReleases()
             edit.releasedReservations += releases
@@ -308,7 +314,7 @@ extension Engine {
                 switch bottommost {
                 case .skip: rewrite = false
                 case .force: rewrite = true
-                case .ifTombstones: rewrite = try inputs.contains { try tableCache.reader($0.number).properties.deletionCount > 0 }
+                case .ifTombstones: rewrite = try inputs.contains { try tableCache.reader($0).properties.deletionCount > 0 }
                 }
                 spec = rewrite ? CompactionPicker.rewriteInPlace(version: version, level: level, begin: begin, end: end) : nil
             }
@@ -328,9 +334,10 @@ extension Engine {
         if !mem.isEmpty { pending.append(mem) }
         for (i, table) in pending.enumerated() {
             let number = versions.newFileNumber()
+            let tier = tiers.outputTier(level: 0, incomingBytes: UInt64(table.memoryUsageBytes))
             let job = FlushJob(
-                source: table.makeIterator(), fileNumber: number, directory: path, fileSystem: fileSystem,
-                tableOptions: options.tableOptions)
+                source: table.makeIterator(), fileNumber: number, directory: tiers.directories[tier], tier: tier,
+                fileSystem: fileSystem, tableOptions: options.tableOptions)
             var edit = VersionEdit()
             if let info = try job.run() { edit.newFiles.append((0, info)) }
             // The last edit moves the log number past the current WAL: everything in it is now in

@@ -99,12 +99,13 @@ extension Engine {
                 reservations.abandon(job.outputFileNumbers, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw error
             }
-            let problems = job.problems(in: result) + storedSizeProblems(result.outputs, within: job.outputFileNumbers)
+            let problems =
+                job.problems(in: result) + storedSizeProblems(result.outputs, within: job.outputFileNumbers, tier: job.outputTier)
             guard problems.isEmpty else {
                 // Whoever ran it, a result that does not fit its spec is never installed: the
                 // outputs it names in range go now, the rest of the range with the sweep.
                 for output in result.outputs where job.outputFileNumbers.contains(output.number) {
-                    try? fileSystem.remove(path(.table(output.number)))
+                    try? fileSystem.remove(tiers.tablePath(output.number, tier: job.outputTier))
                 }
                 reservations.abandon(job.outputFileNumbers, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw MoraineError(
@@ -116,13 +117,14 @@ extension Engine {
         }
     }
 
-    /// Outputs whose size on the file system is not what the result says (each looked up;
-    /// only those inside `range`: others are refused by the spec's own check).
-    func storedSizeProblems(_ outputs: [TableFileInfo], within range: Range<UInt64>) -> [String] {
+    /// Outputs whose size on the file system (on `tier`, where the spec sent them) is not what
+    /// the result says (each looked up; only those inside `range`: others are refused by the
+    /// spec's own check).
+    func storedSizeProblems(_ outputs: [TableFileInfo], within range: Range<UInt64>, tier: Int) -> [String] {
         var found: [String] = []
         for output in outputs where range.contains(output.number) {
             do {
-                let stored = try fileSystem.fileSize(path(.table(output.number)))
+                let stored = try fileSystem.fileSize(tiers.tablePath(output.number, tier: tier))
                 if stored != output.sizeBytes {
                     found.append("output table \(output.number) is \(stored) bytes as stored, the result says \(output.sizeBytes)")
                 }
@@ -152,11 +154,17 @@ extension Engine {
         let count = CompactionJobSpec.outputNumbersToReserve(
             inputBytes: inputs.reduce(0) { $0 + $1.info.sizeBytes }, targetFileSizeBytes: target)
         let outputs = persisting ? try reserveOutputs(count) : versions.reserveFileNumbers(count)
-        return CompactionJobSpec(
+        var job = CompactionJobSpec(
             jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0, inputs: inputs,
             outputLevel: spec.outputLevel, levelCount: version.levels.count,
             smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
             targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
+        if tiers.isTiered {
+            job.tierDirectories = tiers.directories
+            job.outputTier = tiers.outputTier(
+                level: spec.outputLevel, incomingBytes: min(target, inputs.reduce(0) { $0 + $1.info.sizeBytes }))
+        }
+        return job
     }
 
     /// Gives up on a lost job: its range is swept until its outputs can no longer appear, and
@@ -195,6 +203,10 @@ extension Engine {
             var spec = FlushJobSpec(
                 jobID: nextJobID.wrappingAdd(1, ordering: .relaxed).oldValue, directory: path, epoch: 0,
                 outputNumber: number, tableOptions: options.tableOptions)
+            if tiers.isTiered {
+                spec.tierDirectories = tiers.directories
+                spec.outputTier = tiers.outputTier(level: 0, incomingBytes: UInt64(imm.memoryUsageBytes))
+            }
             if let arena {
                 // The worker reads the committed entries there (the arena's own state says which).
                 spec.arena = FlushArenaReference(
@@ -211,9 +223,11 @@ extension Engine {
                 reservations.abandon(number..<number + 1, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw error
             }
-            let problems = spec.problems(in: result) + storedSizeProblems(result.output.map { [$0] } ?? [], within: number..<number + 1)
+            let problems =
+                spec.problems(in: result)
+                + storedSizeProblems(result.output.map { [$0] } ?? [], within: number..<number + 1, tier: spec.outputTier)
             guard problems.isEmpty else {
-                try? fileSystem.remove(path(.table(number)))
+                try? fileSystem.remove(tiers.tablePath(number, tier: spec.outputTier))
                 reservations.abandon(number..<number + 1, persisted: reserved, outputsMayAppearForNanos: 0)
                 throw MoraineError(
                     .corruption, "flush job \(spec.jobID) returned a result that does not fit its spec: " + problems.joined(separator: "; "))
@@ -227,14 +241,16 @@ extension Engine {
     /// `force` (or a range closes); closed ranges are released with the next edit.
     func sweepAbandonedOutputs(force: Bool = false) {
         guard let due = reservations.dueSweep(ignoringInterval: force) else { return }
-        guard let names = try? fileSystem.children(of: path) else { return }  // swept again later
         let live = versions.liveTableNumbers
-        for name in names {
-            guard case .table(let n) = DatabaseFile(name: name), !live.contains(n),
-                due.ranges.contains(where: { $0.contains(n) })
-            else { continue }
-            tableCache.evict(n)
-            try? fileSystem.remove(path(.table(n)))
+        for (tier, directory) in tiers.directories.enumerated() {
+            guard let names = try? fileSystem.children(of: directory) else { return }  // swept again later
+            for name in names {
+                guard case .table(let n) = DatabaseFile(name: name), !live.contains(n),
+                    due.ranges.contains(where: { $0.contains(n) })
+                else { continue }
+                tableCache.evict(n, tier: tier)
+                try? fileSystem.remove(tiers.tablePath(n, tier: tier))
+            }
         }
         reservations.close(due.closing)
     }

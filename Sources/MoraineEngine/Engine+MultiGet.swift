@@ -84,7 +84,7 @@ extension Engine {
                 let hash = hashBytes(key)
                 try lookups[n].withUnsafeBytes { lookupKey in
                     try forEachCandidateFile(version, key: key, lookupKey: lookupKey) { file in
-                        let table = try tableCache.reader(file.number)
+                        let table = try tableCache.reader(file)
                         if let handle = try table.candidateBlock(lookupKey, hash: hash) {
                             probes.append(Probe(pendingIndex: n, table: table, handle: handle))
                         }

@@ -44,7 +44,7 @@ extension Engine {
         var result: LookupResult = .notFound
         try lookup.withUnsafeBytes { lookupKey in
             func probe(_ file: FileMetaData) throws -> Bool {
-                let table = try tableCache.reader(file.number)
+                let table = try tableCache.reader(file)
                 return try table.get(lookupKey, hash: hash, fillCache: fillCache) { foundKey, value in
                     switch valueType(foundKey) {
                     case .value: result = .found(Array(value))
@@ -106,7 +106,7 @@ extension Engine {
         for file in sv.version.levels[0] {
             if !file.overlaps(lower: readOptions.lowerBound, upper: readOptions.upperBound) { continue }
             children.append(
-                try tableCache.reader(file.number).makeIterator(fillCache: readOptions.fillCache, readahead: .automatic()))
+                try tableCache.reader(file).makeIterator(fillCache: readOptions.fillCache, readahead: .automatic()))
         }
         for level in 1..<sv.version.levels.count where !sv.version.levels[level].isEmpty {
             let files = sv.version.levels[level].filter {

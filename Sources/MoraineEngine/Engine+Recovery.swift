@@ -16,28 +16,23 @@ extension Engine {
     func recover() throws {
         try versions.recover()
         let names = try fileSystem.children(of: path)
-        var present = Set<UInt64>()
         var logs: [UInt64] = []
         for name in names {
-            switch DatabaseFile(name: name) {
-            case .table(let n): present.insert(n)
-            case .log(let n) where n >= versions.logNumber: logs.append(n)
-            default: break
-            }
-            // A file numbered past the manifest's next file number (an unfinished job's output)
-            // must not be overwritten by a file this open writes: its fate is decided below.
-            switch DatabaseFile(name: name) {
-            case .table(let n), .log(let n), .manifest(let n), .temporary(let n), .options(let n): versions.markFileNumberUsed(n)
-            default: break
+            if case .log(let n) = DatabaseFile(name: name), n >= versions.logNumber { logs.append(n) }
+        }
+        let listings = try listTableDirectories(databaseNames: names)
+        for listing in listings {
+            for name in listing.names {
+                // A file numbered past the manifest's next file number (an unfinished job's
+                // output) must not be overwritten by a file this open writes: its fate is
+                // decided below.
+                switch DatabaseFile(name: name) {
+                case .table(let n), .log(let n), .manifest(let n), .temporary(let n), .options(let n): versions.markFileNumberUsed(n)
+                default: break
+                }
             }
         }
-        for level in versions.current.levels {
-            for file in level where !present.contains(file.number) {
-                throw MoraineError(
-                    .corruption,
-                    "table \(path(.table(file.number))) named by the manifest is missing")
-            }
-        }
+        let relocations = try locateTables(listings)
         var sources: [(number: UInt64, arena: PmemArena?, attached: MemTable?)] = logs.map { ($0, nil, nil) }
         let replayRegion = pmemRegion ?? leftoverRegion
         for arena in replayRegion?.allocatedArenas() ?? [] where arena.tag >= versions.logNumber {
@@ -110,6 +105,10 @@ extension Engine {
             }
         }
         var edit = try replay.finish()
+        for (level, file) in relocations {
+            edit.deletedFiles.append((level, file.number))
+            edit.newFiles.append((level, file))
+        }
         // No sequence at or below one a table already holds may be handed out again: a reused
         // sequence would sort a new write below the older entry of its key in an iterator's merge
         // (a get, reading the memtable first, would still see it — the chaos test found the two
@@ -120,14 +119,18 @@ extension Engine {
         let recoveredSequence = max(replay.maxSequence, attachedReach, tablesReach)
         lastSequence.store(recoveredSequence, ordering: .releasing)
         allocatedSequence = recoveredSequence
-        let cleanup: [(name: String, fate: FileFate)]
+        let cleanup: [CleanupStep]
         do {
+            var liveTiers: [UInt64: Int] = [:]
+            for file in versions.current.levels.joined() { liveTiers[file.number] = file.info.tier }
+            for (_, file) in relocations { liveTiers[file.number] = file.tier }
             cleanup = try planCleanup(
-                names: names, lastReplayed: max(replay.lastReplayed, attachedReach), unreplayedLogs: unreplayedLogs)
+                listings: listings, liveTiers: liveTiers, lastReplayed: max(replay.lastReplayed, attachedReach),
+                unreplayedLogs: unreplayedLogs)
         } catch {
             // Refused: take back the tables this replay wrote, so a refused open leaves the
             // directory as it found it.
-            for (_, file) in edit.newFiles { try? fileSystem.remove(path(.table(file.number))) }
+            for (_, file) in edit.newFiles { try? fileSystem.remove(tablePath(file)) }
             throw error
         }
         if options.readOnly {
@@ -289,10 +292,27 @@ extension Engine {
     /// Writes a memtable replayed from the WAL to an L0 table.
     func flushReplayed(_ table: MemTable) throws -> TableFileInfo? {
         if table.isEmpty { return nil }
+        let tier = tiers.outputTier(level: 0, incomingBytes: UInt64(table.memoryUsageBytes))
         let job = FlushJob(
-            source: table.makeIterator(), fileNumber: versions.newFileNumber(), directory: path,
+            source: table.makeIterator(), fileNumber: versions.newFileNumber(), directory: tiers.directories[tier], tier: tier,
             fileSystem: fileSystem, tableOptions: options.tableOptions)
         return try job.run()
+    }
+
+    /// One directory's names at open: the database directory, or a tier's.
+    struct TableListing {
+        var directory: String
+        /// The tier the directory is (nil: the database directory, not a tier).
+        var tier: Int?
+        var isDatabaseDirectory: Bool
+        var names: [String]
+    }
+
+    /// A file's fate under `planCleanup`, and where it is.
+    struct CleanupStep {
+        var directory: String
+        var name: String
+        var fate: FileFate
     }
 
     /// What recovery does with a file the recovered state does not name.
@@ -319,55 +339,21 @@ extension Engine {
     ///   The open fails with `.corruption` naming it; `moraine repair` adopts it.
     /// - Throws: that corruption, and I/O errors reading a table.
     func planCleanup(
-        names: [String], lastReplayed: SequenceNumber, unreplayedLogs: Set<UInt64>
-    ) throws -> [(name: String, fate: FileFate)] {
-        let live = versions.liveTableNumbers
+        listings: [TableListing], liveTiers: [UInt64: Int], lastReplayed: SequenceNumber, unreplayedLogs: Set<UInt64>
+    ) throws -> [CleanupStep] {
         let reserved = Array(versions.pendingReservations.values)
         let liveReach = versions.current.levels.joined().map(\.info.largestSequence).max() ?? 0
         let reach = max(liveReach, lastReplayed)
-        var plan: [(name: String, fate: FileFate)] = []
+        var plan: [CleanupStep] = []
         var unexplained: [String] = []
-        for name in names.sorted() {
-            switch DatabaseFile(name: name) {
-            case .table(let n) where !live.contains(n):
-                // An output of a job in flight when the last owner stopped (its reservation is
-                // in the manifest): never installed, and it holds nothing its inputs do not.
-                if versions.recoveredDeletedTables.contains(n) || reserved.contains(where: { $0.contains(n) }) {
-                    plan.append((name, .delete))
-                    continue
+        for listing in listings {
+            for name in listing.names.sorted() {
+                if let fate = try fate(
+                    of: name, in: listing, liveTiers: liveTiers, reserved: reserved, reach: reach, lastReplayed: lastReplayed,
+                    unreplayedLogs: unreplayedLogs, unexplained: &unexplained)
+                {
+                    plan.append(CleanupStep(directory: listing.directory, name: name, fate: fate))
                 }
-                let tablePath = path(.table(n))
-                let properties: TableProperties
-                do {
-                    properties = try TableReader(
-                        file: try fileSystem.openRandomAccess(tablePath), name: tablePath, cache: nil
-                    ).properties
-                } catch let error as MoraineError where error.kind == .corruption {
-                    plan.append((name, .setAside("unreadable and named by no manifest (\(error.message))")))
-                    continue
-                }
-                if properties.largestSequence <= reach {
-                    plan.append((name, .delete))
-                } else if lastReplayed > 0 && properties.smallestSequence <= lastReplayed {
-                    plan.append(
-                        (name,
-                         .setAside(
-                            "holds sequences \(properties.smallestSequence)...\(properties.largestSequence), past the "
-                                + "replayed logs' end at \(lastReplayed) (writes never synced before a power loss)")))
-                } else {
-                    unexplained.append(
-                        "\(tablePath) (sequences \(properties.smallestSequence)...\(properties.largestSequence))")
-                }
-            case .log(let n) where unreplayedLogs.contains(n):
-                plan.append((name, .setAside("follows a gap in the WAL chain; not replayed")))
-            case .log(let n) where n != logFileNumber:
-                plan.append((name, .delete))  // older than the manifest's log number, or replayed
-            case .manifest(let n) where n != versions.currentManifestNumber:
-                plan.append((name, .delete))
-            case .temporary:
-                plan.append((name, .delete))
-            default:
-                break
             }
         }
         if !unexplained.isEmpty {
@@ -380,28 +366,74 @@ extension Engine {
         return plan
     }
 
-    /// Carries out a plan of `planCleanup`: sets files aside in `lost/` (logging each), then
-    /// deletes the obsolete ones.
-    func carryOut(_ plan: [(name: String, fate: FileFate)]) throws {
-        let asides = plan.compactMap { entry -> (String, String)? in
-            if case .setAside(let why) = entry.fate { return (entry.name, why) } else { return nil }
+    /// The fate of one file of `listing` under `planCleanup`'s rules; nil: it stays. A table
+    /// holding writes the recovered state lacks is added to `unexplained`.
+    private func fate(
+        of name: String, in listing: TableListing, liveTiers: [UInt64: Int], reserved: [Range<UInt64>], reach: SequenceNumber,
+        lastReplayed: SequenceNumber, unreplayedLogs: Set<UInt64>, unexplained: inout [String]
+    ) throws -> FileFate? {
+        let file = DatabaseFile(name: name)
+        if case .table(let n) = file, let liveTier = liveTiers[n] {
+            // Live on another tier: the copy a move left behind (its manifest edit made the
+            // other copy the table, or never happened and this one is a partial copy).
+            // (Outside the tiers, in the database directory, a copy is left alone.)
+            return listing.tier != nil && liveTier != listing.tier ? .delete : nil
         }
-        if !asides.isEmpty {
-            let lost = joinPath(path, DatabaseDirectory.lostDirectoryName)
-            try fileSystem.createDirectory(lost)
-            for (name, why) in asides {
-                try fileSystem.rename(
-                    path(name), to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
-                SystemLog.warning("\(path(name)) \(why): moved to \(lost)/")
-                event("recovery: \(name) \(why): moved to \(lost)/")
+        guard listing.isDatabaseDirectory || file.map({ if case .table = $0 { true } else { false } }) == true else { return nil }
+        switch file {
+        case .table(let n):
+            // An output of a job in flight when the last owner stopped (its reservation is in
+            // the manifest): never installed, and it holds nothing its inputs do not.
+            if versions.recoveredDeletedTables.contains(n) || reserved.contains(where: { $0.contains(n) }) { return .delete }
+            let tablePath = joinPath(listing.directory, name)
+            let properties: TableProperties
+            do {
+                properties = try TableReader(file: try fileSystem.openRandomAccess(tablePath), name: tablePath, cache: nil).properties
+            } catch let error as MoraineError where error.kind == .corruption {
+                return .setAside("unreadable and named by no manifest (\(error.message))")
             }
-            try fileSystem.syncDirectory(lost)
-            try fileSystem.syncDirectory(path)
-        }
-        for entry in plan {
-            if case .delete = entry.fate { try? fileSystem.remove(path(entry.name)) }
+            if properties.largestSequence <= reach { return .delete }
+            if lastReplayed > 0 && properties.smallestSequence <= lastReplayed {
+                return .setAside(
+                    "holds sequences \(properties.smallestSequence)...\(properties.largestSequence), past the "
+                        + "replayed logs' end at \(lastReplayed) (writes never synced before a power loss)")
+            }
+            unexplained.append("\(tablePath) (sequences \(properties.smallestSequence)...\(properties.largestSequence))")
+            return nil
+        case .log(let n) where unreplayedLogs.contains(n):
+            return .setAside("follows a gap in the WAL chain; not replayed")
+        case .log(let n) where n != logFileNumber:
+            return .delete  // older than the manifest's log number, or replayed
+        case .manifest(let n) where n != versions.currentManifestNumber:
+            return .delete
+        case .temporary:
+            return .delete
+        default:
+            return nil
         }
     }
 
-    private func path(_ name: String) -> String { joinPath(path, name) }
+    /// Carries out a plan of `planCleanup`: sets files aside in `lost/` of their own directory
+    /// (logging each), then deletes the obsolete ones.
+    func carryOut(_ plan: [CleanupStep]) throws {
+        for directory in Set(plan.map(\.directory)).sorted() {
+            let asides = plan.compactMap { step -> (String, String)? in
+                if step.directory == directory, case .setAside(let why) = step.fate { return (step.name, why) } else { return nil }
+            }
+            if asides.isEmpty { continue }
+            let lost = joinPath(directory, DatabaseDirectory.lostDirectoryName)
+            try fileSystem.createDirectory(lost)
+            for (name, why) in asides {
+                let source = joinPath(directory, name)
+                try fileSystem.rename(source, to: try DatabaseDirectory.lostPath(for: name, in: lost, fileSystem: fileSystem))
+                SystemLog.warning("\(source) \(why): moved to \(lost)/")
+                event("recovery: \(source) \(why): moved to \(lost)/")
+            }
+            try fileSystem.syncDirectory(lost)
+            try fileSystem.syncDirectory(directory)
+        }
+        for step in plan {
+            if case .delete = step.fate { try? fileSystem.remove(joinPath(step.directory, step.name)) }
+        }
+    }
 }

@@ -18,9 +18,34 @@ public struct LevelStats: Sendable, Equatable {
     }
 }
 
+/// What one storage tier holds.
+public struct TierStats: Sendable, Equatable {
+    public var tier: Int
+    /// The tier's directory ("" where it was not reported, as over a compute node's wire).
+    public var path: String
+    /// The tier's budget; nil: unbounded.
+    public var budgetBytes: UInt64?
+    public var fileCount: Int
+    public var sizeBytes: UInt64
+
+    public init(tier: Int, path: String, budgetBytes: UInt64?, fileCount: Int, sizeBytes: UInt64) {
+        self.tier = tier
+        self.path = path
+        self.budgetBytes = budgetBytes
+        self.fileCount = fileCount
+        self.sizeBytes = sizeBytes
+    }
+}
+
 /// The engine's state and counters.
 public struct EngineStats: Sendable {
     public var levels: [LevelStats] = []
+    /// Files and bytes per storage tier (empty for a database without tiers).
+    public var tiers: [TierStats] = []
+    /// Tables moved one tier down, their bytes, and moves that failed (tried again later).
+    public var tierMoves = 0
+    public var tierMoveBytes = 0
+    public var tierMoveFailures = 0
     public var memtableBytes = 0
     public var immutableMemtables = 0
     public var lastSequence: UInt64 = 0
@@ -95,7 +120,8 @@ public struct EngineStats: Sendable {
         ("job_cpu_micros", \.jobCPUMicros), ("reattached_memtables", \.reattachedMemtables), ("region_arenas", \.regionArenas),
         ("secondary_cache_hits", \.secondaryCache.hits), ("secondary_cache_misses", \.secondaryCache.misses),
         ("secondary_cache_corrupt", \.secondaryCache.corrupt), ("secondary_cache_inserts", \.secondaryCache.inserts),
-        ("secondary_cache_dropped", \.secondaryCache.dropped),
+        ("secondary_cache_dropped", \.secondaryCache.dropped), ("tier_moves", \.tierMoves),
+        ("tier_move_bytes", \.tierMoveBytes), ("tier_move_failures", \.tierMoveFailures),
     ]
 
     /// One line of JSON.
@@ -105,6 +131,13 @@ public struct EngineStats: Sendable {
             "{\"level\":\($0.level),\"files\":\($0.fileCount),\"bytes\":\($0.sizeBytes),\"score\":\(String(format2: $0.score))}"
         }
         fields.append("\"levels\":[\(levelJSON.joined(separator: ","))]")
+        if !tiers.isEmpty {
+            let tierJSON = tiers.map {
+                "{\"tier\":\($0.tier),\"path\":\"\($0.path.replacingAll("\\", "\\\\").replacingAll("\"", "\\\""))\","
+                    + "\"budget\":\($0.budgetBytes.map(String.init) ?? "null"),\"files\":\($0.fileCount),\"bytes\":\($0.sizeBytes)}"
+            }
+            fields.append("\"tiers\":[\(tierJSON.joined(separator: ","))]")
+        }
         fields.append("\"last_sequence\":\(lastSequence)")
         let numbers = Self.counters.map { ($0.name, self[keyPath: $0.field]) }
         for (name, value) in numbers { fields.append("\"\(name)\":\(value)") }
@@ -120,6 +153,10 @@ public struct EngineStats: Sendable {
         var lines: [String] = ["memtable: \(memtableBytes) bytes, \(immutableMemtables) immutable"]
         for l in levels where l.fileCount > 0 || l.level == 0 {
             lines.append("L\(l.level): \(l.fileCount) files, \(l.sizeBytes) bytes, score \(String(format2: l.score))")
+        }
+        for t in tiers {
+            let budget = t.budgetBytes.map { " of \($0)" } ?? " (unbounded)"
+            lines.append("tier \(t.tier)\(t.path.isEmpty ? "" : " " + t.path): \(t.fileCount) files, \(t.sizeBytes) bytes\(budget)")
         }
         return lines.joined(separator: "\n")
     }
@@ -166,7 +203,21 @@ extension Engine {
             s.blockCacheHits = blockCache.hits
             s.blockCacheMisses = blockCache.misses
         }
+        if tiers.isTiered {
+            var files = [Int](repeating: 0, count: tiers.count)
+            var bytes = [UInt64](repeating: 0, count: tiers.count)
+            for file in version.levels.joined() where file.info.tier < tiers.count {
+                files[file.info.tier] += 1
+                bytes[file.info.tier] += file.sizeBytes
+            }
+            s.tiers = tiers.directories.indices.map {
+                TierStats(tier: $0, path: tiers.directories[$0], budgetBytes: tiers.budgets[$0], fileCount: files[$0], sizeBytes: bytes[$0])
+            }
+        }
         let c = counters.snapshot
+        s.tierMoves = c.tierMoves
+        s.tierMoveBytes = c.tierMoveBytes
+        s.tierMoveFailures = c.tierMoveFailures
         s.flushes = c.flushes
         s.compactions = c.compactions
         s.trivialMoves = c.trivialMoves
@@ -206,7 +257,7 @@ extension Engine {
         let current = currentSuperVersion()
         var count = current.mem.entryCount + current.imms.reduce(0) { $0 + $1.entryCount }
         for file in current.version.levels.joined() {
-            guard let properties = try? tableCache.reader(file.number).properties else { continue }
+            guard let properties = try? tableCache.reader(file).properties else { continue }
             count += Int(properties.entryCount) - 2 * Int(properties.deletionCount)
         }
         return max(0, count)

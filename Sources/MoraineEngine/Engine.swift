@@ -53,6 +53,8 @@ public final class Engine: @unchecked Sendable {
     let writerTurn: LockCondition
     let installLock = ConditionLock()
     let versions: VersionSet
+    /// Where tables live: the database directory, or the options' storage tiers.
+    let tiers: TierLayout
     let tableCache: TableCache
     let blockCache: BlockCache?
     let snapshots = SnapshotList()
@@ -109,8 +111,10 @@ public final class Engine: @unchecked Sendable {
     var runningCompactions = InFlightCompactions()
     /// A manual compaction holds the tree: no automatic one starts meanwhile.
     var manualCompaction = false
-    /// Whether any compaction runs.
-    var compactionRunning: Bool { runningCompactions.count > 0 || manualCompaction }
+    /// No move between tiers starts before this monotonic time (set after one failed).
+    var tierMoveNotBeforeNanos: Int64 = 0
+    /// Whether any compaction (or a move between tiers) runs.
+    var compactionRunning: Bool { runningCompactions.count > 0 || manualCompaction || runningCompactions.moving != nil }
     var backgroundThreads = 0
     var unloggedWrites = false
     /// The database's LOG (nil for a read-only open, or when it could not be started).
@@ -128,8 +132,9 @@ public final class Engine: @unchecked Sendable {
         writerTurn = LockCondition(on: mutex)
         self.fileLock = lock
         self.blockCache = options.blockCacheSize > 0 ? BlockCache(capacityBytes: options.blockCacheSize) : nil
+        self.tiers = TierLayout(databasePath: path, options: options)
         self.tableCache = TableCache(
-            directory: path, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles,
+            layout: tiers, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles,
             secondary: options.secondaryBlockCache)
         self.versions = VersionSet(directory: path, options: options, sink: obsolete)
         self.memtableArenas = MemTableArenaPool(limit: 1, maxCapacity: options.writeBufferSize + (2 << 20))
@@ -203,6 +208,7 @@ public final class Engine: @unchecked Sendable {
                 // A new database reuses file numbers an earlier one of its name had: nothing the
                 // second tier holds for that name can be its.
                 try options.secondaryBlockCache?.invalidateAll()
+                try engine.prepareNewTiers()
                 try engine.versions.writeNewManifest(lastSequence: 0)
             }
             try engine.recover()
@@ -273,6 +279,9 @@ public final class Engine: @unchecked Sendable {
     }
 
     func path(_ file: DatabaseFile) -> String { joinPath(path, file.name) }
+
+    /// The path of table `file`.
+    func tablePath(_ file: TableFileInfo) -> String { tiers.tablePath(file.number, tier: file.tier) }
 
     /// Opens (or creates) the region of `pmem` durability and says what it gives.
     private static func openRegion(options: Options, directory: String) throws -> PmemRegion {
@@ -350,9 +359,9 @@ public final class Engine: @unchecked Sendable {
 
     /// Deletes table files that left the tree and are no longer read by anyone.
     func purgeObsoleteFiles() {
-        for number in obsolete.drain() {
-            tableCache.evict(number)
-            try? fileSystem.remove(path(.table(number)))
+        for (number, tier) in obsolete.drain() {
+            tableCache.evict(number, tier: tier)
+            try? fileSystem.remove(tiers.tablePath(number, tier: tier))
         }
         sweepAbandonedOutputs()
     }
@@ -395,6 +404,10 @@ struct CounterValues: Sendable {
     /// CPU time of flush and compaction jobs, wherever they ran (a worker's results say theirs).
     var jobCPUMicros = 0
     var reattachedMemtables = 0
+    /// Tables moved one tier down, their bytes, and moves that failed.
+    var tierMoves = 0
+    var tierMoveBytes = 0
+    var tierMoveFailures = 0
 }
 
 /// Engine counters behind one small lock (updated once per group or job, not per key). A pthread

@@ -1,5 +1,7 @@
 // Names of the files in a database directory. Numbers come from one counter, so every file
 // number is used once. Stateless.
+import MoraineFormat
+import MoraineSystem
 
 /// The kinds of files a database directory holds.
 public enum DatabaseFile: Equatable, Sendable {
@@ -52,5 +54,12 @@ public enum DatabaseFile: Equatable, Sendable {
             }
         }
         return nil
+    }
+}
+
+extension TieredJobSpec {
+    /// The path of table `number` on `tier`.
+    public func tablePath(_ number: UInt64, tier: Int) -> String {
+        joinPath(tableDirectory(tier: tier), DatabaseFile.table(number).name)
     }
 }

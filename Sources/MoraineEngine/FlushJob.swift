@@ -12,17 +12,21 @@ public struct FlushJob {
     public let source: any InternalIterator
     /// The number the output table takes.
     public let fileNumber: UInt64
+    /// The directory of the output's tier.
     public let directory: String
+    /// The tier the output goes to (recorded in its file record).
+    public let tier: Int
     public let fileSystem: any FileSystem
     public let tableOptions: TableOptions
 
     public init(
-        source: any InternalIterator, fileNumber: UInt64, directory: String, fileSystem: any FileSystem,
+        source: any InternalIterator, fileNumber: UInt64, directory: String, tier: Int = 0, fileSystem: any FileSystem,
         tableOptions: TableOptions
     ) {
         self.source = source
         self.fileNumber = fileNumber
         self.directory = directory
+        self.tier = tier
         self.fileSystem = fileSystem
         self.tableOptions = tableOptions
     }
@@ -33,7 +37,7 @@ public struct FlushJob {
         try source.seekToFirst()
         guard source.isValid else { return nil }
         let path = joinPath(directory, DatabaseFile.table(fileNumber).name)
-        let writer = TableWriter(path: path, number: fileNumber, fileSystem: fileSystem, options: tableOptions)
+        let writer = TableWriter(path: path, number: fileNumber, tier: tier, fileSystem: fileSystem, options: tableOptions)
         do {
             try writer.open()
             while source.isValid {
@@ -52,14 +56,16 @@ public struct FlushJob {
 final class TableWriter {
     let path: String
     let number: UInt64
+    let tier: Int
     let fileSystem: any FileSystem
     let options: TableOptions
     private(set) var builder: TableBuilder? = nil
     private var file: (any WritableFile)? = nil
 
-    init(path: String, number: UInt64, fileSystem: any FileSystem, options: TableOptions) {
+    init(path: String, number: UInt64, tier: Int, fileSystem: any FileSystem, options: TableOptions) {
         self.path = path
         self.number = number
+        self.tier = tier
         self.fileSystem = fileSystem
         self.options = options
     }
@@ -78,7 +84,7 @@ final class TableWriter {
         file = nil
         return TableFileInfo(
             number: number, sizeBytes: size, smallest: properties.smallestKey, largest: properties.largestKey,
-            smallestSequence: properties.smallestSequence, largestSequence: properties.largestSequence)
+            smallestSequence: properties.smallestSequence, largestSequence: properties.largestSequence, tier: tier)
     }
 
     /// Closes and removes a partly written table (best effort: the next open collects leftovers).
@@ -113,7 +119,7 @@ public final class FlushStream {
         }
         self.spec = spec
         writer = TableWriter(
-            path: joinPath(spec.directory, DatabaseFile.table(spec.outputNumber).name), number: spec.outputNumber,
+            path: spec.tablePath(spec.outputNumber, tier: spec.outputTier), number: spec.outputNumber, tier: spec.outputTier,
             fileSystem: fileSystem, options: spec.tableOptions)
         try writer.open()
     }

@@ -88,7 +88,8 @@ public struct LocalJobRunner: JobRunner {
         let cpuStarted = threadCPUNanos()
         var result = FlushJobResult(jobID: spec.jobID)
         result.output = try FlushJob(
-            source: source, fileNumber: spec.outputNumber, directory: spec.directory, fileSystem: fileSystem,
+            source: source, fileNumber: spec.outputNumber, directory: spec.tableDirectory(tier: spec.outputTier), tier: spec.outputTier,
+            fileSystem: fileSystem,
             tableOptions: spec.tableOptions
         ).run()
         result.wallNanos = monotonicNanos() - started

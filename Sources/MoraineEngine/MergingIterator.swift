@@ -141,7 +141,7 @@ final class LevelIterator: InternalIterator {
             table = nil
             return
         }
-        table = try tables.reader(files[index].number).makeIterator(fillCache: fillCache, readahead: .automatic())
+        table = try tables.reader(files[index]).makeIterator(fillCache: fillCache, readahead: .automatic())
     }
 
     private func skipForward() throws {

@@ -69,6 +69,9 @@ public struct Options: Sendable {
     public var maxValueSize = 256 << 20
     /// Number of levels (`num_levels`).
     public let numLevels = VersionEdit.maxLevels
+    /// Storage tiers for tables, fastest first (see `StorageTier`, `TierLayout`); empty: every
+    /// table in the database directory. Each tier but the last needs a budget.
+    public var tiers: [StorageTier] = []
     /// The file seam: where every file is created and read.
     public var fileSystem: any FileSystem = PosixFileSystem.shared
     /// Where compaction jobs run: in this process (the default), or on a worker. Every result is
@@ -144,6 +147,10 @@ public struct Options: Sendable {
         try check(maxBackgroundJobs >= 1, "max_background_jobs must be positive")
         try check(maxKeySize >= 1 && maxKeySize <= 16 << 20, "max key size must be 1 B…16 MiB")
         try check(maxValueSize >= 1 && maxValueSize <= 512 << 20, "max value size must be 1 B…512 MiB")
+        try check(tiers.count <= TableFileInfo.tiersMax, "at most \(TableFileInfo.tiersMax) tiers")
+        try check(tiers.allSatisfy { !$0.path.isEmpty }, "a tier needs a directory")
+        try check(tiers.dropLast().allSatisfy { $0.budgetBytes != nil }, "every tier but the last needs a size")
+        try check(Set(tiers.map(\.path)).count == tiers.count, "two tiers name one directory")
         try check(
             pmemArenaCount.map { $0 >= maxWriteBufferNumber + 1 } ?? true,
             "pmem arena count must exceed max_write_buffer_number")

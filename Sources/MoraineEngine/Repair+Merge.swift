@@ -85,7 +85,7 @@ extension Repairer {
                     if writer == nil {
                         let number = newNumber()
                         let next = TableWriter(
-                            path: path(DatabaseFile.table(number).name), number: number, fileSystem: fileSystem,
+                            path: path(DatabaseFile.table(number).name), number: number, tier: 0, fileSystem: fileSystem,
                             options: options.tableOptions)
                         try next.open()
                         writer = next

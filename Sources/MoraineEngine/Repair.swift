@@ -65,6 +65,10 @@ extension Engine {
     ///   for a damaged one).
     public static func repair(path: String, options: Options) throws -> RepairReport {
         try options.validate()
+        guard options.tiers.isEmpty else {
+            // Repair rebuilds from one directory's tables; it does not look on other tiers yet.
+            throw MoraineError(.invalid, "repair of \(path) refused: repair does not cover a database with storage tiers yet")
+        }
         let fs = options.fileSystem
         guard try fs.exists(path) else { throw MoraineError(.notFound, "database directory \(path) does not exist") }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))

@@ -8,16 +8,16 @@ import MoraineFormat
 import MoraineSystem
 import Synchronization
 
-/// Collects numbers of table files that became unreferenced after being marked obsolete.
+/// Collects table files (number and tier) that became unreferenced after being marked obsolete.
 public final class ObsoleteFiles: @unchecked Sendable {
     /// Guards `numbers`: a pthread mutex, which ThreadSanitizer sees through (it does not see
     /// through Synchronization.Mutex on Linux).
     private let lock = ConditionLock()
-    private var numbers: [UInt64] = []
+    private var numbers: [(number: UInt64, tier: Int)] = []
     public init() {}
-    func add(_ number: UInt64) { lock.withLock { numbers.append(number) } }
-    /// Takes every pending number.
-    func drain() -> [UInt64] {
+    func add(_ number: UInt64, tier: Int) { lock.withLock { numbers.append((number, tier)) } }
+    /// Takes every pending file.
+    func drain() -> [(number: UInt64, tier: Int)] {
         lock.withLock {
             defer { numbers = [] }
             return numbers
@@ -50,7 +50,7 @@ public final class FileMetaData: Sendable {
     func markObsolete() { obsolete.store(true, ordering: .releasing) }
 
     deinit {
-        if obsolete.load(ordering: .acquiring) { sink.add(info.number) }
+        if obsolete.load(ordering: .acquiring) { sink.add(info.number, tier: info.tier) }
     }
 
     /// Whether the file's user-key range meets [lower, upper] (nil = unbounded).
@@ -85,17 +85,18 @@ public final class Version: Sendable {
     }
 
     /// A new version with `edit` applied, and the files it removes (not counting files the same
-    /// edit adds back, as a trivial move does). The caller marks those obsolete once the edit
-    /// is durable.
+    /// edit adds back on the same tier, as a trivial move does; a file added back on another
+    /// tier was copied there, and its old copy goes once unreferenced). The caller marks those
+    /// obsolete once the edit is durable.
     func applying(_ edit: VersionEdit, sink: ObsoleteFiles) -> (version: Version, removed: [FileMetaData]) {
         var removed: [FileMetaData] = []
         var levels = self.levels
         var moved: [UInt64: FileMetaData] = [:]
-        let added = Set(edit.newFiles.map(\.file.number))
+        let addedTiers = Dictionary(edit.newFiles.map { ($0.file.number, $0.file.tier) }, uniquingKeysWith: { _, last in last })
         for (level, number) in edit.deletedFiles {
             if let index = levels[level].firstIndex(where: { $0.number == number }) {
                 let file = levels[level].remove(at: index)
-                if added.contains(number) { moved[number] = file } else { removed.append(file) }
+                if addedTiers[number] == file.info.tier { moved[number] = file } else { removed.append(file) }
             }
         }
         for (level, info) in edit.newFiles {

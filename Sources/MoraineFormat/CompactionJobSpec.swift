@@ -33,7 +33,7 @@ public struct UserKeyRange: Sendable, Equatable {
 }
 
 /// Everything a compaction job needs, as a value.
-public struct CompactionJobSpec: Sendable, Equatable {
+public struct CompactionJobSpec: Sendable, Equatable, TieredJobSpec {
     /// Unique per database and owner epoch.
     public var jobID: UInt64
     /// The database's directory on the file system the job is given.
@@ -56,6 +56,11 @@ public struct CompactionJobSpec: Sendable, Equatable {
     /// Wall-clock nanoseconds (since 1970) after which the job must not start, nor finish: its
     /// sender has given up on it by then (0: no deadline, as for a job run in its own process).
     public var deadlineUnixNanos: Int64 = 0
+    /// The directory of each storage tier, fastest first, where the database spreads its tables
+    /// over tiers; empty when every table lives in `directory`.
+    public var tierDirectories: [String] = []
+    /// The tier the output goes to (an index into `tierDirectories`).
+    public var outputTier = 0
 
     public init(
         jobID: UInt64, directory: String, epoch: UInt64, inputs: [JobInputTable], outputLevel: Int,
@@ -109,6 +114,7 @@ public struct CompactionJobSpec: Sendable, Equatable {
                 found.append("input table \(input.info.number) is inside the output range \(outputFileNumbers)")
             }
         }
+        found += tierProblems(inputTiers: inputs.map { ($0.info.number, $0.info.tier) })
         if outputFileNumbers.isEmpty { found.append("the output file-number range is empty") }
         if targetFileSizeBytes == 0 { found.append("target file size is 0") }
         if tableOptions.blockSizeBytes < 256 || tableOptions.blockSizeBytes > 64 << 20 {
@@ -158,6 +164,7 @@ public struct CompactionJobSpec: Sendable, Equatable {
             let name = "output table \(output.number)"
             if !outputFileNumbers.contains(output.number) { found.append("\(name) is outside the reserved range \(outputFileNumbers)") }
             if !seen.insert(output.number).inserted { found.append("\(name) is named twice") }
+            if output.tier != outputTier { found.append("\(name) is on tier \(output.tier), not \(outputTier)") }
             if output.sizeBytes == 0 { found.append("\(name) is empty") }
             guard output.smallest.count >= 8, output.largest.count >= 8 else {
                 found.append("\(name) has no key range")

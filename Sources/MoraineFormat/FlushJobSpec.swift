@@ -9,7 +9,7 @@
 import MoraineSystem
 
 /// Everything a flush job needs but its entries, as a value.
-public struct FlushJobSpec: Sendable, Equatable {
+public struct FlushJobSpec: Sendable, Equatable, TieredJobSpec {
     /// Unique per database and owner epoch (shared with compaction jobs' ids).
     public var jobID: UInt64
     /// The database's directory on the file system the job is given.
@@ -25,6 +25,11 @@ public struct FlushJobSpec: Sendable, Equatable {
     /// Where the memtable lies in a memory node's region, when it does: a worker on the same box
     /// reads it there in place instead of receiving its entries.
     public var arena: FlushArenaReference? = nil
+    /// The directory of each storage tier, fastest first, where the database spreads its tables
+    /// over tiers; empty when every table lives in `directory`.
+    public var tierDirectories: [String] = []
+    /// The tier the output goes to (an index into `tierDirectories`).
+    public var outputTier = 0
 
     public init(jobID: UInt64, directory: String, epoch: UInt64, outputNumber: UInt64, tableOptions: TableOptions) {
         self.jobID = jobID
@@ -39,6 +44,7 @@ public struct FlushJobSpec: Sendable, Equatable {
         var found: [String] = []
         if outputNumber == 0 { found.append("output number 0") }
         if directory.isEmpty { found.append("no directory") }
+        found += tierProblems(inputTiers: [])
         if deadlineUnixNanos != 0 && deadlineUnixNanos <= now {
             found.append("its deadline passed \(Double((now - deadlineUnixNanos) / 1_000_000) / 1000) s ago")
         }
@@ -56,6 +62,7 @@ public struct FlushJobSpec: Sendable, Equatable {
         guard let output = result.output else { return [] }
         var found: [String] = []
         if output.number != outputNumber { found.append("output table \(output.number) is not the reserved \(outputNumber)") }
+        if output.tier != outputTier { found.append("output table \(output.number) is on tier \(output.tier), not \(outputTier)") }
         if output.sizeBytes == 0 { found.append("output table \(output.number) is empty") }
         if output.smallest.count < 8 || output.largest.count < 8 { found.append("output table \(output.number) has no key range") }
         if output.smallestSequence > output.largestSequence {

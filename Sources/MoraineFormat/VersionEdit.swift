@@ -13,10 +13,16 @@ public struct TableFileInfo: Sendable, Equatable {
     public var largest: [UInt8]
     public var smallestSequence: SequenceNumber
     public var largestSequence: SequenceNumber
+    /// The storage tier holding the file: an index into the database's tiers, fastest first
+    /// (0 where the database has one place for its tables).
+    public var tier: Int
+
+    /// The most tiers a database may have.
+    public static let tiersMax = 8
 
     public init(
         number: UInt64, sizeBytes: UInt64, smallest: [UInt8], largest: [UInt8],
-        smallestSequence: SequenceNumber, largestSequence: SequenceNumber
+        smallestSequence: SequenceNumber, largestSequence: SequenceNumber, tier: Int = 0
     ) {
         self.number = number
         self.sizeBytes = sizeBytes
@@ -24,6 +30,7 @@ public struct TableFileInfo: Sendable, Equatable {
         self.largest = largest
         self.smallestSequence = smallestSequence
         self.largestSequence = largestSequence
+        self.tier = tier
     }
 }
 
@@ -65,6 +72,9 @@ public struct VersionEdit: Sendable, Equatable {
         case newFile = 7
         case reservation = 8
         case releasedReservation = 9
+        /// A new file outside tier 0: the fields of `newFile`, then the tier. Written only for
+        /// such files, so a database with one tier keeps the manifest an older binary reads.
+        case tieredNewFile = 10
     }
 
     public static let maxLevels = 7
@@ -94,7 +104,7 @@ public struct VersionEdit: Sendable, Equatable {
             out.appendVarint(number)
         }
         for (level, file) in newFiles {
-            out.appendVarint(Tag.newFile.rawValue)
+            out.appendVarint(file.tier == 0 ? Tag.newFile.rawValue : Tag.tieredNewFile.rawValue)
             out.appendVarint(UInt64(level))
             out.appendVarint(file.number)
             out.appendVarint(file.sizeBytes)
@@ -102,6 +112,7 @@ public struct VersionEdit: Sendable, Equatable {
             out.appendLengthPrefixed(file.largest)
             out.appendVarint(file.smallestSequence)
             out.appendVarint(file.largestSequence)
+            if file.tier != 0 { out.appendVarint(UInt64(file.tier)) }
         }
         for range in reservations {
             out.appendVarint(Tag.reservation.rawValue)
@@ -141,12 +152,20 @@ public struct VersionEdit: Sendable, Equatable {
                     edit.compactPointers.append((try level(), try reader.lengthPrefixed()))
                 case .deletedFile:
                     edit.deletedFiles.append((try level(), try reader.varint()))
-                case .newFile:
+                case .newFile, .tieredNewFile:
                     let l = try level()
-                    let file = TableFileInfo(
+                    var file = TableFileInfo(
                         number: try reader.varint(), sizeBytes: try reader.varint(),
                         smallest: try reader.lengthPrefixed(), largest: try reader.lengthPrefixed(),
                         smallestSequence: try reader.varint(), largestSequence: try reader.varint())
+                    if tag == .tieredNewFile {
+                        let tier = try reader.varint()
+                        guard tier > 0, tier < UInt64(TableFileInfo.tiersMax) else {
+                            throw MoraineError(
+                                .corruption, "table \(file.number) is on tier \(tier), outside 1..<\(TableFileInfo.tiersMax), in \(origin)")
+                        }
+                        file.tier = Int(tier)
+                    }
                     guard file.smallest.count >= internalKeyTagBytes, file.largest.count >= internalKeyTagBytes else {
                         throw MoraineError(.corruption, "table \(file.number) has a malformed key range in \(origin)")
                     }

@@ -38,6 +38,7 @@ public struct FlushJobRequest: WireMessage {
         writer.u32(UInt32(clamping: spec.tableOptions.bloomBitsPerKey))
         writer.u8(spec.tableOptions.compression == .lz4 ? 1 : 0)
         writer.u64(UInt64(bitPattern: spec.deadlineUnixNanos))
+        TierCoding.encode(spec.tierDirectories, outputTier: spec.outputTier, into: &writer)
         if let arena = spec.arena {
             writer.string(arena.regionPath)
             writer.u64(arena.offset)
@@ -57,6 +58,7 @@ public struct FlushJobRequest: WireMessage {
             compression: try reader.u8("compression") == 1 ? .lz4 : .none)
         spec = FlushJobSpec(jobID: jobID, directory: directory, epoch: epoch, outputNumber: number, tableOptions: options)
         spec.deadlineUnixNanos = Int64(bitPattern: try reader.u64("deadline"))
+        (spec.tierDirectories, spec.outputTier) = try TierCoding.decode(from: &reader, wireName: Self.wireName)
         if reader.remainingCount > 0 {
             spec.arena = FlushArenaReference(
                 regionPath: try reader.string("region path"), offset: try reader.u64("arena offset"), bytes: try reader.u64("arena bytes"),

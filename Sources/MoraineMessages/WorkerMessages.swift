@@ -31,13 +31,35 @@ extension TableFileInfo {
         writer.data(largest)
         writer.u64(smallestSequence)
         writer.u64(largestSequence)
+        writer.u8(UInt8(clamping: tier))
     }
 
     init(from reader: inout WireReader) throws(TransportError) {
         self.init(
             number: try reader.u64("table number"), sizeBytes: try reader.u64("table size"),
             smallest: try reader.data("smallest key"), largest: try reader.data("largest key"),
-            smallestSequence: try reader.u64("smallest sequence"), largestSequence: try reader.u64("largest sequence"))
+            smallestSequence: try reader.u64("smallest sequence"), largestSequence: try reader.u64("largest sequence"),
+            tier: Int(try reader.u8("table tier")))
+    }
+}
+
+/// A job's storage tiers on the wire: u8 count, each tier's directory (string), u8 output tier.
+/// Tier numbers are checked against the spec by its `problems()`, not here.
+enum TierCoding {
+    static func encode(_ directories: [String], outputTier: Int, into writer: inout WireWriter) {
+        writer.u8(UInt8(clamping: directories.count))
+        for directory in directories { writer.string(directory) }
+        writer.u8(UInt8(clamping: outputTier))
+    }
+
+    static func decode(from reader: inout WireReader, wireName: String) throws(TransportError) -> (directories: [String], outputTier: Int) {
+        let count = Int(try reader.u8("tier count"))
+        guard count <= TableFileInfo.tiersMax else {
+            throw TransportError(.malformed, "\(wireName): \(count) tiers pass \(TableFileInfo.tiersMax)")
+        }
+        var directories: [String] = []
+        for _ in 0..<count { directories.append(try reader.string("tier directory")) }
+        return (directories, Int(try reader.u8("output tier")))
     }
 }
 
@@ -80,6 +102,7 @@ public struct CompactionJobRequest: WireMessage {
         writer.u64(spec.outputFileNumbers.lowerBound)
         writer.u64(spec.outputFileNumbers.upperBound)
         writer.u64(UInt64(bitPattern: spec.deadlineUnixNanos))
+        TierCoding.encode(spec.tierDirectories, outputTier: spec.outputTier, into: &writer)
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -128,6 +151,7 @@ public struct CompactionJobRequest: WireMessage {
             smallestSnapshot: snapshot, deeperLevelRanges: deeper, targetFileSizeBytes: target, tableOptions: options,
             outputFileNumbers: lower..<upper)
         spec.deadlineUnixNanos = Int64(bitPattern: try reader.u64("deadline"))
+        (spec.tierDirectories, spec.outputTier) = try TierCoding.decode(from: &reader, wireName: Self.wireName)
     }
 }
 

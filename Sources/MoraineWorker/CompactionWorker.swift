@@ -286,7 +286,7 @@ public final class CompactionWorker: Sendable {
     private func removeOutputs(of result: CompactionJobResult, spec: CompactionJobSpec) {
         guard let files = try? fileSystem(for: spec.directory, epoch: spec.epoch) else { return }
         for output in result.outputs where spec.outputFileNumbers.contains(output.number) {
-            try? files.remove(joinPath(spec.directory, DatabaseFile.table(output.number).name))
+            try? files.remove(spec.tablePath(output.number, tier: spec.outputTier))
         }
     }
 }

@@ -2,7 +2,9 @@
 // and compactions run against a database; at a random moment the file system is imaged as a
 // machine would find it after losing power (synced bytes kept, a random part of the rest), the
 // database is reopened from that image, and its contents must equal the oracle after some
-// prefix of the operations that includes every synced write.
+// prefix of the operations that includes every synced write. It runs again with the tables on
+// two storage tiers, the fast one small enough that tables move down all the time (so the power
+// loss lands in moves too).
 // MORAINE_SEED replays; MORAINE_CRASH_ROUNDS sets the number of rounds (default 40).
 import Moraine
 import MoraineTestSupport
@@ -27,24 +29,37 @@ struct CrashSimulationTests {
         }
     }
 
-    static func options(_ fs: SimulatedFileSystem) -> Options {
+    static func options(_ fs: SimulatedFileSystem, tiered: Bool) -> Options {
         var options = Options()
         options.createIfMissing = true
         options.fileSystem = fs
+        if tiered {
+            // L0 (counted as L1's 8 KiB) fits the fast tier, L1 does not; L0 piles up to four
+            // tables of about 4 KiB before its compaction, past the 10 KiB budget: the oldest
+            // L0 tables move down.
+            options.tiers = [StorageTier(path: "/fast", budgetBytes: 10 << 10), StorageTier(path: "/slow", budgetBytes: nil)]
+        }
         options.writeBufferSize = 8 << 10
         options.targetFileSizeBase = 8 << 10
         options.maxBytesForLevelBase = 32 << 10
         options.level0FileNumCompactionTrigger = 2
         options.blockSize = 512
+        if tiered {
+            options.writeBufferSize = 4 << 10
+            options.targetFileSizeBase = 4 << 10
+            options.maxBytesForLevelBase = 8 << 10
+            options.level0FileNumCompactionTrigger = 4
+        }
         return options
     }
 
-    /// Runs one round; returns a failure description or nil.
-    static func round(seed: UInt64, round: Int) throws -> String? {
+    /// Runs one round; returns a failure description or nil. Adds the tables moved between tiers
+    /// before the power loss to `moves`.
+    static func round(seed: UInt64, round: Int, tiered: Bool, moves: inout Int) throws -> String? {
         var rng = SeededRandom(seed: seed)
         let fs = SimulatedFileSystem()
         let directory = "/db"
-        var database = try Database(path: directory, options: options(fs))
+        var database = try Database(path: directory, options: options(fs, tiered: tiered))
         var ops: [Op] = []
         var durablePrefix = 0  // every op before this index must survive
         // Some history first, with a reopen, so recovery starts from a non-trivial state.
@@ -53,7 +68,7 @@ struct CrashSimulationTests {
         for i in 0..<opCount {
             if i == reopenAt {
                 try database.close()
-                database = try Database(path: directory, options: options(fs))
+                database = try Database(path: directory, options: options(fs, tiered: tiered))
             }
             let key = Array("k\(Int.random(in: 0..<150, using: &rng))".utf8)
             let sync = Int.random(in: 0..<5, using: &rng) == 0
@@ -90,9 +105,10 @@ struct CrashSimulationTests {
         }
         // Power loss now, with background work possibly in flight.
         let image = fs.crashImage(using: &rng)
+        moves += database.stats().tierMoves  // since the last reopen: a lower bound
         try database.close()
 
-        let recovered = try Database(path: directory, options: options(image))
+        let recovered = try Database(path: directory, options: options(image, tiered: tiered))
         defer { try? recovered.close() }
         let contents = try Oracle(contentsOf: recovered)
         var oracle = Oracle()
@@ -110,15 +126,18 @@ struct CrashSimulationTests {
             + "\(ops.count) operations at or after the durable prefix \(durablePrefix)"
     }
 
-    @Test("recovery after power loss keeps every synced write and equals a prefix")
-    func powerLoss() throws {
+    @Test("recovery after power loss keeps every synced write and equals a prefix", arguments: [false, true])
+    func powerLoss(tiered: Bool) throws {
         let rounds = SeededRandom.environmentInt("MORAINE_CRASH_ROUNDS", default: 40)
-        let seed = SeededRandom.testSeed("rounds \(rounds)")
+        let seed = SeededRandom.testSeed("rounds \(rounds), tiered \(tiered)")
+        var moves = 0
         for r in 0..<rounds {
             let roundSeed = seed &+ UInt64(r) &* 0x9e37_79b9
-            let failure = try Self.round(seed: roundSeed, round: r)
+            let failure = try Self.round(seed: roundSeed, round: r, tiered: tiered, moves: &moves)
             #expect(failure == nil, "\(failure ?? "") — replay with MORAINE_SEED=\(seed)")
             if failure != nil { return }
         }
+        // With tiers, power was lost around moves, not only beside them.
+        #expect(!tiered || moves > 0, "\(moves) tables moved in \(rounds) rounds")
     }
 }

@@ -25,6 +25,10 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
     /// Whether the database runs on a compute node (in this process) that a thin client reaches
     /// over this carrier: every reopen restarts the node.
     var compute: Carrier? = nil
+    /// Whether the tables spread over two storage tiers beside the database directory: a fast
+    /// one of `fastTierBytes` that fills (so tables move down during the run) and an unbounded one.
+    var tiers = false
+    static let fastTierBytes: UInt64 = 10 << 10
     let options: @Sendable (inout Options) -> Void
     var description: String { name }
 
@@ -49,6 +53,16 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.blockSize = 16 << 10
             o.targetFileSizeBase = 32 << 10
             o.maxBytesForLevelBase = 64 << 10
+        },
+        // Two tiers: L0 (counted as L1's 8 KiB) fits the fast tier's 10 KiB, L1 does not. L0
+        // piles up to four tables of about 4 KiB before its compaction, so its oldest tables
+        // move down, and compactions read inputs from both tiers.
+        ModelConfiguration(name: "two-tiers", tiers: true) { o in
+            o.writeBufferSize = 4 << 10
+            o.targetFileSizeBase = 4 << 10
+            o.maxBytesForLevelBase = 8 << 10
+            o.level0FileNumCompactionTrigger = 4
+            o.compression = .none
         },
         ModelConfiguration(name: "pmem-durability") { o in
             // The persistent log in a /dev/shm region instead of the WAL; small arenas, so
@@ -120,6 +134,8 @@ struct ModelRun {
     var snapshots: [Snapshot] = []
     var step = 0
     var current: ModelStep? = nil
+    /// Tables moved between tiers by the earlier opens (a reopen starts the counters again).
+    var tierMovesBefore = 0
     /// The storage node the files live on, for the configurations that use one.
     let node: StorageTestNode?
     /// The compaction worker, and the runner that sends it jobs, for the configurations that use one.
@@ -152,15 +168,23 @@ struct ModelRun {
         if let compute {
             database = try compute.connect("model")
         } else {
-            database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+            database = try Database(
+                path: directory, options: Self.options(configuration, directory: directory, node: node, runner: runner, memory: memory))
         }
     }
 
     static func options(
-        _ configuration: ModelConfiguration, node: StorageTestNode?, runner: RemoteJobRunner? = nil, memory: MemoryTestNode? = nil
+        _ configuration: ModelConfiguration, directory: String, node: StorageTestNode?, runner: RemoteJobRunner? = nil,
+        memory: MemoryTestNode? = nil
     ) -> Options {
         var options = Options()
         options.createIfMissing = true
+        if configuration.tiers {
+            options.tiers = [
+                StorageTier(path: directory + ".fast", budgetBytes: ModelConfiguration.fastTierBytes),
+                StorageTier(path: directory + ".slow", budgetBytes: nil),
+            ]
+        }
         if let node { options.fileSystem = node.remote }
         if let runner { options.jobRunner = runner }
         if let memory, let node {
@@ -182,6 +206,19 @@ struct ModelRun {
 
     mutating func run(steps: Int) throws {
         defer {
+            if configuration.tiers {
+                // Tables really moved down, and each tier holds at least what the version names
+                // there (an old copy goes once no reader holds it).
+                _ = database.waitForBackgroundIdle(timeoutNanos: 30_000_000_000)
+                let stats = database.stats()
+                let moves = tierMovesBefore + stats.tierMoves
+                #expect(moves > 0 && stats.tierMoveFailures == 0, "\(moves) moves, \(stats.tierMoveFailures) failed")
+                #expect(stats.tiers.count == 2 && stats.tiers[1].fileCount > 0, "tiers: \(stats.tiers)")
+                for tier in stats.tiers {
+                    let onDisk = (try? PosixFileSystem.shared.children(of: tier.path))?.filter { $0.hasSuffix(".sst") }.count
+                    #expect((onDisk ?? -1) >= tier.fileCount, "tier \(tier.tier): \(onDisk ?? -1) tables on disk, \(tier.fileCount) in the version")
+                }
+            }
             try? database.close()
             if let runner {
                 // The compactions really ran on the worker, and none fell back.
@@ -205,6 +242,8 @@ struct ModelRun {
             } else {
                 removeTree(directory)
                 removeTree(Options.defaultPmemPath(for: directory))
+                removeTree(directory + ".fast")
+                removeTree(directory + ".slow")
             }
         }
         for s in 0..<steps {
@@ -270,12 +309,14 @@ struct ModelRun {
             try checkEverything(oracle, snapshot: nil)
         case .reopen:
             snapshots.removeAll()
+            if configuration.tiers { tierMovesBefore += database.stats().tierMoves }
             try database.close()
             if let compute {
                 try compute.restart()
                 database = try compute.connect("model", create: false)
             } else {
-                database = try Database(path: directory, options: Self.options(configuration, node: node, runner: runner, memory: memory))
+                database = try Database(
+                    path: directory, options: Self.options(configuration, directory: directory, node: node, runner: runner, memory: memory))
             }
             try checkEverything(oracle, snapshot: nil)
         }

@@ -91,6 +91,14 @@ final class ShellProcess: @unchecked Sendable {
 
     func closeInput() { try? input.fileHandleForWriting.close() }
     func kill() { _ = Foundation.kill(pid, SIGKILL) }
+    /// SIGKILLs the child `micros` from now, from a thread of its own.
+    func killLater(afterMicros micros: UInt32) {
+        let pid = pid
+        Thread {
+            usleep(micros)
+            _ = Foundation.kill(pid, SIGKILL)
+        }.start()
+    }
     func wait() { process.waitUntilExit() }
 }
 
@@ -123,13 +131,7 @@ struct ProcessCrashTests {
             let shell = try ShellProcess(arguments: [
                 "shell", "--db", directory, "--sync", "--write_buffer_size", "65536", "--durability", durability.rawValue,
             ], environment: environment)
-            let killAfterMicros = UInt32.random(in: 20_000...400_000, using: &rng)
-            let pid = shell.pid
-            let killer = Thread {
-                usleep(killAfterMicros)
-                _ = kill(pid, SIGKILL)
-            }
-            killer.start()
+            shell.killLater(afterMicros: UInt32.random(in: 20_000...400_000, using: &rng))
             var inFlight: Oracle? = nil
             var step = 0
             while true {
