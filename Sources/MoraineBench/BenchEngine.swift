@@ -2,6 +2,7 @@
 // this package; the RocksDB peer implements it in bench/ (its own package, so Moraine never
 // needs RocksDB to build). Both are configured from the same BenchConfiguration, so each
 // engine runs with exactly the options the other gets.
+import Moraine
 import MoraineSystem
 
 /// Options every engine under test receives (db_bench's names in comments).
@@ -28,6 +29,13 @@ public struct BenchConfiguration: Sendable {
     public var maxBytesForLevelBaseBytes = 256 << 20  // --max_bytes_for_level_base
     public var maxBackgroundJobs = 2  // --max_background_jobs
     public var blockSizeBytes = 4096  // --block_size
+    /// Storage tiers (--tiers): each engine's tables under `path/<engine>` on each tier.
+    public var tiers: [StorageTier] = []
+
+    /// The tiers of engine `name`: its own directory on each tier.
+    public func tiers(for name: String) -> [StorageTier] {
+        tiers.map { StorageTier(path: $0.path + "/" + name, budgetBytes: $0.budgetBytes, mapped: $0.mapped) }
+    }
     public init() {}
 }
 
@@ -131,9 +139,13 @@ extension BenchEngineFactory {
     /// A subdirectory of the run's directory per engine.
     public func databasePath(_ name: String, base: String) -> String { base + "/" + name }
 
-    /// Removes the local directory and makes it anew.
+    /// Removes the local directory (and the engine's directory on each tier) and makes it anew.
     public func removeDatabase(_ name: String, path: String, configuration: BenchConfiguration) throws {
         PosixFileSystem.shared.removeTree(path)
         try PosixFileSystem.shared.createDirectory(path)
+        for tier in configuration.tiers(for: name) {
+            PosixFileSystem.shared.removeTree(tier.path)
+            try PosixFileSystem.shared.createDirectory(tier.path)
+        }
     }
 }

@@ -2,6 +2,7 @@
 // into ArgumentParser's, the boolean values, the benchmark names this harness runs, and the
 // range of every number. Pure functions of the arguments; no I/O.
 import ArgumentParser
+import Moraine
 import MoraineSystem
 
 extension BenchFlags {
@@ -11,7 +12,7 @@ extension BenchFlags {
         "disable_wal", "durability", "pmem_path", "numa_node", "io_backend", "cache_size", "bloom_bits",
         "compression_type", "write_buffer_size", "max_write_buffer_number", "level0_file_num_compaction_trigger",
         "target_file_size_base", "max_bytes_for_level_base", "max_background_jobs", "seed", "compression_ratio",
-        "seek_nexts", "batch_size", "json", "statistics", "histogram", "records", "operations", "settle",
+        "seek_nexts", "batch_size", "json", "statistics", "histogram", "records", "operations", "settle", "tiers",
     ]
 
     /// How the help describes a boolean flag's values.
@@ -110,6 +111,9 @@ extension BenchFlags {
         try Self.check("seek_nexts", seekNexts, 0...(1 << 30))
         try Self.check("seed", seed, 0...Int.max)
         try Self.check("cache_size", cacheSize, 0...(1 << 42))
+        if let tiers {
+            do { _ = try StorageTier.parseList(tiers) } catch let error as MoraineError { throw ValidationError("--tiers: \(error.message)") }
+        }
         try Self.check("bloom_bits", bloomBits, 0...64)
         try Self.check("write_buffer_size", writeBufferSize, 4096...(1 << 30))
         try Self.check("max_write_buffer_number", maxWriteBufferNumber, 2...64)

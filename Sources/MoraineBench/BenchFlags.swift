@@ -5,6 +5,7 @@
 // every count or size out of range and every benchmark name this harness does not run, before
 // anything runs.
 import ArgumentParser
+import Moraine
 import MoraineSystem
 
 /// The flags of one benchmark run.
@@ -36,6 +37,10 @@ public struct BenchFlags: ParsableArguments, Sendable {
     public var numaNode: Int? = nil
     @Option(name: .customLong("io_backend"), help: "Moraine's file I/O: io_uring or pread (default: io_uring when available).")
     public var ioBackend: String? = nil
+    @Option(
+        name: .customLong("tiers"),
+        help: "Storage tiers for the tables, PATH:SIZE[:pmem],…; each engine's under PATH/<engine> (RocksDB: db_paths).")
+    public var tiers: String? = nil
     @Option(name: .customLong("cache_size"), help: "Block cache bytes.") public var cacheSize = 8 << 20
     @Option(name: .customLong("bloom_bits")) public var bloomBits = 10
     @Option(name: .customLong("compression_type"), help: "lz4 or none.") public var compressionType = "lz4"
@@ -104,6 +109,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.targetFileSizeBaseBytes = targetFileSizeBase
         c.maxBytesForLevelBaseBytes = maxBytesForLevelBase
         c.maxBackgroundJobs = maxBackgroundJobs
+        c.tiers = (try? tiers.map(StorageTier.parseList)) ?? []  // checked by validate()
         return c
     }
 
@@ -121,7 +127,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
             ("max_background_jobs", "\(maxBackgroundJobs)"), ("seed", "\(seed)"),
             ("compression_ratio", "\(compressionRatio)"), ("seek_nexts", "\(seekNexts)"), ("settle", settle ? "1" : "0"),
             ("records", "\(records < 0 ? num : records)"), ("operations", "\(operations < 0 ? readCount : operations)"),
-            ("batch_size", "\(batchSize)"),
+            ("batch_size", "\(batchSize)"), ("tiers", "\"\(tiers ?? "")\""),
         ]
         return "{" + pairs.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }

@@ -136,6 +136,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.bloomBitsPerKey = c.bloomBitsPerKey
         options.blockCacheSize = cacheSizeBytes ?? c.cacheSizeBytes
         options.compression = c.compressionLZ4 ? .lz4 : .none
+        options.tiers = c.tiers(for: name)
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }

@@ -18,36 +18,45 @@ public struct StorageTier: Sendable, Equatable, CustomStringConvertible {
     public var path: String
     /// The most bytes of tables the tier should hold; nil: unbounded (the last tier only).
     public var budgetBytes: UInt64?
+    /// Whether the tier is persistent memory (a DAX file system, or /dev/shm standing in for
+    /// one): its tables are read through a mapping, by loads, not by a system call per block.
+    public var mapped: Bool
 
-    public init(path: String, budgetBytes: UInt64?) {
+    public init(path: String, budgetBytes: UInt64?, mapped: Bool = false) {
         self.path = path
         self.budgetBytes = budgetBytes
+        self.mapped = mapped
     }
 
-    public var description: String { path + ":" + (budgetBytes.map { EventLog.bytes($0) } ?? "unbounded") }
+    public var description: String {
+        path + ":" + (budgetBytes.map { EventLog.bytes($0) } ?? "unbounded") + (mapped ? ":pmem" : "")
+    }
 
-    /// Parses `PATH:SIZE[,PATH:SIZE…]`: sizes in bytes with an optional K, M, G or T suffix
-    /// (powers of 1024); the last tier may leave its size out (or say `unbounded`).
+    /// Parses `PATH:SIZE[:pmem][,PATH:SIZE[:pmem]…]`: sizes in bytes with an optional K, M, G or
+    /// T suffix (powers of 1024); the last tier may leave its size out (or say `unbounded`);
+    /// `:pmem` marks a tier read through a mapping.
     /// - Throws: `.invalid` naming the part that does not parse.
     public static func parseList(_ text: String) throws -> [StorageTier] {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         var tiers: [StorageTier] = []
-        for (index, part) in parts.enumerated() {
+        for (index, whole) in parts.enumerated() {
             let isLast = index == parts.count - 1
+            let mapped = whole.hasSuffix(":pmem")
+            let part = mapped ? String(whole.dropLast(5)) : whole
             guard let colon = part.lastIndex(of: ":") else {
                 guard isLast, !part.isEmpty else {
                     throw MoraineError(.invalid, "tier \"\(part)\" is not PATH:SIZE (only the last tier may leave out its size)")
                 }
-                tiers.append(StorageTier(path: part, budgetBytes: nil))
+                tiers.append(StorageTier(path: part, budgetBytes: nil, mapped: mapped))
                 continue
             }
             let path = String(part[..<colon])
             let size = String(part[part.index(after: colon)...])
             guard !path.isEmpty else { throw MoraineError(.invalid, "tier \"\(part)\" has no path") }
             if size == "unbounded" || (size.isEmpty && isLast) {
-                tiers.append(StorageTier(path: path, budgetBytes: nil))
+                tiers.append(StorageTier(path: path, budgetBytes: nil, mapped: mapped))
             } else if let bytes = parseByteSize(size) {
-                tiers.append(StorageTier(path: path, budgetBytes: bytes))
+                tiers.append(StorageTier(path: path, budgetBytes: bytes, mapped: mapped))
             } else {
                 throw MoraineError(.invalid, "tier \"\(part)\": \"\(size)\" is not a size (bytes, or a number with K, M, G or T)")
             }
@@ -76,6 +85,8 @@ public struct TierLayout: Sendable, Equatable {
     public let directories: [String]
     /// Budgets per tier; nil: unbounded.
     public let budgets: [UInt64?]
+    /// Whether each tier's tables are read through a mapping.
+    public let mapped: [Bool]
     /// The tier each level's tables are written to.
     public let levelTiers: [Int]
     /// Whether the database has tiers (else every table is in the database directory).
@@ -86,10 +97,12 @@ public struct TierLayout: Sendable, Equatable {
         if options.tiers.isEmpty {
             directories = [databasePath]
             budgets = [nil]
+            mapped = [false]
             isTiered = false
         } else {
             directories = options.tiers.map(\.path)
             budgets = options.tiers.map(\.budgetBytes)
+            mapped = options.tiers.map(\.mapped)
             isTiered = true
         }
         let targets = (0..<options.numLevels).map { options.maxBytes(forLevel: max(1, $0)) }

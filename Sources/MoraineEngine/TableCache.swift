@@ -37,8 +37,8 @@ final class TableCache: @unchecked Sendable {
     func reader(_ number: UInt64, tier: Int) throws -> TableReader {
         if let cached = lock.withLock({ readers[number] }), cached.tier == tier { return cached.reader }
         let path = layout.tablePath(number, tier: tier)
-        let reader = try TableReader(
-            file: try fileSystem.openRandomAccess(path), name: path, cache: blockCache, secondary: secondary, fileNumber: number)
+        let file = layout.mapped[tier] ? try fileSystem.openMapped(path) : try fileSystem.openRandomAccess(path)
+        let reader = try TableReader(file: file, name: path, cache: blockCache, secondary: secondary, fileNumber: number)
         return lock.withLock {
             if let existing = readers[number], existing.tier == tier { return existing.reader }
             if readers.updateValue((reader, tier), forKey: number) == nil { order.append(number) }

@@ -54,6 +54,9 @@ public protocol FileSystem: AnyObject, Sendable {
     func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile
     /// Opens an existing file for random reads.
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
+    /// Opens an existing file that will not change for reads by loads from a mapping, where the
+    /// file system can map it (a persistent-memory tier); else as `openRandomAccess`.
+    func openMapped(_ path: String) throws -> any RandomAccessFile
     /// Reads a whole (small) file.
     func readAll(_ path: String) throws -> [UInt8]
     /// Whether a file or directory exists at `path`: true or false only when the file system
@@ -107,6 +110,9 @@ extension FileSystem {
     public func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile {
         try createWritable(path)
     }
+
+    /// File systems that cannot map read through `openRandomAccess`.
+    public func openMapped(_ path: String) throws -> any RandomAccessFile { try openRandomAccess(path) }
 
     /// Reads one request after another (file systems without a batching backend).
     public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {

@@ -26,7 +26,8 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
     /// over this carrier: every reopen restarts the node.
     var compute: Carrier? = nil
     /// Whether the tables spread over two storage tiers beside the database directory: a fast
-    /// one of `fastTierBytes` that fills (so tables move down during the run) and an unbounded one.
+    /// one of `fastTierBytes` read through a mapping, which fills (so tables move down during
+    /// the run), and an unbounded one.
     var tiers = false
     static let fastTierBytes: UInt64 = 10 << 10
     let options: @Sendable (inout Options) -> Void
@@ -181,7 +182,7 @@ struct ModelRun {
         options.createIfMissing = true
         if configuration.tiers {
             options.tiers = [
-                StorageTier(path: directory + ".fast", budgetBytes: ModelConfiguration.fastTierBytes),
+                StorageTier(path: directory + ".fast", budgetBytes: ModelConfiguration.fastTierBytes, mapped: true),
                 StorageTier(path: directory + ".slow", budgetBytes: nil),
             ]
         }

@@ -55,8 +55,11 @@ struct TierTests {
             StorageTier(path: "/mnt/pmem/db", budgetBytes: 64 << 20), StorageTier(path: "/nvme/db", budgetBytes: 2 << 30),
             StorageTier(path: "/disk/db", budgetBytes: nil),
         ])
-        #expect(try StorageTier.parseList("/a:1k,/b:unbounded") == [
-            StorageTier(path: "/a", budgetBytes: 1024), StorageTier(path: "/b", budgetBytes: nil),
+        #expect(try StorageTier.parseList("/a:1k:pmem,/b:unbounded") == [
+            StorageTier(path: "/a", budgetBytes: 1024, mapped: true), StorageTier(path: "/b", budgetBytes: nil),
+        ])
+        #expect(try StorageTier.parseList("/a:2M,/b:pmem") == [
+            StorageTier(path: "/a", budgetBytes: 2 << 20), StorageTier(path: "/b", budgetBytes: nil, mapped: true),
         ])
         for (text, named) in [("/a:12X", "12X"), ("/a,/b:1G", "/a"), (":5M", "no path"), ("/a:99999999999999999999T", "not a size")] {
             let error = moraineError { _ = try StorageTier.parseList(text) }
@@ -66,6 +69,34 @@ struct TierTests {
         options.tiers = [StorageTier(path: "/a", budgetBytes: nil), StorageTier(path: "/b", budgetBytes: nil)]
         let error = moraineError { _ = try Database(path: "/nonexistent-moraine-tier-test", options: options) }
         #expect(error?.kind == .invalid && error?.message.contains("every tier but the last needs a size") == true, "\(String(describing: error))")
+    }
+
+    @Test("a mapped file reads the same bytes as the I/O path: any range, short at the end, an empty file")
+    func mappedReads() throws {
+        let dir = TempDir("moraine-tiers-mapped")
+        defer { dir.remove() }
+        let seed = SeededRandom.testSeed("mapped reads")
+        var rng = SeededRandom(seed: seed)
+        let bytes = rng.bytes(300_000)
+        writeFileBytes(dir.file("t"), bytes)
+        writeFileBytes(dir.file("empty"), [])
+        let files: any FileSystem = PosixFileSystem.shared  // as the engine calls it: through the protocol
+        let mapped = try files.openMapped(dir.file("t"))
+        let plain = try PosixFileSystem.shared.openRandomAccess(dir.file("t"))
+        #expect(mapped.size == UInt64(bytes.count) && "\(type(of: mapped))" == "MappedRandomAccessFile", "\(type(of: mapped))")
+        var a = [UInt8](repeating: 0, count: 70_000)
+        var b = [UInt8](repeating: 0, count: 70_000)
+        for _ in 0..<200 {
+            let offset = UInt64.random(in: 0...UInt64(bytes.count + 10), using: &rng)
+            let length = Int.random(in: 0...70_000, using: &rng)
+            let got = try a.withUnsafeMutableBytes { try mapped.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<length])) }
+            let want = try b.withUnsafeMutableBytes { try plain.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<length])) }
+            #expect(got == want && a[0..<got] == b[0..<want], "offset \(offset) length \(length) (MORAINE_SEED=\(seed))")
+        }
+        let empty = try PosixFileSystem.shared.openMapped(dir.file("empty"))
+        #expect(try a.withUnsafeMutableBytes { try empty.read(at: 0, into: $0) } == 0)
+        let missing = moraineError { _ = try PosixFileSystem.shared.openMapped(dir.file("absent")) }
+        #expect(missing?.kind == .notFound && missing?.message.contains("absent") == true, "\(String(describing: missing))")
     }
 
     @Test("a job's tiers cross the wire; it reads each input from its tier and writes to the output tier")
@@ -126,7 +157,7 @@ struct TierTests {
             options.tiers =
                 swapped
                 ? [StorageTier(path: slow, budgetBytes: 1 << 30), StorageTier(path: fast, budgetBytes: nil)]
-                : [StorageTier(path: fast, budgetBytes: fastBytes), StorageTier(path: slow, budgetBytes: nil)]
+                : [StorageTier(path: fast, budgetBytes: fastBytes, mapped: true), StorageTier(path: slow, budgetBytes: nil)]
             return options
         }
 
@@ -190,6 +221,11 @@ struct TierTests {
         try db.close()
         db = try Database(path: t.dir.path, options: t.options())
         try t.check(db, count: 2000, round: 2)
+        // The fast tier is persistent memory (`mapped`): its tables are read through mappings,
+        // the slow tier's through the I/O path. (A scan opens every table.)
+        #expect(try Oracle(contentsOf: db).pairs.count == 2000)
+        let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+        #expect(maps.contains(t.fast + "/") && !maps.contains(t.slow + "/"), "mappings of the tiers' tables: \(db.stats().shape)")
         try Self.closeExpectingTiersMatch(db, t, "after reopen")
         // The tiers listed the other way round: every table is found where it is, and the open
         // records that (the next open finds each on its recorded tier).
@@ -309,7 +345,7 @@ struct TierTests {
           level0_file_num_compaction_trigger=4
           compression=kNoCompression
         """.write(toFile: optionsFile, atomically: true, encoding: .utf8)
-        let tiers = "\(t.fast):20K,\(t.slow)"
+        let tiers = "\(t.fast):20K:pmem,\(t.slow)"
         var reopen = t.options()
         reopen.createIfMissing = true
         var acknowledged = Oracle()

@@ -76,6 +76,19 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         rocksdb_options_set_max_background_jobs(options, maxBackgroundJobs)
         let compression = c.compressionLZ4 ? rocksdb_lz4_compression : rocksdb_no_compression
         rocksdb_options_set_compression(options, Int32(compression))
+        // Storage tiers as db_paths: each engine's own directory per tier, the tier's budget as
+        // the path's target size (the last, unbounded one: as big as can be). The options copy
+        // the paths.
+        let tiers = c.tiers(for: "rocksdb")
+        if !tiers.isEmpty {
+            var paths: [OpaquePointer?] = tiers.map { rocksdb_dbpath_create($0.path, $0.budgetBytes ?? UInt64.max) }
+            paths.withUnsafeMutableBufferPointer { buffer in
+                buffer.baseAddress!.withMemoryRebound(to: Optional<OpaquePointer>.self, capacity: buffer.count) { base in
+                    rocksdb_options_set_db_paths(options, UnsafeMutablePointer(mutating: base), buffer.count)
+                }
+            }
+            for path in paths { rocksdb_dbpath_destroy(path) }
+        }
 
         let tableOptions = rocksdb_block_based_options_create()!
         rocksdb_block_based_options_set_block_size(tableOptions, blockSize)
