@@ -145,7 +145,7 @@ extension BenchEngineFactory {
         try PosixFileSystem.shared.createDirectory(path)
         for tier in configuration.tiers(for: name) {
             PosixFileSystem.shared.removeTree(tier.path)
-            try PosixFileSystem.shared.createDirectory(tier.path)
+            try PosixFileSystem.shared.createDirectory(tier.path)  // RocksDB does not create db_paths' directories
         }
     }
 }

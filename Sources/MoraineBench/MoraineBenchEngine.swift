@@ -101,6 +101,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         // arenas of a removed database are adopted and given back by the next open).
         if c.durability == "pmem" && memtableRegion == nil { PosixFileSystem.shared.removeTree(c.pmemPath ?? Options.defaultPmemPath(for: path)) }
         try PosixFileSystem.shared.createDirectory(path)
+        // And its tables on every storage tier.
+        for tier in c.tiers(for: name) { PosixFileSystem.shared.removeTree(tier.path) }
     }
 
     public func open(_ name: String, path: String, configuration c: BenchConfiguration) throws -> any BenchEngine {

@@ -260,8 +260,11 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
             defer { rocksdb_free(value) }
             return String(cString: value)
         }
+        // The compaction table's header and its "Sum" row carry RocksDB's write amplification
+        // (W-Amp: bytes flushed and compacted over bytes flushed).
         let stalls = property("rocksdb.stats").split(separator: "\n").filter {
             $0.hasPrefix("Stalls(count)") || $0.hasPrefix("Cumulative stall") || $0.hasPrefix("Cumulative compaction") || $0.hasPrefix("Flush(GB)")
+                || $0.hasPrefix("Level ") || $0.hasPrefix(" Sum ")
         }
         return (property("rocksdb.levelstats").split(separator: "\n") + stalls).joined(separator: "\n")
     }
