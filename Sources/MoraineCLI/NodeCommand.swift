@@ -29,6 +29,12 @@ struct NodeCommand: ParsableCommand {
     @Option(help: "The role to run: compute, storage, memory, flush or compaction.") var role: String
     @Option(help: "Storage: the directory that holds the databases' files (it must exist). Compute without --cluster: the databases' parent directory.")
     var data: String?
+    @Option(
+        help: """
+            Storage: storage tiers for the databases' tables, fastest first, PATH:SIZE[:pmem],… (each directory must exist; \
+            a database's tables on tier K go to PATH/DATABASE; the compute side spreads them by level and budget).
+            """)
+    var tiers: String?
     @Option(help: "Compute, flush, compaction, memory: the cluster's run directory (its endpoints file names the other roles).")
     var cluster: String?
     @Option(help: "Compute: where the databases' writes become durable: wal (default) or pmem (memtables in the memory node's region).")
@@ -105,6 +111,13 @@ struct NodeCommand: ParsableCommand {
             guard data != nil else { throw ValidationError("--role storage needs --data DIR") }
             guard listen != nil else { throw ValidationError("--role storage needs --listen shm:PATH|tcp:HOST:PORT") }
             guard clusterKey != nil else { throw ValidationError("--role storage needs --cluster-key FILE") }
+            if let tiers {
+                let parsed: [StorageTier]
+                do { parsed = try StorageTier.parseList(tiers) } catch let error as MoraineError { throw ValidationError("--tiers: \(error.message)") }
+                guard parsed.count <= StorageTiersReply.tiersMax, parsed.dropLast().allSatisfy({ ($0.budgetBytes ?? 0) > 0 }) else {
+                    throw ValidationError("--tiers: at most \(StorageTiersReply.tiersMax) tiers, each but the last with a size")
+                }
+            }
         case "compute":
             guard cluster != nil || data != nil else { throw ValidationError("--role compute needs --cluster RUNDIR or --data DIR") }
             guard cluster != nil || (listen != nil && clusterKey != nil) else {
@@ -244,6 +257,9 @@ struct NodeCommand: ParsableCommand {
         configuration.link = link
         configuration.peerLinks = peerLinks
         configuration.metrics = exported?.hook
+        configuration.tiers = try tiers.map(StorageTier.parseList)?.map {
+            StorageNodeTier(path: $0.path, budgetBytes: $0.budgetBytes, mapped: $0.mapped)
+        } ?? []
         try StorageRole.run(configuration, announce: announce)
     }
 }

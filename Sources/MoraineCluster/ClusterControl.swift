@@ -25,6 +25,8 @@ public struct RoleStatus: Sendable {
     public var endpoint: Endpoint
     public var answering = false
     public var capacity: StorageCapacityReply? = nil
+    /// A storage node's tiers, with what each holds (empty: none).
+    public var tiers: [StorageTierInfo] = []
     /// A worker's jobs: running, slots, finished.
     public var jobs: WorkerStatusReply? = nil
     /// A memory node's arenas: held per database, free.
@@ -76,7 +78,9 @@ public enum ClusterControl {
                 role.placement = ProcessPlacement.read(pid: pid)
                 do {
                     switch try RoleProbe.ask(role.kind, at: endpoint, key: key, timeoutNanos: 1_000_000_000) {
-                    case .storage(let capacity): role.capacity = capacity
+                    case .storage(let capacity, let tiers):
+                        role.capacity = capacity
+                        role.tiers = tiers
                     case .worker(let status): role.jobs = status
                     case .memory(let status): role.arenas = status
                     case .compute(let status): role.compute = status
@@ -120,6 +124,14 @@ public enum ClusterControl {
                     "  serves: "
                         + role.services.map { $0.kind == "metrics" ? "metrics http://\($0.address)/metrics" : "\($0.kind) \($0.address)" }
                         .joined(separator: ", "))
+            }
+            if !role.tiers.isEmpty {
+                lines.append(
+                    "  tiers: "
+                        + role.tiers.enumerated().map { index, tier in
+                            "\(index) \(bytes(tier.bytesUsed))" + (tier.budgetBytes > 0 ? " of \(bytes(tier.budgetBytes))" : "")
+                                + (tier.mapped ? " (pmem)" : "") + ", \(bytes(tier.bytesFree)) free"
+                        }.joined(separator: "; "))
             }
             // Where it runs, read back from the kernel, and whether that is where it was placed.
             if let placement = role.placement {

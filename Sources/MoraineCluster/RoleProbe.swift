@@ -9,7 +9,7 @@ import MoraineTransport
 
 /// What a role said when asked.
 public enum RoleAnswer: Sendable {
-    case storage(StorageCapacityReply)
+    case storage(StorageCapacityReply, tiers: [StorageTierInfo])
     case worker(WorkerStatusReply)
     case memory(MemoryStatusReply)
     case compute(ComputeStatusReply)
@@ -58,7 +58,8 @@ enum RoleProbe {
         default:
             var options = RemoteFileSystem.Options()
             options.callTimeoutNanos = max(1_000_000, timeoutNanos)
-            return .storage(try RemoteFileSystem(endpoint: endpoint, key: key, options: options).capacity())
+            let files = RemoteFileSystem(endpoint: endpoint, key: key, options: options)
+            return .storage(try files.capacity(), tiers: try files.tiers())
         }
     }
 }

@@ -34,6 +34,8 @@ public final class Supervisor {
         let index: Int
         let numaNode: Int?
         let data: String?
+        /// A storage node's tiers as `--tiers` takes them (paths resolved), and their directories.
+        var tiers: (argument: String, directories: [String])? = nil
         /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
         /// file (removed when the cluster stops with no arena held).
         var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
@@ -108,6 +110,9 @@ public final class Supervisor {
                 var instance = Instance(
                     kind: spec.kind, index: index, numaNode: assignment.node, data: data, endpoint: endpoint,
                     linkDelayNanos: spec.linkDelayNanos)
+                if spec.kind == "storage", let tiers = spec.tiers {
+                    instance.tiers = Self.resolveTiers(tiers, run: run.path, index: spec.count == 1 ? nil : index)
+                }
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
                 instance.metrics = spec.metrics.map { Topology.RoleSpec.address($0, instance: index) }
@@ -149,6 +154,22 @@ public final class Supervisor {
         try writeFile(run.path + "/ready", "\(getpid())\n")
     }
 
+    /// A storage node's `tiers` with each relative path under the run directory (and, with
+    /// several nodes, each node's own subdirectory): the `--tiers` argument and the directories.
+    static func resolveTiers(_ text: String, run: String, index: Int?) -> (argument: String, directories: [String]) {
+        var parts: [String] = []
+        var directories: [String] = []
+        for part in text.split(separator: ",") {
+            let colon = part.firstIndex(of: ":") ?? part.endIndex
+            var path = String(part[..<colon])
+            if !path.hasPrefix("/") { path = run + "/" + path }
+            if let index { path += "/\(index)" }
+            directories.append(path)
+            parts.append(path + part[colon...])
+        }
+        return (parts.joined(separator: ","), directories)
+    }
+
     private func prepare() throws(MoraineError) {
         let files = PosixFileSystem.shared
         do {
@@ -171,6 +192,13 @@ public final class Supervisor {
                 }
                 guard access(data, W_OK | X_OK) == 0 else {
                     throw MoraineError(.invalid, "\(instance.name): its data directory \(data) is not writable")
+                }
+            }
+            for directory in instance.tiers?.directories ?? [] {
+                do {
+                    try files.createDirectory(directory)
+                } catch {
+                    throw MoraineError(.invalid, "\(instance.name): cannot create its tier directory \(directory): \(error)")
                 }
             }
             if case .tcp(_, let port) = instance.endpoint, port != 0, !Self.portIsFree(port) {
@@ -198,6 +226,7 @@ public final class Supervisor {
         var instance = instances[index]
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
+        if let tiers = instance.tiers { arguments += ["--tiers", tiers.argument] }
         if instance.kind == "compaction" || instance.kind == "flush" || instance.kind == "compute" { arguments += ["--cluster", run.path] }
         if let region = instance.region {
             arguments += [

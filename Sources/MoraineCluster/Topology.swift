@@ -10,6 +10,7 @@
 //   carrier = "shm"       # shm (Unix socket + shared memory) or tcp (default shm)
 //   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
 //   data = "data"         # storage: the data directory (relative to the run directory; default data)
+//   tiers = "/dev/shm/t:1G:pmem,slow"  # storage: tiers for the tables, fastest first (relative: under the run directory)
 //   region = "/dev/shm/x" # memory: the region file (default /dev/shm/moraine-<run dir>-memory-N.region)
 //   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
@@ -50,6 +51,8 @@ public struct Topology: Sendable, Equatable {
         public var carrier = "shm"
         public var port = 0
         public var data: String? = nil
+        /// Storage: tiers for the tables, `PATH:SIZE[:pmem],…` (relative paths under the run directory).
+        public var tiers: String? = nil
         public var linkDelayNanos: Int64 = 0
         public var region: String? = nil
         public var regionBytes = 1 << 30
@@ -67,6 +70,7 @@ public struct Topology: Sendable, Equatable {
 
         public static func == (a: RoleSpec, b: RoleSpec) -> Bool {
             a.kind == b.kind && a.count == b.count && a.numa == b.numa && a.carrier == b.carrier && a.port == b.port && a.data == b.data
+                && a.tiers == b.tiers
                 && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
                 && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
                 && a.blockCacheBytes == b.blockCacheBytes && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
@@ -295,6 +299,7 @@ public struct Topology: Sendable, Equatable {
         case "carrier": role.carrier = try text()
         case "port": role.port = try integer()
         case "data": role.data = try text()
+        case "tiers": role.tiers = try text()
         case "link_delay_ns": role.linkDelayNanos = Int64(try integer())
         case "region": role.region = try text()
         case "region_size": role.regionBytes = try integer()
@@ -313,7 +318,7 @@ public struct Topology: Sendable, Equatable {
         default:
             throw MoraineError(
                 .invalid,
-                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, link_delay_ns, region, region_size, "
+                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, tiers, link_delay_ns, region, region_size, "
                     + "arena_size, cache_size, durability, block_cache_size, metrics, resp, resp_db)")
         }
     }

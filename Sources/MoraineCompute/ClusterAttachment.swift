@@ -30,6 +30,7 @@ public enum ClusterAttachment {
         if TransportIdentity.label == nil { TransportIdentity.label = "compute" }
         let fileSystem = try remoteFileSystem(runDirectory: runDirectory, owner: owner)
         options.fileSystem = fileSystem
+        if options.tiers.isEmpty { options.tiers = try tiers(of: fileSystem, database: name) }
         if let memory = try memoryNode(runDirectory: runDirectory, fileSystem: fileSystem) {
             options.memtableRegion = memory
             // The node's shared block cache, under this process's own.
@@ -41,6 +42,15 @@ public enum ClusterAttachment {
             options.maxBackgroundJobs = max(options.maxBackgroundJobs, 4)
         }
         return options
+    }
+
+    /// The storage tiers a database on `fileSystem`'s node spreads its tables over: the node's
+    /// tiers (its directory on tier K is `NAME/@tierK`), or none when the node has none. Tables on
+    /// a remote tier are read by request, never mapped.
+    public static func tiers(of fileSystem: RemoteFileSystem, database name: String) throws -> [StorageTier] {
+        try fileSystem.tiers().enumerated().map { index, tier in
+            StorageTier(path: "\(name)/@tier\(index)", budgetBytes: tier.budgetBytes == 0 ? nil : tier.budgetBytes)
+        }
     }
 
     /// Flushes and compactions on the cluster's flush and compaction workers (here when none can

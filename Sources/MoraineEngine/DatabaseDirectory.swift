@@ -51,7 +51,7 @@ enum DatabaseDirectory: Equatable {
             case .table: tables += 1
             case .log: logs += 1
             case .manifest: manifests.append(name)
-            case .lock, .temporary, .infoLog, .oldInfoLog, .options, nil: break
+            case .lock, .temporary, .infoLog, .oldInfoLog, .options, .tierIdentity, .tierMarker, nil: break
             }
         }
         if hasCurrent { return .existing }

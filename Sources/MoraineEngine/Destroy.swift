@@ -25,6 +25,10 @@ extension Engine {
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         defer { lock.unlock() }
         var removed = 0
+        // The tiers' tables are this database's where their TIER marker names its id: read it
+        // before the database directory's files go.
+        let identityPath = joinPath(path, DatabaseFile.tierIdentity.name)
+        let identity = try fs.exists(identityPath) ? try TierMarker.decodeIdentity(fs.readAll(identityPath), path: identityPath) : nil
         let lost = joinPath(path, DatabaseDirectory.lostDirectoryName)
         if try fs.exists(lost) {
             for name in try fs.children(of: lost) {
@@ -43,9 +47,13 @@ extension Engine {
             removed += 1
         }
         try fs.syncDirectory(path)
-        // Then the tables on each storage tier (and what recovery set aside there).
+        // Then the tables on each storage tier (and what recovery set aside there, and its
+        // marker), where the marker says the tier is this database's.
         for tier in options.tiers where trimmedPath(tier.path) != trimmedPath(path) {
-            guard try fs.exists(tier.path) else { continue }
+            let markerPath = joinPath(tier.path, DatabaseFile.tierMarker.name)
+            guard let identity, try fs.exists(markerPath),
+                try TierMarker.decode(fs.readAll(markerPath), path: markerPath).database == identity
+            else { continue }
             let tierLost = joinPath(tier.path, DatabaseDirectory.lostDirectoryName)
             if try fs.exists(tierLost) {
                 for name in try fs.children(of: tierLost) {
@@ -54,7 +62,10 @@ extension Engine {
                 }
             }
             for name in try fs.children(of: tier.path) {
-                guard case .table = DatabaseFile(name: name) else { continue }
+                switch DatabaseFile(name: name) {
+                case .table?, .temporary?, .tierMarker?: break
+                default: continue
+                }
                 try fs.remove(joinPath(tier.path, name))
                 removed += 1
             }

@@ -21,6 +21,7 @@ extension Engine {
             if case .log(let n) = DatabaseFile(name: name), n >= versions.logNumber { logs.append(n) }
         }
         let listings = try listTableDirectories(databaseNames: names)
+        try checkTierMarkers(listings)
         for listing in listings {
             for name in listing.names {
                 // A file numbered past the manifest's next file number (an unfinished job's
@@ -105,6 +106,9 @@ extension Engine {
             }
         }
         var edit = try replay.finish()
+        // The tables this replay wrote: a refused open takes them back (and only them: the
+        // relocated ones below are the database's own).
+        let replayed = edit.newFiles.map(\.file)
         for (level, file) in relocations {
             edit.deletedFiles.append((level, file.number))
             edit.newFiles.append((level, file))
@@ -130,7 +134,7 @@ extension Engine {
         } catch {
             // Refused: take back the tables this replay wrote, so a refused open leaves the
             // directory as it found it.
-            for (_, file) in edit.newFiles { try? fileSystem.remove(tablePath(file)) }
+            for file in replayed { try? fileSystem.remove(tablePath(file)) }
             throw error
         }
         if options.readOnly {
@@ -379,7 +383,12 @@ extension Engine {
             // (Outside the tiers, in the database directory, a copy is left alone.)
             return listing.tier != nil && liveTier != listing.tier ? .delete : nil
         }
-        guard listing.isDatabaseDirectory || file.map({ if case .table = $0 { true } else { false } }) == true else { return nil }
+        // On a tier that is not the database directory, only tables and a move's temporary
+        // copies are the engine's to judge.
+        switch file {
+        case .table?, .temporary?: break
+        default: if !listing.isDatabaseDirectory { return nil }
+        }
         switch file {
         case .table(let n):
             // An output of a job in flight when the last owner stopped (its reservation is in

@@ -11,9 +11,15 @@
 // target directory, then installs an edit that deletes the table and adds it back on the new
 // tier; the old copy goes once no version naming it is held (ObsoleteFiles). A crash before the
 // edit leaves a copy the next open deletes (the manifest names the old tier); a crash after it,
-// an old copy deleted the same way. While a table moves, no compaction takes it
-// (InFlightCompactions.moving), and a failed move (a full or unreachable tier) is logged and
-// tried again after `tierMoveRetryNanos`, never a background error: the table is where it was.
+// an old copy deleted the same way. The copy is written under a temporary name and renamed when
+// whole, so a table's name on a tier always holds a whole table. While a table moves, no
+// compaction takes it (InFlightCompactions.moving). A copy that fails (a full or unreachable
+// tier) is logged and tried again after `tierMoveRetryNanos`: the table is where it was. A
+// manifest edit that fails is a background error, as for a compaction: the edit may be on disk.
+//
+// Each tier directory holds a TIER marker naming the database and the directory (see
+// `checkTierMarkers`), so a tier of another database, a directory named twice, or an empty
+// mount point is refused at open before anything is deleted.
 import MoraineFormat
 import MoraineSystem
 
@@ -51,6 +57,11 @@ extension Engine {
     ///   naming the tier, for one that cannot be listed.
     func listTableDirectories(databaseNames: [String]) throws -> [TableListing] {
         func same(_ a: String, _ b: String) -> Bool { trimmedPath(a) == trimmedPath(b) }
+        if !tiers.isTiered && databaseNames.contains(DatabaseFile.tierIdentity.name) {
+            throw MoraineError(
+                .invalid,
+                "database \(path) keeps its tables on storage tiers (it has a TIERS file): open it with its tiers (--tiers, Options.tiers)")
+        }
         var listings: [TableListing] = []
         if !tiers.isTiered || !tiers.directories.contains(where: { same($0, path) }) {
             listings.append(TableListing(directory: path, tier: tiers.isTiered ? nil : 0, isDatabaseDirectory: true, names: databaseNames))
@@ -76,6 +87,78 @@ extension Engine {
             listings.append(TableListing(directory: directory, tier: tier, isDatabaseDirectory: false, names: names))
         }
         return listings
+    }
+
+    /// Checks (and, for a writable open, makes) the tiers' identity: the database's id in its
+    /// TIERS file, and in each tier directory a TIER marker naming that database and an id of
+    /// the directory's own. So a tier directory of another database, one named twice under two
+    /// spellings (`/t` and `/t/`, a symlink), or an unmounted mount point with a stray table in
+    /// it, is refused before anything is deleted. A tier without a marker is new to the database
+    /// and must hold no tables (the database directory excepted: its tables are its own).
+    /// - Throws: `.invalid` naming the tier and what is wrong; `.corruption` for a damaged marker.
+    func checkTierMarkers(_ listings: [TableListing]) throws {
+        guard tiers.isTiered else { return }
+        let identityPath = path(.tierIdentity)
+        var database = try fileSystem.exists(identityPath) ? try TierMarker.decodeIdentity(fileSystem.readAll(identityPath), path: identityPath) : nil
+        if database == nil && !options.readOnly {
+            let id = TierMarker.newID()
+            try writeSynced(identityPath, TierMarker.encodeIdentity(id))
+            try fileSystem.syncDirectory(path)
+            database = id
+        }
+        var seen: [String: Int] = [:]
+        for listing in listings {
+            guard let tier = listing.tier else { continue }
+            let markerPath = joinPath(listing.directory, DatabaseFile.tierMarker.name)
+            let marker: TierMarker
+            if listing.names.contains(DatabaseFile.tierMarker.name) {
+                marker = try TierMarker.decode(fileSystem.readAll(markerPath), path: markerPath)
+                guard marker.database == database || database == nil else {
+                    throw MoraineError(
+                        .invalid,
+                        "tier \(tier) of database \(path), \(listing.directory), belongs to another database (its TIER marker names "
+                            + "database \(marker.database), this one is \(database ?? "?")): one directory per database and tier")
+                }
+            } else {
+                let tables = listing.names.filter { if case .table = DatabaseFile(name: $0) { true } else { false } }
+                if !tables.isEmpty && !listing.isDatabaseDirectory {
+                    throw MoraineError(
+                        .invalid,
+                        "tier \(tier) of database \(path), \(listing.directory), holds \(tables.count) table(s) but no TIER marker: "
+                            + "it is not a tier of this database (another database's directory, or a mount point without its device?)")
+                }
+                guard !options.readOnly, let database else { continue }
+                marker = TierMarker(database: database, directory: TierMarker.newID())
+                do {
+                    try writeSynced(markerPath, marker.encoded(), exclusive: true)
+                } catch let error as MoraineError where error.kind == .invalid {
+                    // Exclusive create found a marker the listing did not: another tier made it
+                    // a moment ago, so the two tiers are one directory.
+                    throw MoraineError(
+                        .invalid, "tier \(tier) of database \(path), \(listing.directory), is another tier's directory: \(error.message)")
+                }
+                try fileSystem.syncDirectory(listing.directory)
+            }
+            if let other = seen[marker.directory] {
+                throw MoraineError(
+                    .invalid,
+                    "tiers \(other) and \(tier) of database \(path) are one directory (\(tiers.directories[other]), \(listing.directory))")
+            }
+            seen[marker.directory] = tier
+        }
+    }
+
+    /// Writes `bytes` to a new file at `path` and syncs it.
+    private func writeSynced(_ path: String, _ bytes: [UInt8], exclusive: Bool = false) throws {
+        let file = exclusive ? try fileSystem.createNew(path, hint: .log) : try fileSystem.createWritable(path)
+        do {
+            try file.append(bytes)
+            try file.sync()
+            try file.close()
+        } catch {
+            try? file.close()
+            throw error
+        }
     }
 
     /// Finds every table the recovered manifest names: the tables found on another tier than
@@ -140,6 +223,11 @@ extension Engine {
             event(
                 "tiers: moved #\(move.file.number) (L\(move.level), \(EventLog.bytes(move.file.sizeBytes))) from tier \(move.from) "
                     + "to tier \(move.to) in \((monotonicNanos() - started) / 1_000_000) ms")
+        } catch let error as TierMoveInstallFailed {
+            mutex.lock()
+            runningCompactions.moving = nil
+            recordBackgroundError(error.error, "moving a table between tiers")
+            return true
         } catch {
             failure = asMoraineError(error)
         }
@@ -163,10 +251,13 @@ extension Engine {
     func moveTable(_ file: FileMetaData, level: Int, to tier: Int) throws {
         let source = tablePath(file.info)
         let target = tiers.tablePath(file.number, tier: tier)
-        // A copy an earlier attempt left there is not the table (the manifest names the source).
-        if try fileSystem.exists(target) { try fileSystem.remove(target) }
+        // The copy is written under a temporary name and renamed once whole and synced, so a
+        // table name on a tier is always a whole table. A copy an earlier attempt left is not
+        // the table (the manifest names the source).
+        let temporary = joinPath(tiers.directories[tier], DatabaseFile.temporary(file.number).name)
+        for leftover in [temporary, target] where try fileSystem.exists(leftover) { try fileSystem.remove(leftover) }
         let input = try fileSystem.openRandomAccess(source)
-        let output = try fileSystem.createNew(target, hint: .bulk)
+        let output = try fileSystem.createNew(temporary, hint: .bulk)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.tierMoveChunkBytes, alignment: 4096)
         defer { buffer.deallocate() }
         do {
@@ -180,12 +271,15 @@ extension Engine {
             }
             try output.sync()
             try output.close()
-            let copied = try fileSystem.fileSize(target)
+            let copied = try fileSystem.fileSize(temporary)
             guard copied == file.sizeBytes else {
-                throw MoraineError(.io, "copy of \(source) to \(target) holds \(copied) bytes, not \(file.sizeBytes)")
+                throw MoraineError(.io, "copy of \(source) to \(temporary) holds \(copied) bytes, not \(file.sizeBytes)")
             }
+            try fileSystem.rename(temporary, to: target)
+            try fileSystem.syncDirectory(tiers.directories[tier])
         } catch {
             try? output.close()
+            try? fileSystem.remove(temporary)
             try? fileSystem.remove(target)
             throw error
         }
@@ -194,9 +288,14 @@ extension Engine {
         var edit = VersionEdit()
         edit.deletedFiles = [(level, file.number)]
         edit.newFiles = [(level, moved)]
-        // If the install fails, the copy stays: the manifest may already name it. The next open
-        // keeps whichever copy the manifest names and deletes the other.
-        try install(edit)
+        // If the install fails, the copy stays: the manifest may already name it, so it must not
+        // be removed (nor written again) by a retry. That is a background error, as for a
+        // compaction; the next open keeps whichever copy the manifest names and deletes the other.
+        do {
+            try install(edit)
+        } catch {
+            throw TierMoveInstallFailed(error: asMoraineError(error))
+        }
         counters.update {
             $0.tierMoves += 1
             $0.tierMoveBytes += Int(file.sizeBytes)
@@ -204,9 +303,68 @@ extension Engine {
     }
 }
 
+/// A move whose copy is whole but whose manifest edit failed: the edit may have reached the
+/// manifest, so the engine stops writes (a background error) rather than touch the copy again.
+struct TierMoveInstallFailed: Error {
+    var error: MoraineError
+}
+
 /// `path` without trailing slashes (so `/a/b/` and `/a/b` compare equal).
 func trimmedPath(_ path: String) -> String {
     var trimmed = Substring(path)
     while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed = trimmed.dropLast() }
     return String(trimmed)
+}
+
+/// A tier directory's marker, and the database's identity its markers name. Text, one field per
+/// line: `moraine tier` / `database ID` / `directory ID` (TIER) and `moraine tiers` /
+/// `database ID` (TIERS); ids are 32 hex digits drawn at random.
+struct TierMarker: Equatable {
+    var database: String
+    var directory: String
+
+    static func newID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<2).map { _ in
+            let hex = String(generator.next() as UInt64, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+    }
+
+    func encoded() -> [UInt8] { Array("moraine tier\ndatabase \(database)\ndirectory \(directory)\n".utf8) }
+
+    static func encodeIdentity(_ database: String) -> [UInt8] { Array("moraine tiers\ndatabase \(database)\n".utf8) }
+
+    /// - Throws: `.corruption` naming `path` for anything but a marker.
+    static func decode(_ bytes: [UInt8], path: String) throws -> TierMarker {
+        let fields = try lines(bytes, header: "moraine tier", path: path)
+        guard let database = fields["database"], let directory = fields["directory"] else {
+            throw MoraineError.corruption("a tier marker without its database and directory ids", file: path)
+        }
+        return TierMarker(database: database, directory: directory)
+    }
+
+    /// - Throws: `.corruption` naming `path` for anything but a TIERS file.
+    static func decodeIdentity(_ bytes: [UInt8], path: String) throws -> String {
+        guard let database = try lines(bytes, header: "moraine tiers", path: path)["database"] else {
+            throw MoraineError.corruption("a TIERS file without the database's id", file: path)
+        }
+        return database
+    }
+
+    private static func lines(_ bytes: [UInt8], header: String, path: String) throws -> [String: String] {
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        guard lines.first == Substring(header), bytes.count < 4096 else {
+            throw MoraineError.corruption("not a \"\(header)\" file", file: path)
+        }
+        var fields: [String: String] = [:]
+        for line in lines.dropFirst() {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit) else {
+                throw MoraineError.corruption("malformed line \"\(line.prefix(80))\"", file: path)
+            }
+            fields[String(parts[0])] = String(parts[1])
+        }
+        return fields
+    }
 }

@@ -16,6 +16,10 @@ public enum DatabaseFile: Equatable, Sendable {
     case oldInfoLog(UInt64)
     /// The options in force at an open (`OPTIONS-NNNNNN`).
     case options(UInt64)
+    /// The database's identity among its storage tiers (`TIERS`, in the database directory).
+    case tierIdentity
+    /// A tier directory's marker (`TIER`): the database it belongs to, and an id of its own.
+    case tierMarker
 
     /// The file's name inside the database directory.
     public var name: String {
@@ -29,6 +33,8 @@ public enum DatabaseFile: Equatable, Sendable {
         case .infoLog: "LOG"
         case .oldInfoLog(let micros): "LOG.old.\(micros)"
         case .options(let n): "OPTIONS-" + Self.padded(n)
+        case .tierIdentity: "TIERS"
+        case .tierMarker: "TIER"
         }
     }
 
@@ -42,6 +48,8 @@ public enum DatabaseFile: Equatable, Sendable {
         if name == "CURRENT" { self = .current; return }
         if name == "LOCK" { self = .lock; return }
         if name == "LOG" { self = .infoLog; return }
+        if name == "TIERS" { self = .tierIdentity; return }
+        if name == "TIER" { self = .tierMarker; return }
         if name.hasPrefix("LOG.old."), let micros = UInt64(name.dropFirst(8)) { self = .oldInfoLog(micros); return }
         if name.hasPrefix("MANIFEST-"), let n = UInt64(name.dropFirst(9)) { self = .manifest(n); return }
         if name.hasPrefix("OPTIONS-"), let n = UInt64(name.dropFirst(8)) { self = .options(n); return }

@@ -150,6 +150,7 @@ public struct Options: Sendable {
         try check(tiers.count <= TableFileInfo.tiersMax, "at most \(TableFileInfo.tiersMax) tiers")
         try check(tiers.allSatisfy { !$0.path.isEmpty }, "a tier needs a directory")
         try check(tiers.dropLast().allSatisfy { $0.budgetBytes != nil }, "every tier but the last needs a size")
+        try check(tiers.allSatisfy { ($0.budgetBytes ?? 1) > 0 }, "a tier's size must be positive")
         try check(Set(tiers.map(\.path)).count == tiers.count, "two tiers name one directory")
         try check(
             pmemArenaCount.map { $0 >= maxWriteBufferNumber + 1 } ?? true,

@@ -65,12 +65,15 @@ extension Engine {
     ///   for a damaged one).
     public static func repair(path: String, options: Options) throws -> RepairReport {
         try options.validate()
-        guard options.tiers.isEmpty else {
-            // Repair rebuilds from one directory's tables; it does not look on other tiers yet.
-            throw MoraineError(.invalid, "repair of \(path) refused: repair does not cover a database with storage tiers yet")
-        }
         let fs = options.fileSystem
         guard try fs.exists(path) else { throw MoraineError(.notFound, "database directory \(path) does not exist") }
+        // Repair rebuilds from one directory's tables; it does not look on other tiers yet, and
+        // a manifest rebuilt without them would let the next open delete them. A database that
+        // ever had tiers says so with its TIERS file, whatever options this call was given.
+        let hasTiers = try fs.exists(joinPath(path, DatabaseFile.tierIdentity.name))
+        if !options.tiers.isEmpty || hasTiers {
+            throw MoraineError(.invalid, "repair of \(path) refused: the database has storage tiers, which repair does not cover yet")
+        }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
         defer { lock.unlock() }
         return try Repairer(directory: path, options: options).run()

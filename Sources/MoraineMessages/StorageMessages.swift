@@ -26,6 +26,9 @@ public enum StorageOpcode {
     public static let leaseAcquire: UInt8 = 0x2E
     public static let leaseRenew: UInt8 = 0x2F
     public static let leaseRelease: UInt8 = 0x30
+    /// The node's storage tiers: empty → `StorageTiersReply`. A database's directory on tier K
+    /// is named `DATABASE/@tierK` in every other request.
+    public static let tiers: UInt8 = 0x31
 }
 
 /// A file on a storage node: a database (one or two flat path components) and a flat name.
@@ -389,6 +392,54 @@ public struct StorageCapacityReply: WireMessage {
         bytesUsed = try reader.u64("bytes used")
         bytesFree = try reader.u64("bytes free")
         fileCount = try reader.u64("file count")
+    }
+}
+
+/// One storage tier of a node: its budget (0: unbounded), whether it is persistent memory, and
+/// the bytes its databases' files hold and its device has free.
+public struct StorageTierInfo: Sendable, Equatable {
+    public var budgetBytes: UInt64
+    public var mapped: Bool
+    public var bytesUsed: UInt64
+    public var bytesFree: UInt64
+
+    public init(budgetBytes: UInt64, mapped: Bool, bytesUsed: UInt64 = 0, bytesFree: UInt64 = 0) {
+        self.budgetBytes = budgetBytes
+        self.mapped = mapped
+        self.bytesUsed = bytesUsed
+        self.bytesFree = bytesFree
+    }
+}
+
+/// A node's storage tiers, fastest first (empty: it keeps every file in its data directory).
+public struct StorageTiersReply: WireMessage {
+    public static let wireName = "storage tiers reply"
+    /// The most tiers a node may have (a database's most).
+    public static let tiersMax = 8
+    public var tiers: [StorageTierInfo]
+
+    public init(tiers: [StorageTierInfo]) { self.tiers = tiers }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u8(UInt8(clamping: tiers.count))
+        for tier in tiers {
+            writer.u64(tier.budgetBytes)
+            writer.bool(tier.mapped)
+            writer.u64(tier.bytesUsed)
+            writer.u64(tier.bytesFree)
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        let count = Int(try reader.u8("tier count"))
+        guard count <= Self.tiersMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) tiers pass \(Self.tiersMax)") }
+        tiers = []
+        for _ in 0..<count {
+            tiers.append(
+                StorageTierInfo(
+                    budgetBytes: try reader.u64("tier budget"), mapped: try reader.bool("tier mapped"), bytesUsed: try reader.u64("tier bytes used"),
+                    bytesFree: try reader.u64("tier bytes free")))
+        }
     }
 }
 

@@ -365,6 +365,16 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         }
     }
 
+    /// The node's storage tiers, fastest first (empty: none), with what each holds.
+    public func tiers() throws(MoraineError) -> [StorageTierInfo] {
+        let reply = try call(StorageOpcode.tiers, [])
+        do throws(TransportError) {
+            return try StorageTiersReply.decode(reply).tiers
+        } catch {
+            throw error.moraineError
+        }
+    }
+
     /// The node's bytes used and free, and its file count (`moraine status`; also a cheap
     /// "does it answer" check).
     public func capacity() throws(MoraineError) -> StorageCapacityReply {

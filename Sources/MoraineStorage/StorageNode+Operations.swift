@@ -15,7 +15,7 @@ extension StorageNode {
         let root = try StorageName.check(request.file)
         try leases.checkMutation(root, epoch: request.epoch)
         forget(request.file)
-        let path = path(request.file)
+        let path = try path(request.file)
         let file = try perform {
             request.exclusive ? try files.createNew(path, hint: .log) : try files.createWritable(path, hint: .log)
         }
@@ -114,7 +114,7 @@ extension StorageNode {
     /// an append applies whole or not at all. The slot stays in the table, failed, until the
     /// writer sends again from its written mark (`resume`). Precondition: the slot's lock.
     private func fail(_ slot: WriterSlot, _ name: StorageFile, _ error: TransportError) {
-        _ = truncate(path(name), off_t(slot.writtenBytes))
+        if let path = try? path(name) { _ = truncate(path, off_t(slot.writtenBytes)) }
         slot.file = nil
         slot.sizeBytes = slot.writtenBytes
         slot.failure = error
@@ -132,7 +132,7 @@ extension StorageNode {
     private func resume(_ slot: WriterSlot, _ request: StorageAppend) throws(TransportError) {
         guard let failure = slot.failure else { return }
         guard request.offset <= slot.writtenBytes else { throw failure }
-        let opened = try perform { try files.openForAppend(path(request.file), hint: .log) }
+        let opened = try perform { try files.openForAppend(try path(request.file), hint: .log) }
         slot.file = opened
         slot.sizeBytes = opened.size
         slot.writtenBytes = opened.size
@@ -141,7 +141,7 @@ extension StorageNode {
 
     /// Compares the first `count` bytes of an append with what the file holds at its offset.
     private func checkWritten(_ request: StorageAppend, count: Int) throws(TransportError) {
-        let path = path(request.file)
+        let path = try path(request.file)
         let existing = try perform { () throws -> [UInt8] in
             let reader = try files.openRandomAccess(path)
             var bytes = [UInt8](repeating: 0, count: count)
@@ -185,7 +185,7 @@ extension StorageNode {
     /// The slot of a file being written; a file written before a restart is taken up again.
     private func writer(_ file: StorageFile) throws(TransportError) -> WriterSlot {
         if let slot = writers.withLock({ $0[file] }) { return slot }
-        let path = path(file)
+        let path = try path(file)
         let opened = try perform { try files.openForAppend(path, hint: .log) }
         return writers.withLock { table in
             if let raced = table[file] { return raced }
@@ -289,7 +289,7 @@ extension StorageNode {
     func readAll(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.check(request.file)
         writeDeferred(of: request.file)
-        let path = path(request.file)
+        let path = try path(request.file)
         let size = try perform { try files.fileSize(path) }
         guard size <= UInt64(Self.readBytesMax) else {
             throw TransportError(.invalid, "\(request.file) has \(size) bytes; read-all takes at most \(Self.readBytesMax)")
@@ -301,7 +301,7 @@ extension StorageNode {
     private func reader(_ file: StorageFile) throws(TransportError) -> any RandomAccessFile {
         writeDeferred(of: file)
         if let slot = readers.withLock({ $0[file] }) { return slot.file }
-        let path = path(file)
+        let path = try path(file)
         let opened = try perform { try files.openRandomAccess(path) }
         readers.withLock { table in
             if table.count >= Self.readersMax { table.removeAll(keepingCapacity: true) }
@@ -315,7 +315,7 @@ extension StorageNode {
     func statFile(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.check(request.file, allowDirectory: true)
         if !request.file.name.isEmpty { writeDeferred(of: request.file) }
-        let path = path(request.file)
+        let path = try path(request.file)
         let reply: StorageStatReply
         if let status = fileStatus(path) {
             let isDirectory = status.st_mode & S_IFMT == S_IFDIR
@@ -330,7 +330,7 @@ extension StorageNode {
 
     func list(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.checkDatabase(request.file.database)
-        let path = dataDirectory + "/" + request.file.database
+        let path = try directoryPath(request.file.database)
         let names = try perform { try files.children(of: path) }
         return .bytes(StorageNames(names: names.sorted()).encoded())
     }
@@ -339,7 +339,7 @@ extension StorageNode {
         let root = try StorageName.check(request.file)
         try leases.checkMutation(root, epoch: request.epoch)
         forget(request.file)
-        let path = path(request.file)
+        let path = try path(request.file)
         try perform { try files.remove(path) }
         return .bytes([])
     }
@@ -357,9 +357,10 @@ extension StorageNode {
         let target = StorageFile(database: request.targetDatabase, name: request.target)
         forget(source)
         forget(target)
-        let directories = Set([request.database, request.targetDatabase]).sorted().map { dataDirectory + "/" + $0 }
+        var directories: [String] = []
+        for database in Set([request.database, request.targetDatabase]).sorted() { directories.append(try directoryPath(database)) }
         try perform {
-            try files.rename(path(source), to: path(target))
+            try files.rename(try path(source), to: try path(target))
             for directory in directories { try files.syncDirectory(directory) }
         }
         return .bytes([])
@@ -367,14 +368,14 @@ extension StorageNode {
 
     func createDirectory(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.checkDatabase(request.file.database)
-        let path = dataDirectory + "/" + request.file.database
+        let path = try directoryPath(request.file.database)
         try perform { try files.createDirectory(path) }
         return .bytes([])
     }
 
     func syncDirectory(_ request: StorageFileQuery) throws(TransportError) -> Payload {
         _ = try StorageName.checkDatabase(request.file.database)
-        let path = dataDirectory + "/" + request.file.database
+        let path = try directoryPath(request.file.database)
         try perform { try files.syncDirectory(path) }
         return .bytes([])
     }
@@ -397,6 +398,23 @@ extension StorageNode {
             }
         }
         return .bytes(StorageCapacityReply(bytesUsed: used, bytesFree: free, fileCount: count).encoded())
+    }
+
+    /// The node's tiers with what each holds (the files under it) and has free.
+    func tierReport() throws(TransportError) -> Payload {
+        var reply = StorageTiersReply(tiers: [])
+        for tier in tiers {
+            var fs = statvfs()
+            let free = statvfs(tier.path, &fs) == 0 ? UInt64(fs.f_bavail) * UInt64(fs.f_frsize) : 0
+            var used: UInt64 = 0
+            for database in (try? files.children(of: tier.path)) ?? [] where !database.hasPrefix(".") {
+                for name in (try? files.children(of: tier.path + "/" + database)) ?? [] {
+                    used += (try? files.fileSize(tier.path + "/" + database + "/" + name)) ?? 0
+                }
+            }
+            reply.tiers.append(StorageTierInfo(budgetBytes: tier.budgetBytes ?? 0, mapped: tier.mapped, bytesUsed: used, bytesFree: free))
+        }
+        return .bytes(reply.encoded())
     }
 
     // MARK: Leases

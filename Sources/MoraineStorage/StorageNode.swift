@@ -30,6 +30,9 @@ import Synchronization
 public final class StorageNode: Sendable {
     /// The directory that holds one subdirectory per database (and `.moraine/`, the node's own).
     public let dataDirectory: String
+    /// The node's storage tiers, fastest first: a database's directory on tier K (`DATABASE/@tierK`
+    /// in requests) is `tiers[K].path/DATABASE`. Empty: every file in the data directory.
+    public let tiers: [StorageNodeTier]
     /// The node's own file system: POSIX (and io_uring), or a wrapper of it in tests.
     let files: any FileSystem
     let leases: LeaseTable
@@ -50,10 +53,22 @@ public final class StorageNode: Sendable {
     /// Serves `dataDirectory`, which must exist and be writable.
     /// - Throws: `.invalid` when it is missing, not a directory or not writable.
     public init(
-        dataDirectory: String, fileSystem: any FileSystem = PosixFileSystem.shared,
+        dataDirectory: String, tiers: [StorageNodeTier] = [], fileSystem: any FileSystem = PosixFileSystem.shared,
         clock: @escaping @Sendable () -> Int64 = monotonicNanos
     ) throws(TransportError) {
         files = fileSystem
+        guard tiers.count <= StorageTiersReply.tiersMax else {
+            throw TransportError(.invalid, "\(tiers.count) tiers pass \(StorageTiersReply.tiersMax)")
+        }
+        // A tier that is missing is an error, never an empty tier: create it first.
+        for (index, tier) in tiers.enumerated() {
+            guard let status = fileStatus(tier.path), status.st_mode & S_IFMT == S_IFDIR, access(tier.path, W_OK | X_OK) == 0 else {
+                throw TransportError(.invalid, "tier \(index) directory \(tier.path) is missing, not a directory or not writable; create it first")
+            }
+        }
+        self.tiers = tiers.map { tier in
+            StorageNodeTier(path: tier.path.hasSuffix("/") ? String(tier.path.dropLast()) : tier.path, budgetBytes: tier.budgetBytes, mapped: tier.mapped)
+        }
         guard let status = fileStatus(dataDirectory) else {
             throw TransportError(
                 .invalid, "data directory \(dataDirectory): \(String(cString: strerror(errno))); create it first")
@@ -78,7 +93,7 @@ public final class StorageNode: Sendable {
     /// Registers the storage opcodes in `router`.
     public func register(in router: inout RequestRouter) {
         router.drained = { [self] in writeAllDeferred() }
-        for opcode in StorageOpcode.create...StorageOpcode.leaseRelease {
+        for opcode in StorageOpcode.create...StorageOpcode.tiers {
             router.register(opcode) { [self] request in
                 do throws(TransportError) {
                     return .success(try handle(request.opcode, request.payload))
@@ -110,13 +125,33 @@ public final class StorageNode: Sendable {
         case StorageOpcode.leaseAcquire: try acquireLease(.decode(payload))
         case StorageOpcode.leaseRenew: try renewLease(.decode(payload))
         case StorageOpcode.leaseRelease: try releaseLease(.decode(payload))
+        case StorageOpcode.tiers: try tierReport()
         default: throw TransportError(.unknownOpcode, "storage opcode 0x\(String(opcode, radix: 16)) is not served")
         }
     }
 
-    /// The local path of a checked file (or of its database, for an empty name).
-    func path(_ file: StorageFile) -> String {
-        file.name.isEmpty ? dataDirectory + "/" + file.database : dataDirectory + "/" + file.database + "/" + file.name
+    /// The local path of a checked file (or of its database, for an empty name). `DATABASE/@tierK`
+    /// is the database's directory on tier K (and a file named `@tierK` in `DATABASE` names it too).
+    /// - Throws: `.invalid` for a tier the node does not have.
+    func path(_ file: StorageFile) throws(TransportError) -> String {
+        if !file.database.contains("/") && file.name.hasPrefix("@") { return try directoryPath(file.database + "/" + file.name) }
+        let directory = try directoryPath(file.database)
+        return file.name.isEmpty ? directory : directory + "/" + file.name
+    }
+
+    /// The local directory of a checked database name (`DATABASE`, `DATABASE/SUBDIRECTORY` or
+    /// `DATABASE/@tierK`).
+    /// - Throws: `.invalid` for a tier the node does not have.
+    func directoryPath(_ database: String) throws(TransportError) -> String {
+        guard let slash = database.firstIndex(of: "/") else { return dataDirectory + "/" + database }
+        let sub = database[database.index(after: slash)...]
+        guard sub.hasPrefix("@") else { return dataDirectory + "/" + database }
+        let digits = sub.dropFirst(5)
+        guard sub.hasPrefix("@tier"), let index = Int(digits), String(index) == digits, index < tiers.count else {
+            throw TransportError(
+                .invalid, "database name \(StorageName.quoted(database)): no such tier on this node (it has \(tiers.count): @tier0…)")
+        }
+        return tiers[index].path + "/" + database[..<slash]
     }
 
     /// Runs a file-system call, turning its error into the transport's (kinds travel unchanged).
@@ -205,4 +240,19 @@ final class ReaderSlot: @unchecked Sendable {
 func fileStatus(_ path: String) -> stat? {
     var status = stat()
     return stat(path, &status) == 0 ? status : nil
+}
+
+/// A storage tier of a node: a directory holding one subdirectory per database, how many bytes
+/// its tables should take (nil: unbounded; the compute node's engine keeps to it), and whether it
+/// is persistent memory.
+public struct StorageNodeTier: Sendable, Equatable {
+    public var path: String
+    public var budgetBytes: UInt64?
+    public var mapped: Bool
+
+    public init(path: String, budgetBytes: UInt64?, mapped: Bool = false) {
+        self.path = path
+        self.budgetBytes = budgetBytes
+        self.mapped = mapped
+    }
 }

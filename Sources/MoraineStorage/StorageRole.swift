@@ -21,6 +21,8 @@ public struct StorageRoleConfiguration: Sendable {
     public var peerLinks: [String: LinkEmulation] = [:]
     /// Exports the role's metrics (`--metrics`); nil: none.
     public var metrics: MetricsHook? = nil
+    /// Storage tiers for the databases' tables (`--tiers`); empty: none.
+    public var tiers: [StorageNodeTier] = []
 
     public init(dataDirectory: String, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.dataDirectory = dataDirectory
@@ -40,7 +42,7 @@ public enum StorageRole {
         TerminationSignals.block()
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
-        let node = try StorageNode(dataDirectory: configuration.dataDirectory)
+        let node = try StorageNode(dataDirectory: configuration.dataDirectory, tiers: configuration.tiers)
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         let stopMetrics: (@Sendable () -> Void)?
         do {

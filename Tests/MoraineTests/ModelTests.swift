@@ -6,6 +6,7 @@
 // length (default 1500 per configuration).
 import Glibc
 import Moraine
+import MoraineCompute
 import MoraineMemory
 import MoraineMessages
 import MoraineTestSupport
@@ -59,6 +60,15 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
         // piles up to four tables of about 4 KiB before its compaction, so its oldest tables
         // move down, and compactions read inputs from both tiers.
         ModelConfiguration(name: "two-tiers", tiers: true) { o in
+            o.writeBufferSize = 4 << 10
+            o.targetFileSizeBase = 4 << 10
+            o.maxBytesForLevelBase = 8 << 10
+            o.level0FileNumCompactionTrigger = 4
+            o.compression = .none
+        },
+        // The same two tiers on a storage node (its `--tiers`), every flush and compaction on a
+        // worker that reads and writes the node's tiers.
+        ModelConfiguration(name: "storage-node-tiers", storage: .sharedMemory, worker: true, tiers: true) { o in
             o.writeBufferSize = 4 << 10
             o.targetFileSizeBase = 4 << 10
             o.maxBytesForLevelBase = 8 << 10
@@ -151,7 +161,9 @@ struct ModelRun {
         self.seed = seed
         self.configuration = configuration
         self.generator = ModelGenerator(seed: seed)
-        node = try configuration.storage.map { try StorageTestNode($0) }
+        node = try configuration.storage.map {
+            try StorageTestNode($0, tierBudgets: configuration.tiers ? [ModelConfiguration.fastTierBytes, nil] : [])
+        }
         if configuration.worker, let node {
             let worker = try TestWorker(for: node)
             self.worker = worker
@@ -180,7 +192,10 @@ struct ModelRun {
     ) -> Options {
         var options = Options()
         options.createIfMissing = true
-        if configuration.tiers {
+        if configuration.tiers, let node {
+            // The node's tiers, as a cluster's compute side takes them.
+            options.tiers = (try? ClusterAttachment.tiers(of: node.remote, database: directory)) ?? []
+        } else if configuration.tiers {
             options.tiers = [
                 StorageTier(path: directory + ".fast", budgetBytes: ModelConfiguration.fastTierBytes, mapped: true),
                 StorageTier(path: directory + ".slow", budgetBytes: nil),
@@ -215,7 +230,7 @@ struct ModelRun {
                 let moves = tierMovesBefore + stats.tierMoves
                 #expect(moves > 0 && stats.tierMoveFailures == 0, "\(moves) moves, \(stats.tierMoveFailures) failed")
                 #expect(stats.tiers.count == 2 && stats.tiers[1].fileCount > 0, "tiers: \(stats.tiers)")
-                for tier in stats.tiers {
+                for tier in stats.tiers where node == nil {
                     let onDisk = (try? PosixFileSystem.shared.children(of: tier.path))?.filter { $0.hasSuffix(".sst") }.count
                     #expect((onDisk ?? -1) >= tier.fileCount, "tier \(tier.tier): \(onDisk ?? -1) tables on disk, \(tier.fileCount) in the version")
                 }

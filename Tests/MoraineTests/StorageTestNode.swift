@@ -19,13 +19,21 @@ final class StorageTestNode: @unchecked Sendable {
     /// The node's own file system (POSIX, or a fault-injecting wrapper of it).
     let nodeFileSystem: any FileSystem
 
+    /// The node's storage tiers (directories beside the data directory).
+    let tiers: [StorageNodeTier]
+
+    /// A node over `carrier`; with `tierBudgets`, one storage tier per budget (nil: unbounded),
+    /// in directories beside its data directory.
     init(
         _ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions,
-        nodeFileSystem: any FileSystem = PosixFileSystem.shared
+        nodeFileSystem: any FileSystem = PosixFileSystem.shared, tierBudgets: [UInt64?] = []
     ) throws {
         self.carrier = carrier.server
         self.nodeFileSystem = nodeFileSystem
-        dataDirectory = TempDir("moraine-storage")
+        let data = TempDir("moraine-storage")
+        dataDirectory = data
+        tiers = tierBudgets.enumerated().map { StorageNodeTier(path: "\(data.path).tier\($0.offset)", budgetBytes: $0.element) }
+        for tier in tiers { try PosixFileSystem.shared.createDirectory(tier.path) }
         endpoint =
             carrier == .sharedMemory
             ? .sharedMemory(socketPath: dataDirectory.file("node.sock")) : .tcp(host: "127.0.0.1", port: 0)
@@ -47,7 +55,7 @@ final class StorageTestNode: @unchecked Sendable {
 
     /// Starts serving (again) on the same endpoint.
     func start() throws {
-        let node = try StorageNode(dataDirectory: dataDirectory.path, fileSystem: nodeFileSystem)
+        let node = try StorageNode(dataDirectory: dataDirectory.path, tiers: tiers, fileSystem: nodeFileSystem)
         let server = try endpoint.serve(key: key, router: node.router())
         endpoint = server.endpoint
         self.server = server
@@ -62,6 +70,7 @@ final class StorageTestNode: @unchecked Sendable {
     func remove() {
         stop()
         dataDirectory.remove()
+        for tier in tiers { PosixFileSystem.shared.removeTree(tier.path) }
     }
 
     deinit { remove() }

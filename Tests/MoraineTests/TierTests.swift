@@ -6,9 +6,11 @@
 // across SIGKILLs of a process whose tables move all the time.
 import Foundation
 import Moraine
+import MoraineCompute
 import MoraineEngine
 import MoraineFormat
 import MoraineMessages
+import MoraineStorage
 import MoraineSystem
 import MoraineTestSupport
 import Testing
@@ -258,8 +260,10 @@ struct TierTests {
         let half = readFileBytes(t.fast + "/" + onFast[0])
         writeFileBytes(t.slow + "/" + onFast[0], Array(half.prefix(half.count / 2)))
         writeFileBytes(t.slow + "/" + onFast.last!, readFileBytes(t.fast + "/" + onFast.last!))
+        writeFileBytes(t.slow + "/" + onFast[0].replacingOccurrences(of: ".sst", with: ".dbtmp"), Array(half.prefix(100)))
         db = try Database(path: t.dir.path, options: t.options(fastBytes: 1 << 30))
         #expect(t.tables(t.slow).isEmpty, "left over: \(t.tables(t.slow))")
+        #expect(!(try PosixFileSystem.shared.children(of: t.slow)).contains { $0.hasSuffix(".dbtmp") }, "a move's temporary stayed")
         #expect(t.tables(t.fast) == onFast)
         try t.check(db, count: 1500, round: 0)
         try db.close()
@@ -292,6 +296,112 @@ struct TierTests {
         options.tiers = [StorageTier(path: t.slow, budgetBytes: nil)]
         let taken = moraineError { _ = try Database(path: other.path, options: options) }
         #expect(taken?.kind == .invalid && taken?.message.contains("another database") == true, "\(String(describing: taken))")
+    }
+
+    @Test("markers: another database's tier, one directory named twice, a tier with tables but no marker are refused")
+    func markers() throws {
+        let t = TieredDatabase()
+        defer { t.remove() }
+        var db = try Database(path: t.dir.path, options: t.options())
+        try t.fill(db, count: 2000, round: 0)
+        try db.close()
+        #expect(t.dir.names().contains("TIERS") && t.tables(t.fast).count + t.tables(t.slow).count > 0)
+        func refused(_ options: Options, _ named: String, _ label: String) {
+            let error = moraineError { _ = try Database(path: t.dir.path, options: options) }
+            #expect(error?.kind == .invalid && error?.message.contains(named) == true, "\(label): \(String(describing: error))")
+        }
+        // One directory spelled two ways.
+        var twice = t.options()
+        twice.tiers = [StorageTier(path: t.fast, budgetBytes: 20 << 10), StorageTier(path: t.slow + "/", budgetBytes: 1 << 30),
+            StorageTier(path: t.slow, budgetBytes: nil)]
+        refused(twice, "are one directory", "a tier named twice")
+        // Another database's tier in place of this one's slow tier.
+        let other = TieredDatabase()
+        defer { other.remove() }
+        let second = try Database(path: other.dir.path, options: other.options())
+        try other.fill(second, count: 300, round: 0)
+        try second.close()
+        var swapped = t.options()
+        swapped.tiers[1] = StorageTier(path: other.slow, budgetBytes: nil)
+        refused(swapped, "belongs to another database", "another database's tier")
+        // A tier whose marker is gone but which holds tables.
+        let marker = t.slow + "/TIER"
+        let saved = readFileBytes(marker)
+        try #require(unlink(marker) == 0)
+        refused(t.options(), "holds", "tables without a marker")
+        writeFileBytes(marker, saved)
+        // Destroying the other database leaves this one's tiers alone; repair refuses a tiered
+        // database even when asked without its tiers.
+        var otherWithOurs = other.options()
+        otherWithOurs.tiers = [
+            StorageTier(path: other.fast, budgetBytes: 20 << 10), StorageTier(path: other.slow, budgetBytes: 1 << 30),
+            StorageTier(path: t.slow, budgetBytes: nil),
+        ]
+        try Database.destroy(path: other.dir.path, options: otherWithOurs)
+        #expect(!t.tables(t.slow).isEmpty, "destroy of another database removed this one's tables")
+        let repair = moraineError { _ = try Database.repair(path: t.dir.path, options: Options()) }
+        #expect(repair?.kind == .invalid && repair?.message.contains("storage tiers") == true, "\(String(describing: repair))")
+        db = try Database(path: t.dir.path, options: t.options())
+        try t.check(db, count: 2000, round: 0)
+        try db.close()
+    }
+
+    @Test("an open refused after it found tables on another tier leaves them where they are")
+    func refusedRelocation() throws {
+        let t = TieredDatabase()
+        defer { t.remove() }
+        var db = try Database(path: t.dir.path, options: t.options())
+        try t.fill(db, count: 2000, round: 0)
+        try db.close()
+        // A table no manifest names, holding newer writes than the database: the open must fail.
+        let other = TieredDatabase()
+        defer { other.remove() }
+        let donor = try Database(path: other.dir.path, options: other.options())
+        for round in 0..<4 { try other.fill(donor, count: 2000, round: round) }
+        try donor.close()
+        let stray = t.fast + "/999990.sst"
+        writeFileBytes(stray, readFileBytes(other.slow + "/" + other.tables(other.slow).last!))
+        let before = t.tables(t.fast) + t.tables(t.slow)
+        let error = moraineError { _ = try Database(path: t.dir.path, options: t.options(swapped: true)) }
+        #expect(error?.kind == .corruption && error?.message.contains("999990.sst") == true, "\(String(describing: error))")
+        #expect(t.tables(t.fast) + t.tables(t.slow) == before, "the refused open changed the tiers")
+        try #require(unlink(stray) == 0)
+        db = try Database(path: t.dir.path, options: t.options(swapped: true))
+        try t.check(db, count: 2000, round: 0)
+        try db.close()
+    }
+
+    @Test("on a storage node with tiers, a database's tables go to the node's tier directories and move between them")
+    func storageNodeTiers() throws {
+        let node = try StorageTestNode(.sharedMemory, tierBudgets: [20 << 10, nil])
+        defer { node.remove() }
+        let report = try node.remote.tiers()
+        #expect(report.map(\.budgetBytes) == [20 << 10, 0], "\(report)")
+        var options = TieredDatabase().options()
+        options.fileSystem = node.remote
+        options.tiers = try ClusterAttachment.tiers(of: node.remote, database: "tiered")
+        #expect(options.tiers.map(\.path) == ["tiered/@tier0", "tiered/@tier1"])
+        var db = try Database(path: "tiered", options: options)
+        let t = TieredDatabase()
+        defer { t.remove() }
+        for round in 0..<2 { try t.fill(db, count: 2000, round: round) }
+        let stats = db.stats()
+        #expect(stats.tierMoves > 0, "no table moved between the node's tiers")
+        try db.close()
+        let onNode = node.tiers.map { t.tables($0.path + "/tiered") }
+        #expect(onNode[1].count > 0 && onNode.reduce(0) { $0 + $1.count } > 0, "tables on the node's tiers: \(onNode)")
+        #expect(t.tables(node.dataDirectory.file("tiered")).isEmpty, "tables in the node's data directory")
+        #expect(try node.remote.tiers()[1].bytesUsed > 0)
+        db = try Database(path: "tiered", options: options)
+        try t.check(db, count: 2000, round: 1)
+        try db.close()
+        // A tier the node lacks is refused by name; opening without the tiers is refused too.
+        let missing = moraineError { _ = try node.remote.exists("tiered/@tier2") }
+        #expect(missing?.kind == .invalid && missing?.message.contains("no such tier") == true, "\(String(describing: missing))")
+        var untiered = options
+        untiered.tiers = []
+        let refused = moraineError { _ = try Database(path: "tiered", options: untiered) }
+        #expect(refused?.kind == .invalid && refused?.message.contains("TIERS") == true, "\(String(describing: refused))")
     }
 
     @Test("a damaged table on either tier is reported by name; the other tier's keys still read", arguments: [0, 1])
