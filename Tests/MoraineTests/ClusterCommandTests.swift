@@ -302,4 +302,43 @@ struct ClusterCommandTests {
         #expect(status.status == 0 && status.out.filter { $0.contains(" up ") }.count == 2, "\(status.out)")
         #expect(FileManager.default.fileExists(atPath: run.file("nodes/0")) && FileManager.default.fileExists(atPath: run.file("nodes/1")))
     }
+
+    @Test("a storage node's tiers from the topology: --cluster and --connect databases keep their tables there, status shows them")
+    func storageTiers() throws {
+        let run = TempDir("moraine-up-tiers")
+        let fast = run.path + ".fast"
+        defer {
+            _ = try? runMoraineCLI(["down", "--run-dir", run.path])
+            run.remove()
+            PosixFileSystem.shared.removeTree(fast)
+        }
+        let file = run.file("topology.toml")
+        try """
+        [[role]]
+        kind = "storage"
+        tiers = "\(fast):1M:pmem,slow"
+        [[role]]
+        kind = "compute"
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let up = try runMoraineCLI(["up", "--run-dir", run.path, "--topology", file, "--detach"])
+        #expect(up.status == 0, "\(up.err)")
+        let puts = (0..<300).map { "put k\($0) value-\($0)" }.joined(separator: "\n") + "\nflush\nget k7\n"
+        let local = try runMoraineCLI(["shell", "--db", "here", "--cluster", run.path], input: puts)
+        #expect(local.status == 0 && local.out.last == "value-7", "\(local.out.suffix(2)) \(local.err)")
+        let remote = try runMoraineCLI(["shell", "--db", "there", "--connect", run.path], input: puts)
+        #expect(remote.status == 0 && remote.out.last == "value-7", "\(remote.out.suffix(2)) \(remote.err)")
+        // L0's target (256 MiB) does not fit the 1 MiB fast tier: the tables are on the slow one,
+        // each tier with its marker, none in the data directory.
+        for database in ["here", "there"] {
+            let slow = (try? FileManager.default.contentsOfDirectory(atPath: run.file("slow/" + database))) ?? []
+            #expect(slow.contains("TIER") && slow.contains { $0.hasSuffix(".sst") }, "\(database) on the slow tier: \(slow)")
+            #expect(FileManager.default.fileExists(atPath: fast + "/" + database + "/TIER"), "\(database): no marker on the fast tier")
+            let data = (try? FileManager.default.contentsOfDirectory(atPath: run.file("data/" + database))) ?? []
+            #expect(!data.contains { $0.hasSuffix(".sst") } && data.contains("TIERS"), "\(database) in the data directory: \(data)")
+        }
+        let status = try runMoraineCLI(["status", "--run-dir", run.path])
+        #expect(status.out.contains { $0.contains("tiers: 0 ") && $0.contains("of 1.0 MiB (pmem)") }, "\(status.out)")
+        let refused = try runMoraineCLI(["shell", "--db", "here", "--cluster", run.path, "--tiers", "/tmp/x:1M,/tmp/y"], input: "get k1\n")
+        #expect(refused.status != 0 && refused.err.contains("--tiers"), "\(refused.err)")
+    }
 }
