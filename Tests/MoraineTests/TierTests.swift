@@ -224,7 +224,11 @@ struct TierTests {
         db = try Database(path: t.dir.path, options: t.options())
         try t.check(db, count: 2000, round: 2)
         // The fast tier is persistent memory (`mapped`): its tables are read through mappings,
-        // the slow tier's through the I/O path. (A scan opens every table.)
+        // the slow tier's through the I/O path. A flush puts a table on the fast tier (L0's)
+        // whatever moves left there; a scan opens every table.
+        for i in 0..<50 { try db.put(TieredDatabase.key(i), TieredDatabase.value(i, 2)) }
+        try db.flush()
+        #expect(db.stats().tiers.first.map { $0.fileCount > 0 } == true, "no table on the fast tier after a flush")
         #expect(try Oracle(contentsOf: db).pairs.count == 2000)
         // Read to the end in a loop: procfs files say size 0, and one read can stop short.
         let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
