@@ -302,7 +302,10 @@ extension StorageNode {
         writeDeferred(of: file)
         if let slot = readers.withLock({ $0[file] }) { return slot.file }
         let path = try path(file)
-        let opened = try perform { try files.openRandomAccess(path) }
+        // A table on a persistent-memory tier is served by loads from a mapping (tables are
+        // whole and never change once a reader may ask for them).
+        let mapped = tierIndex(of: file.database).map { tiers[$0].mapped } ?? false
+        let opened = try perform { mapped ? try files.openMapped(path) : try files.openRandomAccess(path) }
         readers.withLock { table in
             if table.count >= Self.readersMax { table.removeAll(keepingCapacity: true) }
             table[file] = ReaderSlot(file: opened)

@@ -139,6 +139,14 @@ public final class StorageNode: Sendable {
         return file.name.isEmpty ? directory : directory + "/" + file.name
     }
 
+    /// The tier a database name (`DATABASE/@tierK`) names, if it names one the node has.
+    func tierIndex(of database: String) -> Int? {
+        guard let slash = database.firstIndex(of: "/") else { return nil }
+        let sub = database[database.index(after: slash)...]
+        guard sub.hasPrefix("@tier"), let index = Int(sub.dropFirst(5)), index >= 0, index < tiers.count else { return nil }
+        return index
+    }
+
     /// The local directory of a checked database name (`DATABASE`, `DATABASE/SUBDIRECTORY` or
     /// `DATABASE/@tierK`).
     /// - Throws: `.invalid` for a tier the node does not have.

@@ -57,13 +57,13 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.maxBytesForLevelBase = 64 << 10
         },
         // Two tiers: L0 (counted as L1's 8 KiB) fits the fast tier's 10 KiB, L1 does not. L0
-        // piles up to four tables of about 4 KiB before its compaction, so its oldest tables
-        // move down, and compactions read inputs from both tiers.
+        // piles up to eight tables of about 4 KiB before its compaction, so its oldest tables
+        // move down (whatever the seed's mix of writes), and compactions read inputs from both.
         ModelConfiguration(name: "two-tiers", tiers: true) { o in
             o.writeBufferSize = 4 << 10
             o.targetFileSizeBase = 4 << 10
             o.maxBytesForLevelBase = 8 << 10
-            o.level0FileNumCompactionTrigger = 4
+            o.level0FileNumCompactionTrigger = 8
             o.compression = .none
         },
         // The same two tiers on a storage node (its `--tiers`), every flush and compaction on a
@@ -72,7 +72,7 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.writeBufferSize = 4 << 10
             o.targetFileSizeBase = 4 << 10
             o.maxBytesForLevelBase = 8 << 10
-            o.level0FileNumCompactionTrigger = 4
+            o.level0FileNumCompactionTrigger = 8
             o.compression = .none
         },
         ModelConfiguration(name: "pmem-durability") { o in

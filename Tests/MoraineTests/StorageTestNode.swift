@@ -23,7 +23,7 @@ final class StorageTestNode: @unchecked Sendable {
     let tiers: [StorageNodeTier]
 
     /// A node over `carrier`; with `tierBudgets`, one storage tier per budget (nil: unbounded),
-    /// in directories beside its data directory.
+    /// in directories beside its data directory, the first marked persistent memory.
     init(
         _ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions,
         nodeFileSystem: any FileSystem = PosixFileSystem.shared, tierBudgets: [UInt64?] = []
@@ -32,7 +32,10 @@ final class StorageTestNode: @unchecked Sendable {
         self.nodeFileSystem = nodeFileSystem
         let data = TempDir("moraine-storage")
         dataDirectory = data
-        tiers = tierBudgets.enumerated().map { StorageNodeTier(path: "\(data.path).tier\($0.offset)", budgetBytes: $0.element) }
+        // The first tier is persistent memory: the node serves its tables from mappings.
+        tiers = tierBudgets.enumerated().map {
+            StorageNodeTier(path: "\(data.path).tier\($0.offset)", budgetBytes: $0.element, mapped: $0.offset == 0)
+        }
         for tier in tiers { try PosixFileSystem.shared.createDirectory(tier.path) }
         endpoint =
             carrier == .sharedMemory

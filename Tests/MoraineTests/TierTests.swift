@@ -380,7 +380,7 @@ struct TierTests {
         let node = try StorageTestNode(.sharedMemory, tierBudgets: [20 << 10, nil])
         defer { node.remove() }
         let report = try node.remote.tiers()
-        #expect(report.map(\.budgetBytes) == [20 << 10, 0], "\(report)")
+        #expect(report.map(\.budgetBytes) == [20 << 10, 0] && report.map(\.mapped) == [true, false], "\(report)")
         var options = TieredDatabase().options()
         options.fileSystem = node.remote
         options.tiers = try ClusterAttachment.tiers(of: node.remote, database: "tiered")
@@ -398,6 +398,12 @@ struct TierTests {
         #expect(try node.remote.tiers()[1].bytesUsed > 0)
         db = try Database(path: "tiered", options: options)
         try t.check(db, count: 2000, round: 1)
+        // The node serves its pmem tier's tables from mappings (it runs in this process).
+        for i in 0..<50 { try db.put(TieredDatabase.key(i), TieredDatabase.value(i, 1)) }
+        try db.flush()
+        #expect(try Oracle(contentsOf: db).pairs.count == 2000)
+        let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        #expect(maps.contains(node.tiers[0].path + "/tiered/") && !maps.contains(node.tiers[1].path + "/tiered/"), "the node's mappings")
         try db.close()
         // A tier the node lacks is refused by name; opening without the tiers is refused too.
         let missing = moraineError { _ = try node.remote.exists("tiered/@tier2") }
