@@ -101,6 +101,35 @@ struct TierTests {
         #expect(missing?.kind == .notFound && missing?.message.contains("absent") == true, "\(String(describing: missing))")
     }
 
+    @Test("a pmem tier's tables are read through mappings, embedded and by a storage node; other tiers' are not mapped")
+    func mappedTier() throws {
+        // Budgets no table passes, and no compaction: nothing moves a table while the test looks.
+        let t = TieredDatabase()
+        defer { t.remove() }
+        var options = t.options(fastBytes: 1 << 30)
+        options.disableAutoCompactions = true
+        let db = try Database(path: t.dir.path, options: options)
+        for i in 0..<500 { try db.put(TieredDatabase.key(i), TieredDatabase.value(i, 0)) }
+        try db.flush()
+        #expect(try Oracle(contentsOf: db).pairs.count == 500)  // a scan opens every table
+        let node = try StorageTestNode(.sharedMemory, tierBudgets: [1 << 30, nil])
+        defer { node.remove() }
+        var remote = options
+        remote.fileSystem = node.remote
+        remote.tiers = try ClusterAttachment.tiers(of: node.remote, database: "mapped")
+        let onNode = try Database(path: "mapped", options: remote)
+        for i in 0..<500 { try onNode.put(TieredDatabase.key(i), TieredDatabase.value(i, 0)) }
+        try onNode.flush()
+        #expect(try Oracle(contentsOf: onNode).pairs.count == 500)
+        // Read to the end in a loop: procfs files say size 0, and one read can stop short.
+        let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        #expect(maps.contains(t.fast + "/"), "no mapping of the embedded pmem tier's tables")
+        #expect(maps.contains(node.tiers[0].path + "/mapped/"), "no mapping of the node's pmem tier's tables")
+        #expect(!maps.contains(t.slow + "/") && !maps.contains(node.tiers[1].path + "/"), "a tier that is not pmem was mapped")
+        try onNode.close()
+        try db.close()
+    }
+
     @Test("a job's tiers cross the wire; it reads each input from its tier and writes to the output tier")
     func jobsAcrossTiers() throws {
         let upper = TempDir("moraine-tiers-upper")
@@ -223,16 +252,6 @@ struct TierTests {
         try db.close()
         db = try Database(path: t.dir.path, options: t.options())
         try t.check(db, count: 2000, round: 2)
-        // The fast tier is persistent memory (`mapped`): its tables are read through mappings,
-        // the slow tier's through the I/O path. A flush puts a table on the fast tier (L0's)
-        // whatever moves left there; a scan opens every table.
-        for i in 0..<50 { try db.put(TieredDatabase.key(i), TieredDatabase.value(i, 2)) }
-        try db.flush()
-        #expect(db.stats().tiers.first.map { $0.fileCount > 0 } == true, "no table on the fast tier after a flush")
-        #expect(try Oracle(contentsOf: db).pairs.count == 2000)
-        // Read to the end in a loop: procfs files say size 0, and one read can stop short.
-        let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
-        #expect(maps.contains(t.fast + "/") && !maps.contains(t.slow + "/"), "mappings of the tiers' tables: \(db.stats().shape)")
         try Self.closeExpectingTiersMatch(db, t, "after reopen")
         // The tiers listed the other way round: every table is found where it is, and the open
         // records that (the next open finds each on its recorded tier).
@@ -398,12 +417,6 @@ struct TierTests {
         #expect(try node.remote.tiers()[1].bytesUsed > 0)
         db = try Database(path: "tiered", options: options)
         try t.check(db, count: 2000, round: 1)
-        // The node serves its pmem tier's tables from mappings (it runs in this process).
-        for i in 0..<50 { try db.put(TieredDatabase.key(i), TieredDatabase.value(i, 1)) }
-        try db.flush()
-        #expect(try Oracle(contentsOf: db).pairs.count == 2000)
-        let maps = String(decoding: FileHandle(forReadingAtPath: "/proc/self/maps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
-        #expect(maps.contains(node.tiers[0].path + "/tiered/") && !maps.contains(node.tiers[1].path + "/tiered/"), "the node's mappings")
         try db.close()
         // A tier the node lacks is refused by name; opening without the tiers is refused too.
         let missing = moraineError { _ = try node.remote.exists("tiered/@tier2") }
