@@ -1,7 +1,8 @@
 // swift-tools-version: 6.0
-// MoraineBenchmarks: the benchmark harness's RocksDB side, kept apart from the Moraine package so
-// that building Moraine never needs RocksDB. CRocksDB exposes RocksDB's C API (librocksdb-dev);
-// RocksDBPeer implements MoraineBench's BenchEngine over it; RocksDBPeerSmoke is a quick check.
+// MoraineBenchmarks: the benchmark harness's peers, kept apart from the Moraine package so that
+// building Moraine never needs RocksDB or LevelDB. CRocksDB and CLevelDB expose their C APIs
+// (librocksdb-dev, libleveldb-dev); RocksDBPeer and LevelDBPeer implement MoraineBench's
+// BenchEngine over them; RocksDBPeerSmoke is a quick check.
 // Thread-safety lives in the targets: see each file's header.
 import PackageDescription
 
@@ -25,10 +26,20 @@ let package = Package(
                 .product(name: "Moraine", package: "Moraine"),
             ]
         ),
+        .systemLibrary(name: "CLevelDB", path: "Sources/CLevelDB"),
+        .target(
+            name: "LevelDBPeer",
+            dependencies: [
+                "CLevelDB",
+                .product(name: "MoraineBench", package: "Moraine"),
+                .product(name: "Moraine", package: "Moraine"),
+            ]
+        ),
         .executableTarget(
             name: "MoraineBenchTool",
             dependencies: [
                 "RocksDBPeer",
+                "LevelDBPeer",
                 .product(name: "MoraineBench", package: "Moraine"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

@@ -1,6 +1,7 @@
 """Turns the JSON files of scripts/benchmark-report.sh (OUT/<config>-run<i>.json) into a Markdown
-report of medians and Moraine/RocksDB ratios on stdout, and OUT/chart.svg: per configuration and
-workload, the throughput ratio and the p99 ratio as bars around the 1.0 line. No third-party
+report of medians and Moraine/RocksDB (and, where it ran, Moraine/LevelDB) ratios on stdout, and
+OUT/chart.svg: per configuration and workload, the throughput ratio and the p99 ratio against
+RocksDB as bars around the 1.0 line. No third-party
 modules: the SVG is written by hand."""
 import glob
 import json
@@ -43,19 +44,35 @@ def med(cells, workload, engine, key):
 
 
 chart = []  # (config, workload, throughput ratio, p99 ratio)
-print("Medians over the runs of each configuration; ratio = Moraine / RocksDB (throughput: above 1.0")
-print("is Moraine faster; p99: below 1.0 is Moraine's tail shorter). `compact` is one operation, so its")
-print("row compares 1/seconds. YCSB rows named `ycsbX.op` are one operation type within a phase. Where")
-print("RocksDB's own db_bench ran the same flags, its median and Moraine / db_bench follow; found")
-print("counts are Moraine's over all threads and db_bench's first thread's (equal with one thread).\n")
+print("Medians over the runs of each configuration; ratio = Moraine / peer (throughput: above 1.0")
+print("is Moraine faster; p99: below 1.0 is Moraine's tail shorter). Where LevelDB ran, `vs best` is")
+print("Moraine over the faster of RocksDB and LevelDB. `compact` is one operation, so its row compares")
+print("1/seconds. YCSB rows named `ycsbX.op` are one operation type within a phase. Where RocksDB's own")
+print("db_bench ran the same flags, its median and Moraine / db_bench follow; found counts are")
+print("Moraine's over all threads and db_bench's first thread's (equal with one thread).\n")
+CONFIG_NAMES.update({c + "-none": CONFIG_NAMES[c] + ", compression off" for c in list(CONFIG_NAMES)})
+CONFIG_ORDER = [x for c in CONFIG_ORDER for x in (c, c + "-none")]
 for config in sorted(runs, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_ORDER else 99):
     order, cells, options = summarize(runs[config])
     print(f"### {CONFIG_NAMES.get(config, config)}\n")
     print(f"{len(runs[config])} runs; options: `{json.dumps(options, sort_keys=True)}`\n")
     reference = any((w, "db_bench") in cells for w in order)
-    extra_head = " db_bench ops/s | vs db_bench | found: Moraine / db_bench |" if reference else ""
-    print("| workload | Moraine ops/s | RocksDB ops/s | ratio | Moraine p99 µs | RocksDB p99 µs | p99 ratio |" + extra_head)
-    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if reference else ""))
+    leveldb = any((w, "leveldb") in cells for w in order)
+    head = "| workload | Moraine ops/s | RocksDB ops/s | ratio |"
+    rule = "|---|---:|---:|---:|"
+    if leveldb:
+        head += " LevelDB ops/s | vs LevelDB | vs best |"
+        rule += "---:|---:|---:|"
+    head += " Moraine p99 µs | RocksDB p99 µs | p99 ratio |"
+    rule += "---:|---:|---:|"
+    if leveldb:
+        head += " LevelDB p99 µs |"
+        rule += "---:|"
+    if reference:
+        head += " db_bench ops/s | vs db_bench | found: Moraine / db_bench |"
+        rule += "---:|---:|---:|"
+    print(head)
+    print(rule)
     for w in order:
         if (w, "moraine") not in cells or (w, "rocksdb") not in cells:
             continue
@@ -63,23 +80,30 @@ for config in sorted(runs, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_OR
         mp, kp = med(cells, w, "moraine", "p99_us"), med(cells, w, "rocksdb", "p99_us")
         ratio = m / k if k else float("nan")
         p99_ratio = mp / kp if kp else float("nan")
-        extra = ""
+        compact = w == "compact"
+        shown = (lambda x: f"{1 / x:.2f} s") if compact else (lambda x: f"{x:,.0f}")
+        line = f"| {'compact (s)' if compact else w} | {shown(m)} | {shown(k)} | {ratio:.2f} |"
+        if leveldb:
+            if (w, "leveldb") in cells:
+                l = med(cells, w, "leveldb", "ops_per_sec")
+                line += f" {shown(l)} | {m / l:.2f} | {m / max(k, l):.2f} |"
+            else:
+                line += " — | — | — |"
+        line += " — | — | — |" if compact else f" {mp:.1f} | {kp:.1f} | {p99_ratio:.2f} |"
+        if leveldb:
+            line += f" {med(cells, w, 'leveldb', 'p99_us'):.1f} |" if (w, "leveldb") in cells and not compact else " — |"
         if reference:
             if (w, "db_bench") in cells:
                 d = med(cells, w, "db_bench", "ops_per_sec")
                 found = ""
                 if "found" in cells[(w, "db_bench")][0] and "found" in cells[(w, "moraine")][0]:
                     found = f"{med(cells, w, 'moraine', 'found'):,.0f} / {med(cells, w, 'db_bench', 'found'):,.0f}"
-                shown = f"{1 / d:.2f} s" if w == "compact" else f"{d:,.0f}"
-                extra = f" {shown} | {m / d:.2f} | {found} |"
+                line += f" {shown(d)} | {m / d:.2f} | {found} |"
             else:
-                extra = " — | — | |"
-        if w == "compact":
-            print(f"| compact (s) | {1 / m:.2f} s | {1 / k:.2f} s | {ratio:.2f} | — | — | — |" + extra)
-        else:
-            print(f"| {w} | {m:,.0f} | {k:,.0f} | {ratio:.2f} | {mp:.1f} | {kp:.1f} | {p99_ratio:.2f} |" + extra)
+                line += " — | — | |"
+        print(line)
         if "." not in w:
-            chart.append((config, w, ratio, None if w == "compact" else p99_ratio))
+            chart.append((config, w, ratio, None if compact else p99_ratio))
     print()
 
 # The chart: one panel per configuration; per workload two bars on a log scale around 1.0.

@@ -1,6 +1,6 @@
-// Runs db_bench workloads against one or more engines, alternating their order from workload
-// to workload so machine drift hits each alike, and prints db_bench's result line per engine
-// plus p50/p99/p99.9 latency and, with two engines, the throughput ratio. Each engine keeps its
+// Runs db_bench workloads against one or more engines, rotating their order from workload to
+// workload so machine drift hits each alike, and prints db_bench's result line per engine plus
+// p50/p99/p99.9 latency and, with several engines, the first one's throughput ratio to each other. Each engine keeps its
 // own database under --db/<engine>.
 import Histogram
 import Moraine
@@ -179,7 +179,10 @@ public final class BenchRunner: @unchecked Sendable {
                 print("\(pad(workload, 12)) : skipped (--use_existing_db is true)")
                 continue
             }
-            let order = index % 2 == 0 ? engineNames : engineNames.reversed()
+            // Which engine goes first rotates from workload to workload (with two: alternates),
+            // so machine drift and one engine's leftover background work hit each alike.
+            let shift = index % engineNames.count
+            let order = Array(engineNames[shift...] + engineNames[..<shift])
             var byEngine: [String: BenchResult] = [:]
             let savedInserted = inserted.load(ordering: .relaxed)
             let savedSeedThreads = seedThreadsUsed
@@ -203,10 +206,12 @@ public final class BenchRunner: @unchecked Sendable {
                     print(text.split(separator: "\n").map { "  \(name) stats: \($0)" }.joined(separator: "\n"))
                 }
             }
-            if engineNames.count == 2, let a = byEngine[engineNames[0]], let b = byEngine[engineNames[1]] {
-                print(
-                    "  \(engineNames[0])/\(engineNames[1]) throughput ratio: \(fixed(a.opsPerSecond / max(b.opsPerSecond, 1e-9), 2))"
-                )
+            // The first engine's throughput over each other's.
+            if let first = engineNames.first, let a = byEngine[first] {
+                for other in engineNames.dropFirst() {
+                    guard let b = byEngine[other] else { continue }
+                    print("  \(first)/\(other) throughput ratio: \(fixed(a.opsPerSecond / max(b.opsPerSecond, 1e-9), 2))")
+                }
             }
         }
         for engine in engines.values { try engine.close() }
