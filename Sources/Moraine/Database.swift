@@ -330,81 +330,73 @@ public final class DatabaseIterator {
         case remote(RemoteIterator)
     }
 
-    let backend: Backend
+    /// Exactly one is set. Two optional `let`s rather than the enum: a call through a `let` is
+    /// borrowed, a payload bound out of an enum is retained and released around every step.
+    private let local: DBIterator?
+    private let remote: RemoteIterator?
 
-    init(_ backend: Backend) { self.backend = backend }
+    init(_ backend: Backend) {
+        switch backend {
+        case .engine(let iterator):
+            local = iterator
+            remote = nil
+        case .remote(let iterator):
+            local = nil
+            remote = iterator
+        }
+    }
 
     /// Whether the iterator is on an entry.
     public var isValid: Bool {
-        switch backend {
-        case .engine(let iterator): iterator.isValid
-        case .remote(let iterator): iterator.isValid
-        }
+        if let remote { return remote.isValid }
+        return local!.isValid
     }
 
     public var key: [UInt8] {
-        switch backend {
-        case .engine(let iterator): iterator.key
-        case .remote(let iterator): iterator.key
-        }
+        if let remote { return remote.key }
+        return local!.key
     }
 
     public var value: [UInt8] {
-        switch backend {
-        case .engine(let iterator): iterator.value
-        case .remote(let iterator): iterator.value
-        }
+        if let remote { return remote.value }
+        return local!.value
     }
 
     /// Runs `body` on the current key and value in place (valid only during the call).
     public func withCurrent<T>(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> T) rethrows -> T {
-        switch backend {
-        case .engine(let iterator): try iterator.withCurrent(body)
-        case .remote(let iterator): try iterator.withCurrent(body)
-        }
+        if let remote { return try remote.withCurrent(body) }
+        return try local!.withCurrent(body)
     }
 
     public func seekToFirst() throws {
-        switch backend {
-        case .engine(let iterator): try iterator.seekToFirst()
-        case .remote(let iterator): try iterator.seekToFirst()
-        }
+        if let remote { return try remote.seekToFirst() }
+        return try local!.seekToFirst()
     }
 
     public func seekToLast() throws {
-        switch backend {
-        case .engine(let iterator): try iterator.seekToLast()
-        case .remote(let iterator): try iterator.seekToLast()
-        }
+        if let remote { return try remote.seekToLast() }
+        return try local!.seekToLast()
     }
 
     /// To the first key at or after `target`.
     public func seek(_ target: [UInt8]) throws {
-        switch backend {
-        case .engine(let iterator): try iterator.seek(target)
-        case .remote(let iterator): try iterator.seek(target)
-        }
+        if let remote { return try remote.seek(target) }
+        return try local!.seek(target)
     }
 
     /// To the last key at or before `target`.
     public func seekForPrev(_ target: [UInt8]) throws {
-        switch backend {
-        case .engine(let iterator): try iterator.seekForPrev(target)
-        case .remote(let iterator): try iterator.seekForPrev(target)
-        }
+        if let remote { return try remote.seekForPrev(target) }
+        return try local!.seekForPrev(target)
     }
 
     public func next() throws {
-        switch backend {
-        case .engine(let iterator): try iterator.next()
-        case .remote(let iterator): try iterator.next()
-        }
+        if let remote { return try remote.next() }
+        return try local!.next()
     }
 
     public func prev() throws {
-        switch backend {
-        case .engine(let iterator): try iterator.prev()
-        case .remote(let iterator): try iterator.prev()
-        }
+        if let remote { return try remote.prev() }
+        return try local!.prev()
     }
 }

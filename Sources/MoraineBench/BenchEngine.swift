@@ -17,6 +17,8 @@ public struct BenchConfiguration: Sendable {
     public var pmemPath: String? = nil
     /// "io_uring" or "pread" (--io_backend); nil: the process default.
     public var ioBackend: String? = nil
+    /// Read tables through mappings (--mmap_read; RocksDB's allow_mmap_reads; LevelDB always does).
+    public var mmapReads = false
     public var cacheSizeBytes = 8 << 20  // --cache_size
     public var bloomBitsPerKey = 10  // --bloom_bits
     public var compressionLZ4 = true  // --compression_type lz4|none

@@ -27,6 +27,11 @@ public struct BenchFlags: ParsableArguments, Sendable {
     public var useExistingDB = false
     @Option(name: .customLong("sync"), help: "fdatasync every write. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
     public var sync = false
+    @Option(
+        name: .customLong("mmap_read"),
+        help: "Read tables through mappings (RocksDB's allow_mmap_reads; LevelDB always does). \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var mmapRead = false
     @Option(name: .customLong("disable_wal"), help: "Write without the WAL. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
     public var disableWAL = false
     @Option(name: .customLong("durability"), help: "Moraine's durability: wal or pmem (a persistent log in a region).")
@@ -98,6 +103,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.durability = durability
         c.pmemPath = pmemPath
         c.ioBackend = ioBackend
+        c.mmapReads = mmapRead
         c.cacheSizeBytes = cacheSize
         c.bloomBitsPerKey = bloomBits
         c.compressionLZ4 = compressionType == "lz4"
@@ -117,7 +123,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
     var optionsJSON: String {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
-            ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"),
+            ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"), ("mmap_read", mmapRead ? "1" : "0"),
             ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
             ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),

@@ -139,6 +139,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.blockCacheSize = cacheSizeBytes ?? c.cacheSizeBytes
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.tiers = c.tiers(for: name)
+        options.allowMmapReads = c.mmapReads
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }

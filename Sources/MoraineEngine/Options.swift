@@ -58,6 +58,13 @@ public struct Options: Sendable {
     public var maxManifestFileSize = 64 << 20
     /// Open table readers kept in the table cache (`max_open_files`).
     public var maxOpenFiles = 1000
+    /// Read tables through read-only mappings instead of read calls (RocksDB's
+    /// `allow_mmap_reads`; LevelDB always does on 64-bit): a block-cache miss whose page is in the
+    /// page cache costs a copy and no system call. Off by default, as in RocksDB: a media error or
+    /// a table truncated by someone else under a mapping is a SIGBUS that ends the process, where
+    /// a read call returns an error the engine reports. Tables on a tier marked `mapped` are read
+    /// through mappings either way; a file system without mappings (a storage node's) reads.
+    public var allowMmapReads = false
     /// Turn off automatic compactions (`disable_auto_compactions`).
     public var disableAutoCompactions = false
     /// What to do about a damaged WAL record followed by valid ones (`wal_recovery_mode`):

@@ -90,6 +90,7 @@ public enum OptionsFile {
         ("max_background_jobs", int(.database, \.maxBackgroundJobs, minimum: 1)),
         ("max_manifest_file_size", int(.database, \.maxManifestFileSize, minimum: 1)),
         ("max_open_files", int(.database, \.maxOpenFiles, minimum: 1)),
+        ("allow_mmap_reads", bool(.database, \.allowMmapReads)),
         (
             "wal_recovery_mode",
             Field(section: .database, get: { $0.walRecoveryMode.rawValue }) { options, text in

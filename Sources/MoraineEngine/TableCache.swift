@@ -14,13 +14,16 @@ final class TableCache: @unchecked Sendable {
     private let capacity: Int
     private let layout: TierLayout
     private let fileSystem: any FileSystem
+    /// Every table read through a mapping (`allowMmapReads`), not only a mapped tier's.
+    private let mapAll: Bool
     let blockCache: BlockCache?
     let secondary: (any SecondaryBlockCache)?
 
     init(
         layout: TierLayout, fileSystem: any FileSystem, blockCache: BlockCache?, capacity: Int,
-        secondary: (any SecondaryBlockCache)? = nil
+        secondary: (any SecondaryBlockCache)? = nil, mapAll: Bool = false
     ) {
+        self.mapAll = mapAll
         self.layout = layout
         self.fileSystem = fileSystem
         self.blockCache = blockCache
@@ -37,7 +40,7 @@ final class TableCache: @unchecked Sendable {
     func reader(_ number: UInt64, tier: Int) throws -> TableReader {
         if let cached = lock.withLock({ readers[number] }), cached.tier == tier { return cached.reader }
         let path = layout.tablePath(number, tier: tier)
-        let file = layout.mapped[tier] ? try fileSystem.openMapped(path) : try fileSystem.openRandomAccess(path)
+        let file = mapAll || layout.mapped[tier] ? try fileSystem.openMapped(path) : try fileSystem.openRandomAccess(path)
         let reader = try TableReader(file: file, name: path, cache: blockCache, secondary: secondary, fileNumber: number)
         return lock.withLock {
             if let existing = readers[number], existing.tier == tier { return existing.reader }

@@ -290,10 +290,17 @@ public final class TableReader: @unchecked Sendable {
 }
 
 /// A two-level iterator: the pinned index block picks data blocks, loaded as the cursor moves.
+///
+/// The data block's iterator is made once and moved from block to block, and it is a `let`: a
+/// call through a `let` of a class borrows the reference, where an optional `var` was retained
+/// and released around every step (two atomic operations per entry of a scan).
 public final class TableIterator: InternalIterator {
     private let table: TableReader
     private let index: BlockIterator
-    @exclusivity(unchecked) private var data: BlockIterator? = nil
+    /// Iterates the current data block while `dataLoaded`; before the first load it sits,
+    /// unpositioned, on the index block.
+    private let data: BlockIterator
+    @exclusivity(unchecked) private var dataLoaded = false
     @exclusivity(unchecked) private var dataOffset: UInt64 = .max
     private let fillCache: Bool
     /// This iterator's readahead, if any.
@@ -302,67 +309,68 @@ public final class TableIterator: InternalIterator {
     init(table: TableReader, fillCache: Bool, readahead: Readahead?) {
         self.table = table
         self.index = table.indexBlock.makeIterator()
+        self.data = table.indexBlock.makeIterator()
         self.fillCache = fillCache
         self.readahead = readahead
     }
 
-    public var isValid: Bool { data?.isValid ?? false }
-    public var key: UnsafeRawBufferPointer { data!.key }
-    public var value: UnsafeRawBufferPointer { data!.value }
-    public var valueOwner: AnyObject? { data!.valueOwner }
+    public var isValid: Bool { dataLoaded && data.isValid }
+    public var key: UnsafeRawBufferPointer { data.key }
+    public var value: UnsafeRawBufferPointer { data.value }
+    public var valueOwner: AnyObject? { data.valueOwner }
 
     private func loadDataBlock() throws {
         guard index.isValid else {
-            data = nil
+            dataLoaded = false
             dataOffset = .max
             return
         }
         let handle = try table.decodeHandle(index.value)
-        if data != nil && handle.offset == dataOffset { return }
+        if dataLoaded && handle.offset == dataOffset { return }
         let block = try table.dataBlock(handle, fillCache: fillCache, readahead: readahead)
-        if let data {
-            data.reset(to: block)
-        } else {
-            data = block.makeIterator()
-        }
+        data.reset(to: block)
+        dataLoaded = true
         dataOffset = handle.offset
     }
 
+    /// Whether the current block is used up (or none is loaded while the index has more).
+    private var needsAnotherBlock: Bool { dataLoaded ? !data.isValid : index.isValid }
+
     private func skipEmptyForward() throws {
-        while data.map({ !$0.isValid }) ?? index.isValid {
+        while needsAnotherBlock {
             guard index.isValid else {
-                data = nil
+                dataLoaded = false
                 return
             }
             try index.next()
             try loadDataBlock()
-            try data?.seekToFirst()
+            if dataLoaded { try data.seekToFirst() }
         }
     }
 
     private func skipEmptyBackward() throws {
-        while data.map({ !$0.isValid }) ?? index.isValid {
+        while needsAnotherBlock {
             guard index.isValid else {
-                data = nil
+                dataLoaded = false
                 return
             }
             try index.prev()
             try loadDataBlock()
-            try data?.seekToLast()
+            if dataLoaded { try data.seekToLast() }
         }
     }
 
     public func seekToFirst() throws {
         try index.seekToFirst()
         try loadDataBlock()
-        try data?.seekToFirst()
+        if dataLoaded { try data.seekToFirst() }
         try skipEmptyForward()
     }
 
     public func seekToLast() throws {
         try index.seekToLast()
         try loadDataBlock()
-        try data?.seekToLast()
+        if dataLoaded { try data.seekToLast() }
         try skipEmptyBackward()
     }
 
@@ -373,17 +381,19 @@ public final class TableIterator: InternalIterator {
             try index.seek(target)
         }
         try loadDataBlock()
-        try data?.seek(target)
+        if dataLoaded { try data.seek(target) }
         try skipEmptyForward()
     }
 
     public func next() throws {
-        try data!.next()
+        precondition(dataLoaded, "next() on an invalid table iterator")
+        try data.next()
         try skipEmptyForward()
     }
 
     public func prev() throws {
-        try data!.prev()
+        precondition(dataLoaded, "prev() on an invalid table iterator")
+        try data.prev()
         try skipEmptyBackward()
     }
 }
