@@ -71,96 +71,180 @@ public final class BlockCache: Sendable {
     public var misses: Int { missCount.load(ordering: .relaxed) }
 }
 
-/// One shard: a dictionary of entries, evicted by CLOCK. A hit only sets the entry's reference
-/// bit; eviction sweeps a hand over the entries, clearing set bits and evicting the first entry
-/// whose bit is clear (a recently used block gets a second chance, as under LRU). LRU's move to
-/// the front on every hit touched the two neighbours' memory and retained and released them: in
-/// a backward scan over 4 KiB values that was about 15% of the time, mostly cache misses.
-/// (RocksDB's HyperClockCache makes the same trade.)
+/// One shard: an open-addressing hash table of blocks (linear probing, deletion by backward
+/// shift), evicted by CLOCK over the table's own slots. A hit only sets the slot's reference bit;
+/// eviction sweeps a hand over the slots, clearing set bits and evicting the first block whose
+/// bit is clear (a recently used block gets a second chance, as under LRU). LRU's move to the
+/// front on every hit touched the two neighbours' memory and retained and released them: in a
+/// backward scan over 4 KiB values that was about 15% of the time, mostly cache misses. (RocksDB's
+/// HyperClockCache makes the same trade.) Slots live in plain allocations hashed with two
+/// multiplications: a `Dictionary` of entry objects (SipHash, an object and its reference counting
+/// per block, exclusivity checks on every access) cost about 3,700 instructions per insert, most
+/// of a block-cache miss's time outside the read itself.
 private final class Shard: @unchecked Sendable {
-    final class Entry {
-        let key: BlockCacheKey
-        let block: Block
-        /// Where the entry sits in `ring`.
-        var slot: Int
-        var referenced = false
-        init(key: BlockCacheKey, block: Block, slot: Int) {
-            self.key = key
-            self.block = block
-            self.slot = slot
-        }
-    }
-
     private let lock = ConditionLock()
-    private var map: [BlockCacheKey: Entry] = [:]
-    /// The clock: entries in insertion order, nil where one was removed (reused by inserts).
-    private var ring: [Entry?] = []
-    private var freeSlots: [Int] = []
-    private var hand = 0
-    /// Guarded by `lock`, like everything mutable here.
-    private var usage = 0
+    // Everything below is guarded by `lock`. A slot is empty where its block is nil.
+    @exclusivity(unchecked) private var keys: UnsafeMutablePointer<BlockCacheKey>
+    @exclusivity(unchecked) private var blocks: UnsafeMutablePointer<Block?>
+    @exclusivity(unchecked) private var referenced: UnsafeMutablePointer<Bool>
+    /// Slots in the table (a power of two), kept at least twice the blocks held.
+    @exclusivity(unchecked) private var slotCount: Int
+    @exclusivity(unchecked) private var count = 0
+    @exclusivity(unchecked) private var hand = 0
+    @exclusivity(unchecked) private var usage = 0
     let capacityBytes: Int
 
-    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
+    init(capacityBytes: Int) {
+        self.capacityBytes = capacityBytes
+        slotCount = 64
+        (keys, blocks, referenced) = Self.allocate(slotCount)
+    }
+
+    deinit { Self.deallocate(keys, blocks, referenced, slotCount) }
+
+    private static func allocate(
+        _ slots: Int
+    ) -> (UnsafeMutablePointer<BlockCacheKey>, UnsafeMutablePointer<Block?>, UnsafeMutablePointer<Bool>) {
+        let keys = UnsafeMutablePointer<BlockCacheKey>.allocate(capacity: slots)
+        keys.initialize(repeating: BlockCacheKey(tableID: 0, offset: 0), count: slots)
+        let blocks = UnsafeMutablePointer<Block?>.allocate(capacity: slots)
+        blocks.initialize(repeating: nil, count: slots)
+        let referenced = UnsafeMutablePointer<Bool>.allocate(capacity: slots)
+        referenced.initialize(repeating: false, count: slots)
+        return (keys, blocks, referenced)
+    }
+
+    private static func deallocate(
+        _ keys: UnsafeMutablePointer<BlockCacheKey>, _ blocks: UnsafeMutablePointer<Block?>,
+        _ referenced: UnsafeMutablePointer<Bool>, _ slots: Int
+    ) {
+        blocks.deinitialize(count: slots)
+        blocks.deallocate()
+        keys.deallocate()
+        referenced.deallocate()
+    }
 
     /// Bytes charged to this shard's blocks (stats() reads it while inserts change it).
     var usageBytes: Int { lock.withLock { usage } }
 
+    /// The slot a key's probe starts at. (The shard was chosen from the high bits of another
+    /// mix, so these bits still spread a shard's keys.)
+    @inline(__always)
+    private func home(_ key: BlockCacheKey) -> Int {
+        var h = (key.tableID &* 0xff51_afd7_ed55_8ccd) ^ (key.offset &* 0xc4ce_b9fe_1a85_ec53)
+        h ^= h >> 32
+        return Int(truncatingIfNeeded: h) & (slotCount - 1)
+    }
+
+    /// The slot holding `key`, or nil.
+    @inline(__always)
+    private func find(_ key: BlockCacheKey) -> Int? {
+        var i = home(key)
+        while blocks[i] != nil {
+            if keys[i] == key { return i }
+            i = (i + 1) & (slotCount - 1)
+        }
+        return nil
+    }
+
     func lookup(_ key: BlockCacheKey) -> Block? {
         lock.withLock {
-            guard let entry = map[key] else { return nil }
-            if !entry.referenced { entry.referenced = true }
-            return entry.block
+            guard let i = find(key) else { return nil }
+            if !referenced[i] { referenced[i] = true }
+            return blocks[i]
         }
     }
 
-    private func remove(_ entry: Entry) {
-        map[entry.key] = nil
-        ring[entry.slot] = nil
-        freeSlots.append(entry.slot)
-        usage -= entry.block.chargeBytes
+    /// Empties slot `i` and closes the gap: each later block of the probe run that may move back
+    /// (its home is not cyclically after the gap) moves into the gap.
+    private func remove(at i: Int) {
+        usage -= blocks[i]!.chargeBytes
+        blocks[i] = nil
+        count -= 1
+        let mask = slotCount - 1
+        var gap = i
+        var j = i
+        while true {
+            j = (j + 1) & mask
+            guard blocks[j] != nil else { return }
+            let k = home(keys[j])
+            // The block at j stays if its home lies cyclically in (gap, j].
+            let stays = gap <= j ? (gap < k && k <= j) : (gap < k || k <= j)
+            if stays { continue }
+            keys[gap] = keys[j]
+            referenced[gap] = referenced[j]
+            (blocks + gap).pointee = (blocks + j).move()
+            (blocks + j).initialize(to: nil)
+            gap = j
+        }
     }
 
-    /// Evicts until the budget holds: the first unreferenced entry from the hand on.
+    /// Evicts until the budget holds: the first unreferenced block from the hand on.
     private func evict() {
         var steps = 0
-        while usage > capacityBytes && !map.isEmpty {
-            if hand >= ring.count { hand = 0 }
-            defer { hand += 1 }
-            guard let entry = ring[hand] else { continue }
-            steps += 1
-            // After two sweeps every bit is clear, so this always ends.
-            if entry.referenced && steps <= 2 * ring.count {
-                entry.referenced = false
+        while usage > capacityBytes && count > 0 {
+            hand &= slotCount - 1
+            guard blocks[hand] != nil else {
+                hand += 1
                 continue
             }
-            remove(entry)
+            steps += 1
+            // After two sweeps every bit is clear, so this always ends.
+            if referenced[hand] && steps <= 2 * slotCount {
+                referenced[hand] = false
+                hand += 1
+                continue
+            }
+            // The slot may now hold a block shifted back into it: the hand looks at it next.
+            remove(at: hand)
         }
+    }
+
+    /// Doubles the table and places every block again.
+    private func grow() {
+        let (oldKeys, oldBlocks, oldReferenced, oldCount) = (keys, blocks, referenced, slotCount)
+        slotCount *= 2
+        (keys, blocks, referenced) = Self.allocate(slotCount)
+        for i in 0..<oldCount where oldBlocks[i] != nil {
+            var j = home(oldKeys[i])
+            while blocks[j] != nil { j = (j + 1) & (slotCount - 1) }
+            keys[j] = oldKeys[i]
+            referenced[j] = oldReferenced[i]
+            (blocks + j).pointee = (oldBlocks + i).move()
+            (oldBlocks + i).initialize(to: nil)
+        }
+        hand = 0
+        Self.deallocate(oldKeys, oldBlocks, oldReferenced, oldCount)
     }
 
     func insert(_ key: BlockCacheKey, _ block: Block) {
         let charge = block.chargeBytes
         guard charge <= capacityBytes else { return }
         lock.withLock {
-            if let existing = map[key] { remove(existing) }
-            let slot: Int
-            if let free = freeSlots.popLast() {
-                slot = free
+            if let i = find(key) {
+                usage += charge - blocks[i]!.chargeBytes
+                blocks[i] = block
             } else {
-                slot = ring.count
-                ring.append(nil)
+                if 2 * (count + 1) > slotCount { grow() }
+                var i = home(key)
+                while blocks[i] != nil { i = (i + 1) & (slotCount - 1) }
+                keys[i] = key
+                blocks[i] = block
+                referenced[i] = false
+                count += 1
+                usage += charge
             }
-            let entry = Entry(key: key, block: block, slot: slot)
-            ring[slot] = entry
-            map[key] = entry
-            usage += charge
             evict()
         }
     }
 
     func evictTable(_ tableID: UInt64) {
         lock.withLock {
-            for (key, entry) in map where key.tableID == tableID { remove(entry) }
+            var doomed: [BlockCacheKey] = []
+            for i in 0..<slotCount where blocks[i] != nil && keys[i].tableID == tableID { doomed.append(keys[i]) }
+            for key in doomed {
+                if let i = find(key) { remove(at: i) }
+            }
         }
     }
 }

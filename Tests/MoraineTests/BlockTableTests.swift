@@ -291,6 +291,43 @@ struct BlockCacheTests {
         cache.insert(hot, try Self.block())
         #expect(cache.usageBytes == perBlock)
     }
+
+    @Test("against a model: a lookup finds the block last inserted or nothing, never another; usage is exact", arguments: [false, true])
+    func modelled(evicting: Bool) throws {
+        let seed = testSeed("block cache model evicting=\(evicting)")
+        var rng = SeededRandom(seed: seed)
+        let perBlock = try Self.block().chargeBytes
+        // Without eviction every inserted block must stay (which checks the table's deletions);
+        // with it, the budget holds 40 blocks of the 600 keys.
+        let cache = BlockCache(capacityBytes: perBlock * (evicting ? 40 : 10_000), shardCount: 1)
+        let pool = try (0..<8).map { _ in try Self.block() }
+        var model: [BlockCacheKey: Block] = [:]
+        for step in 0..<20_000 {
+            let key = BlockCacheKey(tableID: UInt64.random(in: 1...3, using: &rng), offset: UInt64.random(in: 0..<200, using: &rng) * 4096)
+            switch Int.random(in: 0..<100, using: &rng) {
+            case 0..<45:
+                let block = pool[Int.random(in: 0..<pool.count, using: &rng)]
+                cache.insert(key, block)
+                model[key] = block
+            case 45..<99:
+                let found = cache.lookup(key)
+                #expect(found == nil || found === model[key], "step \(step): \(key) found another block (MORAINE_SEED=\(seed))")
+                if !evicting { #expect((found == nil) == (model[key] == nil), "step \(step): \(key) (MORAINE_SEED=\(seed))") }
+            default:
+                cache.evictTable(key.tableID)
+                model = model.filter { $0.key.tableID != key.tableID }
+            }
+            #expect(cache.usageBytes <= cache.capacityBytes, "step \(step): over budget (MORAINE_SEED=\(seed))")
+        }
+        var held = 0
+        for (key, block) in model {
+            guard let found = cache.lookup(key) else { continue }
+            #expect(found === block, "\(key) (MORAINE_SEED=\(seed))")
+            held += found.chargeBytes
+        }
+        #expect(cache.usageBytes == held, "usage \(cache.usageBytes), blocks held \(held) (MORAINE_SEED=\(seed))")
+        if !evicting { #expect(held == model.count * perBlock) }
+    }
 }
 
 @Suite("Table")
