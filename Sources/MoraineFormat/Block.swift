@@ -27,31 +27,46 @@ public struct BlockOrigin: Sendable, CustomStringConvertible {
 
 /// The decoded contents of one block (after decompression and checksum verification).
 public final class Block: @unchecked Sendable {
-    /// The block contents, owned.
+    /// The block contents: owned, or borrowed from `owner` (a mapped file).
     public let bytes: UnsafeRawBufferPointer
     let restartsOffset: Int
     let restartCount: Int
     /// Where the block came from, for error messages.
     public let origin: BlockOrigin
+    /// What keeps borrowed bytes alive (nil: the block owns them).
+    private let owner: AnyObject?
 
-    /// Takes ownership of `owned` (allocated with `UnsafeMutableRawBufferPointer.allocate`).
-    /// - Throws: `.corruption` when the restart array does not fit.
-    public init(taking owned: UnsafeMutableRawBufferPointer, origin: BlockOrigin) throws {
-        let bytes = UnsafeRawBufferPointer(owned)
+    private init(bytes: UnsafeRawBufferPointer, owner: AnyObject?, origin: BlockOrigin) throws {
         self.bytes = bytes
+        self.owner = owner
         self.origin = origin
         guard bytes.count >= 4 else {
-            owned.deallocate()
             throw MoraineError(.corruption, "block too short (\(bytes.count) bytes) in \(origin)")
         }
         let count = Int(loadFixed32(bytes, bytes.count - 4))
         let maxRestarts = (bytes.count - 4) / 4
         guard count >= 1, count <= maxRestarts else {
-            owned.deallocate()
             throw MoraineError(.corruption, "bad restart count \(count) in block in \(origin)")
         }
         restartCount = count
         restartsOffset = bytes.count - 4 - 4 * count
+    }
+
+    /// Takes ownership of `owned` (allocated with `UnsafeMutableRawBufferPointer.allocate`).
+    /// - Throws: `.corruption` when the restart array does not fit (`owned` is freed).
+    public convenience init(taking owned: UnsafeMutableRawBufferPointer, origin: BlockOrigin) throws {
+        do {
+            try self.init(bytes: UnsafeRawBufferPointer(owned), owner: nil, origin: origin)
+        } catch {
+            owned.deallocate()
+            throw error
+        }
+    }
+
+    /// Reads `bytes` in place, keeping `owner` (a mapped file) alive as long as the block lives.
+    /// - Throws: `.corruption` when the restart array does not fit.
+    public convenience init(borrowing bytes: UnsafeRawBufferPointer, owner: AnyObject, origin: BlockOrigin) throws {
+        try self.init(bytes: bytes, owner: owner, origin: origin)
     }
 
     /// Takes ownership of `owned`; `origin` describes it in error messages.
@@ -66,7 +81,9 @@ public final class Block: @unchecked Sendable {
         try self.init(taking: UnsafeMutableRawBufferPointer(rebasing: owned[0..<contents.count]), origin: BlockOrigin(origin))
     }
 
-    deinit { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() }
+    deinit {
+        if owner == nil { UnsafeMutableRawBufferPointer(mutating: bytes).deallocate() }
+    }
 
     /// Bytes this block holds (for the cache's budget).
     public var chargeBytes: Int { bytes.count + 64 }

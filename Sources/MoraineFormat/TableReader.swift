@@ -112,20 +112,25 @@ public final class TableReader: @unchecked Sendable {
     /// Checks the CRC of a block read into `raw` (payload and trailer) and decompresses it.
     /// Takes ownership of `raw` whatever the outcome.
     /// - Returns: owned contents; the caller deallocates.
+    /// Checks a stored block's checksum (over its payload and type byte); returns the type byte.
+    static func verifiedType(_ raw: UnsafeRawBufferPointer, handle: BlockHandle, name: String, what: String) throws -> UInt8 {
+        let size = Int(handle.size)
+        let stored = CRC32C.unmask(loadFixed32(raw, size + 1))
+        let actual = CRC32C.extend(
+            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[0..<size])), UnsafeRawBufferPointer(rebasing: raw[size..<size + 1]))
+        guard stored == actual else {
+            throw MoraineError.corruption("checksum mismatch in \(what) at offset \(handle.offset)", file: name)
+        }
+        return raw[size]
+    }
+
     static func decodeRawBlock(
         taking raw: UnsafeMutableRawBufferPointer, handle: BlockHandle, name: String, what: String
     ) throws -> UnsafeMutableRawBufferPointer {
         var keep = false
         defer { if !keep { raw.deallocate() } }
         let payload = UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)])
-        let typeByte = raw[Int(handle.size)]
-        let stored = CRC32C.unmask(loadFixed32(UnsafeRawBufferPointer(raw), Int(handle.size) + 1))
-        let actual = CRC32C.extend(
-            CRC32C.checksum(payload), UnsafeRawBufferPointer(rebasing: raw[Int(handle.size)..<Int(handle.size) + 1]))
-        guard stored == actual else {
-            throw MoraineError.corruption(
-                "checksum mismatch in \(what) at offset \(handle.offset)", file: name)
-        }
+        let typeByte = try verifiedType(UnsafeRawBufferPointer(raw), handle: handle, name: name, what: what)
         switch BlockCompression(rawValue: typeByte) {
         case .some(.none):
             keep = true
@@ -166,6 +171,7 @@ public final class TableReader: @unchecked Sendable {
             if fillCache, let cache { cache.insert(key, block) }
             return block
         }
+        if let block = try mappedDataBlock(handle, fillCache: fillCache) { return block }
         let block: Block
         if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
             let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
@@ -177,6 +183,24 @@ public final class TableReader: @unchecked Sendable {
             cache?.insert(key, block)
             secondary?.insert(file: fileNumber, offset: handle.offset, bytes: block.bytes)
         }
+        return block
+    }
+
+    /// The data block at `handle` read in place where the file is mapped (nil where it is not).
+    /// An uncompressed block is used where it lies, checked but neither copied nor cached: the
+    /// page cache (or the persistent memory) already holds it, as LevelDB does with its mapped
+    /// tables. A compressed one is checked, decompressed and cached as a read one is.
+    private func mappedDataBlock(_ handle: BlockHandle, fillCache: Bool) throws -> Block? {
+        guard let raw = file.mappedBytes(at: handle.offset, count: Int(handle.size) + blockTrailerBytes) else { return nil }
+        let origin = BlockOrigin("data block", offset: handle.offset, file: name)
+        if try Self.verifiedType(raw, handle: handle, name: name, what: "data block") == BlockCompression.none.rawValue {
+            return try Block(borrowing: UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)]), owner: file, origin: origin)
+        }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: raw.count, alignment: 8)
+        copy.copyMemory(from: raw)
+        let contents = try Self.decodeRawBlock(taking: copy, handle: handle, name: name, what: "data block")
+        let block = try Block(taking: contents, origin: origin)
+        if fillCache { cache?.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }
         return block
     }
 

@@ -32,6 +32,13 @@ public protocol RandomAccessFile: AnyObject, Sendable {
     /// without waiting. Returns false where that is not available; the caller then reads ahead
     /// into a buffer of its own.
     func prefetch(at offset: UInt64, length: Int) -> Bool
+    /// The `count` bytes at `offset` in place, where the file is mapped into memory (nil where it
+    /// is not, or the range runs past the end). Valid while the file object lives.
+    func mappedBytes(at offset: UInt64, count: Int) -> UnsafeRawBufferPointer?
+}
+
+extension RandomAccessFile {
+    public func mappedBytes(at offset: UInt64, count: Int) -> UnsafeRawBufferPointer? { nil }
 }
 
 /// A held advisory lock on a database directory; released by `unlock` or deinit.

@@ -42,6 +42,11 @@ final class MappedRandomAccessFile: RandomAccessFile, @unchecked Sendable {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), Int(size)) }
     }
 
+    func mappedBytes(at offset: UInt64, count: Int) -> UnsafeRawBufferPointer? {
+        guard let base, count >= 0, offset <= size, UInt64(count) <= size - offset else { return nil }
+        return UnsafeRawBufferPointer(start: base + Int(offset), count: count)
+    }
+
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         guard let base, offset < size, buffer.count > 0 else { return 0 }
         let count = Int(min(UInt64(buffer.count), size - offset))
