@@ -181,6 +181,21 @@ extension Engine {
     /// Ensures the active memtable can take `neededBytes`, switching memtables and applying the
     /// L0 slowdown and stop rules. Precondition: `mutex` held; may wait on it.
     func makeRoomForWrite(neededBytes: Int, force initialForce: Bool, recordBytes: Int = 0) throws {
+        // The common case first, before the stall bookkeeping below (whose variables, captured
+        // by a nested function and a defer, are boxed and checked at every access).
+        if !initialForce && backgroundError == nil && !closed && !shuttingDown
+            && versions.current.levels[0].count < options.level0SlowdownWritesTrigger
+            && mem.memoryUsageBytes < options.writeBufferSize && mem.hasRoom(forBytes: neededBytes)
+            && (log?.hasRoom(forRecordBytes: recordBytes) ?? true)
+        {
+            return
+        }
+        try makeRoomForWriteWaiting(neededBytes: neededBytes, force: initialForce, recordBytes: recordBytes)
+    }
+
+    /// `makeRoomForWrite` when the memtable is full, a switch is forced, writes must slow down
+    /// or stop, or an error stands.
+    private func makeRoomForWriteWaiting(neededBytes: Int, force initialForce: Bool, recordBytes: Int) throws {
         var force = initialForce
         var allowDelay = !force
         var stalledSince: Int64? = nil

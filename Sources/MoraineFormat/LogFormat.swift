@@ -18,9 +18,11 @@ enum LogFragment: UInt8 {
 /// Appends records to a log file.
 public final class LogWriter {
     public let file: any WritableFile
-    private var blockOffset: Int
+    // One writer at a time (the engine's write leader): no runtime exclusivity checks, which
+    // were two per record.
+    @exclusivity(unchecked) private var blockOffset: Int
     /// The log's length in bytes so far (the end of the last record appended).
-    public private(set) var length: UInt64
+    @exclusivity(unchecked) public private(set) var length: UInt64
 
     /// - Parameter existingBytes: the file's current size when appending to an existing log.
     public init(file: any WritableFile, existingBytes: UInt64 = 0) {

@@ -19,8 +19,11 @@ public struct WriteBatch: Sendable {
 
     /// An empty batch with room for `capacityBytes` of operations.
     public init(reservingCapacity capacityBytes: Int) {
-        rep = [UInt8](repeating: 0, count: Self.headerBytes)
-        rep.reserveCapacity(Self.headerBytes + capacityBytes)
+        // One allocation: a zeroed header array grown afterwards was two per put.
+        rep = [UInt8](unsafeUninitializedCapacity: Self.headerBytes + max(capacityBytes, 0)) { buffer, count in
+            buffer.baseAddress!.initialize(repeating: 0, count: Self.headerBytes)
+            count = Self.headerBytes
+        }
     }
 
     /// Wraps an encoded batch read back from a WAL.
