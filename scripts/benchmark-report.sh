@@ -3,8 +3,10 @@
 # moraine-bench in release mode and runs every db_bench workload and YCSB A–F on Moraine, RocksDB
 # and LevelDB (rotating which goes first, identical options) RUNS times for each configuration:
 #   1M keys × 100 B values, 5M keys × 100 B, 200K keys × 4 KiB, each with an 8 MiB and a 1 GiB
-#   block cache; a configuration ending in -none (1m-8m-none) runs with compression off, the
-#   like-for-like row for LevelDB (whose only compression, Snappy, stands in for LZ4 otherwise).
+#   block cache; a configuration with -none (1m-8m-none) runs with compression off, and one with
+#   -mmap (1m-8m-none-mmap) reads tables through mappings (--mmap_read): LevelDB always maps its
+#   tables and its only compression, Snappy, stands in for LZ4, so -none-mmap is its
+#   like-for-like row.
 # Each run also puts the same db_bench workloads, with the same flags, through RocksDB's own
 # db_bench (Debian's rocksdb-tools) as a second RocksDB reference; its results join the run's JSON
 # as engine "db_bench", found counts included.
@@ -13,7 +15,7 @@
 #
 # Usage: bash scripts/benchmark-report.sh [--runs N] [--configs LIST] [--engines LIST] [--out DIR (default bench/results)] [--scale F]
 #   --configs  comma-separated subset of: 1m-8m,1m-1g,5m-8m,5m-1g,4k-8m,4k-1g, each optionally
-#              with -none (default: the six, with compression)
+#              followed by -none and/or -mmap (default: the six, with compression, no mappings)
 #   --engines  moraine-bench's --engine (default all: moraine,rocksdb,leveldb; both: without LevelDB)
 #   --scale    multiplies every key count (0.01 makes a quick check of the script itself)
 # Takes about 100 minutes for everything with 3 runs on a 2-core machine.
@@ -60,12 +62,14 @@ for config in ${configs//,/ }; do
     *) echo "unknown configuration: $config" >&2; exit 2 ;;
   esac
   case "$config" in
-    *-8m | *-8m-none) cache=$((8 << 20)) ;;
-    *-1g | *-1g-none) cache=$((1 << 30)) ;;
+    *-8m | *-8m-*) cache=$((8 << 20)) ;;
+    *-1g | *-1g-*) cache=$((1 << 30)) ;;
     *) echo "unknown configuration: $config" >&2; exit 2 ;;
   esac
   compression=lz4
-  case "$config" in *-none) compression=none ;; esac
+  case "$config" in *-none | *-none-*) compression=none ;; esac
+  mmap=0
+  case "$config" in *-mmap) mmap=1 ;; esac
   for i in $(seq 1 "$runs"); do
     echo "== $config run $i/$runs: --num $num --value_size $value --reads $reads --cache_size $cache" >&2
     shape="--num=$num --value_size=$value --reads=$reads --cache_size=$cache --batch_size=16 --seek_nexts=10"
@@ -76,11 +80,11 @@ for config in ${configs//,/ }; do
       --level0_slowdown_writes_trigger=20 --level0_stop_writes_trigger=36 --target_file_size_base=67108864 \
       --max_bytes_for_level_base=268435456 --max_background_jobs=2"
     # shellcheck disable=SC2086
-    bench/.build/release/moraine-bench --engine "$engines" $shape --compression_type "$compression" --records "$num" --operations "$reads" \
+    bench/.build/release/moraine-bench --engine "$engines" $shape --compression_type "$compression" --mmap_read=$mmap --records "$num" --operations "$reads" \
       --benchmarks "$workloads,$ycsb" --db "$db/db" --json "$out/$config-run$i.json" >&2
     rm -rf "$db/db"
     # shellcheck disable=SC2086
-    db_bench $shape $peer --histogram=1 --benchmarks="$workloads" --db="$db/db_bench" 2>/dev/null |
+    db_bench $shape $peer --mmap_read=$mmap --histogram=1 --benchmarks="$workloads" --db="$db/db_bench" 2>/dev/null |
       python3 scripts/db_bench_json.py "$out/$config-run$i.json"
     rm -rf "$db/db_bench"
   done

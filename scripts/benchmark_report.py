@@ -50,8 +50,11 @@ print("Moraine over the faster of RocksDB and LevelDB. `compact` is one operatio
 print("1/seconds. YCSB rows named `ycsbX.op` are one operation type within a phase. Where RocksDB's own")
 print("db_bench ran the same flags, its median and Moraine / db_bench follow; found counts are")
 print("Moraine's over all threads and db_bench's first thread's (equal with one thread).\n")
-CONFIG_NAMES.update({c + "-none": CONFIG_NAMES[c] + ", compression off" for c in list(CONFIG_NAMES)})
-CONFIG_ORDER = [x for c in CONFIG_ORDER for x in (c, c + "-none")]
+for c in list(CONFIG_NAMES):
+    CONFIG_NAMES[c + "-none"] = CONFIG_NAMES[c] + ", compression off"
+    CONFIG_NAMES[c + "-mmap"] = CONFIG_NAMES[c] + ", tables mapped (--mmap_read)"
+    CONFIG_NAMES[c + "-none-mmap"] = CONFIG_NAMES[c] + ", compression off, tables mapped (--mmap_read)"
+CONFIG_ORDER = [x for c in CONFIG_ORDER for x in (c, c + "-mmap", c + "-none", c + "-none-mmap")]
 for config in sorted(runs, key=lambda c: CONFIG_ORDER.index(c) if c in CONFIG_ORDER else 99):
     order, cells, options = summarize(runs[config])
     print(f"### {CONFIG_NAMES.get(config, config)}\n")
