@@ -110,7 +110,10 @@ extension Engine {
             var end = start + 1
             while end < order.count && sortKey(order[end]) == sortKey(order[start]) { end += 1 }
             let leader = probes[order[start]]
-            if let block = leader.table.cachedDataBlock(leader.handle) {
+            // A cached block, or one read in place from a mapped table, needs no read.
+            if let block = try leader.table.cachedDataBlock(leader.handle)
+                ?? leader.table.mappedDataBlock(leader.handle, fillCache: fillCache)
+            {
                 for i in order[start..<end] { blockOf[i] = block }
             } else {
                 missing.append(start..<end)

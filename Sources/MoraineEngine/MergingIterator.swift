@@ -162,13 +162,13 @@ final class LevelIterator: InternalIterator {
     /// Positions on file `index` (none when out of range), keeping the iterator already open
     /// on it: a seek within the same file (seekrandom's common case) reuses the table iterator
     /// and its loaded block instead of making new ones (about 4,000 instructions a seek).
+    /// An open that throws leaves no table, so the next call opens again (keeping the previous
+    /// file's iterator under the new index would have a seek search the wrong file).
     private func open(_ index: Int) throws {
         if index == fileIndex && table != nil { return }
+        table = nil
         fileIndex = index
-        if index < 0 || index >= files.count {
-            table = nil
-            return
-        }
+        if index < 0 || index >= files.count { return }
         table = try tables.reader(files[index]).makeIterator(fillCache: fillCache, readahead: .automatic())
     }
 

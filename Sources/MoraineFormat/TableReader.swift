@@ -190,7 +190,7 @@ public final class TableReader: @unchecked Sendable {
     /// An uncompressed block is used where it lies, checked but neither copied nor cached: the
     /// page cache (or the persistent memory) already holds it, as LevelDB does with its mapped
     /// tables. A compressed one is checked, decompressed and cached as a read one is.
-    private func mappedDataBlock(_ handle: BlockHandle, fillCache: Bool) throws -> Block? {
+    public func mappedDataBlock(_ handle: BlockHandle, fillCache: Bool) throws -> Block? {
         guard let raw = file.mappedBytes(at: handle.offset, count: Int(handle.size) + blockTrailerBytes) else { return nil }
         let origin = BlockOrigin("data block", offset: handle.offset, file: name)
         if try Self.verifiedType(raw, handle: handle, name: name, what: "data block") == BlockCompression.none.rawValue {
@@ -343,18 +343,32 @@ public final class TableIterator: InternalIterator {
     public var value: UnsafeRawBufferPointer { data.value }
     public var valueOwner: AnyObject? { data.valueOwner }
 
+    /// Loads the block the index is on. A load that throws leaves the iterator invalid (not on
+    /// the previous block while the index has moved on).
     private func loadDataBlock() throws {
+        let wasLoaded = dataLoaded
+        dataLoaded = false
         guard index.isValid else {
-            dataLoaded = false
-            dataOffset = .max
+            release()
             return
         }
         let handle = try table.decodeHandle(index.value)
-        if dataLoaded && handle.offset == dataOffset { return }
+        if wasLoaded && handle.offset == dataOffset {
+            dataLoaded = true
+            return
+        }
         let block = try table.dataBlock(handle, fillCache: fillCache, readahead: readahead)
         data.reset(to: block)
         dataLoaded = true
         dataOffset = handle.offset
+    }
+
+    /// Lets go of the last data block (and, for a mapped table, what keeps the mapping) once the
+    /// iterator has run off its table.
+    private func release() {
+        dataLoaded = false
+        dataOffset = .max
+        data.reset(to: table.indexBlock)
     }
 
     /// Whether the current block is used up (or none is loaded while the index has more).
@@ -363,7 +377,7 @@ public final class TableIterator: InternalIterator {
     private func skipEmptyForward() throws {
         while needsAnotherBlock {
             guard index.isValid else {
-                dataLoaded = false
+                release()
                 return
             }
             try index.next()
@@ -375,7 +389,7 @@ public final class TableIterator: InternalIterator {
     private func skipEmptyBackward() throws {
         while needsAnotherBlock {
             guard index.isValid else {
-                dataLoaded = false
+                release()
                 return
             }
             try index.prev()

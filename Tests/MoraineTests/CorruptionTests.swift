@@ -220,6 +220,52 @@ struct CorruptionTests {
         try again.close()
     }
 
+    /// A table that cannot be opened (here: its file gone) fails every read that needs it, each
+    /// time: after a scan met the failure, a seek into that table must fail again, not answer from
+    /// the file before or after it (a level iterator once kept the previous file's iterator under
+    /// the new file's index when the open threw).
+    @Test func missingTableFailsEverySeekIntoIt() throws {
+        let dir = TempDir("moraine-missing-table")
+        defer { dir.remove() }
+        let small = Self.options {
+            $0.targetFileSizeBase = 16 << 10
+            $0.disableAutoCompactions = true
+        }
+        let db = try Database(path: dir.path, options: small)
+        // Two overlapping flushes, so the compaction merges them (one would only move down).
+        for _ in 0..<2 {
+            for i in 0..<Self.keyCount { try db.put(Self.key(i), Self.value(i)) }
+            try db.flush()
+        }
+        try db.compactRange()
+        try db.close()
+        // Compaction numbers its outputs in key order: the second table holds the second range.
+        let tables = Self.files(dir, suffix: ".sst").sorted()
+        try #require(tables.count >= 4, "tables: \(tables)")
+        let missing = String(tables[1].split(separator: "/").last!)
+        let again = try Database(path: dir.path, options: small)  // no table opened yet
+        try FileManager.default.removeItem(atPath: tables[1])
+        let iterator = try again.makeIterator()
+        var read = 0
+        let scan = moraineError {
+            try iterator.seekToFirst()
+            while iterator.isValid {
+                read += 1
+                try iterator.next()
+            }
+        }
+        #expect(scan?.message.contains(missing) == true, "scan: \(String(describing: scan))")
+        #expect(read > 0 && read < Self.keyCount, "\(read) keys read before the missing table")
+        // key(read) is the missing table's first key; seek there (and inside it) twice each.
+        for target in [read, read, read + 5, read + 5] {
+            let seek = moraineError { try iterator.seek(Array(Self.key(target).utf8)) }
+            let landed = iterator.isValid ? String(decoding: iterator.key, as: UTF8.self) : "nothing"
+            #expect(seek?.message.contains(missing) == true, "a seek to key \(target) answered \(landed), error \(String(describing: seek))")
+        }
+        #expect(try again.get(Self.key(0)) == Self.value(0), "a key of another table")
+        try again.close()
+    }
+
     /// A database whose manifest holds several records: a snapshot and three flushes.
     static func buildWithFlushes(_ dir: TempDir) throws {
         let db = try Database(path: dir.path, options: options { $0.disableAutoCompactions = true })
