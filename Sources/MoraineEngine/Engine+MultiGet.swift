@@ -110,10 +110,8 @@ extension Engine {
             var end = start + 1
             while end < order.count && sortKey(order[end]) == sortKey(order[start]) { end += 1 }
             let leader = probes[order[start]]
-            // A cached block, or one read in place from a mapped table, needs no read.
-            if let block = try leader.table.cachedDataBlock(leader.handle)
-                ?? leader.table.mappedDataBlock(leader.handle, fillCache: fillCache)
-            {
+            // A block read in place from a mapped table, or a cached one, needs no read.
+            if let block = try leader.table.mappedUncompressedBlock(leader.handle) ?? leader.table.cachedDataBlock(leader.handle) {
                 for i in order[start..<end] { blockOf[i] = block }
             } else {
                 missing.append(start..<end)

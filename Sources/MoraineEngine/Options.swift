@@ -63,7 +63,9 @@ public struct Options: Sendable {
     /// page cache costs a copy and no system call. Off by default, as in RocksDB: a media error or
     /// a table truncated by someone else under a mapping is a SIGBUS that ends the process, where
     /// a read call returns an error the engine reports. Tables on a tier marked `mapped` are read
-    /// through mappings either way; a file system without mappings (a storage node's) reads.
+    /// through mappings either way; a file system without mappings (a storage node's) reads. An
+    /// uncompressed block of a mapped table is read in place and never enters the block cache
+    /// (nor its hit and miss counts).
     public var allowMmapReads = false
     /// Turn off automatic compactions (`disable_auto_compactions`).
     public var disableAutoCompactions = false

@@ -165,13 +165,14 @@ public final class TableReader: @unchecked Sendable {
     /// - Parameter fillCache: false for scans (compaction) that should not evict hot blocks.
     /// - Parameter readahead: serves sequential loads from larger reads (see Readahead).
     public func dataBlock(_ handle: BlockHandle, fillCache: Bool = true, readahead: Readahead? = nil) throws -> Block {
+        // Before the cache: such a block is never cached, so a lookup could only miss.
+        if let block = try mappedUncompressedBlock(handle) { return block }
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
         if let block = secondaryBlock(handle) {
             if fillCache, let cache { cache.insert(key, block) }
             return block
         }
-        if let block = try mappedDataBlock(handle, fillCache: fillCache) { return block }
         let block: Block
         if let readahead, let raw = try readahead.rawBlock(handle, file: file) {
             let contents = try Self.decodeRawBlock(taking: raw, handle: handle, name: name, what: "data block")
@@ -186,22 +187,19 @@ public final class TableReader: @unchecked Sendable {
         return block
     }
 
-    /// The data block at `handle` read in place where the file is mapped (nil where it is not).
-    /// An uncompressed block is used where it lies, checked but neither copied nor cached: the
-    /// page cache (or the persistent memory) already holds it, as LevelDB does with its mapped
-    /// tables. A compressed one is checked, decompressed and cached as a read one is.
-    public func mappedDataBlock(_ handle: BlockHandle, fillCache: Bool) throws -> Block? {
-        guard let raw = file.mappedBytes(at: handle.offset, count: Int(handle.size) + blockTrailerBytes) else { return nil }
-        let origin = BlockOrigin("data block", offset: handle.offset, file: name)
-        if try Self.verifiedType(raw, handle: handle, name: name, what: "data block") == BlockCompression.none.rawValue {
-            return try Block(borrowing: UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)]), owner: file, origin: origin)
-        }
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: raw.count, alignment: 8)
-        copy.copyMemory(from: raw)
-        let contents = try Self.decodeRawBlock(taking: copy, handle: handle, name: name, what: "data block")
-        let block = try Block(taking: contents, origin: origin)
-        if fillCache { cache?.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block) }
-        return block
+    /// The uncompressed data block at `handle`, used where it lies in the file's mapping:
+    /// checked on every read but neither copied nor cached, since the page cache (or the
+    /// persistent memory) already holds it, as LevelDB does with its mapped tables. Nil where the
+    /// file is not mapped or the block is compressed (that one is read, decompressed and cached
+    /// as from any file).
+    public func mappedUncompressedBlock(_ handle: BlockHandle) throws -> Block? {
+        guard let raw = file.mappedBytes(at: handle.offset, count: Int(handle.size) + blockTrailerBytes),
+            raw[Int(handle.size)] == BlockCompression.none.rawValue
+        else { return nil }
+        _ = try Self.verifiedType(raw, handle: handle, name: name, what: "data block")
+        return try Block(
+            borrowing: UnsafeRawBufferPointer(rebasing: raw[0..<Int(handle.size)]), owner: file,
+            origin: BlockOrigin("data block", offset: handle.offset, file: name))
     }
 
     /// The data block at `handle` from the second tier; nil when the tier does not hold it, or
