@@ -293,7 +293,9 @@ extension Engine {
     ///   reached.
     func makeMemTable(number: UInt64, neededBytes: Int) throws -> MemTable {
         guard let provider = regionMemtables else {
-            return MemTable(capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas)
+            return MemTable(
+                capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas,
+                hashIndex: options.memtableHashIndex)
         }
         let grant = try provider.allocate(database: path, logNumber: number)
         do {

@@ -26,6 +26,11 @@ public struct Options: Sendable {
     public var readOnly = false
     /// Bytes of writes gathered in a memtable before it is flushed (`write_buffer_size`).
     public var writeBufferSize = 64 << 20
+    /// Keep a point-lookup hash index beside each memtable in private memory (about 1/8 of
+    /// `write_buffer_size` more memory): a get answered from the memtable, or a miss there, costs
+    /// a probe instead of a skiplist walk. Memtables in a persistent-memory or memory-node region
+    /// have none. `memtable_hash_index` in OPTIONS; on by default.
+    public var memtableHashIndex = true
     /// Memtables (active plus immutable) before writes stop (`max_write_buffer_number`).
     public var maxWriteBufferNumber = 2
     /// L0 files that trigger an L0 compaction (`level0_file_num_compaction_trigger`).

@@ -1,5 +1,6 @@
-// The arena skiplist memtable: lookup semantics by sequence, iterator order both ways and seeks,
-// and one writer racing two lock-free readers.
+// The arena skiplist memtable: lookup semantics by sequence (with and without the point-lookup
+// index, and with an index that filled up), iterator order both ways and seeks, and one writer
+// racing two lock-free readers.
 import Dispatch
 import Foundation
 import Synchronization
@@ -20,8 +21,9 @@ extension MemTable {
 
 @Suite("MemTable")
 struct MemTableTests {
-    @Test func sequencesSnapshotsAndDeletions() {
-        let table = MemTable(capacityBytes: 1 << 20, logNumber: 3)
+    @Test(arguments: [false, true]) func sequencesSnapshotsAndDeletions(hashIndex: Bool) {
+        let table = MemTable(capacityBytes: 1 << 20, logNumber: 3, hashIndex: hashIndex)
+        #expect((table.hashIndexBytes > 0) == hashIndex)
         #expect(table.isEmpty && table.logNumber == 3)
         let k = Array("key".utf8)
         table.add(10, .value, k, Array("old".utf8))
@@ -85,6 +87,54 @@ struct MemTableTests {
             }
             #expect(table.get(user, at) == expected, "seed \(seed): key \(n) at \(at)")
         }
+    }
+
+    @Test("the point-lookup index answers as the walk does, also once it is full")
+    func hashIndexAgreesWithTheWalk() {
+        let seed = testSeed()
+        var rng = SeededRandom(seed: seed)
+        // 256 KiB: 4,096 slots, so the index takes 2,048 keys of the 3,000 used.
+        let indexed = MemTable(capacityBytes: 256 << 10, logNumber: 1, seed: seed, hashIndex: true)
+        let walked = MemTable(capacityBytes: 256 << 10, logNumber: 1, seed: seed)
+        #expect(indexed.hashIndexBytes == 4096 * 8)
+        var nextSequence: SequenceNumber = 1
+        var firstVersion: [Int: SequenceNumber] = [:]
+        func add(_ n: Int, _ type: ValueType, _ value: [UInt8]) {
+            indexed.add(nextSequence, type, userKeyBytes(n), value)
+            walked.add(nextSequence, type, userKeyBytes(n), value)
+            if firstVersion[n] == nil { firstVersion[n] = nextSequence }
+            nextSequence += 1
+        }
+        func check(_ label: String) {
+            for _ in 0..<3000 {
+                let n = Int.random(in: 0..<6000, using: &rng)
+                let at = SequenceNumber.random(in: 0...nextSequence, using: &rng)
+                let got = indexed.get(userKeyBytes(n), at)
+                let expected = walked.get(userKeyBytes(n), at)
+                if got != expected {
+                    Issue.record("seed \(seed), \(label): key \(n) at \(at): index \(got), walk \(expected)")
+                    return
+                }
+                #expect(indexed.get(userKeyBytes(n), maxSequenceNumber) == walked.get(userKeyBytes(n), maxSequenceNumber))
+            }
+        }
+        for _ in 0..<1500 {
+            let type: ValueType = Int.random(in: 0..<6, using: &rng) == 0 ? .deletion : .value
+            add(Int.random(in: 0..<1500, using: &rng), type, type == .value ? rng.bytes(Int.random(in: 0...8, using: &rng)) : [])
+        }
+        #expect(!indexed.hashIndexIsFull, "seed \(seed)")
+        check("index with room")
+        for _ in 0..<2500 {
+            let type: ValueType = Int.random(in: 0..<6, using: &rng) == 0 ? .deletion : .value
+            add(Int.random(in: 0..<3000, using: &rng), type, type == .value ? rng.bytes(Int.random(in: 0...8, using: &rng)) : [])
+        }
+        #expect(indexed.hashIndexIsFull, "seed \(seed): \(firstVersion.count) keys should have filled the index")
+        check("index full")
+        // A key indexed before the index filled still answers its newest version.
+        let early = firstVersion.min { $0.value < $1.value }!.key
+        add(early, .value, Array("newest".utf8))
+        #expect(indexed.get(userKeyBytes(early), maxSequenceNumber) == .found(Array("newest".utf8)), "seed \(seed)")
+        #expect(indexed.get(userKeyBytes(early), nextSequence - 2) == walked.get(userKeyBytes(early), nextSequence - 2), "seed \(seed)")
     }
 
     @Test func emptyTableIterator() {
@@ -157,9 +207,9 @@ struct MemTableTests {
         func fail(_ message: String) { failures.withLock { if $0.count < 20 { $0.append(message) } } }
     }
 
-    @Test func oneWriterTwoReaders() {
+    @Test(arguments: [false, true]) func oneWriterTwoReaders(hashIndex: Bool) {
         let seed = testSeed()
-        let table = MemTable(capacityBytes: 64 << 20, logNumber: 1, seed: seed)
+        let table = MemTable(capacityBytes: 64 << 20, logNumber: 1, seed: seed, hashIndex: hashIndex)
         let shared = Shared()
         let group = DispatchGroup()
 
