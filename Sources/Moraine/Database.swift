@@ -43,6 +43,10 @@ public final class Database: Sendable {
         return nil
     }
 
+    /// Whether a write might now wait for more than its group commit (`Engine.writesMayWait`);
+    /// always true for a connected database (every write is a round trip).
+    public var writesMayWait: Bool { engine?.writesMayWait ?? true }
+
     /// Whether this handle is a client of a compute node.
     public var isConnected: Bool { engine == nil }
 

@@ -66,7 +66,10 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         TerminationSignals.block()
-        let settings = try resp.settings()
+        var settings = try resp.settings()
+        // Plain writes run on the event loops when the log is local and appended without fsync
+        // (every serve write; with --cluster each append is a round trip to the storage node).
+        settings.writesOnEventLoop = database.cluster == nil && database.connect == nil
         let (host, port) = try RESPFrontEndOptions.address(listen, flag: "--listen")
         let exported = try metrics.exporter()  // before the service, whose counters swift-metrics makes
         let db = try reporting { try database.open() }

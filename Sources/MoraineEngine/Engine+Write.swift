@@ -11,6 +11,12 @@ extension Engine {
     /// Largest group a leader assembles.
     static let maxGroupBytes = 1 << 20
 
+    /// A hint, read without locks: whether a write now might wait for more than its group
+    /// commit (the last write group had to switch memtables, slow down or stop for compactions,
+    /// or met an error). A caller that must not block for long (an event loop) sends its writes
+    /// elsewhere while it is true; a write can still meet a stall that begins after the check.
+    public var writesMayWait: Bool { lastWriteMadeRoom.load(ordering: .relaxed) }
+
     /// Applies `batch` atomically.
     /// - Throws: `.invalid` for an oversized key or value or a read-only database, `.closed`
     ///   after close, or the sticky
@@ -188,8 +194,10 @@ extension Engine {
             && mem.memoryUsageBytes < options.writeBufferSize && mem.hasRoom(forBytes: neededBytes)
             && (log?.hasRoom(forRecordBytes: recordBytes) ?? true)
         {
+            if lastWriteMadeRoom.load(ordering: .relaxed) { lastWriteMadeRoom.store(false, ordering: .relaxed) }
             return
         }
+        lastWriteMadeRoom.store(true, ordering: .relaxed)
         try makeRoomForWriteWaiting(neededBytes: neededBytes, force: initialForce, recordBytes: recordBytes)
     }
 

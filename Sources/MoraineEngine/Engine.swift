@@ -60,6 +60,9 @@ public final class Engine: @unchecked Sendable {
     let snapshots = SnapshotList()
     let obsolete = ObsoleteFiles()
     let lastSequence = Atomic<UInt64>(0)
+    /// Whether the last write group had to make room (switch memtables, slow down, stop, or an
+    /// error stood): `writesMayWait`'s hint.
+    let lastWriteMadeRoom = Atomic<Bool>(false)
     /// Numbers the compaction jobs this engine dispatches.
     /// Job ids start at the open's wall-clock time in milliseconds, so a job of this open never
     /// takes the id of one an earlier open of the database left on a worker (a compute node

@@ -168,11 +168,12 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         running = true
         let service = self.service
         let loop = context.eventLoop
-        // A batch of reads only runs here on the event loop: no hop to the pool and back (two
-        // wake-ups across CPUs). Reads block only on a block-cache miss; writes wait for their
-        // group commit, so they always go to the pool.
+        // A batch of reads runs here on the event loop: no hop to the pool and back (two
+        // wake-ups across CPUs). Reads block only on a block-cache miss. Writes wait for their
+        // group commit, so they go to the pool, unless the service runs plain writes here while
+        // the database expects no stall (`RESPService.Settings.writesOnEventLoop`).
         let work: EventLoopFuture<[UInt8]> =
-            final == nil && RESPService.readsOnly(batch)
+            final == nil && service.runsOnEventLoop(batch)
             ? loop.makeSucceededFuture(service.execute(batch, session: session))
             : pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
         work.whenComplete { [self] result in

@@ -72,7 +72,7 @@ extension RESPService {
         "mset": Command(arity: -3, group: "string", summary: "Sets keys to values, atomically.") { service, args, _ in
             guard args.count % 2 == 0 else { throw RESPCommandError("ERR wrong number of arguments for 'mset' command") }
             let keys = stride(from: 0, to: args.count, by: 2).map { args[$0] }
-            return try service.locking(keys) {
+            return try service.locking(keys, shared: true) {
                 var batch = WriteBatch()
                 for i in stride(from: 0, to: args.count, by: 2) { batch.put(args[i], args[i + 1]) }
                 try service.database.write(batch)
@@ -140,7 +140,7 @@ extension RESPService {
         if onlyIfAbsent && onlyIfPresent { throw RESPCommandError("ERR syntax error") }
         let key = args[0]
         if !onlyIfAbsent && !onlyIfPresent && !returnOld {
-            try locking([key]) { try database.put(key, args[1]) }
+            try locking([key], shared: true) { try database.put(key, args[1]) }
             return .ok
         }
         return try locking([key]) {

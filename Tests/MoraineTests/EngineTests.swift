@@ -228,6 +228,26 @@ struct EngineTests {
         try db.continueBackgroundWork()
     }
 
+    @Test("writesMayWait says whether the last write group had to make room, and clears at the next that did not")
+    func writesMayWaitHint() throws {
+        let (db, directory) = try openTemporary { $0.writeBufferSize = 64 << 10 }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        try db.put(key(0), Array(repeating: 1, count: 100))
+        #expect(!db.writesMayWait)
+        // Fill the memtable until a put has to switch it: that put leaves the hint set.
+        var switched = false
+        for i in 1..<5000 where !switched {
+            try db.put(key(i), Array(repeating: 1, count: 100))
+            switched = db.writesMayWait
+        }
+        #expect(switched, "no put switched the 64 KiB memtable")
+        try db.put(key(99_999), Array(repeating: 2, count: 100))
+        #expect(!db.writesMayWait, "a put with room left the hint set")
+    }
+
     @Test("disjoint L0 files move to L1 together without a rewrite; overlapping ones are merged")
     func level0TrivialMove() throws {
         for overlapping in [false, true] {

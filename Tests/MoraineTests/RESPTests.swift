@@ -233,6 +233,48 @@ struct RESPCommandTests {
         #expect(Self.run(service, session, "GET", "counter") == .bulk(String(threads * each)))
     }
 
+    @Test("a pipelined run of plain SETs (its stripes shared) never lands between an INCR's read and write")
+    func blindWritesWaitForReadModifyWrites() throws {
+        let dir = TempDir("moraine-resp-blind")
+        defer { dir.remove() }
+        let (service, db) = try Self.service(dir)
+        defer { try? db.close() }
+        @Sendable func word(_ text: String) -> [UInt8] { Array(text.utf8) }
+        let rounds = 200
+        let step = 1_000_000
+        let increments = Atomic<Int>(0)
+        let setterDone = Atomic<Bool>(false)
+        let replies = Mutex<[Int]>([])
+        let deadline = monotonicNanos() + 60_000_000_000
+        // One thread increments the counter in pipelined runs of 16 INCRs (exclusive stripes);
+        // another sets it to a new base in runs of plain SETs (shared stripes), each base after
+        // the incrementer has moved on twice. A SET that slipped between a run's read and its
+        // write would be overwritten unseen: no INCR would ever answer base + 1.
+        let incrementer = Thread {
+            let session = service.open(address: "incr")!
+            while !setterDone.load(ordering: .acquiring) && monotonicNanos() < deadline {
+                let out = service.execute(Array(repeating: [word("INCR"), word("counter")], count: 16), session: session)
+                let values = String(decoding: out, as: UTF8.self).split(separator: "\r\n").compactMap { Int($0.dropFirst()) }
+                replies.withLock { $0.append(contentsOf: values) }
+                increments.add(values.count, ordering: .releasing)
+            }
+        }
+        incrementer.start()
+        let session = service.open(address: "set")!
+        for round in 1...rounds where monotonicNanos() < deadline {
+            let run: [[[UInt8]]] = [[word("SET"), word("other\(round)"), word("x")], [word("SET"), word("counter"), word("\(round * step)")]]
+            _ = service.execute(run, session: session)
+            let seen = increments.load(ordering: .acquiring)
+            while increments.load(ordering: .acquiring) < seen + 32 && monotonicNanos() < deadline { sched_yield() }
+        }
+        setterDone.store(true, ordering: .releasing)
+        while increments.load(ordering: .acquiring) >= 0 && !incrementer.isFinished && monotonicNanos() < deadline { usleep(1000) }
+        #expect(monotonicNanos() < deadline, "the run took over a minute")
+        let answered = Set(replies.withLock { $0 })
+        let lost = (1...rounds).filter { !answered.contains($0 * step + 1) }
+        #expect(lost.isEmpty, "SETs overwritten between an INCR's read and write: rounds \(lost.prefix(10))")
+    }
+
     @Test("SCAN returns every key exactly once across a flush and a compaction, with MATCH and COUNT")
     func scanAcrossCompaction() throws {
         let dir = TempDir("moraine-resp-scan")
