@@ -224,6 +224,15 @@ public final class Database: Sendable {
         try delete(Array(key.utf8), options: options)
     }
 
+    /// `multiGet` from memory only (`Engine.multiGetFromMemory`): nil when a key would need a
+    /// read from a file; always nil for a connected database (every read is a round trip).
+    public func multiGetFromMemory(_ keys: [[UInt8]], options: ReadOptions = ReadOptions()) throws -> [[UInt8]?]? {
+        switch backend {
+        case .engine(let engine): try engine.multiGetFromMemory(keys, options: options)
+        case .remote: nil
+        }
+    }
+
     /// Applies every operation of `batch`, or none.
     public func write(_ batch: WriteBatch, options: WriteOptions = WriteOptions()) throws {
         switch backend {

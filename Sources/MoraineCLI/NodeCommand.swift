@@ -202,7 +202,10 @@ struct NodeCommand: ParsableCommand {
             guard let resp else { return try ComputeRole.run(configuration, announce: announce) }
             // The Redis front end: one database of the node, beside its transport clients.
             let (host, port) = try RESPFrontEndOptions.address(resp, flag: "--resp")
-            let settings = try respOptions.settings()
+            var settings = try respOptions.settings()
+            // Its files are on the storage node: a block-cache miss is a round trip, so reads
+            // that need one go to the pool instead of holding up the event loop.
+            settings.memoryOnlyReadsOnEventLoop = true
             let name = respDatabase
             var boundPort = 0
             var started: RESPService? = nil

@@ -70,6 +70,9 @@ struct ServeCommand: ParsableCommand {
         // Plain writes run on the event loops when the log is local and appended without fsync
         // (every serve write; with --cluster each append is a round trip to the storage node).
         settings.writesOnEventLoop = database.cluster == nil && database.connect == nil
+        // With --cluster a block-cache miss is a round trip to the storage node: such reads go
+        // to the pool, so they do not hold up the loop's other connections.
+        settings.memoryOnlyReadsOnEventLoop = database.cluster != nil
         let (host, port) = try RESPFrontEndOptions.address(listen, flag: "--listen")
         let exported = try metrics.exporter()  // before the service, whose counters swift-metrics makes
         let db = try reporting { try database.open() }

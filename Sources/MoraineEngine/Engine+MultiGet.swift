@@ -18,6 +18,27 @@ extension Engine {
     /// - Throws: `.corruption` naming the table when a block fails its checks, `.io` when a read
     ///   fails, `.closed`.
     public func multiGet(_ keys: [[UInt8]], options readOptions: ReadOptions = ReadOptions()) throws -> [[UInt8]?] {
+        try multiGet(keys, options: readOptions, memoryOnly: false)!
+    }
+
+    /// `multiGet` answered from memory only, as RocksDB's `kBlockCacheTier` read tier: the
+    /// memtables, the open tables' index and filter blocks, the block cache (and tables' mappings).
+    /// Nil when a key would need a read: a block not in the block cache (the second tier, which
+    /// may be a memory node, is not asked either) or a table not open yet. For a caller that must
+    /// not block (the Redis front end's event loop), which then reads the batch elsewhere.
+    /// - Throws: as `multiGet`.
+    public func multiGetFromMemory(_ keys: [[UInt8]], options readOptions: ReadOptions = ReadOptions()) throws -> [[UInt8]?]? {
+        do {
+            return try multiGet(keys, options: readOptions, memoryOnly: true)
+        } catch is NeedsRead {
+            return nil
+        }
+    }
+
+    /// Thrown inside a memory-only multiGet where a read would be needed.
+    private struct NeedsRead: Error {}
+
+    private func multiGet(_ keys: [[UInt8]], options readOptions: ReadOptions, memoryOnly: Bool) throws -> [[UInt8]?]? {
         if closed { throw MoraineError(.closed, "database \(path) is closed") }
         let sv = currentSuperVersion()
         let seq = readSequence(readOptions)
@@ -32,8 +53,8 @@ extension Engine {
         }
         if pending.isEmpty { return results }
         let lookups = pending.map { makeInternalKey(keys[$0], seq, .forSeek) }
-        let probes = try planProbes(sv.version, keys: keys, pending: pending, lookups: lookups)
-        let blocks = try fetchBlocks(probes, fillCache: readOptions.fillCache)
+        let probes = try planProbes(sv.version, keys: keys, pending: pending, lookups: lookups, memoryOnly: memoryOnly)
+        let blocks = try fetchBlocks(probes, fillCache: readOptions.fillCache, memoryOnly: memoryOnly)
         var resolved = [Bool](repeating: false, count: pending.count)
         for (p, probe) in probes.enumerated() where !resolved[probe.pendingIndex] {
             let block = blocks[p]
@@ -76,7 +97,7 @@ extension Engine {
 
     /// Every lookup the pending keys could need, grouped by key in search order.
     private func planProbes(
-        _ version: Version, keys: [[UInt8]], pending: [Int], lookups: [[UInt8]]
+        _ version: Version, keys: [[UInt8]], pending: [Int], lookups: [[UInt8]], memoryOnly: Bool
     ) throws -> [Probe] {
         var probes: [Probe] = []
         for (n, keyIndex) in pending.enumerated() {
@@ -84,7 +105,7 @@ extension Engine {
                 let hash = hashBytes(key)
                 try lookups[n].withUnsafeBytes { lookupKey in
                     try forEachCandidateFile(version, key: key, lookupKey: lookupKey) { file in
-                        let table = try tableCache.reader(file)
+                        guard let table = memoryOnly ? tableCache.openedReader(file) : try tableCache.reader(file) else { throw NeedsRead() }
                         if let handle = try table.candidateBlock(lookupKey, hash: hash) {
                             probes.append(Probe(pendingIndex: n, table: table, handle: handle))
                         }
@@ -99,7 +120,7 @@ extension Engine {
     /// The block each probe names (same order as `probes`): from the cache, the rest read in one
     /// batch. Probes of the same block are grouped by sorting, not hashing: a Swift dictionary
     /// hashes with SipHash, which was 9% of a 16-key batch's instructions.
-    private func fetchBlocks(_ probes: [Probe], fillCache: Bool) throws -> [Block] {
+    private func fetchBlocks(_ probes: [Probe], fillCache: Bool, memoryOnly: Bool) throws -> [Block] {
         func sortKey(_ i: Int) -> (UInt64, UInt64) { (probes[i].table.tableID, probes[i].handle.offset) }
         let order = probes.indices.sorted { sortKey($0) < sortKey($1) }
         var blockOf = [Block?](repeating: nil, count: probes.count)
@@ -111,8 +132,12 @@ extension Engine {
             while end < order.count && sortKey(order[end]) == sortKey(order[start]) { end += 1 }
             let leader = probes[order[start]]
             // A block read in place from a mapped table, or a cached one, needs no read.
-            if let block = try leader.table.mappedUncompressedBlock(leader.handle) ?? leader.table.cachedDataBlock(leader.handle) {
+            let table = leader.table
+            let cached = memoryOnly ? table.blockCacheDataBlock(leader.handle) : table.cachedDataBlock(leader.handle)
+            if let block = try table.mappedUncompressedBlock(leader.handle) ?? cached {
                 for i in order[start..<end] { blockOf[i] = block }
+            } else if memoryOnly {
+                throw NeedsRead()
             } else {
                 missing.append(start..<end)
             }

@@ -237,7 +237,7 @@ extension Engine {
         init(engine: Engine) {
             self.engine = engine
             self.maxSequence = engine.versions.recordedLastSequence
-            self.table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
+            self.table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
         }
 
         mutating func apply(_ record: [UInt8], origin: String) throws {
@@ -250,7 +250,7 @@ extension Engine {
             let needed = batch.sizeBytes + batch.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
             if !table.hasRoom(forBytes: needed) || table.memoryUsageBytes >= engine.options.writeBufferSize {
                 try retire(table)
-                table = MemTable(capacityBytes: engine.options.writeBufferSize + needed + (1 << 20), logNumber: 0)
+                table = MemTable(capacityBytes: engine.options.writeBufferSize + needed + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
             }
             var seq = batch.sequence
             try batch.forEach(origin: origin) { type, key, value in
@@ -263,7 +263,7 @@ extension Engine {
         /// Keeps a re-attached memtable in its turn among the logs (a read-only open).
         mutating func keep(_ attached: MemTable) {
             if !table.isEmpty { kept.append(table) }
-            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
+            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
             if !attached.isEmpty { kept.append(attached) }
             maxSequence = max(maxSequence, attached.committedSequence)
             lastReplayed = max(lastReplayed, attached.committedSequence)
@@ -272,7 +272,7 @@ extension Engine {
         /// Writes a re-attached memtable to L0 in its turn among the logs.
         mutating func flushAttached(_ attached: MemTable) throws {
             try retire(table)
-            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0)
+            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
             if let info = try engine.flushReplayed(attached) { edit.newFiles.append((0, info)) }
             maxSequence = max(maxSequence, attached.committedSequence)
             lastReplayed = max(lastReplayed, attached.committedSequence)

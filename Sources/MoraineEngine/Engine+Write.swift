@@ -250,7 +250,8 @@ extension Engine {
             if mem.isEmpty && !mem.hasRoom(forBytes: neededBytes) {
                 // One batch larger than the arena: give the empty memtable a bigger arena.
                 mem = MemTable(
-                    capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber)
+                    capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber,
+                    hashIndex: options.memtableHashIndex)
                 installSuperVersion()
                 return
             }
@@ -381,7 +382,8 @@ extension Engine {
         logFileNumber = number
         imms.append(mem)
         mem = MemTable(
-            capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas)
+            capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas,
+            hashIndex: options.memtableHashIndex)
         installSuperVersion()
         mutex.broadcast()
     }

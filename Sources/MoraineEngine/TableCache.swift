@@ -35,6 +35,14 @@ final class TableCache: @unchecked Sendable {
     /// - Throws: the open's error (a missing file, a corrupt footer) naming the file.
     func reader(_ file: FileMetaData) throws -> TableReader { try reader(file.number, tier: file.info.tier) }
 
+    /// The reader of `file` if it is open already (nil: opening it would read the file).
+    func openedReader(_ file: FileMetaData) -> TableReader? {
+        lock.withLock {
+            guard let cached = readers[file.number], cached.tier == file.info.tier else { return nil }
+            return cached.reader
+        }
+    }
+
     /// The reader of table `number` on `tier`, opening it on first use.
     /// - Throws: the open's error (a missing file, a corrupt footer) naming the file.
     func reader(_ number: UInt64, tier: Int) throws -> TableReader {

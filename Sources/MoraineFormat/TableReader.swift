@@ -254,6 +254,12 @@ public final class TableReader: @unchecked Sendable {
         return block
     }
 
+    /// The data block at `handle` if the block cache holds it (neither the second tier, which may
+    /// be another process, nor the file is asked).
+    public func blockCacheDataBlock(_ handle: BlockHandle) -> Block? {
+        cache?.lookup(BlockCacheKey(tableID: tableID, offset: handle.offset))
+    }
+
     /// A buffer to read the data block at `handle` into (payload and trailer); pass it to
     /// `dataBlock(fromRead:handle:fillCache:)` afterwards, which takes ownership.
     public func allocateDataBlockRead(_ handle: BlockHandle) throws -> UnsafeMutableRawBufferPointer {

@@ -172,10 +172,19 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         // wake-ups across CPUs). Reads block only on a block-cache miss. Writes wait for their
         // group commit, so they go to the pool, unless the service runs plain writes here while
         // the database expects no stall (`RESPService.Settings.writesOnEventLoop`).
-        let work: EventLoopFuture<[UInt8]> =
-            final == nil && service.runsOnEventLoop(batch)
-            ? loop.makeSucceededFuture(service.execute(batch, session: session))
-            : pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
+        // Where files are remote, a batch of reads runs here only if memory answers it.
+        let work: EventLoopFuture<[UInt8]>
+        if final == nil && service.settings.memoryOnlyReadsOnEventLoop && RESPService.readsOnly(batch) {
+            if let out = service.executeFromMemory(batch, session: session) {
+                work = loop.makeSucceededFuture(out)
+            } else {
+                work = pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
+            }
+        } else if final == nil && service.runsOnEventLoop(batch) {
+            work = loop.makeSucceededFuture(service.execute(batch, session: session))
+        } else {
+            work = pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
+        }
         work.whenComplete { [self] result in
             running = false
             var out = (try? result.get()) ?? []

@@ -55,6 +55,12 @@ public final class RESPService: Sendable {
         /// it where a write is a local log append without fsync (`moraine serve`): the hop to
         /// the pool and back cost more than the write. Off: every write goes to the pool.
         public var writesOnEventLoop = false
+        /// Run a batch of reads on its event loop only when memory answers it (the memtables and
+        /// the block cache: `Database.multiGetFromMemory`, RocksDB's block-cache read tier); a
+        /// batch that needs a file read goes to the thread pool. For a database whose files are
+        /// remote (a compute node's, `serve --cluster`), where such a read is a round trip that
+        /// would hold up every other connection of the loop. Off: reads always run on the loop.
+        public var memoryOnlyReadsOnEventLoop = false
 
         public init() {}
     }
@@ -231,6 +237,51 @@ public final class RESPService: Sendable {
 
         /// Whether the command writes without reading (a plain SET, MSET).
         var blind: Bool { self == .set || self == .mset }
+    }
+
+    /// Runs a batch of reads (`readsOnly`) from memory: its replies' bytes, or nil when a key would
+    /// need a file read, or a command is not a well-formed GET, MGET, EXISTS, PING or ECHO of an
+    /// authenticated session (the batch then runs as usual, on the pool). One
+    /// `multiGetFromMemory` serves every key of the batch, so all its reads see one moment.
+    func executeFromMemory(_ commands: [[[UInt8]]], session: RESPSession) -> [UInt8]? {
+        guard session.authenticated, let database = try? self.database else { return nil }
+        var verbs: [Verb] = []
+        verbs.reserveCapacity(commands.count)
+        var keys: [[UInt8]] = []
+        keys.reserveCapacity(commands.count)
+        for command in commands {
+            guard let verb = Verb(command[0]) else { return nil }
+            switch verb {
+            case .get where command.count == 2: keys.append(command[1])
+            case .mget where command.count >= 2, .exists where command.count >= 2: keys.append(contentsOf: command.dropFirst())
+            case .ping where command.count <= 2, .echo where command.count == 2: break
+            default: return nil
+            }
+            verbs.append(verb)
+        }
+        // An error (a damaged block) is left for the usual path to report.
+        guard let values = keys.isEmpty ? [] : try? database.multiGetFromMemory(keys) else { return nil }
+        var out: [UInt8] = []
+        var next = 0
+        for (command, verb) in zip(commands, verbs) {
+            switch verb {
+            case .get:
+                RESPReply.bulk(values[next]).encode(into: &out)
+                next += 1
+            case .mget:
+                RESPReply.array(values[next..<next + command.count - 1].map { .bulk($0) }).encode(into: &out)
+                next += command.count - 1
+            case .exists:
+                RESPReply.integer(values[next..<next + command.count - 1].count { $0 != nil }).encode(into: &out)
+                next += command.count - 1
+            default:
+                execute(command, session: session).encode(into: &out)  // PING, ECHO (counted there)
+            }
+        }
+        counted(verbs.filter { $0 != .ping && $0 != .echo })
+        session.lastCommand = verbs.last?.name ?? session.lastCommand
+        session.lastActiveNanos = monotonicNanos()
+        return out
     }
 
     /// Whether `commands` may run on an event loop: reads only, or (with `writesOnEventLoop`,

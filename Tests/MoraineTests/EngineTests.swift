@@ -4,6 +4,7 @@
 import Glibc
 import Moraine
 import MoraineFormat
+import MoraineMemtable
 import MoraineSystem
 import MoraineTestSupport
 import Testing
@@ -248,6 +249,32 @@ struct EngineTests {
         #expect(!db.writesMayWait, "a put with room left the hint set")
     }
 
+    @Test("every memtable the engine makes keeps the point-lookup index, after switches and a reopen; none with it off")
+    func memtablesHaveTheHashIndex() throws {
+        for indexed in [true, false] {
+            let (db, directory) = try openTemporary {
+                $0.writeBufferSize = 64 << 10
+                $0.memtableHashIndex = indexed
+            }
+            defer { removeTree(directory) }
+            func memtables(_ db: Database) -> [MemTable] {
+                let version = db.engine!.currentSuperVersion()
+                return [version.mem] + version.imms
+            }
+            #expect(memtables(db).allSatisfy { ($0.hashIndexBytes > 0) == indexed })
+            for i in 0..<3000 { try db.put(key(i), Array(repeating: 3, count: 100)) }
+            #expect(db.stats().flushes + db.stats().immutableMemtables > 0, "no memtable switch")
+            #expect(memtables(db).allSatisfy { ($0.hashIndexBytes > 0) == indexed }, "indexed: \(indexed)")
+            try db.close()
+            var options = Options()
+            options.memtableHashIndex = indexed
+            let reopened = try Database(path: directory, options: options)
+            #expect(memtables(reopened).allSatisfy { ($0.hashIndexBytes > 0) == indexed }, "reopened, indexed: \(indexed)")
+            #expect(try reopened.get(key(2999)) == Array(repeating: 3, count: 100))
+            try reopened.close()
+        }
+    }
+
     @Test("disjoint L0 files move to L1 together without a rewrite; overlapping ones are merged")
     func level0TrivialMove() throws {
         for overlapping in [false, true] {
@@ -465,6 +492,33 @@ struct MultiGetTests {
         #expect(batch.compactMap { $0 }.count > 50)
         #expect(after.multiGetBatches == before.multiGetBatches + 1)
         #expect(after.multiGetBlockReads - before.multiGetBlockReads >= 50)
+    }
+
+    @Test("multiGetFromMemory answers from the memtables and the block cache, and is nil where a key needs a file read")
+    func multiGetFromMemory() throws {
+        var options = Options()
+        options.createIfMissing = true
+        options.writeBufferSize = 32 << 10
+        options.blockSize = 1024
+        options.blockCacheSize = 8 << 20
+        let directory = makeTemporaryDirectory("moraine-memory-only")
+        defer { removeTree(directory) }
+        var db = try Database(path: directory, options: options)
+        for i in 0..<6000 { try db.put(key(i), Array("v\(i)".utf8)) }
+        try db.compactRange()
+        try db.close()
+        // Reopened: no table open, nothing cached.
+        db = try Database(path: directory, options: options)
+        defer { try? db.close() }
+        for i in 6000..<6010 { try db.put(key(i), Array("m\(i)".utf8)) }
+        let inMemtable = (6000..<6010).map { key($0) }
+        #expect(try db.multiGetFromMemory(inMemtable) == inMemtable.indices.map { Array("m\(6000 + $0)".utf8) })
+        let inTables = stride(from: 0, to: 6000, by: 97).map { key($0) }
+        #expect(try db.multiGetFromMemory(inTables) == nil, "tables not open, blocks not cached: a read is needed")
+        #expect(try db.multiGetFromMemory(inMemtable + [key(0)]) == nil, "one key needing a read makes the batch need one")
+        let read = try db.multiGet(inTables)
+        #expect(read.allSatisfy { $0 != nil })
+        #expect(try db.multiGetFromMemory(inTables) == read, "once read, the blocks are cached")
     }
 
     @Test("a damaged block fails the batch with corruption naming the table")

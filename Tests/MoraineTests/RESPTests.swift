@@ -214,6 +214,34 @@ struct RESPCommandTests {
         for key in keys { #expect(try db1.get(word(key)) == db2.get(word(key)), "\(key), seed \(seed)") }
     }
 
+    @Test("a batch of reads from memory answers as the usual path, and is refused where a key needs a file read")
+    func readsFromMemory() throws {
+        let dir = TempDir("moraine-resp-memory")
+        defer { dir.remove() }
+        var (service, db) = try Self.service(dir)
+        func word(_ text: String) -> [UInt8] { Array(text.utf8) }
+        var session = service.open(address: "a")!
+        for i in 0..<3000 { _ = service.execute([word("SET"), word("t\(i)"), word("v\(i)")], session: session) }
+        try db.flush()
+        try db.close()
+        (service, db) = try Self.service(dir)  // reopened: nothing cached, no table open
+        defer { try? db.close() }
+        session = service.open(address: "b")!
+        _ = service.execute([word("SET"), word("m"), word("in memtable")], session: session)
+        let fromMemtable: [[[UInt8]]] = [
+            [word("GET"), word("m")], [word("MGET"), word("m"), word("nothing")], [word("EXISTS"), word("m"), word("m")],
+            [word("PING")], [word("ECHO"), word("hi")], [word("get"), word("m")],
+        ]
+        #expect(service.executeFromMemory(fromMemtable, session: session) == service.execute(fromMemtable, session: session))
+        let fromTables: [[[UInt8]]] = [[word("GET"), word("m")], [word("MGET"), word("t1"), word("t2999")], [word("EXISTS"), word("t7")]]
+        #expect(service.executeFromMemory(fromTables, session: session) == nil, "tables not open: a file read is needed")
+        let usual = service.execute(fromTables, session: session)  // reads the blocks, caching them
+        #expect(String(decoding: usual, as: UTF8.self).contains("v2999"))
+        #expect(service.executeFromMemory(fromTables, session: session) == usual)
+        #expect(service.executeFromMemory([[word("GET")]], session: session) == nil, "a malformed command takes the usual path")
+        #expect(service.executeFromMemory([[word("SET"), word("a"), word("b")]], session: session) == nil)
+    }
+
     @Test("INCR from many threads at once loses no increment")
     func atomicIncrements() throws {
         let dir = TempDir("moraine-resp-incr")
