@@ -241,6 +241,22 @@ public final class Database: Sendable {
         }
     }
 
+    /// Applies `batch` without waiting for another thread's group commit (`Engine.write(_:options:
+    /// completion:)`); `completion` gets nil or the error. A connected database writes at once
+    /// and then calls `completion`.
+    public func write(_ batch: WriteBatch, options: WriteOptions = WriteOptions(), completion: @escaping @Sendable (MoraineError?) -> Void) {
+        switch backend {
+        case .engine(let engine): engine.write(batch, options: options, completion: completion)
+        case .remote(let client):
+            do {
+                try client.write(batch, options: options)
+                completion(nil)
+            } catch {
+                completion(error)
+            }
+        }
+    }
+
     public func makeIterator(options: ReadOptions = ReadOptions()) throws -> DatabaseIterator {
         switch backend {
         case .engine(let engine): DatabaseIterator(.engine(try engine.makeIterator(options: options)))

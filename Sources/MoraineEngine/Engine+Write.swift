@@ -22,6 +22,40 @@ extension Engine {
     ///   after close, or the sticky
     ///   background error (an I/O failure) that stopped writes.
     public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
+        try validate(batch, writeOptions)
+        if batch.isEmpty { return }
+        try enqueue(Writer(batch: batch, options: writeOptions))
+    }
+
+    /// Applies `batch` atomically without waiting for another thread's group commit: `completion`
+    /// runs (with nil, or the error) once the batch is applied or failed. When no other writer
+    /// leads, this thread applies it, with whatever queued behind it, before returning; otherwise
+    /// the thread leading the group commit applies it and runs `completion`. For a caller that
+    /// must not sleep while another thread writes (an event loop, which goes on with its other
+    /// connections instead). A slowdown or stop (`writesMayWait`) still blocks whichever thread
+    /// leads. `completion` must not block or write to this database.
+    public func write(
+        _ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions(), completion: @escaping @Sendable (MoraineError?) -> Void
+    ) {
+        do {
+            try validate(batch, writeOptions)
+        } catch {
+            completion(asMoraineError(error))
+            return
+        }
+        if batch.isEmpty { return completion(nil) }
+        let w = Writer(batch: batch, options: writeOptions, completion: completion)
+        mutex.lock()
+        writers.append(w)
+        guard writers.first === w else {
+            mutex.unlock()  // a leader is at work: it applies this one too
+            return
+        }
+        leadGroups()
+    }
+
+    /// Checks a batch against the limits before it is queued.
+    private func validate(_ batch: WriteBatch, _ writeOptions: WriteOptions) throws {
         try checkWritable("write")
         if batch.maxKeyBytes > options.maxKeySize {
             throw MoraineError(.invalid, "key of \(batch.maxKeyBytes) bytes exceeds the limit of \(options.maxKeySize) bytes")
@@ -47,8 +81,6 @@ extension Engine {
             throw MoraineError(
                 .invalid, "write batch of \(batch.sizeBytes) bytes exceeds a memtable arena of \(provider.description) (\(provider.arenaBytes) bytes)")
         }
-        if batch.isEmpty { return }
-        try enqueue(Writer(batch: batch, options: writeOptions))
     }
 
     public func put(_ key: [UInt8], _ value: [UInt8], options: WriteOptions = WriteOptions()) throws {
@@ -81,41 +113,55 @@ extension Engine {
             if let error = w.error { throw error }
             return
         }
-        var group = [w]
-        var groupError: MoraineError? = nil
-        do {
-            try checkOpen()
-            if let batch = w.batch {
-                var bytes = batch.sizeBytes
-                let limit = bytes <= 128 << 10 ? bytes + (128 << 10) : Self.maxGroupBytes
-                for other in writers.dropFirst() {
-                    guard let otherBatch = other.batch,
-                        !other.options.sync || w.options.sync,
-                        other.options.disableWAL == w.options.disableWAL,
-                        bytes + otherBatch.sizeBytes <= limit
-                    else { break }
-                    group.append(other)
-                    bytes += otherBatch.sizeBytes
+        leadGroups()
+        if let error = w.error { throw error }
+    }
+
+    /// Leads the group at the head of the queue, then each next group whose head is an
+    /// asynchronous writer (no thread waits to lead it), wakes the waiting writers, and runs the
+    /// asynchronous writers' completions once the mutex is released. Precondition: `mutex` held
+    /// and the head is this thread's writer or an asynchronous one; returns with it released.
+    private func leadGroups() {
+        var completions: [(@Sendable (MoraineError?) -> Void, MoraineError?)] = []
+        repeat {
+            let w = writers.first!
+            var group = [w]
+            var groupError: MoraineError? = nil
+            do {
+                try checkOpen()
+                if let batch = w.batch {
+                    var bytes = batch.sizeBytes
+                    let limit = bytes <= 128 << 10 ? bytes + (128 << 10) : Self.maxGroupBytes
+                    for other in writers.dropFirst() {
+                        guard let otherBatch = other.batch,
+                            !other.options.sync || w.options.sync,
+                            other.options.disableWAL == w.options.disableWAL,
+                            bytes + otherBatch.sizeBytes <= limit
+                        else { break }
+                        group.append(other)
+                        bytes += otherBatch.sizeBytes
+                    }
+                    try applyGroup(group)
+                } else {
+                    try makeRoomForWrite(neededBytes: 0, force: true)
                 }
-                try applyGroup(group)
-            } else {
-                try makeRoomForWrite(neededBytes: 0, force: true)
+            } catch let error as MoraineError {
+                groupError = error
+            } catch {
+                groupError = MoraineError(.internalError, "\(error)")
             }
-        } catch let error as MoraineError {
-            groupError = error
-        } catch {
-            groupError = MoraineError(.internalError, "\(error)")
-        }
-        for member in group {
-            member.done = true
-            member.error = groupError
-        }
-        writers.removeFirst(group.count)
+            for member in group {
+                member.done = true
+                member.error = groupError
+                if let completion = member.completion { completions.append((completion, groupError)) }
+            }
+            writers.removeFirst(group.count)
+        } while writers.first?.completion != nil
         // Only writers wait for this. Work for the background threads (a switched memtable) was
         // announced on `mutex` where it was made.
         writerTurn.broadcast()
         mutex.unlock()
-        if let groupError { throw groupError }
+        for (completion, error) in completions { completion(error) }
     }
 
     /// Writes the group to the WAL and the memtable. Precondition: `mutex` held by the leader;

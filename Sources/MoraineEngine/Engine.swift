@@ -34,11 +34,15 @@ final class SuperVersion: Sendable {
 final class Writer {
     let batch: WriteBatch?
     let options: WriteOptions
+    /// An asynchronous writer's: no thread waits for this writer, and this runs once its group
+    /// is applied (or failed), on the thread that led the group.
+    let completion: (@Sendable (MoraineError?) -> Void)?
     var done = false
     var error: MoraineError? = nil
-    init(batch: WriteBatch?, options: WriteOptions) {
+    init(batch: WriteBatch?, options: WriteOptions, completion: (@Sendable (MoraineError?) -> Void)? = nil) {
         self.batch = batch
         self.options = options
+        self.completion = completion
     }
 }
 

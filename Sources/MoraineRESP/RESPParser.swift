@@ -60,6 +60,19 @@ public struct RESPParser {
         return (commands, offset)
     }
 
+    /// The names clients send most, kept once: a command's name then costs no allocation.
+    private static let commonNames: [[UInt8]] = [
+        "GET", "SET", "get", "set", "MGET", "MSET", "mget", "mset", "INCR", "incr", "DEL", "del", "EXISTS", "exists", "PING", "ping",
+    ].map { Array($0.utf8) }
+
+    /// `bytes` as a command name: a shared copy when it is a common one.
+    private static func commandName(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        if bytes.count <= 6 {
+            for name in commonNames where name.count == bytes.count && name.withUnsafeBytes({ $0.elementsEqual(bytes) }) { return name }
+        }
+        return Array(bytes)
+    }
+
     private enum Outcome {
         case command([[UInt8]], end: Int)
         /// Incomplete: the command needs at least this many bytes from the buffer's start.
@@ -126,7 +139,8 @@ public struct RESPParser {
             guard bytes[body + length] == 13 && bytes[body + length + 1] == 10 else {
                 throw RESPProtocolError(message: "bulk string not followed by CRLF")
             }
-            arguments.append(Array(UnsafeRawBufferPointer(rebasing: bytes[body..<body + length])))
+            let argument = UnsafeRawBufferPointer(rebasing: bytes[body..<body + length])
+            arguments.append(arguments.isEmpty ? Self.commandName(argument) : Array(argument))
             offset = body + length + 2
         }
         return .command(arguments, end: offset)

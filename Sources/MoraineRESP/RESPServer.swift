@@ -132,11 +132,22 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing, session != nil else { return }
-        var buffer = unwrapInboundIn(data)
-        if let bytes = buffer.readBytes(length: buffer.readableBytes) { unframed += bytes }
+        let buffer = unwrapInboundIn(data)
         do {
-            let (commands, consumed) = try unframed.withUnsafeBytes { raw throws(RESPProtocolError) in try parser.parse(raw) }
-            if consumed > 0 { unframed.removeFirst(consumed) }
+            // Framed in place from the read's buffer when no partial command waits (the usual
+            // case); only the unframed rest is copied and kept.
+            let commands: [[[UInt8]]]
+            if unframed.isEmpty {
+                (commands, unframed) = try buffer.withUnsafeReadableBytes { raw throws(RESPProtocolError) in
+                    let (commands, consumed) = try parser.parse(raw)
+                    return (commands, consumed == raw.count ? [] : Array(raw[consumed...]))
+                }
+            } else {
+                buffer.withUnsafeReadableBytes { unframed.append(contentsOf: $0) }
+                let consumed: Int
+                (commands, consumed) = try unframed.withUnsafeBytes { raw throws(RESPProtocolError) in try parser.parse(raw) }
+                if consumed > 0 { unframed.removeFirst(consumed) }
+            }
             for command in commands {
                 waitingBytes += command.reduce(0) { $0 + $1.count }
                 waiting.append(command)
@@ -180,6 +191,19 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 work = pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
             }
+        } else if final == nil && service.runsOnEventLoop(batch), let writes = service.blindWrites(batch, session: session) {
+            // Plain writes only: queued without waiting for another loop's group commit; the
+            // replies go out when the write is applied (its leader completes the promise).
+            let promise = loop.makePromise(of: [UInt8].self)
+            let pool = self.pool
+            service.apply(writes) { out in
+                if let out {
+                    promise.succeed(out)
+                } else {
+                    promise.completeWith(pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) })
+                }
+            }
+            work = promise.futureResult
         } else if final == nil && service.runsOnEventLoop(batch) {
             work = loop.makeSucceededFuture(service.execute(batch, session: session))
         } else {

@@ -159,6 +159,7 @@ public final class RESPService: Sendable {
     /// and one batched read.
     public func execute(_ commands: [[[UInt8]]], session: RESPSession) -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(64 + 128 * commands.count)  // most replies fit: no regrowth on the way
         var index = 0
         while index < commands.count {
             let run = session.authenticated ? Self.run(in: commands, from: index) : nil
@@ -262,6 +263,7 @@ public final class RESPService: Sendable {
         // An error (a damaged block) is left for the usual path to report.
         guard let values = keys.isEmpty ? [] : try? database.multiGetFromMemory(keys) else { return nil }
         var out: [UInt8] = []
+        out.reserveCapacity(64 + 128 * commands.count)
         var next = 0
         for (command, verb) in zip(commands, verbs) {
             switch verb {
@@ -282,6 +284,54 @@ public final class RESPService: Sendable {
         session.lastCommand = verbs.last?.name ?? session.lastCommand
         session.lastActiveNanos = monotonicNanos()
         return out
+    }
+
+    /// A batch of plain writes (SET key value, MSET) ready to apply as one write batch.
+    struct BlindWrites {
+        let batch: WriteBatch
+        let stripes: [Int]
+        let verbs: [Verb]
+    }
+
+    /// `commands` as one write batch, when every one is a plain write of an authenticated session
+    /// (nil otherwise: the batch takes the usual path).
+    func blindWrites(_ commands: [[[UInt8]]], session: RESPSession) -> BlindWrites? {
+        guard session.authenticated else { return nil }
+        var verbs: [Verb] = []
+        verbs.reserveCapacity(commands.count)
+        var keys: [[UInt8]] = []
+        keys.reserveCapacity(commands.count)
+        var batch = WriteBatch()
+        for command in commands {
+            guard let verb = Verb(command[0]), verb.blind, verb.runKind(command) == .writes else { return nil }
+            for i in stride(from: 1, to: command.count, by: 2) {
+                keys.append(command[i])
+                batch.put(command[i], command[i + 1])
+            }
+            verbs.append(verb)
+        }
+        session.lastCommand = verbs.last?.name ?? session.lastCommand
+        session.lastActiveNanos = monotonicNanos()
+        return BlindWrites(batch: batch, stripes: Self.stripes(of: keys), verbs: verbs)
+    }
+
+    /// Applies `writes` holding their stripes shared, without waiting for another thread's group
+    /// commit (`Database.write(_:options:completion:)`): `completion` gets the replies' bytes, or
+    /// nil when the write failed — nothing of it was written, and the batch should run the usual
+    /// way, each command answering for itself (an oversized key, say). `completion` may run on
+    /// another thread (the one that led the group commit), and releases the stripes there.
+    func apply(_ writes: BlindWrites, completion: @escaping @Sendable ([UInt8]?) -> Void) {
+        guard let database = try? self.database else { return completion(nil) }
+        for index in writes.stripes { stripes[index].lockShared() }
+        database.write(writes.batch) { [self] error in
+            for index in writes.stripes { stripes[index].unlockShared() }
+            guard error == nil else { return completion(nil) }
+            counted(writes.verbs)
+            var out: [UInt8] = []
+            out.reserveCapacity(5 * writes.verbs.count)
+            for _ in writes.verbs { RESPReply.ok.encode(into: &out) }
+            completion(out)
+        }
     }
 
     /// Whether `commands` may run on an event loop: reads only, or (with `writesOnEventLoop`,
@@ -412,11 +462,22 @@ public final class RESPService: Sendable {
         defer {
             previous = -1
             for index in indices where index != previous {
-                stripes[index].unlock()
+                if shared { stripes[index].unlockShared() } else { stripes[index].unlockExclusive() }
                 previous = index
             }
         }
         return try body()
+    }
+
+    /// The distinct stripes of `keys`, in order.
+    private static func stripes(of keys: [[UInt8]]) -> [Int] {
+        var indices = keys.map { stripe(of: $0) }
+        indices.sort()
+        var previous = -1
+        return indices.filter { index in
+            defer { previous = index }
+            return index != previous
+        }
     }
 
     private static func stripe(of key: [UInt8]) -> Int {

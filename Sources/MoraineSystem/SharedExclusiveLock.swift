@@ -1,31 +1,57 @@
-// A lock held either by any number of sharers or by one exclusive holder, over a pthread
-// read-write lock that prefers the exclusive side (a steady stream of sharers cannot starve it).
-// The Redis front end's key stripes use it: blind writes (SET, MSET) share a stripe, since the
-// write batch's sequence already orders them, while a read-modify-write (INCR, DEL's count, SET NX)
-// holds its stripes alone. Thread-safe; a holder must not take the same lock again.
+// A lock held either by any number of sharers or by one exclusive holder, on one atomic word, so
+// that any thread may release a share (a write queued without waiting is released by whichever
+// thread applies it: the Redis front end's key stripes, docs/RESP.md). An exclusive taker that is
+// waiting keeps new sharers out, so a stream of sharers cannot starve it. Waiting spins briefly,
+// then yields, then sleeps in short steps: the holders it waits for are short (one write group).
+// Thread-safe. Not reentrant.
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// A shared/exclusive lock.
-public final class SharedExclusiveLock: @unchecked Sendable {
-    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+/// A shared/exclusive lock whose shares may be released by any thread.
+public final class SharedExclusiveLock: Sendable {
+    /// Sharers holding it (>= 0), or -1 while held exclusively.
+    private let state = Atomic<Int>(0)
+    /// Exclusive takers waiting: new sharers wait for them.
+    private let exclusiveWaiting = Atomic<Int>(0)
 
-    public init() {
-        lock = .allocate(capacity: 1)
-        var attributes = pthread_rwlockattr_t()
-        pthread_rwlockattr_init(&attributes)
-        pthread_rwlockattr_setkind_np(&attributes, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
-        pthread_rwlock_init(lock, &attributes)
-        pthread_rwlockattr_destroy(&attributes)
+    public init() {}
+
+    public func lockShared() {
+        var attempts = 0
+        while true {
+            let current = state.load(ordering: .relaxed)
+            if current >= 0 && exclusiveWaiting.load(ordering: .relaxed) == 0
+                && state.compareExchange(expected: current, desired: current + 1, ordering: .acquiring).exchanged
+            {
+                return
+            }
+            Self.pause(&attempts)
+        }
     }
 
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
+    /// Releases one share; any thread may, for a share taken on another.
+    public func unlockShared() { state.subtract(1, ordering: .releasing) }
+
+    public func lockExclusive() {
+        exclusiveWaiting.add(1, ordering: .relaxed)
+        var attempts = 0
+        while !state.compareExchange(expected: 0, desired: -1, ordering: .acquiring).exchanged { Self.pause(&attempts) }
+        exclusiveWaiting.subtract(1, ordering: .relaxed)
     }
 
-    public func lockShared() { pthread_rwlock_rdlock(lock) }
-    public func lockExclusive() { pthread_rwlock_wrlock(lock) }
-    public func unlock() { pthread_rwlock_unlock(lock) }
+    public func unlockExclusive() { state.store(0, ordering: .releasing) }
+
+    private static func pause(_ attempts: inout Int) {
+        attempts += 1
+        if attempts < 64 {
+            return  // spin: the holder is likely on the other core, nearly done
+        } else if attempts < 256 {
+            sched_yield()
+        } else {
+            usleep(50)
+        }
+    }
 }

@@ -1,12 +1,14 @@
 // Engine behaviours a RocksDB user relies on, each checked directly: snapshots keep what they
 // need through compaction, tombstones go only when nothing can see them, files outlive the
 // iterators that read them, trivial moves, write stalls, manifest rolls, and reopen.
+import Dispatch
 import Glibc
 import Moraine
 import MoraineFormat
 import MoraineMemtable
 import MoraineSystem
 import MoraineTestSupport
+import Synchronization
 import Testing
 
 @testable import MoraineEngine
@@ -247,6 +249,54 @@ struct EngineTests {
         #expect(switched, "no put switched the 64 KiB memtable")
         try db.put(key(99_999), Array(repeating: 2, count: 100))
         #expect(!db.writesMayWait, "a put with room left the hint set")
+    }
+
+    @Test("asynchronous writes beside synchronous ones: every write applied once, every completion run once, errors reported")
+    func asynchronousWrites() throws {
+        let (db, directory) = try openTemporary { $0.writeBufferSize = 256 << 10 }
+        defer {
+            try? db.close()
+            removeTree(directory)
+        }
+        let threads = 6
+        let each = 2000
+        let completed = Atomic<Int>(0)
+        let failures = Mutex<[String]>([])
+        // Even threads write synchronously, odd ones queue without waiting; every key is written
+        // once, its value naming its writer, and read back after.
+        DispatchQueue.concurrentPerform(iterations: threads) { thread in
+            for i in 0..<each {
+                var batch = WriteBatch()
+                batch.put(Array("t\(thread)-\(i)".utf8), Array("v\(thread)-\(i)".utf8))
+                if thread % 2 == 0 {
+                    do { try db.write(batch) } catch { failures.withLock { $0.append("sync \(thread)-\(i): \(error)") } }
+                } else {
+                    db.write(batch) { error in
+                        if let error { failures.withLock { $0.append("async \(thread)-\(i): \(error)") } }
+                        completed.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+        }
+        let asyncWrites = threads / 2 * each
+        let deadline = monotonicNanos() + 30_000_000_000
+        while completed.load(ordering: .relaxed) < asyncWrites && monotonicNanos() < deadline { usleep(1000) }
+        #expect(completed.load(ordering: .relaxed) == asyncWrites, "completions run: \(completed.load(ordering: .relaxed)) of \(asyncWrites)")
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { Array($0.prefix(5)) })")
+        for thread in 0..<threads {
+            for i in stride(from: 0, to: each, by: 7) {
+                #expect(try db.get(Array("t\(thread)-\(i)".utf8)) == Array("v\(thread)-\(i)".utf8), "t\(thread)-\(i)")
+            }
+        }
+        #expect(db.stats().writes == threads * each)
+        // A batch the engine refuses is reported to its completion and writes nothing.
+        var oversized = WriteBatch()
+        oversized.put(Array(repeating: 7, count: 128 << 10), [1])
+        oversized.put(Array("not-written".utf8), [1])
+        let refused = Mutex<MoraineError?>(nil)
+        db.write(oversized) { error in refused.withLock { $0 = error } }
+        #expect(refused.withLock { $0 }?.kind == .invalid, "\(String(describing: refused.withLock { $0 }))")
+        #expect(try db.get(Array("not-written".utf8)) == nil)
     }
 
     @Test("every memtable the engine makes keeps the point-lookup index, after switches and a reopen; none with it off")

@@ -261,8 +261,10 @@ struct RESPCommandTests {
         #expect(Self.run(service, session, "GET", "counter") == .bulk(String(threads * each)))
     }
 
-    @Test("a pipelined run of plain SETs (its stripes shared) never lands between an INCR's read and write")
-    func blindWritesWaitForReadModifyWrites() throws {
+    @Test(
+        "a pipelined run of plain SETs (its stripes shared; also queued without waiting, as on an event loop) never lands between an INCR's read and write",
+        arguments: [false, true])
+    func blindWritesWaitForReadModifyWrites(queued: Bool) throws {
         let dir = TempDir("moraine-resp-blind")
         defer { dir.remove() }
         let (service, db) = try Self.service(dir)
@@ -291,7 +293,17 @@ struct RESPCommandTests {
         let session = service.open(address: "set")!
         for round in 1...rounds where monotonicNanos() < deadline {
             let run: [[[UInt8]]] = [[word("SET"), word("other\(round)"), word("x")], [word("SET"), word("counter"), word("\(round * step)")]]
-            _ = service.execute(run, session: session)
+            if queued {
+                let applied = DispatchSemaphore(value: 0)
+                let writes = try #require(service.blindWrites(run, session: session))
+                service.apply(writes) { out in
+                    if out == nil { Issue.record("round \(round): the queued write failed") }
+                    applied.signal()
+                }
+                applied.wait()
+            } else {
+                _ = service.execute(run, session: session)
+            }
             let seen = increments.load(ordering: .acquiring)
             while increments.load(ordering: .acquiring) < seen + 32 && monotonicNanos() < deadline { sched_yield() }
         }
