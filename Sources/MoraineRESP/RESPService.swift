@@ -286,52 +286,68 @@ public final class RESPService: Sendable {
         return out
     }
 
-    /// A batch of plain writes (SET key value, MSET) ready to apply as one write batch.
-    struct BlindWrites {
+    /// A batch of writes whose replies are known (its reads done under its stripes, which it
+    /// still holds), waiting to be applied as one write batch.
+    struct PreparedWrites {
         let batch: WriteBatch
-        let stripes: [Int]
+        let replies: [RESPReply]
         let verbs: [Verb]
+        let stripes: [Int]
+        /// Whether the stripes are held shared (plain writes only) or exclusively.
+        let shared: Bool
     }
 
-    /// `commands` as one write batch, when every one is a plain write of an authenticated session
-    /// (nil otherwise: the batch takes the usual path).
-    func blindWrites(_ commands: [[[UInt8]]], session: RESPSession) -> BlindWrites? {
-        guard session.authenticated else { return nil }
+    /// Prepares `commands` — when every one is a write a run can batch (SET key value, MSET,
+    /// INCR and friends, DEL) of an authenticated session — as one write batch: takes the keys'
+    /// stripes (shared for plain writes, else exclusively), reads what the commands read, and
+    /// computes their replies. Nil when the batch is not one of writes only (nothing taken).
+    /// `apply` must follow, and releases the stripes.
+    func prepareWrites(_ commands: [[[UInt8]]], session: RESPSession) -> PreparedWrites? {
+        guard session.authenticated, let database = try? self.database else { return nil }
         var verbs: [Verb] = []
         verbs.reserveCapacity(commands.count)
         var keys: [[UInt8]] = []
         keys.reserveCapacity(commands.count)
-        var batch = WriteBatch()
+        var blind = true
         for command in commands {
-            guard let verb = Verb(command[0]), verb.blind, verb.runKind(command) == .writes else { return nil }
-            for i in stride(from: 1, to: command.count, by: 2) {
-                keys.append(command[i])
-                batch.put(command[i], command[i + 1])
+            guard let verb = Verb(command[0]), verb.runKind(command) == .writes else { return nil }
+            switch verb {
+            case .mset: for i in stride(from: 1, to: command.count, by: 2) { keys.append(command[i]) }
+            case .del: keys.append(contentsOf: command.dropFirst())
+            default: keys.append(command[1])
             }
+            blind = blind && verb.blind
             verbs.append(verb)
         }
+        let stripes = Self.stripes(of: keys)
+        for index in stripes { if blind { self.stripes[index].lockShared() } else { self.stripes[index].lockExclusive() } }
+        var run = WriteRun(database: database, reads: !blind)
+        var replies: [RESPReply] = []
+        replies.reserveCapacity(commands.count)
+        for (command, verb) in zip(commands, verbs) { replies.append(run.apply(command, verb)) }
         session.lastCommand = verbs.last?.name ?? session.lastCommand
         session.lastActiveNanos = monotonicNanos()
-        return BlindWrites(batch: batch, stripes: Self.stripes(of: keys), verbs: verbs)
+        return PreparedWrites(batch: run.batch, replies: replies, verbs: verbs, stripes: stripes, shared: blind)
     }
 
-    /// Applies `writes` holding their stripes shared, without waiting for another thread's group
-    /// commit (`Database.write(_:options:completion:)`): `completion` gets the replies' bytes, or
-    /// nil when the write failed — nothing of it was written, and the batch should run the usual
-    /// way, each command answering for itself (an oversized key, say). `completion` may run on
-    /// another thread (the one that led the group commit), and releases the stripes there.
-    func apply(_ writes: BlindWrites, completion: @escaping @Sendable ([UInt8]?) -> Void) {
-        guard let database = try? self.database else { return completion(nil) }
-        for index in writes.stripes { stripes[index].lockShared() }
-        database.write(writes.batch) { [self] error in
-            for index in writes.stripes { stripes[index].unlockShared() }
+    /// Applies prepared writes without waiting for another thread's group commit
+    /// (`Database.write(_:options:completion:)`), then releases their stripes: `completion` gets
+    /// the replies' bytes, or nil when the write failed — nothing of it was written, and the batch
+    /// should run the usual way, each command answering for itself (an oversized key, say).
+    /// `completion` may run on another thread (the one that led the group commit).
+    func apply(_ writes: PreparedWrites, completion: @escaping @Sendable ([UInt8]?) -> Void) {
+        let finish: @Sendable (MoraineError?) -> Void = { [self] error in
+            for index in writes.stripes { if writes.shared { stripes[index].unlockShared() } else { stripes[index].unlockExclusive() } }
             guard error == nil else { return completion(nil) }
             counted(writes.verbs)
             var out: [UInt8] = []
-            out.reserveCapacity(5 * writes.verbs.count)
-            for _ in writes.verbs { RESPReply.ok.encode(into: &out) }
+            out.reserveCapacity(16 * writes.replies.count)
+            for reply in writes.replies { reply.encode(into: &out) }
             completion(out)
         }
+        guard !writes.batch.isEmpty else { return finish(nil) }  // nothing to write (DEL of absent keys, a failed INCR)
+        guard let database = try? self.database else { return finish(MoraineError(.unavailable, "database not open")) }
+        database.write(writes.batch, completion: finish)
     }
 
     /// Whether `commands` may run on an event loop: reads only, or (with `writesOnEventLoop`,

@@ -176,14 +176,20 @@ struct RESPCommandTests {
             left.remove()
             right.remove()
         }
+        let third = TempDir("moraine-resp-runs-c")
+        defer { third.remove() }
         let (batched, db1) = try Self.service(left)
         let (single, db2) = try Self.service(right)
+        let (queued, db3) = try Self.service(third)
         defer {
             try? db1.close()
             try? db2.close()
+            try? db3.close()
         }
         let s1 = batched.open(address: "a")!
         let s2 = single.open(address: "b")!
+        let s3 = queued.open(address: "c")!
+        var queuedRuns = 0
         let keys = (0..<12).map { "k\($0)" }
         func word(_ text: String) -> [UInt8] { Array(text.utf8) }
         for round in 0..<200 {
@@ -210,8 +216,31 @@ struct RESPCommandTests {
                 Issue.record("round \(round), seed \(seed): \(String(decoding: together, as: UTF8.self)) != \(String(decoding: apart, as: UTF8.self))")
                 return
             }
+            // As an event loop runs a batch of writes only: prepared, queued, answered on completion.
+            var viaQueue: [UInt8]
+            if let writes = queued.prepareWrites(pipeline, session: s3) {
+                queuedRuns += 1
+                let done = DispatchSemaphore(value: 0)
+                let out = Mutex<[UInt8]?>(nil)
+                queued.apply(writes) { bytes in
+                    out.withLock { $0 = bytes }
+                    done.signal()
+                }
+                done.wait()
+                viaQueue = out.withLock { $0 } ?? queued.execute(pipeline, session: s3)
+            } else {
+                viaQueue = queued.execute(pipeline, session: s3)
+            }
+            guard viaQueue == apart else {
+                Issue.record("queued, round \(round), seed \(seed): \(String(decoding: viaQueue, as: UTF8.self)) != \(String(decoding: apart, as: UTF8.self))")
+                return
+            }
         }
-        for key in keys { #expect(try db1.get(word(key)) == db2.get(word(key)), "\(key), seed \(seed)") }
+        #expect(queuedRuns > 10, "few pipelines were writes only: \(queuedRuns)")
+        for key in keys {
+            #expect(try db1.get(word(key)) == db2.get(word(key)), "\(key), seed \(seed)")
+            #expect(try db3.get(word(key)) == db2.get(word(key)), "\(key), seed \(seed)")
+        }
     }
 
     @Test("a batch of reads from memory answers as the usual path, and is refused where a key needs a file read")
@@ -242,8 +271,8 @@ struct RESPCommandTests {
         #expect(service.executeFromMemory([[word("SET"), word("a"), word("b")]], session: session) == nil)
     }
 
-    @Test("INCR from many threads at once loses no increment")
-    func atomicIncrements() throws {
+    @Test("INCR from many threads at once loses no increment, also queued without waiting", arguments: [false, true])
+    func atomicIncrements(queued: Bool) throws {
         let dir = TempDir("moraine-resp-incr")
         defer { dir.remove() }
         let (service, db) = try Self.service(dir)
@@ -253,12 +282,27 @@ struct RESPCommandTests {
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             let session = service.open(address: "t")!
             for i in 0..<each {
-                _ = Self.run(service, session, "INCR", "counter")
+                if queued {
+                    // As an event loop does: a run of INCRs prepared, queued, answered on completion.
+                    let run = Array(repeating: [Array("INCR".utf8), Array("counter".utf8)], count: 4)
+                    guard let writes = service.prepareWrites(run, session: session) else {
+                        Issue.record("a run of INCRs was not prepared")
+                        return
+                    }
+                    let applied = DispatchSemaphore(value: 0)
+                    service.apply(writes) { out in
+                        if out == nil { Issue.record("a queued run of INCRs failed") }
+                        applied.signal()
+                    }
+                    applied.wait()
+                } else {
+                    _ = Self.run(service, session, "INCR", "counter")
+                }
                 if i % 50 == 0 { _ = Self.run(service, session, "SET", "other", "\(i)") }
             }
         }
         let session = service.open(address: "check")!
-        #expect(Self.run(service, session, "GET", "counter") == .bulk(String(threads * each)))
+        #expect(Self.run(service, session, "GET", "counter") == .bulk(String(threads * each * (queued ? 4 : 1))))
     }
 
     @Test(
@@ -295,7 +339,7 @@ struct RESPCommandTests {
             let run: [[[UInt8]]] = [[word("SET"), word("other\(round)"), word("x")], [word("SET"), word("counter"), word("\(round * step)")]]
             if queued {
                 let applied = DispatchSemaphore(value: 0)
-                let writes = try #require(service.blindWrites(run, session: session))
+                let writes = try #require(service.prepareWrites(run, session: session))
                 service.apply(writes) { out in
                     if out == nil { Issue.record("round \(round): the queued write failed") }
                     applied.signal()
