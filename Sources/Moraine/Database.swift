@@ -242,11 +242,14 @@ public final class Database: Sendable {
     }
 
     /// Applies `batch` without waiting for another thread's group commit (`Engine.write(_:options:
-    /// completion:)`); `completion` gets nil or the error. A connected database writes at once
-    /// and then calls `completion`.
-    public func write(_ batch: WriteBatch, options: WriteOptions = WriteOptions(), completion: @escaping @Sendable (MoraineError?) -> Void) {
+    /// lead:completion:)`; with `lead` false this thread never applies it, the engine's write
+    /// helper does); `completion` gets nil or the error. A connected database writes at once and
+    /// then calls `completion`.
+    public func write(
+        _ batch: WriteBatch, options: WriteOptions = WriteOptions(), lead: Bool = true, completion: @escaping @Sendable (MoraineError?) -> Void
+    ) {
         switch backend {
-        case .engine(let engine): engine.write(batch, options: options, completion: completion)
+        case .engine(let engine): engine.write(batch, options: options, lead: lead, completion: completion)
         case .remote(let client):
             do {
                 try client.write(batch, options: options)

@@ -206,6 +206,7 @@ struct NodeCommand: ParsableCommand {
             // Its files are on the storage node: a block-cache miss is a round trip, so reads
             // that need one go to the pool instead of holding up the event loop.
             settings.memoryOnlyReadsOnEventLoop = true
+            settings.queueWritesFromEventLoop = true  // its log appends are round trips
             let name = respDatabase
             var boundPort = 0
             var started: RESPService? = nil

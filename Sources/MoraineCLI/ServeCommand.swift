@@ -73,6 +73,7 @@ struct ServeCommand: ParsableCommand {
         // With --cluster a block-cache miss is a round trip to the storage node: such reads go
         // to the pool, so they do not hold up the loop's other connections.
         settings.memoryOnlyReadsOnEventLoop = database.cluster != nil
+        settings.queueWritesFromEventLoop = database.cluster != nil
         let (host, port) = try RESPFrontEndOptions.address(listen, flag: "--listen")
         let exported = try metrics.exporter()  // before the service, whose counters swift-metrics makes
         let db = try reporting { try database.open() }

@@ -34,8 +34,13 @@ extension Engine {
     /// must not sleep while another thread writes (an event loop, which goes on with its other
     /// connections instead). A slowdown or stop (`writesMayWait`) still blocks whichever thread
     /// leads. `completion` must not block or write to this database.
+    ///
+    /// With `lead` false, this thread never applies the batch: when no writer leads, the engine's
+    /// write helper thread does (for a caller whose log appends are round trips to a storage node,
+    /// which must not hold up an event loop even when no one else writes).
     public func write(
-        _ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions(), completion: @escaping @Sendable (MoraineError?) -> Void
+        _ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions(), lead: Bool = true,
+        completion: @escaping @Sendable (MoraineError?) -> Void
     ) {
         do {
             try validate(batch, writeOptions)
@@ -48,11 +53,21 @@ extension Engine {
         mutex.lock()
         writers.append(w)
         guard writers.first === w else {
-            mutex.unlock()  // a leader is at work: it applies this one too
+            mutex.unlock()  // a leader (or the write helper) is at work: it applies this one too
+            return
+        }
+        if !lead && !shuttingDown {
+            orphanedWriters = true
+            startWriteHelperIfNeeded()
+            mutex.broadcast()
+            mutex.unlock()
             return
         }
         leadGroups()
     }
+
+    /// Groups a thread leads for other writers before handing the rest to the write helper.
+    static let groupsLedForOthers = 4
 
     /// Checks a batch against the limits before it is queued.
     private func validate(_ batch: WriteBatch, _ writeOptions: WriteOptions) throws {
@@ -121,9 +136,23 @@ extension Engine {
     /// asynchronous writer (no thread waits to lead it), wakes the waiting writers, and runs the
     /// asynchronous writers' completions once the mutex is released. Precondition: `mutex` held
     /// and the head is this thread's writer or an asynchronous one; returns with it released.
-    private func leadGroups() {
+    ///
+    /// A thread leads at most `groupsLedForOthers` groups after its own: an event loop that
+    /// led every group queued behind it could go on leading while the other loop kept queueing,
+    /// and its own connections would wait. The rest goes to the write helper, a thread of the
+    /// engine that only leads (`helper`: that thread, which leads until the queue's head is not
+    /// asynchronous).
+    func leadGroups(helper: Bool = false) {
         var completions: [(@Sendable (MoraineError?) -> Void, MoraineError?)] = []
+        var led = 0
         repeat {
+            if !helper && led > Self.groupsLedForOthers && !shuttingDown && !closed {
+                orphanedWriters = true
+                startWriteHelperIfNeeded()
+                mutex.broadcast()
+                break
+            }
+            led += 1
             let w = writers.first!
             var group = [w]
             var groupError: MoraineError? = nil
@@ -162,6 +191,35 @@ extension Engine {
         writerTurn.broadcast()
         mutex.unlock()
         for (completion, error) in completions { completion(error) }
+    }
+
+    /// Starts the write helper unless it runs. Precondition: `mutex` held.
+    private func startWriteHelperIfNeeded() {
+        guard !writeHelperRunning else { return }
+        writeHelperRunning = true
+        backgroundThreads += 1  // close waits for it as for the background threads
+        startThread(name: "moraine-writes") { [self] in writeHelperLoop() }
+    }
+
+    /// The write helper: leads the asynchronous writers a leader left, until the engine closes.
+    private func writeHelperLoop() {
+        mutex.lock()
+        while true {
+            if orphanedWriters {
+                orphanedWriters = false
+                if writers.first?.completion != nil {
+                    leadGroups(helper: true)
+                    mutex.lock()
+                    continue
+                }
+            }
+            if shuttingDown { break }
+            mutex.wait()
+        }
+        writeHelperRunning = false
+        backgroundThreads -= 1
+        mutex.broadcast()
+        mutex.unlock()
     }
 
     /// Writes the group to the WAL and the memtable. Precondition: `mutex` held by the leader;

@@ -125,6 +125,11 @@ public final class Engine: @unchecked Sendable {
     /// Whether any compaction (or a move between tiers) runs.
     var compactionRunning: Bool { runningCompactions.count > 0 || manualCompaction || runningCompactions.moving != nil }
     var backgroundThreads = 0
+    /// Asynchronous writers left at the head of the queue by a leader that led its share: the
+    /// write helper leads them (`mutex`).
+    @exclusivity(unchecked) var orphanedWriters = false
+    /// Whether the write helper thread runs (started at the first orphaned writers; `mutex`).
+    @exclusivity(unchecked) var writeHelperRunning = false
     @exclusivity(unchecked) var unloggedWrites = false
     /// The database's LOG (nil for a read-only open, or when it could not be started).
     var eventLog: EventLog? = nil

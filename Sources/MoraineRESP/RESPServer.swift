@@ -191,13 +191,13 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 work = pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }
             }
-        } else if final == nil && service.runsOnEventLoop(batch), let writes = service.prepareWrites(batch, session: session) {
+        } else if final == nil, let lead = service.writesFromEventLoop(batch), let writes = service.prepareWrites(batch, session: session) {
             // Writes only: their reads done here, the batch queued without waiting for another
             // loop's group commit; the replies go out once it is applied (its leader completes
             // the promise).
             let promise = loop.makePromise(of: [UInt8].self)
             let pool = self.pool
-            service.apply(writes) { out in
+            service.apply(writes, lead: lead) { out in
                 if let out {
                     promise.succeed(out)
                 } else {

@@ -61,6 +61,11 @@ public final class RESPService: Sendable {
         /// remote (a compute node's, `serve --cluster`), where such a read is a round trip that
         /// would hold up every other connection of the loop. Off: reads always run on the loop.
         public var memoryOnlyReadsOnEventLoop = false
+        /// Queue a batch of plain writes (SET, MSET) from its event loop to the engine's write
+        /// helper thread, which applies it with whatever else is queued and completes the reply:
+        /// the loop never waits for a log append. For a database whose log is remote (a compute
+        /// node's, `serve --cluster`: every append a round trip). Other writes go to the pool.
+        public var queueWritesFromEventLoop = false
 
         public init() {}
     }
@@ -330,12 +335,27 @@ public final class RESPService: Sendable {
         return PreparedWrites(batch: run.batch, replies: replies, verbs: verbs, stripes: stripes, shared: blind)
     }
 
+    /// How a batch of writes runs from its event loop: nil when it does not (the pool runs it),
+    /// true when the loop prepares it and may lead its group commit (`writesOnEventLoop`), false
+    /// when the loop prepares it and queues it to the engine's write helper
+    /// (`queueWritesFromEventLoop`: plain writes only).
+    func writesFromEventLoop(_ commands: [[[UInt8]]]) -> Bool? {
+        if settings.writesOnEventLoop { return runsOnEventLoop(commands) ? true : nil }
+        guard settings.queueWritesFromEventLoop, !commands.isEmpty else { return nil }
+        let plain = commands.allSatisfy { command in
+            guard let verb = Verb(command[0]) else { return false }
+            return verb.blind && verb.runKind(command) == .writes
+        }
+        return plain ? false : nil
+    }
+
     /// Applies prepared writes without waiting for another thread's group commit
-    /// (`Database.write(_:options:completion:)`), then releases their stripes: `completion` gets
+    /// (`Database.write(_:options:lead:completion:)`; `lead` false: the engine's write helper
+    /// applies them), then releases their stripes: `completion` gets
     /// the replies' bytes, or nil when the write failed — nothing of it was written, and the batch
     /// should run the usual way, each command answering for itself (an oversized key, say).
     /// `completion` may run on another thread (the one that led the group commit).
-    func apply(_ writes: PreparedWrites, completion: @escaping @Sendable ([UInt8]?) -> Void) {
+    func apply(_ writes: PreparedWrites, lead: Bool = true, completion: @escaping @Sendable ([UInt8]?) -> Void) {
         let finish: @Sendable (MoraineError?) -> Void = { [self] error in
             for index in writes.stripes { if writes.shared { stripes[index].unlockShared() } else { stripes[index].unlockExclusive() } }
             guard error == nil else { return completion(nil) }
@@ -347,7 +367,7 @@ public final class RESPService: Sendable {
         }
         guard !writes.batch.isEmpty else { return finish(nil) }  // nothing to write (DEL of absent keys, a failed INCR)
         guard let database = try? self.database else { return finish(MoraineError(.unavailable, "database not open")) }
-        database.write(writes.batch, completion: finish)
+        database.write(writes.batch, lead: lead, completion: finish)
     }
 
     /// Whether `commands` may run on an event loop: reads only, or (with `writesOnEventLoop`,

@@ -262,7 +262,8 @@ struct EngineTests {
         let each = 2000
         let completed = Atomic<Int>(0)
         let failures = Mutex<[String]>([])
-        // Even threads write synchronously, odd ones queue without waiting; every key is written
+        // Even threads write synchronously, odd ones queue without waiting (one of them never
+        // leading: the write helper applies its batches); every key is written
         // once, its value naming its writer, and read back after.
         DispatchQueue.concurrentPerform(iterations: threads) { thread in
             for i in 0..<each {
@@ -271,7 +272,8 @@ struct EngineTests {
                 if thread % 2 == 0 {
                     do { try db.write(batch) } catch { failures.withLock { $0.append("sync \(thread)-\(i): \(error)") } }
                 } else {
-                    db.write(batch) { error in
+                    // Thread 3 never leads: the engine's write helper applies its batches.
+                    db.write(batch, lead: thread != 3) { error in
                         if let error { failures.withLock { $0.append("async \(thread)-\(i): \(error)") } }
                         completed.add(1, ordering: .relaxed)
                     }
@@ -289,6 +291,13 @@ struct EngineTests {
             }
         }
         #expect(db.stats().writes == threads * each)
+        // Alone and not leading: the write helper applies it.
+        let alone = DispatchSemaphore(value: 0)
+        var single = WriteBatch()
+        single.put(Array("alone".utf8), Array("helped".utf8))
+        db.write(single, lead: false) { _ in alone.signal() }
+        #expect(alone.wait(timeout: .now() + 10) == .success, "the write helper never applied a batch queued without a leader")
+        #expect(try db.get(Array("alone".utf8)) == Array("helped".utf8))
         // A batch the engine refuses is reported to its completion and writes nothing.
         var oversized = WriteBatch()
         oversized.put(Array(repeating: 7, count: 128 << 10), [1])

@@ -307,8 +307,9 @@ struct RESPCommandTests {
 
     @Test(
         "a pipelined run of plain SETs (its stripes shared; also queued without waiting, as on an event loop) never lands between an INCR's read and write",
-        arguments: [false, true])
-    func blindWritesWaitForReadModifyWrites(queued: Bool) throws {
+        arguments: [0, 1, 2])
+    func blindWritesWaitForReadModifyWrites(mode: Int) throws {
+        let queued = mode > 0  // 1: the queueing thread may lead; 2: the write helper applies
         let dir = TempDir("moraine-resp-blind")
         defer { dir.remove() }
         let (service, db) = try Self.service(dir)
@@ -340,7 +341,7 @@ struct RESPCommandTests {
             if queued {
                 let applied = DispatchSemaphore(value: 0)
                 let writes = try #require(service.prepareWrites(run, session: session))
-                service.apply(writes) { out in
+                service.apply(writes, lead: mode == 1) { out in
                     if out == nil { Issue.record("round \(round): the queued write failed") }
                     applied.signal()
                 }
