@@ -1,23 +1,29 @@
 // The RESP front end's network side, on SwiftNIO: each connection's bytes are framed by a
 // RESPParser; the commands framed from one read run as one batch, and the batch's replies go out
-// in one write, in order. A batch that writes runs on a thread pool (a write waits for its group
-// commit); a batch of reads only runs on the connection's event loop (one event loop per core):
-// the hop to the pool and back cost more than the reads (BENCHMARKS.md, "Redis front end"), at
-// the price of a read that misses the block cache holding up the other connections of its loop
-// for the disk read. A connection runs one batch at a time, so its commands
-// run in the order sent (pipelining keeps its meaning); while a batch runs, further bytes wait, and
-// past `pendingBytesMax` of them the connection stops reading until the batch is done, so a client
-// cannot make the server hold more than one bounded request and a bounded backlog.
+// in one write, in order. Where a batch runs (docs/RESP.md): a batch of reads on the connection's
+// event loop (one per core; where files are remote, only when memory answers it, else on the
+// pool); a batch of writes only prepared on the loop and queued into the engine's group commit
+// without sleeping (`RESPService.Settings`), its replies written when the write lands; any other
+// batch that writes on a thread pool (a write waits for its group commit). A connection runs one
+// batch at a time, so its commands run in the order sent (pipelining keeps its meaning); while a
+// batch runs, further bytes wait, and past `pendingBytesMax` of them the connection stops reading
+// until the batch is done, so a client cannot make the server hold more than one bounded request
+// and a bounded backlog.
 //
 // A request that breaks the protocol gets `-ERR Protocol error: …` and the connection closes (its
 // later bytes cannot be framed); a command error gets `-ERR …` and the connection goes on.
 //
-// Thread-safety: a connection's handler runs on its event loop; batches run on the pool and hand
-// their replies back to the loop. `close` may be called from any thread.
+// Thread-safety: a connection's handler runs on its event loop; batches run on the pool, or are
+// completed by the thread that led their group commit, and hand their replies back to the loop.
+// `close` may be called from any thread; it waits for queued writes before stopping the loops.
 import MoraineSystem
 import NIOCore
 import NIOPosix
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Serves a RESPService over TCP.
 public final class RESPServer: @unchecked Sendable {
@@ -25,6 +31,9 @@ public final class RESPServer: @unchecked Sendable {
     private let pool: NIOThreadPool
     private let channel: Channel
     private let children = ChildChannels()
+    /// Batches of writes queued into the group commit and not yet answered: `close` waits for
+    /// them before it stops the event loops their replies go to.
+    private let queuedWrites = QueuedWrites()
     private let closed = Atomic<Bool>(false)
     /// The bound port (useful when 0 was asked for).
     public let port: Int
@@ -42,6 +51,7 @@ public final class RESPServer: @unchecked Sendable {
         let pool = NIOThreadPool(numberOfThreads: poolThreads)
         pool.start()
         let children = self.children
+        let queuedWrites = self.queuedWrites
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -49,7 +59,8 @@ public final class RESPServer: @unchecked Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let address = channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
-                    let handler = RESPConnectionHandler(service: service, pool: pool, limits: limits, address: address)
+                    let handler = RESPConnectionHandler(
+                        service: service, pool: pool, limits: limits, address: address, queuedWrites: queuedWrites)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     let id = ObjectIdentifier(channel)
                     children.channels.withLock { $0[id] = channel }
@@ -77,6 +88,10 @@ public final class RESPServer: @unchecked Sendable {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         try? channel.close().wait()
         for child in children.channels.withLock({ Array($0.values) }) { try? child.close().wait() }
+        // A queued write completes on its event loop: let those in flight land first (a group
+        // commit takes milliseconds; a stalled engine gets ten seconds).
+        let deadline = monotonicNanos() + 10_000_000_000
+        while queuedWrites.count.load(ordering: .acquiring) > 0 && monotonicNanos() < deadline { usleep(1000) }
         try? pool.syncShutdownGracefully()
         try? group.syncShutdownGracefully()
     }
@@ -88,6 +103,11 @@ public final class RESPServer: @unchecked Sendable {
 /// The open connections, for closing them.
 final class ChildChannels: Sendable {
     let channels = Mutex<[ObjectIdentifier: Channel]>([:])
+}
+
+/// Batches of writes queued and not yet answered.
+final class QueuedWrites: Sendable {
+    let count = Atomic<Int>(0)
 }
 
 /// One connection: frames requests, runs them a batch at a time, writes the replies.
@@ -108,10 +128,13 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     private var running = false
     private var closing = false
 
-    init(service: RESPService, pool: NIOThreadPool, limits: RESPLimits, address: String) {
+    let queuedWrites: QueuedWrites
+
+    init(service: RESPService, pool: NIOThreadPool, limits: RESPLimits, address: String, queuedWrites: QueuedWrites) {
         self.service = service
         self.pool = pool
         self.address = address
+        self.queuedWrites = queuedWrites
         parser = RESPParser(limits: limits)
     }
 
@@ -197,12 +220,15 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             // the promise).
             let promise = loop.makePromise(of: [UInt8].self)
             let pool = self.pool
+            let queuedWrites = self.queuedWrites
+            queuedWrites.count.add(1, ordering: .relaxed)
             service.apply(writes, lead: lead) { out in
                 if let out {
                     promise.succeed(out)
                 } else {
                     promise.completeWith(pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) })
                 }
+                queuedWrites.count.subtract(1, ordering: .releasing)
             }
             work = promise.futureResult
         } else if final == nil && service.runsOnEventLoop(batch) {
