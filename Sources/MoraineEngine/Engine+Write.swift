@@ -485,9 +485,7 @@ extension Engine {
         log = fresh
         logFileNumber = number
         imms.append(mem)
-        mem = MemTable(
-            capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas,
-            hashIndex: options.memtableHashIndex)
+        mem = try makeMemTable(number: number, neededBytes: neededBytes)  // private memory here: cannot fail
         installSuperVersion()
         mutex.broadcast()
     }

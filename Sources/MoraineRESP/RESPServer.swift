@@ -208,8 +208,10 @@ final class RESPConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         // the database expects no stall (`RESPService.Settings.writesOnEventLoop`).
         // Where files are remote, a batch of reads runs here only if memory answers it.
         let work: EventLoopFuture<[UInt8]>
-        if final == nil && service.settings.memoryOnlyReadsOnEventLoop && RESPService.readsOnly(batch) {
-            if let out = service.executeFromMemory(batch, session: session) {
+        if final == nil && RESPService.readsOnly(batch) {
+            if !service.settings.memoryOnlyReadsOnEventLoop {
+                work = loop.makeSucceededFuture(service.execute(batch, session: session))
+            } else if let out = service.executeFromMemory(batch, session: session) {
                 work = loop.makeSucceededFuture(out)
             } else {
                 work = pool.runIfActive(eventLoop: loop) { service.execute(batch, session: session) }

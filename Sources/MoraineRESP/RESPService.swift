@@ -311,19 +311,11 @@ public final class RESPService: Sendable {
         guard session.authenticated, let database = try? self.database else { return nil }
         var verbs: [Verb] = []
         verbs.reserveCapacity(commands.count)
-        var keys: [[UInt8]] = []
-        keys.reserveCapacity(commands.count)
-        var blind = true
         for command in commands {
             guard let verb = Verb(command[0]), verb.runKind(command) == .writes else { return nil }
-            switch verb {
-            case .mset: for i in stride(from: 1, to: command.count, by: 2) { keys.append(command[i]) }
-            case .del: keys.append(contentsOf: command.dropFirst())
-            default: keys.append(command[1])
-            }
-            blind = blind && verb.blind
             verbs.append(verb)
         }
+        let (keys, blind) = Self.keys(of: commands, verbs)
         let stripes = Self.stripes(of: keys)
         for index in stripes { if blind { self.stripes[index].lockShared() } else { self.stripes[index].lockExclusive() } }
         var run = WriteRun(database: database, reads: !blind)
@@ -407,17 +399,7 @@ public final class RESPService: Sendable {
         do {
             switch kind {
             case .writes:
-                var keys: [[UInt8]] = []
-                keys.reserveCapacity(commands.count)
-                var blind = true
-                for (command, verb) in zip(commands, verbs) {
-                    switch verb {
-                    case .mset: for i in stride(from: 1, to: command.count, by: 2) { keys.append(command[i]) }
-                    case .del: keys.append(contentsOf: command.dropFirst())
-                    default: keys.append(command[1])
-                    }
-                    blind = blind && verb.blind
-                }
+                let (keys, blind) = Self.keys(of: commands, verbs)
                 let database = try self.database
                 let replies = try locking(keys, shared: blind) {
                     var run = WriteRun(database: database, reads: !blind)
@@ -439,6 +421,22 @@ public final class RESPService: Sendable {
             // them one by one (nothing of the batch was written), each with its own reply.
             return commands.map { execute($0, session: session) }
         }
+    }
+
+    /// The keys a run of writes touches, and whether every command of it is a plain write.
+    static func keys(of commands: [[[UInt8]]], _ verbs: [Verb]) -> (keys: [[UInt8]], blind: Bool) {
+        var keys: [[UInt8]] = []
+        keys.reserveCapacity(commands.count)
+        var blind = true
+        for (command, verb) in zip(commands, verbs) {
+            switch verb {
+            case .mset: for i in stride(from: 1, to: command.count, by: 2) { keys.append(command[i]) }
+            case .del: keys.append(contentsOf: command.dropFirst())
+            default: keys.append(command[1])
+            }
+            blind = blind && verb.blind
+        }
+        return (keys, blind)
     }
 
     /// Counts a run that succeeded (one that failed runs again command by command, counted then).
