@@ -87,6 +87,11 @@ struct DatabaseOptions: ParsableArguments {
     var cacheSize: Int?
 
     @Option(
+        name: .customLong("row_cache_size"),
+        help: "Row cache size in bytes: the tables' answer per key, for point reads (row_cache_size; default 0, off).")
+    var rowCacheSize: Int?
+
+    @Option(
         help: """
             Storage tiers for the tables, fastest first: PATH:SIZE[,PATH:SIZE…] (sizes with K, M, G or T; the last tier \
             may leave its size out: unbounded). Levels fill the fastest tier with room; a tier past its size moves its \
@@ -109,6 +114,9 @@ struct DatabaseOptions: ParsableArguments {
         }
         if tiers != nil && (connect != nil || cluster != nil) {
             throw ValidationError("--tiers places an embedded database's tables; with --cluster or --connect the storage node holds them")
+        }
+        if let rowCacheSize, rowCacheSize < 0 || rowCacheSize > 1 << 40 {
+            throw ValidationError("--row_cache_size must be 0…1099511627776 bytes, not \(rowCacheSize)")
         }
         if let tiers {
             do { _ = try StorageTier.parseList(tiers) } catch let error as MoraineError { throw ValidationError("--tiers: \(error.message)") }
@@ -140,6 +148,7 @@ struct DatabaseOptions: ParsableArguments {
         }
         options.pmemPath = pmemPath
         if let cacheSize { options.blockCacheSize = cacheSize }
+        if let rowCacheSize { options.rowCacheSize = rowCacheSize }
         if let tiers { options.tiers = try StorageTier.parseList(tiers) }
         if let cluster {
             options = try ClusterAttachment.options(options, database: db, runDirectory: cluster, owner: Self.owner)

@@ -41,6 +41,7 @@ struct NodeCommand: ParsableCommand {
     var durability: String?
     @Option(name: .customLong("write_buffer_size"), help: "Compute: memtable size in bytes.") var writeBufferSize: Int?
     @Option(name: .customLong("cache_size"), help: "Compute: block cache bytes per database (default 8 MiB).") var blockCacheSize: Int?
+    @Option(name: .customLong("row_cache_size"), help: "Compute: row cache bytes per database (default 0, off).") var rowCacheSize: Int?
     @Option(name: .customLong("session-ttl-ms"), help: "Compute: how long a client's snapshots and iterators outlive its last request.")
     var sessionTTLMillis: UInt32 = 10_000
     @Option(help: "Flush, compaction: jobs run at once at most.") var slots: Int = 1
@@ -198,6 +199,7 @@ struct NodeCommand: ParsableCommand {
             if let durability { options.durability = Durability(rawValue: durability) ?? .wal }
             if let writeBufferSize { options.writeBufferSize = writeBufferSize }
             if let blockCacheSize { options.blockCacheSize = blockCacheSize }
+            if let rowCacheSize { options.rowCacheSize = rowCacheSize }
             configuration.options = options
             guard let resp else { return try ComputeRole.run(configuration, announce: announce) }
             // The Redis front end: one database of the node, beside its transport clients.

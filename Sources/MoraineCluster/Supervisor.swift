@@ -43,6 +43,8 @@ public final class Supervisor {
         var durability: String? = nil
         /// A compute node's block cache per database, when the topology names one.
         var blockCacheBytes: Int? = nil
+        /// A compute node's row cache per database, when the topology names one.
+        var rowCacheBytes: Int? = nil
         /// Where it serves /metrics, and a compute node's Redis front end (and its database),
         /// as asked; then as the role announced them.
         var metrics: String? = nil
@@ -115,6 +117,7 @@ public final class Supervisor {
                 }
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
+                instance.rowCacheBytes = spec.rowCacheBytes
                 instance.metrics = spec.metrics.map { Topology.RoleSpec.address($0, instance: index) }
                 instance.resp = spec.resp.map { Topology.RoleSpec.address($0, instance: index) }
                 instance.respDatabase = spec.respDatabase
@@ -236,6 +239,7 @@ public final class Supervisor {
         }
         if let durability = instance.durability { arguments += ["--durability", durability] }
         if let bytes = instance.blockCacheBytes { arguments += ["--cache_size", String(bytes)] }
+        if let bytes = instance.rowCacheBytes { arguments += ["--row_cache_size", String(bytes)] }
         if let resp = instance.resp { arguments += ["--resp", resp] + (instance.respDatabase.map { ["--resp-db", $0] } ?? []) }
         if let metrics = instance.metrics { arguments += ["--metrics", metrics] }
         if let node = instance.numaNode { arguments += ["--numa-node", String(node)] }

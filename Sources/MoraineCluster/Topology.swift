@@ -17,6 +17,7 @@
 //   cache_size = 268435456 # memory: bytes of the region for the shared block cache (default 256 MiB)
 //   durability = "wal"    # compute: wal (default) or pmem (memtables in the memory node's region)
 //   block_cache_size = 8388608  # compute: each database's own block cache in bytes (default 8 MiB)
+//   row_cache_size = 0    # compute: each database's row cache in bytes (default 0, off)
 //   link_delay_ns = 0     # one-way delay injected on this role's server (CXL/RDMA emulation)
 //   metrics = "127.0.0.1:9100"  # serve /metrics here (the n-th instance on port + n; port 0: any)
 //   resp = "127.0.0.1:6380"     # compute: serve database `resp_db` over the Redis protocol (port as metrics)
@@ -62,6 +63,8 @@ public struct Topology: Sendable, Equatable {
         public var durability: String? = nil
         /// Compute: each database's block cache in bytes (nil: the node's default).
         public var blockCacheBytes: Int? = nil
+        /// Compute: each database's row cache in bytes (nil: off).
+        public var rowCacheBytes: Int? = nil
         /// Where the role serves /metrics: host and first port (nil: it does not).
         public var metrics: (host: String, port: Int)? = nil
         /// Compute: where its Redis front end listens, and the database it serves.
@@ -73,7 +76,7 @@ public struct Topology: Sendable, Equatable {
                 && a.tiers == b.tiers
                 && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
                 && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
-                && a.blockCacheBytes == b.blockCacheBytes && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
+                && a.blockCacheBytes == b.blockCacheBytes && a.rowCacheBytes == b.rowCacheBytes && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
                 && a.resp?.host == b.resp?.host && a.resp?.port == b.resp?.port && a.respDatabase == b.respDatabase
         }
 
@@ -237,6 +240,10 @@ public struct Topology: Sendable, Equatable {
                 guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): block_cache_size applies to compute nodes only") }
                 guard bytes >= 0, bytes <= 1 << 40 else { throw MoraineError(.invalid, "\(at): block_cache_size must be 0…1 TiB, not \(bytes)") }
             }
+            if let bytes = role.rowCacheBytes {
+                guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): row_cache_size applies to compute nodes only") }
+                guard bytes >= 0, bytes <= 1 << 40 else { throw MoraineError(.invalid, "\(at): row_cache_size must be 0…1 TiB, not \(bytes)") }
+            }
             if role.kind == "memory" {
                 guard role.arenaBytes >= 128 << 10, role.arenaBytes % 4096 == 0, role.arenaBytes <= 1 << 31 else {
                     throw MoraineError(.invalid, "\(at): arena_size must be 128 KiB…2 GiB in whole 4096-byte pages, not \(role.arenaBytes)")
@@ -307,6 +314,7 @@ public struct Topology: Sendable, Equatable {
         case "cache_size": role.cacheBytes = try integer()
         case "durability": role.durability = try text()
         case "block_cache_size": role.blockCacheBytes = try integer()
+        case "row_cache_size": role.rowCacheBytes = try integer()
         case "metrics", "resp":
             let address = try text()
             guard let colon = address.lastIndex(of: ":"), colon != address.startIndex,
@@ -319,7 +327,7 @@ public struct Topology: Sendable, Equatable {
             throw MoraineError(
                 .invalid,
                 "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, tiers, link_delay_ns, region, region_size, "
-                    + "arena_size, cache_size, durability, block_cache_size, metrics, resp, resp_db)")
+                    + "arena_size, cache_size, durability, block_cache_size, row_cache_size, metrics, resp, resp_db)")
         }
     }
 

@@ -144,6 +144,9 @@ extension Engine {
         } catch {
             failure = asMoraineError(error)
         }
+        // The memtable's keys now have the tables' answer; it leaves the read path only after
+        // the row cache forgets what the tables answered before.
+        if failure == nil { invalidateRowCache(imm) }
         mutex.lock()
         if let failure {
             recordBackgroundError(failure, "flush")
@@ -152,6 +155,20 @@ extension Engine {
         imms.removeFirst()
         installSuperVersion()
         deleteObsoleteLogs()
+    }
+
+    /// Drops the row cache's entries for every key of `memtable`, which is being flushed
+    /// (RowCache.swift): the epoch first, then each key.
+    func invalidateRowCache(_ memtable: MemTable) {
+        guard let rowCache else { return }
+        rowCache.advanceEpoch()
+        let entries = memtable.makeIterator()
+        entries.seekToFirst()
+        while entries.isValid {
+            let key = userKey(entries.key)
+            rowCache.invalidate(key, hash: hashBytes(key))
+            entries.next()
+        }
     }
 
     /// Makes `edit` durable and current, with the reservation releases waiting for an edit.
@@ -347,6 +364,7 @@ extension Engine {
             try install(edit)
         }
         imms = []
+        rowCache?.clear()
         mem = MemTable(capacityBytes: 64 << 10, logNumber: logFileNumber)
         unloggedWrites = false
         installSuperVersion()

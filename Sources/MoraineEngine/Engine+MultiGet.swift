@@ -40,6 +40,9 @@ extension Engine {
 
     private func multiGet(_ keys: [[UInt8]], options readOptions: ReadOptions, memoryOnly: Bool) throws -> [[UInt8]?]? {
         if closed { throw MoraineError(.closed, "database \(path) is closed") }
+        // Noted before the superversion is taken (RowCache.swift says why).
+        let rowCache = readOptions.snapshot == nil ? self.rowCache : nil
+        let epoch = rowCache?.epoch ?? 0
         let sv = currentSuperVersion()
         let seq = readSequence(readOptions)
         var results = [[UInt8]?](repeating: nil, count: keys.count)
@@ -52,6 +55,22 @@ extension Engine {
             }
         }
         if pending.isEmpty { return results }
+        if let rowCache {
+            var missed: [Int] = []
+            for i in pending {
+                switch keys[i].withUnsafeBytes({ rowCache.lookup($0, hash: hashBytes($0)) }) {
+                case .value(let value): results[i] = value
+                case .absent: break
+                case .miss: missed.append(i)
+                }
+            }
+            if rowCache.epoch == epoch {
+                if missed.isEmpty { return results }
+                pending = missed
+            } else {
+                for i in pending { results[i] = nil }  // hits from a moved epoch do not count
+            }
+        }
         let lookups = pending.map { makeInternalKey(keys[$0], seq, .forSeek) }
         let probes = try planProbes(sv.version, keys: keys, pending: pending, lookups: lookups, memoryOnly: memoryOnly)
         let blocks = try fetchBlocks(probes, fillCache: readOptions.fillCache, memoryOnly: memoryOnly)
@@ -71,6 +90,18 @@ extension Engine {
                 }
             }
             if hit { resolved[probe.pendingIndex] = true }
+        }
+        if let rowCache, readOptions.fillCache {
+            for i in pending {
+                keys[i].withUnsafeBytes { key in
+                    let hash = hashBytes(key)
+                    if let value = results[i] {
+                        value.withUnsafeBytes { rowCache.fill(key, hash: hash, value: $0, epoch: epoch) }
+                    } else {
+                        rowCache.fill(key, hash: hash, value: nil, epoch: epoch)
+                    }
+                }
+            }
         }
         return results
     }

@@ -19,6 +19,9 @@ extension Engine {
 
     public func get(key: UnsafeRawBufferPointer, options readOptions: ReadOptions = ReadOptions()) throws -> [UInt8]? {
         if closed { throw MoraineError(.closed, "database \(path) is closed") }
+        // Noted before the superversion is taken (RowCache.swift says why).
+        let rowCache = readOptions.snapshot == nil ? self.rowCache : nil
+        let epoch = rowCache?.epoch ?? 0
         let sv = currentSuperVersion()
         let seq = readSequence(readOptions)
         switch sv.mem.get(key, sequence: seq) {
@@ -33,7 +36,25 @@ extension Engine {
             case .notFound: break
             }
         }
-        return try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache)
+        guard let rowCache else { return try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache) }
+        let hash = hashBytes(key)
+        let cached = rowCache.lookup(key, hash: hash)
+        if rowCache.epoch == epoch {
+            switch cached {
+            case .value(let value): return value
+            case .absent: return nil
+            case .miss: break
+            }
+        }
+        let value = try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache)
+        if readOptions.fillCache {
+            if let value {
+                value.withUnsafeBytes { rowCache.fill(key, hash: hash, value: $0, epoch: epoch) }
+            } else {
+                rowCache.fill(key, hash: hash, value: nil, epoch: epoch)
+            }
+        }
+        return value
     }
 
     private func getFromVersion(

@@ -56,6 +56,13 @@ public struct EngineStats: Sendable {
     public var blockCacheUsageBytes = 0
     public var blockCacheHits = 0
     public var blockCacheMisses = 0
+    /// The row cache's budget, bytes held, entries, and point reads it answered or missed (zero
+    /// without one).
+    public var rowCacheCapacityBytes = 0
+    public var rowCacheUsageBytes = 0
+    public var rowCacheEntries = 0
+    public var rowCacheHits = 0
+    public var rowCacheMisses = 0
     public var flushes = 0
     public var compactions = 0
     public var trivialMoves = 0
@@ -122,6 +129,8 @@ public struct EngineStats: Sendable {
         ("secondary_cache_corrupt", \.secondaryCache.corrupt), ("secondary_cache_inserts", \.secondaryCache.inserts),
         ("secondary_cache_dropped", \.secondaryCache.dropped), ("tier_moves", \.tierMoves),
         ("tier_move_bytes", \.tierMoveBytes), ("tier_move_failures", \.tierMoveFailures),
+        ("row_cache_capacity", \.rowCacheCapacityBytes), ("row_cache_usage", \.rowCacheUsageBytes),
+        ("row_cache_entries", \.rowCacheEntries), ("row_cache_hits", \.rowCacheHits), ("row_cache_misses", \.rowCacheMisses),
     ]
 
     /// One line of JSON.
@@ -202,6 +211,13 @@ extension Engine {
             s.blockCacheUsageBytes = blockCache.usageBytes
             s.blockCacheHits = blockCache.hits
             s.blockCacheMisses = blockCache.misses
+        }
+        if let rowCache {
+            s.rowCacheCapacityBytes = rowCache.capacityBytes
+            s.rowCacheUsageBytes = rowCache.usageBytes
+            s.rowCacheEntries = rowCache.entryCount
+            s.rowCacheHits = rowCache.hits
+            s.rowCacheMisses = rowCache.misses
         }
         if tiers.isTiered {
             var files = [Int](repeating: 0, count: tiers.count)

@@ -61,6 +61,8 @@ public final class Engine: @unchecked Sendable {
     let tiers: TierLayout
     let tableCache: TableCache
     let blockCache: BlockCache?
+    /// The tables' answers per user key (`Options.rowCacheSize`), or nil.
+    let rowCache: RowCache?
     let snapshots = SnapshotList()
     let obsolete = ObsoleteFiles()
     let lastSequence = Atomic<UInt64>(0)
@@ -146,6 +148,7 @@ public final class Engine: @unchecked Sendable {
         writerTurn = LockCondition(on: mutex)
         self.fileLock = lock
         self.blockCache = options.blockCacheSize > 0 ? BlockCache(capacityBytes: options.blockCacheSize) : nil
+        self.rowCache = options.rowCacheSize > 0 ? RowCache(capacityBytes: options.rowCacheSize) : nil
         self.tiers = TierLayout(databasePath: path, options: options)
         self.tableCache = TableCache(
             layout: tiers, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles,

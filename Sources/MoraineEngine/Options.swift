@@ -54,6 +54,10 @@ public struct Options: Sendable {
     public var bloomBitsPerKey = 10
     /// Bytes of the shared block cache; 0 disables it (`block_cache` capacity).
     public var blockCacheSize = 8 << 20
+    /// Bytes of the row cache; 0 (the default) disables it (`row_cache`'s capacity). It keeps, per
+    /// user key, what the tables answer at the latest sequence, so a point read the memtables do
+    /// not answer skips every level (RowCache.swift); snapshot reads do not use it.
+    public var rowCacheSize = 0
     /// Block compression (`compression`).
     public var compression: CompressionType = .lz4
     /// Background threads for flush and compaction (`max_background_jobs`); with 2 or more, a
@@ -158,6 +162,7 @@ public struct Options: Sendable {
         try check(blockRestartInterval >= 1, "block_restart_interval must be positive")
         try check(bloomBitsPerKey >= 0 && bloomBitsPerKey <= 64, "bloom bits per key must be 0…64")
         try check(blockCacheSize >= 0, "block cache size must not be negative")
+        try check(rowCacheSize >= 0, "row cache size must not be negative")
         try check(maxBackgroundJobs >= 1, "max_background_jobs must be positive")
         try check(maxKeySize >= 1 && maxKeySize <= 16 << 20, "max key size must be 1 B…16 MiB")
         try check(maxValueSize >= 1 && maxValueSize <= 512 << 20, "max value size must be 1 B…512 MiB")

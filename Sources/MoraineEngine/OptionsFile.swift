@@ -141,6 +141,7 @@ public enum OptionsFile {
         ("block_restart_interval", int(.table, \.blockRestartInterval, minimum: 1)),
         ("bloom_bits_per_key", int(.table, \.bloomBitsPerKey)),
         ("block_cache_size", int(.table, \.blockCacheSize)),
+        ("row_cache_size", int(.database, \.rowCacheSize)),
     ]
 }
 

@@ -141,9 +141,12 @@ extension RESPService {
         section(
             "memory",
             [
-                ("used_memory", String(stats.memtableBytes + stats.blockCacheUsageBytes + stats.pinnedIndexAndFilterBytes)),
+                (
+                    "used_memory",
+                    String(stats.memtableBytes + stats.blockCacheUsageBytes + stats.rowCacheUsageBytes + stats.pinnedIndexAndFilterBytes)
+                ),
                 ("used_memory_rss", String(Self.residentBytes())), ("moraine_memtable_bytes", String(stats.memtableBytes)),
-                ("moraine_block_cache_bytes", String(stats.blockCacheUsageBytes)),
+                ("moraine_block_cache_bytes", String(stats.blockCacheUsageBytes)), ("moraine_row_cache_bytes", String(stats.rowCacheUsageBytes)),
             ])
         section(
             "stats",
