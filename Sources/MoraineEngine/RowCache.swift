@@ -44,11 +44,15 @@ final class RowCache: @unchecked Sendable {
 
     private let shards: [RowCacheShard]
     let capacityBytes: Int
+    var shardCount: Int { shards.count }
     /// Advanced by every flush before it invalidates its keys.
     private let epochCounter = Atomic<UInt64>(0)
 
     /// - Parameter capacityBytes: the budget over every shard (entries and their slots).
-    init(capacityBytes: Int, shardCount: Int = 64) {
+    /// - Parameter shardCount: a power of two; by default one per 64 KiB of budget, at most 64, so
+    ///   a small cache still takes entries of a few KiB (an entry may use a quarter of its shard).
+    init(capacityBytes: Int, shardCount: Int? = nil) {
+        let shardCount = shardCount ?? 1 << min(6, Int.bitWidth - 1 - max(1, capacityBytes >> 16).leadingZeroBitCount)
         precondition(capacityBytes > 0 && shardCount > 0 && shardCount.nonzeroBitCount == 1)
         self.capacityBytes = capacityBytes
         shards = (0..<shardCount).map { _ in RowCacheShard(capacityBytes: capacityBytes / shardCount) }

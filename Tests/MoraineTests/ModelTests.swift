@@ -42,6 +42,15 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.level0FileNumCompactionTrigger = 2
             o.blockSize = 256
         },
+        // The row cache on, small enough to evict, with tiny memtables: flushes invalidate keys it
+        // answered between reads of the same keys; snapshot reads pass it by.
+        ModelConfiguration(name: "row-cache") { o in
+            o.writeBufferSize = 8 << 10
+            o.targetFileSizeBase = 8 << 10
+            o.maxBytesForLevelBase = 32 << 10
+            o.level0FileNumCompactionTrigger = 2
+            o.rowCacheSize = 16 << 10
+        },
         ModelConfiguration(name: "no-compaction") { o in
             o.writeBufferSize = 16 << 10
             o.disableAutoCompactions = true
@@ -112,16 +121,20 @@ struct ModelConfiguration: Sendable, CustomStringConvertible {
             o.level0FileNumCompactionTrigger = 2
         },
         // Memtables written in place in a memory node's arenas of 128 KiB (files on a storage node
-        // over shared memory); memtables switch at 16 KiB.
+        // over shared memory); memtables switch at 16 KiB; a row cache, invalidated by flushes of
+        // memtables in the region.
         ModelConfiguration(name: "memory-node", storage: .sharedMemory, memory: true) { o in
             o.durability = .pmem
+            o.rowCacheSize = 64 << 10
             o.writeBufferSize = 16 << 10
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
         },
         // A thin client of a compute node, over each carrier; the node's engine has small memtables
-        // and levels, so flushes and compactions run under the client's iterators and snapshots.
+        // and levels, so flushes and compactions run under the client's iterators and snapshots
+        // (over shared memory with a row cache: the node's reads answer from it).
         ModelConfiguration(name: "compute-node-shm", compute: .sharedMemory) { o in
+            o.rowCacheSize = 64 << 10
             o.writeBufferSize = 16 << 10
             o.targetFileSizeBase = 16 << 10
             o.level0FileNumCompactionTrigger = 2
