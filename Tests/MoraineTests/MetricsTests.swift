@@ -102,6 +102,7 @@ struct MetricsTests {
             metrics = "127.0.0.1:0"
             resp = "127.0.0.1:0"
             resp_db = "redis"
+            row_cache_size = 1048576
             """
         try topology.write(toFile: run.file("topology.toml"), atomically: true, encoding: .utf8)
         let up = try runMoraineCLI(["up", "--run-dir", run.path, "--topology", run.file("topology.toml"), "--detach"])
@@ -144,8 +145,12 @@ struct MetricsTests {
         } catch let error as MoraineError {
             #expect(error.kind == .busy && error.message.contains("Redis protocol"), "\(error)")
         }
-        // A read after the flush goes to the storage node (and the shared cache on the memory node).
+        // A read after the flush goes to the storage node (and the shared cache on the memory node),
+        // and its answer into the row cache the topology gave the node; the next read takes it there.
         #expect(try cli(["GET", "greeting"]) == ["hello"])
+        #expect(try cli(["GET", "greeting"]) == ["hello"])
+        let rowCacheBytes = try cli(["INFO", "memory"]).first { $0.hasPrefix("moraine_row_cache_bytes:") }
+        #expect(rowCacheBytes.flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0 > 0, "\(String(describing: rowCacheBytes))")
 
         sleepNanos(1_100_000_000)  // past the storage node's reuse of its last directory walk
         var after: [String: [String: Double]] = [:]
@@ -210,10 +215,19 @@ struct MetricsTests {
             kind = "compute"
             resp = "0.0.0.0:6380"
             resp_db = "cache"
+            row_cache_size = 268435456
             """, name: "t.toml")
         try topology.check()
         #expect(Topology.RoleSpec.address(topology.roles[0].metrics!, instance: 1) == "127.0.0.1:9301")
         #expect(topology.roles[1].resp?.port == 6380 && topology.roles[1].respDatabase == "cache")
+        #expect(topology.roles[1].rowCacheBytes == 268_435_456)
+        // A row cache is a compute node's, and never negative.
+        #expect(throws: MoraineError.self) {
+            try Topology(parsing: "[[role]]\nkind = \"storage\"\nrow_cache_size = 1024\n", name: "t.toml").check()
+        }
+        #expect(throws: MoraineError.self) {
+            try Topology(parsing: "[[role]]\nkind = \"compute\"\nrow_cache_size = -1\n", name: "t.toml").check()
+        }
         #expect(throws: MoraineError.self) { try Topology(parsing: "[[role]]\nkind = \"storage\"\nresp = \"127.0.0.1:1\"\n", name: "t.toml") }
         #expect(throws: MoraineError.self) { try Topology(parsing: "[[role]]\nkind = \"compute\"\nmetrics = \"nonsense\"\n", name: "t.toml") }
         #expect(throws: MoraineError.self) {
