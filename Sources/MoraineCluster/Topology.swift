@@ -76,7 +76,8 @@ public struct Topology: Sendable, Equatable {
                 && a.tiers == b.tiers
                 && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
                 && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
-                && a.blockCacheBytes == b.blockCacheBytes && a.rowCacheBytes == b.rowCacheBytes && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
+                && a.blockCacheBytes == b.blockCacheBytes && a.rowCacheBytes == b.rowCacheBytes
+                && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
                 && a.resp?.host == b.resp?.host && a.resp?.port == b.resp?.port && a.respDatabase == b.respDatabase
         }
 

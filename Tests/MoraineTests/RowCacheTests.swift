@@ -149,7 +149,9 @@ struct RowCacheTests {
             }
         }
         let stats = db.stats()
-        #expect(stats.flushes > 10 && stats.rowCacheHits > 1_000 && stats.rowCacheEntries > 0, "seed \(seed): \(stats.flushes) flushes, \(stats.rowCacheHits) hits")
+        #expect(
+            stats.flushes > 10 && stats.rowCacheHits > 1_000 && stats.rowCacheEntries > 0,
+            "seed \(seed): \(stats.flushes) flushes, \(stats.rowCacheHits) hits")
         #expect(stats.rowCacheCapacityBytes == 64 << 10 && stats.rowCacheUsageBytes <= 64 << 10)
         try db.close()
     }
