@@ -39,6 +39,9 @@ final class Writer {
     let completion: (@Sendable (MoraineError?) -> Void)?
     var done = false
     var error: MoraineError? = nil
+    /// Set (after `done`, or once this writer heads the queue) by the thread that made it so: a
+    /// waiting writer watches it for a few microseconds before it sleeps on `writerTurn`.
+    let ready = Atomic<Bool>(false)
     init(batch: WriteBatch?, options: WriteOptions, completion: (@Sendable (MoraineError?) -> Void)? = nil) {
         self.batch = batch
         self.options = options
