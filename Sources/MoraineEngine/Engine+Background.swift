@@ -158,15 +158,20 @@ extension Engine {
     }
 
     /// Drops the row cache's entries for every key of `memtable`, which is being flushed
-    /// (RowCache.swift): the epoch first, then each key.
+    /// (RowCache.swift): the epoch first, then each key once (the walk meets a key's versions one
+    /// after another; their bytes stay in the memtable's arena, so the last key needs no copy).
     func invalidateRowCache(_ memtable: MemTable) {
         guard let rowCache else { return }
         rowCache.advanceEpoch()
         let entries = memtable.makeIterator()
         entries.seekToFirst()
+        var previous: UnsafeRawBufferPointer? = nil
         while entries.isValid {
             let key = userKey(entries.key)
-            rowCache.invalidate(key, hash: hashBytes(key))
+            if previous.map({ compareBytes($0, key) != 0 }) ?? true {
+                rowCache.invalidate(key, hash: rowCache.hash(key))
+                previous = key
+            }
             entries.next()
         }
     }

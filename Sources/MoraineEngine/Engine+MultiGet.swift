@@ -58,7 +58,7 @@ extension Engine {
         if let rowCache {
             var missed: [Int] = []
             for i in pending {
-                switch keys[i].withUnsafeBytes({ rowCache.lookup($0, hash: hashBytes($0)) }) {
+                switch keys[i].withUnsafeBytes({ rowCache.lookup($0, hash: rowCache.hash($0), epoch: epoch) }) {
                 case .value(let value): results[i] = value
                 case .absent: break
                 case .miss: missed.append(i)
@@ -94,7 +94,7 @@ extension Engine {
         if let rowCache, readOptions.fillCache {
             for i in pending {
                 keys[i].withUnsafeBytes { key in
-                    let hash = hashBytes(key)
+                    let hash = rowCache.hash(key)
                     if let value = results[i] {
                         value.withUnsafeBytes { rowCache.fill(key, hash: hash, value: $0, epoch: epoch) }
                     } else {

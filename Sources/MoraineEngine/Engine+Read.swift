@@ -37,8 +37,8 @@ extension Engine {
             }
         }
         guard let rowCache else { return try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache) }
-        let hash = hashBytes(key)
-        let cached = rowCache.lookup(key, hash: hash)
+        let hash = rowCache.hash(key)
+        let cached = rowCache.lookup(key, hash: hash, epoch: epoch)
         if rowCache.epoch == epoch {
             switch cached {
             case .value(let value): return value

@@ -141,7 +141,8 @@ extension Engine {
     func enqueue(_ w: Writer) throws {
         mutex.lock()
         writers.append(w)
-        if !w.done && writers.first !== w && !w.options.sync {
+        // A group with a sync waits for an fsync, far longer than the watch: sleep at once.
+        if !w.done && writers.first !== w && !w.options.sync && writers.first?.options.sync != true {
             mutex.unlock()
             awaitReady(w)
             mutex.lock()

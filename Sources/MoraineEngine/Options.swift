@@ -56,7 +56,12 @@ public struct Options: Sendable {
     public var blockCacheSize = 8 << 20
     /// Bytes of the row cache; 0 (the default) disables it (`row_cache`'s capacity). It keeps, per
     /// user key, what the tables answer at the latest sequence, so a point read the memtables do
-    /// not answer skips every level (RowCache.swift); snapshot reads do not use it.
+    /// not answer skips every level (RowCache.swift). Unlike RocksDB's: it is this database's
+    /// own; it also caches that a key is absent; reads at a snapshot neither use nor fill it, and
+    /// reads with `fillCache` false use it but do not fill it. An entry larger than a quarter of
+    /// a shard (one shard per 64 KiB of budget, at most 64) is not cached, and the hash table's
+    /// slots (about 34 bytes per entry, up to twice that right after it grows) are charged at a
+    /// fixed 48 bytes per entry, so small entries can take up to about 1.3x the budget.
     public var rowCacheSize = 0
     /// Block compression (`compression`).
     public var compression: CompressionType = .lz4

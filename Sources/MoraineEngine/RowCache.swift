@@ -21,6 +21,10 @@
 // any shard's lock to invalidate, so a fill either lands before the invalidation (which removes
 // it) or sees the new epoch (and is dropped).
 //
+// Keys come from clients (a Redis front end caches what GETs ask for, absent keys too), so the
+// table's hash is keyed with a seed drawn per cache: colliding keys cannot be worked out offline
+// to make one long probe run under a shard's lock.
+//
 // Layout: each shard is an open-addressing table (linear probing, backward-shift deletion, CLOCK
 // eviction over the slots, as the block cache's shards) of entries, each one allocation:
 // key length (4 bytes) | value length (4 bytes, or absentMarker) | key | value.
@@ -47,6 +51,8 @@ final class RowCache: @unchecked Sendable {
     var shardCount: Int { shards.count }
     /// Advanced by every flush before it invalidates its keys.
     private let epochCounter = Atomic<UInt64>(0)
+    /// Keys the table's hash (`hash(_:)`).
+    private let seed = UInt64.random(in: 1...UInt64.max)
 
     /// - Parameter capacityBytes: the budget over every shard (entries and their slots).
     /// - Parameter shardCount: a power of two; by default one per 64 KiB of budget, at most 64, so
@@ -63,9 +69,36 @@ final class RowCache: @unchecked Sendable {
         shards[Int(truncatingIfNeeded: hash >> 58) & (shards.count - 1)]
     }
 
-    /// The cached answer for `key` (`hash` is `hashBytes(key)`), marked recently used.
-    func lookup(_ key: UnsafeRawBufferPointer, hash: UInt64) -> Lookup {
-        shard(hash).lookup(key, hash: hash)
+    /// The hash the cache files `key` under: the block-filter hash's mixing, started from this
+    /// cache's seed.
+    func hash(_ key: UnsafeRawBufferPointer) -> UInt64 {
+        var h = seed ^ (UInt64(key.count) &* 0xff51_afd7_ed55_8ccd)
+        var i = 0
+        while i + 8 <= key.count {
+            let word = UInt64(littleEndian: key.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            h = (h ^ (word &* 0x87c3_7b91_1142_53d5)) &* 0x4cf5_ad43_2745_937f
+            h = (h << 31) | (h >> 33)
+            i += 8
+        }
+        var tail: UInt64 = 0
+        var shift: UInt64 = 0
+        while i < key.count {
+            tail |= UInt64(key[i]) << shift
+            shift += 8
+            i += 1
+        }
+        h = (h ^ (tail &* 0x87c3_7b91_1142_53d5)) &* 0x4cf5_ad43_2745_937f
+        h ^= h >> 33
+        h = h &* 0xff51_afd7_ed55_8ccd
+        h ^= h >> 33
+        h = h &* 0xc4ce_b9fe_1a85_ec53
+        return h ^ (h >> 33)
+    }
+
+    /// The cached answer for `key` (`hash` is `hash(key)`), marked recently used, for a reader
+    /// that noted `epoch`: a miss once the epoch has moved (and counted as one).
+    func lookup(_ key: UnsafeRawBufferPointer, hash: UInt64, epoch: UInt64) -> Lookup {
+        shard(hash).lookup(key, hash: hash) { epochCounter.load(ordering: .sequentiallyConsistent) == epoch }
     }
 
     /// The epoch a reader notes before it takes its superversion.
@@ -179,10 +212,11 @@ private final class RowCacheShard: @unchecked Sendable {
         return nil
     }
 
-    func lookup(_ key: UnsafeRawBufferPointer, hash: UInt64) -> RowCache.Lookup {
+    /// The entry for `key` if `current()`, asked under the lock, says it may be used.
+    func lookup(_ key: UnsafeRawBufferPointer, hash: UInt64, current: () -> Bool) -> RowCache.Lookup {
         lock.lock()
         defer { lock.unlock() }
-        guard let i = find(key, hash: hash), let entry = entries[i] else {
+        guard let i = find(key, hash: hash), let entry = entries[i], current() else {
             missCount += 1
             return .miss
         }

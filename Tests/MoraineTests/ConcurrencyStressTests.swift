@@ -196,6 +196,7 @@ final class StressRun: @unchecked Sendable {
         options.blockCacheSize = [0, 32 << 10, 1 << 20][rng.below(3)]
         options.compression = rng.below(2) == 0 ? .lz4 : .none
         options.maxBackgroundJobs = 1 + rng.below(2)
+        options.rowCacheSize = [0, 16 << 10, 1 << 20][rng.below(3)]
         return options
     }
 }

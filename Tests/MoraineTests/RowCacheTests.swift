@@ -18,15 +18,15 @@ struct RowCacheTests {
     static func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
     static func lookup(_ cache: RowCache, _ key: [UInt8]) -> RowCache.Lookup {
-        key.withUnsafeBytes { cache.lookup($0, hash: hashBytes($0)) }
+        key.withUnsafeBytes { cache.lookup($0, hash: cache.hash($0), epoch: cache.epoch) }
     }
 
     static func fill(_ cache: RowCache, _ key: [UInt8], _ value: [UInt8]?, epoch: UInt64) {
         key.withUnsafeBytes { k in
             if let value {
-                value.withUnsafeBytes { cache.fill(k, hash: hashBytes(k), value: $0, epoch: epoch) }
+                value.withUnsafeBytes { cache.fill(k, hash: cache.hash(k), value: $0, epoch: epoch) }
             } else {
-                cache.fill(k, hash: hashBytes(k), value: nil, epoch: epoch)
+                cache.fill(k, hash: cache.hash(k), value: nil, epoch: epoch)
             }
         }
     }
@@ -48,7 +48,7 @@ struct RowCacheTests {
                 Self.fill(cache, key, value, epoch: cache.epoch)
                 model[key] = .some(value)
             case 4:
-                key.withUnsafeBytes { cache.invalidate($0, hash: hashBytes($0)) }
+                key.withUnsafeBytes { cache.invalidate($0, hash: cache.hash($0)) }
                 model[key] = nil
             default:
                 switch Self.lookup(cache, key) {
@@ -87,6 +87,14 @@ struct RowCacheTests {
             return
         }
         #expect(value == Self.bytes("new"))
+        // A reader that noted an earlier epoch gets a miss, not the entry.
+        let stale = Self.bytes("a").withUnsafeBytes { cache.lookup($0, hash: cache.hash($0), epoch: before) }
+        guard case .miss = stale else {
+            Issue.record("a reader of an earlier epoch was answered from the cache")
+            return
+        }
+        // Two caches file a key under different hashes (each has its own seed).
+        #expect(Self.bytes("a").withUnsafeBytes { cache.hash($0) != RowCache(capacityBytes: 1 << 20).hash($0) })
         // Too big for a quarter of its shard: not cached at all.
         Self.fill(cache, Self.bytes("big"), [UInt8](repeating: 1, count: 32 << 10), epoch: cache.epoch)
         guard case .miss = Self.lookup(cache, Self.bytes("big")) else {
