@@ -270,6 +270,7 @@ extension Engine {
         let skipWAL = group[0].options.disableWAL
         if skipWAL { unloggedWrites = true }
         let unsyncedPredecessors = sync && !skipWAL ? retiredLogs : []
+        applyingGroup = true
         mutex.unlock()
         var failure: Error? = nil
         var inWAL = false
@@ -296,6 +297,8 @@ extension Engine {
             failure = error
         }
         mutex.lock()
+        applyingGroup = false
+        if shuttingDown { mutex.broadcast() }  // close waits for this group
         if let failure {
             // The WAL may now end in a partial record: stop taking writes until reopened, or,
             // when the storage could not be reached, until it answers (Engine+Resume).

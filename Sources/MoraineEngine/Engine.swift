@@ -136,6 +136,9 @@ public final class Engine: @unchecked Sendable {
     /// Whether the write helper thread runs (started at the first orphaned writers; `mutex`).
     @exclusivity(unchecked) var writeHelperRunning = false
     @exclusivity(unchecked) var unloggedWrites = false
+    /// Whether a leader is applying a group with `mutex` released (its WAL append and memtable
+    /// inserts): close waits for it before it flushes the memtables and closes the WAL.
+    @exclusivity(unchecked) var applyingGroup = false
     /// The database's LOG (nil for a read-only open, or when it could not be started).
     var eventLog: EventLog? = nil
 
@@ -348,7 +351,7 @@ public final class Engine: @unchecked Sendable {
         }
         shuttingDown = true
         mutex.broadcast()
-        while backgroundThreads > 0 { mutex.wait() }
+        while backgroundThreads > 0 || applyingGroup { mutex.wait() }
         var firstError: MoraineError? = nil
         if unloggedWrites && backgroundError == nil {
             // Writes made without the WAL live only in memtables: persist them before closing.

@@ -227,50 +227,6 @@ struct RowCacheTests {
         print("row cache race: seed \(seed), \(rounds) rounds, \(stats.flushes) flushes, \(stats.rowCacheHits) hits, \(stats.rowCacheMisses) misses")
     }
 
-    /// The POSIX file system, whose table reads stop once, when armed, until resumed: a test
-    /// holds a read in the middle of its table lookup.
-    final class PausingFileSystem: FileSystem, @unchecked Sendable {
-        let base = PosixFileSystem.shared
-        let armed = Mutex(false)
-        let paused = DispatchSemaphore(value: 0)
-        let resume = DispatchSemaphore(value: 0)
-
-        final class File: RandomAccessFile, @unchecked Sendable {
-            let inner: any RandomAccessFile
-            let owner: PausingFileSystem
-            init(_ inner: any RandomAccessFile, owner: PausingFileSystem) {
-                self.inner = inner
-                self.owner = owner
-            }
-            var size: UInt64 { inner.size }
-            func prefetch(at offset: UInt64, length: Int) -> Bool { inner.prefetch(at: offset, length: length) }
-            func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-                if owner.armed.withLock({ was in defer { was = false }; return was }) {
-                    owner.paused.signal()
-                    owner.resume.wait()
-                }
-                return try inner.read(at: offset, into: buffer)
-            }
-        }
-
-        func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
-            let file = try base.openRandomAccess(path)
-            return path.hasSuffix(".sst") ? File(file, owner: self) : file
-        }
-        func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile { try base.createNew(path, hint: hint) }
-        func createWritable(_ path: String) throws -> any WritableFile { try base.createWritable(path) }
-        func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile { try base.openForAppend(path, hint: hint) }
-        func readAll(_ path: String) throws -> [UInt8] { try base.readAll(path) }
-        func exists(_ path: String) throws -> Bool { try base.exists(path) }
-        func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
-        func children(of directory: String) throws -> [String] { try base.children(of: directory) }
-        func createDirectory(_ path: String) throws { try base.createDirectory(path) }
-        func remove(_ path: String) throws { try base.remove(path) }
-        func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }
-        func syncDirectory(_ directory: String) throws { try base.syncDirectory(directory) }
-        func lock(_ path: String) throws -> any FileLock { try base.lock(path) }
-    }
-
     @Test(
         "a read that read the tables before a flush of a newer value does not put its older answer back",
         arguments: [false, true])
@@ -289,7 +245,7 @@ struct RowCacheTests {
         try db.flush()
         #expect(try db.get(Self.bytes("other")) == Self.bytes("x"))  // the table is open
         // A reader misses the row cache and stops inside its table read of "old".
-        fileSystem.armed.withLock { $0 = true }
+        fileSystem.armedRead.withLock { $0 = true }
         let done = DispatchSemaphore(value: 0)
         let readerSaw = Mutex<[UInt8]??>(nil)
         DispatchQueue.global().async {
