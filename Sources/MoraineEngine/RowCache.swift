@@ -69,31 +69,8 @@ final class RowCache: @unchecked Sendable {
         shards[Int(truncatingIfNeeded: hash >> 58) & (shards.count - 1)]
     }
 
-    /// The hash the cache files `key` under: the block-filter hash's mixing, started from this
-    /// cache's seed.
-    func hash(_ key: UnsafeRawBufferPointer) -> UInt64 {
-        var h = seed ^ (UInt64(key.count) &* 0xff51_afd7_ed55_8ccd)
-        var i = 0
-        while i + 8 <= key.count {
-            let word = UInt64(littleEndian: key.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            h = (h ^ (word &* 0x87c3_7b91_1142_53d5)) &* 0x4cf5_ad43_2745_937f
-            h = (h << 31) | (h >> 33)
-            i += 8
-        }
-        var tail: UInt64 = 0
-        var shift: UInt64 = 0
-        while i < key.count {
-            tail |= UInt64(key[i]) << shift
-            shift += 8
-            i += 1
-        }
-        h = (h ^ (tail &* 0x87c3_7b91_1142_53d5)) &* 0x4cf5_ad43_2745_937f
-        h ^= h >> 33
-        h = h &* 0xff51_afd7_ed55_8ccd
-        h ^= h >> 33
-        h = h &* 0xc4ce_b9fe_1a85_ec53
-        return h ^ (h >> 33)
-    }
+    /// The hash the cache files `key` under: the filters' hash, started from this cache's seed.
+    func hash(_ key: UnsafeRawBufferPointer) -> UInt64 { hashBytes(key, seed: seed) }
 
     /// The cached answer for `key` (`hash` is `hash(key)`), marked recently used, for a reader
     /// that noted `epoch`: a miss once the epoch has moved (and counted as one).

@@ -4,9 +4,11 @@
 // "may contain" for every key (it can only cost a read, never a wrong answer).
 
 /// A 64-bit hash of a byte string (multiply-xorshift over 8-byte words, then a murmur finalizer).
+/// `seed` starts the state: the default is the filters' (part of the table format); a cache of
+/// client-chosen keys passes a secret one, so colliding keys cannot be worked out offline.
 @inlinable
-public func hashBytes(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-    var h: UInt64 = 0x9e37_79b9_7f4a_7c15 ^ (UInt64(bytes.count) &* 0xff51_afd7_ed55_8ccd)
+public func hashBytes(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0x9e37_79b9_7f4a_7c15) -> UInt64 {
+    var h: UInt64 = seed ^ (UInt64(bytes.count) &* 0xff51_afd7_ed55_8ccd)
     var i = 0
     let n = bytes.count
     while i + 8 <= n {
