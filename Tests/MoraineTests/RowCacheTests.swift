@@ -266,6 +266,40 @@ struct RowCacheTests {
         try db.close()
     }
 
+    @Test("reads without fillCache use the row cache but do not fill it; a memory-only multiGet is answered from it; a read-only open uses it")
+    func fillCacheMemoryOnlyAndReadOnly() throws {
+        let directory = makeTemporaryDirectory("moraine-row-cache-modes")
+        defer { removeTree(directory) }
+        var options = Self.options()
+        options.blockCacheSize = 0  // a table lookup always needs a file read
+        let db = try Database(path: directory, options: options)
+        let (a, b) = (Self.bytes("a"), Self.bytes("b"))
+        try db.put(a, Self.bytes("1"))
+        try db.put(b, Self.bytes("2"))
+        try db.flush()
+        var noFill = ReadOptions()
+        noFill.fillCache = false
+        #expect(try db.get(a, options: noFill) == Self.bytes("1"))
+        #expect(db.stats().rowCacheEntries == 0)
+        // Neither key is in memory yet: the memory-only read needs the file.
+        #expect(try db.multiGetFromMemory([a, b]) == nil)
+        #expect(try db.multiGet([a, b]) == [Self.bytes("1"), Self.bytes("2")])  // fills both
+        #expect(db.stats().rowCacheEntries == 2)
+        #expect(try db.multiGetFromMemory([a, b]) == [Self.bytes("1"), Self.bytes("2")])
+        #expect(try db.get(b, options: noFill) == Self.bytes("2"))  // a hit, without filling
+        try db.close()
+        var readOnly = options
+        readOnly.readOnly = true
+        readOnly.createIfMissing = false
+        let reader = try Database(path: directory, options: readOnly)
+        #expect(try reader.get(a) == Self.bytes("1"))
+        #expect(try reader.get(a) == Self.bytes("1"))
+        #expect(try reader.get(Self.bytes("missing")) == nil)
+        let stats = reader.stats()
+        #expect(stats.rowCacheHits == 1 && stats.rowCacheEntries == 2)
+        try reader.close()
+    }
+
     @Test("row_cache_size goes to the OPTIONS file and back, and is counted in the stats and metrics")
     func optionsFileAndStats() throws {
         var options = Options()
