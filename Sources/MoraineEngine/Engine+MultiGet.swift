@@ -56,6 +56,8 @@ extension Engine {
         }
         if pending.isEmpty { return results }
         if let rowCache {
+            // Each hit comes while the epoch is the one noted (checked under its shard's lock), so
+            // hits and the table reads below all answer as of the superversion taken above.
             var missed: [Int] = []
             for i in pending {
                 switch keys[i].withUnsafeBytes({ rowCache.lookup($0, hash: rowCache.hash($0), epoch: epoch) }) {
@@ -64,12 +66,8 @@ extension Engine {
                 case .miss: missed.append(i)
                 }
             }
-            if rowCache.epoch == epoch {
-                if missed.isEmpty { return results }
-                pending = missed
-            } else {
-                for i in pending { results[i] = nil }  // hits from a moved epoch do not count
-            }
+            if missed.isEmpty { return results }
+            pending = missed
         }
         let lookups = pending.map { makeInternalKey(keys[$0], seq, .forSeek) }
         let probes = try planProbes(sv.version, keys: keys, pending: pending, lookups: lookups, memoryOnly: memoryOnly)

@@ -38,13 +38,11 @@ extension Engine {
         }
         guard let rowCache else { return try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache) }
         let hash = rowCache.hash(key)
-        let cached = rowCache.lookup(key, hash: hash, epoch: epoch)
-        if rowCache.epoch == epoch {
-            switch cached {
-            case .value(let value): return value
-            case .absent: return nil
-            case .miss: break
-            }
+        // A hit comes only while the epoch is the one noted (checked under the shard's lock).
+        switch rowCache.lookup(key, hash: hash, epoch: epoch) {
+        case .value(let value): return value
+        case .absent: return nil
+        case .miss: break
         }
         let value = try getFromVersion(sv.version, key: key, sequence: seq, fillCache: readOptions.fillCache)
         if readOptions.fillCache {

@@ -13,8 +13,8 @@
 // advances the cache's epoch, then invalidates each of its memtable's keys, and only then lets the
 // memtable leave the read path (Engine.runFlush): until then readers find the key in that memtable.
 //
-// A reader notes the epoch before it takes its superversion. Its hits count, and its misses are
-// filled, only if the epoch has not moved: a reader that started before a flush may hold an older
+// A reader notes the epoch before it takes its superversion. A lookup answers it, and a fill
+// lands, only while the epoch has not moved (both check under the shard's lock): a reader that started before a flush may hold an older
 // superversion (a memtable that went on taking writes after its sequence, then was flushed), and
 // must neither answer from entries filled after the flush nor put back what the flush invalidated.
 // A fill checks the epoch under its shard's lock, and a flush advances the epoch before it takes
