@@ -82,6 +82,7 @@ extension BenchRunner {
             return try measure(workload, name, opsPerThread: reads, reportFound: true) { engine, _, rng, tally in
                 let cursor = try engine.makeCursor()
                 try withUnsafeTemporaryAllocation(byteCount: self.data.keySize, alignment: 8) { key in
+                    let seekNexts = self.flags.seekNexts
                     for _ in 0..<reads {
                         self.data.fillKey(rng.below(num), into: key)
                         let start = nowNanos()
@@ -89,7 +90,7 @@ extension BenchRunner {
                         // db_bench counts a seek found when it lands on the key itself.
                         if cursor.isValid && cursor.keyEquals(UnsafeRawBufferPointer(key)) { tally.found += 1 }
                         var n = 0
-                        while n < self.flags.seekNexts && cursor.isValid {
+                        while n < seekNexts && cursor.isValid {
                             tally.bytes += cursor.entryBytes
                             try cursor.next()
                             n += 1
@@ -129,13 +130,15 @@ extension BenchRunner {
     ) throws {
         let batch = flags.batchSize
         let keySize = data.keySize
+        // Flags are read once: an ArgumentParser property costs hundreds of instructions a read.
+        let num = flags.num
         try withUnsafeTemporaryAllocation(byteCount: keySize * batch, alignment: 8) { keys in
             var written = 0
             while written + batch <= count {
                 _ = rng.next()  // db_bench's choice among databases
                 for i in 0..<batch {
                     data.fillKey(
-                        random ? rng.below(flags.num) : written + i,
+                        random ? rng.below(num) : written + i,
                         into: UnsafeMutableRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize]))
                 }
                 let first = UnsafeRawBufferPointer(rebasing: keys[0..<keySize])
@@ -156,10 +159,11 @@ extension BenchRunner {
     }
 
     func readRandom(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
+        let num = flags.num
         try withUnsafeTemporaryAllocation(byteCount: data.keySize, alignment: 8) { key in
             for _ in 0..<count {
                 _ = rng.next()  // db_bench's choice among databases
-                data.fillKey(rng.below(flags.num), into: key)
+                data.fillKey(rng.below(num), into: key)
                 let start = nowNanos()
                 let size = try engine.get(UnsafeRawBufferPointer(key))
                 tally.record(since: start)
@@ -175,6 +179,7 @@ extension BenchRunner {
     /// batch (as db_bench's), and throughput counts keys.
     func multiReadRandom(_ engine: any BenchEngine, count: Int, rng: inout DbBenchRandom, tally: inout ThreadTally) throws {
         let batch = flags.batchSize
+        let num = flags.num
         try withUnsafeTemporaryAllocation(byteCount: data.keySize * batch, alignment: 8) { keys in
             var left = count
             while left >= batch {
@@ -182,7 +187,7 @@ extension BenchRunner {
                 _ = rng.next()  // db_bench's choice among databases
                 for i in 0..<n {
                     data.fillKey(
-                        rng.below(flags.num),
+                        rng.below(num),
                         into: UnsafeMutableRawBufferPointer(rebasing: keys[i * data.keySize..<(i + 1) * data.keySize]))
                 }
                 let start = nowNanos()

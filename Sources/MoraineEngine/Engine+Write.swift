@@ -21,10 +21,12 @@ extension Engine {
     /// - Throws: `.invalid` for an oversized key or value or a read-only database, `.closed`
     ///   after close, or the sticky
     ///   background error (an I/O failure) that stopped writes.
-    public func write(_ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
+    public func write(_ batch: consuming WriteBatch, options writeOptions: WriteOptions = WriteOptions()) throws {
         try validate(batch, writeOptions)
         if batch.isEmpty { return }
-        try enqueue(Writer(batch: batch, options: writeOptions))
+        // Consumed, not copied: the leader stamps the sequence into the batch it takes from the
+        // writer, and a second reference would make that a copy of the whole batch.
+        try enqueue(Writer(batch: consume batch, options: writeOptions))
     }
 
     /// Applies `batch` atomically without waiting for another thread's group commit: `completion`
@@ -39,7 +41,7 @@ extension Engine {
     /// write helper thread does (for a caller whose log appends are round trips to a storage node,
     /// which must not hold up an event loop even when no one else writes).
     public func write(
-        _ batch: WriteBatch, options writeOptions: WriteOptions = WriteOptions(), lead: Bool = true,
+        _ batch: consuming WriteBatch, options writeOptions: WriteOptions = WriteOptions(), lead: Bool = true,
         completion: @escaping @Sendable (MoraineError?) -> Void
     ) {
         do {
@@ -49,7 +51,7 @@ extension Engine {
             return
         }
         if batch.isEmpty { return completion(nil) }
-        let w = Writer(batch: batch, options: writeOptions, completion: completion)
+        let w = Writer(batch: consume batch, options: writeOptions, completion: completion)
         mutex.lock()
         writers.append(w)
         guard writers.first === w else {
@@ -120,20 +122,20 @@ extension Engine {
     public func put(_ key: [UInt8], _ value: [UInt8], options: WriteOptions = WriteOptions()) throws {
         var batch = WriteBatch()
         batch.put(key, value)
-        try write(batch, options: options)
+        try write(consume batch, options: options)
     }
 
     /// Stores a value given as raw bytes (no intermediate arrays).
     public func put(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, options: WriteOptions = WriteOptions()) throws {
         var batch = WriteBatch(reservingCapacity: key.count + value.count + 11)
         batch.put(key: key, value: value)
-        try write(batch, options: options)
+        try write(consume batch, options: options)
     }
 
     public func delete(_ key: [UInt8], options: WriteOptions = WriteOptions()) throws {
         var batch = WriteBatch()
         batch.delete(key)
-        try write(batch, options: options)
+        try write(consume batch, options: options)
     }
 
     /// Queues a writer and runs the group if it leads. A writer with no batch forces a memtable
@@ -179,7 +181,9 @@ extension Engine {
             }
             led += 1
             let w = writers.first!
-            var group = [w]
+            // The group is the queue's first `groupSize` writers (no array of its own: only the
+            // leader removes from the queue, and others only append while it works).
+            var groupSize = 1
             var groupError: MoraineError? = nil
             do {
                 try checkOpen()
@@ -192,10 +196,10 @@ extension Engine {
                             other.options.disableWAL == w.options.disableWAL,
                             bytes + otherBatch.sizeBytes <= limit
                         else { break }
-                        group.append(other)
+                        groupSize += 1
                         bytes += otherBatch.sizeBytes
                     }
-                    try applyGroup(group)
+                    try applyGroup(size: groupSize)
                 } else {
                     try makeRoomForWrite(neededBytes: 0, force: true)
                 }
@@ -204,13 +208,13 @@ extension Engine {
             } catch {
                 groupError = MoraineError(.internalError, "\(error)")
             }
-            for member in group {
+            for member in writers[0..<groupSize] {
                 member.done = true
                 member.error = groupError
                 member.ready.store(true, ordering: .releasing)
                 if let completion = member.completion { completions.append((completion, groupError)) }
             }
-            writers.removeFirst(group.count)
+            writers.removeFirst(groupSize)
         } while writers.first?.completion != nil
         // Only writers wait for this. Work for the background threads (a switched memtable) was
         // announced on `mutex` where it was made.
@@ -249,15 +253,17 @@ extension Engine {
         mutex.unlock()
     }
 
-    /// Writes the group to the WAL and the memtable. Precondition: `mutex` held by the leader;
-    /// released while doing I/O.
-    private func applyGroup(_ group: [Writer]) throws {
+    /// Writes the group (the queue's first `size` writers) to the WAL and the memtable.
+    /// Precondition: `mutex` held by the leader; released while doing I/O.
+    private func applyGroup(size: Int) throws {
+        let head = writers[0]
         var combined: WriteBatch
-        if group.count == 1 {
-            combined = group[0].batch!
+        if size == 1 {
+            // Taken, so that stamping the sequence below does not copy it.
+            combined = head.batch.take()!
         } else {
             combined = WriteBatch()
-            for member in group { combined.append(member.batch!) }
+            for member in writers[0..<size] { combined.append(member.batch!) }
         }
         let needed = combined.sizeBytes + combined.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
         try makeRoomForWrite(neededBytes: needed, force: false, recordBytes: combined.sizeBytes)
@@ -266,8 +272,8 @@ extension Engine {
         allocatedSequence += SequenceNumber(combined.count)
         let memtable = mem
         let commitLog = log
-        let sync = group[0].options.sync
-        let skipWAL = group[0].options.disableWAL
+        let sync = head.options.sync
+        let skipWAL = head.options.disableWAL
         if skipWAL { unloggedWrites = true }
         let unsyncedPredecessors = sync && !skipWAL ? retiredLogs : []
         applyingGroup = true
@@ -312,7 +318,7 @@ extension Engine {
         lastSequence.store(first + SequenceNumber(combined.count) - 1, ordering: .releasing)
         counters.update {
             $0.writeGroups += 1
-            $0.writes += group.count
+            $0.writes += size
             if !skipWAL { $0.walBytes += combined.sizeBytes }
             if sync && !skipWAL { $0.walSyncs += 1 }
         }

@@ -32,7 +32,8 @@ final class SuperVersion: Sendable {
 
 /// A waiting writer in the group-commit queue.
 final class Writer {
-    let batch: WriteBatch?
+    /// The batch, until a leader applying it alone takes it.
+    var batch: WriteBatch?
     let options: WriteOptions
     /// An asynchronous writer's: no thread waits for this writer, and this runs once its group
     /// is applied (or failed), on the thread that led the group.
