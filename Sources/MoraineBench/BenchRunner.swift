@@ -31,10 +31,15 @@ public struct BenchResult: Sendable {
     public var cpuSeconds: Double = 0
     /// The engine's background work during the workload, when it counts it.
     public var background: BackgroundCounters? = nil
+    /// The process's peak resident memory during the workload (its high-water mark is reset
+    /// before it starts; 0 where the kernel cannot). Every open engine's memory counts: run one
+    /// engine per process (`--engine NAME`) to read one engine's.
+    public var peakResidentBytes: Int = 0
 
     /// The line after `line`: CPU time, and the engine's background work when counted.
     public var costLine: String {
         var text = "  \(engine) \(benchmark): cpu \(fixed(cpuSeconds, 2)) s in this process"
+        if peakResidentBytes > 0 { text += "; peak RSS \(peakResidentBytes / 1_048_576) MiB" }
         if let background {
             text += "; write stalls \(fixed(Double(background.stallMicros) / 1e6, 2)) s"
             text += "; compaction \(background.compactionBytes / 1_048_576) MiB in \(fixed(Double(background.compactionMicros) / 1e6, 2)) s"
@@ -92,6 +97,15 @@ public func processCPUSeconds() -> Double {
 }
 
 /// Peak resident set size of this process in bytes (VmHWM).
+/// Resets the process's peak resident memory (VmHWM) to its current resident memory, so a later
+/// `peakResidentBytes()` is the peak since this call. False where the kernel refuses.
+@discardableResult
+public func resetPeakResidentBytes() -> Bool {
+    guard let file = fopen("/proc/self/clear_refs", "w") else { return false }
+    defer { fclose(file) }
+    return fputs("5", file) >= 0
+}
+
 public func peakResidentBytes() -> Int {
     guard let file = fopen("/proc/self/status", "r") else { return 0 }
     defer { fclose(file) }
@@ -192,15 +206,19 @@ public final class BenchRunner: @unchecked Sendable {
                 // workload from the same seeds.
                 inserted.store(savedInserted, ordering: .relaxed)
                 seedThreadsUsed = savedSeedThreads
-                let phaseResults =
+                let resetPeak = resetPeakResidentBytes()
+                var phaseResults =
                     workload.hasPrefix("ycsb")
                     ? try runYCSB(workload, engine: name) : [try runWorkload(workload, engine: name)]
+                if resetPeak { phaseResults[0].peakResidentBytes = peakResidentBytes() }
                 byEngine[name] = phaseResults[0]
                 for result in phaseResults {
                     results.append(result)
                     print(result.line)
                     // A YCSB phase's per-operation rows share their total's costs.
-                    if result.cpuSeconds > 0 || result.background != nil { print(result.costLine) }
+                    if result.cpuSeconds > 0 || result.background != nil || result.peakResidentBytes > 0 {
+                        print(result.costLine)
+                    }
                 }
                 if flags.statistics, let text = engines[name]?.statistics {
                     print(text.split(separator: "\n").map { "  \(name) stats: \($0)" }.joined(separator: "\n"))
@@ -244,6 +262,7 @@ public final class BenchRunner: @unchecked Sendable {
                 + (r.storageRequestsPerOp.map { "\"storage_requests_per_op\":\(fixed($0, 4))," } ?? "")
                 + (r.blockCacheMissesPerOp.map { "\"block_cache_misses_per_op\":\(fixed($0, 4))," } ?? "")
                 + "\"cpu_seconds\":\(fixed(r.cpuSeconds, 3)),"
+                + (r.peakResidentBytes > 0 ? "\"peak_rss_mib\":\(fixed(Double(r.peakResidentBytes) / 1_048_576, 1))," : "")
                 + (r.background.map {
                     "\"stall_micros\":\($0.stallMicros),\"compaction_bytes\":\($0.compactionBytes),"
                         + "\"compaction_micros\":\($0.compactionMicros),\"remote_jobs\":\($0.remoteJobs),"
