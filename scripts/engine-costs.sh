@@ -14,7 +14,9 @@
 #
 # Usage: bash scripts/engine-costs.sh [--config 1m-8m] [--runs 3] [--threads 1] [--callgrind_num 100000]
 #          [--engines moraine,rocksdb,leveldb] [--benchmarks LIST] [--skip_callgrind] [--out DIR]
-#   --config   one of the report's configurations: 1m-8m, 1m-1g, 5m-8m, 5m-1g, 4k-8m, 4k-1g
+#   --config   one of the report's configurations: 1m-8m, 1m-1g, 5m-8m, 5m-1g, 4k-8m, 4k-1g, each
+#              optionally followed by -none (compression off) and/or -mmap (tables read through
+#              mappings, as LevelDB always reads them): 1m-8m-none-mmap is LevelDB's like-for-like
 #   --threads  moraine-bench's --threads (each thread does --num / threads operations)
 #   --scale    multiplies the timed runs' key counts (0.01 makes a quick check of the script itself)
 set -euo pipefail
@@ -51,10 +53,14 @@ esac
 num=$(python3 -c "print(max(1000, int($num * $scale)))")
 reads=$(python3 -c "print(max(1000, int($reads * $scale)))")
 case "$config" in
-  *-8m) cache=$((8 << 20)) ;;
-  *-1g) cache=$((1 << 30)) ;;
+  *-8m | *-8m-*) cache=$((8 << 20)) ;;
+  *-1g | *-1g-*) cache=$((1 << 30)) ;;
   *) echo "unknown configuration: $config" >&2; exit 2 ;;
 esac
+compression=lz4
+case "$config" in *-none | *-none-*) compression=none ;; esac
+mmap=0
+case "$config" in *-mmap) mmap=1 ;; esac
 bash scripts/install-deps.sh
 if ! dpkg -s librocksdb-dev >/dev/null 2>&1 || ! dpkg -s libleveldb-dev >/dev/null 2>&1 \
   || { [ "$skip_callgrind" = 0 ] && ! command -v valgrind >/dev/null; }; then
@@ -72,7 +78,7 @@ shape() { # $1: key count
   local n=$1 r=$reads
   [ "$r" -gt "$n" ] && r=$n
   echo "--num=$n --value_size=$value --reads=$r --records=$n --operations=$r --cache_size=$cache \
-    --batch_size=16 --seek_nexts=10 --compression_type=lz4 --threads=$threads"
+    --batch_size=16 --seek_nexts=10 --compression_type=$compression --mmap_read=$mmap --threads=$threads"
 }
 
 for run in $(seq 1 "$runs"); do

@@ -19,6 +19,8 @@ public struct BenchConfiguration: Sendable {
     public var ioBackend: String? = nil
     /// Read tables through mappings (--mmap_read; RocksDB's allow_mmap_reads; LevelDB always does).
     public var mmapReads = false
+    /// Moraine's memtables in transparent huge pages (--memtable_huge_pages; Moraine only).
+    public var memtableHugePages = true
     public var cacheSizeBytes = 8 << 20  // --cache_size
     public var bloomBitsPerKey = 10  // --bloom_bits
     public var compressionLZ4 = true  // --compression_type lz4|none

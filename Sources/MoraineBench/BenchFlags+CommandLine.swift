@@ -13,14 +13,16 @@ extension BenchFlags {
         "compression_type", "write_buffer_size", "max_write_buffer_number", "level0_file_num_compaction_trigger",
         "target_file_size_base", "max_bytes_for_level_base", "max_background_jobs", "seed", "compression_ratio",
         "seek_nexts", "batch_size", "json", "statistics", "histogram", "records", "operations", "settle", "tiers",
-        "mmap_read",
+        "mmap_read", "memtable_huge_pages",
     ]
 
     /// How the help describes a boolean flag's values.
     static let booleanHelp = "true/false/1/0; alone: true; --no<name>: false."
 
     /// The long names that take a boolean: alone they mean true, as in db_bench.
-    public static let booleanNames: Set<String> = ["use_existing_db", "sync", "disable_wal", "statistics", "histogram", "settle", "mmap_read"]
+    public static let booleanNames: Set<String> = [
+        "use_existing_db", "sync", "disable_wal", "statistics", "histogram", "settle", "mmap_read", "memtable_huge_pages",
+    ]
 
     /// The workloads this harness runs (db_bench's names, and YCSB's load and run phases).
     public static let knownBenchmarks: [String] = [

@@ -32,6 +32,11 @@ public struct BenchFlags: ParsableArguments, Sendable {
         help: "Read tables through mappings (RocksDB's allow_mmap_reads; LevelDB always does). \(BenchFlags.booleanHelp)",
         transform: BenchFlags.boolean)
     public var mmapRead = false
+    @Option(
+        name: .customLong("memtable_huge_pages"),
+        help: "Moraine's memtables in transparent huge pages (Options.memtableHugePages). \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var memtableHugePages = true
     @Option(name: .customLong("disable_wal"), help: "Write without the WAL. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
     public var disableWAL = false
     @Option(name: .customLong("durability"), help: "Moraine's durability: wal or pmem (a persistent log in a region).")
@@ -104,6 +109,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.pmemPath = pmemPath
         c.ioBackend = ioBackend
         c.mmapReads = mmapRead
+        c.memtableHugePages = memtableHugePages
         c.cacheSizeBytes = cacheSize
         c.bloomBitsPerKey = bloomBits
         c.compressionLZ4 = compressionType == "lz4"
@@ -124,6 +130,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
             ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"), ("mmap_read", mmapRead ? "1" : "0"),
+            ("memtable_huge_pages", memtableHugePages ? "1" : "0"),
             ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
             ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),

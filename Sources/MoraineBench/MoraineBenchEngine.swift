@@ -140,6 +140,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.tiers = c.tiers(for: name)
         options.allowMmapReads = c.mmapReads
+        options.memtableHugePages = c.memtableHugePages
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }

@@ -237,7 +237,14 @@ extension Engine {
         init(engine: Engine) {
             self.engine = engine
             self.maxSequence = engine.versions.recordedLastSequence
-            self.table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
+            self.table = Self.freshTable(engine, extraBytes: 0)
+        }
+
+        /// A memtable for replayed writes, shaped by the engine's options.
+        static func freshTable(_ engine: Engine, extraBytes: Int) -> MemTable {
+            MemTable(
+                capacityBytes: engine.options.writeBufferSize + extraBytes + (1 << 20), logNumber: 0,
+                hashIndex: engine.options.memtableHashIndex, hugePages: engine.options.memtableHugePages)
         }
 
         mutating func apply(_ record: [UInt8], origin: String) throws {
@@ -250,7 +257,7 @@ extension Engine {
             let needed = batch.sizeBytes + batch.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
             if !table.hasRoom(forBytes: needed) || table.memoryUsageBytes >= engine.options.writeBufferSize {
                 try retire(table)
-                table = MemTable(capacityBytes: engine.options.writeBufferSize + needed + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
+                table = Self.freshTable(engine, extraBytes: needed)
             }
             var seq = batch.sequence
             try batch.forEach(origin: origin) { type, key, value in
@@ -263,7 +270,7 @@ extension Engine {
         /// Keeps a re-attached memtable in its turn among the logs (a read-only open).
         mutating func keep(_ attached: MemTable) {
             if !table.isEmpty { kept.append(table) }
-            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
+            table = Self.freshTable(engine, extraBytes: 0)
             if !attached.isEmpty { kept.append(attached) }
             maxSequence = max(maxSequence, attached.committedSequence)
             lastReplayed = max(lastReplayed, attached.committedSequence)
@@ -272,7 +279,7 @@ extension Engine {
         /// Writes a re-attached memtable to L0 in its turn among the logs.
         mutating func flushAttached(_ attached: MemTable) throws {
             try retire(table)
-            table = MemTable(capacityBytes: engine.options.writeBufferSize + (1 << 20), logNumber: 0, hashIndex: engine.options.memtableHashIndex)
+            table = Self.freshTable(engine, extraBytes: 0)
             if let info = try engine.flushReplayed(attached) { edit.newFiles.append((0, info)) }
             maxSequence = max(maxSequence, attached.committedSequence)
             lastReplayed = max(lastReplayed, attached.committedSequence)

@@ -391,7 +391,7 @@ extension Engine {
                 // One batch larger than the arena: give the empty memtable a bigger arena.
                 mem = MemTable(
                     capacityBytes: options.writeBufferSize + neededBytes + (1 << 20), logNumber: mem.logNumber,
-                    hashIndex: options.memtableHashIndex)
+                    hashIndex: options.memtableHashIndex, hugePages: options.memtableHugePages)
                 installSuperVersion()
                 return
             }
@@ -444,7 +444,7 @@ extension Engine {
         guard let provider = regionMemtables else {
             return MemTable(
                 capacityBytes: options.writeBufferSize + max(neededBytes, 1 << 20), logNumber: number, pool: memtableArenas,
-                hashIndex: options.memtableHashIndex)
+                hashIndex: options.memtableHashIndex, hugePages: options.memtableHugePages)
         }
         let grant = try provider.allocate(database: path, logNumber: number)
         do {

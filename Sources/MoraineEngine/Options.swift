@@ -31,6 +31,14 @@ public struct Options: Sendable {
     /// a probe instead of a skiplist walk. Memtables in a persistent-memory or memory-node region
     /// have none. `memtable_hash_index` in OPTIONS; on by default.
     public var memtableHashIndex = true
+    /// Ask for transparent huge pages (`madvise(MADV_HUGEPAGE)`) for memtable arenas and their
+    /// hash indexes (RocksDB's `memtable_huge_page_size` asks hugetlbfs instead, off by default
+    /// there). Fewer TLB misses when a memtable is walked; but the first write into each 2 MiB
+    /// of a fresh arena zeroes all of it in one page fault, slow on a virtual machine whose host
+    /// has not backed that memory yet. Measured both ways (docs/PERFORMANCE.md §12): within
+    /// noise at 1M keys, so on by default as before. Arenas are recycled, so a long-running
+    /// database pays the zeroing for its first memtables only. `memtable_huge_pages` in OPTIONS.
+    public var memtableHugePages = true
     /// Memtables (active plus immutable) before writes stop (`max_write_buffer_number`).
     public var maxWriteBufferNumber = 2
     /// L0 files that trigger an L0 compaction (`level0_file_num_compaction_trigger`).

@@ -111,6 +111,7 @@ public enum OptionsFile {
         ("max_value_size", int(.database, \.maxValueSize, minimum: 1)),
         ("write_buffer_size", int(.family, \.writeBufferSize, minimum: 4096)),
         ("memtable_hash_index", bool(.family, \.memtableHashIndex)),
+        ("memtable_huge_pages", bool(.family, \.memtableHugePages)),
         ("max_write_buffer_number", int(.family, \.maxWriteBufferNumber, minimum: 2)),
         ("level0_file_num_compaction_trigger", int(.family, \.level0FileNumCompactionTrigger, minimum: 1)),
         ("level0_slowdown_writes_trigger", int(.family, \.level0SlowdownWritesTrigger, minimum: 1)),

@@ -78,13 +78,19 @@ public final class MemTable: @unchecked Sendable {
     private let indexFull = ManagedAtomic<Bool>(false)
     /// Whether the point-lookup index stopped taking new keys.
     var hashIndexIsFull: Bool { indexFull.load(ordering: .relaxed) }
+    /// Where the arena starts (to find its mapping in /proc/self/smaps).
+    public var arenaStart: UnsafeRawPointer { UnsafeRawPointer(base) }
     /// Bytes of the point-lookup index (0: none).
     public var hashIndexBytes: Int { indexSlots == nil ? 0 : (indexMask + 1) * 8 }
 
     /// Reserves an arena of `capacityBytes` (rounded up to pages): a recycled one from `pool`
     /// when it holds one large enough, else fresh anonymous memory; with `hashIndex`, also the
-    /// point-lookup index (about 1/8 of the arena, in pages touched as keys arrive).
-    public init(capacityBytes: Int, logNumber: UInt64, seed: UInt64 = 0x5eed, pool: MemTableArenaPool? = nil, hashIndex: Bool = false) {
+    /// point-lookup index (about 1/8 of the arena, in pages touched as keys arrive). With
+    /// `hugePages`, fresh memory is advised for transparent huge pages (`MADV_HUGEPAGE`).
+    public init(
+        capacityBytes: Int, logNumber: UInt64, seed: UInt64 = 0x5eed, pool: MemTableArenaPool? = nil, hashIndex: Bool = false,
+        hugePages: Bool = false
+    ) {
         let page = 4096
         let capacity = (max(capacityBytes, 64 << 10) + page - 1) / page * page
         precondition(capacity < Int(UInt32.max), "memtable arena over 4 GiB")
@@ -94,10 +100,11 @@ public final class MemTable: @unchecked Sendable {
         } else {
             let mapped = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
             precondition(mapped != MAP_FAILED && mapped != nil, "cannot reserve \(capacity) bytes for a memtable")
-            // Huge pages where the system grants them on request: a descent through a large
-            // memtable touches a new page at most levels, and 4 KiB pages made most of those a
-            // TLB miss as well as a cache miss. Advisory; ignored where unsupported.
-            _ = madvise(mapped, capacity, MADV_HUGEPAGE)
+            // Huge pages on request (Options.memtableHugePages): fewer TLB misses in a descent,
+            // but the first write into each 2 MiB zeroes all of it in the page fault (15% of a
+            // fill into a fresh arena on a virtual machine here, docs/PERFORMANCE.md §12).
+            // Advisory; ignored where unsupported.
+            if hugePages { _ = madvise(mapped, capacity, MADV_HUGEPAGE) }
             base = mapped!
             self.capacityBytes = capacity
         }
@@ -113,7 +120,7 @@ public final class MemTable: @unchecked Sendable {
             while slots * 2 <= self.capacityBytes / 64 { slots *= 2 }
             let mapped = mmap(nil, slots * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
             if let mapped, mapped != MAP_FAILED {
-                _ = madvise(mapped, slots * 8, MADV_HUGEPAGE)
+                if hugePages { _ = madvise(mapped, slots * 8, MADV_HUGEPAGE) }
                 indexSlots = mapped
                 indexMask = slots - 1
                 indexLimit = slots / 2

@@ -2,6 +2,7 @@
 // need through compaction, tombstones go only when nothing can see them, files outlive the
 // iterators that read them, trivial moves, write stalls, manifest rolls, and reopen.
 import Dispatch
+import Foundation
 import Glibc
 import Moraine
 import MoraineFormat
@@ -332,6 +333,50 @@ struct EngineTests {
             #expect(try reopened.get(key(2999)) == Array(repeating: 3, count: 100))
             try reopened.close()
         }
+    }
+
+    /// The `VmFlags` of the mapping that holds `address`, from /proc/self/smaps.
+    static func mappingFlags(_ address: UnsafeRawPointer) -> [Substring] {
+        // Read to the end (a /proc file's size is 0, so a read by size gets nothing).
+        let text = String(decoding: FileHandle(forReadingAtPath: "/proc/self/smaps")?.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        let target = UInt(bitPattern: address)
+        var inside = false
+        for line in text.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), let space = line.firstIndex(of: " "), dash < space,
+                let start = UInt(line[..<dash], radix: 16), let end = UInt(line[line.index(after: dash)..<space], radix: 16)
+            {
+                inside = start <= target && target < end
+            } else if inside && line.hasPrefix("VmFlags:") {
+                return line.dropFirst("VmFlags:".count).split(separator: " ")
+            }
+        }
+        return []
+    }
+
+    @Test("memtable_huge_pages: every memtable's arena is advised for huge pages when on (the default), none when off")
+    func memtableHugePages() throws {
+        for huge in [true, false] {
+            let (db, directory) = try openTemporary {
+                $0.writeBufferSize = 256 << 10
+                $0.memtableHugePages = huge
+            }
+            defer { removeTree(directory) }
+            func advised() -> [Bool] {
+                let version = db.engine!.currentSuperVersion()
+                return ([version.mem] + version.imms).map { Self.mappingFlags($0.arenaStart).contains("hg") }
+            }
+            #expect(advised() == [huge], "huge: \(huge)")
+            for i in 0..<6000 { try db.put(key(i), Array(repeating: 5, count: 100)) }
+            #expect(db.stats().flushes > 0, "no memtable switch")
+            #expect(advised().allSatisfy { $0 == huge }, "after switches, huge: \(huge)")
+            #expect(OptionsFile.render(db.engine!.options).contains("memtable_huge_pages=\(huge)"))
+            var read = Options()
+            read.memtableHugePages = !huge
+            try OptionsFile.apply(OptionsFile.render(db.engine!.options), to: &read, name: "OPTIONS-test")
+            #expect(read.memtableHugePages == huge)
+            try db.close()
+        }
+        #expect(Options().memtableHugePages, "on by default")
     }
 
     @Test("disjoint L0 files move to L1 together without a rewrite; overlapping ones are merged")
