@@ -51,25 +51,11 @@ trap 'rm -rf "$db"' EXIT
 workloads=fillseq,fillrandom,overwrite,compact,readrandom,multireadrandom,readseq,readreverse,seekrandom,readwhilewriting,deleterandom
 ycsb=ycsb_load,ycsba,ycsbb,ycsbc,ycsbf,ycsbd,ycsbe
 
-scaled() { python3 -c "print(max(1000, int($1 * $scale)))"; }
+# shellcheck source=scripts/bench-config.sh
+source scripts/bench-config.sh
 
 for config in ${configs//,/ }; do
-  case "$config" in
-    1m-*) num=$(scaled 1000000); value=100; reads=$num ;;
-    # db_bench's --reads bounds the read workloads at 5M keys, as it is usually run: 1M reads.
-    5m-*) num=$(scaled 5000000); value=100; reads=$(scaled 1000000) ;;
-    4k-*) num=$(scaled 200000); value=4096; reads=$num ;;
-    *) echo "unknown configuration: $config" >&2; exit 2 ;;
-  esac
-  case "$config" in
-    *-8m | *-8m-*) cache=$((8 << 20)) ;;
-    *-1g | *-1g-*) cache=$((1 << 30)) ;;
-    *) echo "unknown configuration: $config" >&2; exit 2 ;;
-  esac
-  compression=lz4
-  case "$config" in *-none | *-none-*) compression=none ;; esac
-  mmap=0
-  case "$config" in *-mmap) mmap=1 ;; esac
+  bench_config "$config" "$scale" || exit 2
   for i in $(seq 1 "$runs"); do
     echo "== $config run $i/$runs: --num $num --value_size $value --reads $reads --cache_size $cache" >&2
     shape="--num=$num --value_size=$value --reads=$reads --cache_size=$cache --batch_size=16 --seek_nexts=10"

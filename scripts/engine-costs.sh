@@ -9,11 +9,13 @@
 #     included): callgrind, which splits its profile at each workload's start
 #     (`--dump-before`), over a run of CALLGRIND_NUM keys (callgrind runs ~50x slower; this
 #     machine's virtual CPUs expose no hardware counters to `perf stat`).
-# Writes OUT/timed-ENGINE-runN.json, OUT/callgrind-ENGINE.json with OUT/callgrind-ENGINE/ (the
-# profiles, for callgrind_annotate) and OUT/costs.md (the table).
+# Writes OUT/timed-ENGINE-runN.json, OUT/callgrind-ENGINE.json, OUT/callgrind-ENGINE/totals.txt
+# (instructions of each profile part; the profiles themselves, for callgrind_annotate, stay only
+# with --keep_profiles: about 5 MB an engine) and OUT/costs.md (the table; costs-compact.md,
+# the same with one column per measure).
 #
 # Usage: bash scripts/engine-costs.sh [--config 1m-8m] [--runs 3] [--threads 1] [--callgrind_num 100000]
-#          [--engines moraine,rocksdb,leveldb] [--benchmarks LIST] [--skip_callgrind] [--out DIR]
+#          [--engines moraine,rocksdb,leveldb] [--benchmarks LIST] [--skip_callgrind] [--keep_profiles] [--out DIR]
 #   --config   one of the report's configurations: 1m-8m, 1m-1g, 5m-8m, 5m-1g, 4k-8m, 4k-1g, each
 #              optionally followed by -none (compression off) and/or -mmap (tables read through
 #              mappings, as LevelDB always reads them): 1m-8m-none-mmap is LevelDB's like-for-like
@@ -28,6 +30,7 @@ callgrind_num=100000
 engines=moraine,rocksdb,leveldb
 benchmarks=fillseq,fillrandom,overwrite,compact,readrandom,multireadrandom,readseq,readreverse,seekrandom,readwhilewriting,deleterandom,ycsb_load,ycsba,ycsbb,ycsbc,ycsbf,ycsbd,ycsbe
 skip_callgrind=0
+keep_profiles=0
 scale=1
 out=""
 while [ $# -gt 0 ]; do
@@ -39,28 +42,15 @@ while [ $# -gt 0 ]; do
     --engines) engines=$2; shift 2 ;;
     --benchmarks) benchmarks=$2; shift 2 ;;
     --skip_callgrind) skip_callgrind=1; shift ;;
+    --keep_profiles) keep_profiles=1; shift ;;
     --scale) scale=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-case "$config" in
-  1m-*) num=1000000; value=100; reads=$num ;;
-  5m-*) num=5000000; value=100; reads=1000000 ;;
-  4k-*) num=200000; value=4096; reads=$num ;;
-  *) echo "unknown configuration: $config" >&2; exit 2 ;;
-esac
-num=$(python3 -c "print(max(1000, int($num * $scale)))")
-reads=$(python3 -c "print(max(1000, int($reads * $scale)))")
-case "$config" in
-  *-8m | *-8m-*) cache=$((8 << 20)) ;;
-  *-1g | *-1g-*) cache=$((1 << 30)) ;;
-  *) echo "unknown configuration: $config" >&2; exit 2 ;;
-esac
-compression=lz4
-case "$config" in *-none | *-none-*) compression=none ;; esac
-mmap=0
-case "$config" in *-mmap) mmap=1 ;; esac
+# shellcheck source=scripts/bench-config.sh
+source scripts/bench-config.sh
+bench_config "$config" "$scale" || exit 2
 bash scripts/install-deps.sh
 if ! dpkg -s librocksdb-dev >/dev/null 2>&1 || ! dpkg -s libleveldb-dev >/dev/null 2>&1 \
   || { [ "$skip_callgrind" = 0 ] && ! command -v valgrind >/dev/null; }; then
@@ -111,8 +101,14 @@ if [ "$skip_callgrind" = 0 ]; then
   done
   wait
   rm -rf "$work"/cg-*
+  for engine in "${engine_list[@]}"; do
+    python3 scripts/engine_costs_table.py --totals "$out/callgrind-$engine"
+    [ "$keep_profiles" = 1 ] || rm -f "$out/callgrind-$engine"/callgrind.out*
+  done
 fi
 # The memory target's allowance: the block cache and two 64 MiB write buffers.
-python3 scripts/engine_costs_table.py "$out" --config "$config" --threads "$threads" --callgrind_num "$callgrind_num" \
-  --budget_mib $(((cache >> 20) + 128)) > "$out/costs.md"
-echo "wrote $out/costs.md" >&2
+for form in "" --compact; do
+  python3 scripts/engine_costs_table.py "$out" --config "$config" --threads "$threads" --callgrind_num "$callgrind_num" \
+    --budget_mib $(((cache >> 20) + 128)) $form > "$out/costs${form:+-compact}.md"
+done
+echo "wrote $out/costs.md and $out/costs-compact.md" >&2

@@ -4,7 +4,8 @@ the timed runs, median peak resident memory, and instructions per operation from
 per-workload profile parts. Ratios are Moraine over the better of the other engines (throughput:
 above 1 is Moraine faster; memory and instructions: below 1 is Moraine leaner).
 
-Usage: engine_costs_table.py DIR [--config C] [--threads N] [--callgrind_num N]
+Usage: engine_costs_table.py DIR [--config C] [--threads N] [--callgrind_num N] [--budget_mib M]
+       engine_costs_table.py --totals PROFILE_DIR   (writes PROFILE_DIR/totals.txt from its parts)
 """
 import argparse
 import glob
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import statistics
+import sys
 
 
 def load_timed(directory):
@@ -27,7 +29,12 @@ def load_timed(directory):
 
 def part_totals(directory):
     """Instruction totals of callgrind's parts, in the order they were written: the parts
-    numbered from 1, then the last part (written at exit, no number)."""
+    numbered from 1, then the last part (written at exit, no number). From totals.txt (one per
+    line) when the profiles were summed up and removed."""
+    saved = os.path.join(directory, "totals.txt")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            return [int(line) for line in f if line.strip()]
     numbered = []
     for path in glob.glob(os.path.join(directory, "callgrind.out.*")):
         suffix = path.rsplit(".", 1)[1]
@@ -73,12 +80,59 @@ def fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
+def cells_of(engine, name, timed, instructions):
+    rows = timed[engine].get(name, [])
+    return (median([r["ops_per_sec"] for r in rows]), median([r["p99_us"] for r in rows]),
+            median([r.get("peak_rss_mib") for r in rows]), instructions[engine].get(name))
+
+
+def print_compact(args, engines, workloads, timed, instructions):
+    names = " / ".join(engines)
+    print(f"| workload | ops/s: {names} | vs best | p99 µs: {names} | peak RSS MiB: {names} | RSS vs target | "
+          f"instructions/op: {names} | vs fewest |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in workloads:
+        if "." in name:
+            continue
+        cells = {e: cells_of(e, name, timed, instructions) for e in engines}
+        peers = [cells[e] for e in engines if e != "moraine"]
+        mine = cells.get("moraine")
+        best = max((c for c in peers if c[0]), key=lambda c: c[0], default=None)
+        least_rss = min((c[2] for c in peers if c[2]), default=None)
+        least_ins = min((c[3] for c in peers if c[3]), default=None)
+        def joined(i, digits=0):
+            return " / ".join(fmt(cells[e][i], digits) for e in engines)
+        def ratio(a, b):
+            return fmt(a / b, 2) if a is not None and b else "—"
+        target = least_rss + args.budget_mib if least_rss is not None and args.budget_mib is not None else None
+        throughput = joined(0)
+        if name == "compact":
+            # One operation: its seconds (the JSON's ops/s has one decimal; its p99 is the
+            # operation's time), and the ratio compares 1/seconds.
+            cells = {e: (1e6 / c[1] if c[1] else None, c[1], c[2], c[3]) for e, c in cells.items()}
+            peers = [cells[e] for e in engines if e != "moraine"]
+            mine = cells.get("moraine")
+            best = max((c for c in peers if c[0]), key=lambda c: c[0], default=None)
+            throughput = " / ".join(f"{cells[e][1] / 1e6:.2f} s" if cells[e][1] else "—" for e in engines)
+        print(f"| {name} | {throughput} | {ratio(mine[0], best[0] if best else None)} | {joined(1, 1)} | {joined(2)} | "
+              f"{ratio(mine[2], target)} | {joined(3)} | {ratio(mine[3], least_ins)} |")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--totals":
+        totals = part_totals(sys.argv[2])
+        if totals is None:
+            sys.exit(f"no complete profile in {sys.argv[2]}")
+        with open(os.path.join(sys.argv[2], "totals.txt"), "w") as f:
+            f.write("".join(f"{t}\n" for t in totals))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("directory")
     parser.add_argument("--config", default="")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--callgrind_num", default="")
+    parser.add_argument("--compact", action="store_true",
+                        help="one column per measure, the engines' values joined by ' / ' (BENCHMARKS.md's form)")
     parser.add_argument("--budget_mib", type=float, default=None,
                         help="the configured block cache and write buffers, MiB: the memory target is "
                              "the leaner peer's peak plus this")
@@ -96,6 +150,9 @@ def main():
     print(f"{args.config}, {args.threads} thread(s): medians of {runs} timed runs, each engine in its own "
           f"process; instructions per operation from callgrind over {args.callgrind_num} keys "
           "(every thread of the process).\n")
+    if args.compact:
+        print_compact(args, engines, workloads, timed, instructions)
+        return
     header = "| workload |"
     rule = "|---|"
     for engine in engines:

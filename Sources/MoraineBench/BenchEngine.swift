@@ -21,6 +21,8 @@ public struct BenchConfiguration: Sendable {
     public var mmapReads = false
     /// Moraine's memtables in transparent huge pages (--memtable_huge_pages; Moraine only).
     public var memtableHugePages = true
+    /// Moraine's memtables keep a point-lookup hash index (--memtable_hash_index; Moraine only).
+    public var memtableHashIndex = true
     public var cacheSizeBytes = 8 << 20  // --cache_size
     public var bloomBitsPerKey = 10  // --bloom_bits
     public var compressionLZ4 = true  // --compression_type lz4|none

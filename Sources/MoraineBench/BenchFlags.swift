@@ -37,6 +37,11 @@ public struct BenchFlags: ParsableArguments, Sendable {
         help: "Moraine's memtables in transparent huge pages (Options.memtableHugePages). \(BenchFlags.booleanHelp)",
         transform: BenchFlags.boolean)
     public var memtableHugePages = true
+    @Option(
+        name: .customLong("memtable_hash_index"),
+        help: "Moraine's memtables keep a point-lookup hash index (Options.memtableHashIndex). \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var memtableHashIndex = true
     @Option(name: .customLong("disable_wal"), help: "Write without the WAL. \(BenchFlags.booleanHelp)", transform: BenchFlags.boolean)
     public var disableWAL = false
     @Option(name: .customLong("durability"), help: "Moraine's durability: wal or pmem (a persistent log in a region).")
@@ -110,6 +115,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.ioBackend = ioBackend
         c.mmapReads = mmapRead
         c.memtableHugePages = memtableHugePages
+        c.memtableHashIndex = memtableHashIndex
         c.cacheSizeBytes = cacheSize
         c.bloomBitsPerKey = bloomBits
         c.compressionLZ4 = compressionType == "lz4"
@@ -130,7 +136,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
             ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"), ("mmap_read", mmapRead ? "1" : "0"),
-            ("memtable_huge_pages", memtableHugePages ? "1" : "0"),
+            ("memtable_huge_pages", memtableHugePages ? "1" : "0"), ("memtable_hash_index", memtableHashIndex ? "1" : "0"),
             ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),
             ("compression_type", "\"\(compressionType)\""), ("write_buffer_size", "\(writeBufferSize)"),

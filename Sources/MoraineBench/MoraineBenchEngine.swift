@@ -141,6 +141,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.tiers = c.tiers(for: name)
         options.allowMmapReads = c.mmapReads
         options.memtableHugePages = c.memtableHugePages
+        options.memtableHashIndex = c.memtableHashIndex
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }
