@@ -69,6 +69,10 @@ int CSystemShims_current_cpu(void);
 /// The node a CPU belongs to, or -1.
 int CSystemShims_numa_node_of_cpu(int cpu);
 
+// ---- Cache hints --------------------------------------------------------------------------
+/// Asks for the cache line at `address` ahead of a write to it (no fault, no effect on memory).
+static inline void CSystemShims_prefetch_for_write(const void *address) { __builtin_prefetch(address, 1, 3); }
+
 // ---- Shared memory between processes ---------------------------------------------------
 // Atomics on words inside a mapping two processes share. Swift's atomics are defined for
 // Swift storage; these builtins say exactly which order each access has.

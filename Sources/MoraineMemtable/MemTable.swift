@@ -278,6 +278,10 @@ public final class MemTable: @unchecked Sendable {
         value: UnsafeRawBufferPointer
     ) {
         precondition(ceiling == maxSequenceNumber, "an attached memtable is read-only")
+        // The key's index slot is a cache miss at a random place (a sequential fill otherwise
+        // stays in cache): ask for it now, so it arrives during the descent below.
+        let hash = indexSlots == nil ? 0 : hashBytes(userKey)
+        if let indexSlots { prefetchForWrite(indexSlots + 8 * (Int(truncatingIfNeeded: hash) & indexMask)) }
         let h = randomHeight()
         let internalLength = userKey.count + internalKeyTagBytes
         let nodeBytes = (Self.headerBytes + 4 * h + internalLength + value.count + 3) & ~3
@@ -294,14 +298,14 @@ public final class MemTable: @unchecked Sendable {
             (keyStart + internalLength).copyMemory(from: value.baseAddress!, byteCount: value.count)
         }
         used += nodeBytes
-        // Indexed before it is linked: a reader that finds it there but may not see it yet (its
-        // sequence is above the reader's) walks the list instead.
-        if indexSlots != nil { index(node, userKey: userKey, sequence: sequence) }
 
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: Self.maxHeight) { previous in
             let found = findGreaterOrEqual(self.key(node), previous: previous.baseAddress!)
             precondition(
                 found == 0 || compareInternalKeys(self.key(found), self.key(node)) != 0, "duplicate internal key")
+            // Indexed before it is linked: a reader that finds it there but may not see it yet
+            // (its sequence is above the reader's) walks the list instead.
+            if self.indexSlots != nil { self.index(node, userKey: userKey, sequence: sequence, hash: hash) }
             let current = currentHeight.load(ordering: .relaxed)
             if h > current {
                 for level in current..<h { previous[level] = 0 }
@@ -333,8 +337,7 @@ public final class MemTable: @unchecked Sendable {
 
     /// Points `userKey`'s slot at `node`, its newest entry (a new slot while the index has room).
     /// Writer only.
-    private func index(_ node: UInt32, userKey: UnsafeRawBufferPointer, sequence: SequenceNumber) {
-        let hash = hashBytes(userKey)
+    private func index(_ node: UInt32, userKey: UnsafeRawBufferPointer, sequence: SequenceNumber, hash: UInt64) {
         let tag = hash & Self.tagMask
         var slot = Int(truncatingIfNeeded: hash) & indexMask
         while true {
