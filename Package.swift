@@ -10,7 +10,7 @@
 //   MoraineMemory (the memory node, and the memtable-arena provider that reaches it)
 // MoraineMetrics serves /metrics (swift-prometheus) from samples every layer reads at scrape time.
 // MoraineBench (db_bench, YCSB) and MoraineTransportBench (transport-bench) are the measurements.
-// MoraineTestSupport holds the oracle, the simulated and fault-injecting file systems, seeds.
+// MoraineTestSupport holds the oracle, the simulated, fault-injecting and forwarding file systems, seeds.
 import PackageDescription
 
 let package = Package(

@@ -52,10 +52,3 @@ public enum CRC32C {
         return (rotated >> 17) | (rotated << 15)
     }
 }
-
-/// Asks the CPU to bring the cache line at `address` in ahead of a write to it, so its miss
-/// overlaps other work (a hint: it never faults and changes nothing).
-@inlinable
-public func prefetchForWrite(_ address: UnsafeRawPointer) {
-    CSystemShims_prefetch_for_write(address)
-}

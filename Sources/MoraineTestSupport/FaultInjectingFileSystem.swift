@@ -18,7 +18,7 @@ import MoraineSystem
 #endif
 
 /// A file system that injects I/O faults into another on demand.
-public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
+public final class FaultInjectingFileSystem: ForwardingFileSystem, @unchecked Sendable {
     /// What an injected failure does.
     public enum Fault: Sendable, Equatable, CustomStringConvertible {
         /// A read (`read(at:into:)` or `readAll`) fails with EIO.
@@ -270,16 +270,10 @@ public final class FaultInjectingFileSystem: FileSystem, @unchecked Sendable {
         if fault(for: .lookup, path: path) != nil { throw injectedEIO("stat", path) }
         return try base.exists(path)
     }
-    public func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
     public func children(of directory: String) throws -> [String] {
         if fault(for: .lookup, path: directory) != nil { throw injectedEIO("opendir", directory) }
         return try base.children(of: directory)
     }
-    public func createDirectory(_ path: String) throws { try base.createDirectory(path) }
-    public func remove(_ path: String) throws { try base.remove(path) }
-    public func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }
-    public func syncDirectory(_ directory: String) throws { try base.syncDirectory(directory) }
-    public func lock(_ path: String) throws -> any FileLock { try base.lock(path) }
 }
 
 /// The error an injected EIO raises, worded like PosixFileSystem's.

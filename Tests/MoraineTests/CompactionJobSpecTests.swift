@@ -7,6 +7,7 @@ import Moraine
 @testable import MoraineEngine
 import MoraineFormat
 import MoraineSystem
+import MoraineTestSupport
 import Synchronization
 import Testing
 
@@ -206,28 +207,16 @@ struct CompactionJobSpecTests {
     }
 
     /// The POSIX file system, calling `onCreate` with the path of every file created new.
-    final class CreateWatchingFileSystem: FileSystem, @unchecked Sendable {
+    final class CreateWatchingFileSystem: ForwardingFileSystem, @unchecked Sendable {
         let onCreate: @Sendable (String) -> Void
         let created = Mutex<Int>(0)
-        let base = PosixFileSystem.shared
+        let base: any FileSystem = PosixFileSystem.shared
         init(onCreate: @escaping @Sendable (String) -> Void) { self.onCreate = onCreate }
         func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile {
             created.withLock { $0 += 1 }
             onCreate(path)
             return try base.createNew(path, hint: hint)
         }
-        func createWritable(_ path: String) throws -> any WritableFile { try base.createWritable(path) }
-        func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile { try base.openForAppend(path, hint: hint) }
-        func openRandomAccess(_ path: String) throws -> any RandomAccessFile { try base.openRandomAccess(path) }
-        func readAll(_ path: String) throws -> [UInt8] { try base.readAll(path) }
-        func exists(_ path: String) throws -> Bool { try base.exists(path) }
-        func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
-        func children(of directory: String) throws -> [String] { try base.children(of: directory) }
-        func createDirectory(_ path: String) throws { try base.createDirectory(path) }
-        func remove(_ path: String) throws { try base.remove(path) }
-        func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }
-        func syncDirectory(_ directory: String) throws { try base.syncDirectory(directory) }
-        func lock(_ path: String) throws -> any FileLock { try base.lock(path) }
     }
 
     /// Runs jobs locally and counts them; can be told to tamper with results.

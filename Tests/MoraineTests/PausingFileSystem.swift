@@ -2,13 +2,14 @@
 // system, whose next table read or WAL append, when armed, stops until the test resumes it.
 import Dispatch
 import MoraineSystem
+import MoraineTestSupport
 import Synchronization
 
 /// The POSIX file system, whose next table read or WAL append stops, when armed, until resumed:
 /// a test holds a read in the middle of its table lookup, or a write group in the middle of its
 /// WAL append.
-final class PausingFileSystem: FileSystem, @unchecked Sendable {
-    let base = PosixFileSystem.shared
+final class PausingFileSystem: ForwardingFileSystem, @unchecked Sendable {
+    let base: any FileSystem = PosixFileSystem.shared
     let armedRead = Mutex(false)
     let armedAppend = Mutex(false)
     let paused = DispatchSemaphore(value: 0)
@@ -73,15 +74,4 @@ final class PausingFileSystem: FileSystem, @unchecked Sendable {
         let file = try base.createNew(path, hint: hint)
         return path.hasSuffix(".log") ? Log(file, owner: self) : file
     }
-    func createWritable(_ path: String) throws -> any WritableFile { try base.createWritable(path) }
-    func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile { try base.openForAppend(path, hint: hint) }
-    func readAll(_ path: String) throws -> [UInt8] { try base.readAll(path) }
-    func exists(_ path: String) throws -> Bool { try base.exists(path) }
-    func fileSize(_ path: String) throws -> UInt64 { try base.fileSize(path) }
-    func children(of directory: String) throws -> [String] { try base.children(of: directory) }
-    func createDirectory(_ path: String) throws { try base.createDirectory(path) }
-    func remove(_ path: String) throws { try base.remove(path) }
-    func rename(_ source: String, to target: String) throws { try base.rename(source, to: target) }
-    func syncDirectory(_ directory: String) throws { try base.syncDirectory(directory) }
-    func lock(_ path: String) throws -> any FileLock { try base.lock(path) }
 }
