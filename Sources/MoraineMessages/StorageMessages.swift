@@ -117,6 +117,8 @@ public struct StorageAppend: WireMessage {
         self.bytes = bytes
     }
 
+    public var encodedByteCountHint: Int { 64 + file.database.utf8.count + file.name.utf8.count + bytes.count }
+
     public func encode(into writer: inout WireWriter) {
         file.encode(into: &writer)
         writer.u64(offset)

@@ -21,10 +21,12 @@ public struct WireWriter {
     /// A string of at most `WireReader.stringBytesMax` UTF-8 bytes (u16 length first).
     /// - Precondition: the string fits; callers check names before they encode them.
     public mutating func string(_ value: String) {
-        let utf8 = Array(value.utf8)
-        precondition(utf8.count <= WireReader.stringBytesMax, "a wire string of \(utf8.count) bytes")
-        u16(UInt16(utf8.count))
-        bytes.append(contentsOf: utf8)
+        var value = value
+        value.withUTF8 { utf8 in
+            precondition(utf8.count <= WireReader.stringBytesMax, "a wire string of \(utf8.count) bytes")
+            u16(UInt16(utf8.count))
+            bytes.append(contentsOf: UnsafeRawBufferPointer(utf8))
+        }
     }
 
     /// A byte string (u32 length first).
@@ -122,14 +124,18 @@ public struct WireReader {
 public protocol WireMessage: Sendable {
     /// Names the message in errors ("storage append request").
     static var wireName: String { get }
+    /// About how many bytes `encode` writes, to size the buffer once (64 unless said).
+    var encodedByteCountHint: Int { get }
     func encode(into writer: inout WireWriter)
     init(from reader: inout WireReader) throws(TransportError)
 }
 
 extension WireMessage {
     /// The message's bytes.
+    public var encodedByteCountHint: Int { 64 }
+
     public func encoded() -> [UInt8] {
-        var writer = WireWriter()
+        var writer = WireWriter(capacity: encodedByteCountHint)
         encode(into: &writer)
         return writer.bytes
     }

@@ -27,6 +27,8 @@ import Synchronization
 final class RemoteWritableFile: WritableFile {
     private let fileSystem: RemoteFileSystem
     private let file: StorageFile
+    /// The database whose lease epoch the appends carry (`RemoteFileSystem.root(of:)`).
+    private let leaseRoot: String
     /// Bytes not yet sent.
     private var buffer: [UInt8] = []
     private let bufferBytes: Int
@@ -49,10 +51,15 @@ final class RemoteWritableFile: WritableFile {
     /// Published appends (and their bytes) allowed in flight before a flush waits for the oldest.
     static let inFlightMax = 64
     static let inFlightBytesMax = 2 << 20
+    /// A publish polls the lane's socket only when the node has not taken the previous append
+    /// off the ring or this long has passed since the last poll (docs/STORAGE.md, Durability):
+    /// one poll(2) a write was 9% of a write's time over shared memory.
+    static let livenessPollNanos: Int64 = 1_000_000
 
     init(fileSystem: RemoteFileSystem, file: StorageFile, hint: WriteHint, startingAt size: UInt64 = 0) {
         self.fileSystem = fileSystem
         self.file = file
+        leaseRoot = RemoteFileSystem.root(of: file.database)
         sent = size
         bufferBytes = hint == .bulk ? 1 << 20 : 64 << 10
         isLog = hint != .bulk
@@ -120,7 +127,7 @@ final class RemoteWritableFile: WritableFile {
             let end = size
             let request = StorageAppend(
                 file: file, offset: sent + UInt64(unacknowledged.count), mode: .deferred,
-                epoch: fileSystem.epoch(of: file.database), bytes: buffer)
+                epoch: fileSystem.epoch(ofRoot: leaseRoot), bytes: buffer)
             let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
             fileSystem.countRequest()
             inFlight.append((id, end))
@@ -139,7 +146,9 @@ final class RemoteWritableFile: WritableFile {
             // died (and is restarting) will not, and a write acknowledged on that would rest on
             // this process alone until the node is back. Then the bytes go through the pool,
             // waiting for the node's answer.
-            if client.serverHasGone { throw TransportError(.unavailable, "the storage node's end of the lane hung up") }
+            if client.serverHasGone(pollingAfter: Self.livenessPollNanos) {
+                throw TransportError(.unavailable, "the storage node's end of the lane hung up")
+            }
             return true
         } catch is TransportError {
             // The lane broke (or timed out): what it did not acknowledge is settled through the pool.
@@ -266,7 +275,7 @@ final class RemoteWritableFile: WritableFile {
             let last = end == buffer.count
             let offset = sent + UInt64(unacknowledged.count)
             let request = StorageAppend(
-                file: file, offset: offset, sync: sync && last, epoch: fileSystem.epoch(of: file.database),
+                file: file, offset: offset, sync: sync && last, epoch: fileSystem.epoch(ofRoot: leaseRoot),
                 bytes: Array(buffer[start..<end]))
             let reply = try decodeReply(try fileSystem.call(StorageOpcode.append, request))
             let expected = offset + UInt64(end - start)

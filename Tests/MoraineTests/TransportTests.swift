@@ -308,6 +308,33 @@ struct TransportConformanceTests {
         #expect(monotonicNanos() - started < 5_000_000_000, "detecting the dead server took too long")
     }
 
+    @Test("a shared-memory publisher polls for its server only once the server stops taking requests or the interval passes")
+    func livenessPolls() throws {
+        let service = try TestService(.sharedMemory)
+        let client = try #require(try service.connect() as? SharedMemoryClient)
+        defer { client.close() }
+        let interval: Int64 = 60_000_000_000
+        for i in 0..<20 {
+            let id = try client.send(opcode: TestOp.echo, payload: .bytes([UInt8(i)]))
+            _ = try client.receive(requestID: id, timeoutNanos: 5_000_000_000)
+            #expect(!client.serverHasGone(pollingAfter: interval))
+        }
+        service.stop()
+        #expect(eventually { client.serverHasGone }, "the socket never said the server went away")
+        // Everything sent before was taken and the last poll is recent: the first look after the
+        // death trusts the ring; the next finds the request it published not taken, and polls.
+        var sends = 0
+        var found = false
+        while !found && sends < 3 {
+            _ = try client.send(opcode: TestOp.echo, payload: .bytes([9]))
+            sends += 1
+            found = client.serverHasGone(pollingAfter: interval)
+        }
+        #expect(found && sends == 2, "found the dead server after \(sends) sends")
+        // Past the interval every look polls.
+        #expect(client.serverHasGone(pollingAfter: 0))
+    }
+
     @Test("a client that vanishes is released by the server", arguments: Carrier.servers)
     func deadClient(carrier: Carrier) throws {
         let service = try TestService(carrier)

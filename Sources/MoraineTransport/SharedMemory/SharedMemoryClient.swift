@@ -23,6 +23,12 @@ public final class SharedMemoryClient: TransportClient {
     private var pending = Set<UInt64>()
     private var stash = ResponseStash()
     private var failure: TransportError? = nil
+    /// Where the request ring's tail stood before the latest request was written.
+    private var latestRequestStart: UInt64 = 0
+    /// When `serverHasGone(pollingAfter:)` last found the socket up.
+    private var livenessPolledNanos: Int64? = nil
+    /// The request ring's head as `serverHasGone(pollingAfter:)` last read it.
+    private var headAtLastLook: UInt64 = 0
     /// Responses held for the emulated link (nil without one).
     private var delayed: DelayLine<(FrameHeader, [UInt8])>?
     /// Default ring size per direction.
@@ -104,6 +110,22 @@ public final class SharedMemoryClient: TransportClient {
     /// published now would sit in a ring no process drains. One poll(2), no waiting.
     public var serverHasGone: Bool { socket.peerHasHungUp() }
 
+    /// `serverHasGone`, with the poll skipped while the server is seen at work: the socket was
+    /// found up less than `intervalNanos` ago, and since the previous call the server has taken
+    /// requests off the ring or has taken every one published before the latest (one load of
+    /// shared memory). A server killed since is found by a call that polls: once it takes
+    /// nothing between two calls with a request outstanding, or once the interval has passed.
+    public func serverHasGone(pollingAfter intervalNanos: Int64) -> Bool {
+        let now = monotonicNanos()
+        let head = requests.ring.loadHead()
+        let progressing = head >= latestRequestStart || head != headAtLastLook
+        headAtLastLook = head
+        if progressing, let polled = livenessPolledNanos, now - polled < intervalNanos { return false }
+        if socket.peerHasHungUp() { return true }
+        livenessPolledNanos = now
+        return false
+    }
+
     public func send(opcode: UInt8, payload: Payload) throws(TransportError) -> UInt64 {
         if let failure { throw failure }
         guard pending.count < limits.inFlightMax else {
@@ -111,6 +133,7 @@ public final class SharedMemoryClient: TransportClient {
         }
         let id = nextID
         nextID &+= 1
+        let start = requests.tail
         let (flags, bytes) = framePlan(.success(payload), chunkBytes: limits.chunkBytes)
         guard bytes.count <= limits.messageBytesMax else {
             throw TransportError(.frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
@@ -132,6 +155,7 @@ public final class SharedMemoryClient: TransportClient {
         }
         requests.publish()
         pending.insert(id)
+        latestRequestStart = start
         return id
     }
 
@@ -218,7 +242,7 @@ public final class SharedMemoryClient: TransportClient {
     /// Takes every published frame (through the emulated link, when there is one); returns the
     /// wanted response once complete and stashes the others.
     private func takeArrived(wanted requestID: UInt64?) throws(TransportError) -> Response? {
-        let now = monotonicNanos()
+        let now = delayed == nil ? 0 : monotonicNanos()  // arrival stamps for the emulated link only
         while true {
             let frame: (FrameHeader, [UInt8])?
             do {
