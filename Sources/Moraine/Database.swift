@@ -233,10 +233,12 @@ public final class Database: Sendable {
         }
     }
 
-    /// Applies every operation of `batch`, or none.
-    public func write(_ batch: WriteBatch, options: WriteOptions = WriteOptions()) throws {
+    /// Applies every operation of `batch`, or none. The batch is consumed: a caller that passes
+    /// its last use of it spares the engine a copy of the whole batch when it stamps the
+    /// sequence (a caller that goes on using it keeps its own copy, as before).
+    public func write(_ batch: consuming WriteBatch, options: WriteOptions = WriteOptions()) throws {
         switch backend {
-        case .engine(let engine): try engine.write(batch, options: options)
+        case .engine(let engine): try engine.write(consume batch, options: options)
         case .remote(let client): try client.write(batch, options: options)
         }
     }
@@ -246,10 +248,11 @@ public final class Database: Sendable {
     /// helper does); `completion` gets nil or the error. A connected database writes at once and
     /// then calls `completion`.
     public func write(
-        _ batch: WriteBatch, options: WriteOptions = WriteOptions(), lead: Bool = true, completion: @escaping @Sendable (MoraineError?) -> Void
+        _ batch: consuming WriteBatch, options: WriteOptions = WriteOptions(), lead: Bool = true,
+        completion: @escaping @Sendable (MoraineError?) -> Void
     ) {
         switch backend {
-        case .engine(let engine): engine.write(batch, options: options, lead: lead, completion: completion)
+        case .engine(let engine): engine.write(consume batch, options: options, lead: lead, completion: completion)
         case .remote(let client):
             do {
                 try client.write(batch, options: options)

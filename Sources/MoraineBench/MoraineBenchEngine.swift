@@ -199,7 +199,7 @@ final class MoraineBenchEngine: BenchEngine {
             let key = UnsafeRawBufferPointer(rebasing: keys[i * keySize..<(i + 1) * keySize])
             if let values { batch.put(key: key, value: values[i]) } else { batch.delete(Array(key)) }
         }
-        try database.write(batch, options: writeOptions)
+        try database.write(consume batch, options: writeOptions)
     }
 
     func get(_ key: UnsafeRawBufferPointer) throws -> Int? {

@@ -150,7 +150,7 @@ struct ShellSession {
                 }
             }
             if let problem { throw ShellError("batch not applied: \(problem)") }
-            try database.write(batch, options: writeOptions)
+            try database.write(consume batch, options: writeOptions)
             Self.emit("OK")
         case "flush":
             try expect(tokens, 1, "flush")

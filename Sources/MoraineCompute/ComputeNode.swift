@@ -463,7 +463,7 @@ public final class ComputeNode: @unchecked Sendable {
 
     private func write(_ message: ComputeWrite) throws(TransportError) -> [UInt8] {
         let engine = try database(message.header.database)
-        let batch: WriteBatch
+        var batch: WriteBatch?
         do {
             batch = try WriteBatch(decoding: message.batch, origin: "a write batch from a client")
         } catch {
@@ -472,7 +472,8 @@ public final class ComputeNode: @unchecked Sendable {
         var options = WriteOptions()
         options.sync = message.sync
         options.disableWAL = message.disableWAL
-        try engineCall { try engine.write(batch, options: options) }
+        // Taken, not copied: the engine stamps the sequence into the batch it owns.
+        try engineCall { try engine.write(batch.take()!, options: options) }
         return []
     }
 

@@ -58,7 +58,7 @@ extension RESPService {
                     existed += 1
                     batch.delete(key)
                 }
-                if !batch.isEmpty { try service.database.write(batch) }
+                if !batch.isEmpty { try service.database.write(consume batch) }
                 return .integer(existed)
             }
         },
@@ -75,7 +75,7 @@ extension RESPService {
             return try service.locking(keys, shared: true) {
                 var batch = WriteBatch()
                 for i in stride(from: 0, to: args.count, by: 2) { batch.put(args[i], args[i + 1]) }
-                try service.database.write(batch)
+                try service.database.write(consume batch)
                 return .ok
             }
         },
@@ -291,7 +291,7 @@ extension RESPService {
             }
             try iterator.next()
         }
-        if !batch.isEmpty { try database.write(batch) }
+        if !batch.isEmpty { try database.write(consume batch) }
         return .ok
     }
 }
