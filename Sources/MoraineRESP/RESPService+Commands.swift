@@ -286,7 +286,7 @@ extension RESPService {
         while iterator.isValid {
             batch.delete(iterator.key)
             if batch.count >= 1000 {
-                try database.write(batch)
+                try database.write(consume batch)
                 batch = WriteBatch()
             }
             try iterator.next()
