@@ -22,8 +22,10 @@ import Synchronization
 /// whose node has gone the flush instead waits for a live node's answer through the pool. Bytes
 /// stay held here until acknowledged; a lane that breaks is given up and they are sent again
 /// through the pool at the offset they start at (the node recognises bytes it already has). An
-/// error the node reports for a published append is thrown by the file's next call. Over TCP
-/// (where bytes in a socket are not yet in the node's hands) every flush waits for its reply.
+/// error the node reports for a published append is thrown by the file's next call. Over TCP a
+/// published append is a quiet request (no reply; `publishQuietly` says how they are
+/// acknowledged), in the node's hands once in the socket: the node runs every request it
+/// received, even from a client that has gone.
 final class RemoteWritableFile: WritableFile {
     private let fileSystem: RemoteFileSystem
     private let file: StorageFile
@@ -43,6 +45,8 @@ final class RemoteWritableFile: WritableFile {
     private var inFlight: [(id: UInt64, end: UInt64)] = []
     private var inFlightHead = 0
     private var lane: ConnectionBox?
+    /// Quiet appends sent on a TCP lane since the last answered one.
+    private var quietRun = 0
     /// An error the node reported for a published append; thrown by the next call.
     private var laneFailure: MoraineError?
     private var closed = false
@@ -123,31 +127,15 @@ final class RemoteWritableFile: WritableFile {
     /// acknowledged; false when the lane could not take it (the caller settles instead).
     private func publish() throws -> Bool {
         do {
-            let client = try laneClient()
-            let end = size
-            let request = StorageAppend(
-                file: file, offset: sent + UInt64(unacknowledged.count), mode: .deferred,
-                epoch: fileSystem.epoch(ofRoot: leaseRoot), bytes: buffer)
-            let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
-            fileSystem.countRequest()
-            inFlight.append((id, end))
-            unacknowledged.append(contentsOf: buffer)
-            buffer.removeAll(keepingCapacity: true)
-            while let oldest = inFlight.element(at: inFlightHead) {
-                let waiting = inFlight.count - inFlightHead > Self.inFlightMax || unacknowledged.count > Self.inFlightBytesMax
-                let response =
-                    waiting
-                    ? try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
-                    : try client.receiveIfArrived(requestID: oldest.id)
-                guard let response else { break }
-                try acknowledge(response, end: oldest.end)
-            }
-            // Published is in the node's hands only if a node will drain the ring: one that had
-            // died (and is restarting) will not, and a write acknowledged on that would rest on
-            // this process alone until the node is back. Then the bytes go through the pool,
-            // waiting for the node's answer.
-            if client.serverHasGone(pollingAfter: Self.livenessPollNanos) {
-                throw TransportError(.unavailable, "the storage node's end of the lane hung up")
+            switch try laneClient() {
+            case .sharedMemory(let client): try publish(on: client)
+            case .tcp(let client):
+                guard client.acceptsQuietRequests else {
+                    // A node of protocol version 1: every flush waits for its reply.
+                    releaseLane()
+                    return false
+                }
+                try publishQuietly(on: client)
             }
             return true
         } catch is TransportError {
@@ -155,6 +143,69 @@ final class RemoteWritableFile: WritableFile {
             releaseLane(broken: true)
             return false
         }
+    }
+
+    private func publish(on client: SharedMemoryClient) throws {
+        let end = size
+        let request = StorageAppend(
+            file: file, offset: sent + UInt64(unacknowledged.count), mode: .deferred,
+            epoch: fileSystem.epoch(ofRoot: leaseRoot), bytes: buffer)
+        let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+        fileSystem.countRequest()
+        inFlight.append((id, end))
+        unacknowledged.append(contentsOf: buffer)
+        buffer.removeAll(keepingCapacity: true)
+        while let oldest = inFlight.element(at: inFlightHead) {
+            let waiting = inFlight.count - inFlightHead > Self.inFlightMax || unacknowledged.count > Self.inFlightBytesMax
+            let response =
+                waiting
+                ? try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+                : try client.receiveIfArrived(requestID: oldest.id)
+            guard let response else { break }
+            try acknowledge(response, end: oldest.end)
+        }
+        // Published is in the node's hands only if a node will drain the ring: one that had
+        // died (and is restarting) will not, and a write acknowledged on that would rest on
+        // this process alone until the node is back. Then the bytes go through the pool,
+        // waiting for the node's answer.
+        if client.serverHasGone(pollingAfter: Self.livenessPollNanos) {
+            throw TransportError(.unavailable, "the storage node's end of the lane hung up")
+        }
+    }
+
+    /// Over TCP an append goes quiet (the node answers nothing; it keeps a failure for the
+    /// file's next answered append), and every `inFlightMax`-th, or once `inFlightBytesMax`
+    /// bytes wait unacknowledged, goes answered and is waited for: it runs after the quiet
+    /// ones, so its answer acknowledges them all. No answer is ever left unread on the lane,
+    /// so a compute process that dies ends the connection in order and its kernel delivers
+    /// what was sent (an unread answer would make the kernel reset the connection instead,
+    /// dropping what it had not sent yet).
+    private func publishQuietly(on client: DirectTCPClient) throws {
+        let end = size
+        let answered = quietRun >= Self.inFlightMax || unacknowledged.count + buffer.count > Self.inFlightBytesMax
+        let request = StorageAppend(
+            file: file, offset: sent + UInt64(unacknowledged.count), mode: answered ? .write : .deferred,
+            epoch: fileSystem.epoch(ofRoot: leaseRoot), bytes: buffer)
+        if answered {
+            let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+            fileSystem.countRequest()
+            inFlight.append((id, end))
+            unacknowledged.append(contentsOf: buffer)
+            buffer.removeAll(keepingCapacity: true)
+            let response = try client.receive(requestID: id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+            quietRun = 0
+            try acknowledge(response, end: end)
+            return
+        }
+        // A lost connection must not be replaced unnoticed: the quiet appends it carried may
+        // be lost with it (sendQuiet never reconnects).
+        try client.sendQuiet(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+        fileSystem.countRequest()
+        quietRun += 1
+        unacknowledged.append(contentsOf: buffer)
+        buffer.removeAll(keepingCapacity: true)
+        // As over shared memory: sent to a node that has died is not in any node's hands.
+        if client.serverHasGone { throw TransportError(.unavailable, "the storage node ended the lane's connection") }
     }
 
     /// Applies one acknowledgement: the node's size must be where the append ends; the bytes
@@ -204,12 +255,17 @@ final class RemoteWritableFile: WritableFile {
         sent = mark
     }
 
-    private func laneClient() throws(TransportError) -> SharedMemoryClient {
+    /// The connection a lane publishes on, by carrier.
+    private enum LaneClient {
+        case sharedMemory(SharedMemoryClient)
+        case tcp(DirectTCPClient)
+    }
+
+    private func laneClient() throws(TransportError) -> LaneClient {
         if lane == nil { lane = try fileSystem.takeConnection() }
-        guard let client = lane!.client as? SharedMemoryClient else {
-            throw TransportError(.invalid, "a lane needs a shared-memory connection")
-        }
-        return client
+        if let client = lane!.client as? SharedMemoryClient { return .sharedMemory(client) }
+        if let client = lane!.client as? DirectTCPClient { return .tcp(client) }
+        throw TransportError(.invalid, "a lane needs a shared-memory or direct TCP connection")
     }
 
     /// Lets the lane go: back to the pool when nothing is in flight on it, else closed.
@@ -219,6 +275,7 @@ final class RemoteWritableFile: WritableFile {
         if broken || inFlight.count > inFlightHead { box.client.close() } else { fileSystem.giveBack(box) }
         inFlight.removeAll()
         inFlightHead = 0
+        quietRun = 0
     }
 
     // MARK: Settling
@@ -230,10 +287,14 @@ final class RemoteWritableFile: WritableFile {
         var laneHeld = false
         if lane != nil {
             do {
-                let client = try laneClient()
-                while let oldest = inFlight.element(at: inFlightHead) {
-                    let response = try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
-                    try acknowledge(response, end: oldest.end)
+                switch try laneClient() {
+                case .sharedMemory(let client):
+                    while let oldest = inFlight.element(at: inFlightHead) {
+                        let response = try client.receive(requestID: oldest.id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+                        try acknowledge(response, end: oldest.end)
+                    }
+                case .tcp(let client):
+                    if quietRun > 0, try settleOnLane(client, sync: sync) { return }
                 }
                 laneHeld = true
             } catch let error as MoraineError where Self.isResendable(error) {
@@ -260,6 +321,30 @@ final class RemoteWritableFile: WritableFile {
             unacknowledged.removeAll(keepingCapacity: true)
             try send(sync: sync)
         }
+    }
+
+    /// After quiet appends: one answered append on the lane, which runs after them, so its
+    /// answer acknowledges them all (were it sent through the pool it could arrive first and
+    /// find a gap). It carries what is buffered when that fits in one request, with the sync;
+    /// true when it did (nothing is left to send).
+    private func settleOnLane(_ client: DirectTCPClient, sync: Bool) throws -> Bool {
+        let carried = buffer.count <= Self.appendBytesMax
+        let start = sent + UInt64(unacknowledged.count)
+        let request = StorageAppend(
+            file: file, offset: start, mode: sync && carried ? .sync : .write, epoch: fileSystem.epoch(ofRoot: leaseRoot),
+            bytes: carried ? buffer : [])
+        let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+        fileSystem.countRequest()
+        let end = start + UInt64(request.bytes.count)
+        inFlight.append((id, end))
+        if carried {
+            unacknowledged.append(contentsOf: buffer)
+            buffer.removeAll(keepingCapacity: true)
+        }
+        let response = try client.receive(requestID: id, timeoutNanos: fileSystem.options.callTimeoutNanos)
+        quietRun = 0
+        try acknowledge(response, end: end)
+        return carried
     }
 
     /// Sends what is buffered, after what the node already holds, in requests of at most

@@ -40,9 +40,10 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
         public var limits = TransportLimits()
         /// Idle connections kept for reuse.
         public var idleConnectionsMax = 64
-        /// Over shared memory, a flush without sync publishes its append into the ring and
-        /// returns; the acknowledgement is reaped later (RemoteWritableFile). Off: every flush
-        /// waits for the node's reply.
+        /// A flush without sync publishes its append and returns: into the ring over shared
+        /// memory (the acknowledgement is reaped later), as a quiet request over TCP (an
+        /// answered one every so often acknowledges those before it); RemoteWritableFile.
+        /// Off: every flush waits for the node's reply.
         public var pipelineAppends = true
         /// The emulated link replies travel over (the node's `--link-delay-ns`, so a link
         /// emulated on both ends is symmetric).
@@ -79,12 +80,9 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
 
     func countRequest() { requests.add(1, ordering: .relaxed) }
 
-    /// Whether files publish their non-sync appends instead of waiting for them: over shared
-    /// memory only, where a published request is in the node's hands.
-    var pipelinesAppends: Bool {
-        guard options.pipelineAppends, case .sharedMemory = endpoint else { return false }
-        return true
-    }
+    /// Whether files publish their non-sync appends instead of waiting for them: into a ring
+    /// over shared memory, as quiet requests over TCP; either way in the node's hands once sent.
+    var pipelinesAppends: Bool { options.pipelineAppends }
 
     // MARK: Calls
 

@@ -25,6 +25,9 @@ extension StorageNode {
 
     func append(_ request: StorageAppend) throws(TransportError) -> Payload {
         let root = try StorageName.check(request.file)
+        if let failure = quietFailures.withLock({ $0.isEmpty ? nil : $0.removeValue(forKey: request.file) }) {
+            throw failure
+        }
         try leases.checkMutation(root, epoch: request.epoch)
         let slot = try writer(request.file)
         let reply = try slot.lock.withLock { () throws(TransportError) -> StorageAppendReply in
@@ -200,6 +203,7 @@ extension StorageNode {
         let slot = writers.withLock { $0.removeValue(forKey: file) }
         if let slot { slot.lock.withLock { try? slot.file?.close() } }
         _ = deferredSlots.withLock { $0.removeValue(forKey: file) }
+        _ = quietFailures.withLock { $0.removeValue(forKey: file) }
         _ = readers.withLock { $0.removeValue(forKey: file) }
         wireReaders.withLock { $0.removeAll(keepingCapacity: true) }
     }

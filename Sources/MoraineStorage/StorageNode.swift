@@ -40,6 +40,11 @@ public final class StorageNode: Sendable {
     /// Files whose deferred appends are not written yet.
     let deferredSlots = Mutex<[StorageFile: WriterSlot]>([:])
     let readers = Mutex<[StorageFile: ReaderSlot]>([:])
+    /// The first failure of a quiet append to each file (one its writer sent without asking
+    /// an answer), answered to the file's next answered append; the quiet appends between are
+    /// dropped. At most `quietFailuresMax` files at once.
+    let quietFailures = Mutex<[StorageFile: TransportError]>([:])
+    static let quietFailuresMax = 4096
     /// The last capacity a metrics scrape read, and when (StorageNode+Metrics).
     let lastCapacity = Mutex<(Int64, StorageCapacityReply)?>(nil)
     /// The same handles by the bytes of a read request that name the file (`read(encoded:)`);
@@ -96,10 +101,37 @@ public final class StorageNode: Sendable {
         for opcode in StorageOpcode.create...StorageOpcode.tiers {
             router.register(opcode) { [self] request in
                 do throws(TransportError) {
+                    if request.quiet {
+                        handleQuietly(request)
+                        return .success(.bytes([]))
+                    }
                     return .success(try handle(request.opcode, request.payload))
                 } catch {
                     return .failure(error)
                 }
+            }
+        }
+    }
+
+    /// Runs a quiet request (the client asks no answer). A quiet append that fails is kept for
+    /// the file's next answered append, and the quiet appends to that file until then are
+    /// dropped (each would find a gap after it); any other quiet request just runs.
+    private func handleQuietly(_ request: Request) {
+        guard request.opcode == StorageOpcode.append else {
+            _ = try? handle(request.opcode, request.payload)
+            return
+        }
+        guard let append = try? StorageAppend.decode(request.payload) else {
+            SystemLog.warning("storage: a malformed quiet append (request \(request.requestID)) was dropped")
+            return
+        }
+        if quietFailures.withLock({ !$0.isEmpty && $0[append.file] != nil }) { return }
+        do throws(TransportError) {
+            _ = try self.append(append)
+        } catch {
+            let failure = TransportError(error.code, "an append sent without waiting failed: \(error.message)")
+            quietFailures.withLock { table in
+                if table.count < Self.quietFailuresMax { table[append.file] = failure }
             }
         }
     }

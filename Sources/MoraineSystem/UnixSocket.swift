@@ -154,12 +154,7 @@ public final class UnixSocket: @unchecked Sendable {
     }
 
     /// Whether the peer has closed or the connection broke (does not block).
-    public func peerHasHungUp() -> Bool {
-        var entry = pollfd(fd: descriptor, events: Int16(CSystemShims_pollrdhup()), revents: 0)
-        let rc = poll(&entry, 1, 0)
-        if rc < 0 { return errno != EINTR }
-        return rc > 0 && entry.revents & Int16(POLLHUP | POLLERR | CSystemShims_pollrdhup()) != 0
-    }
+    public func peerHasHungUp() -> Bool { socketPeerHasHungUp(descriptor) }
 
     /// Ends the connection both ways without closing the descriptor: safe from another thread
     /// while the owner may still use it (a closed descriptor's number could be reused by then).
@@ -270,4 +265,13 @@ public final class SharedMemory: @unchecked Sendable {
         munmap(base, byteCount)
         closeDescriptor()
     }
+}
+
+/// Whether the peer of the connected socket `descriptor` has ended or reset the connection: one
+/// poll(2) for a hang-up or an error, no waiting; bytes waiting to be read do not count.
+public func socketPeerHasHungUp(_ descriptor: Int32) -> Bool {
+    var entry = pollfd(fd: descriptor, events: Int16(CSystemShims_pollrdhup()), revents: 0)
+    let rc = poll(&entry, 1, 0)
+    if rc < 0 { return errno != EINTR }
+    return rc > 0 && entry.revents & Int16(POLLHUP | POLLERR | CSystemShims_pollrdhup()) != 0
 }

@@ -24,8 +24,11 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
     public static let more = FrameFlags(rawValue: 1 << 2)
     /// The payload is a 32-byte `RegionReference`, not the bytes themselves.
     public static let reference = FrameFlags(rawValue: 1 << 3)
-    /// Every flag this version defines; a frame with any other bit set is malformed.
-    public static let known: FrameFlags = [.response, .error, .more, .reference]
+    /// A request the sender wants no response to, not even an error (protocol version 2): the
+    /// server runs it and answers nothing. On every chunk of a chunked request.
+    public static let quiet = FrameFlags(rawValue: 1 << 4)
+    /// Every flag this build defines; a frame with any other bit set is malformed.
+    public static let known: FrameFlags = [.response, .error, .more, .reference, .quiet]
 }
 
 /// Operation codes. Values below `firstApplication` belong to the transport itself.

@@ -21,10 +21,13 @@
 import Crypto
 import Synchronization
 
-/// Protocol versions this build speaks.
+/// Protocol versions this build speaks. Version 2 adds quiet requests (`FrameFlags.quiet`); a
+/// connection that settled on 1 refuses them.
 public enum ProtocolVersion {
     public static let minimum: UInt8 = 1
-    public static let maximum: UInt8 = 1
+    public static let maximum: UInt8 = 2
+    /// The first version with quiet requests.
+    public static let quietRequests: UInt8 = 2
 }
 
 enum Handshake {

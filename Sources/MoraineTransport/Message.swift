@@ -55,6 +55,9 @@ public struct Request: Sendable {
     public let opcode: UInt8
     public let requestID: UInt64
     public let payload: Payload
+    /// The client wants no response (`FrameFlags.quiet`): whatever the handler returns is
+    /// dropped, so a handler that must report a failure later keeps it itself.
+    public var quiet = false
 }
 
 /// A reply as a caller sees it.

@@ -155,7 +155,7 @@ func forEachChunk(
     _ bytes: UnsafeRawBufferPointer, flags: FrameFlags, chunkBytes: Int,
     _ body: (FrameFlags, UnsafeRawBufferPointer) throws(TransportError) -> Void
 ) throws(TransportError) {
-    if bytes.count <= chunkBytes || !flags.isEmpty && !flags.isSubset(of: .response) {
+    if bytes.count <= chunkBytes || !flags.isDisjoint(with: [.error, .reference]) {
         try body(flags, bytes)
         return
     }

@@ -16,6 +16,8 @@ final class RawPeer {
     private var producer: FrameProducer? = nil
     private var consumer: FrameConsumer? = nil
     private var limits = TransportLimits()
+    /// The protocol version frames go in: 1 until the handshake settles on one.
+    private(set) var version: UInt8 = 1
 
     init(_ service: TestService) throws {
         carrier = service.carrier.server
@@ -82,13 +84,15 @@ final class RawPeer {
         }
     }
 
-    func frameBytes(version: UInt8 = 1, opcode: UInt8, flags: FrameFlags = [], requestID: UInt64, payload: [UInt8]) -> [UInt8] {
-        payload.withUnsafeBytes {
+    func frameBytes(version: UInt8? = nil, opcode: UInt8, flags: FrameFlags = [], requestID: UInt64, payload: [UInt8]) -> [UInt8] {
+        let version = version ?? self.version
+        return payload.withUnsafeBytes {
             FrameHeader.encode(version: version, opcode: opcode, flags: flags, requestID: requestID, payload: $0)
         }
     }
 
-    func sendFrame(version: UInt8 = 1, opcode: UInt8, flags: FrameFlags = [], requestID: UInt64 = 0, payload: [UInt8]) throws {
+    func sendFrame(version: UInt8? = nil, opcode: UInt8, flags: FrameFlags = [], requestID: UInt64 = 0, payload: [UInt8]) throws {
+        let version = version ?? self.version
         if producer != nil {
             try payload.withUnsafeBytes { raw in
                 try producer!.write(
@@ -182,6 +186,7 @@ final class RawPeer {
         _ = try sendFrame(opcode: Opcode.hello, payload: handshake.hello())
         let (_, challenge) = try receiveFrame()
         try prove(try handshake.answer(challenge: challenge))
+        version = handshake.version
         if carrier == .sharedMemory { try attach() }
     }
 

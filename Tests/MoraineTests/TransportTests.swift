@@ -255,7 +255,7 @@ struct TransportConformanceTests {
         let (header, payload) = try raw.receiveFrame()
         #expect(header.requestID == 77 && header.flags.contains(.error))
         #expect(payload.withUnsafeBytes { TransportError(wirePayload: $0) }.code == .unsupportedVersion)
-        try raw.sendFrame(version: 1, opcode: TestOp.echo, requestID: 78, payload: [5, 6])
+        try raw.sendFrame(opcode: TestOp.echo, requestID: 78, payload: [5, 6])
         let (answer, bytes) = try raw.receiveFrame()
         #expect(answer.requestID == 78 && bytes == [5, 6])
     }

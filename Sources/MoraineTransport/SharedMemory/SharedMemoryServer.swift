@@ -406,7 +406,7 @@ struct ServerRingConnection {
         _ header: FrameHeader, _ payload: [UInt8], stillWanted: () -> Bool
     ) throws(TransportError) -> Bool {
         switch try session.handle(header, payload) {
-        case .none: return true
+        case .none, .quiet: return true
         case .goodbye:
             responses.publish()
             return false

@@ -165,7 +165,7 @@ public final class DirectTCPClient: TransportClient {
                 throw TransportError(
                     .frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
             }
-            encode(opcode: opcode, requestID: id, bytes: bytes)
+            encode(opcode: opcode, flags: [], requestID: id, bytes: bytes)
         }
         do {
             try withBytes(output) { bytes throws(TransportError) in try writeAll(bytes, deadline: nil, drain: true) }
@@ -178,6 +178,61 @@ public final class DirectTCPClient: TransportClient {
         }
         pending.insert(id)
         return id
+    }
+
+    /// Whether this connection takes quiet requests (it settled on protocol version 2 or later).
+    public var acceptsQuietRequests: Bool { version >= ProtocolVersion.quietRequests }
+
+    /// Whether the client holds a connection now (false after one was lost, until a send
+    /// reconnects).
+    public var isConnected: Bool { stream != nil }
+
+    /// Sends a quiet request (`FrameFlags.quiet`): the server runs it and answers nothing, not
+    /// even an error, so the caller learns of its outcome only through a later request it asks
+    /// an answer to. Requests on one connection run in order: an answered request sent after
+    /// quiet ones answers after they ran. Once written into the socket it is in the server's
+    /// hands even if this process dies (the kernel delivers it; the server runs what it got).
+    /// Never reconnects: quiet requests sent before a lost connection may be lost with it, and
+    /// the caller must hear of that, so a send without a connection throws `unavailable`.
+    /// - Throws: `.unavailable` without a connection (or when it breaks), `.invalid` on a
+    ///   connection that does not take quiet requests, `.frameTooLarge`, `.closed`.
+    public func sendQuiet(opcode: UInt8, payload: Payload) throws(TransportError) {
+        if closed { throw TransportError(.closed, "the client was closed") }
+        guard stream != nil else { throw failure ?? TransportError(.unavailable, "not connected") }
+        guard acceptsQuietRequests else {
+            throw TransportError(.invalid, "the server speaks protocol version \(version), which has no quiet requests")
+        }
+        let id = nextID
+        nextID &+= 1
+        try withPayloadBytes(payload) { bytes throws(TransportError) in
+            guard bytes.count <= limits.messageBytesMax else {
+                throw TransportError(
+                    .frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
+            }
+            encode(opcode: opcode, flags: .quiet, requestID: id, bytes: bytes)
+        }
+        do {
+            try withBytes(output) { bytes throws(TransportError) in try writeAll(bytes, deadline: nil, drain: true) }
+        } catch {
+            dropConnection(
+                error.code == .timedOut ? TransportError(.unavailable, "connection given up: \(error.message)") : error)
+            throw error
+        }
+    }
+
+    /// Whether the server's end of the connection has gone (it ended or reset the connection:
+    /// its process exited or was killed), or there is no connection. One poll(2), no waiting.
+    public var serverHasGone: Bool { stream?.peerHasHungUp() ?? true }
+
+    /// The response to `requestID` (or to any request, when nil) if it has arrived, without
+    /// waiting: nil otherwise.
+    /// - Throws: as `receive`.
+    public func receiveIfArrived(requestID: UInt64?) throws(TransportError) -> Response? {
+        do {
+            return try receive(requestID: requestID, timeoutNanos: 0)
+        } catch where error.code == .timedOut {
+            return nil
+        }
     }
 
     private func withPayloadBytes(
@@ -193,14 +248,14 @@ public final class DirectTCPClient: TransportClient {
     }
 
     /// The whole message, every chunk, into `output` (encoded in place, no zero-filling).
-    private func encode(opcode: UInt8, requestID: UInt64, bytes: UnsafeRawBufferPointer) {
+    private func encode(opcode: UInt8, flags: FrameFlags, requestID: UInt64, bytes: UnsafeRawBufferPointer) {
         let chunks = max(1, (bytes.count + limits.chunkBytes - 1) / limits.chunkBytes)
         let total = bytes.count + chunks * FrameHeader.byteCount
         let (version, chunkBytes) = (self.version, limits.chunkBytes)
         output = [UInt8](unsafeUninitializedCapacity: total) { target, count in
             var at = 0
             // forEachChunk only throws what its body throws; this body does not throw.
-            try? forEachChunk(bytes, flags: [], chunkBytes: chunkBytes) { flags, chunk in
+            try? forEachChunk(bytes, flags: flags, chunkBytes: chunkBytes) { flags, chunk in
                 FrameHeader.encode(
                     into: UnsafeMutableRawPointer(target.baseAddress!) + at, version: version, opcode: opcode, flags: flags,
                     requestID: requestID, payload: chunk)

@@ -4,7 +4,9 @@
 // per read burst (or sooner, once 2 MiB are waiting). Back-pressure: while the channel is not
 // writable (the peer does not read its replies), the handler holds the requests already decoded
 // without running them and stops asking NIO to read, so what a client can make the server keep is
-// one read burst of requests, not their replies. A connection that breaks the protocol, fails the
+// one read burst of requests, not their replies. A client that goes away (the end of its stream,
+// or a reset) still has every whole request it sent run, held ones included, their replies
+// dropped: a quiet request is in the server's hands once sent. A connection that breaks the protocol, fails the
 // handshake or does not finish it in time, or stops in the middle of a frame for longer than the
 // frame timeout is logged and closed; the others are unaffected.
 //
@@ -184,6 +186,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     private var stallTimer: RepeatedTask? = nil
     /// Requests decoded while the channel was not writable, run once it is again.
     private var held: [TCPFrame] = []
+    /// A quiet request ran since the router was last told the connection drained.
+    private var quietRan = false
     private var draining = false
     /// Replies waiting in `output` beyond this are flushed at once, so writability reflects them.
     /// Flushing earlier costs throughput: 256 KiB took 16 × 64 KiB echoes from 11K to 7.5K ops/s.
@@ -271,11 +275,34 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A client that went away has every request it sent run, as over shared memory: a
+        // writer whose process died right after sending a quiet append has handed its bytes
+        // over (its kernel delivers them, then the end of the stream). Requests held back for
+        // back-pressure are among them; their replies go nowhere.
+        runHeldAtEnd(context)
         handshakeTimer?.cancel()
         stallTimer?.cancel()
         admission.remove(ticket)
         connections.remove(context.channel)
         context.fireChannelInactive()
+    }
+
+    /// Runs the requests held back, at the end of the connection (their replies go nowhere),
+    /// and tells the router the connection drained.
+    private func runHeldAtEnd(_ context: ChannelHandlerContext) {
+        if case .ready = state {
+            for frame in held {
+                do {
+                    try handle(frame, context: context)
+                } catch {
+                    refuse(context, error)
+                }
+                if case .closing = state { break }
+            }
+        }
+        held.removeAll()
+        quietRan = true
+        routerDrained()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -347,6 +374,7 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             state = .ready(session)
             switch outcome {
             case .none: break
+            case .quiet: quietRan = true
             case .goodbye:
                 flush(context)
                 state = .closing
@@ -389,7 +417,16 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flush(context)
+        routerDrained()
         context.fireChannelReadComplete()
+    }
+
+    /// Tells the router the connection ran what it had, after quiet requests (replied ones
+    /// tell it as they are answered).
+    private func routerDrained() {
+        guard quietRan else { return }
+        quietRan = false
+        router.drained?()
     }
 
     private func flush(_ context: ChannelHandlerContext) {
@@ -439,6 +476,9 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A connection the peer reset (not a protocol error): what it sent is run, as at an
+        // orderly end of the stream (channelInactive).
+        if !(error is TransportError) { runHeldAtEnd(context) }
         refuse(context, error)
     }
 

@@ -123,6 +123,12 @@ final class TCPStream {
         }
     }
 
+    /// Whether the peer has ended or reset the connection (its process exited or was killed).
+    /// One poll(2), no waiting; bytes waiting to be read do not count.
+    func peerHasHungUp() -> Bool {
+        descriptor < 0 || socketPeerHasHungUp(descriptor)
+    }
+
     /// Whether the socket has something to read (or a hang-up) right now.
     func readable() -> Bool {
         var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
