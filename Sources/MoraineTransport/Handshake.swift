@@ -122,15 +122,18 @@ struct ClientHandshake {
     let label: [UInt8]
     private(set) var serverNonce: [UInt8] = []
     private(set) var version: UInt8 = 0
+    /// The newest version offered (an older one only to test what a newer server does with it).
+    let maximumVersion: UInt8
 
-    init(key: ClusterKey, label: String? = TransportIdentity.label) {
+    init(key: ClusterKey, label: String? = TransportIdentity.label, maximumVersion: UInt8 = ProtocolVersion.maximum) {
         self.key = key
+        self.maximumVersion = maximumVersion
         let bytes = Array((label ?? "").utf8)
         self.label = Handshake.isValidLabel(bytes) ? bytes : []  // TransportIdentity checks what it is given
     }
 
     /// The hello payload.
-    func hello() -> [UInt8] { [ProtocolVersion.minimum, ProtocolVersion.maximum] + nonce }
+    func hello() -> [UInt8] { [ProtocolVersion.minimum, maximumVersion] + nonce }
 
     /// Checks the server's challenge and returns the proof payload.
     /// - Throws: `.authenticationFailed` when the server does not hold the key, `.malformed`
@@ -140,7 +143,7 @@ struct ClientHandshake {
             throw TransportError(.malformed, "challenge of \(payload.count) bytes, expected \(Handshake.challengeBytes)")
         }
         let chosen = payload[0]
-        guard (ProtocolVersion.minimum...ProtocolVersion.maximum).contains(chosen) else {
+        guard (ProtocolVersion.minimum...maximumVersion).contains(chosen) else {
             throw TransportError(.unsupportedVersion, "server chose protocol version \(chosen), which was not offered")
         }
         let theirs = Array(payload[1..<(1 + Handshake.nonceBytes)])

@@ -121,6 +121,46 @@ struct StorageNodeTests {
         #expect(try reply.results[2].get() == [50, 51])
     }
 
+    @Test("tcp: a quiet append's failure is answered to the file's next answered append, the quiet ones between dropped")
+    func quietAppendFailure() throws {
+        let node = try StorageTestNode(.tcp)
+        defer { node.remove() }
+        let client = try #require(try Self.connect(node) as? DirectTCPClient)
+        defer { client.close() }
+        #expect(client.acceptsQuietRequests)
+        let file = StorageFile(database: "db", name: "000005.log")
+        _ = Self.call(client, StorageOpcode.createDirectory, StorageFileQuery(file: StorageFile(database: "db", name: "")))
+        #expect(Self.code(Self.call(client, StorageOpcode.create, StorageCreate(file: file, exclusive: true, epoch: 0))) == nil)
+        func quiet(_ offset: UInt64, _ bytes: [UInt8]) throws {
+            let request = StorageAppend(file: file, offset: offset, mode: .deferred, epoch: 0, bytes: bytes)
+            try client.sendQuiet(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+        }
+        func answered(_ offset: UInt64, _ bytes: [UInt8]) -> Result<[UInt8], TransportError> {
+            Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: offset, sync: false, epoch: 0, bytes: bytes))
+        }
+        try quiet(0, [1, 2, 3])
+        try quiet(3, [4])
+        // Answered after them, so after they ran: it acknowledges them, all written.
+        let reply = try StorageAppendReply.decode(answered(4, [5]).get())
+        #expect(reply.sizeBytes == 5 && reply.writtenBytes == 5)
+        try quiet(9, [9])  // a gap: refused, and kept for the file's next answered append
+        try quiet(5, [6])  // dropped: it would land after a refused one
+        let failed = answered(5, [6])
+        #expect(Self.code(failed) == .invalid)
+        if case .failure(let error) = failed {
+            #expect(error.message.contains("sent without waiting") && error.message.contains("a gap"), "\(error.message)")
+        }
+        // Heard once; the writer sends again from what the node holds, and it lands.
+        #expect(try StorageAppendReply.decode(answered(5, [6]).get()).sizeBytes == 6)
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [1, 2, 3, 4, 5, 6])
+        // A quiet append with a stale epoch changes nothing, and the next answered one hears it.
+        _ = Self.call(client, StorageOpcode.leaseAcquire, StorageLease(database: "db", owner: "test", epoch: 0, ttlMillis: 60_000))
+        try quiet(6, [7])
+        let fenced = answered(6, [7])
+        #expect(Self.code(fenced) == .fenced, "\(fenced)")
+        #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [1, 2, 3, 4, 5, 6])
+    }
+
     @Test("leases: one owner at a time; a new grant raises the epoch and fences the old owner, across a restart", arguments: Carrier.servers)
     func fencing(carrier: Carrier) throws {
         let node = try StorageTestNode(carrier)

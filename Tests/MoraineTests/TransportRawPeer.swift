@@ -181,8 +181,8 @@ final class RawPeer {
     }
 
     /// The full handshake (and, over shared memory, the ring attachment).
-    func authenticate(key: ClusterKey) throws {
-        var handshake = ClientHandshake(key: key)
+    func authenticate(key: ClusterKey, maximumVersion: UInt8 = ProtocolVersion.maximum) throws {
+        var handshake = ClientHandshake(key: key, maximumVersion: maximumVersion)
         _ = try sendFrame(opcode: Opcode.hello, payload: handshake.hello())
         let (_, challenge) = try receiveFrame()
         try prove(try handshake.answer(challenge: challenge))

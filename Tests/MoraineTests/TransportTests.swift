@@ -244,6 +244,61 @@ struct TransportConformanceTests {
         #expect(try client.call(TestOp.echo, [9]) == .bytes([9]))
     }
 
+    @Test("a quiet request runs and is never answered, not even its error; an answered one after it sees it ran", arguments: Carrier.servers)
+    func quietRequests(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        defer { raw.close() }
+        try raw.authenticate(key: service.key)
+        #expect(raw.version == ProtocolVersion.quietRequests)
+        for id in 1...5 { try raw.sendFrame(opcode: TestOp.big, flags: .quiet, requestID: UInt64(id), payload: []) }
+        try raw.sendFrame(opcode: TestOp.fail, flags: .quiet, requestID: 6, payload: [])
+        try raw.sendFrame(opcode: Opcode.ping, flags: .quiet, requestID: 7, payload: [])
+        try raw.sendFrame(opcode: TestOp.echo, requestID: 8, payload: [4, 2])
+        // The first frame back answers the echo: nothing came for the quiet ones before it.
+        let (header, payload) = try raw.receiveFrame()
+        #expect(header.requestID == 8 && payload == [4, 2])
+        #expect(service.gate.bigRuns == 5, "the quiet requests ran before the answered one after them")
+    }
+
+    @Test("a quiet request on a connection that settled on protocol version 1 is refused", arguments: Carrier.servers)
+    func quietNeedsVersion2(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        defer { raw.close() }
+        try raw.authenticate(key: service.key, maximumVersion: 1)
+        #expect(raw.version == 1)
+        try raw.sendFrame(opcode: TestOp.big, flags: .quiet, requestID: 3, payload: [])
+        let (header, payload) = try raw.receiveFrame()
+        let error = payload.withUnsafeBytes { TransportError(wirePayload: $0) }
+        #expect(header.requestID == 3 && header.flags.contains(.error) && error.code == .malformed && error.message.contains("quiet"))
+        #expect(service.gate.bigRuns == 0)
+        try raw.sendFrame(opcode: TestOp.echo, requestID: 4, payload: [1])
+        #expect(try raw.receiveFrame().1 == [1], "the connection stays usable")
+    }
+
+    @Test("quiet requests a client sent just before it went away all run", arguments: Carrier.servers)
+    func quietRequestsOutliveTheClient(carrier: Carrier) throws {
+        let service = try TestService(carrier)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        try raw.authenticate(key: service.key)
+        let count = 300
+        var burst: [UInt8] = []
+        for id in 1...count { burst += raw.frameBytes(opcode: TestOp.big, flags: .quiet, requestID: UInt64(id), payload: []) }
+        if carrier == .sharedMemory {
+            for id in 1...count { try raw.sendFrame(opcode: TestOp.big, flags: .quiet, requestID: UInt64(id), payload: []) }
+        } else {
+            try raw.sendBytes(burst)
+        }
+        raw.close()
+        let deadline = monotonicNanos() + 10_000_000_000
+        while service.gate.bigRuns < count && monotonicNanos() < deadline { usleep(10_000) }
+        #expect(service.gate.bigRuns == count, "\(service.gate.bigRuns) of \(count) quiet requests ran after the client went away")
+    }
+
     @Test("a frame in a version not negotiated gets an error response, not a hang-up", arguments: Carrier.servers)
     func unknownVersion(carrier: Carrier) throws {
         let service = try TestService(carrier)
