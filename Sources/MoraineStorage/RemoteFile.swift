@@ -174,9 +174,9 @@ final class RemoteWritableFile: WritableFile {
     }
 
     /// Over TCP an append goes quiet (the node answers nothing; it keeps a failure for the
-    /// file's next answered append), and every `inFlightMax`-th, or once `inFlightBytesMax`
-    /// bytes wait unacknowledged, goes answered and is waited for: it runs after the quiet
-    /// ones, so its answer acknowledges them all. No answer is ever left unread on the lane,
+    /// file's next answered append); once `inFlightMax` have gone quiet (the next is the 65th),
+    /// or when `inFlightBytesMax` bytes would wait unacknowledged, it goes answered and is
+    /// waited for: it runs after the quiet ones, so its answer acknowledges them all. No answer is ever left unread on the lane,
     /// so a compute process that dies ends the connection in order and its kernel delivers
     /// what was sent (an unread answer would make the kernel reset the connection instead,
     /// dropping what it had not sent yet).

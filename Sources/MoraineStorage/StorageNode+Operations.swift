@@ -25,10 +25,12 @@ extension StorageNode {
 
     func append(_ request: StorageAppend) throws(TransportError) -> Payload {
         let root = try StorageName.check(request.file)
+        try leases.checkMutation(root, epoch: request.epoch)
+        // After the lease check: a stale owner's append is told it is fenced, and leaves the
+        // failure to the writer it belongs to.
         if let failure = quietFailures.withLock({ $0.isEmpty ? nil : $0.removeValue(forKey: request.file) }) {
             throw failure
         }
-        try leases.checkMutation(root, epoch: request.epoch)
         let slot = try writer(request.file)
         let reply = try slot.lock.withLock { () throws(TransportError) -> StorageAppendReply in
             try resume(slot, request)
@@ -430,6 +432,11 @@ extension StorageNode {
         let root = try StorageName.checkDatabase(request.database)
         guard !request.database.contains("/") else { throw TransportError(.invalid, "a lease is taken on a whole database") }
         let epoch = try leases.acquire(root, owner: request.owner, ttlMillis: request.ttlMillis)
+        // A new owner starts clean: failures of a former owner's quiet appends are not its own.
+        quietFailures.withLock { table in
+            guard !table.isEmpty else { return }
+            table = table.filter { $0.key.database.split(separator: "/").first.map(String.init) != root }
+        }
         return .bytes(StorageLeaseReply(epoch: epoch, ttlMillis: min(request.ttlMillis, LeaseTable.ttlMillisMax)).encoded())
     }
 

@@ -45,6 +45,8 @@ public final class StorageNode: Sendable {
     /// dropped. At most `quietFailuresMax` files at once.
     let quietFailures = Mutex<[StorageFile: TransportError]>([:])
     static let quietFailuresMax = 4096
+    /// Malformed quiet requests are answered with nothing, so they are logged, a few a window.
+    let quietRefusals = LogThrottle(subject: "malformed quiet requests dropped by the storage node")
     /// The last capacity a metrics scrape read, and when (StorageNode+Metrics).
     let lastCapacity = Mutex<(Int64, StorageCapacityReply)?>(nil)
     /// The same handles by the bytes of a read request that name the file (`read(encoded:)`);
@@ -122,13 +124,16 @@ public final class StorageNode: Sendable {
             return
         }
         guard let append = try? StorageAppend.decode(request.payload) else {
-            SystemLog.warning("storage: a malformed quiet append (request \(request.requestID)) was dropped")
+            quietRefusals.info("storage: a malformed quiet append (request \(request.requestID)) was dropped")
             return
         }
         if quietFailures.withLock({ !$0.isEmpty && $0[append.file] != nil }) { return }
         do throws(TransportError) {
             _ = try self.append(append)
         } catch {
+            // A stale owner's append is refused, and its next answered request is fenced by the
+            // lease check itself; recorded, the refusal would be handed to the file's new writer.
+            if error.code == .fenced { return }
             let failure = TransportError(error.code, "an append sent without waiting failed: \(error.message)")
             quietFailures.withLock { table in
                 if table.count < Self.quietFailuresMax { table[append.file] = failure }

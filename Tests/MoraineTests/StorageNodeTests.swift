@@ -153,7 +153,8 @@ struct StorageNodeTests {
         // Heard once; the writer sends again from what the node holds, and it lands.
         #expect(try StorageAppendReply.decode(answered(5, [6]).get()).sizeBytes == 6)
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [1, 2, 3, 4, 5, 6])
-        // A quiet append with a stale epoch changes nothing, and the next answered one hears it.
+        // A quiet append with a stale epoch changes nothing; the writer's next answered append,
+        // as stale, is fenced by the lease check itself (a fenced quiet append is not kept).
         _ = Self.call(client, StorageOpcode.leaseAcquire, StorageLease(database: "db", owner: "test", epoch: 0, ttlMillis: 60_000))
         try quiet(6, [7])
         let fenced = answered(6, [7])

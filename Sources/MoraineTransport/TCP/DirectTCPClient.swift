@@ -183,10 +183,6 @@ public final class DirectTCPClient: TransportClient {
     /// Whether this connection takes quiet requests (it settled on protocol version 2 or later).
     public var acceptsQuietRequests: Bool { version >= ProtocolVersion.quietRequests }
 
-    /// Whether the client holds a connection now (false after one was lost, until a send
-    /// reconnects).
-    public var isConnected: Bool { stream != nil }
-
     /// Sends a quiet request (`FrameFlags.quiet`): the server runs it and answers nothing, not
     /// even an error, so the caller learns of its outcome only through a later request it asks
     /// an answer to. Requests on one connection run in order: an answered request sent after
@@ -223,17 +219,6 @@ public final class DirectTCPClient: TransportClient {
     /// Whether the server's end of the connection has gone (it ended or reset the connection:
     /// its process exited or was killed), or there is no connection. One poll(2), no waiting.
     public var serverHasGone: Bool { stream?.peerHasHungUp() ?? true }
-
-    /// The response to `requestID` (or to any request, when nil) if it has arrived, without
-    /// waiting: nil otherwise.
-    /// - Throws: as `receive`.
-    public func receiveIfArrived(requestID: UInt64?) throws(TransportError) -> Response? {
-        do {
-            return try receive(requestID: requestID, timeoutNanos: 0)
-        } catch where error.code == .timedOut {
-            return nil
-        }
-    }
 
     private func withPayloadBytes(
         _ payload: Payload, _ body: (UnsafeRawBufferPointer) throws(TransportError) -> Void

@@ -139,9 +139,17 @@ final class LinkEmulationHandler: ChannelInboundHandler {
     /// Read-completes are sent when held frames are delivered, not when bytes arrive.
     func channelReadComplete(context: ChannelHandlerContext) {}
 
+    /// A client that went away: what it sent was on the emulated wire, and a real link delivers
+    /// that too (as the shared-memory carrier does), so every frame still held goes on now.
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        var delivered = false
+        while let frame = line.takeReady(now: .max) {
+            context.fireChannelRead(wrapInboundOut(frame))
+            delivered = true
+        }
+        if delivered { context.fireChannelReadComplete() }
         context.fireChannelInactive()
     }
 

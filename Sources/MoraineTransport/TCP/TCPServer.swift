@@ -5,8 +5,8 @@
 // writable (the peer does not read its replies), the handler holds the requests already decoded
 // without running them and stops asking NIO to read, so what a client can make the server keep is
 // one read burst of requests, not their replies. A client that goes away (the end of its stream,
-// or a reset) still has every whole request it sent run, held ones included, their replies
-// dropped: a quiet request is in the server's hands once sent. A connection that breaks the protocol, fails the
+// or a reset) still has every whole request the server received from it run, held ones
+// included, their replies dropped: a quiet request is in the server's hands once received. A connection that breaks the protocol, fails the
 // handshake or does not finish it in time, or stops in the middle of a frame for longer than the
 // frame timeout is logged and closed; the others are unaffected.
 //
@@ -189,6 +189,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     /// A quiet request ran since the router was last told the connection drained.
     private var quietRan = false
     private var draining = false
+    /// The connection has ended: held requests run whether or not the channel is writable.
+    private var ended = false
     /// Replies waiting in `output` beyond this are flushed at once, so writability reflects them.
     /// Flushing earlier costs throughput: 256 KiB took 16 × 64 KiB echoes from 11K to 7.5K ops/s.
     private static let flushBytes = TCPServer.writeHighMark
@@ -288,21 +290,12 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Runs the requests held back, at the end of the connection (their replies go nowhere),
-    /// and tells the router the connection drained.
+    /// and tells the router the connection drained. Inside `runHeld` (a close it caused ended
+    /// the connection) it only marks the end, and `runHeld` runs the rest: each request once.
     private func runHeldAtEnd(_ context: ChannelHandlerContext) {
-        if case .ready = state {
-            for frame in held {
-                do {
-                    try handle(frame, context: context)
-                } catch {
-                    refuse(context, error)
-                }
-                if case .closing = state { break }
-            }
-        }
-        held.removeAll()
-        quietRan = true
-        routerDrained()
+        ended = true
+        if draining { return }
+        runHeld(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -450,13 +443,14 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Runs the requests held back while the channel was not writable, until it is not writable
-    /// again or none are left; then reads again if NIO asked to.
+    /// again (unless the connection ended) or none are left; then reads again if NIO asked to.
+    /// A request that closes the connection (a goodbye, a refusal, a failed write) may end it
+    /// inside this loop; `runHeldAtEnd` then leaves the rest to it, so `held` changes only here.
     private func runHeld(_ context: ChannelHandlerContext) {
         guard !draining else { return }
         draining = true
-        defer { draining = false }
         var next = 0
-        while next < held.count, context.channel.isWritable {
+        while next < held.count, ended || context.channel.isWritable {
             if case .closing = state { break }
             let frame = held[next]
             next += 1
@@ -467,18 +461,25 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             }
         }
         held.removeFirst(next)
+        draining = false
         if case .closing = state { held.removeAll() }
+        if ended { held.removeAll() }
         flush(context)
-        if held.isEmpty && pendingRead && context.channel.isWritable {
+        routerDrained()
+        if !ended && held.isEmpty && pendingRead && context.channel.isWritable {
             pendingRead = false
             context.read()
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A connection the peer reset (not a protocol error): what it sent is run, as at an
-        // orderly end of the stream (channelInactive).
-        if !(error is TransportError) { runHeldAtEnd(context) }
+        // A connection the peer reset (an I/O error, not a protocol one) is closed as one that
+        // ended: what it sent still runs (channelInactive). A protocol error refuses it.
+        if case .ready = state, !(error is TransportError) {
+            refusals.info("transport: closed TCP connection from \(peer): \(error)")
+            context.close(promise: nil)
+            return
+        }
         refuse(context, error)
     }
 
