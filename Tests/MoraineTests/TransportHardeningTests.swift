@@ -215,6 +215,33 @@ struct TransportHardeningTests {
         #expect(runs > 0 && runs < 1000, "the server ran \(runs) of \(count) requests for a peer that reads nothing")
     }
 
+    @Test("tcp: a goodbye among requests held for back-pressure ends the connection once; each held request runs once")
+    func goodbyeAmongHeldRequests() throws {
+        let service = try TestService(.tcp)
+        defer { service.stop() }
+        let raw = try RawPeer(service)
+        defer { raw.close() }
+        try raw.authenticate(key: service.key)
+        let before = 400  // 25 MiB of replies: most are held until the peer reads
+        var burst: [UInt8] = []
+        for id in 1...before { burst += raw.frameBytes(opcode: TestOp.big, requestID: UInt64(id), payload: []) }
+        burst += raw.frameBytes(opcode: Opcode.goodbye, requestID: 0, payload: [])
+        for id in 1...10 { burst += raw.frameBytes(opcode: TestOp.big, requestID: UInt64(before + id), payload: []) }
+        try raw.sendBytes(burst)
+        usleep(300_000)
+        #expect(service.gate.bigRuns < before, "nothing was held back: the test does not reach the held path")
+        // Reading lets the held requests run; the goodbye among them closes the connection while
+        // they run (a close inside that loop used to trap the server).
+        var replies = 0
+        let deadline = monotonicNanos() + 20_000_000_000
+        while monotonicNanos() < deadline, (try? raw.receiveFrame()) != nil { replies += 1 }
+        #expect(service.gate.bigRuns == before, "\(service.gate.bigRuns) runs of \(before) requests before the goodbye")
+        #expect(replies <= before)
+        let client = try service.connect()
+        defer { client.close() }
+        #expect(try client.call(TestOp.echo, [7]) == .bytes([7]), "the server goes on serving")
+    }
+
     @Test("limits that do not fit together are refused at start, on both carriers", arguments: Carrier.servers)
     func inconsistentLimits(carrier: Carrier) throws {
         var limits = TransportLimits()
