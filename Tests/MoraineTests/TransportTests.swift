@@ -279,9 +279,12 @@ struct TransportConformanceTests {
         #expect(try raw.receiveFrame().1 == [1], "the connection stays usable")
     }
 
-    @Test("quiet requests a client sent just before it went away all run", arguments: Carrier.servers)
-    func quietRequestsOutliveTheClient(carrier: Carrier) throws {
-        let service = try TestService(carrier)
+    /// With an emulated link the requests are still on the emulated wire when the client goes,
+    /// and a real link delivers them too.
+    @Test("quiet requests a client sent just before it went away all run", arguments: Carrier.servers, [Int64(0), 20_000_000])
+    func quietRequestsOutliveTheClient(carrier: Carrier, delayNanos: Int64) throws {
+        let link = delayNanos == 0 ? LinkEmulation.none : LinkEmulation(delay: .fixed(nanos: delayNanos))
+        let service = try TestService(carrier, link: link)
         defer { service.stop() }
         let raw = try RawPeer(service)
         try raw.authenticate(key: service.key)
