@@ -158,6 +158,13 @@ public final class DirectTCPClient: TransportClient {
         if stream == nil {
             try reconnectWithBackoff()
         }
+        let id = try write(opcode: opcode, flags: [], payload: payload)
+        pending.insert(id)
+        return id
+    }
+
+    /// Encodes and writes one request under a fresh id.
+    private func write(opcode: UInt8, flags: FrameFlags, payload: Payload) throws(TransportError) -> UInt64 {
         let id = nextID
         nextID &+= 1
         try withPayloadBytes(payload) { bytes throws(TransportError) in
@@ -165,7 +172,7 @@ public final class DirectTCPClient: TransportClient {
                 throw TransportError(
                     .frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
             }
-            encode(opcode: opcode, flags: [], requestID: id, bytes: bytes)
+            encode(opcode: opcode, flags: flags, requestID: id, bytes: bytes)
         }
         do {
             try withBytes(output) { bytes throws(TransportError) in try writeAll(bytes, deadline: nil, drain: true) }
@@ -176,7 +183,6 @@ public final class DirectTCPClient: TransportClient {
                 error.code == .timedOut ? TransportError(.unavailable, "connection given up: \(error.message)") : error)
             throw error
         }
-        pending.insert(id)
         return id
     }
 
@@ -187,7 +193,9 @@ public final class DirectTCPClient: TransportClient {
     /// even an error, so the caller learns of its outcome only through a later request it asks
     /// an answer to. Requests on one connection run in order: an answered request sent after
     /// quiet ones answers after they ran. Once written into the socket it is in the server's
-    /// hands even if this process dies (the kernel delivers it; the server runs what it got).
+    /// hands even if this process dies (the kernel delivers it; the server runs what it got),
+    /// as long as no response is left unread on the connection: with one, the kernel of a dying
+    /// process resets the connection and drops what it had not sent (docs/TRANSPORT.md).
     /// Never reconnects: quiet requests sent before a lost connection may be lost with it, and
     /// the caller must hear of that, so a send without a connection throws `unavailable`.
     /// - Throws: `.unavailable` without a connection (or when it breaks), `.invalid` on a
@@ -198,22 +206,7 @@ public final class DirectTCPClient: TransportClient {
         guard acceptsQuietRequests else {
             throw TransportError(.invalid, "the server speaks protocol version \(version), which has no quiet requests")
         }
-        let id = nextID
-        nextID &+= 1
-        try withPayloadBytes(payload) { bytes throws(TransportError) in
-            guard bytes.count <= limits.messageBytesMax else {
-                throw TransportError(
-                    .frameTooLarge, "request of \(bytes.count) bytes exceeds the limit of \(limits.messageBytesMax)")
-            }
-            encode(opcode: opcode, flags: .quiet, requestID: id, bytes: bytes)
-        }
-        do {
-            try withBytes(output) { bytes throws(TransportError) in try writeAll(bytes, deadline: nil, drain: true) }
-        } catch {
-            dropConnection(
-                error.code == .timedOut ? TransportError(.unavailable, "connection given up: \(error.message)") : error)
-            throw error
-        }
+        _ = try write(opcode: opcode, flags: .quiet, payload: payload)
     }
 
     /// Whether the server's end of the connection has gone (it ended or reset the connection:
