@@ -127,11 +127,18 @@ final class LinkEmulationHandler: ChannelInboundHandler {
 
     private var line: DelayLine<TCPFrame>
     private var timer: Scheduled<Void>? = nil
+    /// The connection has ended: frames decoded after that go on at once.
+    private var inactive = false
 
     init(_ emulation: LinkEmulation) { line = DelayLine(emulation) }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if inactive {
+            context.fireChannelRead(wrapInboundOut(frame))
+            context.fireChannelReadComplete()
+            return
+        }
         line.add(frame, byteCount: FrameHeader.byteCount + frame.payload.count, arrivalNanos: monotonicNanos())
         armTimer(context)
     }
@@ -142,6 +149,7 @@ final class LinkEmulationHandler: ChannelInboundHandler {
     /// A client that went away: what it sent was on the emulated wire, and a real link delivers
     /// that too (as the shared-memory carrier does), so every frame still held goes on now.
     func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
         timer?.cancel()
         timer = nil
         var delivered = false

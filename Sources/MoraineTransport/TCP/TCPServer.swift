@@ -300,6 +300,15 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        if ended {
+            // Decoded after the end (a write that failed closed the channel while the decoder
+            // was mid-burst, and it delivers its leftovers after channelInactive): run it now.
+            if case .ready = state {
+                held.append(frame)
+                runHeldAtEnd(context)
+            }
+            return
+        }
         if case .ready = state, !held.isEmpty || !context.channel.isWritable {
             held.append(frame)
             return
@@ -369,8 +378,8 @@ final class ServerConnectionHandler: ChannelDuplexHandler {
             case .none: break
             case .quiet: quietRan = true
             case .goodbye:
+                state = .closing  // before the flush, whose failure may end the connection
                 flush(context)
-                state = .closing
                 context.close(promise: nil)
             case .reply(let result):
                 reply(to: header, materialize(result), version: session.version)
