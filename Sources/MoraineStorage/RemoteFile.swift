@@ -175,11 +175,11 @@ final class RemoteWritableFile: WritableFile {
 
     /// Over TCP an append goes quiet (the node answers nothing; it keeps a failure for the
     /// file's next answered append); once `inFlightMax` have gone quiet (the next is the 65th),
-    /// or when `inFlightBytesMax` bytes would wait unacknowledged, it goes answered and is
-    /// waited for: it runs after the quiet ones, so its answer acknowledges them all. No answer is ever left unread on the lane,
-    /// so a compute process that dies ends the connection in order and its kernel delivers
-    /// what was sent (an unread answer would make the kernel reset the connection instead,
-    /// dropping what it had not sent yet).
+    /// or when `inFlightBytesMax` bytes would wait unacknowledged, it goes answered
+    /// (`sendAnswered`). No answer is ever left unread on the lane, so a compute process that
+    /// dies ends the connection in order and its kernel delivers what was sent (an unread
+    /// answer would make the kernel reset the connection instead, dropping what it had not
+    /// sent yet).
     private func publishQuietly(on client: DirectTCPClient) throws {
         let end = size
         let answered = quietRun >= Self.inFlightMax || unacknowledged.count + buffer.count > Self.inFlightBytesMax
@@ -187,15 +187,9 @@ final class RemoteWritableFile: WritableFile {
             file: file, offset: sent + UInt64(unacknowledged.count), mode: answered ? .write : .deferred,
             epoch: fileSystem.epoch(ofRoot: leaseRoot), bytes: buffer)
         if answered {
-            let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
-            fileSystem.countRequest()
-            inFlight.append((id, end))
             unacknowledged.append(contentsOf: buffer)
             buffer.removeAll(keepingCapacity: true)
-            let response = try client.receive(requestID: id, timeoutNanos: fileSystem.options.callTimeoutNanos)
-            quietRun = 0
-            try acknowledge(response, end: end)
-            return
+            return try sendAnswered(request, on: client, end: end)
         }
         // A lost connection must not be replaced unnoticed: the quiet appends it carried may
         // be lost with it (sendQuiet never reconnects).
@@ -333,18 +327,24 @@ final class RemoteWritableFile: WritableFile {
         let request = StorageAppend(
             file: file, offset: start, mode: sync && carried ? .sync : .write, epoch: fileSystem.epoch(ofRoot: leaseRoot),
             bytes: carried ? buffer : [])
-        let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
-        fileSystem.countRequest()
-        let end = start + UInt64(request.bytes.count)
-        inFlight.append((id, end))
         if carried {
             unacknowledged.append(contentsOf: buffer)
             buffer.removeAll(keepingCapacity: true)
         }
+        try sendAnswered(request, on: client, end: start + UInt64(request.bytes.count))
+        return carried
+    }
+
+    /// Sends an append on the TCP lane and waits for its answer, which acknowledges it and,
+    /// as it ran after them, every quiet append before it. Its bytes are already counted in
+    /// `unacknowledged`, where a failure leaves them to be sent again.
+    private func sendAnswered(_ request: StorageAppend, on client: DirectTCPClient, end: UInt64) throws {
+        let id = try client.send(opcode: StorageOpcode.append, payload: .bytes(request.encoded()))
+        fileSystem.countRequest()
+        inFlight.append((id, end))
         let response = try client.receive(requestID: id, timeoutNanos: fileSystem.options.callTimeoutNanos)
         quietRun = 0
         try acknowledge(response, end: end)
-        return carried
     }
 
     /// Sends what is buffered, after what the node already holds, in requests of at most

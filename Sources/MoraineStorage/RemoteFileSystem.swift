@@ -174,10 +174,7 @@ public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
     }
 
     /// The epoch mutations of `database` carry: its lease root's, or 0 without a lease.
-    func epoch(of database: String) -> UInt64 {
-        let root = Self.root(of: database)
-        return epochs.withLock { $0[root] ?? 0 }
-    }
+    func epoch(of database: String) -> UInt64 { epoch(ofRoot: Self.root(of: database)) }
 
     /// A database's first path component, which its lease is held on (a nested database
     /// `db/tier` writes under `db`'s lease). A file computes it once: a publish per write

@@ -435,7 +435,7 @@ extension StorageNode {
         // A new owner starts clean: failures of a former owner's quiet appends are not its own.
         quietFailures.withLock { table in
             guard !table.isEmpty else { return }
-            table = table.filter { $0.key.database.split(separator: "/").first.map(String.init) != root }
+            table = table.filter { (try? StorageName.check($0.key)) != root }
         }
         return .bytes(StorageLeaseReply(epoch: epoch, ttlMillis: min(request.ttlMillis, LeaseTable.ttlMillisMax)).encoded())
     }

@@ -154,12 +154,25 @@ struct StorageNodeTests {
         #expect(try StorageAppendReply.decode(answered(5, [6]).get()).sizeBytes == 6)
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [1, 2, 3, 4, 5, 6])
         // A quiet append with a stale epoch changes nothing; the writer's next answered append,
-        // as stale, is fenced by the lease check itself (a fenced quiet append is not kept).
-        _ = Self.call(client, StorageOpcode.leaseAcquire, StorageLease(database: "db", owner: "test", epoch: 0, ttlMillis: 60_000))
+        // as stale, is fenced by the lease check itself.
+        let lease = try StorageLeaseReply.decode(
+            Self.call(client, StorageOpcode.leaseAcquire, StorageLease(database: "db", owner: "test", epoch: 0, ttlMillis: 60_000)).get())
         try quiet(6, [7])
         let fenced = answered(6, [7])
         #expect(Self.code(fenced) == .fenced, "\(fenced)")
         #expect(try Self.call(client, StorageOpcode.readAll, StorageFileQuery(file: file)).get() == [1, 2, 3, 4, 5, 6])
+        // The refusal is not kept for the file: the lease holder's answered append lands.
+        func owned(_ offset: UInt64, _ bytes: [UInt8], epoch: UInt64) -> Result<[UInt8], TransportError> {
+            Self.call(client, StorageOpcode.append, StorageAppend(file: file, offset: offset, sync: false, epoch: epoch, bytes: bytes))
+        }
+        #expect(try StorageAppendReply.decode(owned(6, [7], epoch: lease.epoch).get()).sizeBytes == 7)
+        // A failure kept for the file is not handed to the owner of a new lease.
+        let gap = StorageAppend(file: file, offset: 20, mode: .deferred, epoch: lease.epoch, bytes: [1])
+        try client.sendQuiet(opcode: StorageOpcode.append, payload: .bytes(gap.encoded()))
+        let next = try StorageLeaseReply.decode(
+            Self.call(client, StorageOpcode.leaseAcquire, StorageLease(database: "db", owner: "test", epoch: lease.epoch, ttlMillis: 60_000))
+                .get())
+        #expect(try StorageAppendReply.decode(owned(7, [8], epoch: next.epoch).get()).sizeBytes == 8)
     }
 
     @Test("leases: one owner at a time; a new grant raises the epoch and fences the old owner, across a restart", arguments: Carrier.servers)
