@@ -19,6 +19,8 @@ public struct BenchConfiguration: Sendable {
     public var ioBackend: String? = nil
     /// Read tables through mappings (--mmap_read; RocksDB's allow_mmap_reads; LevelDB always does).
     public var mmapReads = false
+    /// Read tables with O_DIRECT (--use_direct_reads; RocksDB's use_direct_reads; LevelDB has none).
+    public var directReads = false
     /// Moraine's memtables in transparent huge pages (--memtable_huge_pages; Moraine only).
     public var memtableHugePages = true
     /// Moraine's memtables keep a point-lookup hash index (--memtable_hash_index; Moraine only).

@@ -13,7 +13,7 @@ extension BenchFlags {
         "compression_type", "write_buffer_size", "max_write_buffer_number", "level0_file_num_compaction_trigger",
         "target_file_size_base", "max_bytes_for_level_base", "max_background_jobs", "seed", "compression_ratio",
         "seek_nexts", "batch_size", "json", "statistics", "histogram", "records", "operations", "settle", "tiers",
-        "mmap_read", "memtable_huge_pages", "memtable_hash_index",
+        "mmap_read", "memtable_huge_pages", "memtable_hash_index", "use_direct_reads",
     ]
 
     /// How the help describes a boolean flag's values.
@@ -22,7 +22,7 @@ extension BenchFlags {
     /// The long names that take a boolean: alone they mean true, as in db_bench.
     public static let booleanNames: Set<String> = [
         "use_existing_db", "sync", "disable_wal", "statistics", "histogram", "settle", "mmap_read", "memtable_huge_pages",
-        "memtable_hash_index",
+        "memtable_hash_index", "use_direct_reads",
     ]
 
     /// The workloads this harness runs (db_bench's names, and YCSB's load and run phases).

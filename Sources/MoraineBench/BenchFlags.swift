@@ -33,6 +33,11 @@ public struct BenchFlags: ParsableArguments, Sendable {
         transform: BenchFlags.boolean)
     public var mmapRead = false
     @Option(
+        name: .customLong("use_direct_reads"),
+        help: "Read tables with O_DIRECT: block-cache misses reach the device (RocksDB's use_direct_reads). \(BenchFlags.booleanHelp)",
+        transform: BenchFlags.boolean)
+    public var useDirectReads = false
+    @Option(
         name: .customLong("memtable_huge_pages"),
         help: "Moraine's memtables in transparent huge pages (Options.memtableHugePages). \(BenchFlags.booleanHelp)",
         transform: BenchFlags.boolean)
@@ -114,6 +119,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         c.pmemPath = pmemPath
         c.ioBackend = ioBackend
         c.mmapReads = mmapRead
+        c.directReads = useDirectReads
         c.memtableHugePages = memtableHugePages
         c.memtableHashIndex = memtableHashIndex
         c.cacheSizeBytes = cacheSize
@@ -136,6 +142,7 @@ public struct BenchFlags: ParsableArguments, Sendable {
         let pairs: [(String, String)] = [
             ("num", "\(num)"), ("reads", "\(readCount)"), ("value_size", "\(valueSize)"), ("key_size", "\(keySize)"),
             ("threads", "\(threads)"), ("sync", sync ? "1" : "0"), ("disable_wal", disableWAL ? "1" : "0"), ("mmap_read", mmapRead ? "1" : "0"),
+            ("use_direct_reads", useDirectReads ? "1" : "0"),
             ("memtable_huge_pages", memtableHugePages ? "1" : "0"), ("memtable_hash_index", memtableHashIndex ? "1" : "0"),
             ("durability", "\"\(durability)\""), ("io_backend", "\"\(ioBackend ?? IOBackend.preferred.rawValue)\""),
             ("cache_size", "\(cacheSize)"), ("bloom_bits", "\(bloomBits)"),

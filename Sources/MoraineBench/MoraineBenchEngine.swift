@@ -140,6 +140,7 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.compression = c.compressionLZ4 ? .lz4 : .none
         options.tiers = c.tiers(for: name)
         options.allowMmapReads = c.mmapReads
+        options.useDirectReads = c.directReads
         options.memtableHugePages = c.memtableHugePages
         options.memtableHashIndex = c.memtableHashIndex
         options.durability = c.durability == "pmem" ? .pmem : .wal

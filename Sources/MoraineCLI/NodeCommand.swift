@@ -35,6 +35,10 @@ struct NodeCommand: ParsableCommand {
             a database's tables on tier K go to PATH/DATABASE; the compute side spreads them by level and budget).
             """)
     var tiers: String?
+    @Flag(
+        name: .customLong("direct-reads"),
+        help: "Storage: read files with O_DIRECT, so every read a compute node's caches miss reaches the device (RocksDB's use_direct_reads).")
+    var directReads = false
     @Option(help: "Compute, flush, compaction, memory: the cluster's run directory (its endpoints file names the other roles).")
     var cluster: String?
     @Option(help: "Compute: where the databases' writes become durable: wal (default) or pmem (memtables in the memory node's region).")
@@ -162,6 +166,7 @@ struct NodeCommand: ParsableCommand {
                 throw ValidationError("--listen: \(error.message)")
             }
         }
+        if directReads && role != "storage" { throw ValidationError("--direct-reads applies to --role storage only") }
         if let resp {
             guard role == "compute" else { throw ValidationError("--resp applies to --role compute only") }
             _ = try RESPFrontEndOptions.address(resp, flag: "--resp")
@@ -263,6 +268,7 @@ struct NodeCommand: ParsableCommand {
         configuration.link = link
         configuration.peerLinks = peerLinks
         configuration.metrics = exported?.hook
+        configuration.directReads = directReads
         configuration.tiers = try tiers.map(StorageTier.parseList)?.map {
             StorageNodeTier(path: $0.path, budgetBytes: $0.budgetBytes, mapped: $0.mapped)
         } ?? []

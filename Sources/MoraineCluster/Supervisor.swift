@@ -36,6 +36,8 @@ public final class Supervisor {
         let data: String?
         /// A storage node's tiers as `--tiers` takes them (paths resolved), and their directories.
         var tiers: (argument: String, directories: [String])? = nil
+        /// A storage node that reads with O_DIRECT.
+        var directReads = false
         /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
         /// file (removed when the cluster stops with no arena held).
         var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
@@ -115,6 +117,7 @@ public final class Supervisor {
                 if spec.kind == "storage", let tiers = spec.tiers {
                     instance.tiers = Self.resolveTiers(tiers, run: run.path, index: spec.count == 1 ? nil : index)
                 }
+                instance.directReads = spec.kind == "storage" && spec.directReads
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
                 instance.rowCacheBytes = spec.rowCacheBytes
@@ -230,6 +233,7 @@ public final class Supervisor {
         var arguments = ["node", "--role", instance.kind, "--listen", instance.endpoint.description, "--cluster-key", run.keyPath]
         if let data = instance.data { arguments += ["--data", data] }
         if let tiers = instance.tiers { arguments += ["--tiers", tiers.argument] }
+        if instance.directReads { arguments.append("--direct-reads") }
         if instance.kind == "compaction" || instance.kind == "flush" || instance.kind == "compute" { arguments += ["--cluster", run.path] }
         if let region = instance.region {
             arguments += [

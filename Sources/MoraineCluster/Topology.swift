@@ -11,6 +11,7 @@
 //   port = 0              # tcp: the first port (the n-th instance listens on port + n); 0: any
 //   data = "data"         # storage: the data directory (relative to the run directory; default data)
 //   tiers = "/dev/shm/t:1G:pmem,slow"  # storage: tiers for the tables, fastest first (relative: under the run directory)
+//   direct_reads = false  # storage: read files with O_DIRECT, so every read reaches the device (default false)
 //   region = "/dev/shm/x" # memory: the region file (default /dev/shm/moraine-<run dir>-memory-N.region)
 //   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
@@ -54,6 +55,8 @@ public struct Topology: Sendable, Equatable {
         public var data: String? = nil
         /// Storage: tiers for the tables, `PATH:SIZE[:pmem],…` (relative paths under the run directory).
         public var tiers: String? = nil
+        /// Storage: read files with O_DIRECT (`--direct-reads`).
+        public var directReads = false
         public var linkDelayNanos: Int64 = 0
         public var region: String? = nil
         public var regionBytes = 1 << 30
@@ -73,7 +76,7 @@ public struct Topology: Sendable, Equatable {
 
         public static func == (a: RoleSpec, b: RoleSpec) -> Bool {
             a.kind == b.kind && a.count == b.count && a.numa == b.numa && a.carrier == b.carrier && a.port == b.port && a.data == b.data
-                && a.tiers == b.tiers
+                && a.tiers == b.tiers && a.directReads == b.directReads
                 && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
                 && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
                 && a.blockCacheBytes == b.blockCacheBytes && a.rowCacheBytes == b.rowCacheBytes
@@ -234,6 +237,9 @@ public struct Topology: Sendable, Equatable {
                     throw MoraineError(.invalid, "\(at): \(name) port \(address.port) out of range for \(role.count) instances")
                 }
             }
+            if role.directReads && role.kind != "storage" {
+                throw MoraineError(.invalid, "\(at): direct_reads applies to storage nodes only")
+            }
             if role.resp != nil || role.respDatabase != nil {
                 guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): resp and resp_db apply to compute nodes only") }
             }
@@ -308,6 +314,12 @@ public struct Topology: Sendable, Equatable {
         case "port": role.port = try integer()
         case "data": role.data = try text()
         case "tiers": role.tiers = try text()
+        case "direct_reads":
+            switch value {
+            case "true": role.directReads = true
+            case "false": role.directReads = false
+            default: throw MoraineError(.invalid, "\(at): direct_reads must be true or false, not \(value)")
+            }
         case "link_delay_ns": role.linkDelayNanos = Int64(try integer())
         case "region": role.region = try text()
         case "region_size": role.regionBytes = try integer()
@@ -327,7 +339,7 @@ public struct Topology: Sendable, Equatable {
         default:
             throw MoraineError(
                 .invalid,
-                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, tiers, link_delay_ns, region, region_size, "
+                "\(at): unknown key \(key) (known: kind, count, numa_node, carrier, port, data, tiers, direct_reads, link_delay_ns, region, region_size, "
                     + "arena_size, cache_size, durability, block_cache_size, row_cache_size, metrics, resp, resp_db)")
         }
     }

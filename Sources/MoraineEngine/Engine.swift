@@ -159,7 +159,7 @@ public final class Engine: @unchecked Sendable {
         self.tiers = TierLayout(databasePath: path, options: options)
         self.tableCache = TableCache(
             layout: tiers, fileSystem: options.fileSystem, blockCache: blockCache, capacity: options.maxOpenFiles,
-            secondary: options.secondaryBlockCache, mapAll: options.allowMmapReads)
+            secondary: options.secondaryBlockCache, mapAll: options.allowMmapReads, direct: options.useDirectReads)
         self.versions = VersionSet(directory: path, options: options, sink: obsolete)
         self.memtableArenas = MemTableArenaPool(limit: 1, maxCapacity: options.writeBufferSize + (2 << 20))
         self.mem = MemTable(capacityBytes: options.writeBufferSize + (1 << 20), logNumber: 0)

@@ -89,6 +89,14 @@ public struct Options: Sendable {
     /// uncompressed block of a mapped table is read in place and never enters the block cache
     /// (nor its hit and miss counts).
     public var allowMmapReads = false
+    /// Read tables with O_DIRECT (RocksDB's `use_direct_reads`): every block-cache miss reads
+    /// the device, the page cache holds none of the tables' blocks, and the block cache is the
+    /// only cache. What a benchmark of a device or of a cache tier wants; off by default. Writes
+    /// stay buffered. Refused with `allowMmapReads` (as RocksDB). Tables on a `mapped` tier are
+    /// still read through their mappings; a storage node's files are read as the node is told
+    /// (`moraine node --direct-reads`), whatever the engine asks. A file system that refuses
+    /// O_DIRECT (tmpfs) fails the table's open with `.invalid` naming it.
+    public var useDirectReads = false
     /// Turn off automatic compactions (`disable_auto_compactions`).
     public var disableAutoCompactions = false
     /// What to do about a damaged WAL record followed by valid ones (`wal_recovery_mode`):
@@ -175,6 +183,7 @@ public struct Options: Sendable {
         try check(blockRestartInterval >= 1, "block_restart_interval must be positive")
         try check(bloomBitsPerKey >= 0 && bloomBitsPerKey <= 64, "bloom bits per key must be 0…64")
         try check(blockCacheSize >= 0, "block cache size must not be negative")
+        try check(!(useDirectReads && allowMmapReads), "use_direct_reads and allow_mmap_reads exclude each other")
         try check(rowCacheSize >= 0, "row cache size must not be negative")
         try check(maxBackgroundJobs >= 1, "max_background_jobs must be positive")
         try check(maxKeySize >= 1 && maxKeySize <= 16 << 20, "max key size must be 1 B…16 MiB")

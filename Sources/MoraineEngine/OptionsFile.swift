@@ -91,6 +91,7 @@ public enum OptionsFile {
         ("max_manifest_file_size", int(.database, \.maxManifestFileSize, minimum: 1)),
         ("max_open_files", int(.database, \.maxOpenFiles, minimum: 1)),
         ("allow_mmap_reads", bool(.database, \.allowMmapReads)),
+        ("use_direct_reads", bool(.database, \.useDirectReads)),
         (
             "wal_recovery_mode",
             Field(section: .database, get: { $0.walRecoveryMode.rawValue }) { options, text in

@@ -16,14 +16,17 @@ final class TableCache: @unchecked Sendable {
     private let fileSystem: any FileSystem
     /// Every table read through a mapping (`allowMmapReads`), not only a mapped tier's.
     private let mapAll: Bool
+    /// Tables not on a mapped tier read with O_DIRECT (`useDirectReads`).
+    private let direct: Bool
     let blockCache: BlockCache?
     let secondary: (any SecondaryBlockCache)?
 
     init(
         layout: TierLayout, fileSystem: any FileSystem, blockCache: BlockCache?, capacity: Int,
-        secondary: (any SecondaryBlockCache)? = nil, mapAll: Bool = false
+        secondary: (any SecondaryBlockCache)? = nil, mapAll: Bool = false, direct: Bool = false
     ) {
         self.mapAll = mapAll
+        self.direct = direct
         self.layout = layout
         self.fileSystem = fileSystem
         self.blockCache = blockCache
@@ -48,7 +51,12 @@ final class TableCache: @unchecked Sendable {
     func reader(_ number: UInt64, tier: Int) throws -> TableReader {
         if let cached = lock.withLock({ readers[number] }), cached.tier == tier { return cached.reader }
         let path = layout.tablePath(number, tier: tier)
-        let file = mapAll || layout.mapped[tier] ? try fileSystem.openMapped(path) : try fileSystem.openRandomAccess(path)
+        let file: any RandomAccessFile
+        if mapAll || layout.mapped[tier] {
+            file = try fileSystem.openMapped(path)
+        } else {
+            file = direct ? try fileSystem.openDirect(path) : try fileSystem.openRandomAccess(path)
+        }
         let reader = try TableReader(file: file, name: path, cache: blockCache, secondary: secondary, fileNumber: number)
         return lock.withLock {
             if let existing = readers[number], existing.tier == tier { return existing.reader }

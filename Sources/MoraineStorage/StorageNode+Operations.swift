@@ -311,7 +311,10 @@ extension StorageNode {
         // A table on a persistent-memory tier is served by loads from a mapping (tables are
         // whole and never change once a reader may ask for them).
         let mapped = tierIndex(of: file.database).map { tiers[$0].mapped } ?? false
-        let opened = try perform { mapped ? try files.openMapped(path) : try files.openRandomAccess(path) }
+        let opened = try perform {
+            if mapped { return try files.openMapped(path) }
+            return directReads ? try files.openDirect(path) : try files.openRandomAccess(path)
+        }
         readers.withLock { table in
             if table.count >= Self.readersMax { table.removeAll(keepingCapacity: true) }
             table[file] = ReaderSlot(file: opened)

@@ -35,6 +35,9 @@ public final class StorageNode: Sendable {
     public let tiers: [StorageNodeTier]
     /// The node's own file system: POSIX (and io_uring), or a wrapper of it in tests.
     let files: any FileSystem
+    /// Reads bypass the page cache (O_DIRECT; `--direct-reads`): every read a compute node's
+    /// block cache misses reaches the device, as with RocksDB's `use_direct_reads`.
+    public let directReads: Bool
     let leases: LeaseTable
     let writers = Mutex<[StorageFile: WriterSlot]>([:])
     /// Files whose deferred appends are not written yet.
@@ -58,12 +61,14 @@ public final class StorageNode: Sendable {
     static let readBytesMax = 32 << 20
 
     /// Serves `dataDirectory`, which must exist and be writable.
-    /// - Throws: `.invalid` when it is missing, not a directory or not writable.
+    /// - Throws: `.invalid` when it is missing, not a directory or not writable, or when
+    ///   `directReads` is asked of a file system that refuses O_DIRECT (tmpfs).
     public init(
         dataDirectory: String, tiers: [StorageNodeTier] = [], fileSystem: any FileSystem = PosixFileSystem.shared,
-        clock: @escaping @Sendable () -> Int64 = monotonicNanos
+        directReads: Bool = false, clock: @escaping @Sendable () -> Int64 = monotonicNanos
     ) throws(TransportError) {
         files = fileSystem
+        self.directReads = directReads
         guard tiers.count <= StorageTiersReply.tiersMax else {
             throw TransportError(.invalid, "\(tiers.count) tiers pass \(StorageTiersReply.tiersMax)")
         }
@@ -87,6 +92,13 @@ public final class StorageNode: Sendable {
             throw TransportError(.invalid, "data directory \(dataDirectory) is not writable by this process")
         }
         self.dataDirectory = dataDirectory.hasSuffix("/") ? String(dataDirectory.dropLast()) : dataDirectory
+        if directReads {
+            for directory in [self.dataDirectory] + self.tiers.filter({ !$0.mapped }).map(\.path) {
+                guard PosixFileSystem.supportsDirectReads(in: directory) else {
+                    throw TransportError(.invalid, "direct reads: the file system of \(directory) does not support O_DIRECT (tmpfs?)")
+                }
+            }
+        }
         leases = try LeaseTable(directory: self.dataDirectory + "/.moraine/epochs", clock: clock)
     }
 

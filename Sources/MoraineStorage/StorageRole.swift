@@ -23,6 +23,8 @@ public struct StorageRoleConfiguration: Sendable {
     public var metrics: MetricsHook? = nil
     /// Storage tiers for the databases' tables (`--tiers`); empty: none.
     public var tiers: [StorageNodeTier] = []
+    /// Read files with O_DIRECT (`--direct-reads`).
+    public var directReads = false
 
     public init(dataDirectory: String, endpoint: Endpoint, clusterKeyPath: String, numaNode: Int? = nil) {
         self.dataDirectory = dataDirectory
@@ -42,7 +44,8 @@ public enum StorageRole {
         TerminationSignals.block()
         if let node = configuration.numaNode { try NUMATopology.pinProcess(toNode: node) }
         let key = try ClusterKey.load(path: configuration.clusterKeyPath)
-        let node = try StorageNode(dataDirectory: configuration.dataDirectory, tiers: configuration.tiers)
+        let node = try StorageNode(
+            dataDirectory: configuration.dataDirectory, tiers: configuration.tiers, directReads: configuration.directReads)
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         let stopMetrics: (@Sendable () -> Void)?
         do {

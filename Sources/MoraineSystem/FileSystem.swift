@@ -61,6 +61,11 @@ public protocol FileSystem: AnyObject, Sendable {
     func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile
     /// Opens an existing file for random reads.
     func openRandomAccess(_ path: String) throws -> any RandomAccessFile
+    /// Opens an existing file for random reads that bypass the operating system's page cache
+    /// (O_DIRECT, RocksDB's `use_direct_reads`): every read reaches the device, and the block
+    /// cache is the only cache. Any offset and length may be read. File systems without a page
+    /// cache of their own open it as `openRandomAccess`.
+    func openDirect(_ path: String) throws -> any RandomAccessFile
     /// Opens an existing file that will not change for reads by loads from a mapping, where the
     /// file system can map it (a persistent-memory tier); else as `openRandomAccess`.
     func openMapped(_ path: String) throws -> any RandomAccessFile
@@ -117,6 +122,10 @@ extension FileSystem {
     public func createWritable(_ path: String, hint: WriteHint) throws -> any WritableFile {
         try createWritable(path)
     }
+
+    /// File systems without a page cache of their own (simulated; remote, whose node decides
+    /// how it reads) read through `openRandomAccess`.
+    public func openDirect(_ path: String) throws -> any RandomAccessFile { try openRandomAccess(path) }
 
     /// File systems that cannot map read through `openRandomAccess`.
     public func openMapped(_ path: String) throws -> any RandomAccessFile { try openRandomAccess(path) }

@@ -62,6 +62,10 @@ public struct IORequest {
     public var fixedFileIndex: Int32 = -1
     /// When true, the next request in the batch runs only after this one succeeded.
     public var linkNext = false
+    /// A read that ends at its first short transfer instead of continuing from there: an
+    /// O_DIRECT read, whose continuation would start at an unaligned offset (refused with
+    /// EINVAL) when the file ends inside the range. Its reader continues aligned reads itself.
+    public var endsAtShortRead = false
     /// Bytes transferred (for reads, fewer than asked only at end of file).
     public internal(set) var transferred = 0
     /// 0 on success, else the errno that ended the request.
@@ -269,7 +273,9 @@ public final class IOQueue {
         case .fdatasync:
             request.done = true
         case .read, .readVectored:
-            if request.length == 0 || result == 0 || request.advance(by: result) { request.done = true }
+            if request.length == 0 || result == 0 || request.advance(by: result) || request.endsAtShortRead {
+                request.done = true
+            }
         case .write, .writeVectored:
             if request.length == 0 || request.advance(by: result) {
                 request.done = true

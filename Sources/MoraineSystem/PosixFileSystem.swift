@@ -1,9 +1,12 @@
 // The FileSystem over POSIX files. Reads, appends and fdatasync go through the calling
 // thread's I/O queue (io_uring, or pread/pwrite where io_uring is unavailable or not chosen):
 // an append buffer is written in one request, a sync writes what is buffered and fdatasyncs in
-// one linked submission, and a batch of reads across files is one submission. Metadata
+// one linked submission, and a batch of reads across files is one submission. A file opened
+// with `openDirect` reads with O_DIRECT through an aligned bounce buffer. Metadata
 // (open, rename, unlink, directory sync, flock) uses plain system calls. EINTR is retried
 // below this layer; every other failure becomes a MoraineError naming the path and errno.
+import CSystemShims
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -82,35 +85,84 @@ public final class PosixFileSystem: FileSystem {
     }
 
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw posixError("open", path) }
+        try openForReading(path, direct: false)
+    }
+
+    /// O_DIRECT: reads go to the device in whole aligned blocks (DirectReads), through a bounce
+    /// buffer, so the caller may read any range.
+    /// - Throws: `.invalid` naming the file when its file system refuses O_DIRECT (tmpfs).
+    public func openDirect(_ path: String) throws -> any RandomAccessFile {
+        try openForReading(path, direct: true)
+    }
+
+    /// Whether files in `directory` can be opened with O_DIRECT: a probe file is created,
+    /// opened so, and removed.
+    public static func supportsDirectReads(in directory: String) -> Bool {
+        let probe = joinPath(directory, ".direct-probe-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let created = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard created >= 0 else { return false }
+        Glibc.close(created)
+        defer { unlink(probe) }
+        let fd = open(probe, O_RDONLY | O_CLOEXEC | CSystemShims_o_direct())
+        guard fd >= 0 else { return false }
+        Glibc.close(fd)
+        return true
+    }
+
+    private func openForReading(_ path: String, direct: Bool) throws -> PosixRandomAccessFile {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? CSystemShims_o_direct() : 0))
+        guard fd >= 0 else {
+            if direct && errno == EINVAL {
+                throw MoraineError(.invalid, "open \(path) with O_DIRECT: its file system does not support direct reads")
+            }
+            throw posixError("open", path)
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let error = posixError("fstat", path)
             Glibc.close(fd)
             throw error
         }
-        return PosixRandomAccessFile(fd: fd, path: path, size: UInt64(st.st_size), backend: ioBackend)
+        return PosixRandomAccessFile(fd: fd, path: path, size: UInt64(st.st_size), backend: ioBackend, direct: direct)
     }
 
-    /// Reads the whole batch in one submission when every file is one of ours.
+    /// Reads the whole batch in one submission when every file is one of ours (direct files
+    /// through a bounce buffer each).
     public func read(batch: UnsafeMutableBufferPointer<BatchRead>) {
         guard !batch.isEmpty else { return }
         guard batch.allSatisfy({ $0.file is PosixRandomAccessFile }) else { return readOneByOne(batch) }
         withUnsafeTemporaryAllocation(of: IORequest.self, capacity: batch.count) { requests in
-            for i in batch.indices {
-                let file = batch[i].file as! PosixRandomAccessFile
-                requests.initializeElement(at: i, to: .read(fd: file.fd, at: batch[i].offset, into: batch[i].buffer))
-            }
-            IOQueue.forCurrentThread(ioBackend).submit(requests)
-            for i in batch.indices {
-                batch[i].bytesRead = requests[i].transferred
-                if requests[i].errorNumber != 0 {
-                    let path = (batch[i].file as! PosixRandomAccessFile).path
-                    batch[i].error = posixError("read", path, requests[i].errorNumber)
+            withUnsafeTemporaryAllocation(of: DirectReads.Span?.self, capacity: batch.count) { spans in
+                for i in batch.indices {
+                    let file = batch[i].file as! PosixRandomAccessFile
+                    if file.direct {
+                        let span = DirectReads.Span(offset: batch[i].offset, count: batch[i].buffer.count)
+                        spans.initializeElement(at: i, to: span)
+                        requests.initializeElement(at: i, to: span.request(fd: file.fd))
+                    } else {
+                        spans.initializeElement(at: i, to: nil)
+                        requests.initializeElement(at: i, to: .read(fd: file.fd, at: batch[i].offset, into: batch[i].buffer))
+                    }
                 }
+                IOQueue.forCurrentThread(ioBackend).submit(requests)
+                for i in batch.indices {
+                    let file = batch[i].file as! PosixRandomAccessFile
+                    if requests[i].errorNumber != 0 {
+                        batch[i].error = posixError("read", file.path, requests[i].errorNumber)
+                    } else if let span = spans[i] {
+                        do {
+                            batch[i].bytesRead = try file.finishDirect(span, got: requests[i].transferred, into: batch[i].buffer)
+                        } catch {
+                            batch[i].error = (error as? MoraineError) ?? MoraineError(.io, "\(error)")
+                        }
+                    } else {
+                        batch[i].bytesRead = requests[i].transferred
+                    }
+                    spans[i]?.deallocate()
+                }
+                spans.deinitialize()
+                requests.deinitialize()
             }
-            requests.deinitialize()
         }
     }
 
@@ -319,27 +371,100 @@ final class PosixRandomAccessFile: RandomAccessFile, @unchecked Sendable {
     let fd: Int32
     let path: String
     let size: UInt64
+    /// Opened with O_DIRECT: reads go through DirectReads.
+    let direct: Bool
     private let backend: IOBackend
 
-    init(fd: Int32, path: String, size: UInt64, backend: IOBackend) {
+    init(fd: Int32, path: String, size: UInt64, backend: IOBackend, direct: Bool = false) {
         self.fd = fd
         self.path = path
         self.size = size
         self.backend = backend
+        self.direct = direct
     }
 
     deinit { Glibc.close(fd) }
 
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard !direct else {
+            guard buffer.count > 0 else { return 0 }
+            let span = DirectReads.Span(offset: offset, count: buffer.count)
+            defer { span.deallocate() }
+            var request = span.request(fd: fd)
+            withUnsafeMutablePointer(to: &request) { IOQueue.forCurrentThread(backend).submit(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+            if request.errorNumber != 0 { throw posixError("read", path, request.errorNumber) }
+            return try finishDirect(span, got: request.transferred, into: buffer)
+        }
         switch IOQueue.forCurrentThread(backend).read(fd: fd, at: offset, into: buffer) {
         case .success(let count): return count
         case .failure(let error): throw error.error(path)
         }
     }
 
+    /// Completes a direct read whose first transfer brought `got` bytes into `span`: continues
+    /// while a transfer ends short on an aligned boundary (an interrupted read, not the end of
+    /// the file), then copies the caller's range out. Returns the bytes copied.
+    func finishDirect(_ span: DirectReads.Span, got first: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var got = first
+        while got > 0, got < span.bytes.count, got % DirectReads.alignment == 0 {
+            let rest = UnsafeMutableRawBufferPointer(rebasing: span.bytes[got...])
+            var request = IORequest.read(fd: fd, at: span.start + UInt64(got), into: rest)
+            request.endsAtShortRead = true
+            withUnsafeMutablePointer(to: &request) { IOQueue.forCurrentThread(backend).submit(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+            if request.errorNumber != 0 { throw posixError("read", path, request.errorNumber) }
+            if request.transferred == 0 { break }
+            got += request.transferred
+        }
+        return span.copy(got: got, into: buffer)
+    }
+
     /// posix_fadvise(WILLNEED): the kernel starts reading the range into its page cache and
-    /// returns (RocksDB's iterator readahead does the same for buffered files).
+    /// returns (RocksDB's iterator readahead does the same for buffered files). Not for a direct
+    /// file, whose reads never use the page cache: the caller reads ahead into its own buffer.
     func prefetch(at offset: UInt64, length: Int) -> Bool {
-        posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED) == 0
+        !direct && posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED) == 0
+    }
+}
+
+/// O_DIRECT reads of any range: the device transfers whole aligned blocks into an aligned
+/// buffer, and the caller's bytes are copied out of it.
+enum DirectReads {
+    /// The alignment of a direct read's offset, length and buffer: 4096 satisfies every logical
+    /// block size Linux devices use (512 or 4096).
+    static let alignment = 4096
+
+    /// The aligned range around a wanted one, with its buffer.
+    struct Span {
+        let start: UInt64
+        /// Where the wanted bytes begin in `bytes`.
+        let lead: Int
+        let count: Int
+        let bytes: UnsafeMutableRawBufferPointer
+
+        init(offset: UInt64, count: Int) {
+            let mask = UInt64(DirectReads.alignment - 1)
+            start = offset & ~mask
+            lead = Int(offset - start)
+            self.count = count
+            let end = (offset + UInt64(count) + mask) & ~mask
+            bytes = .allocate(byteCount: Int(end - start), alignment: DirectReads.alignment)
+        }
+
+        func request(fd: Int32) -> IORequest {
+            var request = IORequest.read(fd: fd, at: start, into: bytes)
+            request.endsAtShortRead = true
+            return request
+        }
+
+        /// Copies what of the wanted range the `got` bytes read cover; returns that count.
+        func copy(got: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+            let available = min(max(0, got - lead), count)
+            if available > 0 {
+                buffer.baseAddress!.copyMemory(from: bytes.baseAddress! + lead, byteCount: available)
+            }
+            return available
+        }
+
+        func deallocate() { bytes.deallocate() }
     }
 }

@@ -21,16 +21,19 @@ final class StorageTestNode: @unchecked Sendable {
 
     /// The node's storage tiers (directories beside the data directory).
     let tiers: [StorageNodeTier]
+    /// The node reads with O_DIRECT (its data directory is then on a device-backed file system).
+    let directReads: Bool
 
     /// A node over `carrier`; with `tierBudgets`, one storage tier per budget (nil: unbounded),
     /// in directories beside its data directory, the first marked persistent memory.
     init(
         _ carrier: Carrier, options: RemoteFileSystem.Options = StorageTestNode.fastOptions,
-        nodeFileSystem: any FileSystem = PosixFileSystem.shared, tierBudgets: [UInt64?] = []
+        nodeFileSystem: any FileSystem = PosixFileSystem.shared, tierBudgets: [UInt64?] = [], directReads: Bool = false
     ) throws {
         self.carrier = carrier.server
         self.nodeFileSystem = nodeFileSystem
-        let data = TempDir("moraine-storage")
+        self.directReads = directReads
+        let data = directReads ? deviceBackedTempDir("moraine-storage") : TempDir("moraine-storage")
         dataDirectory = data
         // The first tier is persistent memory: the node serves its tables from mappings.
         tiers = tierBudgets.enumerated().map {
@@ -58,7 +61,7 @@ final class StorageTestNode: @unchecked Sendable {
 
     /// Starts serving (again) on the same endpoint.
     func start() throws {
-        let node = try StorageNode(dataDirectory: dataDirectory.path, tiers: tiers, fileSystem: nodeFileSystem)
+        let node = try StorageNode(dataDirectory: dataDirectory.path, tiers: tiers, fileSystem: nodeFileSystem, directReads: directReads)
         let server = try endpoint.serve(key: key, router: node.router())
         endpoint = server.endpoint
         self.server = server

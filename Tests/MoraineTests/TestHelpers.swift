@@ -23,6 +23,8 @@ struct TempDir {
         path = base + "/" + label + "-" + UUID().uuidString
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
+    /// A directory made elsewhere, removed by `remove()` as any other.
+    init(existing path: String) { self.path = path }
     func file(_ name: String) -> String { path + "/" + name }
     func remove() { try? FileManager.default.removeItem(atPath: path) }
     /// Names in the directory, sorted.

@@ -61,6 +61,9 @@ public final class LevelDBEngine: BenchEngine, @unchecked Sendable {
         guard !c.disableWAL else {
             throw MoraineError(.invalid, "leveldb peer: LevelDB cannot write without its log (--disable_wal)")
         }
+        guard !c.directReads else {
+            throw MoraineError(.invalid, "leveldb peer: LevelDB reads its tables through mappings and has no direct reads (--use_direct_reads)")
+        }
         guard c.tiers.isEmpty else {
             throw MoraineError(.invalid, "leveldb peer: LevelDB keeps every table in one directory (--tiers)")
         }

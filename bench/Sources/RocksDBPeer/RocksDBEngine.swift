@@ -75,6 +75,7 @@ public final class RocksDBEngine: BenchEngine, @unchecked Sendable {
         rocksdb_options_set_max_bytes_for_level_base(options, UInt64(maxBytesForLevelBase))
         rocksdb_options_set_max_background_jobs(options, maxBackgroundJobs)
         rocksdb_options_set_allow_mmap_reads(options, c.mmapReads ? 1 : 0)
+        rocksdb_options_set_use_direct_reads(options, c.directReads ? 1 : 0)
         let compression = c.compressionLZ4 ? rocksdb_lz4_compression : rocksdb_no_compression
         rocksdb_options_set_compression(options, Int32(compression))
         // Storage tiers as db_paths: each engine's own directory per tier, the tier's budget as
