@@ -13,13 +13,17 @@
 #     compute node on a cluster whose memory node has no shared cache, against embedded 8 MiB.
 #     Each read workload runs twice and the second pass counts (a warm cache, as db_bench's
 #     warm-up does: the first pass fills the shared cache, which a fill does not).
+#     With --direct_reads, the embedded peers read their tables with O_DIRECT and the storage
+#     nodes serve reads with O_DIRECT (topology `direct_reads`), so a miss of every cache reads
+#     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
 #  4. sharing: two compute processes at once, one database of --share_big keys and one of
 #     --share_small, reading through one 256 MiB shared cache against each through a private
 #     128 MiB one (two more clusters); hit rates and throughput per database. Memtables of 4 MiB and
 #     a compaction after the fill, so both databases read from tables.
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
-#                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--out DIR]
+#                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--direct_reads]
+#                                [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
@@ -31,6 +35,7 @@ share_big=1200000
 share_small=400000
 skip=""
 out=""
+direct_reads=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
     --share_big) share_big=$2; shift 2 ;;
     --share_small) share_small=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --direct_reads) direct_reads=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +60,7 @@ run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
 plain_dir=$work/plain
 cleanup() {
-  for dir in "$run_dir" "$plain_dir" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
+  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   # The regions and embedded pmem logs of this run (named after its directories) go too.
   rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
@@ -78,9 +84,29 @@ if [[ ",$skip," != *",recovery,"* ]]; then
 fi
 if [[ ",$skip," != *",cache,"* ]]; then
   # The same cluster without a shared cache: what the compute node gets from its storage node alone.
+  direct=()
+  shared_dir=$run_dir
+  if [ "$direct_reads" = 1 ]; then
+    direct=(--use_direct_reads 1)
+    # The default roles, with a storage node that reads with O_DIRECT.
+    shared_dir=$work/shared
+    cat > "$work/shared.toml" <<TOML
+[[role]]
+kind = "storage"
+direct_reads = true
+[[role]]
+kind = "memory"
+[[role]]
+kind = "flush"
+[[role]]
+kind = "compaction"
+TOML
+    "$moraine" up --topology "$work/shared.toml" --run-dir "$shared_dir" --detach >/dev/null
+  fi
   cat > "$work/plain.toml" <<TOML
 [[role]]
 kind = "storage"
+direct_reads = $([ "$direct_reads" = 1 ] && echo true || echo false)
 [[role]]
 kind = "memory"
 cache_size = 0
@@ -94,11 +120,11 @@ TOML
     for run in $(seq 1 "$cache_runs"); do
       for setup in shared-8388608 shared-276824064 plain-8388608; do
         peer=${setup#*-}
-        cluster=$run_dir
+        cluster=$shared_dir
         [ "${setup%%-*}" = plain ] && cluster=$plain_dir
         echo "== cache $keys keys, $setup, run $run" >&2
         "$moraine" bench --cluster "$cluster" --engine cluster,moraine --db "$work/db" --num "$keys" --value_size 100 \
-          --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" \
+          --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" "${direct[@]}" \
           --benchmarks fillrandom,readrandom,readrandom,ycsb_load,ycsbb,ycsbb --json "$out/cache-$keys-$setup-run$run.json" >&2
       done
     done
