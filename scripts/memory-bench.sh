@@ -88,7 +88,8 @@ if [[ ",$skip," != *",cache,"* ]]; then
   shared_dir=$run_dir
   if [ "$direct_reads" = 1 ]; then
     direct=(--use_direct_reads 1)
-    # The default roles, with a storage node that reads with O_DIRECT.
+    # The default topology's storage, memory and worker roles (the benchmark's process is the
+    # compute side), with a storage node that reads with O_DIRECT.
     shared_dir=$work/shared
     cat > "$work/shared.toml" <<TOML
 [[role]]
@@ -124,7 +125,7 @@ TOML
         [ "${setup%%-*}" = plain ] && cluster=$plain_dir
         echo "== cache $keys keys, $setup, run $run" >&2
         "$moraine" bench --cluster "$cluster" --engine cluster,moraine --db "$work/db" --num "$keys" --value_size 100 \
-          --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" "${direct[@]}" \
+          --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" ${direct[@]+"${direct[@]}"} \
           --benchmarks fillrandom,readrandom,readrandom,ycsb_load,ycsbb,ycsbb --json "$out/cache-$keys-$setup-run$run.json" >&2
       done
     done

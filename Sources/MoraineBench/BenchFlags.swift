@@ -34,7 +34,10 @@ public struct BenchFlags: ParsableArguments, Sendable {
     public var mmapRead = false
     @Option(
         name: .customLong("use_direct_reads"),
-        help: "Read tables with O_DIRECT: block-cache misses reach the device (RocksDB's use_direct_reads). \(BenchFlags.booleanHelp)",
+        help: """
+            Read tables with O_DIRECT: block-cache misses reach the device (RocksDB's use_direct_reads; for files on a storage \
+            node, the node's --direct-reads decides). \(BenchFlags.booleanHelp)
+            """,
         transform: BenchFlags.boolean)
     public var useDirectReads = false
     @Option(

@@ -90,7 +90,9 @@ extension Engine {
             let job = try makeJobSpec(spec, persisting: reserved)
             let result: CompactionJobResult
             do {
-                result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
+                // With direct reads, a compaction run here reads its inputs as gets do.
+                let files: any FileSystem = options.useDirectReads ? DirectReadingFileSystem(fileSystem) : fileSystem
+                result = try options.jobRunner.runCompaction(job, fileSystem: files)
             } catch let error as JobLost {
                 try abandonLost(error, outputs: job.outputFileNumbers, persisted: reserved, what: "compaction", lost: &lost)
                 continue

@@ -194,6 +194,14 @@ public final class Engine: @unchecked Sendable {
             }
         }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
+        if options.useDirectReads, fs is PosixFileSystem {
+            // Refused now, not at the first table read after writes were taken.
+            let directories = [path] + options.tiers.filter { !$0.mapped }.map(\.path).filter { (try? fs.exists($0)) == true }
+            if let refused = directories.first(where: { !PosixFileSystem.supportsDirectReads(in: $0) }) {
+                lock.unlock()
+                throw MoraineError(.invalid, "use_direct_reads: the file system of \(refused) does not support O_DIRECT (or a file cannot be made there)")
+            }
+        }
         let region: PmemRegion?
         do {
             region =

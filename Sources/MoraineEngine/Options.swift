@@ -90,12 +90,13 @@ public struct Options: Sendable {
     /// (nor its hit and miss counts).
     public var allowMmapReads = false
     /// Read tables with O_DIRECT (RocksDB's `use_direct_reads`): every block-cache miss reads
-    /// the device, the page cache holds none of the tables' blocks, and the block cache is the
-    /// only cache. What a benchmark of a device or of a cache tier wants; off by default. Writes
-    /// stay buffered. Refused with `allowMmapReads` (as RocksDB). Tables on a `mapped` tier are
-    /// still read through their mappings; a storage node's files are read as the node is told
-    /// (`moraine node --direct-reads`), whatever the engine asks. A file system that refuses
-    /// O_DIRECT (tmpfs) fails the table's open with `.invalid` naming it.
+    /// the device, no table read (point reads, scans, the compactions and tier moves this engine
+    /// runs itself) fills the page cache, and the block cache is the only cache. What a benchmark
+    /// of a device or of a cache tier wants; off by default. Writes stay buffered. Refused with
+    /// `allowMmapReads` (as RocksDB), and at open when the database directory's file system
+    /// refuses O_DIRECT. Tables on a `mapped` tier are still read through their mappings; a
+    /// storage node's files are read as the node is told (`moraine node --direct-reads`),
+    /// whatever the engine asks.
     public var useDirectReads = false
     /// Turn off automatic compactions (`disable_auto_compactions`).
     public var disableAutoCompactions = false

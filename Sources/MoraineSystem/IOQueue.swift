@@ -8,7 +8,8 @@
 // - pread/pwrite: the same requests, one system call each, for kernels and containers where
 //   io_uring is missing or forbidden (ENOSYS, EPERM from kernel.io_uring_disabled or seccomp).
 // Both backends retry EINTR and EAGAIN, continue short reads and writes until the request is
-// complete (a read stops early only at end of file), and honour links: a request whose
+// complete (a read stops early only at end of file, or at its first short transfer when it says
+// `endsAtShortRead`: an O_DIRECT read), and honour links: a request whose
 // predecessor has `linkNext` starts only after it succeeded, and fails with ECANCELED otherwise.
 // Thread-safety: an io_uring queue belongs to one thread (see IOQueue+Thread.swift); the pread
 // queue keeps no state and may be used from any thread.
@@ -66,7 +67,8 @@ public struct IORequest {
     /// O_DIRECT read, whose continuation would start at an unaligned offset (refused with
     /// EINVAL) when the file ends inside the range. Its reader continues aligned reads itself.
     public var endsAtShortRead = false
-    /// Bytes transferred (for reads, fewer than asked only at end of file).
+    /// Bytes transferred (for reads, fewer than asked only at end of file, or after a short
+    /// transfer with `endsAtShortRead`).
     public internal(set) var transferred = 0
     /// 0 on success, else the errno that ended the request.
     public internal(set) var errorNumber: Int32 = 0

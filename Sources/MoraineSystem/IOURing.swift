@@ -6,7 +6,8 @@
 // predecessor's entry when both are in the round. One io_uring_submit_and_wait hands the round
 // to the kernel and waits for all of it. Requests that came back short, interrupted (EINTR),
 // busy (EAGAIN) or cancelled because a linked predecessor came back short go again in the next
-// round; a request whose linked predecessor failed for good fails with ECANCELED.
+// round (a read that says `endsAtShortRead` is done at its first short transfer); a request whose
+// linked predecessor failed for good fails with ECANCELED.
 import CSystemShims
 
 #if canImport(Glibc)

@@ -135,13 +135,15 @@ public final class PosixFileSystem: FileSystem {
             withUnsafeTemporaryAllocation(of: DirectReads.Span?.self, capacity: batch.count) { spans in
                 for i in batch.indices {
                     let file = batch[i].file as! PosixRandomAccessFile
-                    if file.direct {
+                    if file.direct && batch[i].buffer.count > 0 && batch[i].offset < DirectReads.offsetLimit {
                         let span = DirectReads.Span(offset: batch[i].offset, count: batch[i].buffer.count)
                         spans.initializeElement(at: i, to: span)
                         requests.initializeElement(at: i, to: span.request(fd: file.fd))
                     } else {
+                        // A direct file's empty or unreachable read: a request of no bytes.
+                        let empty = file.direct ? UnsafeMutableRawBufferPointer(rebasing: batch[i].buffer[0..<0]) : batch[i].buffer
                         spans.initializeElement(at: i, to: nil)
-                        requests.initializeElement(at: i, to: .read(fd: file.fd, at: batch[i].offset, into: batch[i].buffer))
+                        requests.initializeElement(at: i, to: .read(fd: file.fd, at: file.direct ? 0 : batch[i].offset, into: empty))
                     }
                 }
                 IOQueue.forCurrentThread(ioBackend).submit(requests)
@@ -387,7 +389,8 @@ final class PosixRandomAccessFile: RandomAccessFile, @unchecked Sendable {
 
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         guard !direct else {
-            guard buffer.count > 0 else { return 0 }
+            // No file reaches that far (and the aligned end must not overflow): nothing to read.
+            guard buffer.count > 0, offset < DirectReads.offsetLimit else { return 0 }
             let span = DirectReads.Span(offset: offset, count: buffer.count)
             defer { span.deallocate() }
             var request = span.request(fd: fd)
@@ -432,6 +435,9 @@ enum DirectReads {
     /// The alignment of a direct read's offset, length and buffer: 4096 satisfies every logical
     /// block size Linux devices use (512 or 4096).
     static let alignment = 4096
+    /// Offsets from here on are past the end of any file (2^62 bytes), and a range there could
+    /// overflow its aligned end: reads there return nothing without a system call.
+    static let offsetLimit: UInt64 = 1 << 62
 
     /// The aligned range around a wanted one, with its buffer.
     struct Span {

@@ -3,8 +3,9 @@
 import MoraineSystem
 
 /// Passes each `FileSystem` call to `base` unless the conforming type implements it. The calls
-/// `FileSystem` itself defaults (`createWritable(_:hint:)`, `openMapped`, `read(batch:)`) keep
-/// those defaults, which go through the wrapper's own `openRandomAccess` and `createWritable`.
+/// `FileSystem` itself defaults (`createWritable(_:hint:)`, `openMapped`, `openDirect`,
+/// `read(batch:)`) keep those defaults, which go through the wrapper's own `openRandomAccess` and
+/// `createWritable` (so a wrapper's direct opens are its plain ones unless it says otherwise).
 public protocol ForwardingFileSystem: FileSystem {
     var base: any FileSystem { get }
 }

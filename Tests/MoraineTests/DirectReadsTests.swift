@@ -10,6 +10,8 @@ import MoraineMessages
 import MoraineStorage
 import MoraineSystem
 import MoraineTestSupport
+import MoraineTransport
+import Synchronization
 import Testing
 
 @testable import MoraineEngine
@@ -76,7 +78,7 @@ struct DirectReadsTests {
         defer { dir.remove() }
         let seed = SeededRandom.testSeed("direct reads \(backend)")
         var rng = SeededRandom(seed: seed)
-        let content = rng.bytes(300_000 + Int.random(in: 1..<4096, using: &rng))  // ends inside a block
+        let content = rng.bytes(300_000 + Int.random(in: 1..<4096, using: &rng))  // usually ends inside a block (wholeBlocks covers the other case)
         let path = dir.file("data")
         FileManager.default.createFile(atPath: path, contents: Data(content))
         PageCache.drop(path)
@@ -98,13 +100,15 @@ struct DirectReadsTests {
             let got = try buffer.withUnsafeMutableBytes { try direct.read(at: UInt64(offset), into: $0) }
             #expect(Array(buffer[0..<got]) == expected(offset, length), "read \(length) at \(offset) (MORAINE_SEED=\(seed))")
         }
-        // A batch mixing direct and buffered files goes in one submission.
+        // A batch mixing direct and buffered files goes in one submission (with empty reads,
+        // reads past the end and one at an offset no file reaches).
         let buffered = try files.openRandomAccess(path)
         let batchRanges = (0..<24).map { _ in (Int.random(in: 0..<content.count, using: &rng), Int.random(in: 1...9000, using: &rng)) }
+            + [(4097, 0), (content.count + 3, 50), (content.count - 1, 4096), (Int(Int64.max) - 10, 100)]
         let buffers = batchRanges.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0.1, alignment: 1) }
         defer { buffers.forEach { $0.deallocate() } }
         var batch = batchRanges.indices.map { i in
-            BatchRead(file: i % 3 == 0 ? buffered : direct, offset: UInt64(batchRanges[i].0), buffer: buffers[i])
+            BatchRead(file: i % 3 == 0 && i < 24 ? buffered : direct, offset: UInt64(batchRanges[i].0), buffer: buffers[i])
         }
         batch.withUnsafeMutableBufferPointer { files.read(batch: $0) }
         for (i, read) in batch.enumerated() {
@@ -124,6 +128,26 @@ struct DirectReadsTests {
             _ = try buffer.withUnsafeMutableBytes { try buffered.read(at: UInt64(offset), into: $0) }
         }
         #expect(PageCache.residentPages(path) > 0, "buffered reads left no page resident: the residency check cannot tell")
+    }
+
+    @Test("a direct read across the end of a file of whole blocks, and at offsets no file reaches, reads what is there", arguments: IOBackend.allCases)
+    func wholeBlocks(backend: IOBackend) throws {
+        let dir = deviceBackedTempDir("moraine-direct-blocks")
+        defer { dir.remove() }
+        var rng = SeededRandom(seed: SeededRandom.testSeed("direct whole blocks \(backend)"))
+        let content = rng.bytes(5 * 4096)  // ends on a block boundary: the read continues from there and finds the end
+        let path = dir.file("data")
+        FileManager.default.createFile(atPath: path, contents: Data(content))
+        let direct = try PosixFileSystem(ioBackend: backend).openDirect(path)
+        for (offset, length) in [(0, 5 * 4096 + 100), (4 * 4096, 8192), (4 * 4096 + 1, 4096), (5 * 4096, 10), (3, 5 * 4096 - 3)] {
+            var buffer = [UInt8](repeating: 0, count: length)
+            let got = try buffer.withUnsafeMutableBytes { try direct.read(at: UInt64(offset), into: $0) }
+            #expect(Array(buffer[0..<got]) == Array(content[min(offset, content.count)..<min(content.count, offset + length)]), "\(length) at \(offset)")
+        }
+        var buffer = [UInt8](repeating: 0, count: 100)
+        for offset in [UInt64.max, UInt64.max - 200, UInt64(Int64.max)] {
+            #expect(try buffer.withUnsafeMutableBytes { try direct.read(at: offset, into: $0) } == 0, "read at \(offset)")
+        }
     }
 
     static func options(direct: Bool) -> Options {
@@ -160,7 +184,7 @@ struct DirectReadsTests {
                     }
                 }
                 try db.flush()
-                if round == 2 { try db.compactRange() }  // compaction reads its inputs directly too
+                if round == 2 { try db.compactRange() }
             }
             try db.close()
         }
@@ -201,6 +225,42 @@ struct DirectReadsTests {
         let live = dir.names().filter { $0.hasSuffix(".sst") }.map(dir.file)
         #expect(live.map(PageCache.residentPages).reduce(0, +) > 0, "buffered reads left no table page resident")
         try plain.close()
+    }
+
+    /// Counts how tables are opened for reading.
+    final class OpenCounter: ForwardingFileSystem, @unchecked Sendable {
+        let base: any FileSystem
+        let direct = Mutex(0)
+        let plain = Mutex(0)
+        init(_ base: any FileSystem) { self.base = base }
+        func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
+            if path.hasSuffix(".sst") { plain.withLock { $0 += 1 } }
+            return try base.openRandomAccess(path)
+        }
+        func openDirect(_ path: String) throws -> any RandomAccessFile {
+            if path.hasSuffix(".sst") { direct.withLock { $0 += 1 } }
+            return try base.openDirect(path)
+        }
+    }
+
+    @Test("with useDirectReads every table the engine reads, a compaction's inputs included, is opened for direct reads")
+    func everyTableOpenIsDirect() throws {
+        let dir = deviceBackedTempDir("moraine-direct-opens")
+        defer { dir.remove() }
+        let counter = OpenCounter(PosixFileSystem.shared)
+        var options = Self.options(direct: true)
+        options.fileSystem = counter
+        options.maxOpenFiles = 16  // the table cache evicts, so readers are opened again
+        let db = try Database(path: dir.path, options: options)
+        for round in 0..<4 {
+            for i in 0..<1500 { try db.put(Self.key(i * 4 + round), Array("value-\(round)-\(i)".utf8)) }
+            try db.flush()
+        }
+        try db.compactRange()  // reads every table made above as a compaction input
+        for i in stride(from: 0, to: 6000, by: 7) { #expect(try db.get(Self.key(i)) == Array("value-\(i % 4)-\(i / 4)".utf8)) }
+        try db.close()
+        #expect(counter.plain.withLock { $0 } == 0, "\(counter.plain.withLock { $0 }) tables opened through the page cache")
+        #expect(counter.direct.withLock { $0 } >= 5, "\(counter.direct.withLock { $0 }) direct opens for 4 flushed tables, their compaction and reads")
     }
 
     @Test("use_direct_reads goes to the OPTIONS file and back, and is refused beside allow_mmap_reads")
@@ -253,6 +313,17 @@ struct DirectReadsTests {
         }
         #expect(tables.map(PageCache.residentPages).reduce(0, +) == 0, "the node's reads went through the page cache")
         try db.close()
+        // A node without direct reads fills the page cache from the same reads: the check can fail.
+        let plain = try StorageNode(dataDirectory: node.dataDirectory.path)
+        let served = try Endpoint.tcp(host: "127.0.0.1", port: 0).serve(key: node.key, router: plain.router())
+        defer { served.close() }
+        var plainOptions = options
+        plainOptions.fileSystem = RemoteFileSystem(endpoint: served.endpoint, key: node.key, options: StorageTestNode.fastOptions)
+        plainOptions.readOnly = true
+        let reader = try Database(path: "db", options: plainOptions)
+        for i in 0..<3000 { _ = try reader.get(Self.key(i)) }
+        #expect(tables.map(PageCache.residentPages).reduce(0, +) > 0, "buffered reads through a node left no table page resident")
+        try reader.close()
     }
 
     @Test("direct_reads in a topology is a storage node's, true or false; --use_direct_reads reaches the engines' configuration")

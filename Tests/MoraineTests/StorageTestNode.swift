@@ -12,6 +12,9 @@ import MoraineFormat
 final class StorageTestNode: @unchecked Sendable {
     let carrier: Carrier
     let dataDirectory: TempDir
+    /// Where the shared-memory socket lives: the data directory, or with direct reads a short
+    /// temporary path (a device-backed directory may be deep, and a socket path has 107 bytes).
+    private let socketDirectory: TempDir
     let key = TestService.defaultKey()
     private(set) var endpoint: Endpoint
     private var server: EndpointServer?
@@ -35,6 +38,7 @@ final class StorageTestNode: @unchecked Sendable {
         self.directReads = directReads
         let data = directReads ? deviceBackedTempDir("moraine-storage") : TempDir("moraine-storage")
         dataDirectory = data
+        socketDirectory = directReads ? TempDir("moraine-sock") : data
         // The first tier is persistent memory: the node serves its tables from mappings.
         tiers = tierBudgets.enumerated().map {
             StorageNodeTier(path: "\(data.path).tier\($0.offset)", budgetBytes: $0.element, mapped: $0.offset == 0)
@@ -42,7 +46,7 @@ final class StorageTestNode: @unchecked Sendable {
         for tier in tiers { try PosixFileSystem.shared.createDirectory(tier.path) }
         endpoint =
             carrier == .sharedMemory
-            ? .sharedMemory(socketPath: dataDirectory.file("node.sock")) : .tcp(host: "127.0.0.1", port: 0)
+            ? .sharedMemory(socketPath: socketDirectory.file("node.sock")) : .tcp(host: "127.0.0.1", port: 0)
         try start()
         fileSystemBox = RemoteFileSystem(endpoint: endpoint, key: key, options: options)
     }
@@ -76,6 +80,7 @@ final class StorageTestNode: @unchecked Sendable {
     func remove() {
         stop()
         dataDirectory.remove()
+        socketDirectory.remove()
         for tier in tiers { PosixFileSystem.shared.removeTree(tier.path) }
     }
 
