@@ -66,7 +66,8 @@ public struct CompactionJob {
         var nextNumber = spec.outputFileNumbers.lowerBound
         for input in spec.inputs {
             let path = spec.tablePath(input.info.number, tier: input.info.tier)
-            let reader = try TableReader(file: try fileSystem.openRandomAccess(path), name: path, cache: nil)
+            let file = spec.readsInputsDirectly ? try fileSystem.openDirect(path) : try fileSystem.openRandomAccess(path)
+            let reader = try TableReader(file: file, name: path, cache: nil)
             result.bytesRead += reader.fileSizeBytes
             children.append(reader.makeIterator(fillCache: false, readahead: .fixed()))
         }

@@ -90,9 +90,7 @@ extension Engine {
             let job = try makeJobSpec(spec, persisting: reserved)
             let result: CompactionJobResult
             do {
-                // With direct reads, a compaction run here reads its inputs as gets do.
-                let files: any FileSystem = options.useDirectReads ? DirectReadingFileSystem(fileSystem) : fileSystem
-                result = try options.jobRunner.runCompaction(job, fileSystem: files)
+                result = try options.jobRunner.runCompaction(job, fileSystem: fileSystem)
             } catch let error as JobLost {
                 try abandonLost(error, outputs: job.outputFileNumbers, persisted: reserved, what: "compaction", lost: &lost)
                 continue
@@ -161,6 +159,7 @@ extension Engine {
             outputLevel: spec.outputLevel, levelCount: version.levels.count,
             smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
             targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
+        job.readsInputsDirectly = options.useDirectReads
         if tiers.isTiered {
             job.tierDirectories = tiers.directories
             job.outputTier = tiers.outputTier(

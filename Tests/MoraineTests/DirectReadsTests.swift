@@ -11,6 +11,7 @@ import MoraineStorage
 import MoraineSystem
 import MoraineTestSupport
 import MoraineTransport
+import MoraineWorker
 import Synchronization
 import Testing
 
@@ -284,8 +285,13 @@ struct DirectReadsTests {
     func storageNode(carrier: Carrier) throws {
         let node = try StorageTestNode(carrier, directReads: true)
         defer { node.remove() }
-        var options = Self.options(direct: false)  // the node decides how its files are read
+        // The node decides how its files are read; the engine's own option must not get in the
+        // way of its files on the node, nor of its compactions on a worker.
+        var options = Self.options(direct: true)
         options.fileSystem = node.remote
+        let worker = try TestWorker(for: node)
+        let runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing, flushWorkers: { [] }) { [worker.endpoint] }
+        options.jobRunner = runner
         let seed = SeededRandom.testSeed("direct reads node \(carrier)")
         var rng = SeededRandom(seed: seed)
         var oracle: [Int: [UInt8]] = [:]
@@ -300,6 +306,11 @@ struct DirectReadsTests {
                 }
                 try db.flush()
             }
+            try db.compactRange()
+            #expect(runner.remoteJobs >= 1 && runner.fallbacks == 0, "\(runner.remoteJobs) compactions on the worker, \(runner.fallbacks) here")
+            try db.put(Self.key(0), oracle[0] ?? [1])  // still the lease's owner
+            oracle[0] = oracle[0] ?? [1]
+            try db.flush()
             try db.close()
         }
         let tables = try PosixFileSystem.shared.children(of: node.dataDirectory.file("db")).filter { $0.hasSuffix(".sst") }
