@@ -16,6 +16,8 @@
 #     With --direct_reads, the embedded peers read their tables with O_DIRECT and the storage
 #     nodes serve reads with O_DIRECT (topology `direct_reads`), so a miss of every cache reads
 #     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
+#     Their databases and run directories are under $TMPDIR (mktemp -d): it must be on a device
+#     (not tmpfs, whose direct reads still read memory).
 #  4. sharing: two compute processes at once, one database of --share_big keys and one of
 #     --share_small, reading through one 256 MiB shared cache against each through a private
 #     128 MiB one (two more clusters); hit rates and throughput per database. Memtables of 4 MiB and

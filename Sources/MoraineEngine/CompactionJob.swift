@@ -66,7 +66,9 @@ public struct CompactionJob {
         var nextNumber = spec.outputFileNumbers.lowerBound
         for input in spec.inputs {
             let path = spec.tablePath(input.info.number, tier: input.info.tier)
-            let file = spec.readsInputsDirectly ? try fileSystem.openDirect(path) : try fileSystem.openRandomAccess(path)
+            let tier = input.info.tier
+            let direct = tier < spec.directReadTiers.count && spec.directReadTiers[tier]
+            let file = direct ? try fileSystem.openDirect(path) : try fileSystem.openRandomAccess(path)
             let reader = try TableReader(file: file, name: path, cache: nil)
             result.bytesRead += reader.fileSizeBytes
             children.append(reader.makeIterator(fillCache: false, readahead: .fixed()))

@@ -159,7 +159,7 @@ extension Engine {
             outputLevel: spec.outputLevel, levelCount: version.levels.count,
             smallestSnapshot: snapshots.oldest ?? lastSequence.load(ordering: .acquiring), deeperLevelRanges: deeper,
             targetFileSizeBytes: target, tableOptions: options.tableOptions, outputFileNumbers: outputs)
-        job.readsInputsDirectly = options.useDirectReads
+        if options.useDirectReads { job.directReadTiers = tiers.mapped.map { !$0 } }
         if tiers.isTiered {
             job.tierDirectories = tiers.directories
             job.outputTier = tiers.outputTier(

@@ -256,7 +256,8 @@ extension Engine {
         // the table (the manifest names the source).
         let temporary = joinPath(tiers.directories[tier], DatabaseFile.temporary(file.number).name)
         for leftover in [temporary, target] where try fileSystem.exists(leftover) { try fileSystem.remove(leftover) }
-        let input = options.useDirectReads ? try fileSystem.openDirect(source) : try fileSystem.openRandomAccess(source)
+        let direct = options.useDirectReads && !tiers.mapped[file.info.tier]
+        let input = direct ? try fileSystem.openDirect(source) : try fileSystem.openRandomAccess(source)
         let output = try fileSystem.createNew(temporary, hint: .bulk)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.tierMoveChunkBytes, alignment: 4096)
         defer { buffer.deallocate() }

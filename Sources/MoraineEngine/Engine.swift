@@ -194,14 +194,6 @@ public final class Engine: @unchecked Sendable {
             }
         }
         let lock = try fs.lock(joinPath(path, DatabaseFile.lock.name))
-        if options.useDirectReads, fs is PosixFileSystem {
-            // Refused now, not at the first table read after writes were taken.
-            let directories = [path] + options.tiers.filter { !$0.mapped }.map(\.path).filter { (try? fs.exists($0)) == true }
-            if let refused = directories.first(where: { !PosixFileSystem.supportsDirectReads(in: $0) }) {
-                lock.unlock()
-                throw MoraineError(.invalid, "use_direct_reads: the file system of \(refused) does not support O_DIRECT (or a file cannot be made there)")
-            }
-        }
         let region: PmemRegion?
         do {
             region =
@@ -243,6 +235,7 @@ public final class Engine: @unchecked Sendable {
                 try engine.prepareNewTiers()
                 try engine.versions.writeNewManifest(lastSequence: 0)
             }
+            try checkDirectReads(engine.tiers, options: options, probing: true)
             try engine.recover()
             if let leftover = engine.leftoverRegion {
                 SystemLog.infoOnce("replayed the logs left in persistent-memory region \(leftover.path); it holds none now")
@@ -266,6 +259,25 @@ public final class Engine: @unchecked Sendable {
     /// logs replayed into memory. A writer in another process may change the directory while
     /// this reads it (a flush deletes a WAL, a compaction its inputs), so a recovery that fails
     /// while the manifest moved on is tried again, a few times.
+    /// With `useDirectReads` on POSIX files: every directory that holds tables read directly
+    /// (the database's, or its tiers not read through mappings) must take O_DIRECT, so an open
+    /// is refused at once, not at its first table read. `probing` creates a probe file; a
+    /// read-only open, which writes nothing, opens a file already there.
+    /// - Throws: `.invalid` naming the directory.
+    static func checkDirectReads(_ tiers: TierLayout, options: Options, probing: Bool) throws {
+        guard options.useDirectReads, options.fileSystem is PosixFileSystem else { return }
+        for (directory, mapped) in zip(tiers.directories, tiers.mapped) where !mapped {
+            let accepted =
+                probing
+                ? PosixFileSystem.supportsDirectReads(in: directory)
+                : PosixFileSystem.supportsDirectReads(ofFilesIn: directory)
+            guard accepted else {
+                throw MoraineError(
+                    .invalid, "use_direct_reads: the file system of \(directory) does not support O_DIRECT (or a file cannot be made there)")
+            }
+        }
+    }
+
     private static func openReadOnly(path: String, options: Options) throws -> Engine {
         let fs = options.fileSystem
         switch try DatabaseDirectory.inspect(path, fileSystem: fs) {
@@ -273,6 +285,7 @@ public final class Engine: @unchecked Sendable {
         case .empty: throw MoraineError(.invalid, "\(path) is not a Moraine database (no CURRENT file)")
         case .existing: break
         }
+        try checkDirectReads(TierLayout(databasePath: path, options: options), options: options, probing: false)
         let attemptsMax = 4
         for attempt in 1...attemptsMax {
             let before = try fs.readAll(joinPath(path, DatabaseFile.current.name))

@@ -93,10 +93,11 @@ public struct Options: Sendable {
     /// the device, no table read (point reads, scans, the compactions and tier moves this engine
     /// runs itself) fills the page cache, and the block cache is the only cache. What a benchmark
     /// of a device or of a cache tier wants; off by default. Writes stay buffered. Refused with
-    /// `allowMmapReads` (as RocksDB), and at open when the database directory's file system
-    /// refuses O_DIRECT. Tables on a `mapped` tier are still read through their mappings; a
-    /// storage node's files are read as the node is told (`moraine node --direct-reads`),
-    /// whatever the engine asks.
+    /// `allowMmapReads` (as RocksDB), and at open when a directory holding tables refuses
+    /// O_DIRECT (tmpfs before Linux 6.6; later tmpfs takes it, and its "device" is memory).
+    /// Tables on a `mapped` tier are still read through their mappings; the table properties an
+    /// open's recovery or a repair reads stay buffered; a storage node's files are read as the
+    /// node is told (`moraine node --direct-reads`), whatever the engine asks.
     public var useDirectReads = false
     /// Turn off automatic compactions (`disable_auto_compactions`).
     public var disableAutoCompactions = false

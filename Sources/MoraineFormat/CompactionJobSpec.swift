@@ -61,10 +61,12 @@ public struct CompactionJobSpec: Sendable, Equatable, TieredJobSpec {
     public var tierDirectories: [String] = []
     /// The tier the output goes to (an index into `tierDirectories`).
     public var outputTier = 0
-    /// Inputs are opened for direct reads (`FileSystem.openDirect`; the engine's `useDirectReads`),
-    /// so a compaction run in the engine's process reads them as its gets do. Not sent with a
-    /// job: a worker reads through its storage node, which decides how it reads.
-    public var readsInputsDirectly = false
+    /// Per tier (the database's directory is tier 0 without tiers): whether inputs there are
+    /// opened for direct reads (`FileSystem.openDirect`; the engine's `useDirectReads`, except on
+    /// a tier read through mappings), so a compaction run in the engine's process reads them as
+    /// its gets do. Empty: none. Not sent with a job: a worker reads through its storage node,
+    /// which decides how it reads.
+    public var directReadTiers: [Bool] = []
 
     public init(
         jobID: UInt64, directory: String, epoch: UInt64, inputs: [JobInputTable], outputLevel: Int,

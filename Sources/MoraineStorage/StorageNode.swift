@@ -95,7 +95,7 @@ public final class StorageNode: Sendable {
         if directReads {
             for directory in [self.dataDirectory] + self.tiers.filter({ !$0.mapped }).map(\.path) {
                 guard PosixFileSystem.supportsDirectReads(in: directory) else {
-                    throw TransportError(.invalid, "direct reads: the file system of \(directory) does not support O_DIRECT (tmpfs?)")
+                    throw TransportError(.invalid, "direct reads: the file system of \(directory) does not support O_DIRECT (or a file cannot be made there)")
                 }
             }
         }

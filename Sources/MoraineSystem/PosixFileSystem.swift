@@ -90,7 +90,8 @@ public final class PosixFileSystem: FileSystem {
 
     /// O_DIRECT: reads go to the device in whole aligned blocks (DirectReads), through a bounce
     /// buffer, so the caller may read any range.
-    /// - Throws: `.invalid` naming the file when its file system refuses O_DIRECT (tmpfs).
+    /// - Throws: `.invalid` naming the file when its file system refuses O_DIRECT (tmpfs before
+    ///   Linux 6.6).
     public func openDirect(_ path: String) throws -> any RandomAccessFile {
         try openForReading(path, direct: true)
     }
@@ -106,6 +107,21 @@ public final class PosixFileSystem: FileSystem {
         let fd = open(probe, O_RDONLY | O_CLOEXEC | CSystemShims_o_direct())
         guard fd >= 0 else { return false }
         Glibc.close(fd)
+        return true
+    }
+
+    /// Whether a file already in `directory` opens with O_DIRECT (true when it holds none):
+    /// the check of a reader that must not write.
+    public static func supportsDirectReads(ofFilesIn directory: String) -> Bool {
+        guard let names = try? PosixFileSystem.shared.children(of: directory) else { return true }
+        for name in names {
+            let fd = open(joinPath(directory, name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | CSystemShims_o_direct())
+            if fd >= 0 {
+                Glibc.close(fd)
+                return true
+            }
+            if errno == EINVAL { return false }
+        }
         return true
     }
 

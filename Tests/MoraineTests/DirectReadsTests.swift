@@ -238,10 +238,16 @@ struct DirectReadsTests {
             if path.hasSuffix(".sst") { plain.withLock { $0 += 1 } }
             return try base.openRandomAccess(path)
         }
+        /// Directories of the tables opened direct, one entry per open.
+        let directPaths = Mutex<[String]>([])
         func openDirect(_ path: String) throws -> any RandomAccessFile {
-            if path.hasSuffix(".sst") { direct.withLock { $0 += 1 } }
+            if path.hasSuffix(".sst") {
+                direct.withLock { $0 += 1 }
+                directPaths.withLock { $0.append(path) }
+            }
             return try base.openDirect(path)
         }
+        func directUnder(_ directory: String) -> Int { directPaths.withLock { $0.filter { $0.hasPrefix(directory + "/") }.count } }
     }
 
     @Test("with useDirectReads every table the engine reads, a compaction's inputs included, is opened for direct reads")
@@ -262,6 +268,39 @@ struct DirectReadsTests {
         try db.close()
         #expect(counter.plain.withLock { $0 } == 0, "\(counter.plain.withLock { $0 }) tables opened through the page cache")
         #expect(counter.direct.withLock { $0 } >= 5, "\(counter.direct.withLock { $0 }) direct opens for 4 flushed tables, their compaction and reads")
+    }
+
+    @Test("with tiers, a tier read through mappings is never opened direct (reads, compactions, moves); the others are; a read-only open reads direct")
+    func mappedTier() throws {
+        let dir = deviceBackedTempDir("moraine-direct-tiers")
+        let fast = TempDir("moraine-direct-fast")
+        defer {
+            dir.remove()
+            fast.remove()
+        }
+        let counter = OpenCounter(PosixFileSystem.shared)
+        var options = Self.options(direct: true)
+        options.fileSystem = counter
+        options.maxBytesForLevelBase = 64 << 10
+        options.tiers = [StorageTier(path: fast.path, budgetBytes: 96 << 10, mapped: true), StorageTier(path: dir.path + "/slow", budgetBytes: nil)]
+        let db = try Database(path: dir.path + "/db", options: options)
+        for round in 0..<6 {
+            for i in 0..<1500 { try db.put(Self.key(i * 6 + round), Array("value-\(round)-\(i)".utf8)) }
+            try db.flush()
+        }
+        try db.compactRange()  // inputs on both tiers; outputs past the fast tier's budget move down
+        for i in stride(from: 0, to: 9000, by: 11) { #expect(try db.get(Self.key(i)) == Array("value-\(i % 6)-\(i / 6)".utf8)) }
+        try db.close()
+        #expect(counter.directUnder(fast.path) == 0, "\(counter.directUnder(fast.path)) direct opens on the mapped tier")
+        #expect(counter.directUnder(dir.path + "/slow") > 0, "no direct open on the other tier")
+        // Read-only: nothing written, tables still read directly.
+        var readOnly = options
+        readOnly.readOnly = true
+        let before = counter.directUnder(dir.path + "/slow")
+        let reader = try Database(path: dir.path + "/db", options: readOnly)
+        for i in stride(from: 0, to: 9000, by: 13) { #expect(try reader.get(Self.key(i)) == Array("value-\(i % 6)-\(i / 6)".utf8)) }
+        try reader.close()
+        #expect(counter.directUnder(dir.path + "/slow") > before, "a read-only open read no table directly")
     }
 
     @Test("use_direct_reads goes to the OPTIONS file and back, and is refused beside allow_mmap_reads")
@@ -290,6 +329,7 @@ struct DirectReadsTests {
         var options = Self.options(direct: true)
         options.fileSystem = node.remote
         let worker = try TestWorker(for: node)
+        defer { withExtendedLifetime(worker) {} }  // serving until the end
         let runner = RemoteJobRunner(key: node.key, timing: TestWorker.timing, flushWorkers: { [] }) { [worker.endpoint] }
         options.jobRunner = runner
         let seed = SeededRandom.testSeed("direct reads node \(carrier)")
