@@ -235,7 +235,7 @@ public final class Engine: @unchecked Sendable {
                 try engine.prepareNewTiers()
                 try engine.versions.writeNewManifest(lastSequence: 0)
             }
-            try checkDirectReads(engine.tiers, options: options, probing: true)
+            try checkDirectReads(engine.tiers, options: options, mayCreate: true)
             try engine.recover()
             if let leftover = engine.leftoverRegion {
                 SystemLog.infoOnce("replayed the logs left in persistent-memory region \(leftover.path); it holds none now")
@@ -255,29 +255,25 @@ public final class Engine: @unchecked Sendable {
         return engine
     }
 
-    /// Opens an existing database for reading only: no lock, no file written or removed, the
-    /// logs replayed into memory. A writer in another process may change the directory while
-    /// this reads it (a flush deletes a WAL, a compaction its inputs), so a recovery that fails
-    /// while the manifest moved on is tried again, a few times.
     /// With `useDirectReads` on POSIX files: every directory that holds tables read directly
     /// (the database's, or its tiers not read through mappings) must take O_DIRECT, so an open
-    /// is refused at once, not at its first table read. `probing` creates a probe file; a
-    /// read-only open, which writes nothing, opens a file already there.
+    /// is refused at once, not at its first table read. A read-only open (`mayCreate` false)
+    /// writes nothing: it asks only the files already there.
     /// - Throws: `.invalid` naming the directory.
-    static func checkDirectReads(_ tiers: TierLayout, options: Options, probing: Bool) throws {
+    static func checkDirectReads(_ tiers: TierLayout, options: Options, mayCreate: Bool) throws {
         guard options.useDirectReads, options.fileSystem is PosixFileSystem else { return }
         for (directory, mapped) in zip(tiers.directories, tiers.mapped) where !mapped {
-            let accepted =
-                probing
-                ? PosixFileSystem.supportsDirectReads(in: directory)
-                : PosixFileSystem.supportsDirectReads(ofFilesIn: directory)
-            guard accepted else {
+            guard PosixFileSystem.supportsDirectReads(in: directory, mayCreate: mayCreate) else {
                 throw MoraineError(
                     .invalid, "use_direct_reads: the file system of \(directory) does not support O_DIRECT (or a file cannot be made there)")
             }
         }
     }
 
+    /// Opens an existing database for reading only: no lock, no file written or removed, the
+    /// logs replayed into memory. A writer in another process may change the directory while
+    /// this reads it (a flush deletes a WAL, a compaction its inputs), so a recovery that fails
+    /// while the manifest moved on is tried again, a few times.
     private static func openReadOnly(path: String, options: Options) throws -> Engine {
         let fs = options.fileSystem
         switch try DatabaseDirectory.inspect(path, fileSystem: fs) {
@@ -285,7 +281,7 @@ public final class Engine: @unchecked Sendable {
         case .empty: throw MoraineError(.invalid, "\(path) is not a Moraine database (no CURRENT file)")
         case .existing: break
         }
-        try checkDirectReads(TierLayout(databasePath: path, options: options), options: options, probing: false)
+        try checkDirectReads(TierLayout(databasePath: path, options: options), options: options, mayCreate: false)
         let attemptsMax = 4
         for attempt in 1...attemptsMax {
             let before = try fs.readAll(joinPath(path, DatabaseFile.current.name))

@@ -62,7 +62,7 @@ public final class StorageNode: Sendable {
 
     /// Serves `dataDirectory`, which must exist and be writable.
     /// - Throws: `.invalid` when it is missing, not a directory or not writable, or when
-    ///   `directReads` is asked of a file system that refuses O_DIRECT (tmpfs).
+    ///   `directReads` is asked of a file system that refuses O_DIRECT (tmpfs before Linux 6.6).
     public init(
         dataDirectory: String, tiers: [StorageNodeTier] = [], fileSystem: any FileSystem = PosixFileSystem.shared,
         directReads: Bool = false, clock: @escaping @Sendable () -> Int64 = monotonicNanos

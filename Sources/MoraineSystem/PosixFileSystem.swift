@@ -96,9 +96,23 @@ public final class PosixFileSystem: FileSystem {
         try openForReading(path, direct: true)
     }
 
-    /// Whether files in `directory` can be opened with O_DIRECT: a probe file is created,
-    /// opened so, and removed.
-    public static func supportsDirectReads(in directory: String) -> Bool {
+    /// Whether files in `directory` open with O_DIRECT. Asks a regular file already there (a
+    /// directory opened so is EINVAL on ext4 whatever its file system supports); with none,
+    /// `mayCreate` makes a probe file and removes it, else there is nothing to read and the
+    /// answer is yes. False also when the probe cannot be made.
+    public static func supportsDirectReads(in directory: String, mayCreate: Bool = true) -> Bool {
+        for name in (try? PosixFileSystem.shared.children(of: directory)) ?? [] {
+            let path = joinPath(directory, name)
+            var st = stat()
+            guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { continue }
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | CSystemShims_o_direct())
+            if fd >= 0 {
+                Glibc.close(fd)
+                return true
+            }
+            if errno == EINVAL { return false }
+        }
+        guard mayCreate else { return true }
         let probe = joinPath(directory, ".direct-probe-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         let created = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard created >= 0 else { return false }
@@ -107,21 +121,6 @@ public final class PosixFileSystem: FileSystem {
         let fd = open(probe, O_RDONLY | O_CLOEXEC | CSystemShims_o_direct())
         guard fd >= 0 else { return false }
         Glibc.close(fd)
-        return true
-    }
-
-    /// Whether a file already in `directory` opens with O_DIRECT (true when it holds none):
-    /// the check of a reader that must not write.
-    public static func supportsDirectReads(ofFilesIn directory: String) -> Bool {
-        guard let names = try? PosixFileSystem.shared.children(of: directory) else { return true }
-        for name in names {
-            let fd = open(joinPath(directory, name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | CSystemShims_o_direct())
-            if fd >= 0 {
-                Glibc.close(fd)
-                return true
-            }
-            if errno == EINVAL { return false }
-        }
         return true
     }
 

@@ -151,6 +151,22 @@ struct DirectReadsTests {
         }
     }
 
+    @Test("the O_DIRECT probe asks regular files only, and writes nothing unless allowed")
+    func probe() throws {
+        let dir = deviceBackedTempDir("moraine-direct-probe")
+        defer { dir.remove() }
+        // A subdirectory (a database's lost/) opened with O_DIRECT is EINVAL on ext4: it must not
+        // make a file system that takes O_DIRECT look as if it did not.
+        try FileManager.default.createDirectory(atPath: dir.file("lost"), withIntermediateDirectories: false)
+        #expect(PosixFileSystem.supportsDirectReads(in: dir.path, mayCreate: false))
+        #expect(dir.names() == ["lost"], "a read-only probe wrote: \(dir.names())")
+        #expect(PosixFileSystem.supportsDirectReads(in: dir.path))
+        #expect(dir.names() == ["lost"], "the probe file stayed: \(dir.names())")
+        FileManager.default.createFile(atPath: dir.file("CURRENT"), contents: Data("MANIFEST-000001\n".utf8))
+        #expect(PosixFileSystem.supportsDirectReads(in: dir.path, mayCreate: false))
+        #expect(!PosixFileSystem.supportsDirectReads(in: dir.file("missing")), "a directory that is not there cannot be probed")
+    }
+
     static func options(direct: Bool) -> Options {
         var options = Options()
         options.createIfMissing = true
