@@ -60,6 +60,13 @@ struct NodeCommand: ParsableCommand {
     @Option(name: .customLong("cache-slot-size"), help: "Memory: bytes of one cache slot (the largest block it holds, plus 64).")
     var cacheSlotSize = SharedCacheLayout.defaultSlotBytes
     @Option(
+        name: .customLong("region-access"),
+        help: """
+            Memory: how peers reach the region: map (default: peers on this box map it and work in place) or request \
+            (every peer asks by request, as one on another box would).
+            """)
+    var regionAccess = "map"
+    @Option(
         help: """
             Where to listen: shm:PATH (a Unix socket, then shared memory) or tcp:HOST:PORT (port 0: any). \
             A worker without it listens on shm:RUNDIR/ROLE-PID.sock.
@@ -167,6 +174,10 @@ struct NodeCommand: ParsableCommand {
             }
         }
         if directReads && role != "storage" { throw ValidationError("--direct-reads applies to --role storage only") }
+        guard regionAccess == "map" || regionAccess == "request" else {
+            throw ValidationError("--region-access must be map or request, not \(regionAccess)")
+        }
+        if regionAccess != "map" && role != "memory" { throw ValidationError("--region-access applies to --role memory only") }
         if let resp {
             guard role == "compute" else { throw ValidationError("--resp applies to --role compute only") }
             _ = try RESPFrontEndOptions.address(resp, flag: "--resp")
@@ -260,6 +271,7 @@ struct NodeCommand: ParsableCommand {
             configuration.metrics = exported?.hook
             configuration.cacheBytes = cacheSize
             configuration.slotBytes = cacheSlotSize
+            configuration.byRequestOnly = regionAccess == "request"
             return try MemoryRole.run(configuration, announce: announce)
         }
         var configuration = StorageRoleConfiguration(

@@ -41,6 +41,8 @@ public final class Supervisor {
         /// A memory node's region: its file, bytes, arena bytes, and whether it is the default
         /// file (removed when the cluster stops with no arena held).
         var region: (path: String, bytes: Int, arenaBytes: Int, cacheBytes: Int, isDefault: Bool)? = nil
+        /// A memory node that peers reach by request only.
+        var regionByRequest = false
         /// A compute node's durability mode, when the topology names one.
         var durability: String? = nil
         /// A compute node's block cache per database, when the topology names one.
@@ -118,6 +120,7 @@ public final class Supervisor {
                     instance.tiers = Self.resolveTiers(tiers, run: run.path, index: spec.count == 1 ? nil : index)
                 }
                 instance.directReads = spec.kind == "storage" && spec.directReads
+                instance.regionByRequest = spec.kind == "memory" && spec.regionByRequest
                 instance.durability = spec.durability
                 instance.blockCacheBytes = spec.blockCacheBytes
                 instance.rowCacheBytes = spec.rowCacheBytes
@@ -241,6 +244,7 @@ public final class Supervisor {
                 String(region.cacheBytes),
             ]
         }
+        if instance.regionByRequest { arguments += ["--region-access", "request"] }
         if let durability = instance.durability { arguments += ["--durability", durability] }
         if let bytes = instance.blockCacheBytes { arguments += ["--cache_size", String(bytes)] }
         if let bytes = instance.rowCacheBytes { arguments += ["--row_cache_size", String(bytes)] }

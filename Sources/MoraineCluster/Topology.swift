@@ -16,6 +16,8 @@
 //   region_size = 1073741824  # memory: bytes of a new region (default 1 GiB, allocated as used)
 //   arena_size = 69206016 # memory: bytes of one memtable arena (default 66 MiB)
 //   cache_size = 268435456 # memory: bytes of the region for the shared block cache (default 256 MiB)
+//   region_access = "map" # memory: peers on this box map the region ("map", default) or, as across
+//                         # boxes, reach it by request only ("request")
 //   durability = "wal"    # compute: wal (default) or pmem (memtables in the memory node's region)
 //   block_cache_size = 8388608  # compute: each database's own block cache in bytes (default 8 MiB)
 //   row_cache_size = 0    # compute: each database's row cache in bytes (default 0, off)
@@ -62,6 +64,8 @@ public struct Topology: Sendable, Equatable {
         public var regionBytes = 1 << 30
         public var arenaBytes = 66 << 20
         public var cacheBytes = 256 << 20
+        /// Memory: peers reach the region by request only, as across boxes (`--region-access request`).
+        public var regionByRequest = false
         /// Compute: where its databases' writes become durable (wal, or pmem in the memory node's region).
         public var durability: String? = nil
         /// Compute: each database's block cache in bytes (nil: the node's default).
@@ -78,7 +82,8 @@ public struct Topology: Sendable, Equatable {
             a.kind == b.kind && a.count == b.count && a.numa == b.numa && a.carrier == b.carrier && a.port == b.port && a.data == b.data
                 && a.tiers == b.tiers && a.directReads == b.directReads
                 && a.linkDelayNanos == b.linkDelayNanos && a.region == b.region && a.regionBytes == b.regionBytes
-                && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.durability == b.durability
+                && a.arenaBytes == b.arenaBytes && a.cacheBytes == b.cacheBytes && a.regionByRequest == b.regionByRequest
+                && a.durability == b.durability
                 && a.blockCacheBytes == b.blockCacheBytes && a.rowCacheBytes == b.rowCacheBytes
                 && a.metrics?.host == b.metrics?.host && a.metrics?.port == b.metrics?.port
                 && a.resp?.host == b.resp?.host && a.resp?.port == b.resp?.port && a.respDatabase == b.respDatabase
@@ -240,6 +245,9 @@ public struct Topology: Sendable, Equatable {
             if role.directReads && role.kind != "storage" {
                 throw MoraineError(.invalid, "\(at): direct_reads applies to storage nodes only")
             }
+            if role.regionByRequest && role.kind != "memory" {
+                throw MoraineError(.invalid, "\(at): region_access applies to memory nodes only")
+            }
             if role.resp != nil || role.respDatabase != nil {
                 guard role.kind == "compute" else { throw MoraineError(.invalid, "\(at): resp and resp_db apply to compute nodes only") }
             }
@@ -325,6 +333,12 @@ public struct Topology: Sendable, Equatable {
         case "region_size": role.regionBytes = try integer()
         case "arena_size": role.arenaBytes = try integer()
         case "cache_size": role.cacheBytes = try integer()
+        case "region_access":
+            switch try text() {
+            case "map": role.regionByRequest = false
+            case "request": role.regionByRequest = true
+            case let other: throw MoraineError(.invalid, "\(at): region_access must be \"map\" or \"request\", not \(other)")
+            }
         case "durability": role.durability = try text()
         case "block_cache_size": role.blockCacheBytes = try integer()
         case "row_cache_size": role.rowCacheBytes = try integer()

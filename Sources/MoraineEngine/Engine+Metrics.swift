@@ -54,6 +54,7 @@ extension EngineStats {
             .counter("moraine_cache_misses_total", "Block lookups a cache tier missed", max(0, blockCacheMisses), labels: db + [("tier", "block")]),
             .counter("moraine_cache_hits_total", "Block lookups a cache tier answered", max(0, secondaryCache.hits), labels: db + [("tier", "shared")]),
             .counter("moraine_cache_misses_total", "Block lookups a cache tier missed", max(0, secondaryCache.misses), labels: db + [("tier", "shared")]),
+            counter("moraine_shared_cache_requests_total", "Lookup requests to a shared cache reached by request", secondaryCache.requests),
             gauge("moraine_row_cache_bytes", "Bytes the row cache holds", rowCacheUsageBytes),
             gauge("moraine_row_cache_capacity_bytes", "The row cache's capacity", rowCacheCapacityBytes),
             counter("moraine_row_cache_hits_total", "Point reads the row cache answered", rowCacheHits),

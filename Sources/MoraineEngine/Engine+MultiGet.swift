@@ -146,7 +146,8 @@ extension Engine {
         return probes
     }
 
-    /// The block each probe names (same order as `probes`): from the cache, the rest read in one
+    /// The block each probe names (same order as `probes`): from the cache, then the second tier
+    /// (one batch: a tier reached by request answers it in one round trip), the rest read in one
     /// batch. Probes of the same block are grouped by sorting, not hashing: a Swift dictionary
     /// hashes with SipHash, which was 9% of a 16-key batch's instructions.
     private func fetchBlocks(_ probes: [Probe], fillCache: Bool, memoryOnly: Bool) throws -> [Block] {
@@ -162,8 +163,7 @@ extension Engine {
             let leader = probes[order[start]]
             // A block read in place from a mapped table, or a cached one, needs no read.
             let table = leader.table
-            let cached = memoryOnly ? table.blockCacheDataBlock(leader.handle) : table.cachedDataBlock(leader.handle)
-            if let block = try table.mappedUncompressedBlock(leader.handle) ?? cached {
+            if let block = try table.mappedUncompressedBlock(leader.handle) ?? table.blockCacheDataBlock(leader.handle) {
                 for i in order[start..<end] { blockOf[i] = block }
             } else if memoryOnly {
                 throw NeedsRead()
@@ -171,6 +171,23 @@ extension Engine {
                 missing.append(start..<end)
             }
             start = end
+        }
+        if let secondary = tableCache.secondary, !missing.isEmpty {
+            let found = secondary.lookup(
+                batch: missing.map { group in
+                    let probe = probes[order[group.lowerBound]]
+                    return probe.table.secondaryKey(probe.handle)
+                })
+            var stillMissing: [Range<Int>] = []
+            for (group, contents) in zip(missing, found) {
+                let probe = probes[order[group.lowerBound]]
+                if let contents, let block = probe.table.dataBlock(fromSecondary: contents, handle: probe.handle) {
+                    for i in order[group] { blockOf[i] = block }
+                } else {
+                    stillMissing.append(group)
+                }
+            }
+            missing = stillMissing
         }
         if !missing.isEmpty {
             var reads: [BatchRead] = []

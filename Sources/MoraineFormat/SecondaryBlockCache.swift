@@ -17,8 +17,21 @@ public struct SecondaryCacheCounters: Sendable, Equatable {
     public var inserts = 0
     /// Offers dropped (the tier's queue full, or unreachable).
     public var dropped = 0
+    /// Lookup requests sent, for a tier reached by request (0 for one read in place).
+    public var requests = 0
 
     public init() {}
+}
+
+/// A block of one database: its table's file number and its offset there.
+public struct SecondaryBlockKey: Sendable, Equatable {
+    public var file: UInt64
+    public var offset: UInt64
+
+    public init(file: UInt64, offset: UInt64) {
+        self.file = file
+        self.offset = offset
+    }
 }
 
 /// A second block-cache tier for one database's tables.
@@ -26,9 +39,19 @@ public protocol SecondaryBlockCache: Sendable {
     /// The decoded block at `offset` of table `file`, in a buffer the caller owns (allocated with
     /// `UnsafeMutableRawBufferPointer.allocate`), when the tier holds it intact.
     func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer?
+    /// `lookup` for many blocks at once (same order; nil where the tier does not hold one): a
+    /// tier reached by request asks for them all in one round trip.
+    func lookup(batch: [SecondaryBlockKey]) -> [UnsafeMutableRawBufferPointer?]
     /// Offers a decoded block just read from the file (copied; may be dropped).
     func insert(file: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer)
     /// Forgets every block of this database (a new database of the same name reuses file numbers).
     func invalidateAll() throws
     var counters: SecondaryCacheCounters { get }
+}
+
+extension SecondaryBlockCache {
+    /// One `lookup` per block (a tier read in place has no round trip to save).
+    public func lookup(batch: [SecondaryBlockKey]) -> [UnsafeMutableRawBufferPointer?] {
+        batch.map { lookup(file: $0.file, offset: $0.offset) }
+    }
 }

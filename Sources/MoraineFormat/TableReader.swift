@@ -254,6 +254,17 @@ public final class TableReader: @unchecked Sendable {
         return block
     }
 
+    /// The key this table's data block at `handle` has in the second tier (for a batched lookup).
+    public func secondaryKey(_ handle: BlockHandle) -> SecondaryBlockKey { SecondaryBlockKey(file: fileNumber, offset: handle.offset) }
+
+    /// A data block the second tier returned for `handle` (a batched lookup), put in the block
+    /// cache; takes ownership of `contents`. Nil when it is not a block (then read the file).
+    public func dataBlock(fromSecondary contents: UnsafeMutableRawBufferPointer, handle: BlockHandle) -> Block? {
+        guard let block = try? Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name)) else { return nil }
+        cache?.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block)
+        return block
+    }
+
     /// The data block at `handle` if the block cache holds it (neither the second tier, which may
     /// be another process, nor the file is asked).
     public func blockCacheDataBlock(_ handle: BlockHandle) -> Block? {

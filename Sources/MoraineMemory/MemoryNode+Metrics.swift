@@ -14,6 +14,9 @@ extension MemoryNode {
             .gauge("moraine_region_arenas_free", "Memtable arenas free", status.freeArenas),
             .gauge("moraine_region_cache_slots", "Slots of the shared block cache in the region", info.cacheSlots),
             .gauge("moraine_region_persistent", "1 when the region is persistent memory (libpmem), 0 when emulated", info.isPersistentMemory ? 1 : 0),
+            .counter("moraine_shared_cache_request_lookups_total", "Shared-cache blocks asked for by request (peers that cannot map the region)",
+                lookupCounters.lookups),
+            .counter("moraine_shared_cache_request_hits_total", "Shared-cache blocks served by request", lookupCounters.hits),
         ]
         for holder in status.holders {
             let labels = [("db", String(holder.database))]

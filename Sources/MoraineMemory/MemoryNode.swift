@@ -4,7 +4,8 @@
 // every arena of the database to the new epoch, which a stalled old owner sees in the arena
 // itself and stops writing. The newest epoch per database is rebuilt from the table at start, so
 // a restarted node fences as before. Peers on the same box map the region by its path and write
-// their memtables in place: a write costs no request here, a new arena does.
+// their memtables in place: a write costs no request here, a new arena does. Peers that cannot
+// map it (another box, or a node that serves by request only) ask for shared-cache blocks here.
 //
 // Thread-safety: any thread may call in; one mutex guards the table.
 import MoraineMessages
@@ -25,10 +26,19 @@ public final class MemoryNode: Sendable {
 
     private let state: Mutex<State>
     public let region: MemoryRegion
+    /// False: peers are told not to map the region, and reach it by request only.
+    public let mappable: Bool
+    /// Shared-cache lookups served by request, and how many of them were hits (atomics: served
+    /// without the lock, as a reader in place would).
+    private let requestLookups = Atomic<UInt64>(0)
+    private let requestHits = Atomic<UInt64>(0)
 
     /// Serves `region`, whose table says which epochs are current.
-    public init(region: MemoryRegion) {
+    /// - Parameter mappable: false to serve it by request only (peers on this box then reach
+    ///   it as peers on another box do).
+    public init(region: MemoryRegion, mappable: Bool = true) {
         self.region = region
+        self.mappable = mappable
         var epochs: [UInt64: UInt64] = [:]
         for entry in region.entries() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
         // Slots a crash left half written are emptied; the others are whole (and CRC-checked by readers).
@@ -70,6 +80,13 @@ public final class MemoryNode: Sendable {
                 return .failure(error)
             }
         }
+        router.register(MemoryOpcode.cacheLookup) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(cacheLookup(try .decode(request.payload)).encoded()))
+            } catch {
+                return .failure(error)
+            }
+        }
         router.register(MemoryOpcode.cacheForget) { [self] request in
             do throws(TransportError) {
                 _ = cacheForget(try MemoryAdopt.decode(request.payload).database)
@@ -101,7 +118,12 @@ public final class MemoryNode: Sendable {
             path: region.path, layoutVersion: MemoryRegionLayout.version, regionBytes: UInt64(region.layout.regionBytes),
             arenaBytes: UInt64(region.layout.arenaBytes), arenaCount: UInt32(region.layout.arenaCount), freeArenas: UInt32(free),
             isPersistentMemory: region.mapping.isPersistentMemory, cacheSlots: UInt64(region.layout.cacheSlots),
-            slotBytes: UInt32(region.layout.slotBytes))
+            slotBytes: UInt32(region.layout.slotBytes), identity: region.identity, mappable: mappable)
+    }
+
+    /// Shared-cache lookups served by request and how many hit.
+    public var lookupCounters: (lookups: UInt64, hits: UInt64) {
+        (requestLookups.load(ordering: .relaxed), requestHits.load(ordering: .relaxed))
     }
 
     public var status: MemoryStatusReply {
@@ -159,6 +181,33 @@ public final class MemoryNode: Sendable {
                 state.cacheInserts += 1
             }
         }
+    }
+
+    /// The blocks a peer that cannot map the region asks for: each copied out of its slot and
+    /// checked as a reader in place checks it (version, key, CRC), without the node's lock. A
+    /// slot that fails its CRC is emptied, so the block's next insert stores it whole.
+    public func cacheLookup(_ request: MemoryCacheLookup) -> MemoryCacheBlocks {
+        let id = MemoryDatabaseID.of(request.database)
+        let cache = region.layout.cache
+        var hits: UInt64 = 0
+        let blocks = request.blocks.map { key -> MemoryCacheBlocks.Found in
+            let (found, buffer) = region.mapping.sharedCacheLookup(cache, database: id, file: key.file, offset: key.offset)
+            defer { buffer?.deallocate() }
+            switch found {
+            case .hit:
+                hits += 1
+                return .hit(Array(UnsafeRawBufferPointer(buffer!)))
+            case .miss: return .miss
+            case .damaged:
+                state.withLock { state in
+                    state.region.mapping.sharedCacheDrop(cache, database: id, file: key.file, offset: key.offset)
+                }
+                return .damaged
+            }
+        }
+        requestLookups.add(UInt64(request.blocks.count), ordering: .relaxed)
+        requestHits.add(hits, ordering: .relaxed)
+        return MemoryCacheBlocks(blocks: blocks)
     }
 
     /// Forgets every cached block of `database`; returns how many slots were emptied.

@@ -1,8 +1,10 @@
 // A compute node's side of the memory node: asks it for arenas and maps its region, so the engine
 // writes its memtables there in place (MemtableArenaProvider). The region is found by the path
 // the node reports and mapped once; its header is checked against what the node says before
-// any arena is used. Only the same box can map it: a region whose file is not here is refused
-// with `unavailable` (memtables across boxes, by request, are a later step).
+// any arena is used. Only the same box can map it: a region whose file is not here, whose file
+// here carries another identity (a same-named region on this box), or whose node serves by
+// request only is reached by request (`reach`); memtables there are refused with `unavailable`
+// (memtables across boxes, by request, are a later step), the shared cache asks by request.
 //
 // Thread-safety: one mutex around the connection and the mapping; requests are rare (one per
 // memtable), so they are not pipelined.
@@ -19,6 +21,16 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         var client: (any TransportClient)? = nil
         var region: PmemRegion? = nil
         var info: MemoryRegionInfo? = nil
+        /// Why the region is reached by request, once found so.
+        var byRequest: String? = nil
+    }
+
+    /// How this process reaches the node's region.
+    enum Reach {
+        /// Mapped here, checked against the node's description.
+        case mapped(PmemRegion, MemoryRegionLayout)
+        /// By request only, and why (the region is on another box, or the node serves it so).
+        case byRequest(MemoryRegionInfo, reason: String)
     }
 
     let endpoint: @Sendable () throws(TransportError) -> Endpoint
@@ -51,6 +63,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     public func adopt(database: String) throws -> [MemtableArenaGrant] {
         let epoch = epoch(database)
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.adopt, MemoryAdopt(database: database, epoch: epoch).encoded()))
+        if list.arenas.isEmpty { return [] }  // nothing to map: a peer across boxes opens too
         let (region, layout) = try mapped()
         return try list.arenas.map { arena in
             try grant(index: Int(arena.index), tag: arena.tag, epoch: epoch, region: region, layout: layout)
@@ -59,6 +72,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
 
     public func list(database: String) throws -> [MemtableArenaGrant] {
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded()))
+        if list.arenas.isEmpty { return [] }
         let (region, layout) = try mapped()
         return try list.arenas.map { arena in
             try grant(index: Int(arena.index), tag: arena.tag, epoch: 0, region: region, layout: layout)
@@ -104,21 +118,49 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     }
 
     /// The region, mapped on first use and checked against the node's description of it.
+    /// - Throws: `unavailable` when it is reached by request only (`reach`).
     func mapped() throws -> (PmemRegion, MemoryRegionLayout) {
-        if let ready = state.withLock({ state in state.region.map { ($0, state.info!) } }) {
-            return (ready.0, Self.layout(ready.1))
+        switch try reach() {
+        case .mapped(let region, let layout): return (region, layout)
+        case .byRequest(_, let reason):
+            throw MoraineError(.unavailable, "\(reason); memtables in a region reached by request are not supported yet")
         }
+    }
+
+    /// How the region is reached: mapped when its file is here and carries the identity the node
+    /// reports, else by request. Decided on first use and kept.
+    func reach() throws -> Reach {
+        let known = state.withLock { state -> Reach? in
+            if let region = state.region, let info = state.info { return .mapped(region, Self.layout(info)) }
+            if let reason = state.byRequest, let info = state.info { return .byRequest(info, reason: reason) }
+            return nil
+        }
+        if let known { return known }
         let info = try MemoryRegionInfo.decode(try call(MemoryOpcode.regionInfo, []))
         guard info.layoutVersion == MemoryRegionLayout.version else {
             throw MoraineError(.invalid, "the memory node's region has layout version \(info.layoutVersion); this build reads \(MemoryRegionLayout.version)")
         }
+        func byRequest(_ reason: String) -> Reach {
+            state.withLock { state in
+                if state.info == nil {
+                    state.info = info
+                    state.byRequest = reason
+                }
+            }
+            return .byRequest(info, reason: reason)
+        }
+        if !info.mappable { return byRequest("the memory node serves its region \(info.path) by request only") }
         let layout = Self.layout(info)
         let region: PmemRegion
         do {
             region = try PmemRegion.mapping(path: info.path, sizeBytes: 0, create: false)
         } catch let error as MoraineError where error.kind == .notFound {
-            throw MoraineError(
-                .unavailable, "the memory node's region \(info.path) is not on this machine; memtables across machines are not supported yet")
+            return byRequest("the memory node's region \(info.path) is not on this machine")
+        }
+        // A file of that name here that is not the node's region (another box's node, a region
+        // made again since): never written or read as the node's.
+        guard region.sizeBytes >= 64, region.loadWord(at: MemoryRegion.identityOffset) == info.identity else {
+            return byRequest("\(info.path) on this machine is not the memory node's region (another identity: the node is on another box)")
         }
         guard region.sizeBytes >= layout.regionBytes, layout.regionBytes == Int(info.regionBytes),
             region.loadWord(at: 0) == MemoryRegionLayout.magic, Int(region.loadWord(at: 24)) == layout.arenaBytes,
@@ -129,12 +171,12 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
                     + "(\(info.arenaCount) arenas of \(info.arenaBytes) bytes, \(info.regionBytes) bytes)")
         }
         state.withLock { state in
-            if state.region == nil {
+            if state.region == nil && state.byRequest == nil {
                 state.region = region
                 state.info = info
             }
         }
-        return (region, layout)
+        return .mapped(region, layout)
     }
 
     /// One request, on a connection opened on first use and again after a failure.

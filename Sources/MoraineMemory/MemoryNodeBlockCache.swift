@@ -1,10 +1,15 @@
-// A compute node's side of the memory node's shared block cache (SecondaryBlockCache): lookups
-// copy a block out of the mapped region in place (no request), inserts go to the memory node in
-// batches from a thread of their own, so a read never waits for one. Advisory all the way: a region
-// that cannot be mapped, a node that does not answer or a full queue costs hit rate, never a read.
-// While the node is down, the slots already in the region still serve lookups.
+// A compute node's side of the memory node's shared block cache (SecondaryBlockCache): on the
+// same box lookups copy a block out of the mapped region in place (no request); a peer that
+// cannot map the region (another box, a same-named file that is not the node's region, a node
+// that serves by request only: MemoryNodeArenas.reach) asks the node by request, a batch of
+// blocks per round trip, on pooled connections. Inserts go to the memory node in batches from a
+// thread of their own, so a read never waits for one. Advisory all the way: a node that does not
+// answer or a full queue costs hit rate, never a read: a lookup by request waits at most
+// `lookupTimeoutNanos`, and after a failure none is sent for `requestBackoffNanos`. While the node
+// is down, the slots already in a mapped region still serve lookups.
 //
-// Thread-safety: lookups from any thread; the insert queue behind one lock.
+// Thread-safety: lookups from any thread; the insert queue and the connection pool behind a lock
+// each.
 import Atomics
 import MoraineFormat
 import MoraineMessages
@@ -32,17 +37,33 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     private let retryMappingAt = Atomic<Int64>(0)
     /// Off for good (see `invalidateAll`).
     private let disabled = Atomic<Bool>(false)
+    /// Idle connections for lookups by request.
+    private let idle = Mutex<[ClientBox]>([])
+    /// After a lookup by request failed, none is sent before this (monotonic ns).
+    private let requestsResumeAt = Atomic<Int64>(0)
+    /// Lookups by request: requests sent (each for up to `MemoryCacheLookup.blocksMax` blocks).
+    private let lookupRequests = ManagedAtomic<Int>(0)
 
     /// The most bytes waiting to be sent; past it, offers are dropped.
     static let pendingBytesMax = 16 << 20
     /// The most blocks in one request.
     static let batchMax = 64
+    /// The longest a lookup by request waits for its answer (then it is a miss).
+    static let lookupTimeoutNanos: Int64 = 20_000_000
+    /// How long lookups by request pause after one failed.
+    static let requestBackoffNanos: Int64 = 1_000_000_000
+    /// Idle lookup connections kept.
+    static let idleConnectionsMax = 16
 
     /// The shared cache of the memory node `arenas` reaches, for `database`.
     public init(database: String, arenas: MemoryNodeArenas) {
         self.database = database
         self.databaseID = MemoryDatabaseID.of(database)
         self.arenas = arenas
+    }
+
+    deinit {
+        for box in idle.withLock({ $0 }) { box.client.close() }
     }
 
     public var counters: SecondaryCacheCounters {
@@ -52,45 +73,102 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         counters.corrupt = corrupt.load(ordering: .relaxed)
         counters.inserts = inserts.load(ordering: .relaxed)
         counters.dropped = dropped.load(ordering: .relaxed)
+        counters.requests = lookupRequests.load(ordering: .relaxed)
         return counters
     }
 
-    /// The largest block a slot holds, once the region is mapped.
-    private func slotPayloadMax() -> Int? { cache().map { $0.1.payloadMax } }
+    /// Requests sent to look blocks up (0 while the region is mapped).
+    public var lookupRequestCount: Int { lookupRequests.load(ordering: .relaxed) }
 
-    /// The region and its cache, once mapped (read without a lock on every lookup).
-    private final class Mapped: @unchecked Sendable {
-        let region: PmemRegion
-        let layout: SharedCacheLayout
+    /// Whether lookups go by request (known after the first lookup reached the node).
+    public var isByRequest: Bool {
+        if case .byRequest = access.load()?.way { return true }
+        return false
+    }
 
-        init(region: PmemRegion, layout: SharedCacheLayout) {
-            self.region = region
-            self.layout = layout
+    /// The largest block a slot holds, once the node was reached.
+    private func slotPayloadMax() -> Int? {
+        switch cache() {
+        case .mapped(_, let layout): return layout.payloadMax
+        case .byRequest(let payloadMax): return payloadMax
+        case nil: return nil
         }
     }
-    private let mapping = ManagedAtomicLazyReference<Mapped>()
 
-    /// The mapped region and its cache layout; nil (counted as a miss) while it cannot be mapped.
-    private func cache() -> (PmemRegion, SharedCacheLayout)? {
+    /// How lookups reach the cache.
+    private enum Way {
+        /// In place in the mapped region.
+        case mapped(PmemRegion, SharedCacheLayout)
+        /// By request; the largest block a slot holds.
+        case byRequest(payloadMax: Int)
+    }
+
+    /// The way, once known (read without a lock on every lookup).
+    private final class Access: @unchecked Sendable {
+        let way: Way?  // nil: the node has no shared cache
+        init(_ way: Way?) { self.way = way }
+    }
+    private let access = ManagedAtomicLazyReference<Access>()
+
+    /// How to reach the cache; nil (counted as a miss) while the node cannot be reached or has no
+    /// cache, or after a failed request for a while.
+    private func cache() -> Way? {
         if disabled.load(ordering: .relaxed) { return nil }
-        if let mapped = mapping.load() { return mapped.layout.sets > 0 ? (mapped.region, mapped.layout) : nil }
-        if monotonicNanos() < retryMappingAt.load(ordering: .relaxed) { return nil }
-        do {
-            let (region, layout) = try arenas.mapped()
-            let mapped = mapping.storeIfNilThenLoad(Mapped(region: region, layout: layout.cache))
-            return mapped.layout.sets > 0 ? (mapped.region, mapped.layout) : nil
-        } catch {
-            retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
-            return nil
+        let known: Access
+        if let loaded = access.load() {
+            known = loaded
+        } else {
+            if monotonicNanos() < retryMappingAt.load(ordering: .relaxed) { return nil }
+            do {
+                switch try arenas.reach() {
+                case .mapped(let region, let layout):
+                    known = access.storeIfNilThenLoad(Access(layout.cache.sets > 0 ? .mapped(region, layout.cache) : nil))
+                case .byRequest(let info, let reason):
+                    let payloadMax = Int(info.slotBytes) - SharedCacheLayout.slotHeaderBytes
+                    known = access.storeIfNilThenLoad(Access(info.cacheSlots > 0 && payloadMax > 0 ? .byRequest(payloadMax: payloadMax) : nil))
+                    SystemLog.info("shared cache of \(database): \(reason); blocks are looked up by request")
+                }
+            } catch {
+                retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
+                return nil
+            }
         }
+        if case .byRequest = known.way, monotonicNanos() < requestsResumeAt.load(ordering: .relaxed) { return nil }
+        return known.way
     }
 
     public func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer? {
-        guard let (region, layout) = cache() else {
+        switch cache() {
+        case .mapped(let region, let layout):
+            let (found, block) = region.sharedCacheLookup(layout, database: databaseID, file: file, offset: offset)
+            count(found, file: file, offset: offset)
+            return block
+        case .byRequest:
+            return lookupByRequest([SecondaryBlockKey(file: file, offset: offset)])[0]
+        case nil:
             misses.wrappingIncrement(ordering: .relaxed)
             return nil
         }
-        let (found, block) = region.sharedCacheLookup(layout, database: databaseID, file: file, offset: offset)
+    }
+
+    public func lookup(batch: [SecondaryBlockKey]) -> [UnsafeMutableRawBufferPointer?] {
+        if batch.isEmpty { return [] }
+        switch cache() {
+        case .mapped(let region, let layout):
+            return batch.map { key in
+                let (found, block) = region.sharedCacheLookup(layout, database: databaseID, file: key.file, offset: key.offset)
+                count(found, file: key.file, offset: key.offset)
+                return block
+            }
+        case .byRequest:
+            return lookupByRequest(batch)
+        case nil:
+            misses.wrappingIncrement(by: batch.count, ordering: .relaxed)
+            return Array(repeating: nil, count: batch.count)
+        }
+    }
+
+    private func count(_ found: SharedCacheLookup, file: UInt64, offset: UInt64) {
         switch found {
         case .hit:
             hits.wrappingIncrement(ordering: .relaxed)
@@ -100,7 +178,68 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             corrupt.wrappingIncrement(ordering: .relaxed)
             SystemLog.warning("shared cache: the block at \(offset) of table \(file) of \(database) failed its CRC in the region; read from the file")
         }
-        return block
+    }
+
+    /// The blocks, asked of the node in requests of up to `MemoryCacheLookup.blocksMax` sent
+    /// together on one connection; every block a failed or late request named is a miss.
+    private func lookupByRequest(_ keys: [SecondaryBlockKey]) -> [UnsafeMutableRawBufferPointer?] {
+        var found = [UnsafeMutableRawBufferPointer?](repeating: nil, count: keys.count)
+        let chunks = stride(from: 0, to: keys.count, by: MemoryCacheLookup.blocksMax).map {
+            $0..<min($0 + MemoryCacheLookup.blocksMax, keys.count)
+        }
+        var answered = 0  // blocks with an answer (hit, miss or damaged), the rest count as misses
+        defer { misses.wrappingIncrement(by: keys.count - answered, ordering: .relaxed) }
+        var box: ClientBox? = idle.withLock { $0.popLast() }
+        do throws(TransportError) {
+            if box == nil { box = ClientBox(try arenas.endpoint().connect(key: arenas.key)) }
+            let client = box!.client
+            let deadline = monotonicNanos() + Self.lookupTimeoutNanos
+            var ids: [UInt64] = []
+            for chunk in chunks {
+                let request = MemoryCacheLookup(
+                    database: database, blocks: keys[chunk].map { MemoryCacheLookup.Key(file: $0.file, offset: $0.offset) })
+                ids.append(try client.send(opcode: MemoryOpcode.cacheLookup, payload: .bytes(request.encoded())))
+            }
+            lookupRequests.wrappingIncrement(by: ids.count, ordering: .relaxed)
+            for (chunk, id) in zip(chunks, ids) {
+                let reply = try MemoryCacheBlocks.decode(
+                    try client.receive(requestID: id, timeoutNanos: max(1, deadline - monotonicNanos())).get())
+                guard reply.blocks.count == chunk.count else {
+                    throw TransportError(.malformed, "\(reply.blocks.count) blocks answered for \(chunk.count) asked")
+                }
+                for (index, block) in zip(chunk, reply.blocks) {
+                    answered += 1
+                    switch block {
+                    case .hit(let bytes):
+                        guard !bytes.isEmpty else {
+                            misses.wrappingIncrement(ordering: .relaxed)
+                            continue
+                        }
+                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 8)
+                        buffer.copyBytes(from: bytes)
+                        found[index] = buffer
+                        hits.wrappingIncrement(ordering: .relaxed)
+                    case .miss:
+                        misses.wrappingIncrement(ordering: .relaxed)
+                    case .damaged:
+                        count(.damaged, file: keys[index].file, offset: keys[index].offset)
+                    }
+                }
+            }
+            let kept = idle.withLock { pool -> Bool in
+                guard pool.count < Self.idleConnectionsMax else { return false }
+                pool.append(box!)
+                return true
+            }
+            if !kept { client.close() }
+        } catch {
+            // A late answer would arrive on this connection later: never reuse it.
+            box?.client.close()
+            requestsResumeAt.store(monotonicNanos() + Self.requestBackoffNanos, ordering: .relaxed)
+            SystemLog.warning(
+                "shared cache of \(database): a lookup by request failed (\(error.message)); none for \(Self.requestBackoffNanos / 1_000_000) ms")
+        }
+        return found
     }
 
     public func insert(file: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer) {
@@ -170,4 +309,10 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             }
         }
     }
+}
+
+/// A lookup connection, passed between threads through the pool (one user at a time).
+private final class ClientBox: @unchecked Sendable {
+    let client: any TransportClient
+    init(_ client: any TransportClient) { self.client = client }
 }

@@ -2,7 +2,9 @@
 // one compute node's memtable (MemTable+Region.swift owns an arena's inside). docs/MEMORY.md has
 // the byte map:
 //   header   magic "MORMEMN1", layout version, header bytes, region bytes, arena bytes, arena count,
-//            cache slots, slot bytes
+//            cache slots, slot bytes, identity (a random nonzero word: which region this is, so a
+//            peer never maps a same-named file on another box for it; 0 in a region formatted
+//            before it existed, set at the node's next start)
 //   table    at 64, one 32-byte entry per arena: tag (0: free; else the memtable's log number, the
 //            word that publishes the entry), database id, owner epoch, reserved
 //   arenas   from `header bytes` on, `arena bytes` each; an arena's first 32 bytes repeat its
@@ -117,7 +119,21 @@ public final class MemoryRegion: @unchecked Sendable {
             }
             try region.format()
         }
+        try region.ensureIdentity()
         return region
+    }
+
+    static let identityOffset = 56
+
+    /// The region's identity (header word 56), nonzero once opened.
+    public var identity: UInt64 { mapping.loadWord(at: Self.identityOffset) }
+
+    /// Gives a region formatted without an identity one, durably.
+    private func ensureIdentity() throws {
+        guard identity == 0 else { return }
+        var random = SystemRandomNumberGenerator()
+        mapping.storeWord(UInt64.random(in: 1...UInt64.max, using: &random), at: Self.identityOffset)
+        try mapping.persist(Self.identityOffset, 8)
     }
 
     private func checkHeader() throws {

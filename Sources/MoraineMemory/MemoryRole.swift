@@ -14,6 +14,8 @@ public struct MemoryRoleConfiguration: Sendable {
     /// Bytes of the region for the shared block cache, in slots of `slotBytes` (0: none).
     public var cacheBytes = 0
     public var slotBytes = SharedCacheLayout.defaultSlotBytes
+    /// Peers reach the region by request only, even on this box (`--region-access request`).
+    public var byRequestOnly = false
     public var endpoint: Endpoint
     public var clusterKeyPath: String
     public var numaNode: Int?
@@ -49,12 +51,13 @@ public enum MemoryRole {
             regionBytes: configuration.regionBytes, arenaBytes: configuration.arenaBytes, cacheBytes: configuration.cacheBytes,
             slotBytes: configuration.slotBytes)
         let region = try MemoryRegion.open(path: configuration.regionPath, layout: layout, numaNode: configuration.numaNode)
-        let node = MemoryNode(region: region)
+        let node = MemoryNode(region: region, mappable: !configuration.byRequestOnly)
         let held = region.entries()
         SystemLog.info(
             "memory node: region \(region.path), \(layout.arenaCount) arenas of \(layout.arenaBytes >> 10) KiB, \(held.count) held, "
                 + "a shared block cache of \(layout.cacheSlots) slots of \(layout.slotBytes) bytes"
-                + (configuration.numaNode.map { ", bound to NUMA node \($0)" } ?? "") + "; \(region.mapping.durabilityDescription)")
+                + (configuration.numaNode.map { ", bound to NUMA node \($0)" } ?? "")
+                + (configuration.byRequestOnly ? ", reached by request only" : "") + "; \(region.mapping.durabilityDescription)")
         let server = try configuration.endpoint.serve(key: key, link: configuration.link, peerLinks: configuration.peerLinks, router: node.router())
         let stopMetrics: (@Sendable () -> Void)?
         do {

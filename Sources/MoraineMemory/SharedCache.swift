@@ -169,6 +169,21 @@ extension PmemRegion {
         if database != 0 { tag.store(layout.hash(database: database, file: file, offset: block).tag, ordering: .releasing) }
     }
 
+    /// Empties the slot holding (database, file, offset), if one does (a slot found damaged, so
+    /// the next insert of the block stores it whole). Writer only.
+    func sharedCacheDrop(_ layout: SharedCacheLayout, database: UInt64, file: UInt64, offset block: UInt64) {
+        guard layout.sets > 0 else { return }
+        let set = layout.set(database: database, file: file, offset: block)
+        for way in 0..<SharedCacheLayout.ways {
+            let slot = layout.slotOffset(set: set, way: way)
+            if loadWord(at: slot + SharedCacheLayout.databaseWord) == database && loadWord(at: slot + SharedCacheLayout.fileWord) == file
+                && loadWord(at: slot + SharedCacheLayout.offsetWord) == block
+            {
+                writeSlot(layout, set: set, way: way, database: 0, file: 0, offset: 0, bytes: UnsafeRawBufferPointer(start: nil, count: 0))
+            }
+        }
+    }
+
     /// Empties every slot of `database` (0: every slot a crash left half written). Writer only.
     func sharedCacheClear(_ layout: SharedCacheLayout, database: UInt64) -> Int {
         var cleared = 0

@@ -26,6 +26,103 @@ public enum MemoryOpcode {
     public static let cacheInsert: UInt8 = 0x56
     /// Forget every cached block of a database: `MemoryAdopt` (its epoch ignored) → empty.
     public static let cacheForget: UInt8 = 0x57
+    /// Blocks of the shared cache, for a peer that cannot map the region (another box, or a
+    /// node that serves by request only): `MemoryCacheLookup` → `MemoryCacheBlocks`.
+    public static let cacheLookup: UInt8 = 0x58
+}
+
+/// Blocks a peer asks the shared cache for, of one database, by table file number and offset.
+public struct MemoryCacheLookup: WireMessage, Equatable {
+    public static let wireName = "memory cache lookup"
+    /// The most blocks one request asks for (a reply stays under 300 KiB with default slots).
+    public static let blocksMax = 64
+
+    public struct Key: Sendable, Equatable {
+        public var file: UInt64
+        public var offset: UInt64
+
+        public init(file: UInt64, offset: UInt64) {
+            self.file = file
+            self.offset = offset
+        }
+    }
+
+    public var database: String
+    public var blocks: [Key]
+
+    public init(database: String, blocks: [Key]) {
+        self.database = database
+        self.blocks = blocks
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u32(UInt32(blocks.count))
+        for block in blocks {
+            writer.u64(block.file)
+            writer.u64(block.offset)
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        let count = Int(try reader.u32("block count"))
+        guard count <= Self.blocksMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) blocks pass \(Self.blocksMax)") }
+        blocks = []
+        for _ in 0..<count { blocks.append(Key(file: try reader.u64("file"), offset: try reader.u64("offset"))) }
+    }
+}
+
+/// What the shared cache holds of each block a `MemoryCacheLookup` named, in its order.
+public struct MemoryCacheBlocks: WireMessage, Equatable {
+    public static let wireName = "memory cache blocks"
+
+    /// One block's answer.
+    public enum Found: Sendable, Equatable {
+        /// The decoded block, copied out of its slot and checked against the slot's CRC there.
+        case hit([UInt8])
+        case miss
+        /// A slot with the key whose payload failed its CRC (read the file instead).
+        case damaged
+    }
+
+    public var blocks: [Found]
+
+    public init(blocks: [Found]) { self.blocks = blocks }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.u32(UInt32(blocks.count))
+        for block in blocks {
+            switch block {
+            case .miss: writer.u8(0)
+            case .hit(let bytes):
+                writer.u8(1)
+                writer.data(bytes)
+            case .damaged: writer.u8(2)
+            }
+        }
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        let count = Int(try reader.u32("block count"))
+        guard count <= MemoryCacheLookup.blocksMax else {
+            throw TransportError(.malformed, "\(Self.wireName): \(count) blocks pass \(MemoryCacheLookup.blocksMax)")
+        }
+        blocks = []
+        for _ in 0..<count {
+            switch try reader.u8("block state") {
+            case 0: blocks.append(.miss)
+            case 1:
+                let bytes = try reader.data("block")
+                guard bytes.count <= MemoryCacheInsert.blockBytesMax else {
+                    throw TransportError(.malformed, "\(Self.wireName): a block of \(bytes.count) bytes")
+                }
+                blocks.append(.hit(bytes))
+            case 2: blocks.append(.damaged)
+            case let state: throw TransportError(.malformed, "\(Self.wireName): block state \(state)")
+            }
+        }
+    }
 }
 
 /// Blocks for the shared cache, of one database.
@@ -109,10 +206,17 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
     /// The shared block cache's slots (0: none) and their bytes.
     public var cacheSlots: UInt64
     public var slotBytes: UInt32
+    /// The random word the region was formatted with (header word 56): a peer maps the file at
+    /// `path` only when it carries this, so a file of the same name on another box is never
+    /// taken for it.
+    public var identity: UInt64
+    /// False when the node serves its region by request only (`--region-access request`):
+    /// peers then do not map it even on the same box, as if it were on another.
+    public var mappable: Bool
 
     public init(
         path: String, layoutVersion: UInt32, regionBytes: UInt64, arenaBytes: UInt64, arenaCount: UInt32, freeArenas: UInt32,
-        isPersistentMemory: Bool, cacheSlots: UInt64 = 0, slotBytes: UInt32 = 0
+        isPersistentMemory: Bool, cacheSlots: UInt64 = 0, slotBytes: UInt32 = 0, identity: UInt64 = 0, mappable: Bool = true
     ) {
         self.path = path
         self.layoutVersion = layoutVersion
@@ -123,6 +227,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         self.isPersistentMemory = isPersistentMemory
         self.cacheSlots = cacheSlots
         self.slotBytes = slotBytes
+        self.identity = identity
+        self.mappable = mappable
     }
 
     public func encode(into writer: inout WireWriter) {
@@ -135,6 +241,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         writer.bool(isPersistentMemory)
         writer.u64(cacheSlots)
         writer.u32(slotBytes)
+        writer.u64(identity)
+        writer.bool(mappable)
     }
 
     public init(from reader: inout WireReader) throws(TransportError) {
@@ -147,6 +255,8 @@ public struct MemoryRegionInfo: WireMessage, Equatable {
         isPersistentMemory = try reader.bool("persistent memory")
         cacheSlots = try reader.u64("cache slots")
         slotBytes = try reader.u32("slot bytes")
+        identity = try reader.u64("region identity")
+        mappable = try reader.bool("mappable")
     }
 }
 

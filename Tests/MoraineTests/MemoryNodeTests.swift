@@ -17,20 +17,26 @@ import MoraineTransport
 import MoraineWorker
 import Testing
 
-/// A memory node served in this process on a Unix socket, with its region in a temporary directory.
+/// A memory node served in this process on a Unix socket (or TCP on 127.0.0.1), with its region
+/// in a temporary directory.
 final class MemoryTestNode: @unchecked Sendable {
     let directory = TempDir("moraine-memory")
     let key = TestService.defaultKey()
     let layout: MemoryRegionLayout
+    let mappable: Bool
     private(set) var node: MemoryNode
-    let endpoint: Endpoint
+    private(set) var endpoint: Endpoint
     private var server: EndpointServer?
 
-    init(arenaBytes: Int = 1 << 20, arenaCount: Int = 8, cacheSlots: Int = 0) throws {
+    /// - Parameter mappable: false: the node serves its region by request only.
+    init(arenaBytes: Int = 1 << 20, arenaCount: Int = 8, cacheSlots: Int = 0, carrier: Carrier = .sharedMemory, mappable: Bool = true) throws {
         layout = MemoryRegionLayout(arenaBytes: arenaBytes, arenaCount: arenaCount, cacheSlots: cacheSlots)
-        node = MemoryNode(region: try MemoryRegion.open(path: directory.file("region"), layout: layout))
-        endpoint = .sharedMemory(socketPath: directory.file("memory.sock"))
-        server = try endpoint.serve(key: key, router: node.router())
+        self.mappable = mappable
+        node = MemoryNode(region: try MemoryRegion.open(path: directory.file("region"), layout: layout), mappable: mappable)
+        endpoint = carrier == .sharedMemory ? .sharedMemory(socketPath: directory.file("memory.sock")) : .tcp(host: "127.0.0.1", port: 0)
+        let server = try endpoint.serve(key: key, router: node.router())
+        endpoint = server.endpoint
+        self.server = server
     }
 
     var regionPath: String { directory.file("region") }
@@ -49,7 +55,7 @@ final class MemoryTestNode: @unchecked Sendable {
 
     func restart() throws {
         stop()
-        node = MemoryNode(region: try MemoryRegion.open(path: regionPath, layout: layout))
+        node = MemoryNode(region: try MemoryRegion.open(path: regionPath, layout: layout), mappable: mappable)
         server = try endpoint.serve(key: key, router: node.router())
     }
 
@@ -512,6 +518,102 @@ struct MemoryNodeTests {
         #expect(secondary.counters.hits > hits, "no hit in place with the node stopped")
     }
 
+    @Test(
+        "a peer that cannot map the region gets shared-cache blocks by request, batched for a multiGet, catches a damaged slot, reads on with the node stopped",
+        arguments: [Carrier.sharedMemory, Carrier.tcp])
+    func sharedCacheByRequest(carrier: Carrier) throws {
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 1024, carrier: carrier, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        var options = Options()
+        options.createIfMissing = true
+        options.blockCacheSize = 32 << 10  // a few blocks: most reads miss here
+        options.compression = .none
+        let secondary = MemoryNodeBlockCache(database: path, arenas: memory.arenas())
+        options.secondaryBlockCache = secondary
+        // An open in any durability mode asks the node for earlier arenas; with none, it needs no mapping.
+        options.memtableRegion = memory.arenas()
+        let db = try Database(path: path, options: options)
+        defer { try? db.close() }
+        func value(_ i: Int) -> [UInt8] { Array("value-\(i)-".utf8) + [UInt8](repeating: UInt8(i & 0xff), count: 40) }
+        for i in 0..<20_000 { try db.put(Self.key(i), value(i)) }
+        try db.flush()
+        func readAll() throws -> Int {
+            var wrong = 0
+            for i in stride(from: 0, to: 20_000, by: 3) where try db.get(Self.key(i)) != value(i) { wrong += 1 }
+            return wrong
+        }
+        #expect(try readAll() == 0)
+        #expect(secondary.isByRequest)
+        #expect(eventually(seconds: 10) { secondary.counters.inserts >= 100 }, "\(secondary.counters)")
+        let before = secondary.counters
+        let served = memory.node.lookupCounters
+        #expect(try readAll() == 0)
+        let warm = secondary.counters
+        #expect(warm.hits > before.hits + 100, "the second pass did not read from the shared cache: \(warm)")
+        #expect(warm.requests > before.requests, "no lookup went by request: \(warm)")
+        #expect(memory.node.lookupCounters.hits - served.hits == UInt64(warm.hits - before.hits))
+        #expect(db.stats().secondaryCache.requests == warm.requests)
+        // A multiGet asks for its blocks together: many blocks per request.
+        let keys = stride(from: 0, to: 20_000, by: 10).map { Self.key($0) }
+        let values = try db.multiGet(keys)
+        #expect(zip(values, stride(from: 0, to: 20_000, by: 10)).allSatisfy { $0.0 == value($0.1) })
+        let batched = secondary.counters
+        let asked = (batched.hits + batched.misses) - (warm.hits + warm.misses)
+        let requests = batched.requests - warm.requests
+        #expect(asked >= 100 && requests >= 1 && asked >= 16 * requests, "\(asked) blocks asked in \(requests) requests")
+        // A damaged slot (a test hook: a payload byte flipped in the region) is caught by the node's CRC check.
+        let slots = Self.cachedSlots(memory, database: path)
+        #expect(slots.count > 50)
+        for slot in slots.prefix(50) {
+            let byte = memory.node.region.mapping.base.load(fromByteOffset: slot + 64 + 10, as: UInt8.self)
+            memory.node.region.mapping.base.storeBytes(of: byte ^ 0x5a, toByteOffset: slot + 64 + 10, as: UInt8.self)
+        }
+        #expect(try readAll() == 0, "a damaged slot was returned")
+        #expect(secondary.counters.corrupt > 0, "\(secondary.counters)")
+        // The node emptied each damaged slot it found; the blocks went back in whole.
+        #expect(eventually(seconds: 10) { secondary.counters.inserts >= batched.inserts + 50 }, "\(secondary.counters)")
+        let refilled = secondary.counters
+        #expect(try readAll() == 0)
+        #expect(secondary.counters.corrupt == refilled.corrupt, "a damaged slot was served twice: \(secondary.counters)")
+        // The node stopped: every read still answers right, from the files; lookups pause after
+        // the first failure instead of trying on every read.
+        memory.stop()
+        let stopped = secondary.counters
+        let started = monotonicNanos()
+        #expect(try readAll() == 0)
+        let seconds = Double(monotonicNanos() - started) / 1e9
+        #expect(secondary.counters.hits == stopped.hits)
+        #expect(secondary.counters.requests - stopped.requests <= Int(seconds) + 2, "\(secondary.counters) in \(seconds) s")
+    }
+
+    @Test("a file at the region's path that is not the node's region (another identity) is never mapped: the cache goes by request, memtables refuse")
+    func regionIdentity() throws {
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 64)
+        let identity = memory.node.region.identity
+        #expect(identity != 0)
+        #expect(try MemoryRegion.open(path: memory.regionPath, layout: memory.layout).identity == identity, "the identity changed on reopen")
+        // The node keeps its mapping of the old file; a new region of the same geometry takes the
+        // path, as a same-named region on another box would be there.
+        try FileManager.default.removeItem(atPath: memory.regionPath)
+        let other = try MemoryRegion.open(path: memory.regionPath, layout: memory.layout)
+        #expect(other.identity != identity)
+        let arenas = memory.arenas()
+        guard case .byRequest(let info, let reason) = try arenas.reach() else {
+            Issue.record("a region of another identity was mapped")
+            return
+        }
+        #expect(info.identity == identity && reason.contains("another identity"), "\(reason)")
+        #expect(throws: MoraineError.self) { try arenas.allocate(database: "db", logNumber: 5) }
+        do {
+            _ = try arenas.allocate(database: "db", logNumber: 5)
+        } catch let error as MoraineError {
+            #expect(error.kind == .unavailable, "\(error)")
+        }
+        #expect(other.entries().isEmpty, "the other region was written")
+    }
+
     @Test("a restarted memory node empties the cache slots a crash left half written; forget and a new database of the name empty its slots")
     func sharedCacheScrub() throws {
         let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 64)
@@ -578,19 +680,21 @@ struct MemoryNodeTests {
     func fuzzMessages() throws {
         let seed = SeededRandom.testSeed()
         var rng = SeededRandom(seed: seed)
-        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 4)
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 4, cacheSlots: 64)
         let client = try memory.endpoint.connect(key: memory.key)
         defer { client.close() }
         let opcodes = [
             MemoryOpcode.regionInfo, MemoryOpcode.adopt, MemoryOpcode.allocate, MemoryOpcode.release, MemoryOpcode.status,
-            MemoryOpcode.list, MemoryOpcode.cacheInsert, MemoryOpcode.cacheForget, 0x5F,
+            MemoryOpcode.list, MemoryOpcode.cacheInsert, MemoryOpcode.cacheForget, MemoryOpcode.cacheLookup, 0x5F,
         ]
         let ownOpcodes: [Set<UInt8>] = [
             [MemoryOpcode.adopt, MemoryOpcode.list, MemoryOpcode.cacheForget], [MemoryOpcode.allocate], [MemoryOpcode.release],
+            [MemoryOpcode.cacheLookup],
         ]
         let valid = [
             MemoryAdopt(database: "fuzz", epoch: 3).encoded(), MemoryAllocate(database: "fuzz", epoch: 3, tag: 9).encoded(),
             MemoryRelease(database: "fuzz", epoch: 3, arena: MemoryArena(index: 0, tag: 9)).encoded(),
+            MemoryCacheLookup(database: "fuzz", blocks: [.init(file: 3, offset: 0), .init(file: 3, offset: 4096)]).encoded(),
         ]
         var truncatedAccepted = 0
         for _ in 0..<2000 {
