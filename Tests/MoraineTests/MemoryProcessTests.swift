@@ -6,8 +6,9 @@
 // SIGKILLed under a write load (writes into granted arenas go on, a write that needs a new arena
 // fails with `unavailable` until the node is back, nothing acknowledged is lost); and two compute
 // processes with two databases share one region and one shared cache, both killed, each reopening
-// with exactly its own writes; and the memory node is SIGKILLed under a read load through its
-// shared cache (every read still answers right). Values come from a printed seed (MORAINE_SEED replays it).
+// with exactly its own writes; and the memory node is SIGSTOPped and SIGKILLed under a read load
+// through its shared cache, mapped in place and reached by request over TCP as across boxes
+// (every read still answers right). Values come from a printed seed (MORAINE_SEED replays it).
 import Foundation
 import Moraine
 @testable import MoraineEngine
@@ -30,22 +31,31 @@ final class MemoryNodeProcess: @unchecked Sendable {
     var regionPath: String { node.run.file("region") }
 
     let cacheBytes: Int
+    /// Served over TCP by request only (`--region-access request`), as across boxes.
+    let byRequest: Bool
 
-    init(for node: StorageNodeProcess, regionBytes: Int = 16 << 20, arenaBytes: Int = 1 << 20, cacheBytes: Int = 0) throws {
+    init(for node: StorageNodeProcess, regionBytes: Int = 16 << 20, arenaBytes: Int = 1 << 20, cacheBytes: Int = 0, byRequest: Bool = false) throws {
         self.node = node
         self.regionBytes = regionBytes
         self.arenaBytes = arenaBytes
         self.cacheBytes = cacheBytes
+        self.byRequest = byRequest
         try start()
     }
 
     func start() throws {
+        let listen = byRequest ? ["--listen", "tcp:127.0.0.1:0", "--region-access", "request"] : ["--listen", "shm:" + node.run.file("memory.sock")]
         (process, endpoint) = try launchRole(
             "memory", run: node.run.path,
-            [
-                "--cluster", node.run.path, "--listen", "shm:" + node.run.file("memory.sock"), "--region", regionPath,
-                "--region-size", "\(regionBytes)", "--arena-size", "\(arenaBytes)", "--cache-size", "\(cacheBytes)",
+            ["--cluster", node.run.path] + listen + [
+                "--region", regionPath, "--region-size", "\(regionBytes)", "--arena-size", "\(arenaBytes)", "--cache-size", "\(cacheBytes)",
             ])
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false).
+    func pause(_ stopped: Bool) {
+        guard let process else { return }
+        Foundation.kill(process.processIdentifier, stopped ? SIGSTOP : SIGCONT)
     }
 
     func kill() {
@@ -65,7 +75,10 @@ final class MemoryNodeProcess: @unchecked Sendable {
         return try? MemoryStatusReply.decode(bytes)
     }
 
-    deinit { kill() }
+    deinit {
+        pause(false)
+        kill()
+    }
 }
 
 @Suite("Memory node processes", .serialized)
@@ -209,10 +222,12 @@ struct MemoryProcessTests {
         }
     }
 
-    @Test("SIGKILL of the memory node under a read load: every read answers right, through the shared cache, then without it, then with it again")
-    func killMemoryNodeUnderReads() throws {
+    @Test(
+        "SIGSTOP and SIGKILL of the memory node under a read load, its region mapped or reached by request: every read answers right",
+        arguments: ["map", "request"])
+    func killMemoryNodeUnderReads(access: String) throws {
         let node = try StorageNodeProcess(.sharedMemory)
-        let memory = try MemoryNodeProcess(for: node, regionBytes: 24 << 20, cacheBytes: 8 << 20)
+        let memory = try MemoryNodeProcess(for: node, regionBytes: 24 << 20, cacheBytes: 8 << 20, byRequest: access == "request")
         let shell = try ShellProcess(arguments: ["shell", "--cluster", node.run.path, "--db", "reads", "--cache_size", "65536"])
         defer { shell.kill() }
         var random = SplitMix64(seed: SeededRandom.testSeed())
@@ -235,12 +250,30 @@ struct MemoryProcessTests {
             #expect(wrong == 0, "\(pass): \(wrong) of \(keys.count) reads answered wrong")
             return wrong
         }
+        func stat(_ name: String) -> Int? {
+            guard shell.send("stats"), let line = shell.readLine() else { return nil }
+            return line.split(separator: ",").first { $0.hasPrefix("\"\(name)\":") }.flatMap { Int($0.split(separator: ":")[1]) }
+        }
         _ = readAll("cold")
+        let coldRequests = stat("secondary_cache_requests") ?? -1
+        let coldHits = stat("secondary_cache_hits") ?? 0
         _ = readAll("warm")
-        #expect(shell.send("stats"))
-        let warm = shell.readLine() ?? ""
-        let hits = warm.split(separator: ",").first { $0.hasPrefix("\"secondary_cache_hits\":") }.flatMap { Int($0.split(separator: ":")[1]) }
-        #expect((hits ?? 0) > 100, "the warm pass did not read from the shared cache: \(warm)")
+        let hits = (stat("secondary_cache_hits") ?? 0) - coldHits
+        #expect(hits > 100, "the warm pass did not read from the shared cache: \(hits) hits")
+        let requests = (stat("secondary_cache_requests") ?? -1) - coldRequests
+        if access == "request" {
+            #expect(requests >= hits, "\(hits) hits in \(requests) lookup requests")
+        } else {
+            #expect(requests == 0, "a peer on the box looked blocks up by request")
+        }
+        // Stopped, not dead: a lookup in place needs no answer; one by request gives up after its
+        // bound and the next wait a pause, so reads go on from the files at once.
+        memory.pause(true)
+        let started = monotonicNanos()
+        _ = readAll("memory node stopped")
+        let stoppedSeconds = Double(monotonicNanos() - started) / 1e9
+        #expect(stoppedSeconds < 20, "reads with the memory node stopped took \(stoppedSeconds) s")
+        memory.pause(false)
         memory.kill()
         _ = readAll("memory node killed")
         try memory.start()
