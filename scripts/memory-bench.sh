@@ -18,6 +18,9 @@
 #     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
 #     Their databases and run directories are under $TMPDIR (mktemp -d): it must be on a device
 #     (not tmpfs, whose direct reads still read memory).
+#     --request adds a setup `request`: the same compute node with the memory node reached over
+#     TCP by request only (topology `carrier = "tcp"`, `region_access = "request"`), as a compute
+#     node on another box reaches it; --setups picks setups (default: every one asked for).
 #  4. sharing: two compute processes at once, one database of --share_big keys and one of
 #     --share_small, reading through one 256 MiB shared cache against each through a private
 #     128 MiB one (two more clusters); hit rates and throughput per database. Memtables of 4 MiB and
@@ -25,7 +28,7 @@
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
 #                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--direct_reads]
-#                                [--out DIR]
+#                                [--request] [--setups shared-8388608,shared-276824064,plain-8388608,request-8388608] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
@@ -38,6 +41,8 @@ share_small=400000
 skip=""
 out=""
 direct_reads=0
+request=0
+setups=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -50,6 +55,8 @@ while [ $# -gt 0 ]; do
     --share_small) share_small=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --direct_reads) direct_reads=1; shift ;;
+    --request) request=1; shift ;;
+    --setups) setups=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +69,7 @@ run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
 plain_dir=$work/plain
 cleanup() {
-  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
+  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/request" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   # The regions and embedded pmem logs of this run (named after its directories) go too.
   rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
@@ -119,12 +126,33 @@ kind = "flush"
 kind = "compaction"
 TOML
   "$moraine" up --topology "$work/plain.toml" --run-dir "$plain_dir" --detach >/dev/null
+  default_setups=shared-8388608,shared-276824064,plain-8388608
+  if [ "$request" = 1 ]; then
+    default_setups=$default_setups,request-8388608
+    # The memory node over TCP, reached by request only: the compute side never maps its region.
+    cat > "$work/request.toml" <<TOML
+[[role]]
+kind = "storage"
+direct_reads = $([ "$direct_reads" = 1 ] && echo true || echo false)
+[[role]]
+kind = "memory"
+carrier = "tcp"
+region_access = "request"
+[[role]]
+kind = "flush"
+[[role]]
+kind = "compaction"
+TOML
+    "$moraine" up --topology "$work/request.toml" --run-dir "$work/request" --detach >/dev/null
+  fi
   for keys in ${cache_nums//,/ }; do
     for run in $(seq 1 "$cache_runs"); do
-      for setup in shared-8388608 shared-276824064 plain-8388608; do
+      chosen=${setups:-$default_setups}
+      for setup in ${chosen//,/ }; do
         peer=${setup#*-}
         cluster=$shared_dir
         [ "${setup%%-*}" = plain ] && cluster=$plain_dir
+        [ "${setup%%-*}" = request ] && cluster=$work/request
         echo "== cache $keys keys, $setup, run $run" >&2
         "$moraine" bench --cluster "$cluster" --engine cluster,moraine --db "$work/db" --num "$keys" --value_size 100 \
           --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" ${direct[@]+"${direct[@]}"} \

@@ -86,9 +86,16 @@ extension BenchRunner {
         var results = [result(phase, total, merged.counts.reduce(0, +), found: merged.found)]
         results[0].cpuSeconds = processCPUSeconds() - cpuBefore
         results[0].background = BackgroundCounters.delta(from: backgroundBefore, to: engine.backgroundCounters)
-        for op in YCSBOperation.allCases where merged.counts[op.rawValue] > 0 {
-            results.append(
-                result("\(phase).\(op.label)", merged.histograms[op.rawValue], merged.counts[op.rawValue], found: nil))
+        // Indexed through locals: the release build of 2026-12-07 (Swift 6.3.1) read `merged.counts`
+        // through a register the interpolated label had overwritten when written inline (a SIGSEGV
+        // after the first row).
+        let counts = merged.counts
+        let histograms = merged.histograms
+        for op in YCSBOperation.allCases {
+            let count = counts[op.rawValue]
+            guard count > 0 else { continue }
+            let label = phase + "." + op.label
+            results.append(result(label, histograms[op.rawValue], count, found: nil))
         }
         return results
     }
