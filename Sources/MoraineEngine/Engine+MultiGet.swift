@@ -178,6 +178,7 @@ extension Engine {
                     let probe = probes[order[group.lowerBound]]
                     return probe.table.secondaryKey(probe.handle)
                 })
+            precondition(found.count == missing.count, "a second tier answered \(found.count) lookups for \(missing.count)")
             var stillMissing: [Range<Int>] = []
             for (group, contents) in zip(missing, found) {
                 let probe = probes[order[group.lowerBound]]

@@ -47,9 +47,14 @@ public protocol SecondaryBlockCache: Sendable {
     /// Forgets every block of this database (a new database of the same name reuses file numbers).
     func invalidateAll() throws
     var counters: SecondaryCacheCounters { get }
+    /// True when a lookup costs a round trip to another process (a scan reading ahead from the
+    /// file then skips the tier).
+    var lookupIsRequest: Bool { get }
 }
 
 extension SecondaryBlockCache {
+    public var lookupIsRequest: Bool { false }
+
     /// One `lookup` per block (a tier read in place has no round trip to save).
     public func lookup(batch: [SecondaryBlockKey]) -> [UnsafeMutableRawBufferPointer?] {
         batch.map { lookup(file: $0.file, offset: $0.offset) }

@@ -169,7 +169,8 @@ public final class TableReader: @unchecked Sendable {
         if let block = try mappedUncompressedBlock(handle) { return block }
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
-        if let block = secondaryBlock(handle) {
+        // A scan reading ahead does not wait a round trip per block for a tier reached by request.
+        if readahead == nil || secondary?.lookupIsRequest != true, let block = secondaryBlock(handle) {
             if fillCache, let cache { cache.insert(key, block) }
             return block
         }

@@ -156,6 +156,8 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
             region = try PmemRegion.mapping(path: info.path, sizeBytes: 0, create: false)
         } catch let error as MoraineError where error.kind == .notFound {
             return byRequest("the memory node's region \(info.path) is not on this machine")
+        } catch {
+            return byRequest("the memory node's region \(info.path) cannot be mapped here (\(error))")
         }
         // A file of that name here that is not the node's region (another box's node, a region
         // made again since): never written or read as the node's.

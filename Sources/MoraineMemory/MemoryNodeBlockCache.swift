@@ -4,9 +4,11 @@
 // that serves by request only: MemoryNodeArenas.reach) asks the node by request, a batch of
 // blocks per round trip, on pooled connections. Inserts go to the memory node in batches from a
 // thread of their own, so a read never waits for one. Advisory all the way: a node that does not
-// answer or a full queue costs hit rate, never a read: a lookup by request waits at most
-// `lookupTimeoutNanos`, and after a failure none is sent for `requestBackoffNanos`. While the node
-// is down, the slots already in a mapped region still serve lookups.
+// answer or a full queue costs hit rate, never a read. How the cache is reached is found on a
+// thread of its own (lookups miss meanwhile); a lookup by request connects and waits within
+// `lookupTimeoutNanos` (per 64 blocks of a batch); after a node failed to answer, lookups pause for
+// `requestBackoffNanos` and then one reader alone tries again. While the node is down, the slots
+// already in a mapped region still serve lookups.
 //
 // Thread-safety: lookups from any thread; the insert queue and the connection pool behind a lock
 // each.
@@ -39,8 +41,11 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     private let disabled = Atomic<Bool>(false)
     /// Idle connections for lookups by request.
     private let idle = Mutex<[ClientBox]>([])
-    /// After a lookup by request failed, none is sent before this (monotonic ns).
+    /// After a lookup by request failed, none is sent before this (monotonic ns); 0: none failed
+    /// since the last answer.
     private let requestsResumeAt = Atomic<Int64>(0)
+    /// A thread is finding how the cache is reached.
+    private let reaching = Atomic<Bool>(false)
     /// Lookups by request: requests sent (each for up to `MemoryCacheLookup.blocksMax` blocks).
     private let lookupRequests = ManagedAtomic<Int>(0)
 
@@ -48,7 +53,8 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     static let pendingBytesMax = 16 << 20
     /// The most blocks in one request.
     static let batchMax = 64
-    /// The longest a lookup by request waits for its answer (then it is a miss).
+    /// The longest a lookup by request waits to connect, and then for each answer of up to 64
+    /// blocks (then it is a miss).
     static let lookupTimeoutNanos: Int64 = 20_000_000
     /// How long lookups by request pause after one failed.
     static let requestBackoffNanos: Int64 = 1_000_000_000
@@ -110,32 +116,54 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
     }
     private let access = ManagedAtomicLazyReference<Access>()
 
-    /// How to reach the cache; nil (counted as a miss) while the node cannot be reached or has no
-    /// cache, or after a failed request for a while.
+    /// How to reach the cache; nil (counted as a miss) until it is known, when the node has no
+    /// cache, and while lookups by request pause after a failure (then one caller is let through
+    /// to try again, the others still miss).
     private func cache() -> Way? {
         if disabled.load(ordering: .relaxed) { return nil }
-        let known: Access
-        if let loaded = access.load() {
-            known = loaded
-        } else {
-            if monotonicNanos() < retryMappingAt.load(ordering: .relaxed) { return nil }
+        guard let known = access.load() else {
+            startReaching()
+            return nil
+        }
+        if case .byRequest = known.way {
+            let resumeAt = requestsResumeAt.load(ordering: .relaxed)
+            if resumeAt != 0 {
+                let now = monotonicNanos()
+                guard now >= resumeAt,
+                    requestsResumeAt.compareExchange(expected: resumeAt, desired: now + Self.requestBackoffNanos, ordering: .relaxed).exchanged
+                else { return nil }
+            }
+        }
+        return known.way
+    }
+
+    /// Finds how the cache is reached on a thread of its own (asking the node takes a round trip,
+    /// and seconds when it does not answer: never a reader's wait); again a second after a failure.
+    private func startReaching() {
+        if monotonicNanos() < retryMappingAt.load(ordering: .relaxed) { return }
+        guard reaching.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
+        let started = startThreadIfPossible(name: "moraine-cache-reach") { [weak self] in
+            guard let self else { return }
+            defer { reaching.store(false, ordering: .releasing) }
             do {
                 switch try arenas.reach() {
                 case .mapped(let region, let layout):
-                    known = access.storeIfNilThenLoad(Access(layout.cache.sets > 0 ? .mapped(region, layout.cache) : nil))
+                    _ = access.storeIfNilThenLoad(Access(layout.cache.sets > 0 ? .mapped(region, layout.cache) : nil))
                 case .byRequest(let info, let reason):
                     let payloadMax = Int(info.slotBytes) - SharedCacheLayout.slotHeaderBytes
-                    known = access.storeIfNilThenLoad(Access(info.cacheSlots > 0 && payloadMax > 0 ? .byRequest(payloadMax: payloadMax) : nil))
+                    let usable = info.cacheSlots >= UInt64(SharedCacheLayout.ways) && payloadMax > 0
+                    _ = access.storeIfNilThenLoad(Access(usable ? .byRequest(payloadMax: payloadMax) : nil))
                     SystemLog.info("shared cache of \(database): \(reason); blocks are looked up by request")
                 }
             } catch {
                 retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
-                return nil
             }
         }
-        if case .byRequest = known.way, monotonicNanos() < requestsResumeAt.load(ordering: .relaxed) { return nil }
-        return known.way
+        if !started { reaching.store(false, ordering: .releasing) }
     }
+
+    /// True when a lookup costs a round trip to the node (a scan that reads ahead skips it).
+    public var lookupIsRequest: Bool { isByRequest }
 
     public func lookup(file: UInt64, offset: UInt64) -> UnsafeMutableRawBufferPointer? {
         switch cache() {
@@ -190,10 +218,16 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         var answered = 0  // blocks with an answer (hit, miss or damaged), the rest count as misses
         defer { misses.wrappingIncrement(by: keys.count - answered, ordering: .relaxed) }
         var box: ClientBox? = idle.withLock { $0.popLast() }
+        var answers = 0  // requests answered: a failure after one is a slow node, not a dead one
         do throws(TransportError) {
-            if box == nil { box = ClientBox(try arenas.endpoint().connect(key: arenas.key)) }
+            if box == nil {
+                // Connecting is bounded like an answer: a stopped node completes a TCP connect but
+                // never the handshake.
+                var limits = TransportLimits()
+                limits.handshakeNanos = Self.lookupTimeoutNanos
+                box = ClientBox(try arenas.endpoint().connect(key: arenas.key, limits: limits))
+            }
             let client = box!.client
-            let deadline = monotonicNanos() + Self.lookupTimeoutNanos
             var ids: [UInt64] = []
             for chunk in chunks {
                 let request = MemoryCacheLookup(
@@ -202,8 +236,8 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
             }
             lookupRequests.wrappingIncrement(by: ids.count, ordering: .relaxed)
             for (chunk, id) in zip(chunks, ids) {
-                let reply = try MemoryCacheBlocks.decode(
-                    try client.receive(requestID: id, timeoutNanos: max(1, deadline - monotonicNanos())).get())
+                let reply = try MemoryCacheBlocks.decode(try client.receive(requestID: id, timeoutNanos: Self.lookupTimeoutNanos).get())
+                answers += 1
                 guard reply.blocks.count == chunk.count else {
                     throw TransportError(.malformed, "\(reply.blocks.count) blocks answered for \(chunk.count) asked")
                 }
@@ -226,6 +260,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
                     }
                 }
             }
+            if requestsResumeAt.load(ordering: .relaxed) != 0 { requestsResumeAt.store(0, ordering: .relaxed) }
             let kept = idle.withLock { pool -> Bool in
                 guard pool.count < Self.idleConnectionsMax else { return false }
                 pool.append(box!)
@@ -235,9 +270,18 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         } catch {
             // A late answer would arrive on this connection later: never reuse it.
             box?.client.close()
-            requestsResumeAt.store(monotonicNanos() + Self.requestBackoffNanos, ordering: .relaxed)
-            SystemLog.warning(
-                "shared cache of \(database): a lookup by request failed (\(error.message)); none for \(Self.requestBackoffNanos / 1_000_000) ms")
+            if answers == 0 || error.code != .timedOut {
+                // The node did not answer at all (or the link broke): every pooled connection is
+                // suspect (a restarted node refuses them all), and lookups pause.
+                let stale = idle.withLock { pool -> [ClientBox] in
+                    defer { pool.removeAll() }
+                    return pool
+                }
+                for box in stale { box.client.close() }
+                requestsResumeAt.store(monotonicNanos() + Self.requestBackoffNanos, ordering: .relaxed)
+                SystemLog.warning(
+                    "shared cache of \(database): a lookup by request failed (\(error.message)); none for \(Self.requestBackoffNanos / 1_000_000) ms")
+            }
         }
         return found
     }
