@@ -18,9 +18,12 @@
 #     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
 #     Their databases and run directories are under $TMPDIR (mktemp -d): it must be on a device
 #     (not tmpfs, whose direct reads still read memory).
-#     --request adds a setup `request`: the same compute node with the memory node reached over
-#     TCP by request only (topology `carrier = "tcp"`, `region_access = "request"`), as a compute
-#     node on another box reaches it; --setups picks setups (default: every one asked for).
+#     --request adds three setups: `request`, the same compute node with the memory node reached
+#     over TCP by request only (topology `carrier = "tcp"`, `region_access = "request"`), as a
+#     compute node on another box reaches it, its storage node still over shared memory;
+#     `tcpshared`, storage node over TCP too (every role the compute side uses across a network);
+#     `tcpplain`, storage node over TCP and no shared cache. --setups picks setups (default:
+#     every one asked for).
 #  4. sharing: two compute processes at once, one database of --share_big keys and one of
 #     --share_small, reading through one 256 MiB shared cache against each through a private
 #     128 MiB one (two more clusters); hit rates and throughput per database. Memtables of 4 MiB and
@@ -28,7 +31,8 @@
 # Prints Markdown tables of medians. Usage:
 #   bash scripts/memory-bench.sh [--runs N] [--num N] [--megabytes N] [--cache_nums N,N] [--cache_runs N]
 #                                [--share_big N] [--share_small N] [--skip placement,recovery,cache,sharing] [--direct_reads]
-#                                [--request] [--setups shared-8388608,shared-276824064,plain-8388608,request-8388608] [--out DIR]
+#                                [--request] [--setups shared-8388608,shared-276824064,plain-8388608,request-8388608,
+#                                tcpshared-8388608,tcpplain-8388608] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=3
@@ -69,7 +73,7 @@ run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
 plain_dir=$work/plain
 cleanup() {
-  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/request" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
+  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/request" "$work/tcpshared" "$work/tcpplain" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   # The regions and embedded pmem logs of this run (named after its directories) go too.
   rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
@@ -128,22 +132,17 @@ TOML
   "$moraine" up --topology "$work/plain.toml" --run-dir "$plain_dir" --detach >/dev/null
   default_setups=shared-8388608,shared-276824064,plain-8388608
   if [ "$request" = 1 ]; then
-    default_setups=$default_setups,request-8388608
-    # The memory node over TCP, reached by request only: the compute side never maps its region.
-    cat > "$work/request.toml" <<TOML
-[[role]]
-kind = "storage"
-direct_reads = $([ "$direct_reads" = 1 ] && echo true || echo false)
-[[role]]
-kind = "memory"
-carrier = "tcp"
-region_access = "request"
-[[role]]
-kind = "flush"
-[[role]]
-kind = "compaction"
-TOML
-    "$moraine" up --topology "$work/request.toml" --run-dir "$work/request" --detach >/dev/null
+    default_setups=$default_setups,request-8388608,tcpshared-8388608,tcpplain-8388608
+    # The memory node over TCP, reached by request only (the compute side never maps its region),
+    # and the storage node over shared memory (request) or TCP (tcpshared); tcpplain: no shared cache.
+    direct_value=$([ "$direct_reads" = 1 ] && echo true || echo false)
+    for setup in request tcpshared tcpplain; do
+      storage_carrier=$([ "$setup" = request ] && echo shm || echo tcp)
+      memory_keys=$([ "$setup" = tcpplain ] && echo 'cache_size = 0' || printf 'carrier = "tcp"\nregion_access = "request"')
+      printf '[[role]]\nkind = "storage"\ncarrier = "%s"\ndirect_reads = %s\n[[role]]\nkind = "memory"\n%s\n[[role]]\nkind = "flush"\n[[role]]\nkind = "compaction"\n' \
+        "$storage_carrier" "$direct_value" "$memory_keys" > "$work/$setup.toml"
+      "$moraine" up --topology "$work/$setup.toml" --run-dir "$work/$setup" --detach >/dev/null
+    done
   fi
   for keys in ${cache_nums//,/ }; do
     for run in $(seq 1 "$cache_runs"); do
@@ -152,7 +151,7 @@ TOML
         peer=${setup#*-}
         cluster=$shared_dir
         [ "${setup%%-*}" = plain ] && cluster=$plain_dir
-        [ "${setup%%-*}" = request ] && cluster=$work/request
+        case "${setup%%-*}" in request|tcpshared|tcpplain) cluster=$work/${setup%%-*} ;; esac
         echo "== cache $keys keys, $setup, run $run" >&2
         "$moraine" bench --cluster "$cluster" --engine cluster,moraine --db "$work/db" --num "$keys" --value_size 100 \
           --reads 500000 --cache_size 8388608 --embedded_cache_size "$peer" ${direct[@]+"${direct[@]}"} \

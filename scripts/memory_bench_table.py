@@ -66,7 +66,7 @@ def cache_table(directory):
     ops = defaultdict(list)  # (keys, workload, engine label) -> [ops/s]
     hits = defaultdict(list)  # (keys, workload) -> [shared-cache hit rate]
     for path in sorted(glob.glob(os.path.join(directory, "cache-*-run*.json"))):
-        match = re.match(r"cache-(\d+)-(shared|plain|request)-(\d+)-run\d+\.json", os.path.basename(path))
+        match = re.match(r"cache-(\d+)-(shared|plain|request|tcpshared|tcpplain)-(\d+)-run\d+\.json", os.path.basename(path))
         if not match:
             continue
         keys, kind, peer = int(match.group(1)), match.group(2), int(match.group(3))
@@ -99,16 +99,19 @@ def cache_table(directory):
                   f"| {fmt_ratio(ratios.get((keys, name, f'shared-{small}')))} "
                   f"| {fmt_ratio(ratios.get((keys, name, f'shared-{large}')))} "
                   f"| {med((keys, name, 'cluster-plain'))} | {fmt_ratio(ratios.get((keys, name, f'plain-{small}')))} |")
-    if any(setup.startswith("request-") for _, _, setup in ratios):
-        print("\nThe shared cache reached by request over TCP (as from another box), medians:\n")
-        print("| keys | workload | by request (ops/s) | / embedded 8 MiB | / mapped in place (same runs' medians) |")
-        print("|---:|---|---:|---:|---:|")
+    remote = [("request", "memory node by request over TCP, storage node over shared memory"),
+              ("tcpshared", "memory node by request and storage node over TCP"),
+              ("tcpplain", "storage node over TCP, no shared cache")]
+    if any(setup.split("-")[0] in dict(remote) for _, _, setup in ratios):
+        print("\nThe shared cache reached by request over TCP (as from another box), compute 8 MiB, medians:\n")
+        print("| keys | workload | setup | ops/s | / embedded 8 MiB |")
+        print("|---:|---|---|---:|---:|")
         for keys in sorted({k for k, _, _ in ratios}):
             for name in ("readrandom", "ycsbb"):
-                by_request = ops.get((keys, name, "cluster-request"))
-                mapped = ops.get((keys, name, "cluster-shared"))
-                versus = f"{statistics.median(by_request) / statistics.median(mapped):.2f}" if by_request and mapped else ""
-                print(f"| {keys:,} | {name} | {med_value(by_request)} | {fmt_ratio(ratios.get((keys, name, f'request-{small}')))} | {versus} |")
+                for kind, label in [("shared", "memory node mapped in place, storage node over shared memory")] + remote:
+                    values = ratios.get((keys, name, f"{kind}-{small}"))
+                    if values:
+                        print(f"| {keys:,} | {name} | {label} | {med_value(ops.get((keys, name, 'cluster-' + kind)))} | {fmt_ratio(values)} |")
     print(f"\nEmbedded peers (ops/s): " + ", ".join(
         f"{keys:,} {name} {label}: {med_value(ops.get((keys, name, f'embedded-{peer}')))}"
         for keys in sorted({k for k, _, _ in ratios}) for name in ("readrandom", "ycsbb")
