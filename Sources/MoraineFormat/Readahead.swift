@@ -93,6 +93,27 @@ public final class Readahead {
         return raw
     }
 
+    /// Counts a load another tier served toward finding a sequential scan, as a load from the
+    /// file would count.
+    func note(_ handle: BlockHandle) {
+        guard automatic else { return }
+        if handle.offset == nextSequentialOffset {
+            sequentialLoads += 1
+        } else {
+            sequentialLoads = 0
+            currentBytes = Self.initialAutomaticBytes
+            advisedEnd = 0
+        }
+        nextSequentialOffset = handle.offset + UInt64(Int(handle.size) + blockTrailerBytes)
+    }
+
+    /// Whether the load of the block at `handle` would be served by reading ahead (a compaction's
+    /// always; an iterator's once two loads in a row followed each other). Changes nothing.
+    func readsAhead(_ handle: BlockHandle) -> Bool {
+        if !automatic || covers(handle.offset, Int(handle.size) + blockTrailerBytes) { return true }
+        return handle.offset == nextSequentialOffset && sequentialLoads >= 1
+    }
+
     private func covers(_ start: UInt64, _ count: Int) -> Bool {
         start >= bufferOffset && start + UInt64(count) <= bufferOffset + UInt64(bufferLength)
     }

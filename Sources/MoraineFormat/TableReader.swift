@@ -170,7 +170,9 @@ public final class TableReader: @unchecked Sendable {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let cache, let block = cache.lookup(key) { return block }
         // A scan reading ahead does not wait a round trip per block for a tier reached by request.
-        if readahead == nil || secondary?.lookupIsRequest != true, let block = secondaryBlock(handle) {
+        let byRequest = secondary?.lookupIsRequest == true
+        if !(byRequest && readahead?.readsAhead(handle) == true), let block = secondaryBlock(handle) {
+            if byRequest { readahead?.note(handle) }
             if fillCache, let cache { cache.insert(key, block) }
             return block
         }

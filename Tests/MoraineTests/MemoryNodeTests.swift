@@ -563,6 +563,16 @@ struct MemoryNodeTests {
         let asked = (batched.hits + batched.misses) - (warm.hits + warm.misses)
         let requests = batched.requests - warm.requests
         #expect(asked >= 100 && requests >= 1 && asked >= 16 * requests, "\(asked) blocks asked in \(requests) requests")
+        // A scan reading ahead from the file asks the node for no block past its first few.
+        let iterator = try db.makeIterator()
+        try iterator.seekToFirst()
+        var scanned = 0
+        while iterator.isValid {
+            scanned += 1
+            try iterator.next()
+        }
+        #expect(scanned == 20_000)
+        #expect(secondary.counters.requests - batched.requests <= 20, "a scan asked \(secondary.counters.requests - batched.requests) times")
         // A damaged slot (a test hook: a payload byte flipped in the region) is caught by the node's CRC check.
         let slots = Self.cachedSlots(memory, database: path)
         #expect(slots.count > 50)
