@@ -147,6 +147,10 @@ TOML
   for keys in ${cache_nums//,/ }; do
     for run in $(seq 1 "$cache_runs"); do
       chosen=${setups:-$default_setups}
+      if [ "$request" = 0 ] && [[ ",$chosen" =~ ,(request|tcpshared|tcpplain)- ]]; then
+        echo "--setups names a setup of --request; add --request" >&2
+        exit 2
+      fi
       for setup in ${chosen//,/ }; do
         peer=${setup#*-}
         cluster=$shared_dir

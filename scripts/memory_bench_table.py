@@ -81,6 +81,7 @@ def cache_table(directory):
                 continue
             ratios[(keys, name, setup)].append(cluster["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
             ops[(keys, name, "cluster-" + kind)].append(cluster["ops_per_sec"])
+            ops[(keys, name, "cluster-" + setup)].append(cluster["ops_per_sec"])
             ops[(keys, name, f"embedded-{peer}")].append(embedded["ops_per_sec"])
     if not ratios:
         return
@@ -111,7 +112,8 @@ def cache_table(directory):
                 for kind, label in [("shared", "memory node mapped in place, storage node over shared memory")] + remote:
                     values = ratios.get((keys, name, f"{kind}-{small}"))
                     if values:
-                        print(f"| {keys:,} | {name} | {label} | {med_value(ops.get((keys, name, 'cluster-' + kind)))} | {fmt_ratio(values)} |")
+                        ops_values = ops.get((keys, name, f"cluster-{kind}-{small}"))
+                        print(f"| {keys:,} | {name} | {label} | {med_value(ops_values)} | {fmt_ratio(values)} |")
     print(f"\nEmbedded peers (ops/s): " + ", ".join(
         f"{keys:,} {name} {label}: {med_value(ops.get((keys, name, f'embedded-{peer}')))}"
         for keys in sorted({k for k, _, _ in ratios}) for name in ("readrandom", "ycsbb")

@@ -171,7 +171,8 @@ public final class TableReader: @unchecked Sendable {
         if let cache, let block = cache.lookup(key) { return block }
         // A scan reading ahead does not wait a round trip per block for a tier reached by request.
         let byRequest = secondary?.lookupIsRequest == true
-        if !(byRequest && readahead?.readsAhead(handle) == true), let block = secondaryBlock(handle) {
+        let skipsSecondary = byRequest && readahead?.readsAhead(handle) == true
+        if !skipsSecondary, let block = secondaryBlock(handle) {
             if byRequest { readahead?.note(handle) }
             if fillCache, let cache { cache.insert(key, block) }
             return block
@@ -185,7 +186,8 @@ public final class TableReader: @unchecked Sendable {
         }
         if fillCache {
             cache?.insert(key, block)
-            secondary?.insert(file: fileNumber, offset: handle.offset, bytes: block.bytes)
+            // A block a scan skipped the tier for is most likely there already: not offered again.
+            if !skipsSecondary { secondary?.insert(file: fileNumber, offset: handle.offset, bytes: block.bytes) }
         }
         return block
     }

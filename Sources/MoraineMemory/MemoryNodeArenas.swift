@@ -15,6 +15,10 @@ import MoraineSystem
 import MoraineTransport
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Arenas of a memory node's region for one compute node's memtables.
 public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     private struct State: ~Copyable {
@@ -151,13 +155,22 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         }
         if !info.mappable { return byRequest("the memory node serves its region \(info.path) by request only") }
         let layout = Self.layout(info)
+        // What keeps the file here from being the node's region for good: missing, not ours to
+        // open, too small to be a region. Anything else (out of memory, of descriptors) is thrown
+        // and asked again later.
+        var status = stat()
+        guard stat(info.path, &status) == 0 else { return byRequest("the memory node's region \(info.path) is not on this machine") }
+        guard access(info.path, R_OK | W_OK) == 0 else {
+            return byRequest("the memory node's region \(info.path) cannot be opened here for reading and writing")
+        }
+        guard status.st_size >= 64 else {
+            return byRequest("\(info.path) on this machine is not the memory node's region (\(status.st_size) bytes)")
+        }
         let region: PmemRegion
         do {
             region = try PmemRegion.mapping(path: info.path, sizeBytes: 0, create: false)
         } catch let error as MoraineError where error.kind == .notFound {
             return byRequest("the memory node's region \(info.path) is not on this machine")
-        } catch {
-            return byRequest("the memory node's region \(info.path) cannot be mapped here (\(error))")
         }
         // A file of that name here that is not the node's region (another box's node, a region
         // made again since): never written or read as the node's.

@@ -94,7 +94,13 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
 
     /// The largest block a slot holds, once the node was reached.
     private func slotPayloadMax() -> Int? {
-        switch cache() {
+        // Not through `cache()`: an offer must not take the one lookup let through after a pause.
+        if disabled.load(ordering: .relaxed) { return nil }
+        guard let known = access.load() else {
+            startReaching()
+            return nil
+        }
+        switch known.way {
         case .mapped(_, let layout): return layout.payloadMax
         case .byRequest(let payloadMax): return payloadMax
         case nil: return nil
@@ -159,7 +165,10 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
                 retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
             }
         }
-        if !started { reaching.store(false, ordering: .releasing) }
+        if !started {
+            retryMappingAt.store(monotonicNanos() + 1_000_000_000, ordering: .relaxed)
+            reaching.store(false, ordering: .releasing)
+        }
     }
 
     /// True when a lookup costs a round trip to the node (a scan that reads ahead skips it).
@@ -217,6 +226,9 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
         }
         var answered = 0  // blocks with an answer (hit, miss or damaged), the rest count as misses
         defer { misses.wrappingIncrement(by: keys.count - answered, ordering: .relaxed) }
+        // The pause this lookup was let through (0: none): cleared on success only if no later
+        // failure set another meanwhile.
+        let pauseSeen = requestsResumeAt.load(ordering: .relaxed)
         var box: ClientBox? = idle.withLock { $0.popLast() }
         var answers = 0  // requests answered: a failure after one is a slow node, not a dead one
         do throws(TransportError) {
@@ -260,7 +272,7 @@ public final class MemoryNodeBlockCache: SecondaryBlockCache, @unchecked Sendabl
                     }
                 }
             }
-            if requestsResumeAt.load(ordering: .relaxed) != 0 { requestsResumeAt.store(0, ordering: .relaxed) }
+            if pauseSeen != 0 { _ = requestsResumeAt.compareExchange(expected: pauseSeen, desired: 0, ordering: .relaxed) }
             let kept = idle.withLock { pool -> Bool in
                 guard pool.count < Self.idleConnectionsMax else { return false }
                 pool.append(box!)
