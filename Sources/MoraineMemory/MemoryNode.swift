@@ -87,6 +87,20 @@ public final class MemoryNode: Sendable {
                 return .failure(error)
             }
         }
+        router.register(MemoryOpcode.logAppend) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(try logAppend(.decode(request.payload)).encoded()))
+            } catch {
+                return .failure(error)
+            }
+        }
+        router.register(MemoryOpcode.logRead) { [self] request in
+            do throws(TransportError) {
+                return .success(.bytes(try logRead(.decode(request.payload))))
+            } catch {
+                return .failure(error)
+            }
+        }
         router.register(MemoryOpcode.cacheForget) { [self] request in
             do throws(TransportError) {
                 _ = cacheForget(try MemoryAdopt.decode(request.payload).database)
@@ -251,6 +265,53 @@ public final class MemoryNode: Sendable {
                     .busy, "every one of the \(state.region.layout.arenaCount) arenas of \(state.region.path) holds an unflushed memtable")
             }
             return MemoryArenaGrant(index: UInt32(granted.index))
+        }
+    }
+
+    /// The arena `arena` names, checked to be `database`'s under that tag.
+    private static func ownedArena(
+        _ arena: MemoryArena, of database: String, id: UInt64, in state: borrowing State
+    ) throws(TransportError) -> MemoryRegionEntry {
+        let index = Int(arena.index)
+        guard index < state.region.layout.arenaCount else {
+            throw TransportError(.invalid, "arena \(index) is past the region's \(state.region.layout.arenaCount)")
+        }
+        let entry = state.region.entry(index)
+        guard entry.tag == arena.tag, entry.database == id else {
+            throw TransportError(.invalid, "arena \(index) is not \(database)'s for tag \(arena.tag) (it holds tag \(entry.tag))")
+        }
+        return entry
+    }
+
+    /// Appends to the write log of one of the database's arenas, for its owner (a newer epoch
+    /// than the arena's adopted it first; an older one is fenced); durable on return.
+    public func logAppend(_ request: MemoryLogAppend) throws(TransportError) -> MemoryLogLength {
+        let id = MemoryDatabaseID.of(request.database)
+        return try state.withLock { state throws(TransportError) -> MemoryLogLength in
+            try Self.checkEpoch(request.epoch, of: request.database, id: id, in: state)
+            let entry = try Self.ownedArena(request.arena, of: request.database, id: id, in: state)
+            guard entry.epoch == request.epoch else {
+                throw TransportError(.fenced, "arena \(entry.index) belongs to epoch \(entry.epoch), not \(request.epoch)")
+            }
+            guard request.offset <= UInt64(Int.max) else { throw TransportError(.invalid, "a log offset of \(request.offset)") }
+            do {
+                let length = try request.bytes.withUnsafeBytes { try state.region.logAppend(entry.index, offset: Int(request.offset), bytes: $0) }
+                return MemoryLogLength(length: UInt64(length))
+            } catch let error as MoraineError {
+                throw TransportError(error.kind == .noSpace ? .noSpace : error.kind == .invalid ? .invalid : .io, error.message)
+            } catch {
+                throw TransportError(.io, "appending to arena \(entry.index): \(error)")
+            }
+        }
+    }
+
+    /// A range of one of the database's arenas' write log (any epoch may read).
+    public func logRead(_ request: MemoryLogRead) throws(TransportError) -> [UInt8] {
+        let id = MemoryDatabaseID.of(request.database)
+        return try state.withLock { state throws(TransportError) -> [UInt8] in
+            let entry = try Self.ownedArena(request.arena, of: request.database, id: id, in: state)
+            guard request.offset <= UInt64(Int.max) else { return [] }
+            return state.region.logRead(entry.index, offset: Int(request.offset), count: Int(request.count))
         }
     }
 

@@ -25,6 +25,10 @@
 import MoraineMemtable
 import MoraineSystem
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The geometry of a memory node's region.
 public struct MemoryRegionLayout: Sendable, Equatable {
     public static let magic: UInt64 = 0x314E_4D45_4D52_4F4D  // "MORMEMN1"
@@ -243,6 +247,61 @@ public final class MemoryRegion: @unchecked Sendable {
         let arena = layout.arenaOffset(index)
         mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
         try mapping.persist(arena + RegionArenaLayout.epochOffset, 8)
+    }
+
+    /// The bytes a write log in arena `index` holds (0 for an arena not yet written as one).
+    public func logLength(_ index: Int) -> Int {
+        let arena = layout.arenaOffset(index)
+        guard mapping.loadWord(at: arena + RegionArenaLayout.formatOffset) == RegionArenaLayout.logFormat else { return 0 }
+        return Int(mapping.loadWord(at: arena + RegionArenaLayout.logLengthOffset))
+    }
+
+    /// Appends `bytes` at `offset` of the write log in arena `index` (making the arena one at
+    /// offset 0); durable on return: the bytes, then the length. An append the log already holds
+    /// (a retry after a lost reply) changes nothing.
+    /// - Returns: the log's length.
+    /// - Throws: `.invalid` for an arena that holds a skiplist, a gap, or an overlap with other
+    ///   bytes; `.noSpace` past the arena.
+    public func logAppend(_ index: Int, offset: Int, bytes: UnsafeRawBufferPointer) throws -> Int {
+        let arena = layout.arenaOffset(index)
+        let capacity = layout.arenaBytes - RegionArenaLayout.headerBytes
+        let format = mapping.loadWord(at: arena + RegionArenaLayout.formatOffset)
+        if format != RegionArenaLayout.logFormat {
+            guard format == 0, mapping.loadWord(at: arena + RegionArenaLayout.logLengthOffset) == 0 else {
+                throw MoraineError(.invalid, "arena \(index) holds a memtable written in place, not a write log")
+            }
+            mapping.storeWord(UInt64(capacity), at: arena + RegionArenaLayout.capacityOffset)
+            mapping.storeWord(RegionArenaLayout.logFormat, at: arena + RegionArenaLayout.formatOffset)
+            try mapping.persist(arena + RegionArenaLayout.formatOffset, 16)
+        }
+        let length = Int(mapping.loadWord(at: arena + RegionArenaLayout.logLengthOffset))
+        guard offset >= 0, offset <= length else {
+            throw MoraineError(.invalid, "arena \(index): an append at \(offset) would leave a gap after the log's \(length) bytes")
+        }
+        let start = arena + RegionArenaLayout.headerBytes
+        let overlap = min(bytes.count, length - offset)
+        if overlap > 0, memcmp(mapping.base + start + offset, bytes.baseAddress!, overlap) != 0 {
+            throw MoraineError(.invalid, "arena \(index): an append at \(offset) differs from the \(overlap) bytes the log holds there")
+        }
+        guard offset + bytes.count <= capacity else {
+            throw MoraineError(.noSpace, "arena \(index): \(offset + bytes.count) bytes pass the write log's \(capacity)")
+        }
+        let added = bytes.count - overlap
+        if added > 0 {
+            (mapping.base + start + length).copyMemory(from: bytes.baseAddress! + overlap, byteCount: added)
+            try mapping.persist(start + length, added)
+            mapping.storeWord(UInt64(length + added), at: arena + RegionArenaLayout.logLengthOffset)
+            try mapping.persist(arena + RegionArenaLayout.logLengthOffset, 8)
+        }
+        return length + added
+    }
+
+    /// Up to `count` bytes of the write log in arena `index` from `offset` (fewer at its end).
+    public func logRead(_ index: Int, offset: Int, count: Int) -> [UInt8] {
+        let length = logLength(index)
+        guard offset >= 0, offset < length, count > 0 else { return [] }
+        let start = layout.arenaOffset(index) + RegionArenaLayout.headerBytes + offset
+        return Array(mapping.bytes(start, min(count, length - offset)))
     }
 
     /// Frees arena `index`; durable on return.

@@ -54,8 +54,8 @@ public enum RegionArenaLayout {
     public static let tagOffset = 8
     public static let databaseOffset = 16
     public static let epochOffset = 24
-    static let formatOffset = 64
-    static let capacityOffset = 72
+    public static let formatOffset = 64
+    public static let capacityOffset = 72
     static let generationOffset = 80
     /// The state slot of commit generation `generation`, and its words.
     static func slotOffset(_ generation: UInt64) -> Int { generation & 1 == 0 ? 96 : 136 }
@@ -66,6 +66,11 @@ public enum RegionArenaLayout {
     static let heightWord = 32
     /// "MORSKIP1" little-endian.
     static let format: UInt64 = 0x3150_494B_5352_4F4D
+    /// An arena kept as a write log by request (a peer across boxes), not a skiplist: "MORLOG01"
+    /// little-endian at `formatOffset`, its capacity at `capacityOffset`, the bytes appended so
+    /// far at `logLengthOffset` (persisted after them), the log from `headerBytes` on.
+    public static let logFormat: UInt64 = 0x3130_474F_4C52_4F4D
+    public static let logLengthOffset = 88
 }
 
 /// What persisting a region memtable needs: the arena, and what the writer changed since the last
@@ -310,6 +315,10 @@ extension MemTable {
         func word(_ offset: Int) -> UInt64 { region.loadWord(at: arena.offset + offset) }
         func corrupt(_ why: String) -> MoraineError { MoraineError.corruption("memtable arena: \(why)", file: name) }
         let capacity = arena.bytes - RegionArenaLayout.headerBytes
+        // A write log kept by request is not an empty skiplist: refused, never re-attached as one.
+        guard word(RegionArenaLayout.formatOffset) != RegionArenaLayout.logFormat else {
+            throw corrupt("the arena holds a write log of \(word(RegionArenaLayout.logLengthOffset)) bytes kept by request, not a skiplist")
+        }
         for _ in 0..<1000 {
             let generation = word(RegionArenaLayout.generationOffset)
             if generation == 0 { return nil }

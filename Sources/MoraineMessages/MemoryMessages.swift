@@ -29,6 +29,97 @@ public enum MemoryOpcode {
     /// Blocks of the shared cache, for a peer that cannot map the region (another box, or a
     /// node that serves by request only): `MemoryCacheLookup` → `MemoryCacheBlocks`.
     public static let cacheLookup: UInt8 = 0x58
+    /// Bytes appended to the write log an arena holds for a peer that cannot map the region:
+    /// `MemoryLogAppend` → `MemoryLogLength` (durable in the region on the reply).
+    public static let logAppend: UInt8 = 0x59
+    /// Bytes of an arena's write log: `MemoryLogRead` → the bytes (fewer at its end).
+    public static let logRead: UInt8 = 0x5A
+}
+
+/// Bytes for the write log in one of a database's arenas, at the offset the sender expects the
+/// log to end (a retry of an append the log holds changes nothing; a gap is refused).
+public struct MemoryLogAppend: WireMessage, Equatable {
+    public static let wireName = "memory log append"
+    /// The most bytes one append carries.
+    public static let bytesMax = 16 << 20
+    public var database: String
+    public var epoch: UInt64
+    public var arena: MemoryArena
+    public var offset: UInt64
+    public var bytes: [UInt8]
+
+    public init(database: String, epoch: UInt64, arena: MemoryArena, offset: UInt64, bytes: [UInt8]) {
+        self.database = database
+        self.epoch = epoch
+        self.arena = arena
+        self.offset = offset
+        self.bytes = bytes
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u64(epoch)
+        writer.u32(arena.index)
+        writer.u64(arena.tag)
+        writer.u64(offset)
+        writer.data(bytes)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        epoch = try reader.u64("epoch")
+        arena = MemoryArena(index: try reader.u32("arena index"), tag: try reader.u64("arena tag"))
+        offset = try reader.u64("offset")
+        bytes = try reader.data("bytes")
+        guard bytes.count <= Self.bytesMax else { throw TransportError(.malformed, "\(Self.wireName): \(bytes.count) bytes pass \(Self.bytesMax)") }
+    }
+}
+
+/// How many bytes an arena's write log holds.
+public struct MemoryLogLength: WireMessage, Equatable {
+    public static let wireName = "memory log length"
+    public var length: UInt64
+
+    public init(length: UInt64) { self.length = length }
+
+    public func encode(into writer: inout WireWriter) { writer.u64(length) }
+
+    public init(from reader: inout WireReader) throws(TransportError) { length = try reader.u64("log length") }
+}
+
+/// A range of an arena's write log, for whoever holds the database's arenas (any epoch: a
+/// successor reads what its predecessor appended).
+public struct MemoryLogRead: WireMessage, Equatable {
+    public static let wireName = "memory log read"
+    /// The most bytes one read returns.
+    public static let countMax = 4 << 20
+    public var database: String
+    public var arena: MemoryArena
+    public var offset: UInt64
+    public var count: UInt32
+
+    public init(database: String, arena: MemoryArena, offset: UInt64, count: UInt32) {
+        self.database = database
+        self.arena = arena
+        self.offset = offset
+        self.count = count
+    }
+
+    public func encode(into writer: inout WireWriter) {
+        writer.string(database)
+        writer.u32(arena.index)
+        writer.u64(arena.tag)
+        writer.u64(offset)
+        writer.u32(count)
+    }
+
+    public init(from reader: inout WireReader) throws(TransportError) {
+        database = try reader.string("database")
+        arena = MemoryArena(index: try reader.u32("arena index"), tag: try reader.u64("arena tag"))
+        offset = try reader.u64("offset")
+        count = try reader.u32("count")
+        guard count <= Self.countMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) bytes pass \(Self.countMax)") }
+    }
 }
 
 /// Blocks a peer asks the shared cache for, of one database, by table file number and offset.

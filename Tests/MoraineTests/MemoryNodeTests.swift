@@ -634,6 +634,76 @@ struct MemoryNodeTests {
         #expect(other.entries().isEmpty, "the other region was written")
     }
 
+    @Test("a write log in an arena by request: durable appends at the expected offset, retries harmless, gaps and other bytes refused, stale epochs fenced")
+    func writeLogByRequest() throws {
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 4, carrier: .tcp, mappable: false)
+        let client = try memory.endpoint.connect(key: memory.key)
+        defer { client.close() }
+        func call(_ opcode: UInt8, _ message: some WireMessage) throws(TransportError) -> [UInt8] {
+            guard case .bytes(let reply) = try client.call(opcode, message.encoded(), timeoutNanos: 5_000_000_000) else { return [] }
+            return reply
+        }
+        func refusal(_ opcode: UInt8, _ message: some WireMessage) -> TransportError.Code? {
+            do throws(TransportError) {
+                _ = try call(opcode, message)
+                return nil
+            } catch {
+                return error.code
+            }
+        }
+        let grant = try MemoryArenaGrant.decode(try call(MemoryOpcode.allocate, MemoryAllocate(database: "db", epoch: 1, tag: 7)))
+        let arena = MemoryArena(index: grant.index, tag: 7)
+        var rng = SeededRandom(seed: 7)
+        let first = (0..<1000).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        func append(_ offset: Int, _ bytes: [UInt8], epoch: UInt64 = 1) -> MemoryLogAppend {
+            MemoryLogAppend(database: "db", epoch: epoch, arena: arena, offset: UInt64(offset), bytes: bytes)
+        }
+        func length(_ reply: [UInt8]) throws -> UInt64 { try MemoryLogLength.decode(reply).length }
+        #expect(try length(call(MemoryOpcode.logAppend, append(0, first))) == 1000)
+        #expect(try length(call(MemoryOpcode.logAppend, append(0, first))) == 1000, "a retry changed the log")
+        let more = Array(first[500...]) + [UInt8](repeating: 9, count: 100)
+        #expect(try length(call(MemoryOpcode.logAppend, append(500, more))) == 1100, "an append overlapping the same bytes")
+        #expect(refusal(MemoryOpcode.logAppend, append(2000, [1])) == .invalid, "a gap was accepted")
+        #expect(refusal(MemoryOpcode.logAppend, append(0, [UInt8](repeating: 0, count: 10))) == .invalid, "other bytes were accepted")
+        #expect(refusal(MemoryOpcode.logAppend, append(1100, [UInt8](repeating: 1, count: 256 << 10))) == .noSpace)
+        let otherTag = MemoryLogAppend(database: "db", epoch: 1, arena: MemoryArena(index: grant.index, tag: 8), offset: 0, bytes: [1])
+        #expect(refusal(MemoryOpcode.logAppend, otherTag) == .invalid, "another tag was accepted")
+        let expected = first + [UInt8](repeating: 9, count: 100)
+        #expect(try call(MemoryOpcode.logRead, MemoryLogRead(database: "db", arena: arena, offset: 0, count: 4096)) == expected)
+        #expect(try call(MemoryOpcode.logRead, MemoryLogRead(database: "db", arena: arena, offset: 1050, count: 10)) == Array(expected[1050..<1060]))
+        // A newer owner adopts the arena: the old one is fenced, the new one appends.
+        _ = try call(MemoryOpcode.adopt, MemoryAdopt(database: "db", epoch: 2))
+        #expect(refusal(MemoryOpcode.logAppend, append(1100, [5])) == .fenced)
+        #expect(try length(call(MemoryOpcode.logAppend, append(1100, [5], epoch: 2))) == 1101)
+        // Durable: a restarted node reads the same log.
+        client.close()
+        try memory.restart()
+        let again = try memory.endpoint.connect(key: memory.key)
+        defer { again.close() }
+        guard case .bytes(let read) = try again.call(MemoryOpcode.logRead, MemoryLogRead(database: "db", arena: arena, offset: 0, count: 4096).encoded()) else {
+            Issue.record("no bytes")
+            return
+        }
+        #expect(read == expected + [5])
+    }
+
+    @Test("an arena holding a write log kept by request is never re-attached as an empty memtable: the open is refused")
+    func writeLogNotReattached() throws {
+        let memory = try MemoryTestNode(arenaBytes: 512 << 10, arenaCount: 8)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        try Database(path: path, options: Self.options(memory.arenas(epoch: 1))).close()
+        let grant = try memory.node.allocate(MemoryAllocate(database: path, epoch: 1, tag: 99))
+        _ = try memory.node.logAppend(
+            MemoryLogAppend(database: path, epoch: 1, arena: MemoryArena(index: grant.index, tag: 99), offset: 0, bytes: [1, 2, 3]))
+        #expect {
+            _ = try Database(path: path, options: Self.options(memory.arenas(epoch: 2)))
+        } throws: { error in
+            (error as? MoraineError)?.kind == .corruption && "\(error)".contains("write log")
+        }
+    }
+
     @Test("a restarted memory node empties the cache slots a crash left half written; forget and a new database of the name empty its slots")
     func sharedCacheScrub() throws {
         let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 64)
@@ -705,16 +775,19 @@ struct MemoryNodeTests {
         defer { client.close() }
         let opcodes = [
             MemoryOpcode.regionInfo, MemoryOpcode.adopt, MemoryOpcode.allocate, MemoryOpcode.release, MemoryOpcode.status,
-            MemoryOpcode.list, MemoryOpcode.cacheInsert, MemoryOpcode.cacheForget, MemoryOpcode.cacheLookup, 0x5F,
+            MemoryOpcode.list, MemoryOpcode.cacheInsert, MemoryOpcode.cacheForget, MemoryOpcode.cacheLookup, MemoryOpcode.logAppend,
+            MemoryOpcode.logRead, 0x5F,
         ]
         let ownOpcodes: [Set<UInt8>] = [
             [MemoryOpcode.adopt, MemoryOpcode.list, MemoryOpcode.cacheForget], [MemoryOpcode.allocate], [MemoryOpcode.release],
-            [MemoryOpcode.cacheLookup],
+            [MemoryOpcode.cacheLookup], [MemoryOpcode.logAppend], [MemoryOpcode.logRead],
         ]
         let valid = [
             MemoryAdopt(database: "fuzz", epoch: 3).encoded(), MemoryAllocate(database: "fuzz", epoch: 3, tag: 9).encoded(),
             MemoryRelease(database: "fuzz", epoch: 3, arena: MemoryArena(index: 0, tag: 9)).encoded(),
             MemoryCacheLookup(database: "fuzz", blocks: [.init(file: 3, offset: 0), .init(file: 3, offset: 4096)]).encoded(),
+            MemoryLogAppend(database: "fuzz", epoch: 3, arena: MemoryArena(index: 0, tag: 9), offset: 0, bytes: [1, 2, 3, 4]).encoded(),
+            MemoryLogRead(database: "fuzz", arena: MemoryArena(index: 0, tag: 9), offset: 0, count: 64).encoded(),
         ]
         var truncatedAccepted = 0
         for _ in 0..<2000 {
