@@ -311,7 +311,13 @@ public final class MemoryNode: Sendable {
         return try state.withLock { state throws(TransportError) -> [UInt8] in
             let entry = try Self.ownedArena(request.arena, of: request.database, id: id, in: state)
             guard request.offset <= UInt64(Int.max) else { return [] }
-            return state.region.logRead(entry.index, offset: Int(request.offset), count: Int(request.count))
+            do {
+                return try state.region.logRead(entry.index, offset: Int(request.offset), count: Int(request.count))
+            } catch let error as MoraineError {
+                throw TransportError(.invalid, error.message)
+            } catch {
+                throw TransportError(.io, "reading arena \(entry.index): \(error)")
+            }
         }
     }
 

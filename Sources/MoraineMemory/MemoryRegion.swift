@@ -296,8 +296,14 @@ public final class MemoryRegion: @unchecked Sendable {
         return length + added
     }
 
-    /// Up to `count` bytes of the write log in arena `index` from `offset` (fewer at its end).
-    public func logRead(_ index: Int, offset: Int, count: Int) -> [UInt8] {
+    /// Up to `count` bytes of the write log in arena `index` from `offset` (fewer at its end;
+    /// none from an arena not yet written).
+    /// - Throws: `.invalid` for an arena holding a memtable written in place (never read as an
+    ///   empty log).
+    public func logRead(_ index: Int, offset: Int, count: Int) throws -> [UInt8] {
+        if mapping.loadWord(at: layout.arenaOffset(index) + RegionArenaLayout.formatOffset) == RegionArenaLayout.format {
+            throw MoraineError(.invalid, "arena \(index) holds a memtable written in place, not a write log: open it where the region maps")
+        }
         let length = logLength(index)
         guard offset >= 0, offset < length, count > 0 else { return [] }
         let start = layout.arenaOffset(index) + RegionArenaLayout.headerBytes + offset

@@ -65,7 +65,7 @@ public enum RegionArenaLayout {
     static let smallestWord = 24
     static let heightWord = 32
     /// "MORSKIP1" little-endian.
-    static let format: UInt64 = 0x3150_494B_5352_4F4D
+    public static let format: UInt64 = 0x3150_494B_5352_4F4D
     /// An arena kept as a write log by request (a peer across boxes), not a skiplist: "MORLOG01"
     /// little-endian at `formatOffset`, its capacity at `capacityOffset`, the bytes appended so
     /// far at `logLengthOffset` (persisted after them), the log from `headerBytes` on.

@@ -702,6 +702,14 @@ struct MemoryNodeTests {
         } throws: { error in
             (error as? MoraineError)?.kind == .corruption && "\(error)".contains("write log")
         }
+        // The other way: an arena holding a memtable written in place is never read or appended
+        // to as a write log.
+        let skiplist = try #require(memory.node.region.entries().first { $0.tag != 99 && $0.database == MemoryDatabaseID.of(path) })
+        let inPlace = MemoryArena(index: UInt32(skiplist.index), tag: skiplist.tag)
+        #expect(throws: TransportError.self) { try memory.node.logRead(MemoryLogRead(database: path, arena: inPlace, offset: 0, count: 64)) }
+        #expect(throws: TransportError.self) {
+            try memory.node.logAppend(MemoryLogAppend(database: path, epoch: skiplist.epoch, arena: inPlace, offset: 0, bytes: [1]))
+        }
     }
 
     @Test("a restarted memory node empties the cache slots a crash left half written; forget and a new database of the name empty its slots")
