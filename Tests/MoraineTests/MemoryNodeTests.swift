@@ -473,19 +473,28 @@ struct MemoryNodeTests {
         }
     }
 
+    /// A database at `path` whose block cache (a few blocks: most reads miss there) sits over the
+    /// memory node's shared cache, uncompressed.
+    static func sharedCacheDatabase(
+        _ path: String, _ memory: MemoryTestNode, askArenas: Bool = false
+    ) throws -> (Database, MemoryNodeBlockCache) {
+        var options = Options()
+        options.createIfMissing = true
+        options.blockCacheSize = 32 << 10
+        options.compression = .none
+        let secondary = MemoryNodeBlockCache(database: path, arenas: memory.arenas())
+        options.secondaryBlockCache = secondary
+        if askArenas { options.memtableRegion = memory.arenas() }
+        return (try Database(path: path, options: options), secondary)
+    }
+
     @Test("the shared cache serves blocks the local cache lost, catches a damaged slot by its CRC, and keeps serving with the node stopped")
     func sharedCache() throws {
         let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 1024)
         let directory = TempDir("moraine-db")
         defer { directory.remove() }
         let path = directory.file("db")
-        var options = Options()
-        options.createIfMissing = true
-        options.blockCacheSize = 32 << 10  // a few blocks: most reads miss here
-        options.compression = .none
-        let secondary = MemoryNodeBlockCache(database: path, arenas: memory.arenas())
-        options.secondaryBlockCache = secondary
-        let db = try Database(path: path, options: options)
+        let (db, secondary) = try Self.sharedCacheDatabase(path, memory)
         defer { try? db.close() }
         for i in 0..<20_000 { try db.put(Self.key(i), Array("value-\(i)-".utf8) + [UInt8](repeating: UInt8(i & 0xff), count: 40)) }
         try db.flush()
@@ -526,15 +535,8 @@ struct MemoryNodeTests {
         let directory = TempDir("moraine-db")
         defer { directory.remove() }
         let path = directory.file("db")
-        var options = Options()
-        options.createIfMissing = true
-        options.blockCacheSize = 32 << 10  // a few blocks: most reads miss here
-        options.compression = .none
-        let secondary = MemoryNodeBlockCache(database: path, arenas: memory.arenas())
-        options.secondaryBlockCache = secondary
         // An open in any durability mode asks the node for earlier arenas; with none, it needs no mapping.
-        options.memtableRegion = memory.arenas()
-        let db = try Database(path: path, options: options)
+        let (db, secondary) = try Self.sharedCacheDatabase(path, memory, askArenas: true)
         defer { try? db.close() }
         func value(_ i: Int) -> [UInt8] { Array("value-\(i)-".utf8) + [UInt8](repeating: UInt8(i & 0xff), count: 40) }
         for i in 0..<20_000 { try db.put(Self.key(i), value(i)) }
