@@ -31,6 +31,8 @@ public struct RoleStatus: Sendable {
     public var jobs: WorkerStatusReply? = nil
     /// A memory node's arenas: held per database, free.
     public var arenas: MemoryStatusReply? = nil
+    /// A memory node's region: where, its geometry, how peers reach it.
+    public var region: MemoryRegionInfo? = nil
     /// A compute node's databases and sessions.
     public var compute: ComputeStatusReply? = nil
     /// Where the process runs, as the kernel reports it (nil when it is down).
@@ -82,7 +84,9 @@ public enum ClusterControl {
                         role.capacity = capacity
                         role.tiers = tiers
                     case .worker(let status): role.jobs = status
-                    case .memory(let status): role.arenas = status
+                    case .memory(let status, let region):
+                        role.arenas = status
+                        role.region = region
                     case .compute(let status): role.compute = status
                     }
                     role.answering = true
@@ -132,6 +136,14 @@ public enum ClusterControl {
                             "\(index) \(bytes(tier.bytesUsed))" + (tier.budgetBytes > 0 ? " of \(bytes(tier.budgetBytes))" : "")
                                 + (tier.mapped ? " (pmem)" : "") + ", \(bytes(tier.bytesFree)) free"
                         }.joined(separator: "; "))
+            }
+            // A memory node's region, and whether peers map it or reach it by request only.
+            if let region = role.region {
+                lines.append(
+                    "  region: \(region.path), \(region.arenaCount) arenas of \(bytes(region.arenaBytes)), shared cache "
+                        + "\(region.cacheSlots) slots of \(bytes(UInt64(region.slotBytes))); "
+                        + (region.mappable ? "peers on this box map it" : "peers reach it by request only")
+                        + (region.isPersistentMemory ? "; persistent memory" : ""))
             }
             // Where it runs, read back from the kernel, and whether that is where it was placed.
             if let placement = role.placement {

@@ -1,5 +1,6 @@
 // Asking a role whether it answers, in the words of its own protocol: a storage node for its
-// capacity, a flush or compaction worker for its status, a memory node for its arenas, a compute
+// capacity, a flush or compaction worker for its status, a memory node for its arenas and its
+// region (where, how peers reach it), a compute
 // node for its databases and sessions. Used by the supervisor (is a started role up?) and by
 // `moraine status`.
 import MoraineMessages
@@ -11,7 +12,7 @@ import MoraineTransport
 public enum RoleAnswer: Sendable {
     case storage(StorageCapacityReply, tiers: [StorageTierInfo])
     case worker(WorkerStatusReply)
-    case memory(MemoryStatusReply)
+    case memory(MemoryStatusReply, region: MemoryRegionInfo)
     case compute(ComputeStatusReply)
 }
 
@@ -50,8 +51,9 @@ enum RoleProbe {
             }
         case "memory":
             let bytes = try status(MemoryOpcode.status)
+            let region = try status(MemoryOpcode.regionInfo)
             do throws(TransportError) {
-                return .memory(try MemoryStatusReply.decode(bytes))
+                return .memory(try MemoryStatusReply.decode(bytes), region: try MemoryRegionInfo.decode(region))
             } catch {
                 throw error.moraineError
             }

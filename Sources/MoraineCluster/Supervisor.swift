@@ -368,7 +368,7 @@ public final class Supervisor {
         // one that does holds acknowledged writes, and stays for the next `moraine up`.
         var emptyRegions: [String] = []
         for instance in instances where instance.pid > 0 && instance.region?.isDefault == true {
-            if let key, case .memory(let status)? = try? RoleProbe.ask("memory", at: instance.endpoint, key: key, timeoutNanos: 1_000_000_000) {
+            if let key, case .memory(let status, _)? = try? RoleProbe.ask("memory", at: instance.endpoint, key: key, timeoutNanos: 1_000_000_000) {
                 if status.holders.isEmpty {
                     emptyRegions.append(instance.region!.path)
                 } else {

@@ -57,6 +57,7 @@ struct ClusterCommandTests {
         #expect(try PosixFileSystem.shared.children(of: run.file("data/inregion")).allSatisfy { !$0.hasSuffix(".log") })
         let held = try runMoraineCLI(["status", "--run-dir", run.path])
         #expect(held.out.contains { $0.hasPrefix("memory-0") && $0.contains(" up ") && $0.contains("1/11 arenas") }, "\(held.out)")
+        #expect(held.out.contains { $0.hasPrefix("  region: \(region), 11 arenas of ") && $0.contains("peers on this box map it") }, "\(held.out)")
         #expect(try runMoraineCLI(["get", "--cluster", run.path, "--db", "inregion", "k1"]).out == ["in-region"])
         // bench --cluster and --connect run beside embedded Moraine in one run; all find the same
         // keys, and the cluster's rows count storage requests. A second run starts from destroyed

@@ -6,6 +6,7 @@
 // (MORAINE_SEED replays it).
 import Foundation
 import Moraine
+import MoraineCluster
 @testable import MoraineEngine
 import MoraineFormat
 @testable import MoraineMemory
@@ -711,6 +712,31 @@ struct MemoryNodeTests {
         #expect(throws: TransportError.self) { try memory.node.logRead(MemoryLogRead(database: path, arena: inPlace, offset: 0, count: 64)) }
         #expect(throws: TransportError.self) {
             try memory.node.logAppend(MemoryLogAppend(database: path, epoch: skiplist.epoch, arena: inPlace, offset: 0, bytes: [1]))
+        }
+    }
+
+    @Test("region_access in a topology is a memory node's, map or request; the node reports it, with the region's identity")
+    func regionAccessConfiguration() throws {
+        let topology = try Topology(parsing: "[[role]]\nkind = \"memory\"\nregion_access = \"request\"\n", name: "t.toml")
+        try topology.check()
+        #expect(topology.roles[0].regionByRequest)
+        #expect(try Topology(parsing: "[[role]]\nkind = \"memory\"\nregion_access = \"map\"\n", name: "t.toml").roles[0].regionByRequest == false)
+        #expect(throws: MoraineError.self) {
+            try Topology(parsing: "[[role]]\nkind = \"storage\"\nregion_access = \"request\"\n", name: "t.toml").check()
+        }
+        #expect(throws: MoraineError.self) { try Topology(parsing: "[[role]]\nkind = \"memory\"\nregion_access = \"remote\"\n", name: "t.toml") }
+        let byRequest = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2, mappable: false)
+        #expect(byRequest.node.info.mappable == false && byRequest.node.info.identity == byRequest.node.region.identity)
+        let mapped = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 2)
+        #expect(mapped.node.info.mappable && mapped.node.info.identity != byRequest.node.info.identity)
+        guard case .byRequest(_, let reason) = try byRequest.arenas().reach() else {
+            Issue.record("a node that serves by request only was mapped")
+            return
+        }
+        #expect(reason.contains("by request only"), "\(reason)")
+        guard case .mapped = try mapped.arenas().reach() else {
+            Issue.record("a node on this box that lets peers map its region was not mapped")
+            return
         }
     }
 
