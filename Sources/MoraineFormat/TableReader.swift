@@ -174,7 +174,7 @@ public final class TableReader: @unchecked Sendable {
         let skipsSecondary = byRequest && readahead?.readsAhead(handle) == true
         if !skipsSecondary, let block = secondaryBlock(handle) {
             if byRequest { readahead?.note(handle) }
-            if fillCache, let cache { cache.insert(key, block) }
+            if fillCache, let cache { cache.offerSecondHit(key, block) }
             return block
         }
         let block: Block
@@ -255,7 +255,7 @@ public final class TableReader: @unchecked Sendable {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let block = cache?.lookup(key) { return block }
         guard let block = secondaryBlock(handle) else { return nil }
-        cache?.insert(key, block)
+        cache?.offerSecondHit(key, block)
         return block
     }
 
@@ -266,7 +266,7 @@ public final class TableReader: @unchecked Sendable {
     /// cache; takes ownership of `contents`. Nil when it is not a block (then read the file).
     public func dataBlock(fromSecondary contents: UnsafeMutableRawBufferPointer, handle: BlockHandle) -> Block? {
         guard let block = try? Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name)) else { return nil }
-        cache?.insert(BlockCacheKey(tableID: tableID, offset: handle.offset), block)
+        cache?.offerSecondHit(BlockCacheKey(tableID: tableID, offset: handle.offset), block)
         return block
     }
 

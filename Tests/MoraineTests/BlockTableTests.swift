@@ -292,6 +292,25 @@ struct BlockCacheTests {
         #expect(cache.usageBytes == perBlock)
     }
 
+    @Test("a block a second tier served comes in on its second offer while the first is remembered; a stream of one-time offers evicts nothing")
+    func secondHitAdmission() throws {
+        let perBlock = try Self.block().chargeBytes
+        let cache = BlockCache(capacityBytes: perBlock * 64, shardCount: 1)
+        let hot = BlockCacheKey(tableID: 1, offset: 0)
+        cache.insert(hot, try Self.block())
+        let first = BlockCacheKey(tableID: 2, offset: 4096)
+        #expect(!cache.offerSecondHit(first, try Self.block()) && cache.lookup(first) == nil, "taken on its first offer")
+        #expect(cache.offerSecondHit(first, try Self.block()) && cache.lookup(first) != nil, "not taken on its second offer")
+        // A scan of blocks offered once each: none comes in, and the block in the cache stays.
+        let usage = cache.usageBytes
+        for i in 0..<10_000 { cache.offerSecondHit(BlockCacheKey(tableID: 3, offset: UInt64(i) * 4096), try Self.block()) }
+        #expect(cache.usageBytes == usage && cache.lookup(hot) != nil && usage == 2 * perBlock)
+        // A hot set re-offered while remembered comes in: the cache serves it from then on.
+        let set = (0..<8).map { BlockCacheKey(tableID: 4, offset: UInt64($0) * 4096) }
+        for _ in 0..<2 { for key in set { cache.offerSecondHit(key, try Self.block()) } }
+        #expect(set.allSatisfy { cache.lookup($0) != nil }, "a hot set offered twice in a row did not come in: \(set.map { cache.lookup($0) != nil })")
+    }
+
     @Test("against a model: a lookup finds the block last inserted or nothing, never another; usage is exact", arguments: [false, true])
     func modelled(evicting: Bool) throws {
         let seed = testSeed("block cache model evicting=\(evicting)")
