@@ -12,7 +12,8 @@ import MoraineTransport
 public enum RoleAnswer: Sendable {
     case storage(StorageCapacityReply, tiers: [StorageTierInfo])
     case worker(WorkerStatusReply)
-    case memory(MemoryStatusReply, region: MemoryRegionInfo)
+    /// A memory node's arenas, and its region when it said (nil: it answered the status only).
+    case memory(MemoryStatusReply, region: MemoryRegionInfo?)
     case compute(ComputeStatusReply)
 }
 
@@ -50,10 +51,21 @@ enum RoleProbe {
                 throw error.moraineError
             }
         case "memory":
-            let bytes = try status(MemoryOpcode.status)
-            let region = try status(MemoryOpcode.regionInfo)
+            // Both questions on one connection, within the one deadline; the region is extra.
+            var limits = TransportLimits()
+            limits.handshakeNanos = min(limits.handshakeNanos, timeoutNanos)
+            let deadline = monotonicNanos() + timeoutNanos
             do throws(TransportError) {
-                return .memory(try MemoryStatusReply.decode(bytes), region: try MemoryRegionInfo.decode(region))
+                let client = try endpoint.connect(key: key, limits: limits)
+                defer { client.close() }
+                guard case .bytes(let bytes) = try client.call(MemoryOpcode.status, .bytes([]), timeoutNanos: max(1, deadline - monotonicNanos()))
+                else { throw TransportError(.malformed, "a reference reply to a status request") }
+                let status = try MemoryStatusReply.decode(bytes)
+                var region: MemoryRegionInfo? = nil
+                if case .bytes(let info)? = try? client.call(MemoryOpcode.regionInfo, .bytes([]), timeoutNanos: max(1, deadline - monotonicNanos())) {
+                    region = try? MemoryRegionInfo.decode(info)
+                }
+                return .memory(status, region: region)
             } catch {
                 throw error.moraineError
             }

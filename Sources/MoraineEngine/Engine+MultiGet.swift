@@ -182,7 +182,7 @@ extension Engine {
             var stillMissing: [Range<Int>] = []
             for (group, contents) in zip(missing, found) {
                 let probe = probes[order[group.lowerBound]]
-                if let contents, let block = probe.table.dataBlock(fromSecondary: contents, handle: probe.handle) {
+                if let contents, let block = probe.table.dataBlock(fromSecondary: contents, handle: probe.handle, fillCache: fillCache) {
                     for i in order[group] { blockOf[i] = block }
                 } else {
                     stillMissing.append(group)

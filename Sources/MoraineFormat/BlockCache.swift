@@ -65,7 +65,9 @@ public final class BlockCache: Sendable {
     /// it holds, so a block hit again soon (a hot one) comes in, and a working set much larger
     /// than this cache, whose blocks come back rarely, is served from the second tier without
     /// evicting a block per read. Measured: 1M keys, an 8 MiB cache over a 256 MiB shared one,
-    /// readrandom 1.5x faster than inserting every hit (BENCHMARKS.md, "Memory node").
+    /// readrandom 1.2x faster than inserting every hit, back to back on one warm database
+    /// (BENCHMARKS.md, "Memory node"). A tier reached by request inserts at once instead
+    /// (`insert`): there a second hit costs a round trip, far more than an eviction.
     /// - Returns: whether the block was inserted.
     @discardableResult
     public func offerSecondHit(_ key: BlockCacheKey, _ block: Block) -> Bool {
@@ -110,7 +112,7 @@ private final class Shard: @unchecked Sendable {
     @exclusivity(unchecked) private var usage = 0
     let capacityBytes: Int
     /// Hashes of the keys last offered once by a second tier (BlockCache.offerSecondHit),
-    /// direct-mapped; 0: none.
+    /// in sets of four ways, newest first; 0: none.
     @exclusivity(unchecked) private var offered: UnsafeMutablePointer<UInt64>
     private let offeredCount: Int
 
@@ -141,7 +143,9 @@ private final class Shard: @unchecked Sendable {
         let set = (Int(truncatingIfNeeded: h >> 40) & (offeredCount / 4 - 1)) * 4  // not the low bits: bit 0 is always set
         return lock.withLock {
             for way in 0..<4 where offered[set + way] == h {
-                offered[set + way] = 0
+                // Forgotten, and the later ways move up, so the set keeps four remembered keys.
+                for later in way..<3 { offered[set + later] = offered[set + later + 1] }
+                offered[set + 3] = 0
                 return true
             }
             offered[set + 3] = offered[set + 2]

@@ -174,7 +174,7 @@ public final class TableReader: @unchecked Sendable {
         let skipsSecondary = byRequest && readahead?.readsAhead(handle) == true
         if !skipsSecondary, let block = secondaryBlock(handle) {
             if byRequest { readahead?.note(handle) }
-            if fillCache, let cache { cache.offerSecondHit(key, block) }
+            if fillCache, let cache { cacheSecondaryHit(cache, key, block, byRequest: byRequest) }
             return block
         }
         let block: Block
@@ -255,7 +255,7 @@ public final class TableReader: @unchecked Sendable {
         let key = BlockCacheKey(tableID: tableID, offset: handle.offset)
         if let block = cache?.lookup(key) { return block }
         guard let block = secondaryBlock(handle) else { return nil }
-        cache?.offerSecondHit(key, block)
+        if let cache { cacheSecondaryHit(cache, key, block, byRequest: secondary?.lookupIsRequest == true) }
         return block
     }
 
@@ -264,10 +264,19 @@ public final class TableReader: @unchecked Sendable {
 
     /// A data block the second tier returned for `handle` (a batched lookup), put in the block
     /// cache; takes ownership of `contents`. Nil when it is not a block (then read the file).
-    public func dataBlock(fromSecondary contents: UnsafeMutableRawBufferPointer, handle: BlockHandle) -> Block? {
+    public func dataBlock(fromSecondary contents: UnsafeMutableRawBufferPointer, handle: BlockHandle, fillCache: Bool) -> Block? {
         guard let block = try? Block(taking: contents, origin: BlockOrigin("data block", offset: handle.offset, file: name)) else { return nil }
-        cache?.offerSecondHit(BlockCacheKey(tableID: tableID, offset: handle.offset), block)
+        if fillCache, let cache {
+            cacheSecondaryHit(cache, BlockCacheKey(tableID: tableID, offset: handle.offset), block, byRequest: secondary?.lookupIsRequest == true)
+        }
         return block
+    }
+
+    /// A second-tier hit into the block cache: on its second hit for a tier read in place
+    /// (BlockCache.offerSecondHit), at once for one reached by request (a second hit there costs a
+    /// round trip, far more than the eviction it would save).
+    private func cacheSecondaryHit(_ cache: BlockCache, _ key: BlockCacheKey, _ block: Block, byRequest: Bool) {
+        if byRequest { cache.insert(key, block) } else { cache.offerSecondHit(key, block) }
     }
 
     /// The data block at `handle` if the block cache holds it (neither the second tier, which may
