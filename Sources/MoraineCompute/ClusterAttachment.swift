@@ -35,6 +35,17 @@ public enum ClusterAttachment {
             options.memtableRegion = memory
             // The node's shared block cache, under this process's own.
             options.secondaryBlockCache = MemoryNodeBlockCache(database: name, arenas: memory)
+            // Write logs an owner across boxes left there are this database's files wherever it
+            // opens; `pmem` durability where the region does not map puts new ones there too.
+            let logsByRequest = try options.durability == .pmem && !options.readOnly && !memory.writesInPlace
+            options.fileSystem = MemoryLogFileSystem(base: fileSystem, arenas: memory, placesNewLogs: logsByRequest)
+            if logsByRequest {
+                // The region is the log, by request: each write group is appended to the log in an
+                // arena of the memory node and durable in the region before it is acknowledged;
+                // the memtable stays here (docs/MEMORY.md, "Memtables across boxes").
+                options.durability = .wal
+                try checkWriteBuffer(options, logCapacity: try memory.logCapacity, database: name)
+            }
         }
         if let runner = try jobRunner(runDirectory: runDirectory) {
             options.jobRunner = runner
@@ -42,6 +53,19 @@ public enum ClusterAttachment {
             options.maxBackgroundJobs = max(options.maxBackgroundJobs, 4)
         }
         return options
+    }
+
+    /// A memtable switches before its log passes its arena: a log holds each entry's key and
+    /// value with a few bytes more, a memtable (whose size `write_buffer_size` bounds) a
+    /// skiplist node besides, so a write buffer within the arena's capacity, less room for one
+    /// write group, keeps every log within its arena.
+    static func checkWriteBuffer(_ options: Options, logCapacity: UInt64, database: String) throws {
+        let room = Int(clamping: logCapacity) - (2 << 20)
+        guard options.writeBufferSize <= room else {
+            throw MoraineError(
+                .invalid, "\(database): write_buffer_size \(options.writeBufferSize) passes what a write log in one of the memory node's arenas "
+                    + "holds (\(logCapacity) bytes, less 2 MiB for a write group); start the node with larger arenas or lower it")
+        }
     }
 
     /// The storage tiers a database on `fileSystem`'s node spreads its tables over: the node's

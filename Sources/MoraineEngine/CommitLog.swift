@@ -19,21 +19,28 @@ final class CommitLog {
     private var synced = false
     private var closed = false
 
+    /// The most bytes the WAL's file holds, where bounded (a log in a memory node's arena).
+    let walCapacity: UInt64?
+
     init(number: UInt64, wal: LogWriter) {
         self.number = number
         self.wal = wal
         self.pmem = nil
+        self.walCapacity = wal.file.capacity
     }
 
     init(number: UInt64, pmem: PmemLogWriter) {
         self.number = number
         self.wal = nil
         self.pmem = pmem
+        self.walCapacity = nil
     }
 
-    /// Whether a record of `bytes` fits (a WAL file always has room).
+    /// Whether a record of `bytes` fits (a WAL file has room unless its file is bounded).
     func hasRoom(forRecordBytes bytes: Int) -> Bool {
-        pmem?.hasRoom(payloadBytes: bytes) ?? true
+        if let pmem { return pmem.hasRoom(payloadBytes: bytes) }
+        guard let walCapacity, let wal else { return true }
+        return wal.length + UInt64(LogWriter.framedBytesMax(payload: bytes)) <= walCapacity
     }
 
     /// Appends one record. WAL: synced when `sync`, else handed to the kernel. PMem: persisted

@@ -110,6 +110,11 @@ extension Engine {
                 .invalid,
                 "write batch of \(batch.sizeBytes) bytes exceeds a persistent-memory arena (\(pmemRegion.layout.arenaBytes) bytes)")
         }
+        if !writeOptions.disableWAL, case let capacity = walCapacityBytes.load(ordering: .relaxed), capacity != Int.max,
+            LogWriter.framedBytesMax(payload: batch.sizeBytes) + (4 << 10) > capacity
+        {
+            throw MoraineError(.invalid, "write batch of \(batch.sizeBytes) bytes exceeds a write log's capacity (\(capacity) bytes)")
+        }
         if let provider = regionMemtables, !writeOptions.disableWAL,
             batch.sizeBytes + batch.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0) + (4 << 10)
                 > provider.arenaBytes - RegionArenaLayout.headerBytes
@@ -387,6 +392,11 @@ extension Engine {
                 || !(log?.hasRoom(forRecordBytes: recordBytes) ?? true)
             if !force && !full { return }
             if force && mem.isEmpty { return }
+            if mem.isEmpty, let log, !log.hasRoom(forRecordBytes: recordBytes) {
+                // A fresh log too small for the group (the check in `write` keeps one batch
+                // within it): switching again would not help.
+                throw MoraineError(.invalid, "a write group of \(recordBytes) bytes exceeds a write log's capacity")
+            }
             if mem.isEmpty && !mem.hasRoom(forBytes: neededBytes) {
                 // One batch larger than the arena: give the empty memtable a bigger arena.
                 mem = MemTable(
@@ -539,6 +549,7 @@ extension Engine {
         }
         let file = try fileSystem.createNew(path(.log(number)), hint: .log)
         let writer = LogWriter(file: file)
+        walCapacityBytes.store(file.capacity.map { Int(clamping: $0) } ?? Int.max, ordering: .relaxed)
         do {
             try fileSystem.syncDirectory(path)
             if let predecessor {

@@ -73,6 +73,9 @@ public final class Engine: @unchecked Sendable {
     /// Whether the last write group had to make room (switch memtables, slow down, stop, or an
     /// error stood): `writesMayWait`'s hint.
     let lastWriteMadeRoom = Atomic<Bool>(false)
+    /// The most bytes one WAL holds, where its file is bounded (a log in a memory node's arena);
+    /// Int.max: unbounded. Set when a WAL is made, read by a write's checks.
+    let walCapacityBytes = Atomic<Int>(Int.max)
     /// Numbers the compaction jobs this engine dispatches.
     /// Job ids start at the open's wall-clock time in milliseconds, so a job of this open never
     /// takes the id of one an earlier open of the database left on a worker (a compute node

@@ -31,6 +31,12 @@ public final class LogWriter {
         self.length = existingBytes
     }
 
+    /// The most bytes a record of `payload` bytes takes in a log, with its fragments' headers
+    /// and the padding before them.
+    public static func framedBytesMax(payload: Int) -> Int {
+        payload + (payload / (logBlockBytes - logHeaderBytes) + 2) * (logHeaderBytes + logHeaderBytes - 1)
+    }
+
     /// Appends one record (buffered; call `file.flush()` or `file.sync()` after).
     public func addRecord(_ record: UnsafeRawBufferPointer) throws {
         var left = record.count

@@ -174,7 +174,7 @@ public final class MemoryNode: Sendable {
                         throw TransportError(.io, "adopting arena \(entry.index) of \(request.database): \(error)")
                     }
                 }
-                arenas.append(MemoryArena(index: UInt32(entry.index), tag: entry.tag))
+                arenas.append(state.region.listed(entry))
             }
             return MemoryArenaList(arenas: arenas)
         }
@@ -235,7 +235,7 @@ public final class MemoryNode: Sendable {
         let id = MemoryDatabaseID.of(request.database)
         return state.withLock { state in
             MemoryArenaList(
-                arenas: state.region.entries().filter { $0.database == id }.map { MemoryArena(index: UInt32($0.index), tag: $0.tag) })
+                arenas: state.region.entries().filter { $0.database == id }.map { state.region.listed($0) })
         }
     }
 

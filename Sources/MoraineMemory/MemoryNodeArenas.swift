@@ -3,11 +3,13 @@
 // the node reports and mapped once; its header is checked against what the node says before
 // any arena is used. Only the same box can map it: a region whose file is not here, whose file
 // here carries another identity (a same-named region on this box), or whose node serves by
-// request only is reached by request (`reach`); memtables there are refused with `unavailable`
-// (memtables across boxes, by request, are a later step), the shared cache asks by request.
+// request only is reached by request (`reach`). There the memtables stay in this process and
+// their write logs go to arenas by request (MemoryLogFileSystem, through the calls below); the
+// shared cache asks by request.
 //
 // Thread-safety: one mutex around the connection and the mapping; requests are rare (one per
-// memtable), so they are not pipelined.
+// memtable, or one per write group for a log by request, which the write leader sends one at
+// a time), so they are not pipelined.
 import MoraineEngine
 import MoraineMemtable
 import MoraineMessages
@@ -41,6 +43,9 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     let key: ClusterKey
     private let epoch: @Sendable (String) -> UInt64
     private let state = Mutex(State())
+    /// Whether a MemoryLogFileSystem serves the write logs in the node's arenas as files (else
+    /// an arena holding one fails an open).
+    let logsAreFiles = Atomic<Bool>(false)
     /// How long one request may take.
     static let callTimeoutNanos: Int64 = 5_000_000_000
 
@@ -67,19 +72,44 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     public func adopt(database: String) throws -> [MemtableArenaGrant] {
         let epoch = epoch(database)
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.adopt, MemoryAdopt(database: database, epoch: epoch).encoded()))
-        if list.arenas.isEmpty { return [] }  // nothing to map: a peer across boxes opens too
-        let (region, layout) = try mapped()
-        return try list.arenas.map { arena in
-            try grant(index: Int(arena.index), tag: arena.tag, epoch: epoch, region: region, layout: layout)
-        }
+        return try grants(list.arenas, database: database, epoch: epoch)
     }
 
     public func list(database: String) throws -> [MemtableArenaGrant] {
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded()))
-        if list.arenas.isEmpty { return [] }
+        return try grants(list.arenas, database: database, epoch: nil)
+    }
+
+    /// The memtables among `arenas`, mapped. Write logs are the log file system's files
+    /// (MemoryLogFileSystem), not memtables. Across boxes an arena never written is given back
+    /// by an owner (`epoch`; its predecessor died between the grant and its first write);
+    /// a memtable written in place there cannot be read: `unavailable`, never taken for none.
+    private func grants(_ arenas: [MemoryArena], database: String, epoch: UInt64?) throws -> [MemtableArenaGrant] {
+        if !logsAreFiles.load(ordering: .relaxed), let log = arenas.first(where: { $0.kind == .log }) {
+            // Nothing here would replay it: never taken for an empty arena.
+            throw MoraineError(
+                .corruption, "\(database)'s arena \(log.index) holds a write log kept by request (log \(log.tag), \(log.logLength) bytes), "
+                    + "not a memtable: open the database through its cluster, whose file system reads the logs there")
+        }
+        let memtables = arenas.filter { $0.kind != .log }
+        if memtables.isEmpty { return [] }  // nothing to map: a peer across boxes opens too
+        if case .byRequest(_, let reason) = try reach() {
+            if let written = memtables.first(where: { $0.kind == .memtable }) {
+                throw MoraineError(
+                    .unavailable,
+                    "\(database)'s memtable of log \(written.tag) is in arena \(written.index), written in place by a compute node that "
+                        + "maps the region; \(reason): open the database where the region maps")
+            }
+            if let epoch {
+                for arena in memtables {
+                    _ = try call(MemoryOpcode.release, MemoryRelease(database: database, epoch: epoch, arena: arena).encoded())
+                }
+            }
+            return []
+        }
         let (region, layout) = try mapped()
-        return try list.arenas.map { arena in
-            try grant(index: Int(arena.index), tag: arena.tag, epoch: 0, region: region, layout: layout)
+        return try memtables.map { arena in
+            try grant(index: Int(arena.index), tag: arena.tag, epoch: epoch ?? 0, region: region, layout: layout)
         }
     }
 
@@ -95,6 +125,69 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         let request = MemoryRelease(
             database: database, epoch: grant.arena.epoch, arena: MemoryArena(index: UInt32(grant.index), tag: grant.logNumber))
         _ = try call(MemoryOpcode.release, request.encoded())
+    }
+
+    // MARK: Write logs by request (MemoryLogFileSystem)
+
+    /// The write logs `database` holds in the node's arenas, with their lengths.
+    public func logs(database: String) throws -> [MemoryArena] {
+        try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded())).arenas
+            .filter { $0.kind == .log }
+    }
+
+    /// A fresh arena made a write log (empty) for `database`'s log `tag`.
+    /// - Throws: `busy` when every arena is granted, `fenced` for a superseded owner.
+    public func createLog(database: String, tag: UInt64) throws -> MemoryArena {
+        let epoch = epoch(database)
+        let granted = try MemoryArenaGrant.decode(
+            try call(MemoryOpcode.allocate, MemoryAllocate(database: database, epoch: epoch, tag: tag).encoded()))
+        let arena = MemoryArena(index: granted.index, tag: tag, kind: .log)
+        do {
+            // Made a log at once, so a list never shows it as an arena nothing was written to.
+            _ = try appendLog(database: database, arena: arena, offset: 0, bytes: [])
+        } catch {
+            try? releaseLog(database: database, arena: arena)
+            throw error
+        }
+        return arena
+    }
+
+    /// Appends `bytes` to the write log in `arena` at `offset` (where the sender expects it to
+    /// end; a retry of an append the log holds changes nothing); durable in the region on return.
+    /// - Returns: the log's length.
+    /// - Throws: `fenced` for a superseded owner, `noSpace` past the arena, `unavailable`.
+    public func appendLog(database: String, arena: MemoryArena, offset: UInt64, bytes: [UInt8]) throws -> UInt64 {
+        let request = MemoryLogAppend(database: database, epoch: epoch(database), arena: arena, offset: offset, bytes: bytes)
+        return try MemoryLogLength.decode(try call(MemoryOpcode.logAppend, request.encoded())).length
+    }
+
+    /// Up to `count` bytes of the write log in `arena` from `offset` (fewer at its end).
+    public func readLog(database: String, arena: MemoryArena, offset: UInt64, count: Int) throws -> [UInt8] {
+        try call(MemoryOpcode.logRead, MemoryLogRead(database: database, arena: arena, offset: offset, count: UInt32(count)).encoded())
+    }
+
+    /// Gives a write log's arena back (the log is deleted).
+    public func releaseLog(database: String, arena: MemoryArena) throws {
+        _ = try call(MemoryOpcode.release, MemoryRelease(database: database, epoch: epoch(database), arena: arena).encoded())
+    }
+
+    /// Whether memtables of this process are written in the region in place (it maps here), or
+    /// their writes go to a log in an arena by request; asks the node once.
+    public var writesInPlace: Bool {
+        get throws {
+            if case .mapped = try reach() { return true }
+            return false
+        }
+    }
+
+    /// Bytes a write log in one arena holds at most.
+    public var logCapacity: UInt64 {
+        get throws {
+            switch try reach() {
+            case .mapped(_, let layout): return UInt64(layout.arenaBytes - RegionArenaLayout.headerBytes)
+            case .byRequest(let info, _): return info.arenaBytes - UInt64(RegionArenaLayout.headerBytes)
+            }
+        }
     }
 
     /// A grant for arena `index`, after checking that the region says the same.
@@ -127,7 +220,9 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
         switch try reach() {
         case .mapped(let region, let layout): return (region, layout)
         case .byRequest(_, let reason):
-            throw MoraineError(.unavailable, "\(reason); memtables in a region reached by request are not supported yet")
+            throw MoraineError(
+                .unavailable, "\(reason); memtables are written in place only where the region maps (across boxes their logs go there "
+                    + "by request: open through the cluster)")
         }
     }
 

@@ -23,6 +23,7 @@
 // refused with what differs) and every allocated entry against its arena's header.
 // Thread-safety: not thread-safe; MemoryNode calls it under its lock.
 import MoraineMemtable
+import MoraineMessages
 import MoraineSystem
 
 #if canImport(Glibc)
@@ -247,6 +248,21 @@ public final class MemoryRegion: @unchecked Sendable {
         let arena = layout.arenaOffset(index)
         mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
         try mapping.persist(arena + RegionArenaLayout.epochOffset, 8)
+    }
+
+    /// What arena `index` holds, from its format word.
+    public func kind(_ index: Int) -> MemoryArena.Kind {
+        switch mapping.loadWord(at: layout.arenaOffset(index) + RegionArenaLayout.formatOffset) {
+        case RegionArenaLayout.logFormat: return .log
+        case 0: return .unwritten
+        default: return .memtable  // a skiplist, or damage its re-attach reports
+        }
+    }
+
+    /// Arena `index` as a list names it: its tag, what it holds, its log's length.
+    public func listed(_ entry: MemoryRegionEntry) -> MemoryArena {
+        let kind = kind(entry.index)
+        return MemoryArena(index: UInt32(entry.index), tag: entry.tag, kind: kind, logLength: kind == .log ? UInt64(logLength(entry.index)) : 0)
     }
 
     /// The bytes a write log in arena `index` holds (0 for an arena not yet written as one).

@@ -374,13 +374,30 @@ public struct MemoryAdopt: WireMessage, Equatable {
 }
 
 /// One arena held by a database: its index in the region and its tag (the memtable's log number).
+/// A list also says what the arena holds (`kind`) and, for a write log, its length; a request
+/// naming an arena sends only the index and the tag.
 public struct MemoryArena: Sendable, Equatable {
+    /// What an arena holds, read from its format word.
+    public enum Kind: UInt8, Sendable {
+        /// Granted, nothing written yet (its owner died between the grant and its first write).
+        case unwritten = 0
+        /// A memtable's skiplist, written in place by a peer that maps the region.
+        case memtable = 1
+        /// A write log appended by request (a peer that cannot map the region).
+        case log = 2
+    }
+
     public var index: UInt32
     public var tag: UInt64
+    public var kind: Kind
+    /// Bytes of the write log (0 unless `kind` is `log`).
+    public var logLength: UInt64
 
-    public init(index: UInt32, tag: UInt64) {
+    public init(index: UInt32, tag: UInt64, kind: Kind = .unwritten, logLength: UInt64 = 0) {
         self.index = index
         self.tag = tag
+        self.kind = kind
+        self.logLength = logLength
     }
 }
 
@@ -398,6 +415,8 @@ public struct MemoryArenaList: WireMessage, Equatable {
         for arena in arenas {
             writer.u32(arena.index)
             writer.u64(arena.tag)
+            writer.u8(arena.kind.rawValue)
+            writer.u64(arena.logLength)
         }
     }
 
@@ -405,7 +424,15 @@ public struct MemoryArenaList: WireMessage, Equatable {
         let count = Int(try reader.u32("arena count"))
         guard count <= Self.arenasMax else { throw TransportError(.malformed, "\(Self.wireName): \(count) arenas") }
         arenas = []
-        for _ in 0..<count { arenas.append(MemoryArena(index: try reader.u32("arena index"), tag: try reader.u64("arena tag"))) }
+        for _ in 0..<count {
+            let index = try reader.u32("arena index")
+            let tag = try reader.u64("arena tag")
+            let code = try reader.u8("arena kind")
+            guard let kind = MemoryArena.Kind(rawValue: code) else {
+                throw TransportError(.malformed, "\(Self.wireName): arena \(index) of kind \(code)")
+            }
+            arenas.append(MemoryArena(index: index, tag: tag, kind: kind, logLength: try reader.u64("log length")))
+        }
     }
 }
 

@@ -27,7 +27,7 @@ import Synchronization
 #endif
 
 /// A `FileSystem` whose files live on a storage node.
-public final class RemoteFileSystem: FileSystem, @unchecked Sendable {
+public final class RemoteFileSystem: LeasedFileSystem, @unchecked Sendable {
     /// How calls behave.
     public struct Options: Sendable {
         /// The longest a call may take, retries included, before it fails with `unavailable`.

@@ -18,6 +18,13 @@ public protocol WritableFile: AnyObject {
     func close() throws
     /// Bytes appended so far.
     var size: UInt64 { get }
+    /// The most bytes the file can hold where that is bounded (a write log in an arena of a
+    /// memory node's region); nil: unbounded.
+    var capacity: UInt64? { get }
+}
+
+extension WritableFile {
+    public var capacity: UInt64? { nil }
 }
 
 /// A file read at arbitrary offsets, concurrently.
@@ -89,6 +96,13 @@ public protocol FileSystem: AnyObject, Sendable {
     /// Performs many reads, possibly of different files, at once (one submission where the
     /// backend allows). Each read's outcome lands in its `bytesRead` or `error`.
     func read(batch: UnsafeMutableBufferPointer<BatchRead>)
+}
+
+/// A file system whose databases are held under leases with epochs (a storage node's): a job
+/// sent to a worker carries the owner's epoch, so a superseded owner's job changes nothing.
+public protocol LeasedFileSystem: FileSystem {
+    /// The epoch of this process's lease on `database` (0 before it holds one).
+    func leaseEpoch(of database: String) -> UInt64
 }
 
 /// One read of a batch: a file, an offset and a buffer, then the outcome.

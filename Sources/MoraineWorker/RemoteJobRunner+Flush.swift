@@ -27,7 +27,7 @@ extension RemoteJobRunner {
 
     public func runFlush(_ spec: FlushJobSpec, source: any InternalIterator, fileSystem: any FileSystem) throws -> FlushJobResult {
         var spec = spec
-        if let remote = fileSystem as? RemoteFileSystem { spec.epoch = remote.leaseEpoch(of: spec.directory) }
+        if let remote = fileSystem as? any LeasedFileSystem { spec.epoch = remote.leaseEpoch(of: spec.directory) }
         let endpoints = flushWorkers()
         var refusals: [String] = []
         if !endpoints.isEmpty {

@@ -105,7 +105,7 @@ public final class RemoteJobRunner: JobRunner {
 
     public func runCompaction(_ spec: CompactionJobSpec, fileSystem: any FileSystem) throws -> CompactionJobResult {
         var spec = spec
-        if let remote = fileSystem as? RemoteFileSystem { spec.epoch = remote.leaseEpoch(of: spec.directory) }
+        if let remote = fileSystem as? any LeasedFileSystem { spec.epoch = remote.leaseEpoch(of: spec.directory) }
         let endpoints = workers()
         var refusals: [String] = []
         if !endpoints.isEmpty {

@@ -1,0 +1,193 @@
+// `pmem` durability across boxes: a compute node that cannot map the memory node's region keeps
+// its memtables in its own memory and each write group goes, before it is acknowledged, to a write
+// log in an arena of the region, by request over TCP (MemoryLogFileSystem). A node in this process
+// serving by request only stands for one on another box. Tested: no WAL on the storage side, a
+// reopen replays the logs read back by request and the flushed logs' arenas go back, a log that
+// fills its arena switches memtables (a batch larger than an arena is refused, the database goes
+// on), a superseded owner is fenced, a log left without its database is never taken for an empty
+// directory, and the cluster's options refuse a write buffer larger than an arena's log.
+import Foundation
+import Moraine
+@testable import MoraineCompute
+@testable import MoraineEngine
+import MoraineFormat
+@testable import MoraineMemory
+import MoraineMemtable
+import MoraineMessages
+import MoraineSystem
+import MoraineTestSupport
+import MoraineTransport
+import Testing
+
+@Suite("Write logs by request")
+struct MemoryLogTests {
+    /// What `ClusterAttachment` makes for `pmem` where the region does not map, over local files.
+    static func options(_ arenas: MemoryNodeArenas, writeBufferSize: Int = 256 << 10) -> Options {
+        var options = Options()
+        options.createIfMissing = true
+        options.durability = .wal
+        options.memtableRegion = arenas
+        options.fileSystem = MemoryLogFileSystem(base: PosixFileSystem.shared, arenas: arenas, placesNewLogs: true)
+        options.writeBufferSize = writeBufferSize
+        options.disableAutoCompactions = true
+        return options
+    }
+
+    static func value(_ i: Int, _ round: Int = 0) -> [UInt8] {
+        Array("value-\(i)-\(round)-".utf8) + [UInt8](repeating: UInt8(i & 0xff), count: 60)
+    }
+
+    /// Files named like logs in the database's directory on the local disk.
+    static func localLogs(_ path: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".log") }
+    }
+
+    @Test("writes go to logs in arenas by request, no WAL file; a reopen replays them read back by request; flushed logs go back")
+    func replayAfterReopen() throws {
+        let memory = try MemoryTestNode(arenaBytes: 1 << 20, arenaCount: 8, carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        var expected: [Int: [UInt8]] = [:]
+        do {
+            var options = Self.options(memory.arenas(epoch: 1))
+            options.maxWriteBufferNumber = 6
+            let db = try Database(path: path, options: options)
+            db.engine!.pauseBackgroundWork()  // the memtables pile up unflushed, their logs with them
+            for i in 0..<6000 {
+                try db.put(MemoryNodeTests.key(i), Self.value(i))
+                expected[i] = Self.value(i)
+            }
+            var batch = WriteBatch()
+            for i in 0..<50 { batch.put(MemoryNodeTests.key(i), Self.value(i, 1)) }
+            try db.write(batch, options: WriteOptions(sync: true))
+            for i in 0..<50 { expected[i] = Self.value(i, 1) }
+            #expect(Self.localLogs(path).isEmpty, "a WAL file was written: \(Self.localLogs(path))")
+            let logs = try memory.arenas().logs(database: path)
+            #expect(logs.count >= 2, "the writes did not spread over several logs: \(logs)")
+            #expect(logs.allSatisfy { $0.logLength > 0 })
+            #expect(try options.fileSystem.children(of: path).filter { $0.hasSuffix(".log") }.count == logs.count)
+            try db.close()  // the memtables are not flushed: only the logs hold the writes
+        }
+        let held = try memory.arenas().logs(database: path).count
+        #expect(held >= 2)
+        let reopened = try Database(path: path, options: Self.options(memory.arenas(epoch: 2)))
+        defer { try? reopened.close() }
+        #expect(reopened.engine!.stats().reattachedMemtables == 0)
+        var wrong = 0
+        for (i, value) in expected where try reopened.get(MemoryNodeTests.key(i)) != value { wrong += 1 }
+        #expect(wrong == 0, "\(wrong) of \(expected.count) writes read back wrong after the replay")
+        // The replay went to tables; the old logs went back, the new one holds the next writes.
+        #expect(eventually(seconds: 10) { (try? memory.arenas().logs(database: path).count) == 1 }, "replayed logs were not given back")
+        try reopened.put(MemoryNodeTests.key(1), Self.value(1, 2))
+        #expect(try reopened.get(MemoryNodeTests.key(1)) == Self.value(1, 2))
+        #expect(try memory.arenas().logs(database: path).first?.logLength ?? 0 > 0, "the write did not reach the log")
+        #expect(Self.localLogs(path).isEmpty)
+    }
+
+    @Test("a log that fills its arena switches memtables; a batch larger than an arena is refused and the database goes on")
+    func logFillsArena() throws {
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 16, carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        // A write buffer far past an arena: only the logs' capacity switches memtables.
+        var options = Self.options(memory.arenas(epoch: 1), writeBufferSize: 8 << 20)
+        options.maxWriteBufferNumber = 8
+        var expected: [Int: [UInt8]] = [:]
+        do {
+            let db = try Database(path: path, options: options)
+            db.engine!.pauseBackgroundWork()
+            for i in 0..<4000 {
+                try db.put(MemoryNodeTests.key(i), Self.value(i))
+                expected[i] = Self.value(i)
+            }
+            let logs = try memory.arenas().logs(database: path)
+            #expect(logs.count >= 2, "no switch at the arena's end: \(logs.map(\.logLength))")
+            let capacity = UInt64(memory.layout.arenaBytes - RegionArenaLayout.headerBytes)
+            #expect(logs.allSatisfy { $0.logLength <= capacity })
+            var big = WriteBatch()
+            big.put(MemoryNodeTests.key(999_999), [UInt8](repeating: 7, count: 300 << 10))
+            #expect {
+                try db.write(big)
+            } throws: { error in
+                (error as? MoraineError)?.kind == .invalid && "\(error)".contains("capacity")
+            }
+            try db.put(MemoryNodeTests.key(0), Self.value(0, 1))
+            expected[0] = Self.value(0, 1)
+            try db.close()
+        }
+        let reopened = try Database(path: path, options: Self.options(memory.arenas(epoch: 2), writeBufferSize: 8 << 20))
+        defer { try? reopened.close() }
+        var wrong = 0
+        for (i, value) in expected where try reopened.get(MemoryNodeTests.key(i)) != value { wrong += 1 }
+        #expect(wrong == 0, "\(wrong) of \(expected.count) writes read back wrong")
+        #expect(try reopened.get(MemoryNodeTests.key(999_999)) == nil)
+    }
+
+    @Test("an owner whose log a newer owner adopted stops with fenced instead of acknowledging")
+    func staleOwnerFenced() throws {
+        let memory = try MemoryTestNode(carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        let db = try Database(path: path, options: Self.options(memory.arenas(epoch: 1)))
+        defer { try? db.close() }
+        try db.put(MemoryNodeTests.key(1), Array("before".utf8))
+        _ = try memory.node.adopt(MemoryAdopt(database: path, epoch: 2))
+        #expect {
+            try db.put(MemoryNodeTests.key(2), Array("after".utf8))
+        } throws: { error in
+            (error as? MoraineError)?.kind == .fenced
+        }
+    }
+
+    @Test("logs whose database directory is gone are seen, never taken for an empty directory; destroy gives them back")
+    func leftoverLogs() throws {
+        let memory = try MemoryTestNode(carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        do {
+            let db = try Database(path: path, options: Self.options(memory.arenas(epoch: 1)))
+            try db.put(MemoryNodeTests.key(1), Array("kept in a log".utf8))
+            try db.close()
+        }
+        try FileManager.default.removeItem(atPath: path)
+        #expect {
+            _ = try Database(path: path, options: Self.options(memory.arenas(epoch: 2)))
+        } throws: { error in
+            (error as? MoraineError)?.kind == .corruption && "\(error)".contains("WAL")
+        }
+        #expect(try memory.arenas().logs(database: path).count == 1, "a refused open changed the logs")
+        try Database.destroy(path: path, options: Self.options(memory.arenas(epoch: 3)))
+        #expect(try memory.arenas().logs(database: path).isEmpty, "destroy left the logs' arenas")
+        // Without the log file system, an arena holding a log is never re-attached as a memtable.
+        do {
+            let db = try Database(path: path, options: Self.options(memory.arenas(epoch: 4)))
+            try db.put(MemoryNodeTests.key(1), Array("x".utf8))
+            try db.close()
+        }
+        let endpoint = memory.endpoint
+        var plain = MemoryNodeTests.options(MemoryNodeArenas(key: memory.key, epoch: { _ in 5 }) { () throws(TransportError) -> Endpoint in endpoint })
+        plain.durability = .wal
+        #expect {
+            _ = try Database(path: path, options: plain)
+        } throws: { error in
+            (error as? MoraineError)?.kind == .corruption && "\(error)".contains("write log")
+        }
+    }
+
+    @Test("the cluster's options refuse a write buffer a log in one arena could not hold")
+    func writeBufferWithinArena() throws {
+        var options = Options()
+        options.writeBufferSize = 64 << 20
+        #expect {
+            try ClusterAttachment.checkWriteBuffer(options, logCapacity: 32 << 20, database: "db")
+        } throws: { error in
+            (error as? MoraineError)?.kind == .invalid && "\(error)".contains("write_buffer_size")
+        }
+        options.writeBufferSize = 16 << 20
+        try ClusterAttachment.checkWriteBuffer(options, logCapacity: 32 << 20, database: "db")
+    }
+}
