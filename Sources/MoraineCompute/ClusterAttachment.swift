@@ -44,7 +44,7 @@ public enum ClusterAttachment {
                 // arena of the memory node and durable in the region before it is acknowledged;
                 // the memtable stays here (docs/MEMORY.md, "Memtables across boxes").
                 options.durability = .wal
-                try checkWriteBuffer(options, logCapacity: try memory.logCapacity, database: name)
+                if let note = writeBufferNote(options, logCapacity: try memory.logCapacity, database: name) { SystemLog.infoOnce(note) }
             }
         }
         if let runner = try jobRunner(runDirectory: runDirectory) {
@@ -55,17 +55,14 @@ public enum ClusterAttachment {
         return options
     }
 
-    /// A memtable switches before its log passes its arena: a log holds each entry's key and
-    /// value with a few bytes more, a memtable (whose size `write_buffer_size` bounds) a
-    /// skiplist node besides, so a write buffer within the arena's capacity, less room for one
-    /// write group, keeps every log within its arena.
-    static func checkWriteBuffer(_ options: Options, logCapacity: UInt64, database: String) throws {
-        let room = Int(clamping: logCapacity) - (2 << 20)
-        guard options.writeBufferSize <= room else {
-            throw MoraineError(
-                .invalid, "\(database): write_buffer_size \(options.writeBufferSize) passes what a write log in one of the memory node's arenas "
-                    + "holds (\(logCapacity) bytes, less 2 MiB for a write group); start the node with larger arenas or lower it")
-        }
+    /// What a write log in one arena means for the memtables: one switches when its log fills
+    /// the arena (CommitLog.hasRoom), before `write_buffer_size` when that is larger (a log holds
+    /// each entry with a few bytes more, a memtable a skiplist node besides). Nil when the write
+    /// buffer fits.
+    static func writeBufferNote(_ options: Options, logCapacity: UInt64, database: String) -> String? {
+        guard UInt64(options.writeBufferSize) > logCapacity else { return nil }
+        return "\(database): a write log in one of the memory node's arenas holds \(logCapacity) bytes, less than write_buffer_size "
+            + "\(options.writeBufferSize): memtables switch when their log fills its arena"
     }
 
     /// The storage tiers a database on `fileSystem`'s node spreads its tables over: the node's

@@ -12,6 +12,7 @@
 import Foundation
 import Moraine
 @testable import MoraineEngine
+import MoraineCompute
 import MoraineMemory
 import MoraineMessages
 import MoraineStorage
@@ -168,6 +169,67 @@ struct MemoryProcessTests {
         // The re-attached memtables flush in the background, and their arenas go back.
         try db.flush()
         #expect(eventually(seconds: 20) { memory.status()?.holders.first?.arenas == 1 }, "flushed arenas were not given back")
+    }
+
+    @Test("across boxes: write logs in the memory node's arenas; its SIGKILL stops writes until it is back; the successor replays them")
+    func killAcrossBoxes() throws {
+        let node = try StorageNodeProcess(.sharedMemory)
+        let memory = try MemoryNodeProcess(for: node, byRequest: true)
+        let shell = try ShellProcess(
+            arguments: ["shell", "--cluster", node.run.path, "--db", "acrossboxes", "--durability", "pmem", "--write_buffer_size", "262144"])
+        defer { shell.kill() }
+        var random = SplitMix64(seed: SeededRandom.testSeed())
+        var acknowledged: [String: String] = [:]
+        guard Self.write(shell, batches: 60, perBatch: 100, from: 0, random: &random, into: &acknowledged) else {
+            Issue.record("the shell stopped acknowledging writes")
+            return
+        }
+        #expect(memory.status()?.holders.first?.arenas ?? 0 >= 1, "no arena held: the logs are not at the memory node")
+        #expect(try node.fileSystem().children(of: "acrossboxes").allSatisfy { !$0.hasSuffix(".log") }, "a WAL went to the storage node")
+        // Every write group is a request to the node: none is acknowledged while it is down.
+        memory.kill()
+        #expect(shell.send("put whiledown 1"))
+        let answer = shell.readLine() ?? ""
+        #expect(answer.contains("unavailable"), "a write with the memory node down answered \(answer)")
+        try memory.start()
+        #expect(eventually(seconds: 20) {
+            guard shell.send("put back 1") else { return false }
+            return shell.readLine() == "OK"
+        }, "writes did not resume after the memory node restarted")
+        acknowledged["back"] = "1"
+        guard Self.write(shell, batches: 60, perBatch: 100, from: 100_000, random: &random, into: &acknowledged) else {
+            Issue.record("the shell stopped acknowledging writes after the restart")
+            return
+        }
+        shell.kill()
+        shell.wait()
+        // The successor, as `--cluster` opens it: the region does not map here either.
+        var base = Options()
+        base.createIfMissing = false
+        base.durability = .pmem
+        base.writeBufferSize = 256 << 10
+        let options = try ClusterAttachment.options(base, database: "acrossboxes", runDirectory: node.run.path, owner: "successor")
+        #expect(options.fileSystem is MemoryLogFileSystem && options.durability == .wal)
+        var reopened: Database? = nil
+        let deadline = monotonicNanos() + 30_000_000_000
+        while reopened == nil && monotonicNanos() < deadline {
+            do {
+                reopened = try Database(path: "acrossboxes", options: options)
+            } catch let error as MoraineError where error.kind == .busy {
+                sleepNanos(200_000_000)
+            }
+        }
+        guard let db = reopened else {
+            Issue.record("the killed compute node's lease never lapsed")
+            return
+        }
+        defer { try? db.close() }
+        #expect(db.engine!.stats().reattachedMemtables == 0)
+        var wrong = 0
+        for (key, value) in acknowledged where try db.get(Array(key.utf8)) != Array(value.utf8) { wrong += 1 }
+        #expect(wrong == 0, "\(wrong) of \(acknowledged.count) acknowledged writes read back wrong")
+        try db.flush()
+        #expect(eventually(seconds: 20) { memory.status()?.holders.first?.arenas == 1 }, "the replayed logs' arenas were not given back")
     }
 
     @Test("two compute processes, two databases, one region and one shared cache: both SIGKILLed, each reopens with its own writes only")
