@@ -13,6 +13,8 @@ public struct MoraineBenchFactory: BenchEngineFactory {
     var jobRunner: (any JobRunner)? = nil
     /// Memtables in a memory node's region, `pmem` durability through it.
     var memtableRegion: (any MemtableArenaProvider)? = nil
+    /// With `memtableRegion`: the write logs in its arenas by request (`wal` through it).
+    var logFileSystem: (any FileSystem)? = nil
     /// A second block-cache tier for the database at a path (a memory node's shared cache).
     var secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
     /// The block cache's size, whatever --cache_size says (nil: --cache_size).
@@ -48,12 +50,16 @@ public struct MoraineBenchFactory: BenchEngineFactory {
 
     /// Moraine with its files here and its memtables in the arenas `memtableRegion` grants (a
     /// memory node's), durability `pmem` through it whatever --durability says, and a second
-    /// block-cache tier from `secondaryCache`: engine `name`.
+    /// block-cache tier from `secondaryCache`: engine `name`. Where the region does not map,
+    /// `logFileSystem` (files here, write logs in the node's arenas by request) holds the files
+    /// and the memtables stay here, as a cluster's compute node across boxes runs.
     public init(
-        name: String, memtableRegion: any MemtableArenaProvider, secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
+        name: String, memtableRegion: any MemtableArenaProvider, logFileSystem: (any FileSystem)? = nil,
+        secondaryCache: (@Sendable (String) -> any SecondaryBlockCache)? = nil
     ) {
         self.name = name
         self.memtableRegion = memtableRegion
+        self.logFileSystem = logFileSystem
         self.secondaryCache = secondaryCache
     }
 
@@ -149,6 +155,10 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         if let memtableRegion {
             options.memtableRegion = memtableRegion
             options.durability = .pmem
+            if let logFileSystem {
+                options.fileSystem = logFileSystem
+                options.durability = .wal
+            }
         }
         if let fileSystem {
             options.fileSystem = fileSystem

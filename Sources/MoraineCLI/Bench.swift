@@ -109,9 +109,18 @@ struct Bench: ParsableCommand {
                 let arenas = MemoryNodeArenas(key: key, epoch: { _ in 0 }) { () throws(TransportError) -> Endpoint in
                     try run.endpoint(of: "memory")
                 }
-                factories.append(MoraineBenchFactory(name: "memory", memtableRegion: arenas, secondaryCache: Self.sharedCache(arenas)))
+                // Where the region does not map (another box, or a node serving by request only),
+                // the memtables stay here and each write group goes to a log in its arenas.
+                let inPlace = try arenas.writesInPlace
+                let logs = inPlace ? nil : MemoryLogFileSystem(base: PosixFileSystem.shared, arenas: arenas, placesNewLogs: true)
+                factories.append(
+                    MoraineBenchFactory(name: "memory", memtableRegion: arenas, logFileSystem: logs, secondaryCache: Self.sharedCache(arenas)))
                 print(
-                    "memory: files here, memtables in the region of the memory node of \(cluster) (durability pmem through it), "
+                    "memory: files here, "
+                        + (inPlace
+                            ? "memtables in the region of the memory node of \(cluster) (durability pmem through it), "
+                            : "memtables here, each write group in a log in an arena of the memory node of \(cluster), by request (durability pmem "
+                                + "through it; its region does not map here), ")
                         + "its shared block cache under --cache_size")
             }
             let runner = try BenchRunner(flags: parsed.flags, engineNames: names, factories: factories)
