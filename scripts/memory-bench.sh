@@ -18,7 +18,10 @@
 #     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
 #     Their databases and run directories are under $TMPDIR (mktemp -d): it must be on a device
 #     (not tmpfs, whose direct reads still read memory).
-#     --request adds three setups: `request`, the same compute node with the memory node reached
+#     --request also runs the placement workloads against a memory node over TCP reached by request
+#     (memtables in the benchmark's process, each write group in a log in an arena by request, as
+#     a compute node on another box runs; fillrandom again with 4 threads) against embedded
+#     `pmem` in the same process; and it adds three cache setups: `request`, the same compute node with the memory node reached
 #     over TCP by request only (topology `carrier = "tcp"`, `region_access = "request"`), as a
 #     compute node on another box reaches it, its storage node still over shared memory;
 #     `tcpshared`, storage node over TCP too (every role the compute side uses across a network);
@@ -73,7 +76,7 @@ run_dir=$work/run
 cleanup() { "$moraine" down --run-dir "$run_dir" >/dev/null 2>&1 || true; rm -rf "$work"; }
 plain_dir=$work/plain
 cleanup() {
-  for dir in "$run_dir" "$plain_dir" "$work/shared" "$work/request" "$work/tcpshared" "$work/tcpplain" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
+  for dir in "$run_dir" "$plain_dir" "$work/placereq" "$work/shared" "$work/request" "$work/tcpshared" "$work/tcpplain" "$work/half1" "$work/half2"; do "$moraine" down --run-dir "$dir" >/dev/null 2>&1 || true; done
   rm -rf "$work"
   # The regions and embedded pmem logs of this run (named after its directories) go too.
   rm -f /dev/shm/moraine-"$(printf '%s' "$work" | sed 's/[^A-Za-z0-9.-]/_/g')"_*
@@ -85,10 +88,25 @@ trap cleanup EXIT
 common=(--cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$num" --value_size 100
   --write_buffer_size 67108864 --benchmarks fillrandom,overwrite,readrandom)
 if [[ ",$skip," != *",placement,"* ]]; then
+  if [ "$request" = 1 ]; then
+    # Across boxes: a memory node over TCP reached by request only. The memtables stay in the
+    # benchmark's process and each write group goes to a log in an arena by request; fillrandom
+    # again with 4 threads, whose groups share a request.
+    printf '[[role]]\nkind = "storage"\n[[role]]\nkind = "memory"\ncarrier = "tcp"\nregion_access = "request"\n' > "$work/placereq.toml"
+    "$moraine" up --topology "$work/placereq.toml" --run-dir "$work/placereq" --detach >/dev/null
+  fi
   for run in $(seq 1 "$runs"); do
     echo "== placement run $run" >&2
     "$moraine" bench "${common[@]}" --durability pmem --json "$out/placement-pmem-run$run.json" >&2
     "$moraine" bench "${common[@]}" --durability wal --json "$out/placement-wal-run$run.json" >&2
+    if [ "$request" = 1 ]; then
+      across=(--cluster "$work/placereq" --engine memory,moraine --db "$work/db" --num "$num" --value_size 100
+        --write_buffer_size 67108864)
+      "$moraine" bench "${across[@]}" --benchmarks fillrandom,overwrite,readrandom --durability pmem \
+        --json "$out/placement-request-pmem-run$run.json" >&2
+      "$moraine" bench "${across[@]}" --benchmarks fillrandom --threads 4 --durability pmem \
+        --json "$out/placement-request4-pmem-run$run.json" >&2
+    fi
   done
 fi
 if [[ ",$skip," != *",recovery,"* ]]; then

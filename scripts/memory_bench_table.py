@@ -17,6 +17,8 @@ def main(directory):
     ops = defaultdict(list)  # (workload, engine) -> [ops/s]
     workloads = []
     for path in sorted(glob.glob(os.path.join(directory, "placement-*-run*.json"))):
+        if os.path.basename(path).startswith("placement-request"):
+            continue  # across boxes: its own table
         baseline = "pmem" if "-pmem-" in os.path.basename(path) else "wal"
         rows = json.load(open(path))
         by_engine = defaultdict(dict)
@@ -34,6 +36,7 @@ def main(directory):
     runs = max((len(v) for v in ratios.values()), default=0)
     if workloads:
         placement_table(workloads, runs, ratios, ops)
+    request_table(directory)
     cache_table(directory)
     sharing_table(directory)
     recovery = os.path.join(directory, "recovery.txt")
@@ -56,6 +59,42 @@ def placement_table(workloads, runs, ratios, ops):
             return f"{statistics.median(values):.2f}" if values else ""
         print(f"| {name} | {med((name, 'memory-pmem'))} | {med((name, 'embedded-pmem'))} | {ratio('pmem')} "
               f"| {med((name, 'embedded-wal'))} | {ratio('wal')} |")
+
+
+def request_table(directory):
+    """Across boxes: the memtables in the benchmark's process, each write group in a log in an
+    arena of a memory node reached over TCP by request, against embedded `pmem` in the same run."""
+    ratios = defaultdict(list)  # (workload, threads) -> [memory / embedded]
+    ops = defaultdict(list)  # (workload, threads, engine) -> [ops/s]
+    rows_seen = []
+    for path in sorted(glob.glob(os.path.join(directory, "placement-request*-pmem-run*.json"))):
+        threads = 4 if os.path.basename(path).startswith("placement-request4") else 1
+        by_engine = defaultdict(dict)
+        for row in json.load(open(path)):
+            by_engine[row["engine"]][row["benchmark"]] = row
+        for name, memory in by_engine["memory"].items():
+            embedded = by_engine["moraine"].get(name)
+            if embedded is None:
+                continue
+            if (name, threads) not in rows_seen:
+                rows_seen.append((name, threads))
+            ratios[(name, threads)].append(memory["ops_per_sec"] / max(embedded["ops_per_sec"], 1e-9))
+            ops[(name, threads, "memory")].append(memory["ops_per_sec"])
+            ops[(name, threads, "embedded")].append(embedded["ops_per_sec"])
+            if "p50_us" in memory:
+                ops[(name, threads, "p50")].append(memory["p50_us"])
+    if not rows_seen:
+        return
+    runs = max(len(v) for v in ratios.values())
+    print(f"\nAcross boxes (memory node over TCP by request: memtable here, write groups to its logs), medians of {runs} run(s).\n")
+    print("| workload | threads | by request (ops/s) | p50 µs | embedded pmem (ops/s) | by request / embedded pmem |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, threads in rows_seen:
+        def med(kind, fmt="{:,.0f}"):
+            values = ops.get((name, threads, kind))
+            return fmt.format(statistics.median(values)) if values else ""
+        print(f"| {name} | {threads} | {med('memory')} | {med('p50', '{:.1f}')} | {med('embedded')} "
+              f"| {statistics.median(ratios[(name, threads)]):.2f} |")
 
 
 def cache_table(directory):
