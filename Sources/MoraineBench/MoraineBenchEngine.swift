@@ -152,6 +152,11 @@ public struct MoraineBenchFactory: BenchEngineFactory {
         options.durability = c.durability == "pmem" ? .pmem : .wal
         options.pmemPath = c.pmemPath
         if let jobRunner { options.jobRunner = jobRunner }
+        if let fileSystem {
+            options.fileSystem = fileSystem
+        } else if let name = c.ioBackend, let backend = IOBackend(name: name) {
+            options.fileSystem = PosixFileSystem(ioBackend: backend)
+        }
         if let memtableRegion {
             options.memtableRegion = memtableRegion
             options.durability = .pmem
@@ -159,11 +164,6 @@ public struct MoraineBenchFactory: BenchEngineFactory {
                 options.fileSystem = logFileSystem
                 options.durability = .wal
             }
-        }
-        if let fileSystem {
-            options.fileSystem = fileSystem
-        } else if let name = c.ioBackend, let backend = IOBackend(name: name) {
-            options.fileSystem = PosixFileSystem(ioBackend: backend)
         }
         return options
     }

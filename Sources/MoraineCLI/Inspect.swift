@@ -27,15 +27,11 @@ struct Demo: ParsableCommand {
             options.writeBufferSize = 4 << 20
             options.targetFileSizeBase = 4 << 20
             options.maxBytesForLevelBase = 16 << 20
-            if let cluster {
-                options.fileSystem = try DatabaseOptions.remoteFileSystem(cluster: cluster)
-                if let runner = try DatabaseOptions.jobRunner(cluster: cluster) {
-                    options.jobRunner = runner
-                    options.maxBackgroundJobs = 4
-                }
-            }
+            // With --cluster, every role the cluster runs is wired in as any database command
+            // wires it (the memory node too: its arenas may hold this database's writes).
             let database =
                 try connect.map { try Database(connect: $0, database: db, clusterKey: clusterKey, options: options) }
+                ?? cluster.map { try Database(path: db, cluster: $0, options: options) }
                 ?? Database(path: db, options: options)
             print(connect.map { "opened \(db) on the compute node of \($0)" } ?? "opened \(db)")
             let start = monotonicSeconds()

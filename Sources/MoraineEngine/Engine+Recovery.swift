@@ -15,6 +15,10 @@ import MoraineSystem
 extension Engine {
     func recover() throws {
         try versions.recover()
+        // The memory node's arenas are adopted before the directory is listed: from then on an
+        // earlier owner still running is fenced there, so it cannot add a log (a write log kept
+        // by request is a file of the listing) that the listing would miss.
+        let attachedTables = try attachRegionMemtables()
         let names = try fileSystem.children(of: path)
         var logs: [UInt64] = []
         for name in names {
@@ -39,7 +43,7 @@ extension Engine {
         for arena in replayRegion?.allocatedArenas() ?? [] where arena.tag >= versions.logNumber {
             sources.append((arena.tag, arena, nil))
         }
-        for table in try attachRegionMemtables() { sources.append((table.logNumber, nil, table)) }
+        for table in attachedTables { sources.append((table.logNumber, nil, table)) }
         sources.sort { $0.number < $1.number }
         // Memtables re-attached from a memory node's region stay as they are (immutable, flushed
         // in the background) unless logs must be replayed too: then everything goes to L0 in

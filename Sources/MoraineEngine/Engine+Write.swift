@@ -111,7 +111,7 @@ extension Engine {
                 "write batch of \(batch.sizeBytes) bytes exceeds a persistent-memory arena (\(pmemRegion.layout.arenaBytes) bytes)")
         }
         if !writeOptions.disableWAL, case let capacity = walCapacityBytes.load(ordering: .relaxed), capacity != Int.max,
-            LogWriter.framedBytesMax(payload: batch.sizeBytes) + (4 << 10) > capacity
+            batch.sizeBytes > Self.walPayloadMax(capacity: capacity)
         {
             throw MoraineError(.invalid, "write batch of \(batch.sizeBytes) bytes exceeds a write log's capacity (\(capacity) bytes)")
         }
@@ -194,7 +194,11 @@ extension Engine {
                 try checkOpen()
                 if let batch = w.batch {
                     var bytes = batch.sizeBytes
-                    let limit = bytes <= 128 << 10 ? bytes + (128 << 10) : Self.maxGroupBytes
+                    var limit = bytes <= 128 << 10 ? bytes + (128 << 10) : Self.maxGroupBytes
+                    // A log of bounded size (a memory node's arena) takes a group only within it
+                    // (each batch alone fits: `write` checks).
+                    let capacity = walCapacityBytes.load(ordering: .relaxed)
+                    if capacity != Int.max { limit = min(limit, max(bytes, Self.walPayloadMax(capacity: capacity))) }
                     for other in writers.dropFirst() {
                         guard let otherBatch = other.batch,
                             !other.options.sync || w.options.sync,
@@ -271,7 +275,7 @@ extension Engine {
             for member in writers[0..<size] { combined.append(member.batch!) }
         }
         let needed = combined.sizeBytes + combined.count * MemTable.worstCaseBytes(keyCount: 0, valueCount: 0)
-        try makeRoomForWrite(neededBytes: needed, force: false, recordBytes: combined.sizeBytes)
+        try makeRoomForWrite(neededBytes: needed, force: false, recordBytes: head.options.disableWAL ? 0 : combined.sizeBytes)
         let first = allocatedSequence + 1
         combined.sequence = first
         allocatedSequence += SequenceNumber(combined.count)
@@ -429,7 +433,7 @@ extension Engine {
             }
             do {
                 try switchMemtable(neededBytes: neededBytes)
-            } catch let error as MoraineError where error.kind == .busy && regionMemtables != nil {
+            } catch let error as MoraineError where error.kind == .busy && (regionMemtables != nil || logsInArenas) {
                 // Every arena of the memory node holds an unflushed memtable: wait for a flush.
                 counters.update { $0.stallStops += 1 }
                 stopping("a flush: every arena the memory node grants holds an unflushed memtable")
@@ -440,6 +444,13 @@ extension Engine {
             force = false
         }
     }
+
+    /// The largest write group a fresh log of `capacity` bytes takes: its framing adds less than
+    /// 1/2048 of a record and 26 bytes, and the predecessor record before it well under 8 KiB.
+    static func walPayloadMax(capacity: Int) -> Int { capacity - capacity / 1024 - (8 << 10) }
+
+    /// Whether the WAL's files are bounded logs in a memory node's arenas (CommitLog.walCapacity).
+    var logsInArenas: Bool { walCapacityBytes.load(ordering: .relaxed) != Int.max }
 
     /// The error of a write into an arena another owner has adopted.
     func fencedInRegion() -> MoraineError {
@@ -458,7 +469,7 @@ extension Engine {
         }
         let grant = try provider.allocate(database: path, logNumber: number)
         do {
-            let table = try MemTable.inRegion(grant.arena, logNumber: number)
+            let table = try MemTable.inRegion(grant.arena, logNumber: number, hashIndex: options.memtableHashIndex)
             heldArenas[number] = grant
             return table
         } catch {
@@ -523,8 +534,12 @@ extension Engine {
             fresh = try makeCommitLog(number: number, predecessor: predecessor)
         } catch {
             // The old WAL is retired and the new one could not be written: stop taking writes,
-            // as a failed WAL write does (applyGroup), rather than go on in the retired log.
-            if predecessor != nil { recordBackgroundError(asMoraineError(error), "WAL write") }
+            // as a failed WAL write does (applyGroup), rather than go on in the retired log. A log
+            // in a memory node's arena that found every arena held is not a failure: the caller
+            // waits for a flush to give one back and switches again (the old log takes nothing
+            // meanwhile; its retirement is redone then).
+            let busy = (error as? MoraineError)?.kind == .busy && logsInArenas
+            if predecessor != nil && !busy { recordBackgroundError(asMoraineError(error), "WAL write") }
             throw error
         }
         if let old = log, predecessor != nil { retiredLogs.append(old) }

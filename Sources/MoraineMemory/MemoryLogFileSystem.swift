@@ -45,9 +45,10 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
         return (String(path[..<slash]), number)
     }
 
-    /// The arena holding log `number` of `directory`, if one does.
-    private func arena(_ directory: String, _ number: UInt64) throws -> MemoryArena? {
-        try arenas.logs(database: directory).first { $0.tag == number }
+    /// The arena holding log `number` of `directory`, if one does; `fresh` asks the node (for
+    /// its length) even where this process owns the database.
+    private func arena(_ directory: String, _ number: UInt64, fresh: Bool = false) throws -> MemoryArena? {
+        try arenas.logs(database: directory, fresh: fresh).first { $0.tag == number }
     }
 
     // MARK: Writing
@@ -76,7 +77,7 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
     }
 
     public func openForAppend(_ path: String, hint: WriteHint) throws -> any WritableFile {
-        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number) else {
+        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number, fresh: true) else {
             return try base.openForAppend(path, hint: hint)
         }
         return MemoryLogFile(arenas: arenas, database: directory, arena: arena, capacity: try arenas.logCapacity, length: arena.logLength)
@@ -85,7 +86,7 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
     // MARK: Reading
 
     public func openRandomAccess(_ path: String) throws -> any RandomAccessFile {
-        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number) else {
+        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number, fresh: true) else {
             return try base.openRandomAccess(path)
         }
         return MemoryLogReadFile(arenas: arenas, database: directory, arena: arena)
@@ -100,7 +101,9 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
     }
 
     public func readAll(_ path: String) throws -> [UInt8] {
-        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number) else { return try base.readAll(path) }
+        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number, fresh: true) else {
+            return try base.readAll(path)
+        }
         return try MemoryLogReadFile(arenas: arenas, database: directory, arena: arena).readAll()
     }
 
@@ -123,7 +126,9 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
     }
 
     public func fileSize(_ path: String) throws -> UInt64 {
-        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number) else { return try base.fileSize(path) }
+        guard let (directory, number) = Self.log(path), let arena = try arena(directory, number, fresh: true) else {
+            return try base.fileSize(path)
+        }
         return arena.logLength
     }
 
@@ -151,11 +156,20 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
         try arenas.releaseLog(database: directory, arena: arena)
     }
 
+    /// A log in an arena moves to `base` (an open setting it aside in `lost/`, a repair): its
+    /// bytes are written there and synced, then its arena goes back. Any other file is `base`'s.
     public func rename(_ source: String, to target: String) throws {
-        if Self.log(source) != nil || Self.log(target) != nil {
-            throw MoraineError(.invalid, "write logs are not renamed (\(source) to \(target))")
+        guard let (directory, number) = Self.log(source), let arena = try arena(directory, number, fresh: true) else {
+            return try base.rename(source, to: target)
         }
-        try base.rename(source, to: target)
+        let bytes = try MemoryLogReadFile(arenas: arenas, database: directory, arena: arena).readAll()
+        if try base.exists(target) { try base.remove(target) }
+        let file = try base.createNew(target, hint: .bulk)
+        try bytes.withUnsafeBytes { try file.append($0) }
+        try file.sync()
+        try file.close()
+        try base.syncDirectory(target.lastIndex(of: "/").map { String(target[..<$0]) } ?? ".")
+        try arenas.releaseLog(database: directory, arena: arena)
     }
 
     /// A log's arena is the node's record of it from the grant on: only `base` has directories.

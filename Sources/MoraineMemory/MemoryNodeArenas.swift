@@ -46,6 +46,10 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     /// Whether a MemoryLogFileSystem serves the write logs in the node's arenas as files (else
     /// an arena holding one fails an open).
     let logsAreFiles = Atomic<Bool>(false)
+    /// The write logs of each database this process adopted, by tag: from the adoption on no one
+    /// else adds or removes them (an older owner is fenced), so a listing needs no request.
+    /// Lengths here are not kept up to date (`logs(database:fresh: true)` asks).
+    private let ownedLogs = Mutex<[String: [UInt64: MemoryArena]]>([:])
     /// How long one request may take.
     static let callTimeoutNanos: Int64 = 5_000_000_000
 
@@ -72,6 +76,8 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     public func adopt(database: String) throws -> [MemtableArenaGrant] {
         let epoch = epoch(database)
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.adopt, MemoryAdopt(database: database, epoch: epoch).encoded()))
+        let logs = list.arenas.filter { $0.kind == .log }
+        ownedLogs.withLock { $0[database] = Dictionary(logs.map { ($0.tag, $0) }) { first, _ in first } }
         return try grants(list.arenas, database: database, epoch: epoch)
     }
 
@@ -129,9 +135,11 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
 
     // MARK: Write logs by request (MemoryLogFileSystem)
 
-    /// The write logs `database` holds in the node's arenas, with their lengths.
-    public func logs(database: String) throws -> [MemoryArena] {
-        try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded())).arenas
+    /// The write logs `database` holds in the node's arenas, by tag. For a database this process
+    /// adopted, from what it knows unless `fresh` (which asks, for the lengths); else asked.
+    public func logs(database: String, fresh: Bool = false) throws -> [MemoryArena] {
+        if !fresh, let known = ownedLogs.withLock({ $0[database] }) { return known.values.sorted { $0.tag < $1.tag } }
+        return try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded())).arenas
             .filter { $0.kind == .log }
     }
 
@@ -149,6 +157,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
             try? releaseLog(database: database, arena: arena)
             throw error
         }
+        ownedLogs.withLock { owned in if owned[database] != nil { owned[database]![tag] = arena } }
         return arena
     }
 
@@ -169,6 +178,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     /// Gives a write log's arena back (the log is deleted).
     public func releaseLog(database: String, arena: MemoryArena) throws {
         _ = try call(MemoryOpcode.release, MemoryRelease(database: database, epoch: epoch(database), arena: arena).encoded())
+        ownedLogs.withLock { owned in if owned[database] != nil { owned[database]![arena.tag] = nil } }
     }
 
     /// Whether memtables of this process are written in the region in place (it maps here), or

@@ -124,13 +124,15 @@ extension MemTable {
     /// A new, empty memtable in `arena` (its allocator wrote the region's own header words):
     /// writes the skiplist's head and state and persists them.
     /// - Throws: `.io` when the region cannot persist.
-    public static func inRegion(_ arena: MemTableRegionArena, logNumber: UInt64, seed: UInt64 = 0x5eed) throws -> MemTable {
+    /// With `hashIndex`, the memtable keeps the point-lookup index in this process's memory (it
+    /// is a reader's shortcut, not state: a re-attached memtable walks the list).
+    public static func inRegion(_ arena: MemTableRegionArena, logNumber: UInt64, seed: UInt64 = 0x5eed, hashIndex: Bool = false) throws -> MemTable {
         let capacity = arena.bytes - RegionArenaLayout.headerBytes
         precondition(capacity >= 64 << 10 && capacity < Int(UInt32.max), "region arena of \(arena.bytes) bytes")
         let region = arena.region
         let table = MemTable(
             base: region.base + arena.offset + RegionArenaLayout.headerBytes, capacityBytes: capacity,
-            placement: RegionPlacement(arena: arena), logNumber: logNumber, ceiling: maxSequenceNumber, seed: seed)
+            placement: RegionPlacement(arena: arena), logNumber: logNumber, ceiling: maxSequenceNumber, seed: seed, hashIndex: hashIndex)
         let head = headerBytes + 4 * maxHeight
         table.base.initializeMemory(as: UInt8.self, repeating: 0, count: head)
         table.base.storeBytes(of: UInt8(maxHeight), toByteOffset: 8, as: UInt8.self)

@@ -113,27 +113,7 @@ public final class MemTable: @unchecked Sendable {
         self.ceiling = maxSequenceNumber
         self.logNumber = logNumber
         randomState = seed | 1
-        if hashIndex {
-            // The largest power of two of slots at most capacity / 64: 1M slots (8 MiB) for a
-            // 64 MiB memtable, whose 100-byte values make about 450K entries.
-            var slots = 1024
-            while slots * 2 <= self.capacityBytes / 64 { slots *= 2 }
-            let mapped = mmap(nil, slots * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-            if let mapped, mapped != MAP_FAILED {
-                if hugePages { _ = madvise(mapped, slots * 8, MADV_HUGEPAGE) }
-                indexSlots = mapped
-                indexMask = slots - 1
-                indexLimit = slots / 2
-            } else {  // no memory for it: lookups walk the list, as without one
-                indexSlots = nil
-                indexMask = 0
-                indexLimit = 0
-            }
-        } else {
-            indexSlots = nil
-            indexMask = 0
-            indexLimit = 0
-        }
+        (indexSlots, indexMask, indexLimit) = hashIndex ? Self.makeIndex(capacityBytes: self.capacityBytes, hugePages: hugePages) : (nil, 0, 0)
         // The head node: full height, empty key, no successors. (Every other node is written
         // whole before it is linked, so a recycled arena needs no other clearing.)
         used = Self.headerBytes + 4 * Self.maxHeight
@@ -142,11 +122,24 @@ public final class MemTable: @unchecked Sendable {
         usedPublished.store(used, ordering: .relaxed)
     }
 
+    /// The point-lookup index for an arena of `capacityBytes`, in private memory: the largest
+    /// power of two of slots at most capacity / 64 (1M slots, 8 MiB, for a 64 MiB memtable, whose
+    /// 100-byte values make about 450K entries). None when the memory cannot be had: lookups then
+    /// walk the list, as without one.
+    static func makeIndex(capacityBytes: Int, hugePages: Bool) -> (UnsafeMutableRawPointer?, Int, Int) {
+        var slots = 1024
+        while slots * 2 <= capacityBytes / 64 { slots *= 2 }
+        let mapped = mmap(nil, slots * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else { return (nil, 0, 0) }
+        if hugePages { _ = madvise(mapped, slots * 8, MADV_HUGEPAGE) }
+        return (mapped, slots - 1, slots / 2)
+    }
+
     /// A memtable over an arena someone else owns (a region's): nothing is allocated or
     /// initialized here; MemTable+Region.swift sets up or checks the arena.
     init(
         base: UnsafeMutableRawPointer, capacityBytes: Int, placement: RegionPlacement, logNumber: UInt64, ceiling: SequenceNumber,
-        seed: UInt64
+        seed: UInt64, hashIndex: Bool = false
     ) {
         self.base = base
         self.capacityBytes = capacityBytes
@@ -156,9 +149,7 @@ public final class MemTable: @unchecked Sendable {
         self.ceiling = ceiling
         randomState = seed | 1
         used = Self.headerBytes + 4 * Self.maxHeight
-        indexSlots = nil
-        indexMask = 0
-        indexLimit = 0
+        (indexSlots, indexMask, indexLimit) = hashIndex ? Self.makeIndex(capacityBytes: capacityBytes, hugePages: false) : (nil, 0, 0)
     }
 
     deinit {

@@ -17,6 +17,7 @@ import MoraineMessages
 import MoraineSystem
 import MoraineTestSupport
 import MoraineTransport
+import Synchronization
 import Testing
 
 @Suite("Write logs by request")
@@ -123,6 +124,70 @@ struct MemoryLogTests {
         for (i, value) in expected where try reopened.get(MemoryNodeTests.key(i)) != value { wrong += 1 }
         #expect(wrong == 0, "\(wrong) of \(expected.count) writes read back wrong")
         #expect(try reopened.get(MemoryNodeTests.key(999_999)) == nil)
+    }
+
+    @Test("a switch that finds every arena held waits for a flush to give one back, then writes go on (no lasting error)")
+    func fullRegionWaits() throws {
+        let memory = try MemoryTestNode(arenaBytes: 256 << 10, arenaCount: 3, carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        var options = Self.options(memory.arenas(epoch: 1), writeBufferSize: 64 << 10)
+        options.maxWriteBufferNumber = 8
+        let db = try Database(path: directory.file("db"), options: options)
+        defer { try? db.close() }
+        let engine = db.engine!
+        engine.pauseBackgroundWork()
+        // Three arenas, 64 KiB memtables: the fourth log finds none free and its writer waits.
+        let done = Atomic<Int>(0)
+        let failure = Mutex<String?>(nil)
+        let writer = Thread {
+            do {
+                for i in 0..<2000 { try db.put(MemoryNodeTests.key(i), Self.value(i)) }
+            } catch {
+                failure.withLock { $0 = "\(error)" }
+            }
+            done.store(1, ordering: .releasing)
+        }
+        writer.start()
+        #expect(eventually(seconds: 10) { engine.stats().stallStops > 0 || done.load(ordering: .acquiring) == 1 })
+        #expect(done.load(ordering: .acquiring) == 0, "every write got through with three arenas: the test proves nothing")
+        engine.continueBackgroundWork()  // flushes give arenas back
+        #expect(eventually(seconds: 30) { done.load(ordering: .acquiring) == 1 }, "the waiting writer never finished")
+        #expect(failure.withLock { $0 } == nil, "a write failed: \(failure.withLock { $0 } ?? "")")
+        try db.put(MemoryNodeTests.key(5000), Self.value(5000))
+        var wrong = 0
+        for i in stride(from: 0, to: 2000, by: 37) where try db.get(MemoryNodeTests.key(i)) != Self.value(i) { wrong += 1 }
+        #expect(wrong == 0)
+    }
+
+    @Test("concurrent writers' groups stay within a log's arena: batches near an arena's size from four threads all succeed")
+    func groupsWithinArena() throws {
+        let memory = try MemoryTestNode(arenaBytes: 192 << 10, arenaCount: 24, carrier: .tcp, mappable: false)
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let db = try Database(path: directory.file("db"), options: Self.options(memory.arenas(epoch: 1), writeBufferSize: 8 << 20))
+        defer { try? db.close() }
+        let failures = Mutex<[String]>([])
+        let threads = (0..<4).map { t in
+            Thread {
+                for b in 0..<4 {
+                    var batch = WriteBatch()
+                    // About 100 KiB a batch: two in one group pass a 192 KiB arena.
+                    for k in 0..<10 { batch.put(MemoryNodeTests.key(t * 1000 + b * 10 + k), [UInt8](repeating: UInt8(t), count: 10 << 10)) }
+                    do { try db.write(batch) } catch { failures.withLock { $0.append("\(error)") } }
+                }
+            }
+        }
+        let finished = Atomic<Int>(0)
+        for thread in threads { thread.start() }
+        // Threads end on their own; wait for every write to be readable.
+        #expect(eventually(seconds: 60) {
+            finished.store((0..<4).count { t in (try? db.get(MemoryNodeTests.key(t * 1000 + 39))) != nil }, ordering: .relaxed)
+            return finished.load(ordering: .relaxed) == 4 || !failures.withLock { $0.isEmpty }
+        })
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 }.prefix(3))")
+        let capacity = UInt64(memory.layout.arenaBytes - RegionArenaLayout.headerBytes)
+        #expect(try memory.arenas().logs(database: directory.file("db")).allSatisfy { $0.logLength <= capacity })
     }
 
     @Test("an owner whose log a newer owner adopted stops with fenced instead of acknowledging")
