@@ -18,7 +18,8 @@
 #     the device instead of the page cache (RocksDB's use_direct_reads, as cache benchmarks run).
 #     Their databases and run directories are under $TMPDIR (mktemp -d): it must be on a device
 #     (not tmpfs, whose direct reads still read memory).
-#     --request also runs the placement workloads against a memory node over TCP reached by request
+#     --request also runs the placement workloads (and the recovery, replaying the logs read back
+#     by request) against a memory node over TCP reached by request
 #     (memtables in the benchmark's process, each write group in a log in an arena by request, as
 #     a compute node on another box runs; fillrandom again with 4 threads) against embedded
 #     `pmem` in the same process; and it adds three cache setups: `request`, the same compute node with the memory node reached
@@ -87,14 +88,14 @@ trap cleanup EXIT
 # memtable: every read is a memtable read.
 common=(--cluster "$run_dir" --engine memory,moraine --db "$work/db" --num "$num" --value_size 100
   --write_buffer_size 67108864 --benchmarks fillrandom,overwrite,readrandom)
+if [ "$request" = 1 ]; then
+  # Across boxes: a memory node over TCP reached by request only. The memtables stay in the
+  # benchmark's process and each write group goes to a log in an arena by request (placement:
+  # fillrandom again with 4 threads, whose groups share a request; recovery: the logs replayed).
+  printf '[[role]]\nkind = "storage"\n[[role]]\nkind = "memory"\ncarrier = "tcp"\nregion_access = "request"\n' > "$work/placereq.toml"
+  "$moraine" up --topology "$work/placereq.toml" --run-dir "$work/placereq" --detach >/dev/null
+fi
 if [[ ",$skip," != *",placement,"* ]]; then
-  if [ "$request" = 1 ]; then
-    # Across boxes: a memory node over TCP reached by request only. The memtables stay in the
-    # benchmark's process and each write group goes to a log in an arena by request; fillrandom
-    # again with 4 threads, whose groups share a request.
-    printf '[[role]]\nkind = "storage"\n[[role]]\nkind = "memory"\ncarrier = "tcp"\nregion_access = "request"\n' > "$work/placereq.toml"
-    "$moraine" up --topology "$work/placereq.toml" --run-dir "$work/placereq" --detach >/dev/null
-  fi
   for run in $(seq 1 "$runs"); do
     echo "== placement run $run" >&2
     "$moraine" bench "${common[@]}" --durability pmem --json "$out/placement-pmem-run$run.json" >&2
@@ -112,6 +113,11 @@ fi
 if [[ ",$skip," != *",recovery,"* ]]; then
   echo "== recovery" >&2
   "$moraine" memory-bench --cluster "$run_dir" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" | tee "$out/recovery.txt" >&2
+  if [ "$request" = 1 ]; then
+    echo "== recovery across boxes" >&2
+    "$moraine" memory-bench --cluster "$work/placereq" --db "$work/recovery" --megabytes "$megabytes" --runs "$runs" \
+      | tee "$out/recovery-request.txt" >&2
+  fi
 fi
 if [[ ",$skip," != *",cache,"* ]]; then
   # The same cluster without a shared cache: what the compute node gets from its storage node alone.

@@ -39,11 +39,12 @@ def main(directory):
     request_table(directory)
     cache_table(directory)
     sharing_table(directory)
-    recovery = os.path.join(directory, "recovery.txt")
-    if os.path.exists(recovery):
-        for line in open(recovery):
-            if line.startswith("median reopen") or line.startswith("memory-bench:"):
-                print("\n" + line.strip())
+    for name in ("recovery.txt", "recovery-request.txt"):
+        recovery = os.path.join(directory, name)
+        if os.path.exists(recovery):
+            for line in open(recovery):
+                if line.startswith("median reopen") or line.startswith("memory-bench:") or line.startswith("the memory node's region"):
+                    print("\n" + line.strip())
 
 
 def placement_table(workloads, runs, ratios, ops):
