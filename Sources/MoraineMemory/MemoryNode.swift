@@ -28,6 +28,13 @@ public final class MemoryNode: Sendable {
     public let region: MemoryRegion
     /// False: peers are told not to map the region, and reach it by request only.
     public let mappable: Bool
+    /// How long an adopted arena given back stays out of the grants.
+    public let quarantineNanos: Int64
+    /// Ten seconds: an owner fenced in an arena must have been stopped that long between its
+    /// epoch check and its stores (a lease lapses in a few seconds) before the arena is anyone
+    /// else's. Longer would cost every restart of a compute node its arenas for longer (a dead
+    /// owner writes nothing, but the node cannot tell a dead one from a stopped one).
+    public static let defaultQuarantineNanos: Int64 = 10_000_000_000
     /// Shared-cache lookups served by request, and how many of them were hits (atomics: served
     /// without the lock, as a reader in place would).
     private let requestLookups = Atomic<UInt64>(0)
@@ -36,9 +43,12 @@ public final class MemoryNode: Sendable {
     /// Serves `region`, whose table says which epochs are current.
     /// - Parameter mappable: false to serve it by request only (peers on this box then reach
     ///   it as peers on another box do).
-    public init(region: MemoryRegion, mappable: Bool = true) {
+    /// - Parameter quarantineNanos: how long an arena given back after a newer owner adopted it
+    ///   stays out of the grants (its earlier owner may still be writing into it).
+    public init(region: MemoryRegion, mappable: Bool = true, quarantineNanos: Int64 = MemoryNode.defaultQuarantineNanos) {
         self.region = region
         self.mappable = mappable
+        self.quarantineNanos = quarantineNanos
         var epochs: [UInt64: UInt64] = [:]
         for entry in region.entries() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
         // Slots a crash left half written are emptied; the others are whole (and CRC-checked by readers).
@@ -127,7 +137,7 @@ public final class MemoryNode: Sendable {
     }
 
     public var info: MemoryRegionInfo {
-        let free = state.withLock { $0.region.freeArenaCount }
+        let free = state.withLock { $0.region.freeArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos) }
         return MemoryRegionInfo(
             path: region.path, layoutVersion: MemoryRegionLayout.version, regionBytes: UInt64(region.layout.regionBytes),
             arenaBytes: UInt64(region.layout.arenaBytes), arenaCount: UInt32(region.layout.arenaCount), freeArenas: UInt32(free),
@@ -147,8 +157,8 @@ public final class MemoryNode: Sendable {
             let holders = held.keys.sorted().map {
                 MemoryStatusReply.Holder(database: $0, epoch: state.epochs[$0] ?? 0, arenas: held[$0] ?? 0)
             }
-            return MemoryStatusReply(
-                arenaCount: UInt32(state.region.layout.arenaCount), freeArenas: UInt32(state.region.freeArenaCount), holders: holders)
+            let free = state.region.freeArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
+            return MemoryStatusReply(arenaCount: UInt32(state.region.layout.arenaCount), freeArenas: UInt32(free), holders: holders)
         }
     }
 
@@ -256,13 +266,16 @@ public final class MemoryNode: Sendable {
             }
             let granted: MemoryRegionEntry?
             do {
-                granted = try state.region.grant(database: id, epoch: request.epoch, tag: request.tag)
+                granted = try state.region.grant(
+                    database: id, epoch: request.epoch, tag: request.tag, nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
             } catch {
                 throw TransportError(.io, "granting an arena to \(request.database): \(error)")
             }
             guard let granted else {
+                let quarantined = state.region.quarantinedArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
                 throw TransportError(
-                    .busy, "every one of the \(state.region.layout.arenaCount) arenas of \(state.region.path) holds an unflushed memtable")
+                    .busy, "every one of the \(state.region.layout.arenaCount) arenas of \(state.region.path) holds an unflushed memtable"
+                        + (quarantined == 0 ? "" : " or is in quarantine (\(quarantined), taken from a fenced owner)"))
             }
             return MemoryArenaGrant(index: UInt32(granted.index))
         }
@@ -341,7 +354,7 @@ public final class MemoryNode: Sendable {
                 throw TransportError(.fenced, "arena \(index) belongs to epoch \(entry.epoch), not \(request.epoch)")
             }
             do {
-                try state.region.release(index)
+                try state.region.release(index, nowNanos: wallClockNanos())
             } catch {
                 throw TransportError(.io, "releasing arena \(index): \(error)")
             }

@@ -74,6 +74,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     public var regionInfo: MemoryRegionInfo? { state.withLock { $0.info } }
 
     public func adopt(database: String) throws -> [MemtableArenaGrant] {
+        let database = Self.named(database)
         let epoch = epoch(database)
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.adopt, MemoryAdopt(database: database, epoch: epoch).encoded()))
         let logs = list.arenas.filter { $0.kind == .log }
@@ -82,6 +83,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     }
 
     public func list(database: String) throws -> [MemtableArenaGrant] {
+        let database = Self.named(database)
         let list = try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded()))
         return try grants(list.arenas, database: database, epoch: nil)
     }
@@ -120,6 +122,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     }
 
     public func allocate(database: String, logNumber: UInt64) throws -> MemtableArenaGrant {
+        let database = Self.named(database)
         let epoch = epoch(database)
         let (region, layout) = try mapped()
         let reply = try call(MemoryOpcode.allocate, MemoryAllocate(database: database, epoch: epoch, tag: logNumber).encoded())
@@ -128,9 +131,18 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     }
 
     public func release(database: String, _ grant: MemtableArenaGrant) throws {
+        let database = Self.named(database)
         let request = MemoryRelease(
             database: database, epoch: grant.arena.epoch, arena: MemoryArena(index: UInt32(grant.index), tag: grant.logNumber))
         _ = try call(MemoryOpcode.release, request.encoded())
+    }
+
+    /// A database's name as the node knows it: without trailing slashes, so `db/` and `db` are
+    /// one database (the engine may be given either; the log file system derives `db`).
+    static func named(_ database: String) -> String {
+        var name = Substring(database)
+        while name.count > 1 && name.hasSuffix("/") { name = name.dropLast() }
+        return String(name)
     }
 
     // MARK: Write logs by request (MemoryLogFileSystem)
@@ -138,6 +150,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     /// The write logs `database` holds in the node's arenas, by tag. For a database this process
     /// adopted, from what it knows unless `fresh` (which asks, for the lengths); else asked.
     public func logs(database: String, fresh: Bool = false) throws -> [MemoryArena] {
+        let database = Self.named(database)
         if !fresh, let known = ownedLogs.withLock({ $0[database] }) { return known.values.sorted { $0.tag < $1.tag } }
         return try MemoryArenaList.decode(try call(MemoryOpcode.list, MemoryAdopt(database: database, epoch: 0).encoded())).arenas
             .filter { $0.kind == .log }
@@ -146,6 +159,7 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     /// A fresh arena made a write log (empty) for `database`'s log `tag`.
     /// - Throws: `busy` when every arena is granted, `fenced` for a superseded owner.
     public func createLog(database: String, tag: UInt64) throws -> MemoryArena {
+        let database = Self.named(database)
         let epoch = epoch(database)
         let granted = try MemoryArenaGrant.decode(
             try call(MemoryOpcode.allocate, MemoryAllocate(database: database, epoch: epoch, tag: tag).encoded()))
@@ -166,17 +180,20 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
     /// - Returns: the log's length.
     /// - Throws: `fenced` for a superseded owner, `noSpace` past the arena, `unavailable`.
     public func appendLog(database: String, arena: MemoryArena, offset: UInt64, bytes: [UInt8]) throws -> UInt64 {
+        let database = Self.named(database)
         let request = MemoryLogAppend(database: database, epoch: epoch(database), arena: arena, offset: offset, bytes: bytes)
         return try MemoryLogLength.decode(try call(MemoryOpcode.logAppend, request.encoded())).length
     }
 
     /// Up to `count` bytes of the write log in `arena` from `offset` (fewer at its end).
     public func readLog(database: String, arena: MemoryArena, offset: UInt64, count: Int) throws -> [UInt8] {
-        try call(MemoryOpcode.logRead, MemoryLogRead(database: database, arena: arena, offset: offset, count: UInt32(count)).encoded())
+        let database = Self.named(database)
+        return try call(MemoryOpcode.logRead, MemoryLogRead(database: database, arena: arena, offset: offset, count: UInt32(count)).encoded())
     }
 
     /// Gives a write log's arena back (the log is deleted).
     public func releaseLog(database: String, arena: MemoryArena) throws {
+        let database = Self.named(database)
         _ = try call(MemoryOpcode.release, MemoryRelease(database: database, epoch: epoch(database), arena: arena).encoded())
         ownedLogs.withLock { owned in if owned[database] != nil { owned[database]![arena.tag] = nil } }
     }

@@ -5,8 +5,9 @@
 //            cache slots, slot bytes, identity (a random nonzero word: which region this is, so a
 //            peer never maps a same-named file on another box for it; 0 in a region formatted
 //            before it existed, set at the node's next start)
-//   table    at 64, one 32-byte entry per arena: tag (0: free; else the memtable's log number, the
-//            word that publishes the entry), database id, owner epoch, reserved
+//   table    at 64, one 32-byte entry per arena: tag (0: free; 2^64-1: in quarantine; else the
+//            memtable's log number, the word that publishes the entry), database id, owner epoch,
+//            and 0, or 1 once a newer owner adopted it, or in quarantine when it was given back
 //   arenas   from `header bytes` on, `arena bytes` each; an arena's first 32 bytes repeat its
 //            entry (magic "MORMEMT1", tag, database id, epoch), so a reader that maps the region
 //            can tell whose arena it is without asking
@@ -17,8 +18,10 @@
 // - grant: the arena's header (its skiplist format word zeroed, so nothing of a former tenant
 //   can be re-attached) is persisted, then the entry's database and epoch, then its tag;
 //   a crash before the tag leaves the arena free;
-// - adopt: the entry's epoch, then the arena's copy, each persisted;
-// - release: the tag is zeroed and persisted.
+// - adopt: the entry's epoch and the adopted mark, then the arena's copy, each persisted;
+// - release: the tag is zeroed and persisted; an adopted arena (not a write log) instead gets
+//   its release time, persisted, then the quarantine tag, persisted (a crash between leaves it
+//   granted, and adopted).
 // Open checks the geometry against what was asked (a region of another layout or size is
 // refused with what differs) and every allocated entry against its arena's header.
 // Thread-safety: not thread-safe; MemoryNode calls it under its lock.
@@ -210,18 +213,56 @@ public final class MemoryRegion: @unchecked Sendable {
             epoch: mapping.loadWord(at: offset + 16))
     }
 
+    /// The tag of an arena in quarantine: given back after a newer owner adopted it, so the
+    /// owner it was taken from may still be writing into it (docs/MEMORY.md, section 2). Word 24
+    /// of its entry holds when (wall-clock nanoseconds) it was given back.
+    public static let quarantineTag = UInt64.max
+
     /// Every granted arena, in table order.
     public func entries() -> [MemoryRegionEntry] {
-        (0..<layout.arenaCount).map(entry).filter { $0.tag != 0 }
+        (0..<layout.arenaCount).map(entry).filter { $0.tag != 0 && $0.tag != Self.quarantineTag }
     }
 
+    /// Arenas never granted or given back free (not those in quarantine).
     public var freeArenaCount: Int { (0..<layout.arenaCount).count { mapping.loadWord(at: layout.entryOffset($0)) == 0 } }
 
+    /// Arenas a grant may take at `nowNanos`: free ones, and those whose quarantine of
+    /// `quarantineNanos` is over.
+    public func freeArenaCount(nowNanos: Int64, quarantineNanos: Int64) -> Int {
+        (0..<layout.arenaCount).count { grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos) }
+    }
+
+    /// Arenas in quarantine now.
+    public func quarantinedArenaCount(nowNanos: Int64, quarantineNanos: Int64) -> Int {
+        (0..<layout.arenaCount).count {
+            mapping.loadWord(at: layout.entryOffset($0)) == Self.quarantineTag && !grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos)
+        }
+    }
+
+    private func grantable(_ index: Int, nowNanos: Int64, quarantineNanos: Int64) -> Bool {
+        let entry = layout.entryOffset(index)
+        switch mapping.loadWord(at: entry) {
+        case 0: return true
+        case Self.quarantineTag:
+            let released = Int64(truncatingIfNeeded: mapping.loadWord(at: entry + 24))
+            // A clock set back past the release counts from now: never re-granted early for it.
+            return nowNanos >= released && nowNanos - released >= quarantineNanos
+        default: return false
+        }
+    }
+
     /// Grants a free arena to `database` under `epoch` for `tag` (nonzero); durable on return.
-    /// - Returns: nil when every arena is granted.
-    public func grant(database: UInt64, epoch: UInt64, tag: UInt64) throws -> MemoryRegionEntry? {
-        precondition(tag != 0, "arena tags are nonzero")
-        guard let index = (0..<layout.arenaCount).first(where: { mapping.loadWord(at: layout.entryOffset($0)) == 0 }) else {
+    /// A never-adopted free arena goes first, then one whose quarantine is over.
+    /// - Returns: nil when every arena is granted or in quarantine.
+    public func grant(
+        database: UInt64, epoch: UInt64, tag: UInt64, nowNanos: Int64 = 0, quarantineNanos: Int64 = .max
+    ) throws -> MemoryRegionEntry? {
+        precondition(tag != 0 && tag != Self.quarantineTag, "arena tags are nonzero and not the quarantine's")
+        let candidates = 0..<layout.arenaCount
+        guard
+            let index = candidates.first(where: { mapping.loadWord(at: layout.entryOffset($0)) == 0 })
+                ?? candidates.first(where: { grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos) })
+        else {
             return nil
         }
         let arena = layout.arenaOffset(index)
@@ -234,7 +275,8 @@ public final class MemoryRegion: @unchecked Sendable {
         let entry = layout.entryOffset(index)
         mapping.storeWord(database, at: entry + 8)
         mapping.storeWord(epoch, at: entry + 16)
-        try mapping.persist(entry + 8, 16)
+        mapping.storeWord(0, at: entry + 24)
+        try mapping.persist(entry + 8, 24)
         mapping.storeWord(tag, at: entry)
         try mapping.persist(entry, 8)
         return MemoryRegionEntry(index: index, tag: tag, database: database, epoch: epoch)
@@ -244,7 +286,10 @@ public final class MemoryRegion: @unchecked Sendable {
     public func adopt(_ index: Int, epoch: UInt64) throws {
         let entry = layout.entryOffset(index)
         mapping.storeWord(epoch, at: entry + 16)
-        try mapping.persist(entry + 16, 8)
+        // Marked adopted: the owner it was taken from may still write into it, so it goes to
+        // quarantine when given back.
+        if mapping.loadWord(at: entry + 24) == 0 { mapping.storeWord(1, at: entry + 24) }
+        try mapping.persist(entry + 16, 16)
         let arena = layout.arenaOffset(index)
         mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
         try mapping.persist(arena + RegionArenaLayout.epochOffset, 8)
@@ -326,9 +371,20 @@ public final class MemoryRegion: @unchecked Sendable {
         return Array(mapping.bytes(start, min(count, length - offset)))
     }
 
-    /// Frees arena `index`; durable on return.
-    public func release(_ index: Int) throws {
-        mapping.storeWord(0, at: layout.entryOffset(index))
-        try mapping.persist(layout.entryOffset(index), 8)
+    /// Frees arena `index`; durable on return. One that was adopted from an earlier owner goes to
+    /// quarantine instead (given back at `nowNanos`), until `grant` may take it again.
+    public func release(_ index: Int, nowNanos: Int64 = 0) throws {
+        let entry = layout.entryOffset(index)
+        // A write log is written by the node alone, under its lock and the epoch check: no
+        // owner it was taken from can touch it, so it needs no quarantine.
+        let log = mapping.loadWord(at: layout.arenaOffset(index) + RegionArenaLayout.formatOffset) == RegionArenaLayout.logFormat
+        if mapping.loadWord(at: entry + 24) != 0 && !log {
+            mapping.storeWord(UInt64(max(nowNanos, 2)), at: entry + 24)
+            try mapping.persist(entry + 24, 8)
+            mapping.storeWord(Self.quarantineTag, at: entry)
+        } else {
+            mapping.storeWord(0, at: entry)
+        }
+        try mapping.persist(entry, 8)
     }
 }

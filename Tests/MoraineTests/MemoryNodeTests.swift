@@ -138,16 +138,20 @@ struct MemoryNodeTests {
             #expect(error.code == .invalid)
         }
         _ = try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 1))
-        _ = try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 2))
+        let b2 = try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 2))
         do {
             _ = try node.allocate(MemoryAllocate(database: "a", epoch: 6, tag: 9))
             Issue.record("a full region granted an arena")
         } catch {
             #expect(error.code == .busy)
         }
+        // b's arena was never adopted: free at once. a's was (epoch 5 may still write there): it
+        // goes to quarantine, not back to the grants (`quarantine` below).
+        try node.release(MemoryRelease(database: "b", epoch: 1, arena: MemoryArena(index: b2.index, tag: 2)))
+        #expect(try node.allocate(MemoryAllocate(database: "a", epoch: 6, tag: 10)).index == b2.index)
         try node.release(MemoryRelease(database: "a", epoch: 6, arena: MemoryArena(index: first.index, tag: 7)))
+        #expect(throws: TransportError.self) { try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 3)) }
         // A restarted node still fences epoch 5 of a: the newest epoch is rebuilt from the table.
-        _ = try node.allocate(MemoryAllocate(database: "a", epoch: 6, tag: 10))
         try memory.restart()
         do {
             _ = try memory.node.adopt(MemoryAdopt(database: "a", epoch: 5))
@@ -159,6 +163,55 @@ struct MemoryNodeTests {
     }
 
     /// A memtable in arena 0 of a fresh region at `path`, granted to database 1 under epoch 1.
+    @Test("an adopted arena given back stays in quarantine, across a restart, then is granted again; a log's or an unadopted one is free at once")
+    func quarantine() throws {
+        let directory = TempDir("moraine-memory")
+        defer { directory.remove() }
+        let layout = MemoryRegionLayout(arenaBytes: 256 << 10, arenaCount: 2, cacheSlots: 0)
+        let quarantine: Int64 = 400_000_000
+        func node() throws -> MemoryNode {
+            MemoryNode(region: try MemoryRegion.open(path: directory.file("region"), layout: layout), quarantineNanos: quarantine)
+        }
+        func refusal(_ node: MemoryNode, _ request: MemoryAllocate) -> TransportError? {
+            do throws(TransportError) {
+                _ = try node.allocate(request)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let first = try node()
+        // Owner of epoch 1 writes into arena `taken`; epoch 2 adopts it (epoch 1 may still be
+        // writing there), flushes it and gives it back.
+        let taken = try first.allocate(MemoryAllocate(database: "db", epoch: 1, tag: 5))
+        _ = try first.adopt(MemoryAdopt(database: "db", epoch: 2))
+        try first.release(MemoryRelease(database: "db", epoch: 2, arena: MemoryArena(index: taken.index, tag: 5)))
+        let other = try first.allocate(MemoryAllocate(database: "other", epoch: 1, tag: 9))
+        #expect(other.index != taken.index, "the adopted arena was granted again at once")
+        let refused = refusal(first, MemoryAllocate(database: "other", epoch: 1, tag: 10))
+        #expect(refused?.code == .busy && refused?.message.contains("quarantine") == true, "\(String(describing: refused))")
+        #expect(first.info.freeArenas == 0)
+        // A restarted node keeps the quarantine (it is in the region's table).
+        let restarted = try node()
+        #expect(refusal(restarted, MemoryAllocate(database: "other", epoch: 1, tag: 10))?.code == .busy)
+        #expect(restarted.status.holders.map(\.arenas) == [1], "a quarantined arena counted as a database's")
+        var regranted: MemoryArenaGrant? = nil
+        #expect(eventually(seconds: 5) {
+            regranted = try? restarted.allocate(MemoryAllocate(database: "other", epoch: 1, tag: 10))
+            return regranted != nil
+        }, "the arena never left quarantine")
+        #expect(regranted?.index == taken.index)
+        // Never adopted: free at once.
+        try restarted.release(MemoryRelease(database: "other", epoch: 1, arena: MemoryArena(index: other.index, tag: 9)))
+        let again = try restarted.allocate(MemoryAllocate(database: "logs", epoch: 1, tag: 3))
+        #expect(again.index == other.index)
+        // A write log, adopted and given back: free at once (only the node writes it).
+        _ = try restarted.logAppend(MemoryLogAppend(database: "logs", epoch: 1, arena: MemoryArena(index: again.index, tag: 3), offset: 0, bytes: [1]))
+        _ = try restarted.adopt(MemoryAdopt(database: "logs", epoch: 2))
+        try restarted.release(MemoryRelease(database: "logs", epoch: 2, arena: MemoryArena(index: again.index, tag: 3)))
+        #expect(try restarted.allocate(MemoryAllocate(database: "logs", epoch: 2, tag: 4)).index == again.index)
+    }
+
     static func regionMemtable(path: String, tracer: PersistenceTracer? = nil) throws -> (MemoryRegion, MemTable, MemTableRegionArena) {
         let layout = MemoryRegionLayout(arenaBytes: 256 << 10, arenaCount: 1)
         let region = try MemoryRegion.open(path: path, layout: layout, tracer: tracer)

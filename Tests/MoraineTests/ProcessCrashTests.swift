@@ -6,6 +6,7 @@
 // MORAINE_SEED replays; MORAINE_KILL_ROUNDS sets the number of rounds (default 12).
 import Foundation
 import Moraine
+import MoraineSystem
 import MoraineTestSupport
 import Testing
 
@@ -71,14 +72,22 @@ final class ShellProcess: @unchecked Sendable {
         return true
     }
 
-    /// Reads one line; nil at end of output (the child died or exited).
-    func readLine() -> String? {
+    /// Reads one line; nil at end of output (the child died or exited), or when no line came
+    /// within `timeoutSeconds` (a hung child fails its test instead of holding the run).
+    func readLine(timeoutSeconds: Double = 60) -> String? {
+        let deadline = monotonicNanos() + Int64(timeoutSeconds * 1e9)
         while true {
             if let newline = buffered.firstIndex(of: 10) {
                 let line = String(decoding: buffered[..<newline], as: UTF8.self)
                 buffered.removeSubrange(...newline)
                 return line
             }
+            let left = deadline - monotonicNanos()
+            guard left > 0 else { return nil }
+            var ready = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            let polled = poll(&ready, 1, Int32(min(left / 1_000_000 + 1, 1000)))
+            if polled < 0 && errno == EINTR { continue }
+            if polled == 0 { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let n = chunk.withUnsafeMutableBytes {
                 read(output.fileHandleForReading.fileDescriptor, $0.baseAddress!, 4096)
