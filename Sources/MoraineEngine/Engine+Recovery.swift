@@ -102,7 +102,10 @@ extension Engine {
                     try replay.apply(record, origin: logPath)
                     records += 1
                 }
-                previousWAL = (source.number, UInt64(reader.validEndOffset))
+                // A log holding nothing (made, then its first record never written: a crash, or a
+                // memory node's arena whose making failed half-way) is no link in the chain: the
+                // next log names the one before it.
+                if reader.validEndOffset > 0 { previousWAL = (source.number, UInt64(reader.validEndOffset)) }
                 var damage: [String] = []
                 if reader.droppedTailBytes > 0 { damage.append("dropped a torn tail of \(reader.droppedTailBytes) bytes (a write cut short)") }
                 if reader.skippedBytes > 0 { damage.append("skipped \(reader.skippedBytes) damaged bytes (wal_recovery_mode skip)") }

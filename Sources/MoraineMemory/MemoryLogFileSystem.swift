@@ -177,17 +177,39 @@ public final class MemoryLogFileSystem: LeasedFileSystem, Sendable {
 
     /// The lock of a database whose directory went while its logs stayed here makes the
     /// directory again (a destroy or a repair takes it).
+    /// Taking or giving up the lock starts or ends an owner's session: what this process knew of
+    /// the database's logs is forgotten then (another process may have owned it meanwhile).
     public func lock(_ path: String) throws -> any FileLock {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        arenas.forgetOwnedLogs(database: directory)
+        let held: any FileLock
         do {
-            return try base.lock(path)
+            held = try base.lock(path)
         } catch let error as MoraineError where error.kind == .notFound {
-            guard let slash = path.lastIndex(of: "/"), case let directory = String(path[..<slash]),
-                try !base.exists(directory), try !arenas.logs(database: directory).isEmpty
-            else { throw error }
+            guard try !base.exists(directory), try !arenas.logs(database: directory).isEmpty else { throw error }
             try base.createDirectory(directory)
-            return try base.lock(path)
+            held = try base.lock(path)
         }
+        return SessionLock(held: held) { [arenas] in arenas.forgetOwnedLogs(database: directory) }
     }
+}
+
+/// A database's lock that forgets what this process knew of its logs when given up.
+final class SessionLock: FileLock, @unchecked Sendable {
+    let held: any FileLock
+    let ended: @Sendable () -> Void
+
+    init(held: any FileLock, ended: @escaping @Sendable () -> Void) {
+        self.held = held
+        self.ended = ended
+    }
+
+    func unlock() {
+        ended()
+        held.unlock()
+    }
+
+    deinit { ended() }
 }
 
 /// A write log being appended to in an arena: bytes wait here until `flush`, which sends them in

@@ -22,6 +22,10 @@ public final class MemoryNode: Sendable {
         /// The shared cache's CLOCK hand per set.
         var hands: [UInt8] = []
         var cacheInserts: UInt64 = 0
+        /// When (monotonic nanoseconds) each arena in quarantine may be granted again. A restarted
+        /// node gives every one a whole quarantine: a wall clock stepped either way never
+        /// shortens or stretches one.
+        var quarantineEnds: [Int: Int64] = [:]
     }
 
     private let state: Mutex<State>
@@ -50,11 +54,21 @@ public final class MemoryNode: Sendable {
         self.mappable = mappable
         self.quarantineNanos = quarantineNanos
         var epochs: [UInt64: UInt64] = [:]
-        for entry in region.entries() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
+        // Arenas in quarantine keep their database and epoch: the newest epoch is theirs too.
+        for entry in region.entries() + region.quarantined() { epochs[entry.database] = max(epochs[entry.database] ?? 0, entry.epoch) }
         // Slots a crash left half written are emptied; the others are whole (and CRC-checked by readers).
         let cache = region.layout.cache
         _ = region.mapping.sharedCacheClear(cache, database: 0)
-        state = Mutex(State(region: region, epochs: epochs, hands: Array(repeating: 0, count: cache.sets)))
+        var state = State(region: region, epochs: epochs, hands: Array(repeating: 0, count: cache.sets))
+        let ends = monotonicNanos() + quarantineNanos
+        for entry in region.quarantined() { state.quarantineEnds[entry.index] = ends }
+        self.state = Mutex(state)
+    }
+
+    /// Arenas a grant may take now: free ones and those whose quarantine is over.
+    private static func grantableCount(in state: borrowing State) -> Int {
+        let now = monotonicNanos()
+        return state.region.freeArenaCount + state.region.quarantined().count { (state.quarantineEnds[$0.index] ?? 0) <= now }
     }
 
     /// A router that serves the memory node's protocol.
@@ -137,7 +151,7 @@ public final class MemoryNode: Sendable {
     }
 
     public var info: MemoryRegionInfo {
-        let free = state.withLock { $0.region.freeArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos) }
+        let free = state.withLock { Self.grantableCount(in: $0) }
         return MemoryRegionInfo(
             path: region.path, layoutVersion: MemoryRegionLayout.version, regionBytes: UInt64(region.layout.regionBytes),
             arenaBytes: UInt64(region.layout.arenaBytes), arenaCount: UInt32(region.layout.arenaCount), freeArenas: UInt32(free),
@@ -157,7 +171,7 @@ public final class MemoryNode: Sendable {
             let holders = held.keys.sorted().map {
                 MemoryStatusReply.Holder(database: $0, epoch: state.epochs[$0] ?? 0, arenas: held[$0] ?? 0)
             }
-            let free = state.region.freeArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
+            let free = Self.grantableCount(in: state)
             return MemoryStatusReply(arenaCount: UInt32(state.region.layout.arenaCount), freeArenas: UInt32(free), holders: holders)
         }
     }
@@ -177,7 +191,8 @@ public final class MemoryNode: Sendable {
             state.epochs[id] = request.epoch
             var arenas: [MemoryArena] = []
             for entry in state.region.entries() where entry.database == id {
-                if entry.epoch != request.epoch {
+                // Adopted again where a crash kept the entry's new epoch but not the arena's.
+                if entry.epoch != request.epoch || state.region.arenaEpoch(entry.index) != request.epoch {
                     do {
                         try state.region.adopt(entry.index, epoch: request.epoch)
                     } catch {
@@ -252,7 +267,9 @@ public final class MemoryNode: Sendable {
     /// Grants a free arena.
     /// - Throws: `fenced` for an old epoch, `busy` when none is free, `invalid` for tag 0.
     public func allocate(_ request: MemoryAllocate) throws(TransportError) -> MemoryArenaGrant {
-        guard request.tag != 0 else { throw TransportError(.invalid, "arena tags are nonzero") }
+        guard request.tag != 0, request.tag != MemoryRegion.quarantineTag else {
+            throw TransportError(.invalid, "arena tags are nonzero and below \(MemoryRegion.quarantineTag)")
+        }
         let id = MemoryDatabaseID.of(request.database)
         return try state.withLock { state throws(TransportError) -> MemoryArenaGrant in
             try Self.checkEpoch(request.epoch, of: request.database, id: id, in: state)
@@ -266,13 +283,15 @@ public final class MemoryNode: Sendable {
             }
             let granted: MemoryRegionEntry?
             do {
-                granted = try state.region.grant(
-                    database: id, epoch: request.epoch, tag: request.tag, nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
+                let now = monotonicNanos()
+                let ends = state.quarantineEnds
+                granted = try state.region.grant(database: id, epoch: request.epoch, tag: request.tag) { (ends[$0] ?? 0) <= now }
+                if let granted { state.quarantineEnds[granted.index] = nil }
             } catch {
                 throw TransportError(.io, "granting an arena to \(request.database): \(error)")
             }
             guard let granted else {
-                let quarantined = state.region.quarantinedArenaCount(nowNanos: wallClockNanos(), quarantineNanos: quarantineNanos)
+                let quarantined = state.region.quarantined().count
                 throw TransportError(
                     .busy, "every one of the \(state.region.layout.arenaCount) arenas of \(state.region.path) holds an unflushed memtable"
                         + (quarantined == 0 ? "" : " or is in quarantine (\(quarantined), taken from a fenced owner)"))
@@ -290,7 +309,7 @@ public final class MemoryNode: Sendable {
             throw TransportError(.invalid, "arena \(index) is past the region's \(state.region.layout.arenaCount)")
         }
         let entry = state.region.entry(index)
-        guard entry.tag == arena.tag, entry.database == id else {
+        guard entry.tag == arena.tag, entry.database == id, arena.tag != MemoryRegion.quarantineTag else {
             throw TransportError(.invalid, "arena \(index) is not \(database)'s for tag \(arena.tag) (it holds tag \(entry.tag))")
         }
         return entry
@@ -346,7 +365,9 @@ public final class MemoryNode: Sendable {
                 throw TransportError(.invalid, "arena \(index) is past the region's \(state.region.layout.arenaCount)")
             }
             let entry = state.region.entry(index)
-            guard entry.tag == request.arena.tag, entry.database == id else {
+            // A retry of a release whose reply was lost: the arena went to quarantine already.
+            if entry.tag == MemoryRegion.quarantineTag && entry.database == id && request.arena.tag != MemoryRegion.quarantineTag { return }
+            guard entry.tag == request.arena.tag, entry.database == id, request.arena.tag != MemoryRegion.quarantineTag else {
                 throw TransportError(
                     .invalid, "arena \(index) is not \(request.database)'s for tag \(request.arena.tag) (it holds tag \(entry.tag))")
             }
@@ -354,7 +375,9 @@ public final class MemoryNode: Sendable {
                 throw TransportError(.fenced, "arena \(index) belongs to epoch \(entry.epoch), not \(request.epoch)")
             }
             do {
-                try state.region.release(index, nowNanos: wallClockNanos())
+                if try state.region.release(index, nowNanos: wallClockNanos()) {
+                    state.quarantineEnds[index] = monotonicNanos() + quarantineNanos
+                }
             } catch {
                 throw TransportError(.io, "releasing arena \(index): \(error)")
             }

@@ -147,6 +147,13 @@ public final class MemoryNodeArenas: MemtableArenaProvider, Sendable {
 
     // MARK: Write logs by request (MemoryLogFileSystem)
 
+    /// Forgets what this process knew of `database`'s logs (its lock was taken or given up: an
+    /// owner's session begins or ends, and the next listing asks the node until it adopts).
+    public func forgetOwnedLogs(database: String) {
+        let database = Self.named(database)
+        ownedLogs.withLock { $0[database] = nil }
+    }
+
     /// The write logs `database` holds in the node's arenas, by tag. For a database this process
     /// adopted, from what it knows unless `fresh` (which asks, for the lengths); else asked.
     public func logs(database: String, fresh: Bool = false) throws -> [MemoryArena] {

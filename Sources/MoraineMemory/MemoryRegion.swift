@@ -215,7 +215,8 @@ public final class MemoryRegion: @unchecked Sendable {
 
     /// The tag of an arena in quarantine: given back after a newer owner adopted it, so the
     /// owner it was taken from may still be writing into it (docs/MEMORY.md, section 2). Word 24
-    /// of its entry holds when (wall-clock nanoseconds) it was given back.
+    /// of its entry holds when (wall-clock nanoseconds) it was given back, for a reader; how long
+    /// the quarantine lasts is the node's to say (`grant`'s `mayTakeQuarantined`).
     public static let quarantineTag = UInt64.max
 
     /// Every granted arena, in table order.
@@ -223,45 +224,26 @@ public final class MemoryRegion: @unchecked Sendable {
         (0..<layout.arenaCount).map(entry).filter { $0.tag != 0 && $0.tag != Self.quarantineTag }
     }
 
+    /// The arenas in quarantine (each keeps its database id and epoch).
+    public func quarantined() -> [MemoryRegionEntry] {
+        (0..<layout.arenaCount).map(entry).filter { $0.tag == Self.quarantineTag }
+    }
+
     /// Arenas never granted or given back free (not those in quarantine).
     public var freeArenaCount: Int { (0..<layout.arenaCount).count { mapping.loadWord(at: layout.entryOffset($0)) == 0 } }
 
-    /// Arenas a grant may take at `nowNanos`: free ones, and those whose quarantine of
-    /// `quarantineNanos` is over.
-    public func freeArenaCount(nowNanos: Int64, quarantineNanos: Int64) -> Int {
-        (0..<layout.arenaCount).count { grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos) }
-    }
-
-    /// Arenas in quarantine now.
-    public func quarantinedArenaCount(nowNanos: Int64, quarantineNanos: Int64) -> Int {
-        (0..<layout.arenaCount).count {
-            mapping.loadWord(at: layout.entryOffset($0)) == Self.quarantineTag && !grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos)
-        }
-    }
-
-    private func grantable(_ index: Int, nowNanos: Int64, quarantineNanos: Int64) -> Bool {
-        let entry = layout.entryOffset(index)
-        switch mapping.loadWord(at: entry) {
-        case 0: return true
-        case Self.quarantineTag:
-            let released = Int64(truncatingIfNeeded: mapping.loadWord(at: entry + 24))
-            // A clock set back past the release counts from now: never re-granted early for it.
-            return nowNanos >= released && nowNanos - released >= quarantineNanos
-        default: return false
-        }
-    }
-
-    /// Grants a free arena to `database` under `epoch` for `tag` (nonzero); durable on return.
-    /// A never-adopted free arena goes first, then one whose quarantine is over.
+    /// Grants a free arena to `database` under `epoch` for `tag` (nonzero, not the quarantine's);
+    /// durable on return. A free arena goes first, then a quarantined one `mayTakeQuarantined`
+    /// lets go.
     /// - Returns: nil when every arena is granted or in quarantine.
     public func grant(
-        database: UInt64, epoch: UInt64, tag: UInt64, nowNanos: Int64 = 0, quarantineNanos: Int64 = .max
+        database: UInt64, epoch: UInt64, tag: UInt64, mayTakeQuarantined: (Int) -> Bool
     ) throws -> MemoryRegionEntry? {
         precondition(tag != 0 && tag != Self.quarantineTag, "arena tags are nonzero and not the quarantine's")
         let candidates = 0..<layout.arenaCount
         guard
             let index = candidates.first(where: { mapping.loadWord(at: layout.entryOffset($0)) == 0 })
-                ?? candidates.first(where: { grantable($0, nowNanos: nowNanos, quarantineNanos: quarantineNanos) })
+                ?? candidates.first(where: { mapping.loadWord(at: layout.entryOffset($0)) == Self.quarantineTag && mayTakeQuarantined($0) })
         else {
             return nil
         }
@@ -285,11 +267,14 @@ public final class MemoryRegion: @unchecked Sendable {
     /// Moves arena `index` to `epoch` (a new owner of the same database); durable on return.
     public func adopt(_ index: Int, epoch: UInt64) throws {
         let entry = layout.entryOffset(index)
+        // Marked adopted first (the owner it was taken from may still write into it, so it goes
+        // to quarantine when given back): a crash after the new epoch is durable finds the mark.
+        if mapping.loadWord(at: entry + 24) == 0 {
+            mapping.storeWord(1, at: entry + 24)
+            try mapping.persist(entry + 24, 8)
+        }
         mapping.storeWord(epoch, at: entry + 16)
-        // Marked adopted: the owner it was taken from may still write into it, so it goes to
-        // quarantine when given back.
-        if mapping.loadWord(at: entry + 24) == 0 { mapping.storeWord(1, at: entry + 24) }
-        try mapping.persist(entry + 16, 16)
+        try mapping.persist(entry + 16, 8)
         let arena = layout.arenaOffset(index)
         mapping.storeWord(epoch, at: arena + RegionArenaLayout.epochOffset)
         try mapping.persist(arena + RegionArenaLayout.epochOffset, 8)
@@ -371,9 +356,16 @@ public final class MemoryRegion: @unchecked Sendable {
         return Array(mapping.bytes(start, min(count, length - offset)))
     }
 
+    /// The epoch arena `index`'s own header carries (its copy of the entry's).
+    public func arenaEpoch(_ index: Int) -> UInt64 {
+        mapping.loadWord(at: layout.arenaOffset(index) + RegionArenaLayout.epochOffset)
+    }
+
     /// Frees arena `index`; durable on return. One that was adopted from an earlier owner goes to
-    /// quarantine instead (given back at `nowNanos`), until `grant` may take it again.
-    public func release(_ index: Int, nowNanos: Int64 = 0) throws {
+    /// quarantine instead (given back at wall-clock `nowNanos`, for a reader of the table).
+    /// - Returns: whether it went to quarantine.
+    @discardableResult
+    public func release(_ index: Int, nowNanos: Int64) throws -> Bool {
         let entry = layout.entryOffset(index)
         // A write log is written by the node alone, under its lock and the epoch check: no
         // owner it was taken from can touch it, so it needs no quarantine.
@@ -382,9 +374,11 @@ public final class MemoryRegion: @unchecked Sendable {
             mapping.storeWord(UInt64(max(nowNanos, 2)), at: entry + 24)
             try mapping.persist(entry + 24, 8)
             mapping.storeWord(Self.quarantineTag, at: entry)
-        } else {
-            mapping.storeWord(0, at: entry)
+            try mapping.persist(entry, 8)
+            return true
         }
+        mapping.storeWord(0, at: entry)
         try mapping.persist(entry, 8)
+        return false
     }
 }

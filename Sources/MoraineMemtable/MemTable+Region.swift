@@ -160,7 +160,9 @@ extension MemTable {
         guard let arena = placement?.arena else { return false }
         // Orders this writer's earlier stores before the load (the adopter does the mirror image).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
+        // The tag too: an arena re-granted to another database whose owner has the same epoch.
         return arena.region.loadWord(at: arena.offset + RegionArenaLayout.epochOffset) != arena.epoch
+            || arena.region.loadWord(at: arena.offset + RegionArenaLayout.tagOffset) != logNumber
     }
 
     /// Makes every entry added so far durable in the region and records `sequence` (the group's

@@ -79,9 +79,9 @@ struct MemoryNodeTests {
         do {
             let region = try MemoryRegion.open(path: path, layout: layout)
             #expect(region.freeArenaCount == 4)
-            #expect(try region.grant(database: 7, epoch: 3, tag: 11)?.index == 0)
-            #expect(try region.grant(database: 8, epoch: 1, tag: 12)?.index == 1)
-            try region.release(0)
+            #expect(try region.grant(database: 7, epoch: 3, tag: 11) { _ in false }?.index == 0)
+            #expect(try region.grant(database: 8, epoch: 1, tag: 12) { _ in false }?.index == 1)
+            try region.release(0, nowNanos: wallClockNanos())
         }
         let reopened = try MemoryRegion.open(path: path, layout: layout)
         #expect(reopened.entries() == [MemoryRegionEntry(index: 1, tag: 12, database: 8, epoch: 1)])
@@ -150,7 +150,12 @@ struct MemoryNodeTests {
         try node.release(MemoryRelease(database: "b", epoch: 1, arena: MemoryArena(index: b2.index, tag: 2)))
         #expect(try node.allocate(MemoryAllocate(database: "a", epoch: 6, tag: 10)).index == b2.index)
         try node.release(MemoryRelease(database: "a", epoch: 6, arena: MemoryArena(index: first.index, tag: 7)))
-        #expect(throws: TransportError.self) { try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 3)) }
+        do {
+            _ = try node.allocate(MemoryAllocate(database: "b", epoch: 1, tag: 3))
+            Issue.record("an arena in quarantine was granted")
+        } catch {
+            #expect(error.code == .busy)
+        }
         // A restarted node still fences epoch 5 of a: the newest epoch is rebuilt from the table.
         try memory.restart()
         do {
@@ -191,8 +196,17 @@ struct MemoryNodeTests {
         let refused = refusal(first, MemoryAllocate(database: "other", epoch: 1, tag: 10))
         #expect(refused?.code == .busy && refused?.message.contains("quarantine") == true, "\(String(describing: refused))")
         #expect(first.info.freeArenas == 0)
+        // A retried release (its reply lost) is harmless; the quarantine's tag names no arena.
+        try first.release(MemoryRelease(database: "db", epoch: 2, arena: MemoryArena(index: taken.index, tag: 5)))
+        #expect(refusal(first, MemoryAllocate(database: "db", epoch: 2, tag: MemoryRegion.quarantineTag))?.code == .invalid)
+        #expect(throws: TransportError.self) {
+            try first.logAppend(
+                MemoryLogAppend(database: "db", epoch: 2, arena: MemoryArena(index: taken.index, tag: MemoryRegion.quarantineTag), offset: 0, bytes: [1]))
+        }
+        // The epoch of a database whose only arena is in quarantine survives a restart: 1 stays fenced.
         // A restarted node keeps the quarantine (it is in the region's table).
         let restarted = try node()
+        #expect(throws: TransportError.self) { try restarted.adopt(MemoryAdopt(database: "db", epoch: 1)) }
         #expect(refusal(restarted, MemoryAllocate(database: "other", epoch: 1, tag: 10))?.code == .busy)
         #expect(restarted.status.holders.map(\.arenas) == [1], "a quarantined arena counted as a database's")
         var regranted: MemoryArenaGrant? = nil
@@ -215,7 +229,7 @@ struct MemoryNodeTests {
     static func regionMemtable(path: String, tracer: PersistenceTracer? = nil) throws -> (MemoryRegion, MemTable, MemTableRegionArena) {
         let layout = MemoryRegionLayout(arenaBytes: 256 << 10, arenaCount: 1)
         let region = try MemoryRegion.open(path: path, layout: layout, tracer: tracer)
-        let entry = try #require(try region.grant(database: 1, epoch: 1, tag: 5))
+        let entry = try #require(try region.grant(database: 1, epoch: 1, tag: 5) { _ in false })
         let arena = MemTableRegionArena(region: region.mapping, offset: layout.arenaOffset(entry.index), bytes: layout.arenaBytes, epoch: 1)
         return (region, try MemTable.inRegion(arena, logNumber: 5), arena)
     }

@@ -87,6 +87,7 @@ final class ShellProcess: @unchecked Sendable {
             var ready = pollfd(fd: output.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
             let polled = poll(&ready, 1, Int32(min(left / 1_000_000 + 1, 1000)))
             if polled < 0 && errno == EINTR { continue }
+            if polled < 0 { return nil }
             if polled == 0 { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let n = chunk.withUnsafeMutableBytes {
