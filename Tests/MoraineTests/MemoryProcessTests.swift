@@ -134,6 +134,30 @@ struct MemoryProcessTests {
         return true
     }
 
+    /// Restarts the killed memory node, waits (up to 20 s) for the shell's writes to resume,
+    /// writes `batches` more, then SIGKILLs the shell. False (an issue recorded) when writes did
+    /// not come back.
+    static func restartAndWrite(
+        _ memory: MemoryNodeProcess, _ shell: ShellProcess, batches: Int, random: inout SplitMix64, into acknowledged: inout [String: String]
+    ) throws -> Bool {
+        try memory.start()
+        guard eventually(seconds: 20, {
+            guard shell.send("put back 1") else { return false }
+            return shell.readLine() == "OK"
+        }) else {
+            Issue.record("writes did not resume after the memory node restarted")
+            return false
+        }
+        acknowledged["back"] = "1"
+        guard write(shell, batches: batches, perBatch: 100, from: 100_000, random: &random, into: &acknowledged) else {
+            Issue.record("the shell stopped acknowledging writes after the restart")
+            return false
+        }
+        shell.kill()
+        shell.wait()
+        return true
+    }
+
     @Test("SIGKILL of the compute node with its memtables in the region: the next open re-attaches them and has every acknowledged write",
           arguments: ["msync", "forced-flush"])
     func killCompute(persistence: String) throws {
@@ -191,18 +215,7 @@ struct MemoryProcessTests {
         #expect(shell.send("put whiledown 1"))
         let answer = shell.readLine() ?? ""
         #expect(answer.contains("unavailable"), "a write with the memory node down answered \(answer)")
-        try memory.start()
-        #expect(eventually(seconds: 20) {
-            guard shell.send("put back 1") else { return false }
-            return shell.readLine() == "OK"
-        }, "writes did not resume after the memory node restarted")
-        acknowledged["back"] = "1"
-        guard Self.write(shell, batches: 60, perBatch: 100, from: 100_000, random: &random, into: &acknowledged) else {
-            Issue.record("the shell stopped acknowledging writes after the restart")
-            return
-        }
-        shell.kill()
-        shell.wait()
+        guard try Self.restartAndWrite(memory, shell, batches: 60, random: &random, into: &acknowledged) else { return }
         // The successor, as `--cluster` opens it: the region does not map here either.
         var base = Options()
         base.createIfMissing = false
@@ -403,18 +416,7 @@ struct MemoryProcessTests {
             }
         }
         #expect(refused, "no write needed a new arena while the memory node was down: the test proves nothing")
-        try memory.start()
-        #expect(eventually(seconds: 20) {
-            guard shell.send("put back 1") else { return false }
-            return shell.readLine() == "OK"
-        }, "writes did not resume after the memory node restarted")
-        acknowledged["back"] = "1"
-        guard Self.write(shell, batches: 20, perBatch: 100, from: 100_000, random: &random, into: &acknowledged) else {
-            Issue.record("the shell stopped acknowledging writes after the restart")
-            return
-        }
-        shell.kill()
-        shell.wait()
+        guard try Self.restartAndWrite(memory, shell, batches: 20, random: &random, into: &acknowledged) else { return }
         guard let db = try Self.reopen(node, "survives") else {
             Issue.record("the killed compute node's lease never lapsed")
             return
