@@ -190,6 +190,63 @@ struct MemoryLogTests {
         #expect(try memory.arenas().logs(database: directory.file("db")).allSatisfy { $0.logLength <= capacity })
     }
 
+    /// Makes each log it is asked for, but reports the `failAt`-th as failed (a reply lost after
+    /// the memory node made the arena, and its release failing too, leave exactly this).
+    final class HalfMadeLog: ForwardingFileSystem, @unchecked Sendable {
+        let base: any FileSystem = PosixFileSystem.shared
+        let failAt: Int
+        let made = Mutex<(logs: Int, failed: String?)>((0, nil))
+
+        init(failAt: Int) { self.failAt = failAt }
+
+        func createNew(_ path: String, hint: WriteHint) throws -> any WritableFile {
+            let file = try base.createNew(path, hint: hint)
+            guard path.hasSuffix(".log"), made.withLock({ $0.logs += 1; return $0.logs == failAt }) else { return file }
+            try file.close()
+            made.withLock { $0.failed = path }
+            throw MoraineError(.unavailable, "injected: the reply to making \(path) was lost")
+        }
+    }
+
+    @Test("a log made but reported failed (left empty) is no link in the WAL chain: the logs after it are replayed, not set aside")
+    func halfMadeLogIsNoLink() throws {
+        let directory = TempDir("moraine-db")
+        defer { directory.remove() }
+        let path = directory.file("db")
+        let files = HalfMadeLog(failAt: 3)
+        var options = Options()
+        options.createIfMissing = true
+        options.writeBufferSize = 64 << 10
+        options.maxWriteBufferNumber = 8
+        options.disableAutoCompactions = true
+        options.fileSystem = files
+        var acknowledged: [Int: [UInt8]] = [:]
+        var refused = 0
+        do {
+            let db = try Database(path: path, options: options)
+            db.engine!.pauseBackgroundWork()  // nothing flushed: every write stays in a log
+            for i in 0..<3000 {
+                do {
+                    try db.put(MemoryNodeTests.key(i), Self.value(i))
+                    acknowledged[i] = Self.value(i)
+                } catch let error as MoraineError where error.kind == .unavailable {
+                    refused += 1  // the switch the injected failure hit: not acknowledged
+                }
+            }
+            try db.close()
+        }
+        let failed = try #require(files.made.withLock { $0.failed }, "no log creation was failed: the test proves nothing")
+        #expect(refused >= 1)
+        #expect(try PosixFileSystem.shared.fileSize(failed) == 0)
+        options.fileSystem = PosixFileSystem.shared
+        options.createIfMissing = false
+        let reopened = try Database(path: path, options: options)
+        defer { try? reopened.close() }
+        var wrong = 0
+        for (i, value) in acknowledged where try reopened.get(MemoryNodeTests.key(i)) != value { wrong += 1 }
+        #expect(wrong == 0, "\(wrong) of \(acknowledged.count) acknowledged writes lost: the logs after the empty one were set aside")
+    }
+
     @Test("an owner whose log a newer owner adopted stops with fenced instead of acknowledging")
     func staleOwnerFenced() throws {
         let memory = try MemoryTestNode(carrier: .tcp, mappable: false)
