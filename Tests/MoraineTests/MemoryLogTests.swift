@@ -299,14 +299,4 @@ struct MemoryLogTests {
             (error as? MoraineError)?.kind == .corruption && "\(error)".contains("write log")
         }
     }
-
-    @Test("the cluster's options say when memtables switch at their log's arena before the write buffer is full")
-    func writeBufferWithinArena() throws {
-        var options = Options()
-        options.writeBufferSize = 64 << 20
-        let note = ClusterAttachment.writeBufferNote(options, logCapacity: 32 << 20, database: "db")
-        #expect(note?.contains("write_buffer_size") == true)
-        options.writeBufferSize = 16 << 20
-        #expect(ClusterAttachment.writeBufferNote(options, logCapacity: 32 << 20, database: "db") == nil)
-    }
 }
